@@ -1,0 +1,1 @@
+//! kubelvs.io API.

@@ -1,0 +1,1 @@
+//! Kernel IPVS over generic netlink.

@@ -1,0 +1,1 @@
+//! The XDP director dataplane.

@@ -1,0 +1,1 @@
+//! microVM harness for the IPVS dataplane.
