@@ -1,0 +1,1 @@
+//! Network-namespace lab for the XDP dataplane.
