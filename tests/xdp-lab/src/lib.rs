@@ -1,1 +1,54 @@
 //! Network-namespace lab for the XDP dataplane.
+//!
+//! A [`Lab`] is a small LVS cluster made of network namespaces: a bridge in its own
+//! namespace, a client, a director and real servers, each attached to the bridge by
+//! a veth pair. Nothing touches the host's namespace. Every namespace is removed when
+//! the [`Lab`] is dropped, also when a test panics.
+//!
+//! On top of it: real TCP servers that answer with their identity ([`server`]), a
+//! client that records which real server answered ([`client`]), the nftables DNAT load
+//! balancer LVS is compared with ([`nft`]).
+
+pub mod client;
+pub mod cmd;
+pub mod netns;
+pub mod nft;
+pub mod server;
+pub mod sock;
+pub mod topology;
+
+pub use client::{Conn, Spread};
+pub use netns::Netns;
+pub use server::TcpServer;
+pub use topology::{Host, Lab, LabConfig, ReturnPath};
+
+use std::io;
+
+/// Everything that can go wrong while building or driving a lab.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("cannot run `{command}`: {source}")]
+    Spawn { command: String, source: io::Error },
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Command {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("network namespace {netns}: {what}: {source}")]
+    Netns {
+        netns: String,
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+    #[error("timed out after {after_ms} ms: {what}")]
+    Timeout { what: String, after_ms: u128 },
+    #[error("unexpected output of `{command}`: {detail}")]
+    Parse { command: String, detail: String },
+    #[error("BPF: {what}: {detail}")]
+    Bpf { what: String, detail: String },
+}
+
+pub type Result<T, E = LabError> = std::result::Result<T, E>;
