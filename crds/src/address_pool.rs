@@ -1,0 +1,59 @@
+//! `AddressPool`: addresses for VIPs (and FullNAT source addresses).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A pool of addresses: VIPs are allocated from it, FullNAT directors take source addresses from it.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "kubelvs.io",
+    version = "v1alpha1",
+    kind = "AddressPool",
+    plural = "addresspools",
+    shortname = "lvspool",
+    category = "kubelvs",
+    status = "AddressPoolStatus",
+    printcolumn = r#"{"name":"Addresses","type":"string","jsonPath":".spec.addresses"}"#,
+    printcolumn = r#"{"name":"Auto","type":"boolean","jsonPath":".spec.autoAssign"}"#,
+    printcolumn = r#"{"name":"Allocated","type":"integer","jsonPath":".status.allocated"}"#,
+    printcolumn = r#"{"name":"Available","type":"integer","jsonPath":".status.available"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    derive = "PartialEq",
+    cel
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AddressPoolSpec {
+    /// CIDRs (`203.0.113.0/28`) or inclusive ranges (`203.0.113.10-203.0.113.20`).
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(
+        validation = Rule::new("self.all(a, isCIDR(a) || (a.split('-').size() == 2 && isIP(a.split('-')[0]) && isIP(a.split('-')[1]) && ip(a.split('-')[0]).family() == ip(a.split('-')[1]).family()))")
+            .message("spec.addresses: each entry must be a CIDR (203.0.113.0/28) or a range of one family (203.0.113.10-203.0.113.20)")
+    )]
+    pub addresses: Vec<String>,
+    /// Whether VirtualServices without `vip` or `addressPool` may get addresses from this pool.
+    #[serde(default = "default_true")]
+    pub auto_assign: bool,
+    /// Only VirtualServices in matching namespaces may use this pool. Absent: all namespaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AddressPoolStatus {
+    #[serde(default)]
+    pub total: u64,
+    #[serde(default)]
+    pub allocated: u64,
+    #[serde(default)]
+    pub available: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,294 @@
+//! Validation without an API server, using the CRD's own rules.
+//!
+//! There is one rule set: the generated CRD schema. [`validate`] checks an object against
+//! that schema's OpenAPI constraints (with a JSON-schema validator) and evaluates its CEL
+//! `x-kubernetes-validations` rules (with kube's client-side CEL), so the agent's
+//! standalone mode rejects exactly what an API server would, with the same messages.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Mutex, OnceLock};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::core::CustomResourceExt;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::{AddressPool, RealServer, VirtualService};
+
+/// One problem with one field. `message` always names the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path of the field, e.g. `spec.ports[0].targetPort`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in one object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ValidationErrors {
+    /// `Kind namespace/name`.
+    pub object: String,
+    pub errors: Vec<FieldError>,
+}
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} is invalid: ", self.object)?;
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ValidationErrors {
+    /// Whether some error concerns `field` or a field below it.
+    pub fn names_field(&self, field: &str) -> bool {
+        self.errors
+            .iter()
+            .any(|e| e.field.starts_with(field) || e.message.contains(field))
+    }
+}
+
+/// Checks `obj` against its CRD's OpenAPI schema and CEL rules.
+pub fn validate<K>(obj: &K) -> Result<(), ValidationErrors>
+where
+    K: CustomResourceExt + kube::Resource<DynamicType = ()> + Serialize,
+{
+    let value = serde_json::to_value(obj).expect("API objects serialize to JSON");
+    let mut errors = schema_errors(&K::crd(), &value);
+    // CEL rules assume a structurally valid object (the API server never evaluates them
+    // otherwise), so only run them on one.
+    if errors.is_empty() {
+        if let Err(cel) = kube::core::cel::validate_cel(obj) {
+            errors.extend(cel.into_iter().map(|e| FieldError {
+                field: e.field_path.clone(),
+                message: if e.message.starts_with("spec") || e.message.starts_with("metadata") {
+                    e.message
+                } else {
+                    format!("{}: {}", e.field_path, e.message)
+                },
+            }));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ValidationErrors {
+            object: object_name(obj),
+            errors,
+        })
+    }
+}
+
+fn object_name<K: kube::Resource<DynamicType = ()>>(obj: &K) -> String {
+    let kind = K::kind(&());
+    let meta = obj.meta();
+    let name = meta.name.as_deref().unwrap_or("<unnamed>");
+    match meta.namespace.as_deref() {
+        Some(ns) => format!("{kind} {ns}/{name}"),
+        None => format!("{kind} {name}"),
+    }
+}
+
+/// OpenAPI constraints of the CRD's schema (ranges, lengths, patterns, enums, required).
+fn schema_errors(crd: &CustomResourceDefinition, value: &serde_json::Value) -> Vec<FieldError> {
+    static VALIDATORS: OnceLock<Mutex<HashMap<String, &'static jsonschema::Validator>>> =
+        OnceLock::new();
+    let validator = {
+        let mut cache = VALIDATORS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *cache
+            .entry(crd.spec.names.kind.clone())
+            .or_insert_with(|| Box::leak(Box::new(compile_schema(crd))))
+    };
+    validator
+        .iter_errors(value)
+        .map(|e| {
+            let field = json_pointer_to_field(e.instance_path.as_str());
+            FieldError {
+                message: format!("{field}: {e}"),
+                field,
+            }
+        })
+        .collect()
+}
+
+/// Compiles the openAPIV3Schema of a CRD into a JSON-schema validator. OpenAPI-only
+/// keywords (`nullable`, `x-kubernetes-*`) are unknown to JSON schema and ignored.
+pub fn compile_schema(crd: &CustomResourceDefinition) -> jsonschema::Validator {
+    let schema = crd.spec.versions[0]
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .expect("a derived CRD has an openAPIV3Schema");
+    let schema = serde_json::to_value(schema).expect("schemas serialize");
+    jsonschema::draft4::new(&schema).expect("the generated CRD schema is a valid JSON schema")
+}
+
+/// `/spec/ports/0/port` -> `spec.ports[0].port`.
+fn json_pointer_to_field(pointer: &str) -> String {
+    let mut out = String::new();
+    for seg in pointer.split('/').filter(|s| !s.is_empty()) {
+        if seg.chars().all(|c| c.is_ascii_digit()) {
+            out.push_str(&format!("[{seg}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(&seg.replace("~1", "/").replace("~0", "~"));
+        }
+    }
+    if out.is_empty() {
+        "<object>".to_owned()
+    } else {
+        out
+    }
+}
+
+/// Any kubelvs.io object, as read from YAML (the agent's standalone mode, examples).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Object {
+    VirtualService(VirtualService),
+    RealServer(RealServer),
+    AddressPool(AddressPool),
+}
+
+/// Why a YAML document is not a kubelvs.io object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("document {document}: not YAML: {message}")]
+    Yaml { document: usize, message: String },
+    #[error("document {document}: apiVersion {api_version:?} kind {kind:?} is not a kubelvs.io/v1alpha1 VirtualService, RealServer or AddressPool")]
+    UnknownKind {
+        document: usize,
+        api_version: String,
+        kind: String,
+    },
+    #[error("document {document} ({kind} {name}): {field}: {message}")]
+    Field {
+        document: usize,
+        kind: String,
+        name: String,
+        field: String,
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+struct TypeMeta {
+    #[serde(default, rename = "apiVersion")]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    metadata: Option<NameOnly>,
+}
+
+#[derive(Deserialize)]
+struct NameOnly {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+impl Object {
+    /// Parses every document of a multi-document YAML stream. Empty documents are skipped;
+    /// one bad document does not hide the others.
+    pub fn from_yaml_documents(yaml: &str) -> Vec<Result<Object, ParseError>> {
+        let mut out = Vec::new();
+        for (i, doc) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
+            let document = i + 1;
+            let value = match serde_yaml::Value::deserialize(doc) {
+                Ok(serde_yaml::Value::Null) => continue,
+                Ok(v) => v,
+                Err(e) => {
+                    out.push(Err(ParseError::Yaml {
+                        document,
+                        message: e.to_string(),
+                    }));
+                    // A syntax error ends the stream: later documents cannot be located.
+                    break;
+                }
+            };
+            out.push(Self::from_value(document, value));
+        }
+        out
+    }
+
+    fn from_value(document: usize, value: serde_yaml::Value) -> Result<Object, ParseError> {
+        let meta: TypeMeta =
+            serde_yaml::from_value(value.clone()).map_err(|e| ParseError::Yaml {
+                document,
+                message: e.to_string(),
+            })?;
+        if meta.api_version != "kubelvs.io/v1alpha1" {
+            return Err(ParseError::UnknownKind {
+                document,
+                api_version: meta.api_version,
+                kind: meta.kind,
+            });
+        }
+        let name = meta
+            .metadata
+            .and_then(|m| m.name)
+            .unwrap_or_else(|| "<unnamed>".to_owned());
+        fn typed<T: DeserializeOwned>(
+            document: usize,
+            kind: &str,
+            name: &str,
+            value: serde_yaml::Value,
+        ) -> Result<T, ParseError> {
+            serde_path_to_error::deserialize(value).map_err(|e| ParseError::Field {
+                document,
+                kind: kind.to_owned(),
+                name: name.to_owned(),
+                field: e.path().to_string(),
+                message: e.inner().to_string(),
+            })
+        }
+        match meta.kind.as_str() {
+            "VirtualService" => typed(document, &meta.kind, &name, value).map(Object::VirtualService),
+            "RealServer" => typed(document, &meta.kind, &name, value).map(Object::RealServer),
+            "AddressPool" => typed(document, &meta.kind, &name, value).map(Object::AddressPool),
+            _ => Err(ParseError::UnknownKind {
+                document,
+                api_version: meta.api_version,
+                kind: meta.kind,
+            }),
+        }
+    }
+
+    /// [`validate`] for whichever kind this is.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        match self {
+            Object::VirtualService(o) => validate(o),
+            Object::RealServer(o) => validate(o),
+            Object::AddressPool(o) => validate(o),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_pointers_become_field_paths() {
+        assert_eq!(json_pointer_to_field("/spec/ports/0/port"), "spec.ports[0].port");
+        assert_eq!(json_pointer_to_field("/spec/vip"), "spec.vip");
+        assert_eq!(json_pointer_to_field(""), "<object>");
+        assert_eq!(json_pointer_to_field("/metadata/labels/a~1b"), "metadata.labels.a/b");
+    }
+}
