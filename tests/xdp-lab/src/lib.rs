@@ -9,10 +9,14 @@
 //! client that records which real server answered ([`client`]), the nftables DNAT load
 //! balancer LVS is compared with ([`nft`]).
 
+pub mod bench;
+pub mod bpf;
 pub mod client;
 pub mod cmd;
 pub mod netns;
 pub mod nft;
+pub mod packet;
+pub mod prog_run;
 pub mod server;
 pub mod sock;
 pub mod topology;
