@@ -1,1 +1,67 @@
-//! Kernel IPVS over generic netlink.
+//! Kernel IPVS over generic netlink: our own codec, a thin client, and a diff-based apply.
+//!
+//! Layers, from pure to I/O:
+//! - [`nl`] and [`codec`]: netlink/genetlink framing and every IPVS message
+//!   ([`IpvsMessage`]), encode and decode. Pure; decoders never panic.
+//! - [`table`] and [`diff`]: the IPVS table as plain data and the pure decision
+//!   [`diff::diff`] (kernel table + desired + owned + drain bookkeeping + `now` -> ops).
+//! - [`client`]: [`IpvsClient`], one NETLINK_GENERIC socket used serially.
+//! - [`apply`]: [`IpvsDataplane::apply`], dump once, diff, send only the changes.
+//! - [`sysctl`] and [`fullnat`]: director sysctls and FullNAT via nftables.
+//!
+//! # Stable API (the VM harness codes against this; changes are additive only)
+//!
+//! ```no_run
+//! use std::time::{Duration, Instant};
+//! use kubelvs_ipvs::{IpvsClient, IpvsDataplane, director_sysctls, apply_sysctls, fullnat_ruleset};
+//!
+//! # fn plan() -> Vec<kubelvs_model::Service> { vec![] }
+//! # fn main() -> Result<(), kubelvs_ipvs::Error> {
+//! // Low level: read the table (services with their destinations).
+//! let mut client = IpvsClient::new()?;
+//! let table: Vec<kubelvs_ipvs::KernelService> = client.dump()?;
+//! let _ = (table, client.writes(), client.family_id());
+//!
+//! // The dataplane: ownership is kept in a state file; other tools' services are never touched.
+//! let mut dp = IpvsDataplane::new("/run/kube-lvs/ipvs-owned-services")?;
+//! dp.set_drain_timeout(Duration::from_secs(30));
+//! apply_sysctls(&director_sysctls())?; // after IpvsDataplane::new: ip_vs is loaded then
+//! let services = plan();
+//! let report = dp.apply(&services, Instant::now())?;
+//! println!("{} writes, {} errors", report.writes, report.errors.len());
+//! let again = dp.apply(&services, Instant::now())?;
+//! assert_eq!(again.writes, 0);
+//!
+//! // FullNAT: an nft script replacing only table inet kubelvs_fullnat.
+//! let script: String = fullnat_ruleset(&services);
+//! kubelvs_ipvs::apply_fullnat(&services)?;
+//! # let _ = script; Ok(()) }
+//! ```
+
+pub mod apply;
+pub mod client;
+pub mod codec;
+pub mod diff;
+pub mod error;
+pub mod fullnat;
+pub mod nl;
+pub mod ownership;
+pub mod sysctl;
+pub mod table;
+
+pub use apply::{ApplyReport, IpvsDataplane, DEFAULT_DRAIN_TIMEOUT};
+pub use client::IpvsClient;
+pub use codec::{
+    Command, DaemonAttrs, DestAttrs, Flags, Info, IpvsMessage, Netmask, ServiceAttrs, Stats,
+    Timeouts,
+};
+pub use diff::{diff, Diff, Draining, Op, OpKind};
+pub use error::Error;
+pub use fullnat::{apply_fullnat, fullnat_ruleset, FULLNAT_TABLE};
+pub use nl::DecodeError;
+pub use ownership::{OwnedServices, DEFAULT_STATE_PATH};
+pub use sysctl::{apply_sysctls, director_sysctls, Sysctl};
+pub use table::{
+    DesiredDest, DesiredService, DestConfig, DestId, KernelDest, KernelService, PlanError,
+    ServiceConfig, ServiceId,
+};

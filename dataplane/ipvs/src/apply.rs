@@ -1,0 +1,269 @@
+//! [`IpvsDataplane::apply`]: dump once, diff (pure, [`crate::diff`]), send only the changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use kubelvs_model as model;
+
+use crate::client::IpvsClient;
+use crate::diff::{diff, owned_after, Draining, Op, OpKind};
+use crate::error::Error;
+use crate::ownership::OwnedServices;
+use crate::table::{DesiredService, KernelService, ServiceId};
+
+/// Default time a removed real server is given to finish its connections.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What one apply did.
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    pub added_services: usize,
+    pub updated_services: usize,
+    pub deleted_services: usize,
+    pub added_dests: usize,
+    pub updated_dests: usize,
+    pub deleted_dests: usize,
+    /// Netlink write messages sent by this apply (0 when the kernel already matched).
+    pub writes: u64,
+    /// Desired services whose identity belongs to a service we do not own: left alone.
+    pub conflicts: Vec<ServiceId>,
+    /// Destinations still draining (weight 0, waiting for connections or the deadline).
+    pub draining: usize,
+    /// Time reading the kernel table.
+    pub dump_time: Duration,
+    /// Netlink time of the writes (send + acknowledgements).
+    pub write_time: Duration,
+    /// Operations the kernel refused (other than convergence: EEXIST on add,
+    /// ESRCH/ENOENT on delete). The rest of the plan was still applied.
+    pub errors: Vec<Error>,
+}
+
+impl ApplyReport {
+    fn count(&mut self, kind: OpKind) {
+        match kind {
+            OpKind::AddService => self.added_services += 1,
+            OpKind::UpdateService => self.updated_services += 1,
+            OpKind::DeleteService => self.deleted_services += 1,
+            OpKind::AddDest => self.added_dests += 1,
+            OpKind::UpdateDest => self.updated_dests += 1,
+            OpKind::DeleteDest => self.deleted_dests += 1,
+        }
+    }
+
+    /// Operations performed, all kinds.
+    pub fn ops(&self) -> usize {
+        self.added_services
+            + self.updated_services
+            + self.deleted_services
+            + self.added_dests
+            + self.updated_dests
+            + self.deleted_dests
+    }
+}
+
+/// Kernel IPVS programmed from the plan, owning only what it created.
+#[derive(Debug)]
+pub struct IpvsDataplane {
+    client: IpvsClient,
+    owned: OwnedServices,
+    draining: Draining,
+    drain_timeout: Duration,
+}
+
+impl IpvsDataplane {
+    /// Opens a netlink client in the current network namespace and loads the
+    /// ownership state from `owner_state_path` (see [`crate::DEFAULT_STATE_PATH`]).
+    pub fn new(owner_state_path: impl Into<PathBuf>) -> Result<Self, Error> {
+        Self::with_client(IpvsClient::new()?, owner_state_path)
+    }
+
+    pub fn with_client(
+        client: IpvsClient,
+        owner_state_path: impl Into<PathBuf>,
+    ) -> Result<Self, Error> {
+        Ok(Self {
+            client,
+            owned: OwnedServices::load(owner_state_path)?,
+            draining: Draining::new(),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        })
+    }
+
+    /// How long a removed real server may keep connections before it is deleted anyway.
+    pub fn set_drain_timeout(&mut self, d: Duration) {
+        self.drain_timeout = d;
+    }
+
+    pub fn client(&mut self) -> &mut IpvsClient {
+        &mut self.client
+    }
+
+    /// Services we created and still own.
+    pub fn owned(&self) -> &BTreeSet<ServiceId> {
+        self.owned.ids()
+    }
+
+    pub fn draining(&self) -> &Draining {
+        &self.draining
+    }
+
+    /// Makes the kernel match the IPVS services of the plan (services for another
+    /// dataplane are ignored). Safe to call repeatedly: the same plan twice sends zero
+    /// writes. `now` drives drain deadlines.
+    pub fn apply(
+        &mut self,
+        services: &[model::Service],
+        now: Instant,
+    ) -> Result<ApplyReport, Error> {
+        let desired = services
+            .iter()
+            .filter(|s| s.dataplane == model::DataplaneKind::Ipvs)
+            .map(DesiredService::from_model)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.apply_desired(&desired, now)
+    }
+
+    /// [`IpvsDataplane::apply`] on already converted services (fwmark services too).
+    pub fn apply_desired(
+        &mut self,
+        desired: &[DesiredService],
+        now: Instant,
+    ) -> Result<ApplyReport, Error> {
+        let mut report = ApplyReport::default();
+        let writes0 = self.client.writes();
+        let wt0 = self.client.write_time();
+
+        let t = Instant::now();
+        let wanted: BTreeSet<ServiceId> = desired.iter().map(|d| d.id).collect();
+        let mut kernel = self.client.dump_services()?;
+        // Destinations only matter for services we own and keep.
+        for s in &mut kernel {
+            if self.owned.ids().contains(&s.id) && wanted.contains(&s.id) {
+                s.dests = self.client.dump_dests(&s.id)?;
+            }
+        }
+        report.dump_time = t.elapsed();
+
+        let d = diff(
+            &kernel,
+            desired,
+            self.owned.ids(),
+            &self.draining,
+            now,
+            self.drain_timeout,
+        );
+        report.conflicts = d.conflicts.clone();
+        self.send(&kernel, desired, &d.ops, &mut report)?;
+        self.draining = d.draining;
+        report.draining = self.draining.len();
+        report.writes = self.client.writes() - writes0;
+        report.write_time = self.client.write_time() - wt0;
+        Ok(report)
+    }
+
+    fn send(
+        &mut self,
+        kernel: &[KernelService],
+        desired: &[DesiredService],
+        ops: &[Op],
+        report: &mut ApplyReport,
+    ) -> Result<(), Error> {
+        if ops.is_empty() {
+            // Still prune stale entries (services someone else deleted and we no longer want).
+            let owned = owned_after(kernel, desired, self.owned.ids(), ops);
+            return self.owned.store(owned);
+        }
+        let (svc_ops, dest_ops): (Vec<&Op>, Vec<&Op>) = ops.iter().partition(|o| {
+            matches!(
+                o.kind(),
+                OpKind::AddService | OpKind::UpdateService | OpKind::DeleteService
+            )
+        });
+
+        // Record ownership before creating, so a crash never orphans a service we made.
+        let mut owned = owned_after(kernel, desired, self.owned.ids(), ops);
+        let mut before = self.owned.ids().clone();
+        before.extend(owned.iter().copied());
+        self.owned.store(before)?;
+
+        let msgs: Vec<_> = svc_ops.iter().map(|o| o.to_message()).collect();
+        let results = self.client.execute_batch(&msgs);
+        let mut failed: BTreeSet<ServiceId> = BTreeSet::new();
+        for (op, r) in svc_ops.iter().zip(results) {
+            match (op.kind(), r) {
+                (kind, Ok(())) => report.count(kind),
+                (OpKind::AddService, Err(e)) if e.is_exists() => {
+                    // Someone else created it since our dump: not ours.
+                    owned.remove(op.service());
+                    failed.insert(*op.service());
+                    report.conflicts.push(*op.service());
+                }
+                (OpKind::DeleteService, Err(e)) if e.is_not_found() => {}
+                (OpKind::AddService, Err(e)) => {
+                    owned.remove(op.service());
+                    failed.insert(*op.service());
+                    report.errors.push(e);
+                }
+                (_, Err(e)) => {
+                    failed.insert(*op.service());
+                    report.errors.push(e);
+                }
+            }
+        }
+        self.owned.store(owned)?;
+
+        let dest_ops: Vec<&Op> = dest_ops
+            .into_iter()
+            .filter(|o| !failed.contains(o.service()))
+            .collect();
+        let msgs: Vec<_> = dest_ops.iter().map(|o| o.to_message()).collect();
+        let results = self.client.execute_batch(&msgs);
+        let mut retry: Vec<Op> = Vec::new();
+        for (op, r) in dest_ops.iter().zip(results) {
+            match (op, r) {
+                (op, Ok(())) => report.count(op.kind()),
+                (Op::DeleteDest { .. }, Err(e)) if e.is_not_found() => {}
+                // The dump was not a snapshot: flip add <-> update once (keepalived, kube-router).
+                (
+                    Op::AddDest {
+                        service,
+                        dest,
+                        config,
+                    },
+                    Err(e),
+                ) if e.is_exists() => retry.push(Op::UpdateDest {
+                    service: *service,
+                    dest: *dest,
+                    config: *config,
+                }),
+                (
+                    Op::UpdateDest {
+                        service,
+                        dest,
+                        config,
+                    },
+                    Err(e),
+                ) if e.errno() == Some(libc::ENOENT) => retry.push(Op::AddDest {
+                    service: *service,
+                    dest: *dest,
+                    config: *config,
+                }),
+                (_, Err(e)) => report.errors.push(e),
+            }
+        }
+        let msgs: Vec<_> = retry.iter().map(Op::to_message).collect();
+        for (op, r) in retry.iter().zip(self.client.execute_batch(&msgs)) {
+            match r {
+                Ok(()) => report.count(op.kind()),
+                Err(e) => report.errors.push(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The kernel table as a map, for tests and callers that diff themselves.
+pub fn table_map(kernel: Vec<KernelService>) -> BTreeMap<ServiceId, KernelService> {
+    kernel.into_iter().map(|s| (s.id, s)).collect()
+}

@@ -1,0 +1,625 @@
+//! The thin I/O layer: one NETLINK_GENERIC socket, used serially.
+//!
+//! Requests get a fresh sequence number and every reply is checked against it.
+//! Writes can be pipelined: [`IpvsClient::execute_batch`] puts many requests in one
+//! `send` (the kernel processes them in order and acknowledges each), which is what
+//! makes programming large tables cheaper than one round trip per entry.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::codec::{
+    Command, DaemonAttrs, DestAttrs, Info, IpvsMessage, ServiceAttrs, Timeouts, IPVS_GENL_NAME,
+};
+use crate::error::Error;
+use crate::nl::{self, NlKind};
+use crate::table::{KernelDest, KernelService, ServiceId};
+
+/// Receive buffer for one datagram: dump skbs are sized up to 32 KiB from it.
+const RECV_BUF: usize = 64 * 1024;
+/// Socket buffers: room for the acknowledgements of a whole batch.
+const SOCK_BUF: usize = 8 * 1024 * 1024;
+/// Requests per `send` in [`IpvsClient::execute_batch`].
+const DEFAULT_BATCH: usize = 1024;
+
+/// A client for kernel IPVS in the caller's network namespace.
+#[derive(Debug)]
+pub struct IpvsClient {
+    sock: sys::Socket,
+    family: u16,
+    seq: u32,
+    writes: u64,
+    buf: Vec<u8>,
+    batch_size: usize,
+    /// Time spent in send/recv of write messages (the "netlink time" of a change).
+    write_time: Duration,
+}
+
+/// Short description of the object a message is about, for errors.
+pub fn describe(msg: &IpvsMessage) -> String {
+    let svc = msg
+        .service
+        .as_ref()
+        .and_then(ServiceId::from_attrs)
+        .map(|id| format!("service {id}"));
+    let dest = msg
+        .dest
+        .as_ref()
+        .and_then(|d| {
+            Some(crate::table::DestId {
+                addr: d.addr?,
+                port: d.port?,
+            })
+        })
+        .map(|d| format!("destination {d}"));
+    match (svc, dest) {
+        (Some(s), Some(d)) => format!("{s} {d}"),
+        (Some(s), None) => s,
+        (None, Some(d)) => d,
+        (None, None) => String::from("(global)"),
+    }
+}
+
+impl IpvsClient {
+    /// Opens the socket and resolves the IPVS family id (the kernel autoloads ip_vs
+    /// on that lookup when the module is available).
+    pub fn new() -> Result<Self, Error> {
+        let sock = sys::Socket::open().map_err(|source| Error::Socket {
+            op: "socket(AF_NETLINK, NETLINK_GENERIC)",
+            source,
+        })?;
+        // Bigger buffers are best effort: without them batches are just smaller.
+        let _ = sock.set_buffers(SOCK_BUF);
+        let _ = sock.set_cap_ack();
+        sock.set_recv_timeout(Duration::from_secs(60))
+            .map_err(|source| Error::Socket {
+                op: "setsockopt(SO_RCVTIMEO)",
+                source,
+            })?;
+        let mut c = Self {
+            sock,
+            family: 0,
+            seq: 0,
+            writes: 0,
+            buf: vec![0; RECV_BUF],
+            batch_size: DEFAULT_BATCH,
+            write_time: Duration::ZERO,
+        };
+        c.family = c.resolve_family()?;
+        Ok(c)
+    }
+
+    /// The generic-netlink family id currently used.
+    pub fn family_id(&self) -> u16 {
+        self.family
+    }
+
+    /// Write messages sent so far (NEW/SET/DEL/ZERO/FLUSH/...), retries included.
+    pub fn writes(&self) -> u64 {
+        self.writes
+    }
+
+    /// Time spent sending write messages and reading their acknowledgements.
+    pub fn write_time(&self) -> Duration {
+        self.write_time
+    }
+
+    /// Requests per `send` in batches (at least 1).
+    pub fn set_batch_size(&mut self, n: usize) {
+        self.batch_size = n.max(1);
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    /// Looks the IPVS family id up by name with CTRL_GETFAMILY.
+    pub fn resolve_family(&mut self) -> Result<u16, Error> {
+        let seq = self.next_seq();
+        let req = nl::get_family_request(IPVS_GENL_NAME, seq);
+        self.send(&req, "send CTRL_GETFAMILY")?;
+        let mut id = None;
+        loop {
+            let n = self.recv("recv CTRL_GETFAMILY")?;
+            let buf = std::mem::take(&mut self.buf);
+            let r = (|| {
+                for m in nl::messages(&buf[..n]) {
+                    let m = m.map_err(|source| decode_err("CTRL_GETFAMILY", source))?;
+                    if m.header.seq != seq {
+                        continue;
+                    }
+                    match m
+                        .kind()
+                        .map_err(|source| decode_err("CTRL_GETFAMILY", source))?
+                    {
+                        NlKind::Ack { errno: 0 } | NlKind::Done { .. } => return Ok(true),
+                        NlKind::Ack { errno } if errno == libc::ENOENT => {
+                            return Err(Error::FamilyNotFound)
+                        }
+                        NlKind::Ack { errno } => {
+                            return Err(Error::Socket {
+                                op: "CTRL_GETFAMILY",
+                                source: std::io::Error::from_raw_os_error(errno),
+                            })
+                        }
+                        NlKind::Data(p) => {
+                            let f = nl::parse_family(p)
+                                .map_err(|source| decode_err("CTRL_GETFAMILY", source))?;
+                            id = Some(f.id);
+                            // REQUEST without ACK: the family message is the whole answer.
+                            return Ok(true);
+                        }
+                        NlKind::Ignore => {}
+                    }
+                }
+                Ok(false)
+            })();
+            self.buf = buf;
+            if r? {
+                break;
+            }
+        }
+        let id = id.ok_or(Error::FamilyNotFound)?;
+        self.family = id;
+        Ok(id)
+    }
+
+    fn send(&mut self, bytes: &[u8], op: &'static str) -> Result<(), Error> {
+        self.sock
+            .send(bytes)
+            .map_err(|source| Error::Socket { op, source })
+    }
+
+    fn recv(&mut self, op: &'static str) -> Result<usize, Error> {
+        self.sock
+            .recv(&mut self.buf)
+            .map_err(|source| Error::Socket { op, source })
+    }
+
+    /// Re-resolves the family after ENOENT/EINVAL; true if the id changed (module reloaded).
+    fn family_changed(&mut self) -> bool {
+        let old = self.family;
+        matches!(self.resolve_family(), Ok(id) if id != old)
+    }
+
+    /// Sends one request and returns the IPVS messages of its answer (none for a
+    /// plain ACK, several for a dump). Retries once if the family id went stale.
+    pub fn request(&mut self, msg: &IpvsMessage) -> Result<Vec<IpvsMessage>, Error> {
+        match self.request_once(msg) {
+            Err(e) if matches!(e.errno(), Some(libc::ENOENT) | Some(libc::EINVAL)) => {
+                if self.family_changed() {
+                    self.request_once(msg)
+                } else {
+                    Err(e)
+                }
+            }
+            r => r,
+        }
+    }
+
+    fn request_once(&mut self, msg: &IpvsMessage) -> Result<Vec<IpvsMessage>, Error> {
+        let flags = msg.request_flags();
+        let seq = self.next_seq();
+        let bytes = msg.encode(self.family, flags, seq);
+        let start = Instant::now();
+        self.send(&bytes, "send")?;
+        if msg.cmd.is_write() {
+            self.writes += 1;
+        }
+        // Kernels < 3.18 omit DEST ADDR_FAMILY; replies then take the service's.
+        let service_af = msg.service.as_ref().and_then(|s| s.af);
+        let mut out = Vec::new();
+        loop {
+            let n = self.recv("recv")?;
+            let buf = std::mem::take(&mut self.buf);
+            let r: Result<bool, Error> = (|| {
+                for m in nl::messages(&buf[..n]) {
+                    let m = m.map_err(|source| decode_err(msg.cmd.name(), source))?;
+                    if m.header.seq != seq {
+                        if seq_is_older(m.header.seq, seq) {
+                            // Left over from an earlier request that failed half-way.
+                            continue;
+                        }
+                        return Err(Error::Sequence {
+                            expected: seq,
+                            got: m.header.seq,
+                        });
+                    }
+                    match m
+                        .kind()
+                        .map_err(|source| decode_err(msg.cmd.name(), source))?
+                    {
+                        NlKind::Ack { errno: 0 } => return Ok(true),
+                        NlKind::Ack { errno } | NlKind::Done { errno } if errno != 0 => {
+                            return Err(Error::Kernel {
+                                cmd: msg.cmd,
+                                object: describe(msg),
+                                errno,
+                            })
+                        }
+                        NlKind::Done { .. } => return Ok(true),
+                        NlKind::Data(p) => {
+                            let decoded = match service_af {
+                                Some(af) => IpvsMessage::decode_with_service_af(p, af),
+                                None => IpvsMessage::decode(p),
+                            }
+                            .map_err(|source| decode_err(msg.cmd.name(), source))?;
+                            out.push(decoded);
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(false)
+            })();
+            self.buf = buf;
+            if r? {
+                break;
+            }
+        }
+        if msg.cmd.is_write() {
+            self.write_time += start.elapsed();
+        }
+        Ok(out)
+    }
+
+    /// Sends a write and waits for its acknowledgement.
+    pub fn execute(&mut self, msg: &IpvsMessage) -> Result<(), Error> {
+        self.request(msg).map(|_| ())
+    }
+
+    /// Sends many writes pipelined (`batch_size` per `send`) and returns one result
+    /// per message, in order. The kernel goes on after a failed message, so one
+    /// error does not stop the others. Messages that fail with ENOENT/EINVAL are
+    /// resent once if the family id turns out to have changed.
+    pub fn execute_batch(&mut self, msgs: &[IpvsMessage]) -> Vec<Result<(), Error>> {
+        let mut results = self.execute_batch_once(msgs);
+        let stale: Vec<usize> = results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| {
+                matches!(r, Err(e) if matches!(e.errno(), Some(libc::ENOENT) | Some(libc::EINVAL)))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if !stale.is_empty() && self.family_changed() {
+            let again: Vec<IpvsMessage> = stale.iter().map(|&i| msgs[i].clone()).collect();
+            for (i, r) in stale.into_iter().zip(self.execute_batch_once(&again)) {
+                results[i] = r;
+            }
+        }
+        results
+    }
+
+    fn execute_batch_once(&mut self, msgs: &[IpvsMessage]) -> Vec<Result<(), Error>> {
+        let mut results: Vec<Option<Result<(), Error>>> = (0..msgs.len()).map(|_| None).collect();
+        for (chunk_no, chunk) in msgs.chunks(self.batch_size).enumerate() {
+            let base = chunk_no * self.batch_size;
+            let mut bytes = Vec::with_capacity(chunk.len() * 128);
+            let mut by_seq = HashMap::with_capacity(chunk.len());
+            for (i, m) in chunk.iter().enumerate() {
+                let seq = self.next_seq();
+                by_seq.insert(seq, base + i);
+                bytes.extend_from_slice(&m.encode(
+                    self.family,
+                    nl::NLM_F_REQUEST | nl::NLM_F_ACK,
+                    seq,
+                ));
+            }
+            let start = Instant::now();
+            if let Err(e) = self.send(&bytes, "send batch") {
+                let text = e.to_string();
+                for i in by_seq.into_values() {
+                    results[i] = Some(Err(Error::Socket {
+                        op: "send batch",
+                        source: std::io::Error::other(text.clone()),
+                    }));
+                }
+                continue;
+            }
+            self.writes += chunk.iter().filter(|m| m.cmd.is_write()).count() as u64;
+            let mut pending = by_seq.len();
+            while pending > 0 {
+                let n = match self.recv("recv batch acknowledgements") {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let text = e.to_string();
+                        for (_, i) in by_seq.drain() {
+                            results[i] = Some(Err(Error::Socket {
+                                op: "recv batch acknowledgements",
+                                source: std::io::Error::other(text.clone()),
+                            }));
+                        }
+                        break;
+                    }
+                };
+                for m in nl::messages(&self.buf[..n]) {
+                    let Ok(m) = m else { break };
+                    let Some(i) = by_seq.remove(&m.header.seq) else {
+                        continue;
+                    };
+                    pending -= 1;
+                    results[i] = Some(match m.kind() {
+                        Ok(NlKind::Ack { errno: 0 }) => Ok(()),
+                        Ok(NlKind::Ack { errno }) => Err(Error::Kernel {
+                            cmd: msgs[i].cmd,
+                            object: describe(&msgs[i]),
+                            errno,
+                        }),
+                        Ok(_) => Ok(()),
+                        Err(source) => Err(decode_err(msgs[i].cmd.name(), source)),
+                    });
+                }
+            }
+            self.write_time += start.elapsed();
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(Error::Socket {
+                        op: "batch",
+                        source: std::io::Error::other("no acknowledgement"),
+                    })
+                })
+            })
+            .collect()
+    }
+
+    /// All services (one dump), without destinations.
+    pub fn services(&mut self) -> Result<Vec<ServiceAttrs>, Error> {
+        let replies = self.request(&IpvsMessage::new(Command::GetService))?;
+        Ok(replies.into_iter().filter_map(|m| m.service).collect())
+    }
+
+    /// One service by identity (ESRCH if missing).
+    pub fn service(&mut self, id: &ServiceId) -> Result<Option<ServiceAttrs>, Error> {
+        let replies =
+            self.request(&IpvsMessage::new(Command::GetService).with_service(id.to_attrs()))?;
+        Ok(replies.into_iter().find_map(|m| m.service))
+    }
+
+    /// The destinations of one service (one dump; empty if the service does not exist).
+    pub fn dests(&mut self, id: &ServiceId) -> Result<Vec<DestAttrs>, Error> {
+        let replies =
+            self.request(&IpvsMessage::new(Command::GetDest).with_service(id.to_attrs()))?;
+        Ok(replies.into_iter().filter_map(|m| m.dest).collect())
+    }
+
+    /// The whole table: one service dump, then one destination dump per service.
+    /// Dumps are not snapshots: concurrent changes may be missed until the next dump.
+    pub fn dump(&mut self) -> Result<Vec<KernelService>, Error> {
+        let mut out = self.dump_services()?;
+        for s in &mut out {
+            s.dests = self.dump_dests(&s.id)?;
+        }
+        Ok(out)
+    }
+
+    /// All services as plain data, without destinations.
+    pub fn dump_services(&mut self) -> Result<Vec<KernelService>, Error> {
+        Ok(self
+            .services()?
+            .iter()
+            .filter_map(KernelService::from_attrs)
+            .collect())
+    }
+
+    /// The destinations of one service as plain data.
+    pub fn dump_dests(&mut self, id: &ServiceId) -> Result<Vec<KernelDest>, Error> {
+        Ok(self
+            .dests(id)?
+            .iter()
+            .filter_map(KernelDest::from_attrs)
+            .collect())
+    }
+
+    /// IPVS version and connection table size.
+    pub fn info(&mut self) -> Result<Info, Error> {
+        let r = self.request(&IpvsMessage::new(Command::GetInfo))?;
+        Ok(r.into_iter().next().map(|m| m.info).unwrap_or_default())
+    }
+
+    /// TCP, TCP FIN and UDP connection timeouts.
+    pub fn timeouts(&mut self) -> Result<Timeouts, Error> {
+        let r = self.request(&IpvsMessage::new(Command::GetConfig))?;
+        Ok(r.into_iter().next().map(|m| m.timeouts).unwrap_or_default())
+    }
+
+    /// Sets timeouts; `None` or 0 leaves one unchanged.
+    pub fn set_timeouts(&mut self, t: Timeouts) -> Result<(), Error> {
+        let mut m = IpvsMessage::new(Command::SetConfig);
+        m.timeouts = t;
+        self.execute(&m)
+    }
+
+    /// Zeroes the counters of one service, or of everything.
+    pub fn zero(&mut self, id: Option<&ServiceId>) -> Result<(), Error> {
+        let mut m = IpvsMessage::new(Command::Zero);
+        m.service = id.map(ServiceId::to_attrs);
+        self.execute(&m)
+    }
+
+    /// Deletes every service in the namespace. The dataplane never calls this.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        self.execute(&IpvsMessage::new(Command::Flush))
+    }
+
+    /// Running sync daemons.
+    pub fn daemons(&mut self) -> Result<Vec<DaemonAttrs>, Error> {
+        let r = self.request(&IpvsMessage::new(Command::GetDaemon))?;
+        Ok(r.into_iter().filter_map(|m| m.daemon).collect())
+    }
+
+    /// Starts a sync daemon (STATE, MCAST_IFN and SYNC_ID are required).
+    pub fn new_daemon(&mut self, d: DaemonAttrs) -> Result<(), Error> {
+        self.execute(&IpvsMessage::new(Command::NewDaemon).with_daemon(d))
+    }
+
+    /// Stops the sync daemon in `state` (SYNC_MASTER or SYNC_BACKUP).
+    pub fn del_daemon(&mut self, state: u32) -> Result<(), Error> {
+        self.execute(
+            &IpvsMessage::new(Command::DelDaemon).with_daemon(DaemonAttrs {
+                state: Some(state),
+                ..Default::default()
+            }),
+        )
+    }
+}
+
+fn decode_err(context: &str, source: nl::DecodeError) -> Error {
+    Error::Decode {
+        context: context.to_owned(),
+        source,
+    }
+}
+
+/// Whether sequence `a` was sent before `b` (with wrap-around).
+fn seq_is_older(a: u32, b: u32) -> bool {
+    let d = b.wrapping_sub(a);
+    d != 0 && d < u32::MAX / 2
+}
+
+#[allow(unsafe_code)]
+mod sys {
+    //! The raw socket calls. Each `unsafe` block passes pointers to live, correctly
+    //! sized local values or buffers.
+
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::time::Duration;
+
+    #[derive(Debug)]
+    pub struct Socket(OwnedFd);
+
+    fn kernel_addr() -> libc::sockaddr_nl {
+        // SAFETY: sockaddr_nl is plain old data; all-zero is a valid value.
+        let mut a: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        a.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        a
+    }
+
+    impl Socket {
+        pub fn open() -> io::Result<Self> {
+            // SAFETY: plain syscall with constant arguments.
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_NETLINK,
+                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                    libc::NETLINK_GENERIC,
+                )
+            };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: fd is a freshly created descriptor we own.
+            let sock = Self(unsafe { OwnedFd::from_raw_fd(fd) });
+            let addr = kernel_addr();
+            // SAFETY: addr is a valid sockaddr_nl of the given size.
+            let r = unsafe {
+                libc::bind(
+                    sock.0.as_raw_fd(),
+                    (&addr as *const libc::sockaddr_nl).cast(),
+                    std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+                )
+            };
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(sock)
+        }
+
+        fn setsockopt<T>(&self, level: i32, name: i32, v: &T) -> io::Result<()> {
+            // SAFETY: v points to a live T and its size is passed.
+            let r = unsafe {
+                libc::setsockopt(
+                    self.0.as_raw_fd(),
+                    level,
+                    name,
+                    (v as *const T).cast(),
+                    std::mem::size_of::<T>() as libc::socklen_t,
+                )
+            };
+            if r < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        }
+
+        /// FORCE variants need CAP_NET_ADMIN and ignore rmem_max; fall back to the plain ones.
+        pub fn set_buffers(&self, bytes: usize) -> io::Result<()> {
+            let v = i32::try_from(bytes).unwrap_or(i32::MAX);
+            self.setsockopt(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &v)
+                .or_else(|_| self.setsockopt(libc::SOL_SOCKET, libc::SO_RCVBUF, &v))?;
+            self.setsockopt(libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, &v)
+                .or_else(|_| self.setsockopt(libc::SOL_SOCKET, libc::SO_SNDBUF, &v))
+        }
+
+        /// Acknowledgements without a copy of the request: smaller, so more fit a batch.
+        pub fn set_cap_ack(&self) -> io::Result<()> {
+            self.setsockopt(libc::SOL_NETLINK, libc::NETLINK_CAP_ACK, &1i32)
+        }
+
+        pub fn set_recv_timeout(&self, d: Duration) -> io::Result<()> {
+            let tv = libc::timeval {
+                tv_sec: d.as_secs() as libc::time_t,
+                tv_usec: libc::suseconds_t::from(d.subsec_micros() as i32),
+            };
+            self.setsockopt(libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)
+        }
+
+        pub fn send(&self, buf: &[u8]) -> io::Result<()> {
+            let addr = kernel_addr();
+            loop {
+                // SAFETY: buf and addr are live for the call; sizes are theirs.
+                let r = unsafe {
+                    libc::sendto(
+                        self.0.as_raw_fd(),
+                        buf.as_ptr().cast(),
+                        buf.len(),
+                        0,
+                        (&addr as *const libc::sockaddr_nl).cast(),
+                        std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+                    )
+                };
+                if r >= 0 {
+                    return Ok(());
+                }
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+
+        /// One datagram; an error if it did not fit the buffer (MSG_TRUNC reports its size).
+        pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+            loop {
+                // SAFETY: buf is a live, writable buffer of buf.len() bytes.
+                let r = unsafe {
+                    libc::recv(
+                        self.0.as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        libc::MSG_TRUNC,
+                    )
+                };
+                if r >= 0 {
+                    let n = r as usize;
+                    if n > buf.len() {
+                        return Err(io::Error::other(format!(
+                            "netlink datagram of {n} bytes truncated to {}",
+                            buf.len()
+                        )));
+                    }
+                    return Ok(n);
+                }
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}

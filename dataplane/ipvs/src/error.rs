@@ -1,0 +1,80 @@
+//! The crate's error type: each variant names the object it is about.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::codec::Command;
+use crate::nl::DecodeError;
+use crate::table::PlanError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("netlink socket: {op}: {source}")]
+    Socket {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "generic netlink family \"IPVS\" not found (ip_vs module not loaded or not available)"
+    )]
+    FamilyNotFound,
+    #[error("IPVS {cmd} {object}: {}", io::Error::from_raw_os_error(*errno))]
+    Kernel {
+        cmd: Command,
+        /// The service (and destination) the command was about.
+        object: String,
+        /// Positive errno.
+        errno: i32,
+    },
+    #[error("decoding the reply to {context}: {source}")]
+    Decode {
+        context: String,
+        #[source]
+        source: DecodeError,
+    },
+    #[error("netlink reply with sequence {got}, expected {expected}")]
+    Sequence { expected: u32, got: u32 },
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("ownership state file {path}: {source}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("ownership state file {path}, line {line}: cannot parse {text:?}")]
+    StateParse {
+        path: PathBuf,
+        line: usize,
+        text: String,
+    },
+    #[error("sysctl {path}: {source}")]
+    Sysctl {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("nft -f - (table {table}): {detail}")]
+    Nft { table: &'static str, detail: String },
+}
+
+impl Error {
+    /// The kernel's errno, for [`Error::Kernel`].
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Self::Kernel { errno, .. } => Some(*errno),
+            _ => None,
+        }
+    }
+
+    /// The object already exists (EEXIST): convergence for an add.
+    pub fn is_exists(&self) -> bool {
+        self.errno() == Some(libc::EEXIST)
+    }
+
+    /// The service (ESRCH) or destination (ENOENT) does not exist: convergence for a delete.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self.errno(), Some(libc::ESRCH) | Some(libc::ENOENT))
+    }
+}
