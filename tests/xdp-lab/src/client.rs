@@ -163,3 +163,20 @@ pub fn open_with_retry(addr: SocketAddr, timeout: Duration) -> Result<Conn> {
         }
     }
 }
+
+/// Opens one connection from each local address in `from` to `addr` and records which
+/// real server took each flow. Connections are reset, so the same flows can be
+/// opened again later (no TIME_WAIT).
+pub fn flows(
+    from: impl IntoIterator<Item = SocketAddr>,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<BTreeMap<SocketAddr, String>> {
+    let mut owners = BTreeMap::new();
+    for local in from {
+        let conn = Conn::open_from(local, addr, timeout)?;
+        owners.insert(local, conn.real_server.clone());
+        conn.reset();
+    }
+    Ok(owners)
+}

@@ -9,6 +9,7 @@
 //! client that records which real server answered ([`client`]), the nftables DNAT load
 //! balancer LVS is compared with ([`nft`]).
 
+pub mod actor;
 pub mod bench;
 pub mod bpf;
 pub mod client;
