@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 use kubelvs_model as model;
 
 use crate::client::IpvsClient;
+use crate::codec::IpvsMessage;
 use crate::diff::{diff, owned_after, Draining, Op, OpKind};
 use crate::error::Error;
 use crate::ownership::OwnedServices;
-use crate::table::{DesiredService, KernelService, ServiceId};
+use crate::table::{DesiredService, KernelDest, KernelService, ServiceId};
 
 /// Default time a removed real server is given to finish its connections.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
@@ -62,26 +63,58 @@ impl ApplyReport {
     }
 }
 
+/// What [`IpvsDataplane`] needs from the kernel: implemented by [`IpvsClient`] and,
+/// for tests, by [`crate::fake::FakeIpvs`].
+pub trait IpvsKernel {
+    /// All services, without destinations (one dump).
+    fn dump_services(&mut self) -> Result<Vec<KernelService>, Error>;
+    /// The destinations of one service (one dump).
+    fn dump_dests(&mut self, id: &ServiceId) -> Result<Vec<KernelDest>, Error>;
+    /// Sends writes, one result per message, in order.
+    fn execute_batch(&mut self, msgs: &[IpvsMessage]) -> Vec<Result<(), Error>>;
+    /// Write messages sent so far.
+    fn writes(&self) -> u64;
+    /// Netlink time spent on writes so far.
+    fn write_time(&self) -> Duration;
+}
+
+impl IpvsKernel for IpvsClient {
+    fn dump_services(&mut self) -> Result<Vec<KernelService>, Error> {
+        IpvsClient::dump_services(self)
+    }
+    fn dump_dests(&mut self, id: &ServiceId) -> Result<Vec<KernelDest>, Error> {
+        IpvsClient::dump_dests(self, id)
+    }
+    fn execute_batch(&mut self, msgs: &[IpvsMessage]) -> Vec<Result<(), Error>> {
+        IpvsClient::execute_batch(self, msgs)
+    }
+    fn writes(&self) -> u64 {
+        IpvsClient::writes(self)
+    }
+    fn write_time(&self) -> Duration {
+        IpvsClient::write_time(self)
+    }
+}
+
 /// Kernel IPVS programmed from the plan, owning only what it created.
 #[derive(Debug)]
-pub struct IpvsDataplane {
-    client: IpvsClient,
+pub struct IpvsDataplane<K: IpvsKernel = IpvsClient> {
+    client: K,
     owned: OwnedServices,
     draining: Draining,
     drain_timeout: Duration,
 }
 
-impl IpvsDataplane {
+impl IpvsDataplane<IpvsClient> {
     /// Opens a netlink client in the current network namespace and loads the
     /// ownership state from `owner_state_path` (see [`crate::DEFAULT_STATE_PATH`]).
     pub fn new(owner_state_path: impl Into<PathBuf>) -> Result<Self, Error> {
         Self::with_client(IpvsClient::new()?, owner_state_path)
     }
+}
 
-    pub fn with_client(
-        client: IpvsClient,
-        owner_state_path: impl Into<PathBuf>,
-    ) -> Result<Self, Error> {
+impl<K: IpvsKernel> IpvsDataplane<K> {
+    pub fn with_client(client: K, owner_state_path: impl Into<PathBuf>) -> Result<Self, Error> {
         Ok(Self {
             client,
             owned: OwnedServices::load(owner_state_path)?,
@@ -95,7 +128,7 @@ impl IpvsDataplane {
         self.drain_timeout = d;
     }
 
-    pub fn client(&mut self) -> &mut IpvsClient {
+    pub fn client(&mut self) -> &mut K {
         &mut self.client
     }
 

@@ -64,6 +64,21 @@ impl IpvsClient {
     /// Opens the socket and resolves the IPVS family id (the kernel autoloads ip_vs
     /// on that lookup when the module is available).
     pub fn new() -> Result<Self, Error> {
+        let mut c = Self::open()?;
+        if let Err(Error::FamilyNotFound(_)) = c.resolve_family() {
+            // The kernel's own autoload needs a modprobe helper that minimal
+            // systems may lack; try once ourselves, as moby/ipvs does.
+            let _ = std::process::Command::new("modprobe")
+                .args(["-q", "ip_vs"])
+                .status();
+            c.resolve_family()?;
+        }
+        Ok(c)
+    }
+
+    /// Opens the socket without resolving the IPVS family (for [`IpvsClient::lookup_family`]
+    /// on kernels without IPVS). Call [`IpvsClient::resolve_family`] before IPVS requests.
+    pub fn open() -> Result<Self, Error> {
         let sock = sys::Socket::open().map_err(|source| Error::Socket {
             op: "socket(AF_NETLINK, NETLINK_GENERIC)",
             source,
@@ -76,7 +91,7 @@ impl IpvsClient {
                 op: "setsockopt(SO_RCVTIMEO)",
                 source,
             })?;
-        let mut c = Self {
+        Ok(Self {
             sock,
             family: 0,
             seq: 0,
@@ -84,9 +99,7 @@ impl IpvsClient {
             buf: vec![0; RECV_BUF],
             batch_size: DEFAULT_BATCH,
             write_time: Duration::ZERO,
-        };
-        c.family = c.resolve_family()?;
-        Ok(c)
+        })
     }
 
     /// The generic-netlink family id currently used.
@@ -114,10 +127,17 @@ impl IpvsClient {
         self.seq
     }
 
-    /// Looks the IPVS family id up by name with CTRL_GETFAMILY.
+    /// Looks the IPVS family id up by name with CTRL_GETFAMILY and uses it from now on.
     pub fn resolve_family(&mut self) -> Result<u16, Error> {
+        let id = self.lookup_family(IPVS_GENL_NAME)?;
+        self.family = id;
+        Ok(id)
+    }
+
+    /// Looks any generic-netlink family id up by name ([`Error::FamilyNotFound`] if unknown).
+    pub fn lookup_family(&mut self, name: &str) -> Result<u16, Error> {
         let seq = self.next_seq();
-        let req = nl::get_family_request(IPVS_GENL_NAME, seq);
+        let req = nl::get_family_request(name, seq);
         self.send(&req, "send CTRL_GETFAMILY")?;
         let mut id = None;
         loop {
@@ -135,7 +155,7 @@ impl IpvsClient {
                     {
                         NlKind::Ack { errno: 0 } | NlKind::Done { .. } => return Ok(true),
                         NlKind::Ack { errno } if errno == libc::ENOENT => {
-                            return Err(Error::FamilyNotFound)
+                            return Err(Error::FamilyNotFound(name.to_owned()))
                         }
                         NlKind::Ack { errno } => {
                             return Err(Error::Socket {
@@ -160,9 +180,7 @@ impl IpvsClient {
                 break;
             }
         }
-        let id = id.ok_or(Error::FamilyNotFound)?;
-        self.family = id;
-        Ok(id)
+        id.ok_or_else(|| Error::FamilyNotFound(name.to_owned()))
     }
 
     fn send(&mut self, bytes: &[u8], op: &'static str) -> Result<(), Error> {

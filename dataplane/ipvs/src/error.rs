@@ -16,9 +16,9 @@ pub enum Error {
         source: io::Error,
     },
     #[error(
-        "generic netlink family \"IPVS\" not found (ip_vs module not loaded or not available)"
+        "generic netlink family {0:?} not found (for IPVS: ip_vs not loaded or not available)"
     )]
-    FamilyNotFound,
+    FamilyNotFound(String),
     #[error("IPVS {cmd} {object}: {}", io::Error::from_raw_os_error(*errno))]
     Kernel {
         cmd: Command,

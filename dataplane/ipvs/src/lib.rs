@@ -43,13 +43,14 @@ pub mod client;
 pub mod codec;
 pub mod diff;
 pub mod error;
+pub mod fake;
 pub mod fullnat;
 pub mod nl;
 pub mod ownership;
 pub mod sysctl;
 pub mod table;
 
-pub use apply::{ApplyReport, IpvsDataplane, DEFAULT_DRAIN_TIMEOUT};
+pub use apply::{ApplyReport, IpvsDataplane, IpvsKernel, DEFAULT_DRAIN_TIMEOUT};
 pub use client::IpvsClient;
 pub use codec::{
     Command, DaemonAttrs, DestAttrs, Flags, Info, IpvsMessage, Netmask, ServiceAttrs, Stats,
@@ -57,6 +58,7 @@ pub use codec::{
 };
 pub use diff::{diff, Diff, Draining, Op, OpKind};
 pub use error::Error;
+pub use fake::FakeIpvs;
 pub use fullnat::{apply_fullnat, fullnat_ruleset, FULLNAT_TABLE};
 pub use nl::DecodeError;
 pub use ownership::{OwnedServices, DEFAULT_STATE_PATH};
