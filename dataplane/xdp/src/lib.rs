@@ -1,1 +1,1125 @@
-//! The XDP director dataplane.
+//! The XDP director dataplane: kube-lvs's own L4 load balancer in BPF.
+//!
+//! The BPF programs are C in `dataplane/bpf/` (built by this crate's `build.rs`
+//! with clang and embedded); this crate loads, attaches and drives them with aya.
+//! The design follows Katran: the expensive part (the Maglev ring of every VIP)
+//! is built in userspace by `kubelvs-maglev`; the XDP program only looks up.
+//! See `docs/xdp.md` for the maps, the packet paths and the restart story.
+//!
+//! # Director
+//!
+//! ```no_run
+//! # fn main() -> Result<(), kubelvs_xdp::XdpError> {
+//! use kubelvs_xdp::XdpDirector;
+//! let mut director = XdpDirector::attach("eth0", "/sys/fs/bpf/kubelvs", "192.0.2.1".parse().unwrap())?;
+//! let services: Vec<kubelvs_model::Service> = Vec::new(); // from the node plan
+//! let neighbours = kubelvs_xdp::read_neighbours(Some("eth0")).unwrap_or_default();
+//! let report = director.apply(&services, &neighbours)?;
+//! let stats = director.stats()?;
+//! # let _ = (report, stats); Ok(()) }
+//! ```
+//!
+//! - [`XdpDirector::attach`] loads the director program, attaches it natively to
+//!   the interface and pins maps and the link under the pin directory. Run again
+//!   after a restart, it reuses the pinned maps (connection table included) and
+//!   atomically swaps the program behind the pinned link: no detach, no lost flows.
+//! - [`XdpDirector::apply`] takes the plan's services (those whose dataplane is
+//!   `Xdp`; others are ignored), builds maglev rings and writes only the map
+//!   entries that differ. DR needs each real server's MAC: pass the neighbour
+//!   table (see [`read_neighbours`]); TUN and NAT find the next hop with
+//!   `bpf_fib_lookup` and fall back to the same MACs.
+//! - [`XdpDirector::stats`] sums the per-CPU counters per VIP and real server.
+//! - [`attach_decap`] attaches the real-server IPIP decapsulation program;
+//!   [`attach_pass`] attaches an XDP_PASS program (veth peers receive XDP_TX
+//!   frames only when they run XDP themselves).
+//! - [`test_run`] wraps `BPF_PROG_TEST_RUN` (also live-frames mode) for fixtures,
+//!   benchmarks and traffic generators.
+//!
+//! Supported: IPv4 VIPs, TCP and UDP, forwarding `dr`, `tun` (IPIP) and `nat`,
+//! the scheduler is always Maglev (persistence hashes the masked client address).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::xdp::XdpLink;
+use aya::programs::{Xdp, XdpMode};
+use aya::{Ebpf, EbpfLoader};
+use kubelvs_model::{DataplaneKind, Forwarding, Protocol, Service, ServiceKey, Tunnel};
+
+pub mod maps;
+mod neigh;
+pub mod sys;
+
+pub use neigh::{parse_mac, parse_proc_net_arp, read_neighbours};
+pub use sys::{test_run, TestRun, TestRunResult, XdpMd};
+
+use maps::*;
+
+/// An Ethernet address.
+pub type MacAddr = [u8; 6];
+
+/// Next-hop MACs by real server address (DR uses them; TUN/NAT fall back to them).
+pub type Neighbours = HashMap<IpAddr, MacAddr>;
+
+/// The compiled BPF objects, embedded.
+pub static DIRECTOR_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/director.o"));
+pub static DECAP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/decap.o"));
+pub static PASS_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pass.o"));
+
+/// XDP verdicts, as `TestRunResult::retval` carries them.
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+const DIRECTOR_PROG: &str = "klvs_director";
+const DECAP_PROG: &str = "klvs_decap";
+const PASS_PROG: &str = "klvs_pass";
+
+/// Every map of the director object, pinned under the pin directory by these names.
+pub const DIRECTOR_MAPS: [&str; 9] = [
+    "vips",
+    "rings",
+    "reals",
+    "conns",
+    "nat_rev",
+    "vip_stats",
+    "real_stats",
+    "counters",
+    "config",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    #[error("loading BPF object {object}: {source}")]
+    Load {
+        object: &'static str,
+        #[source]
+        source: aya::EbpfError,
+    },
+    #[error("BPF program {program}: {source}")]
+    Program {
+        program: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("attaching {program} to interface {ifname}: {source}")]
+    Attach {
+        program: &'static str,
+        ifname: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("BPF map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("BPF map {map} is missing from the object")]
+    MissingMap { map: &'static str },
+    #[error("pinned map {map} has {found} entries but this loader wants {wanted}: keep the options or remove {pin_dir}")]
+    PinnedMapMismatch {
+        map: &'static str,
+        found: u32,
+        wanted: u32,
+        pin_dir: PathBuf,
+    },
+    #[error("pinned link {path}: {source}")]
+    Link {
+        path: PathBuf,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error("pinning link at {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("pin directory {path}: {source}")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("mapping BPF map rings into memory: {0}")]
+    Mmap(#[source] io::Error),
+    #[error("all {max} VIP ids are in use (raise DirectorOptions::max_vips)")]
+    TooManyVips { max: u32 },
+    #[error("all {max} real server ids are in use (raise DirectorOptions::max_reals)")]
+    TooManyReals { max: u32 },
+    #[error("maglev ring of {service}: {source}")]
+    Maglev {
+        service: ServiceKey,
+        #[source]
+        source: kubelvs_maglev::MaglevError,
+    },
+}
+
+pub type Result<T, E = XdpError> = std::result::Result<T, E>;
+
+fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> XdpError {
+    move |source| XdpError::Map { map, source }
+}
+
+/// How the director is loaded. [`DirectorOptions::new`] gives the defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectorOptions {
+    /// Where maps and the program link are pinned (on bpffs, mounted if needed).
+    /// `None` pins nothing: for tests and benchmarks that do not attach.
+    pub pin_dir: Option<PathBuf>,
+    /// Outer source address of IPIP packets (tun forwarding).
+    pub director_addr: Ipv4Addr,
+    /// Maglev ring size per VIP, a prime.
+    pub ring_size: u32,
+    pub max_vips: u32,
+    pub max_reals: u32,
+    /// Entries of the connection table (and of the NAT reply table).
+    pub conn_table_size: u32,
+    /// Native (driver) mode unless told otherwise.
+    pub mode: XdpMode,
+}
+
+impl DirectorOptions {
+    pub fn new(director_addr: Ipv4Addr) -> Self {
+        Self {
+            pin_dir: None,
+            director_addr,
+            ring_size: kubelvs_maglev::DEFAULT_TABLE_SIZE,
+            max_vips: 64,
+            max_reals: 4096,
+            conn_table_size: 262_144,
+            mode: XdpMode::Driver,
+        }
+    }
+}
+
+/// Packet, byte, new-connection and drop counts (summed over CPUs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_conns: u64,
+    pub drops: u64,
+}
+
+impl From<&PerCpuValues<Stats>> for Counts {
+    fn from(v: &PerCpuValues<Stats>) -> Self {
+        v.iter().fold(Self::default(), |a, s| Self {
+            packets: a.packets + s.packets,
+            bytes: a.bytes + s.bytes,
+            new_conns: a.new_conns + s.new_conns,
+            drops: a.drops + s.drops,
+        })
+    }
+}
+
+/// Global event counters of the director program (see `enum klvs_counter`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GlobalCounters {
+    pub passed: u64,
+    pub malformed: u64,
+    pub no_real_server: u64,
+    pub no_neighbour: u64,
+    pub no_route: u64,
+    pub nat_replies: u64,
+    pub encap_failed: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DirectorStats {
+    pub vips: BTreeMap<ServiceKey, Counts>,
+    /// Per real server address:port (shared by every VIP that uses it).
+    pub real_servers: BTreeMap<SocketAddr, Counts>,
+    pub counters: GlobalCounters,
+}
+
+/// What [`XdpDirector::apply`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub vips_added: usize,
+    pub vips_updated: usize,
+    pub vips_removed: usize,
+    pub real_servers_added: usize,
+    pub real_servers_updated: usize,
+    pub real_servers_removed: usize,
+    /// Maglev ring slots whose real server changed.
+    pub ring_slots_written: usize,
+    /// Services for the XDP dataplane that it cannot program, with the reason.
+    pub skipped: Vec<(ServiceKey, String)>,
+}
+
+impl ApplyReport {
+    /// True when apply touched no map entry.
+    pub fn is_noop(&self) -> bool {
+        self.vips_added
+            + self.vips_updated
+            + self.vips_removed
+            + self.real_servers_added
+            + self.real_servers_updated
+            + self.real_servers_removed
+            + self.ring_slots_written
+            == 0
+    }
+}
+
+type RealKey = (Ipv4Addr, u16);
+
+/// What the maps hold, as far as apply is concerned (rebuilt from the maps on load).
+#[derive(Debug, Default)]
+struct State {
+    vips: HashMap<VipKey, VipMeta>,
+    reals: HashMap<RealKey, (u32, Real)>,
+    /// Maglev input per VIP when its ring was last written by this process.
+    ring_inputs: HashMap<VipKey, Vec<(RealKey, u32)>>,
+    next_real: u32,
+    config: Config,
+}
+
+/// The director program, loaded (and usually attached), with its maps.
+pub struct XdpDirector {
+    ebpf: Ebpf,
+    opts: DirectorOptions,
+    vips: BpfHashMap<MapData, VipKey, VipMeta>,
+    reals: Array<MapData, Real>,
+    rings: sys::MmapU32,
+    _rings_map: MapData,
+    conns: BpfHashMap<MapData, FlowKey, Conn>,
+    nat_rev: BpfHashMap<MapData, FlowKey, NatRev>,
+    vip_stats: PerCpuArray<MapData, Stats>,
+    real_stats: PerCpuArray<MapData, Stats>,
+    counters: PerCpuArray<MapData, u64>,
+    config: Array<MapData, Config>,
+    link: Option<PinnedLink>,
+    ifname: Option<String>,
+    state: State,
+}
+
+impl std::fmt::Debug for XdpDirector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdpDirector")
+            .field("ifname", &self.ifname)
+            .field("opts", &self.opts)
+            .field("vips", &self.state.vips.len())
+            .field("real_servers", &self.state.reals.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl XdpDirector {
+    /// Loads the director, attaches it natively to `ifname` and pins maps and link
+    /// under `pin_dir`, with default capacities. See [`XdpDirector::attach_with`].
+    pub fn attach(
+        ifname: &str,
+        pin_dir: impl AsRef<Path>,
+        director_addr: Ipv4Addr,
+    ) -> Result<Self> {
+        let mut opts = DirectorOptions::new(director_addr);
+        opts.pin_dir = Some(pin_dir.as_ref().to_path_buf());
+        Self::attach_with(ifname, opts)
+    }
+
+    /// Loads and attaches with the given options. If a link for `ifname` is already
+    /// pinned (a previous run), the new program replaces the old one behind it
+    /// atomically and the pinned maps, connection table included, carry on.
+    pub fn attach_with(ifname: &str, opts: DirectorOptions) -> Result<Self> {
+        let mut d = Self::load(opts)?;
+        d.attach_to(ifname)?;
+        Ok(d)
+    }
+
+    /// Loads the program and its maps (pinned if `opts.pin_dir` is set) without
+    /// attaching it: for BPF_PROG_TEST_RUN.
+    pub fn load(opts: DirectorOptions) -> Result<Self> {
+        let rings_len = opts
+            .max_vips
+            .checked_mul(opts.ring_size)
+            .ok_or(XdpError::TooManyVips { max: opts.max_vips })?;
+        let wanted: [(&'static str, u32); 8] = [
+            ("vips", opts.max_vips),
+            ("rings", rings_len),
+            ("reals", opts.max_reals),
+            ("conns", opts.conn_table_size),
+            ("nat_rev", opts.conn_table_size),
+            ("vip_stats", opts.max_vips),
+            ("real_stats", opts.max_reals),
+            ("config", 1),
+        ];
+        let mut loader = EbpfLoader::new();
+        for (name, n) in wanted {
+            loader.map_max_entries(name, n);
+        }
+        if let Some(dir) = &opts.pin_dir {
+            ensure_pin_dir(dir)?;
+            for name in DIRECTOR_MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(DIRECTOR_OBJ).map_err(|source| XdpError::Load {
+            object: "director.o",
+            source,
+        })?;
+        // A pinned map from an earlier run keeps its size whatever we asked for.
+        if let Some(dir) = &opts.pin_dir {
+            for (name, n) in wanted {
+                let map = ebpf.map(name).ok_or(XdpError::MissingMap { map: name })?;
+                let found = map_data(map).info().map_err(map_err(name))?.max_entries();
+                if found != n {
+                    return Err(XdpError::PinnedMapMismatch {
+                        map: name,
+                        found,
+                        wanted: n,
+                        pin_dir: dir.clone(),
+                    });
+                }
+            }
+        }
+        let prog: &mut Xdp = program(&mut ebpf, DIRECTOR_PROG)?;
+        prog.load().map_err(|source| XdpError::Program {
+            program: DIRECTOR_PROG,
+            source,
+        })?;
+
+        let rings_map = match take(&mut ebpf, "rings")? {
+            Map::Array(m) => m,
+            _ => return Err(XdpError::MissingMap { map: "rings" }),
+        };
+        let rings = sys::MmapU32::new(rings_map.fd().as_fd(), rings_len as usize)
+            .map_err(XdpError::Mmap)?;
+        let mut d = Self {
+            vips: typed(&mut ebpf, "vips")?,
+            reals: typed(&mut ebpf, "reals")?,
+            rings,
+            _rings_map: rings_map,
+            conns: typed(&mut ebpf, "conns")?,
+            nat_rev: typed(&mut ebpf, "nat_rev")?,
+            vip_stats: typed(&mut ebpf, "vip_stats")?,
+            real_stats: typed(&mut ebpf, "real_stats")?,
+            counters: typed(&mut ebpf, "counters")?,
+            config: typed(&mut ebpf, "config")?,
+            ebpf,
+            opts,
+            link: None,
+            ifname: None,
+            state: State::default(),
+        };
+        d.recover_state()?;
+        Ok(d)
+    }
+
+    fn attach_to(&mut self, ifname: &str) -> Result<()> {
+        let mode = self.opts.mode;
+        let link_path = self
+            .opts
+            .pin_dir
+            .as_ref()
+            .map(|d| d.join(format!("link_{ifname}")));
+        let attach_err = |source| XdpError::Attach {
+            program: DIRECTOR_PROG,
+            ifname: ifname.to_owned(),
+            source,
+        };
+        let prog: &mut Xdp = program(&mut self.ebpf, DIRECTOR_PROG)?;
+        match &link_path {
+            Some(path) if path.exists() => {
+                let pinned = PinnedLink::from_pin(path).map_err(|source| XdpError::Link {
+                    path: path.clone(),
+                    source,
+                })?;
+                let fd_link: FdLink = pinned.into();
+                let xdp_link = XdpLink::try_from(fd_link).map_err(|source| XdpError::Link {
+                    path: path.clone(),
+                    source,
+                })?;
+                // bpf_link_update: the interface never runs without a program, and
+                // the pin stays, so the link survives this process.
+                prog.attach_to_link(xdp_link).map_err(attach_err)?;
+            }
+            Some(path) => {
+                let id = prog.attach(ifname, mode).map_err(attach_err)?;
+                let link = prog.take_link(id).map_err(attach_err)?;
+                let fd_link = FdLink::try_from(link).map_err(|source| XdpError::Link {
+                    path: path.clone(),
+                    source,
+                })?;
+                let pinned = fd_link.pin(path).map_err(|source| XdpError::Pin {
+                    path: path.clone(),
+                    source,
+                })?;
+                self.link = Some(pinned);
+            }
+            None => {
+                // Not pinned: the link lives in the program and detaches on drop.
+                prog.attach(ifname, mode).map_err(attach_err)?;
+            }
+        }
+        self.ifname = Some(ifname.to_owned());
+        Ok(())
+    }
+
+    /// Detaches the program and removes every pin (maps and link): the
+    /// connection table is gone afterwards. Dropping the director instead
+    /// leaves it attached when pinned.
+    pub fn detach(mut self) -> Result<()> {
+        let pin_dir = self.opts.pin_dir.clone();
+        if let Some(link) = self.link.take() {
+            let _ = link.unpin();
+        }
+        if let (Some(dir), Some(ifname)) = (&pin_dir, &self.ifname) {
+            remove_pin(&dir.join(format!("link_{ifname}")))?;
+        }
+        if let Some(dir) = &pin_dir {
+            for name in DIRECTOR_MAPS {
+                remove_pin(&dir.join(name))?;
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+        drop(self);
+        Ok(())
+    }
+
+    /// The loaded director program, for [`test_run`].
+    pub fn program_fd(&self) -> BorrowedFd<'_> {
+        let prog: &Xdp = self
+            .ebpf
+            .program(DIRECTOR_PROG)
+            .and_then(|p| p.try_into().ok())
+            .expect("director program present since load");
+        prog.fd().expect("director program loaded").as_fd()
+    }
+
+    pub fn options(&self) -> &DirectorOptions {
+        &self.opts
+    }
+
+    /// Rebuilds `state` from the maps: after a restart with pinned maps they hold
+    /// the previous run's plan, and apply must diff against it.
+    fn recover_state(&mut self) -> Result<()> {
+        for item in self.vips.iter() {
+            let (k, v) = item.map_err(map_err("vips"))?;
+            self.state.vips.insert(k, v);
+        }
+        for id in 1..self.opts.max_reals {
+            let r = self.reals.get(&id, 0).map_err(map_err("reals"))?;
+            if r.flags & REAL_F_ALIVE != 0 {
+                let key = (Ipv4Addr::from(r.addr.to_ne_bytes()), u16::from_be(r.port));
+                self.state.reals.insert(key, (id, r));
+                self.state.next_real = self.state.next_real.max(id);
+            }
+        }
+        self.state.config = self.config.get(&0, 0).map_err(map_err("config"))?;
+        Ok(())
+    }
+
+    /// Programs `services` (those whose dataplane is XDP) into the maps, writing
+    /// only entries that differ from what the maps hold. `neighbours` gives the
+    /// MAC of each real server (required for DR).
+    pub fn apply(&mut self, services: &[Service], neighbours: &Neighbours) -> Result<ApplyReport> {
+        let mut report = ApplyReport::default();
+        let ring_size = self.opts.ring_size;
+
+        // 1. What we want: per VIP key, its meta (minus id) and its real servers.
+        struct Want {
+            service: ServiceKey,
+            forwarding: u32,
+            flags: u32,
+            src_mask: u32,
+            reals: Vec<(RealKey, u32)>,
+        }
+        let mut want: BTreeMap<(u32, u16, u8), Want> = BTreeMap::new();
+        for s in services
+            .iter()
+            .filter(|s| s.dataplane == DataplaneKind::Xdp)
+        {
+            match desired(s) {
+                Ok(w) => {
+                    let (vk, forwarding, flags, src_mask, reals) = w;
+                    want.insert(
+                        (vk.addr, vk.port, vk.proto),
+                        Want {
+                            service: s.key,
+                            forwarding,
+                            flags,
+                            src_mask,
+                            reals,
+                        },
+                    );
+                }
+                Err(reason) => report.skipped.push((s.key, reason)),
+            }
+        }
+
+        // 2. Real servers: keep ids, add new ones (before any ring refers to them).
+        let mut wanted_reals: BTreeMap<RealKey, Real> = BTreeMap::new();
+        for w in want.values() {
+            for ((addr, port), _) in &w.reals {
+                let mac = neighbours.get(&IpAddr::V4(*addr)).copied();
+                let r = Real {
+                    addr: u32::from_ne_bytes(addr.octets()),
+                    port: port.to_be(),
+                    mac: mac.unwrap_or_default(),
+                    flags: REAL_F_ALIVE | if mac.is_some() { REAL_F_HAS_MAC } else { 0 },
+                };
+                wanted_reals.insert((*addr, *port), r);
+            }
+        }
+        for (key, value) in &wanted_reals {
+            match self.state.reals.get(key) {
+                Some((_, old)) if old == value => {}
+                Some(&(id, _)) => {
+                    self.reals.set(id, value, 0).map_err(map_err("reals"))?;
+                    self.state.reals.insert(*key, (id, *value));
+                    report.real_servers_updated += 1;
+                }
+                None => {
+                    let id = self.alloc_real_id()?;
+                    zero_stats(&mut self.real_stats, id, "real_stats")?;
+                    self.reals.set(id, value, 0).map_err(map_err("reals"))?;
+                    self.state.reals.insert(*key, (id, *value));
+                    report.real_servers_added += 1;
+                }
+            }
+        }
+
+        // 3. VIPs: rings first, then the vips entry, so a new VIP never meets an empty ring.
+        let mut used_ids: Vec<bool> = vec![false; self.opts.max_vips as usize];
+        for (k, w) in &want {
+            let vk = VipKey {
+                addr: k.0,
+                port: k.1,
+                proto: k.2,
+                pad: 0,
+            };
+            if let Some(m) = self.state.vips.get(&vk) {
+                if let Some(u) = used_ids.get_mut(m.vip_id as usize) {
+                    *u = true;
+                }
+            }
+            let _ = w;
+        }
+        let removed: Vec<VipKey> = self
+            .state
+            .vips
+            .keys()
+            .filter(|vk| !want.contains_key(&(vk.addr, vk.port, vk.proto)))
+            .copied()
+            .collect();
+        for (k, w) in &want {
+            let vk = VipKey {
+                addr: k.0,
+                port: k.1,
+                proto: k.2,
+                pad: 0,
+            };
+            let old = self.state.vips.get(&vk).copied();
+            let vip_id = match old {
+                Some(m) => m.vip_id,
+                None => {
+                    let id = used_ids
+                        .iter()
+                        .position(|u| !u)
+                        .ok_or(XdpError::TooManyVips {
+                            max: self.opts.max_vips,
+                        })? as u32;
+                    used_ids[id as usize] = true;
+                    zero_stats(&mut self.vip_stats, id, "vip_stats")?;
+                    id
+                }
+            };
+            if old.is_none() || self.state.ring_inputs.get(&vk) != Some(&w.reals) {
+                let endpoints: Vec<kubelvs_maglev::Endpoint> = w
+                    .reals
+                    .iter()
+                    .map(|((a, p), weight)| {
+                        let mut id = a.octets().to_vec();
+                        id.extend_from_slice(&p.to_be_bytes());
+                        kubelvs_maglev::Endpoint::new(id, *weight)
+                    })
+                    .collect();
+                let table = kubelvs_maglev::build(&endpoints, ring_size).map_err(|source| {
+                    XdpError::Maglev {
+                        service: w.service,
+                        source,
+                    }
+                })?;
+                let ids: Vec<u32> = w
+                    .reals
+                    .iter()
+                    .map(|(rk, _)| self.state.reals[rk].0)
+                    .collect();
+                let base = vip_id as usize * ring_size as usize;
+                for (i, &slot) in table.slots().iter().enumerate() {
+                    let rid = ids.get(slot as usize).copied().unwrap_or(REAL_NONE);
+                    if self.rings.get(base + i) != rid {
+                        self.rings.set(base + i, rid);
+                        report.ring_slots_written += 1;
+                    }
+                }
+                self.state.ring_inputs.insert(vk, w.reals.clone());
+            }
+            let meta = VipMeta {
+                vip_id,
+                forwarding: w.forwarding,
+                flags: w.flags,
+                src_mask: w.src_mask,
+            };
+            if old != Some(meta) {
+                self.vips.insert(vk, meta, 0).map_err(map_err("vips"))?;
+                self.state.vips.insert(vk, meta);
+                if old.is_some() {
+                    report.vips_updated += 1;
+                } else {
+                    report.vips_added += 1;
+                }
+            }
+        }
+        for vk in removed {
+            match self.vips.remove(&vk) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err("vips")(e)),
+            }
+            if let Some(m) = self.state.vips.remove(&vk) {
+                let base = m.vip_id as usize * ring_size as usize;
+                for i in base..(base + ring_size as usize).min(self.rings.len()) {
+                    if self.rings.get(i) != REAL_NONE {
+                        self.rings.set(i, REAL_NONE);
+                        report.ring_slots_written += 1;
+                    }
+                }
+            }
+            self.state.ring_inputs.remove(&vk);
+            report.vips_removed += 1;
+        }
+
+        // 4. Real servers no one uses any more: mark dead, so flows pinned to them
+        //    in the connection table are rescheduled instead of sent to a reused id.
+        let gone: Vec<RealKey> = self
+            .state
+            .reals
+            .keys()
+            .filter(|k| !wanted_reals.contains_key(k))
+            .copied()
+            .collect();
+        for key in gone {
+            if let Some((id, _)) = self.state.reals.remove(&key) {
+                self.reals
+                    .set(id, Real::default(), 0)
+                    .map_err(map_err("reals"))?;
+                report.real_servers_removed += 1;
+            }
+        }
+
+        // 5. Global config.
+        let nat = want.values().any(|w| w.forwarding == FWD_NAT);
+        let cfg = Config {
+            director_addr: u32::from_ne_bytes(self.opts.director_addr.octets()),
+            ring_size,
+            flags: if nat { CFG_F_NAT } else { 0 },
+            pad: 0,
+        };
+        if cfg != self.state.config {
+            self.config.set(0, cfg, 0).map_err(map_err("config"))?;
+            self.state.config = cfg;
+        }
+        Ok(report)
+    }
+
+    /// Real ids are handed out round-robin from the last one used so that a
+    /// freed id is reused as late as possible (stale connection entries).
+    fn alloc_real_id(&mut self) -> Result<u32> {
+        let max = self.opts.max_reals;
+        let in_use: std::collections::HashSet<u32> =
+            self.state.reals.values().map(|(id, _)| *id).collect();
+        for step in 1..max {
+            let id = (self.state.next_real + step) % max;
+            if id != REAL_NONE && !in_use.contains(&id) {
+                self.state.next_real = id;
+                return Ok(id);
+            }
+        }
+        Err(XdpError::TooManyReals { max })
+    }
+
+    /// Per-VIP and per-real-server counters, summed over CPUs.
+    pub fn stats(&self) -> Result<DirectorStats> {
+        let mut out = DirectorStats::default();
+        for (vk, meta) in &self.state.vips {
+            let v = self
+                .vip_stats
+                .get(&meta.vip_id, 0)
+                .map_err(map_err("vip_stats"))?;
+            let Some(protocol) = Protocol::from_number(vk.proto) else {
+                continue;
+            };
+            let key = ServiceKey {
+                vip: IpAddr::V4(Ipv4Addr::from(vk.addr.to_ne_bytes())),
+                port: u16::from_be(vk.port),
+                protocol,
+            };
+            out.vips.insert(key, Counts::from(&v));
+        }
+        for ((addr, port), (id, _)) in &self.state.reals {
+            let v = self.real_stats.get(id, 0).map_err(map_err("real_stats"))?;
+            out.real_servers
+                .insert(SocketAddr::new(IpAddr::V4(*addr), *port), Counts::from(&v));
+        }
+        let c = |i: Counter| -> Result<u64> {
+            Ok(self
+                .counters
+                .get(&(i as u32), 0)
+                .map_err(map_err("counters"))?
+                .iter()
+                .sum())
+        };
+        out.counters = GlobalCounters {
+            passed: c(Counter::Pass)?,
+            malformed: c(Counter::Malformed)?,
+            no_real_server: c(Counter::NoReal)?,
+            no_neighbour: c(Counter::NoNeigh)?,
+            no_route: c(Counter::FibFail)?,
+            nat_replies: c(Counter::NatReply)?,
+            encap_failed: c(Counter::EncapFail)?,
+        };
+        Ok(out)
+    }
+
+    /// The real server an established flow is bound to, if the connection table has it.
+    pub fn connection(&self, flow: &FlowKey) -> Result<Option<SocketAddr>> {
+        let conn = match self.conns.get(flow, 0) {
+            Ok(c) => c,
+            Err(aya::maps::MapError::KeyNotFound) => return Ok(None),
+            Err(e) => return Err(map_err("conns")(e)),
+        };
+        Ok(self
+            .state
+            .reals
+            .iter()
+            .find(|(_, (id, _))| *id == conn.real_id)
+            .map(|((a, p), _)| SocketAddr::new(IpAddr::V4(*a), *p)))
+    }
+
+    /// Number of entries in the connection table (walks it: O(n) syscalls).
+    pub fn connection_count(&self) -> usize {
+        self.conns.keys().filter(|k| k.is_ok()).count()
+    }
+
+    /// Inserts a connection-table entry directly: for state sync between
+    /// directors and for benchmarks that need a full table.
+    pub fn insert_connection(&mut self, flow: &FlowKey, conn: &Conn) -> Result<()> {
+        self.conns.insert(flow, conn, 0).map_err(map_err("conns"))
+    }
+
+    /// The VIP id apply gave a service, if it is programmed (indexes rings and vip_stats).
+    pub fn vip_id(&self, key: &ServiceKey) -> Option<u32> {
+        let vk = vip_key(key).ok()?;
+        self.state.vips.get(&vk).map(|m| m.vip_id)
+    }
+
+    /// The real server id of `addr:port`, if programmed.
+    pub fn real_id(&self, addr: Ipv4Addr, port: u16) -> Option<u32> {
+        self.state.reals.get(&(addr, port)).map(|(id, _)| *id)
+    }
+
+    /// A NAT reply-state entry, for tests and debugging.
+    pub fn nat_reply_state(&self, reply: &FlowKey) -> Result<Option<NatRev>> {
+        match self.nat_rev.get(reply, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err("nat_rev")(e)),
+        }
+    }
+}
+
+fn vip_key(key: &ServiceKey) -> Result<VipKey, String> {
+    let IpAddr::V4(vip) = key.vip else {
+        return Err("IPv6 VIPs are not supported by the XDP dataplane yet".into());
+    };
+    let proto = match key.protocol {
+        Protocol::Tcp | Protocol::Udp => key.protocol.number(),
+        Protocol::Sctp => return Err("SCTP is not supported by the XDP dataplane".into()),
+    };
+    Ok(VipKey {
+        addr: u32::from_ne_bytes(vip.octets()),
+        port: key.port.to_be(),
+        proto,
+        pad: 0,
+    })
+}
+
+type Desired = (VipKey, u32, u32, u32, Vec<(RealKey, u32)>);
+
+/// A service in map terms, or why the XDP dataplane cannot program it.
+fn desired(s: &Service) -> Result<Desired, String> {
+    let vk = vip_key(&s.key)?;
+    let forwarding = match s.forwarding {
+        Forwarding::Dr => FWD_DR,
+        Forwarding::Tun(Tunnel::Ipip) => FWD_TUN,
+        Forwarding::Nat => FWD_NAT,
+        Forwarding::Tun(other) => {
+            return Err(format!(
+                "tunnel {other:?} is not supported by the XDP dataplane (IPIP only)"
+            ))
+        }
+        Forwarding::FullNat => return Err("fullnat is not supported by the XDP dataplane".into()),
+    };
+    let (flags, src_mask) = match s.persistence {
+        Some(p) => {
+            let bits = u32::from(p.prefix_length.min(32));
+            let mask = if bits == 0 {
+                0
+            } else {
+                u32::MAX << (32 - bits)
+            };
+            (VIP_F_HASH_SRC_ONLY, mask.to_be())
+        }
+        None => (0, 0),
+    };
+    let mut reals = Vec::with_capacity(s.real_servers.len());
+    for r in &s.real_servers {
+        let IpAddr::V4(a) = r.address else {
+            return Err(format!("real server {} is IPv6", r.address));
+        };
+        // DR and TUN cannot map ports: the real server sees the VIP's port.
+        let port = if forwarding == FWD_NAT {
+            r.port
+        } else {
+            s.key.port
+        };
+        reals.push(((a, port), r.weight));
+    }
+    reals.sort();
+    reals.dedup_by(|a, b| a.0 == b.0);
+    Ok((vk, forwarding, flags, src_mask, reals))
+}
+
+fn map_data(map: &Map) -> &MapData {
+    match map {
+        Map::Array(m)
+        | Map::HashMap(m)
+        | Map::LruHashMap(m)
+        | Map::PerCpuArray(m)
+        | Map::PerCpuHashMap(m)
+        | Map::PerCpuLruHashMap(m) => m,
+        other => panic!("unexpected map type {other:?} in the director object"),
+    }
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
+    ebpf.take_map(name)
+        .ok_or(XdpError::MissingMap { map: name })
+}
+
+fn typed<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    T::try_from(take(ebpf, name)?).map_err(map_err(name))
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp> {
+    ebpf.program_mut(name)
+        .ok_or(XdpError::Program {
+            program: name,
+            source: aya::programs::ProgramError::NotLoaded,
+        })?
+        .try_into()
+        .map_err(|source| XdpError::Program {
+            program: name,
+            source,
+        })
+}
+
+fn zero_stats(map: &mut PerCpuArray<MapData, Stats>, id: u32, name: &'static str) -> Result<()> {
+    let n = aya::util::nr_cpus().map_err(|(_, e)| XdpError::Map {
+        map: name,
+        source: aya::maps::MapError::IoError(e),
+    })?;
+    let zeros = PerCpuValues::try_from(vec![Stats::default(); n]).map_err(|e| XdpError::Map {
+        map: name,
+        source: aya::maps::MapError::IoError(e),
+    })?;
+    map.set(id, zeros, 0).map_err(map_err(name))
+}
+
+fn remove_pin(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(XdpError::PinDir {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Creates `dir`, mounting bpffs on /sys/fs/bpf first if nothing bpffs covers it
+/// (fresh CI machines and containers often have it unmounted).
+pub fn ensure_pin_dir(dir: &Path) -> Result<()> {
+    let pin_err = |source| XdpError::PinDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(pin_err)?;
+    let covered = mounts.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 2 && f[2] == "bpf" && dir.starts_with(f[1])
+    });
+    if !covered {
+        let root = Path::new("/sys/fs/bpf");
+        if dir.starts_with(root) {
+            std::fs::create_dir_all(root).map_err(pin_err)?;
+            let st = std::process::Command::new("mount")
+                .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+                .status()
+                .map_err(pin_err)?;
+            if !st.success() {
+                return Err(pin_err(io::Error::other(
+                    "mount -t bpf bpf /sys/fs/bpf failed",
+                )));
+            }
+        } else {
+            return Err(pin_err(io::Error::other("not on a bpf filesystem")));
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(pin_err)
+}
+
+/// The real-server IPIP decapsulation program on one interface (not pinned:
+/// it holds no state worth keeping; dropping this detaches it).
+pub struct XdpDecap {
+    ebpf: Ebpf,
+    vips: BpfHashMap<MapData, u32, u32>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+/// Attaches the decapsulation program to `ifname` (native mode) for `vips`.
+pub fn attach_decap(ifname: &str, vips: &[Ipv4Addr]) -> Result<XdpDecap> {
+    let mut d = XdpDecap::load(vips)?;
+    let prog = program(&mut d.ebpf, DECAP_PROG)?;
+    prog.attach(ifname, XdpMode::Driver)
+        .map_err(|source| XdpError::Attach {
+            program: DECAP_PROG,
+            ifname: ifname.to_owned(),
+            source,
+        })?;
+    Ok(d)
+}
+
+impl std::fmt::Debug for XdpDecap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdpDecap").finish_non_exhaustive()
+    }
+}
+
+impl XdpDecap {
+    /// Loads without attaching (for BPF_PROG_TEST_RUN).
+    pub fn load(vips: &[Ipv4Addr]) -> Result<Self> {
+        let mut ebpf = Ebpf::load(DECAP_OBJ).map_err(|source| XdpError::Load {
+            object: "decap.o",
+            source,
+        })?;
+        program(&mut ebpf, DECAP_PROG)?
+            .load()
+            .map_err(|source| XdpError::Program {
+                program: DECAP_PROG,
+                source,
+            })?;
+        let mut d = Self {
+            vips: typed(&mut ebpf, "decap_vips")?,
+            counters: typed(&mut ebpf, "decap_counters")?,
+            ebpf,
+        };
+        d.set_vips(vips)?;
+        Ok(d)
+    }
+
+    /// Replaces the set of VIPs decapsulated for.
+    pub fn set_vips(&mut self, vips: &[Ipv4Addr]) -> Result<()> {
+        let want: std::collections::HashSet<u32> = vips
+            .iter()
+            .map(|v| u32::from_ne_bytes(v.octets()))
+            .collect();
+        let have: Vec<u32> = self.vips.keys().filter_map(|k| k.ok()).collect();
+        for k in have.iter().filter(|k| !want.contains(k)) {
+            match self.vips.remove(k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err("decap_vips")(e)),
+            }
+        }
+        for k in want.iter().filter(|k| !have.contains(k)) {
+            self.vips.insert(k, 1, 0).map_err(map_err("decap_vips"))?;
+        }
+        Ok(())
+    }
+
+    /// Packets decapsulated so far (all CPUs).
+    pub fn decapsulated(&self) -> Result<u64> {
+        Ok(self
+            .counters
+            .get(&(Counter::Decap as u32), 0)
+            .map_err(map_err("decap_counters"))?
+            .iter()
+            .sum())
+    }
+
+    pub fn program_fd(&self) -> BorrowedFd<'_> {
+        prog_fd(&self.ebpf, DECAP_PROG)
+    }
+}
+
+/// An XDP_PASS program on one interface; dropping it detaches.
+#[derive(Debug)]
+pub struct XdpPass {
+    ebpf: Ebpf,
+}
+
+/// Attaches XDP_PASS to `ifname` (native mode): a veth receives frames its peer
+/// sends with XDP_TX/redirect only when it runs an XDP program itself.
+pub fn attach_pass(ifname: &str) -> Result<XdpPass> {
+    let mut p = XdpPass::load()?;
+    program(&mut p.ebpf, PASS_PROG)?
+        .attach(ifname, XdpMode::Driver)
+        .map_err(|source| XdpError::Attach {
+            program: PASS_PROG,
+            ifname: ifname.to_owned(),
+            source,
+        })?;
+    Ok(p)
+}
+
+impl XdpPass {
+    /// Loads without attaching: the empty program the benchmark subtracts.
+    pub fn load() -> Result<Self> {
+        let mut ebpf = Ebpf::load(PASS_OBJ).map_err(|source| XdpError::Load {
+            object: "pass.o",
+            source,
+        })?;
+        program(&mut ebpf, PASS_PROG)?
+            .load()
+            .map_err(|source| XdpError::Program {
+                program: PASS_PROG,
+                source,
+            })?;
+        Ok(Self { ebpf })
+    }
+
+    pub fn program_fd(&self) -> BorrowedFd<'_> {
+        prog_fd(&self.ebpf, PASS_PROG)
+    }
+}
+
+fn prog_fd<'a>(ebpf: &'a Ebpf, name: &str) -> BorrowedFd<'a> {
+    let prog: &Xdp = ebpf
+        .program(name)
+        .and_then(|p| p.try_into().ok())
+        .expect("program present since load");
+    prog.fd().expect("program loaded").as_fd()
+}

@@ -1,0 +1,472 @@
+// SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause
+/*
+ * kube-lvs XDP director: an L4 load balancer in the LVS model.
+ *
+ * For a packet to a VIP:port/protocol in `vips`, an established flow keeps its
+ * real server from `conns`; a new flow takes the owner of its hash's slot in the
+ * VIP's maglev ring (built in userspace). The packet then leaves by the VIP's
+ * forwarding method: dr (MAC rewrite, XDP_TX), tun (IPIP encapsulation, next
+ * hop from bpf_fib_lookup) or nat (destination rewrite, reversed on replies).
+ * Anything that is not for a VIP (and not a NAT reply) is XDP_PASS, untouched.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "kubelvs_maps.h"
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, KLVS_MAX_VIPS);
+	__type(key, struct klvs_vip_key);
+	__type(value, struct klvs_vip_meta);
+} vips SEC(".maps");
+
+/*
+ * Ring of VIP v is rings[v * ring_size .. (v + 1) * ring_size]: real ids.
+ * Mmapable so the loader diffs and writes slots in memory, not one syscall each.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, KLVS_MAX_VIPS * KLVS_RING_SIZE);
+	__type(key, __u32);
+	__type(value, __u32);
+} rings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, KLVS_MAX_REALS);
+	__type(key, __u32);
+	__type(value, struct klvs_real);
+} reals SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, KLVS_MAX_CONNS);
+	__type(key, struct klvs_flow_key);
+	__type(value, struct klvs_conn);
+} conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, KLVS_MAX_CONNS);
+	__type(key, struct klvs_flow_key);
+	__type(value, struct klvs_nat_rev);
+} nat_rev SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, KLVS_MAX_VIPS);
+	__type(key, __u32);
+	__type(value, struct klvs_stats);
+} vip_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, KLVS_MAX_REALS);
+	__type(key, __u32);
+	__type(value, struct klvs_stats);
+} real_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, KLVS_CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct klvs_config);
+} config SEC(".maps");
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *c = bpf_map_lookup_elem(&counters, &idx);
+
+	if (c)
+		*c += 1;
+}
+
+static __always_inline void account(void *map, __u32 idx, __u64 bytes, int new_conn)
+{
+	struct klvs_stats *s = bpf_map_lookup_elem(map, &idx);
+
+	if (s) {
+		s->packets += 1;
+		s->bytes += bytes;
+		s->new_conns += new_conn;
+	}
+}
+
+static __always_inline void account_drop(void *map, __u32 idx)
+{
+	struct klvs_stats *s = bpf_map_lookup_elem(map, &idx);
+
+	if (s)
+		s->drops += 1;
+}
+
+static __always_inline __u16 csum_fold32(__u32 s)
+{
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)~s;
+}
+
+/*
+ * RFC 1624 incremental update, HC' = ~(~HC + ~m + m'), on raw 16-bit words as
+ * they sit in memory (one's complement sums do not care about byte order).
+ */
+static __always_inline __u16 csum_replace4(__u16 check, __u32 from, __u32 to)
+{
+	__u32 s = (__u16)~check;
+
+	s += (__u16)~(from & 0xffff);
+	s += (__u16)~(from >> 16);
+	s += to & 0xffff;
+	s += to >> 16;
+	return csum_fold32(s);
+}
+
+static __always_inline __u16 csum_replace2(__u16 check, __u16 from, __u16 to)
+{
+	__u32 s = (__u16)~check;
+
+	s += (__u16)~from;
+	s += to;
+	return csum_fold32(s);
+}
+
+/* Checksum of a fresh 20-byte IPv4 header (check field zero). */
+static __always_inline __u16 ipv4_csum(struct iphdr *iph)
+{
+	__u16 *w = (__u16 *)iph;
+	__u32 s = 0;
+
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		s += w[i];
+	return csum_fold32(s);
+}
+
+/* Rewrite one 32-bit address and one port, fixing the IPv4 and L4 checksums. */
+static __always_inline void nat_rewrite(struct iphdr *iph, void *l4, __u8 proto, __be32 *addr,
+					__be32 new_addr, __be16 *port, __be16 new_port)
+{
+	__be32 old_addr = *addr;
+	__be16 old_port = *port;
+
+	iph->check = csum_replace4(iph->check, old_addr, new_addr);
+	if (proto == IPPROTO_TCP) {
+		struct tcphdr *th = l4;
+
+		th->check = csum_replace4(th->check, old_addr, new_addr);
+		th->check = csum_replace2(th->check, old_port, new_port);
+	} else {
+		struct udphdr *uh = l4;
+
+		/* Zero means "no checksum" for UDP over IPv4: leave it so. */
+		if (uh->check) {
+			__u16 c = csum_replace4(uh->check, old_addr, new_addr);
+
+			c = csum_replace2(c, old_port, new_port);
+			uh->check = c ? c : 0xffff;
+		}
+	}
+	*addr = new_addr;
+	*port = new_port;
+}
+
+/* XDP_TX back out of the ingress interface, else redirect to the egress one. */
+static __always_inline int send_out(__u32 in_if, __u32 ifindex)
+{
+	if (ifindex == 0 || ifindex == in_if)
+		return XDP_TX;
+	return bpf_redirect(ifindex, 0);
+}
+
+/* Replies from a NAT real server: restore the VIP as source and send to the client. */
+static __always_inline int nat_reply(__u32 in_if, struct ethhdr *eth, struct iphdr *iph,
+				     void *l4, void *end, __u8 proto, __be16 *sport, __be16 *dport)
+{
+	struct klvs_flow_key key = {
+		.src = iph->saddr,
+		.dst = iph->daddr,
+		.sport = *sport,
+		.dport = *dport,
+		.proto = proto,
+	};
+	struct klvs_nat_rev *rev = bpf_map_lookup_elem(&nat_rev, &key);
+
+	if (!rev) {
+		count(KLVS_CNT_PASS);
+		return XDP_PASS;
+	}
+	if (l4 + (proto == IPPROTO_TCP ? sizeof(struct tcphdr) : sizeof(struct udphdr)) > end) {
+		count(KLVS_CNT_MALFORMED);
+		return XDP_DROP;
+	}
+	nat_rewrite(iph, l4, proto, &iph->saddr, rev->vip, sport, rev->vport);
+	__builtin_memcpy(eth->h_dest, rev->client_mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, rev->director_mac, ETH_ALEN);
+	count(KLVS_CNT_NAT_REPLY);
+	return send_out(in_if, rev->ifindex);
+}
+
+SEC("xdp")
+int klvs_director(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	__u64 bytes = end - data;
+	/* Read once: clang otherwise keeps ctx+off in a register, which the verifier refuses. */
+	__u32 in_if = ctx->ingress_ifindex;
+
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		goto pass;
+
+	struct iphdr *iph = (void *)(eth + 1);
+
+	if ((void *)(iph + 1) > end || iph->version != 4 || iph->ihl < 5)
+		goto pass;
+	__u8 proto = iph->protocol;
+
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		goto pass;
+	/* Fragments carry no ports (or not all of them): the kernel reassembles. */
+	if (iph->frag_off & bpf_htons(0x3fff))
+		goto pass;
+
+	void *l4 = (void *)iph + (iph->ihl & 0xf) * 4;
+	__be16 *ports = l4;
+
+	if ((void *)(ports + 2) > end)
+		goto pass;
+
+	__u32 zero = 0;
+	struct klvs_config *cfg = bpf_map_lookup_elem(&config, &zero);
+
+	if (!cfg)
+		goto pass;
+
+	struct klvs_vip_key vk = {
+		.addr = iph->daddr,
+		.port = ports[1],
+		.proto = proto,
+	};
+	struct klvs_vip_meta *vip = bpf_map_lookup_elem(&vips, &vk);
+
+	if (!vip) {
+		if (cfg->flags & KLVS_CFG_F_NAT)
+			return nat_reply(in_if, eth, iph, l4, end, proto, &ports[0], &ports[1]);
+		goto pass;
+	}
+	__u32 vip_id = vip->vip_id;
+
+	/* For a VIP we need the whole L4 header: a truncated one is dropped, not forwarded. */
+	if (l4 + (proto == IPPROTO_TCP ? sizeof(struct tcphdr) : sizeof(struct udphdr)) > end) {
+		count(KLVS_CNT_MALFORMED);
+		account_drop(&vip_stats, vip_id);
+		return XDP_DROP;
+	}
+
+	struct klvs_flow_key fk = {
+		.src = iph->saddr,
+		.dst = iph->daddr,
+		.sport = ports[0],
+		.dport = ports[1],
+		.proto = proto,
+	};
+	struct klvs_real *real = NULL;
+	__u32 real_id = 0;
+	int new_conn = 0;
+	struct klvs_conn *conn = bpf_map_lookup_elem(&conns, &fk);
+
+	if (conn && conn->vip_id == vip_id) {
+		real_id = conn->real_id;
+		real = bpf_map_lookup_elem(&reals, &real_id);
+		if (real && !(real->flags & KLVS_REAL_F_ALIVE))
+			real = NULL;
+	}
+	if (!real) {
+		__u32 ring_size = cfg->ring_size;
+		__u32 h;
+
+		if (ring_size == 0)
+			goto no_real;
+		if (vip->flags & KLVS_VIP_F_HASH_SRC_ONLY)
+			h = klvs_flow_hash(iph->saddr & vip->src_mask, 0, proto);
+		else
+			h = klvs_flow_hash(iph->saddr, iph->daddr,
+					   ((__u32)ports[0] << 16 | ports[1]) ^ proto);
+		__u32 slot = vip_id * ring_size + h % ring_size;
+		__u32 *rid = bpf_map_lookup_elem(&rings, &slot);
+
+		if (!rid || *rid == KLVS_REAL_NONE)
+			goto no_real;
+		real_id = *rid;
+		real = bpf_map_lookup_elem(&reals, &real_id);
+		if (!real || !(real->flags & KLVS_REAL_F_ALIVE))
+			goto no_real;
+		struct klvs_conn nc = { .real_id = real_id, .vip_id = vip_id };
+
+		bpf_map_update_elem(&conns, &fk, &nc, BPF_ANY);
+		new_conn = 1;
+	}
+
+	account(&vip_stats, vip_id, bytes, new_conn);
+	account(&real_stats, real_id, bytes, new_conn);
+
+	switch (vip->forwarding) {
+	case KLVS_FWD_DR:
+		if (!(real->flags & KLVS_REAL_F_HAS_MAC)) {
+			count(KLVS_CNT_NO_NEIGH);
+			return XDP_DROP;
+		}
+		/* The frame was addressed to us: its destination MAC is ours. */
+		__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+		__builtin_memcpy(eth->h_dest, real->mac, ETH_ALEN);
+		return XDP_TX;
+
+	case KLVS_FWD_NAT: {
+		struct bpf_fib_lookup fib = {};
+
+		/* Remember how to reach the client before rewriting anything. */
+		struct klvs_flow_key rk = {
+			.src = real->addr,
+			.dst = iph->saddr,
+			.sport = real->port,
+			.dport = ports[0],
+			.proto = proto,
+		};
+		struct klvs_nat_rev *have = bpf_map_lookup_elem(&nat_rev, &rk);
+
+		if (!have || have->vip != iph->daddr) {
+			struct klvs_nat_rev rev = {
+				.vip = iph->daddr,
+				.vport = ports[1],
+				.ifindex = in_if,
+				.vip_id = vip_id,
+			};
+			__builtin_memcpy(rev.client_mac, eth->h_source, ETH_ALEN);
+			__builtin_memcpy(rev.director_mac, eth->h_dest, ETH_ALEN);
+			bpf_map_update_elem(&nat_rev, &rk, &rev, BPF_ANY);
+		}
+		nat_rewrite(iph, l4, proto, &iph->daddr, real->addr, &ports[1], real->port);
+
+		fib.family = AF_INET;
+		fib.l4_protocol = proto;
+		fib.tot_len = bpf_ntohs(iph->tot_len);
+		fib.ifindex = in_if;
+		fib.ipv4_src = iph->saddr;
+		fib.ipv4_dst = real->addr;
+		int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+
+		if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+			__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
+			__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+			return send_out(in_if, fib.ifindex);
+		}
+		if (real->flags & KLVS_REAL_F_HAS_MAC) {
+			__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+			__builtin_memcpy(eth->h_dest, real->mac, ETH_ALEN);
+			return XDP_TX;
+		}
+		/* The rewritten packet is an ordinary forwarded one: let the kernel resolve. */
+		count(KLVS_CNT_NO_NEIGH);
+		return XDP_PASS;
+	}
+
+	case KLVS_FWD_TUN: {
+		struct bpf_fib_lookup fib = {};
+		__u16 inner_len = bpf_ntohs(iph->tot_len);
+		__u8 tos = iph->tos;
+		__u8 dmac[ETH_ALEN], smac[ETH_ALEN];
+		__u32 out_if;
+		__be32 daddr = real->addr;
+		__be32 saddr = cfg->director_addr;
+
+		fib.family = AF_INET;
+		fib.l4_protocol = IPPROTO_IPIP;
+		fib.tot_len = inner_len + sizeof(struct iphdr);
+		fib.ifindex = in_if;
+		fib.ipv4_src = saddr;
+		fib.ipv4_dst = daddr;
+		int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+
+		if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+			__builtin_memcpy(dmac, fib.dmac, ETH_ALEN);
+			__builtin_memcpy(smac, fib.smac, ETH_ALEN);
+			out_if = fib.ifindex;
+		} else if (real->flags & KLVS_REAL_F_HAS_MAC) {
+			__builtin_memcpy(dmac, real->mac, ETH_ALEN);
+			__builtin_memcpy(smac, eth->h_dest, ETH_ALEN);
+			out_if = in_if;
+		} else {
+			/*
+			 * Passing an IPIP packet with our own source up would be a martian
+			 * to the kernel: drop, and count so the operator sees it.
+			 */
+			count(rc == BPF_FIB_LKUP_RET_NO_NEIGH ? KLVS_CNT_NO_NEIGH : KLVS_CNT_FIB_FAIL);
+			account_drop(&vip_stats, vip_id);
+			return XDP_DROP;
+		}
+
+		if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct iphdr))) {
+			count(KLVS_CNT_ENCAP_FAIL);
+			return XDP_DROP;
+		}
+		data = (void *)(long)ctx->data;
+		end = (void *)(long)ctx->data_end;
+		struct ethhdr *neth = data;
+		struct iphdr *outer = data + sizeof(struct ethhdr);
+
+		if ((void *)(outer + 1) > end)
+			return XDP_DROP;
+		__builtin_memcpy(neth->h_dest, dmac, ETH_ALEN);
+		__builtin_memcpy(neth->h_source, smac, ETH_ALEN);
+		neth->h_proto = bpf_htons(ETH_P_IP);
+
+		outer->version = 4;
+		outer->ihl = 5;
+		outer->tos = tos;
+		outer->tot_len = bpf_htons(inner_len + sizeof(struct iphdr));
+		outer->id = 0;
+		outer->frag_off = 0;
+		outer->ttl = 64;
+		outer->protocol = IPPROTO_IPIP;
+		outer->check = 0;
+		outer->saddr = saddr;
+		outer->daddr = daddr;
+		outer->check = ipv4_csum(outer);
+		return send_out(in_if, out_if);
+	}
+	}
+	/* Unknown forwarding value: the map is corrupt, do not guess. */
+	account_drop(&vip_stats, vip_id);
+	return XDP_DROP;
+
+no_real:
+	count(KLVS_CNT_NO_REAL);
+	account_drop(&vip_stats, vip_id);
+	return XDP_DROP;
+pass:
+	count(KLVS_CNT_PASS);
+	return XDP_PASS;
+}
+
+char _license[] SEC("license") = "Dual BSD/GPL";
