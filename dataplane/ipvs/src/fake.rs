@@ -2,7 +2,7 @@
 //! EINVAL for missing required attributes), for testing controller logic without a
 //! kernel. Every message goes through encode + decode, so the codec is exercised too.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::apply::IpvsKernel;
@@ -20,6 +20,8 @@ pub struct FakeIpvs {
     pub log: Vec<IpvsMessage>,
     /// Dumps served (one per GET_SERVICE dump, one per GET_DEST dump).
     pub dumps: u64,
+    /// Destinations dumps skip: kernel dumps are not snapshots and can miss entries.
+    pub hidden: BTreeSet<(ServiceId, DestId)>,
 }
 
 impl FakeIpvs {
@@ -165,7 +167,13 @@ impl IpvsKernel for FakeIpvs {
         Ok(self
             .services
             .get(id)
-            .map(|s| s.dests.clone())
+            .map(|s| {
+                s.dests
+                    .iter()
+                    .filter(|d| !self.hidden.contains(&(*id, d.id)))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default())
     }
 
