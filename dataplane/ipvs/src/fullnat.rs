@@ -95,12 +95,21 @@ pub fn apply_fullnat(services: &[model::Service]) -> Result<(), Error> {
 
 /// Runs `nft -f -` with `script` on stdin.
 pub fn apply_nft_script(script: &str) -> Result<(), Error> {
+    apply_nft_script_via(&[], script)
+}
+
+/// Like [`apply_nft_script`], with a command prefix such as `["ip", "netns", "exec", "ns1"]`.
+pub fn apply_nft_script_via(prefix: &[&str], script: &str) -> Result<(), Error> {
     let err = |detail: String| Error::Nft {
         table: FULLNAT_TABLE,
         detail,
     };
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
+    let (program, args): (&str, Vec<&str>) = match prefix.split_first() {
+        Some((p, rest)) => (p, rest.iter().copied().chain(["nft", "-f", "-"]).collect()),
+        None => ("nft", vec!["-f", "-"]),
+    };
+    let mut child = Command::new(program)
+        .args(&args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
