@@ -406,7 +406,8 @@ int klvs_director(struct xdp_md *ctx)
 		fib.ifindex = in_if;
 		fib.ipv4_src = saddr;
 		fib.ipv4_dst = daddr;
-		int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+		/* We originate the outer packet: an output lookup, no forwarding needed. */
+		int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
 
 		if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
 			__builtin_memcpy(dmac, fib.dmac, ETH_ALEN);

@@ -56,7 +56,7 @@ mod neigh;
 pub mod sys;
 
 pub use neigh::{parse_mac, parse_proc_net_arp, read_neighbours};
-pub use sys::{test_run, TestRun, TestRunResult, XdpMd};
+pub use sys::{enter_netns, ifindex, test_run, TestRun, TestRunResult, XdpMd};
 
 use maps::*;
 

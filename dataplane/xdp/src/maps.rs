@@ -158,8 +158,11 @@ mod tests {
     use std::mem::{offset_of, size_of};
     use std::process::Command;
 
-    /// (C struct name, size, [(field, offset)]) of every Rust mirror.
-    fn mirrors() -> Vec<(&'static str, usize, Vec<(&'static str, usize)>)> {
+    /// (C struct name, size, [(field, offset)]).
+    type Layout = (&'static str, usize, Vec<(&'static str, usize)>);
+
+    /// The layout of every Rust mirror.
+    fn mirrors() -> Vec<Layout> {
         macro_rules! layout {
             ($c:literal, $t:ty, [$($f:ident),*]) => {
                 ($c, size_of::<$t>(), vec![$((stringify!($f), offset_of!($t, $f))),*])

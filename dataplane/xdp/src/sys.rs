@@ -111,6 +111,7 @@ pub fn test_run(prog: BorrowedFd<'_>, run: &TestRun<'_>) -> io::Result<TestRunRe
 }
 
 /// A shared, writable mapping of a `BPF_F_MMAPABLE` array of u32: the rings.
+/// The kernel rounds array elements up to 8 bytes, so element i is the u32 at 2 * i.
 #[derive(Debug)]
 pub(crate) struct MmapU32 {
     ptr: *mut u32,
@@ -118,10 +119,13 @@ pub(crate) struct MmapU32 {
     bytes: usize,
 }
 
+/// u32 words per array element (`round_up(value_size, 8)` in kernel/bpf/arraymap.c).
+const ELEM_STRIDE: usize = 2;
+
 impl MmapU32 {
     pub(crate) fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<Self> {
         let page = 4096usize;
-        let bytes = (len * 4).div_ceil(page) * page;
+        let bytes = (len * ELEM_STRIDE * 4).div_ceil(page) * page;
         #[allow(unsafe_code)]
         // SAFETY: a fresh shared mapping of the map's fd; the kernel checks the size
         // against the map and fails with EINVAL rather than map past its end.
@@ -154,7 +158,7 @@ impl MmapU32 {
         #[allow(unsafe_code)]
         // SAFETY: i is in bounds; volatile because the BPF program shares the memory.
         unsafe {
-            self.ptr.add(i).read_volatile()
+            self.ptr.add(i * ELEM_STRIDE).read_volatile()
         }
     }
 
@@ -163,7 +167,7 @@ impl MmapU32 {
         #[allow(unsafe_code)]
         // SAFETY: i is in bounds; a u32 store is atomic for the BPF program reading it.
         unsafe {
-            self.ptr.add(i).write_volatile(v)
+            self.ptr.add(i * ELEM_STRIDE).write_volatile(v)
         }
     }
 }
@@ -182,3 +186,31 @@ impl Drop for MmapU32 {
 #[allow(unsafe_code)]
 // SAFETY: no thread-affine state; access goes through &self/&mut self.
 unsafe impl Send for MmapU32 {}
+
+/// Index of interface `name` in the calling thread's network namespace.
+pub fn ifindex(name: &str) -> io::Result<u32> {
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name has a NUL"))?;
+    #[allow(unsafe_code)]
+    // SAFETY: c is a valid NUL-terminated string for the duration of the call.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(idx)
+    }
+}
+
+/// Moves the calling thread into the network namespace at `path`
+/// (e.g. `/var/run/netns/NAME`). Only this thread changes namespace.
+pub fn enter_netns(path: &std::path::Path) -> io::Result<()> {
+    let f = std::fs::File::open(path)?;
+    #[allow(unsafe_code)]
+    // SAFETY: f is an open namespace fd; setns affects only the calling thread.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
