@@ -103,6 +103,9 @@ pub struct IpvsDataplane<K: IpvsKernel = IpvsClient> {
     owned: OwnedServices,
     draining: Draining,
     drain_timeout: Duration,
+    /// The table as last dumped plus what we wrote since, for [`IpvsDataplane::apply_incremental`].
+    /// Dropped whenever a write fails, so the next apply reads the kernel again.
+    cache: Option<BTreeMap<ServiceId, KernelService>>,
 }
 
 impl IpvsDataplane<IpvsClient> {
@@ -120,6 +123,7 @@ impl<K: IpvsKernel> IpvsDataplane<K> {
             owned: OwnedServices::load(owner_state_path)?,
             draining: Draining::new(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            cache: None,
         })
     }
 
@@ -157,25 +161,59 @@ impl<K: IpvsKernel> IpvsDataplane<K> {
         self.apply_desired(&desired, now)
     }
 
+    /// Like [`IpvsDataplane::apply`], but diffs against the table as this dataplane
+    /// last read and wrote it instead of dumping the kernel again, when it has one.
+    /// For frequent small changes (one weight) between periodic full applies: it does
+    /// not see changes made by others, and drains only progress on a full apply
+    /// (connection counters come from the dump).
+    pub fn apply_incremental(
+        &mut self,
+        services: &[model::Service],
+        now: Instant,
+    ) -> Result<ApplyReport, Error> {
+        let desired = services
+            .iter()
+            .filter(|s| s.dataplane == model::DataplaneKind::Ipvs)
+            .map(DesiredService::from_model)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.reconcile(&desired, now, true)
+    }
+
     /// [`IpvsDataplane::apply`] on already converted services (fwmark services too).
     pub fn apply_desired(
         &mut self,
         desired: &[DesiredService],
         now: Instant,
     ) -> Result<ApplyReport, Error> {
+        self.reconcile(desired, now, false)
+    }
+
+    fn reconcile(
+        &mut self,
+        desired: &[DesiredService],
+        now: Instant,
+        use_cache: bool,
+    ) -> Result<ApplyReport, Error> {
         let mut report = ApplyReport::default();
         let writes0 = self.client.writes();
         let wt0 = self.client.write_time();
 
         let t = Instant::now();
-        let wanted: BTreeSet<ServiceId> = desired.iter().map(|d| d.id).collect();
-        let mut kernel = self.client.dump_services()?;
-        // Destinations only matter for services we own and keep.
-        for s in &mut kernel {
-            if self.owned.ids().contains(&s.id) && wanted.contains(&s.id) {
-                s.dests = self.client.dump_dests(&s.id)?;
+        let cached = if use_cache { self.cache.take() } else { None };
+        let kernel: Vec<KernelService> = match cached {
+            Some(c) => c.into_values().collect(),
+            None => {
+                let wanted: BTreeSet<ServiceId> = desired.iter().map(|d| d.id).collect();
+                let mut kernel = self.client.dump_services()?;
+                // Destinations only matter for services we own and keep.
+                for s in &mut kernel {
+                    if self.owned.ids().contains(&s.id) && wanted.contains(&s.id) {
+                        s.dests = self.client.dump_dests(&s.id)?;
+                    }
+                }
+                kernel
             }
-        }
+        };
         report.dump_time = t.elapsed();
 
         let d = diff(
@@ -188,6 +226,13 @@ impl<K: IpvsKernel> IpvsDataplane<K> {
         );
         report.conflicts = d.conflicts.clone();
         self.send(&kernel, desired, &d.ops, &mut report)?;
+        if report.errors.is_empty() && report.conflicts.len() == d.conflicts.len() {
+            let mut table = table_map(kernel);
+            for op in &d.ops {
+                op.apply_to(&mut table);
+            }
+            self.cache = Some(table);
+        }
         self.draining = d.draining;
         report.draining = self.draining.len();
         report.writes = self.client.writes() - writes0;

@@ -83,8 +83,13 @@ impl IpvsClient {
             op: "socket(AF_NETLINK, NETLINK_GENERIC)",
             source,
         })?;
-        // Bigger buffers are best effort: without them batches are just smaller.
+        // Bigger buffers are best effort (FORCE needs CAP_NET_ADMIN): size batches so
+        // their acknowledgements fit what we got (an ack skb costs well under 2 KiB).
         let _ = sock.set_buffers(SOCK_BUF);
+        let batch_size = sock
+            .recv_buffer()
+            .map(|b| (b / 2048).clamp(16, DEFAULT_BATCH))
+            .unwrap_or(16);
         let _ = sock.set_cap_ack();
         sock.set_recv_timeout(Duration::from_secs(60))
             .map_err(|source| Error::Socket {
@@ -97,7 +102,7 @@ impl IpvsClient {
             seq: 0,
             writes: 0,
             buf: vec![0; RECV_BUF],
-            batch_size: DEFAULT_BATCH,
+            batch_size,
             write_time: Duration::ZERO,
         })
     }
@@ -115,6 +120,11 @@ impl IpvsClient {
     /// Time spent sending write messages and reading their acknowledgements.
     pub fn write_time(&self) -> Duration {
         self.write_time
+    }
+
+    /// Requests per `send` in batches.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
     }
 
     /// Requests per `send` in batches (at least 1).
@@ -310,78 +320,120 @@ impl IpvsClient {
     }
 
     fn execute_batch_once(&mut self, msgs: &[IpvsMessage]) -> Vec<Result<(), Error>> {
-        let mut results: Vec<Option<Result<(), Error>>> = (0..msgs.len()).map(|_| None).collect();
-        for (chunk_no, chunk) in msgs.chunks(self.batch_size).enumerate() {
-            let base = chunk_no * self.batch_size;
-            let mut bytes = Vec::with_capacity(chunk.len() * 128);
-            let mut by_seq = HashMap::with_capacity(chunk.len());
-            for (i, m) in chunk.iter().enumerate() {
+        let family = self.family;
+        let start = Instant::now();
+        let results = self.pipeline(msgs.len(), &mut |i, seq| {
+            msgs[i].encode(family, nl::NLM_F_REQUEST | nl::NLM_F_ACK, seq)
+        });
+        self.write_time += start.elapsed();
+        self.writes += msgs.iter().filter(|m| m.cmd.is_write()).count() as u64;
+        results
+            .into_iter()
+            .zip(msgs)
+            .map(|(r, m)| match r {
+                Ok(()) => Ok(()),
+                Err(Failure::Errno(errno)) => Err(Error::Kernel {
+                    cmd: m.cmd,
+                    object: describe(m),
+                    errno,
+                }),
+                Err(Failure::Local { op, detail }) => Err(Error::Socket {
+                    op,
+                    source: std::io::Error::other(detail),
+                }),
+            })
+            .collect()
+    }
+
+    /// Sends `n` requests, `batch_size` per `send`, each framed by `encode(index, seq)`
+    /// with NLM_F_ACK, and collects one acknowledgement per request. Replies other
+    /// than acknowledgements (data) are skipped; unknown sequence numbers too.
+    fn pipeline(
+        &mut self,
+        n: usize,
+        encode: &mut dyn FnMut(usize, u32) -> Vec<u8>,
+    ) -> Vec<Result<(), Failure>> {
+        let mut results: Vec<Option<Result<(), Failure>>> = (0..n).map(|_| None).collect();
+        let mut first = 0;
+        while first < n {
+            let last = (first + self.batch_size).min(n);
+            let mut bytes = Vec::with_capacity((last - first) * 128);
+            let mut by_seq = HashMap::with_capacity(last - first);
+            for i in first..last {
                 let seq = self.next_seq();
-                by_seq.insert(seq, base + i);
-                bytes.extend_from_slice(&m.encode(
-                    self.family,
-                    nl::NLM_F_REQUEST | nl::NLM_F_ACK,
-                    seq,
-                ));
+                by_seq.insert(seq, i);
+                bytes.extend_from_slice(&encode(i, seq));
             }
-            let start = Instant::now();
+            first = last;
             if let Err(e) = self.send(&bytes, "send batch") {
-                let text = e.to_string();
+                let detail = e.to_string();
                 for i in by_seq.into_values() {
-                    results[i] = Some(Err(Error::Socket {
+                    results[i] = Some(Err(Failure::Local {
                         op: "send batch",
-                        source: std::io::Error::other(text.clone()),
+                        detail: detail.clone(),
                     }));
                 }
                 continue;
             }
-            self.writes += chunk.iter().filter(|m| m.cmd.is_write()).count() as u64;
-            let mut pending = by_seq.len();
-            while pending > 0 {
-                let n = match self.recv("recv batch acknowledgements") {
-                    Ok(n) => n,
+            while !by_seq.is_empty() {
+                let got = match self.recv("recv batch acknowledgements") {
+                    Ok(got) => got,
                     Err(e) => {
-                        let text = e.to_string();
+                        // ENOBUFS (acks dropped) or the receive timeout: the rest is unknown.
+                        let detail = e.to_string();
                         for (_, i) in by_seq.drain() {
-                            results[i] = Some(Err(Error::Socket {
+                            results[i] = Some(Err(Failure::Local {
                                 op: "recv batch acknowledgements",
-                                source: std::io::Error::other(text.clone()),
+                                detail: detail.clone(),
                             }));
                         }
                         break;
                     }
                 };
-                for m in nl::messages(&self.buf[..n]) {
+                for m in nl::messages(&self.buf[..got]) {
                     let Ok(m) = m else { break };
+                    let Ok(NlKind::Ack { errno }) = m.kind() else {
+                        continue;
+                    };
                     let Some(i) = by_seq.remove(&m.header.seq) else {
                         continue;
                     };
-                    pending -= 1;
-                    results[i] = Some(match m.kind() {
-                        Ok(NlKind::Ack { errno: 0 }) => Ok(()),
-                        Ok(NlKind::Ack { errno }) => Err(Error::Kernel {
-                            cmd: msgs[i].cmd,
-                            object: describe(&msgs[i]),
-                            errno,
-                        }),
-                        Ok(_) => Ok(()),
-                        Err(source) => Err(decode_err(msgs[i].cmd.name(), source)),
+                    results[i] = Some(if errno == 0 {
+                        Ok(())
+                    } else {
+                        Err(Failure::Errno(errno))
                     });
                 }
             }
-            self.write_time += start.elapsed();
         }
         results
             .into_iter()
             .map(|r| {
-                r.unwrap_or_else(|| {
-                    Err(Error::Socket {
-                        op: "batch",
-                        source: std::io::Error::other("no acknowledgement"),
-                    })
-                })
+                r.unwrap_or(Err(Failure::Local {
+                    op: "batch",
+                    detail: "no acknowledgement".into(),
+                }))
             })
             .collect()
+    }
+
+    /// Pipelines CTRL_GETFAMILY lookups of `names` (with ACK) through the batch path:
+    /// one result per name, ENOENT for unknown ones. Exercises pipelining on any
+    /// kernel, IPVS or not.
+    #[doc(hidden)]
+    pub fn pipeline_family_lookups(&mut self, names: &[&str]) -> Vec<Result<(), i32>> {
+        self.pipeline(names.len(), &mut |i, seq| {
+            let mut b = nl::get_family_request(names[i], seq);
+            b[6] |= nl::NLM_F_ACK as u8;
+            b
+        })
+        .into_iter()
+        .map(|r| match r {
+            Ok(()) => Ok(()),
+            Err(Failure::Errno(e)) => Err(e),
+            Err(Failure::Local { .. }) => Err(-1),
+        })
+        .collect()
     }
 
     /// All services (one dump), without destinations.
@@ -485,6 +537,13 @@ impl IpvsClient {
     }
 }
 
+/// Why one pipelined request failed.
+#[derive(Debug)]
+enum Failure {
+    Errno(i32),
+    Local { op: &'static str, detail: String },
+}
+
 fn decode_err(context: &str, source: nl::DecodeError) -> Error {
     Error::Decode {
         context: context.to_owned(),
@@ -572,6 +631,26 @@ mod sys {
                 .or_else(|_| self.setsockopt(libc::SOL_SOCKET, libc::SO_RCVBUF, &v))?;
             self.setsockopt(libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, &v)
                 .or_else(|_| self.setsockopt(libc::SOL_SOCKET, libc::SO_SNDBUF, &v))
+        }
+
+        /// The receive buffer the kernel granted (SO_RCVBUF reads back the doubled value).
+        pub fn recv_buffer(&self) -> io::Result<usize> {
+            let mut v: i32 = 0;
+            let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+            // SAFETY: v and len are live locals of the sizes passed.
+            let r = unsafe {
+                libc::getsockopt(
+                    self.0.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUF,
+                    (&mut v as *mut i32).cast(),
+                    &mut len,
+                )
+            };
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(usize::try_from(v).unwrap_or(0))
         }
 
         /// Acknowledgements without a copy of the request: smaller, so more fit a batch.

@@ -428,3 +428,38 @@ fn kernel_refusal_is_reported_and_the_rest_applies() {
     let r = dp.apply(&[web()], now).unwrap();
     assert_eq!(r.added_dests, 3);
 }
+
+#[test]
+fn incremental_apply_skips_the_dump_and_sends_one_set_dest() {
+    let dir = TempDir::new("incr");
+    let mut dp = IpvsDataplane::with_client(FakeIpvs::new(), dir.state()).unwrap();
+    let now = Instant::now();
+    // Without a cache, incremental is a full apply (it dumps).
+    let r = dp.apply_incremental(&[web()], now).unwrap();
+    assert_eq!(r.writes, 4);
+    let dumps = dp.client().dumps;
+    assert!(dumps >= 1);
+
+    let mut changed = web();
+    changed.real_servers[2].weight = 30;
+    let r = dp.apply_incremental(&[changed.clone()], now).unwrap();
+    assert_eq!((r.writes, r.updated_dests), (1, 1));
+    assert_eq!(dp.client().dumps, dumps, "no dump");
+    let r = dp.apply_incremental(&[changed.clone()], now).unwrap();
+    assert_eq!(r.writes, 0);
+
+    // A full apply still sees what others did; incremental does not (by design).
+    let id = ServiceId::from_key(&web().key);
+    dp.client().services.get_mut(&id).unwrap().dests[0]
+        .config
+        .weight = 99;
+    assert_eq!(
+        dp.apply_incremental(&[changed.clone()], now)
+            .unwrap()
+            .writes,
+        0
+    );
+    let r = dp.apply(&[changed], now).unwrap();
+    assert_eq!((r.writes, r.updated_dests), (1, 1));
+    assert_eq!(dp.client().services[&id].dests[0].config.weight, 1);
+}

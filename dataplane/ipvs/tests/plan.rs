@@ -306,3 +306,33 @@ fn generic_netlink_lookup_against_the_running_kernel() {
     assert_eq!(c.lookup_family("nlctrl").unwrap(), 0x10);
     assert_eq!(c.writes(), 0);
 }
+
+#[test]
+fn batch_size_fits_the_granted_receive_buffer() {
+    let c = IpvsClient::open().unwrap();
+    // As root the 8 MiB FORCE request is granted (1024 per batch); otherwise rmem_max
+    // (typically 208 KiB) gives about 100. Never fewer than 16.
+    assert!((16..=1024).contains(&c.batch_size()), "{}", c.batch_size());
+}
+
+#[test]
+fn pipelined_requests_are_acknowledged_one_by_one_in_order() {
+    // Against the running kernel's genl controller: 300 requests (several batches of 16
+    // and more), every 7th for an unknown family. Each result must land in its own slot.
+    let mut c = IpvsClient::open().unwrap();
+    c.set_batch_size(16);
+    let names: Vec<&str> = (0..300)
+        .map(|i| if i % 7 == 3 { "kubelvs-none" } else { "nlctrl" })
+        .collect();
+    let results = c.pipeline_family_lookups(&names);
+    assert_eq!(results.len(), 300);
+    for (i, r) in results.iter().enumerate() {
+        if i % 7 == 3 {
+            assert_eq!(*r, Err(2), "slot {i}");
+        } else {
+            assert_eq!(*r, Ok(()), "slot {i}");
+        }
+    }
+    // The socket is still in step afterwards.
+    assert_eq!(c.lookup_family("nlctrl").unwrap(), 0x10);
+}
