@@ -1,0 +1,274 @@
+//! End to end through the XDP director (crate kubelvs-xdp): real TCP connections
+//! from the client namespace to the VIP, answered by real servers in their own
+//! namespaces, in DR, TUN and NAT.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+use kubelvs_model::{Forwarding, Protocol, Tunnel};
+use kubelvs_xdp_lab::client::{self, Spread};
+use kubelvs_xdp_lab::director::XdpLab;
+use kubelvs_xdp_lab::plan::service;
+use kubelvs_xdp_lab::{LabConfig, ReturnPath};
+
+const PORT: u16 = 80;
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+fn vip(x: &XdpLab) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(x.lab.vip, PORT))
+}
+
+/// Opens `n` connections through the VIP (the first one retried while the lab settles).
+fn connect_many(x: &XdpLab, n: usize) -> Spread {
+    let vip = vip(x);
+    x.lab
+        .client
+        .netns
+        .run(move || -> kubelvs_xdp_lab::Result<Spread> {
+            let mut first = client::open_with_retry(vip, TIMEOUT)?;
+            let rs = first.real_server().to_owned();
+            assert_eq!(first.echo("first")?, format!("{rs} first"));
+            first.reset();
+            client::spread(vip, n, TIMEOUT)
+        })
+        .unwrap()
+        .unwrap()
+}
+
+#[test]
+#[ignore = "privileged: netns + XDP"]
+fn dr_real_tcp_spreads_by_weight() {
+    let x = XdpLab::build(LabConfig::default()).unwrap();
+    let servers = x.lab.start_servers(PORT).unwrap();
+    let weights = [1, 2, 3];
+    let report = x
+        .apply(vec![service(
+            &x.lab,
+            PORT,
+            Protocol::Tcp,
+            Forwarding::Dr,
+            &weights,
+            PORT,
+        )])
+        .unwrap();
+    assert_eq!(report.vips_added, 1, "{report:?}");
+    assert!(report.skipped.is_empty(), "{report:?}");
+
+    let n = 600;
+    let spread = connect_many(&x, n);
+    assert_eq!(spread.total(), n);
+    // Maglev over random source ports: each share within 0.05 of its weight's share
+    // (binomial sd at n = 600 is at most 0.02).
+    let total: u32 = weights.iter().sum();
+    for (i, w) in weights.iter().enumerate() {
+        let rs = format!("rs{}", i + 1);
+        let want = f64::from(*w) / f64::from(total);
+        let got = spread.share(&rs);
+        assert!(
+            (got - want).abs() <= 0.05,
+            "{rs}: share {got:.3}, want {want:.3}: {spread:?}"
+        );
+    }
+    // Every connection (and the first, probing one) reached exactly one real server.
+    let accepted: usize = servers.iter().map(|s| s.accepted()).sum();
+    assert_eq!(accepted, n + 1);
+    // The director counted the traffic it forwarded, per real server.
+    let stats = x.stats().unwrap();
+    let forwarded: u64 = stats.real_servers.values().map(|c| c.packets).sum();
+    assert!(
+        forwarded >= 3 * n as u64,
+        "SYN, ACK, RST at least: {stats:?}"
+    );
+    for rs in &x.lab.real_servers {
+        let key = SocketAddr::new(IpAddr::V4(rs.addr), PORT);
+        assert!(
+            stats
+                .real_servers
+                .get(&key)
+                .is_some_and(|c| c.new_conns > 0),
+            "{key}: {stats:?}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "privileged: netns + XDP"]
+fn tun_real_tcp_with_decap_on_the_real_servers() {
+    let mut x = XdpLab::build(LabConfig::default()).unwrap();
+    // This kernel has no ipip module: the real servers strip IPIP with XDP.
+    x.attach_decap().unwrap();
+    let _servers = x.lab.start_servers(PORT).unwrap();
+    x.apply(vec![service(
+        &x.lab,
+        PORT,
+        Protocol::Tcp,
+        Forwarding::Tun(Tunnel::Ipip),
+        &[1, 1, 1],
+        PORT,
+    )])
+    .unwrap();
+
+    let spread = connect_many(&x, 60);
+    assert_eq!(spread.total(), 60);
+    for rs in ["rs1", "rs2", "rs3"] {
+        assert!(spread.count(rs) > 0, "{rs} got no connection: {spread:?}");
+    }
+    // Every real server received encapsulated packets and stripped them.
+    let decapsulated = x.decapsulated().unwrap();
+    assert!(decapsulated.iter().all(|&n| n > 0), "{decapsulated:?}");
+}
+
+#[test]
+#[ignore = "privileged: netns + XDP"]
+fn nat_real_tcp_with_port_mapping() {
+    let x = XdpLab::build(LabConfig {
+        vip_on_real_servers: false,
+        return_path: ReturnPath::ViaDirector,
+        ..LabConfig::default()
+    })
+    .unwrap();
+    // Real servers listen on 8080 only: the director maps VIP:80 to it.
+    let target = 8080;
+    let _servers = x.lab.start_servers(target).unwrap();
+    x.apply(vec![service(
+        &x.lab,
+        PORT,
+        Protocol::Tcp,
+        Forwarding::Nat,
+        &[1, 1, 1],
+        target,
+    )])
+    .unwrap();
+
+    let spread = connect_many(&x, 60);
+    assert_eq!(spread.total(), 60);
+    for rs in ["rs1", "rs2", "rs3"] {
+        assert!(spread.count(rs) > 0, "{rs} got no connection: {spread:?}");
+    }
+    let stats = x.stats().unwrap();
+    assert!(stats.counters.nat_replies > 0, "{stats:?}");
+}
+
+#[test]
+#[ignore = "privileged: netns + XDP"]
+fn removing_a_real_server_moves_only_its_flows() {
+    let x = XdpLab::build(LabConfig::default()).unwrap();
+    let _servers = x.lab.start_servers(PORT).unwrap();
+    let vip = vip(&x);
+    let client_addr = x.lab.client.addr;
+    // The same 300 flows (fixed source ports) before and after.
+    let flows = move || -> kubelvs_xdp_lab::Result<BTreeMap<SocketAddr, String>> {
+        client::open_with_retry(vip, TIMEOUT)?.reset();
+        let from = (20_000..20_300).map(|p| SocketAddr::V4(SocketAddrV4::new(client_addr, p)));
+        client::flows(from, vip, TIMEOUT)
+    };
+
+    x.apply(vec![service(
+        &x.lab,
+        PORT,
+        Protocol::Tcp,
+        Forwarding::Dr,
+        &[1, 1, 1],
+        PORT,
+    )])
+    .unwrap();
+    let before = x.lab.client.netns.run(flows).unwrap().unwrap();
+    let on_rs3 = before.values().filter(|rs| *rs == "rs3").count();
+    assert!(
+        (60..=140).contains(&on_rs3),
+        "about a third on rs3: {on_rs3}"
+    );
+
+    // rs3 leaves the plan.
+    let report = x
+        .apply(vec![service(
+            &x.lab,
+            PORT,
+            Protocol::Tcp,
+            Forwarding::Dr,
+            &[1, 1],
+            PORT,
+        )])
+        .unwrap();
+    assert_eq!(report.real_servers_removed, 1, "{report:?}");
+
+    let after = x.lab.client.netns.run(flows).unwrap().unwrap();
+    assert_eq!(after.len(), before.len());
+    let mut moved = 0;
+    for (flow, was) in &before {
+        let now = &after[flow];
+        if was == "rs3" {
+            assert!(now == "rs1" || now == "rs2", "{flow}: rs3 -> {now}");
+            moved += 1;
+        } else {
+            assert_eq!(now, was, "{flow} moved although its real server stayed");
+        }
+    }
+    assert_eq!(moved, on_rs3);
+}
+
+#[test]
+#[ignore = "privileged: netns + XDP"]
+fn restarting_the_loader_keeps_a_long_lived_connection() {
+    let mut x = XdpLab::build(LabConfig::default()).unwrap();
+    let _servers = x.lab.start_servers(PORT).unwrap();
+    let plan = vec![service(
+        &x.lab,
+        PORT,
+        Protocol::Tcp,
+        Forwarding::Dr,
+        &[1, 1, 1],
+        PORT,
+    )];
+    x.apply(plan.clone()).unwrap();
+
+    let vip = vip(&x);
+    let mut conn = x
+        .lab
+        .client
+        .netns
+        .run(move || client::open_with_retry(vip, TIMEOUT))
+        .unwrap()
+        .unwrap();
+    let rs = conn.real_server().to_owned();
+    assert_eq!(conn.echo("before").unwrap(), format!("{rs} before"));
+
+    // The agent stops: the program stays attached, the maps stay pinned.
+    x.drop_director();
+    assert_eq!(
+        conn.echo("while stopped").unwrap(),
+        format!("{rs} while stopped")
+    );
+
+    // The agent starts again from the pinned state and applies the same plan.
+    x.attach_director().unwrap();
+    let report = x.apply(plan).unwrap();
+    assert_eq!(
+        report.vips_added, 0,
+        "the VIP was recovered from the maps: {report:?}"
+    );
+    assert_eq!(report.real_servers_added, 0, "{report:?}");
+    for i in 0..20 {
+        let msg = format!("after {i}");
+        assert_eq!(conn.echo(&msg).unwrap(), format!("{rs} {msg}"));
+    }
+    // The connection table survived the restart: it still binds this flow.
+    let SocketAddr::V4(local) = conn.local_addr().unwrap() else {
+        panic!("IPv4 lab")
+    };
+    let SocketAddr::V4(vip) = vip else {
+        panic!("IPv4 lab")
+    };
+    let rs_addr = x
+        .lab
+        .real_servers
+        .iter()
+        .find(|h| h.role == rs)
+        .unwrap()
+        .addr;
+    assert_eq!(
+        x.connection(local, vip).unwrap(),
+        Some(SocketAddr::new(IpAddr::V4(rs_addr), PORT))
+    );
+}
