@@ -100,7 +100,7 @@ impl XdpLab {
         self.director = Some(NsActor::start(
             &self.lab.director.netns,
             "XDP director",
-            move || XdpDirector::attach_with(&ifname, opts),
+            move || XdpDirector::attach_with(&ifname, opts).map_err(|e| e.to_string()),
         )?);
         Ok(())
     }
@@ -122,19 +122,19 @@ impl XdpLab {
     pub fn apply(&self, services: Vec<Service>) -> Result<ApplyReport> {
         let neighbours = neighbours(&self.lab);
         self.director()?
-            .call(move |d| d.apply(&services, &neighbours))?
+            .call(move |d| d.apply(&services, &neighbours).map_err(|e| e.to_string()))?
             .map_err(|e| LabError::Bpf {
                 what: "apply".into(),
-                detail: e.to_string(),
+                detail: e,
             })
     }
 
     pub fn stats(&self) -> Result<DirectorStats> {
         self.director()?
-            .call(|d| d.stats())?
+            .call(|d| d.stats().map_err(|e| e.to_string()))?
             .map_err(|e| LabError::Bpf {
                 what: "stats".into(),
-                detail: e.to_string(),
+                detail: e,
             })
     }
 
@@ -155,10 +155,10 @@ impl XdpLab {
             pad: [0; 3],
         };
         self.director()?
-            .call(move |d| d.connection(&flow))?
+            .call(move |d| d.connection(&flow).map_err(|e| e.to_string()))?
             .map_err(|e| LabError::Bpf {
                 what: "connection table".into(),
-                detail: e.to_string(),
+                detail: e,
             })
     }
 
@@ -170,7 +170,7 @@ impl XdpLab {
             self.decaps.push(NsActor::start(
                 &rs.netns,
                 &format!("decap on {}", rs.role),
-                move || kubelvs_xdp::attach_decap(&ifname, &[vip]),
+                move || kubelvs_xdp::attach_decap(&ifname, &[vip]).map_err(|e| e.to_string()),
             )?);
         }
         Ok(())
@@ -181,10 +181,11 @@ impl XdpLab {
         self.decaps
             .iter()
             .map(|d| {
-                d.call(|d| d.decapsulated())?.map_err(|e| LabError::Bpf {
-                    what: "decap counters".into(),
-                    detail: e.to_string(),
-                })
+                d.call(|d| d.decapsulated().map_err(|e| e.to_string()))?
+                    .map_err(|e| LabError::Bpf {
+                        what: "decap counters".into(),
+                        detail: e,
+                    })
             })
             .collect()
     }
