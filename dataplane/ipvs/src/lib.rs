@@ -67,3 +67,39 @@ pub use table::{
     DesiredDest, DesiredService, DestConfig, DestId, KernelDest, KernelService, PlanError,
     ServiceConfig, ServiceId,
 };
+
+/// Feeds `bytes` to every parser (netlink framing, genl controller, IPVS messages,
+/// plain-data conversions, the state file). Parsers must return, never panic: the
+/// proptest fuzz property and the cargo-fuzz target (`dataplane/ipvs/fuzz`) call this.
+#[doc(hidden)]
+pub fn fuzz_all_parsers(bytes: &[u8]) {
+    for m in nl::messages(bytes) {
+        let Ok(m) = m else { break };
+        let _ = m.kind();
+        let _ = nl::parse_family(m.payload);
+        let _ = IpvsMessage::decode(m.payload);
+    }
+    let _ = nl::NlHeader::parse(bytes);
+    let _ = nl::split_genl(bytes);
+    let _ = nl::parse_family(bytes);
+    for a in nl::attrs(bytes, "fuzz").flatten() {
+        let _ = a.string("fuzz");
+        let _ = a.counter("fuzz");
+        let _ = a.be16("fuzz");
+    }
+    if let Ok(m) = IpvsMessage::decode(bytes) {
+        if let Some(s) = &m.service {
+            let _ = KernelService::from_attrs(s);
+            let _ = ServiceId::from_attrs(s);
+        }
+        if let Some(d) = &m.dest {
+            let _ = KernelDest::from_attrs(d);
+        }
+        let _ = client::describe(&m);
+        // Whatever decodes re-encodes.
+        let _ = m.encode(0x24, m.request_flags(), 1);
+    }
+    let af = bytes.first().map_or(codec::AF_INET, |b| u16::from(*b));
+    let _ = IpvsMessage::decode_with_service_af(bytes, af);
+    let _ = ownership::parse(&String::from_utf8_lossy(bytes));
+}

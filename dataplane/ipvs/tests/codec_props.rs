@@ -5,7 +5,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use kubelvs_ipvs::codec::*;
 use kubelvs_ipvs::nl::{self, NlKind};
-use kubelvs_ipvs::table::{KernelDest, KernelService};
 use kubelvs_ipvs::{ownership, ServiceId};
 use proptest::prelude::*;
 
@@ -279,31 +278,8 @@ proptest! {
 }
 
 fn fuzz_one(bytes: &[u8], af: u16) {
-    for m in nl::messages(bytes) {
-        let Ok(m) = m else { break };
-        let _ = m.kind();
-        let _ = nl::parse_family(m.payload);
-        let _ = IpvsMessage::decode(m.payload);
-    }
-    let _ = nl::NlHeader::parse(bytes);
-    let _ = nl::split_genl(bytes);
-    let _ = nl::parse_family(bytes);
-    for a in nl::attrs(bytes, "fuzz").flatten() {
-        let _ = a.string("fuzz");
-        let _ = a.counter("fuzz");
-    }
-    if let Ok(m) = IpvsMessage::decode(bytes) {
-        if let Some(s) = &m.service {
-            let _ = KernelService::from_attrs(s);
-        }
-        if let Some(d) = &m.dest {
-            let _ = KernelDest::from_attrs(d);
-        }
-        // Whatever decodes re-encodes.
-        let _ = m.encode(0x24, 5, 1);
-    }
+    kubelvs_ipvs::fuzz_all_parsers(bytes);
     let _ = IpvsMessage::decode_with_service_af(bytes, af);
-    let _ = ownership::parse(&String::from_utf8_lossy(bytes));
 }
 
 #[test]
