@@ -1,5 +1,8 @@
 //! `AddressPool`: addresses for VIPs (and FullNAT source addresses).
 
+use std::net::IpAddr;
+
+use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -56,4 +59,42 @@ pub struct AddressPoolStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// An inclusive address range of a pool entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressRange {
+    pub first: IpAddr,
+    pub last: IpAddr,
+}
+
+impl AddressRange {
+    pub fn contains(&self, a: IpAddr) -> bool {
+        a.is_ipv4() == self.first.is_ipv4() && self.first <= a && a <= self.last
+    }
+}
+
+impl AddressPool {
+    /// The ranges of `spec.addresses`; malformed entries are skipped (validation rejects
+    /// them before they get here).
+    pub fn ranges(&self) -> Vec<AddressRange> {
+        self.spec
+            .addresses
+            .iter()
+            .filter_map(|a| parse_range(a))
+            .collect()
+    }
+}
+
+/// `203.0.113.0/28` or `203.0.113.10-203.0.113.20`.
+pub fn parse_range(entry: &str) -> Option<AddressRange> {
+    if let Ok(net) = entry.parse::<IpNet>() {
+        return Some(AddressRange {
+            first: net.network(),
+            last: net.broadcast(),
+        });
+    }
+    let (a, b) = entry.split_once('-')?;
+    let (first, last): (IpAddr, IpAddr) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    (first.is_ipv4() == last.is_ipv4() && first <= last).then_some(AddressRange { first, last })
 }

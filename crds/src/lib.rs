@@ -4,10 +4,13 @@
 
 pub mod address_pool;
 pub mod real_server;
+pub mod selector;
 pub mod validate;
 pub mod virtual_service;
 
-pub use address_pool::{AddressPool, AddressPoolSpec, AddressPoolStatus};
+pub use address_pool::{
+    parse_range, AddressPool, AddressPoolSpec, AddressPoolStatus, AddressRange,
+};
 pub use real_server::{HealthObservation, RealServer, RealServerSpec, RealServerStatus};
 pub use validate::{validate, FieldError, Object, ValidationErrors};
 pub use virtual_service::{
@@ -20,7 +23,8 @@ pub use virtual_service::{
 pub const GROUP: &str = "kubelvs.io";
 
 /// Every CRD of the API, in the order `crdgen` writes them.
-pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+pub fn crds(
+) -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt;
     vec![VirtualService::crd(), RealServer::crd(), AddressPool::crd()]

@@ -159,6 +159,8 @@ fn json_pointer_to_field(pointer: &str) -> String {
 }
 
 /// Any kubelvs.io object, as read from YAML (the agent's standalone mode, examples).
+// Objects are read once and moved rarely; boxing would only add indirection for callers.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Object {
     VirtualService(VirtualService),
@@ -259,7 +261,9 @@ impl Object {
             })
         }
         match meta.kind.as_str() {
-            "VirtualService" => typed(document, &meta.kind, &name, value).map(Object::VirtualService),
+            "VirtualService" => {
+                typed(document, &meta.kind, &name, value).map(Object::VirtualService)
+            }
             "RealServer" => typed(document, &meta.kind, &name, value).map(Object::RealServer),
             "AddressPool" => typed(document, &meta.kind, &name, value).map(Object::AddressPool),
             _ => Err(ParseError::UnknownKind {
@@ -286,9 +290,15 @@ mod tests {
 
     #[test]
     fn json_pointers_become_field_paths() {
-        assert_eq!(json_pointer_to_field("/spec/ports/0/port"), "spec.ports[0].port");
+        assert_eq!(
+            json_pointer_to_field("/spec/ports/0/port"),
+            "spec.ports[0].port"
+        );
         assert_eq!(json_pointer_to_field("/spec/vip"), "spec.vip");
         assert_eq!(json_pointer_to_field(""), "<object>");
-        assert_eq!(json_pointer_to_field("/metadata/labels/a~1b"), "metadata.labels.a/b");
+        assert_eq!(
+            json_pointer_to_field("/metadata/labels/a~1b"),
+            "metadata.labels.a/b"
+        );
     }
 }

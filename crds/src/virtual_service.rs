@@ -132,7 +132,10 @@ pub struct VirtualServiceSpec {
 pub struct ServicePort {
     /// Optional name (a DNS label), unique within the virtual service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: Option<String>,
     /// The virtual port on the VIP.
     #[schemars(range(min = 1, max = 65535))]

@@ -21,5 +21,8 @@ fn committed_crd_yaml_matches_crdgen() {
     on_disk.sort();
     let mut expected: Vec<String> = generated.into_iter().map(|(f, _)| f).collect();
     expected.sort();
-    assert_eq!(on_disk, expected, "stale or missing CRD files in charts/kube-lvs/crds");
+    assert_eq!(
+        on_disk, expected,
+        "stale or missing CRD files in charts/kube-lvs/crds"
+    );
 }

@@ -7,7 +7,10 @@ fn walk_rules(v: &serde_json::Value, path: &str, out: &mut Vec<(String, String)>
         serde_json::Value::Object(m) => {
             if let Some(serde_json::Value::Array(rules)) = m.get("x-kubernetes-validations") {
                 for r in rules {
-                    out.push((path.to_owned(), r["message"].as_str().unwrap_or("").to_owned()));
+                    out.push((
+                        path.to_owned(),
+                        r["message"].as_str().unwrap_or("").to_owned(),
+                    ));
                 }
             }
             for (k, v) in m {
@@ -23,9 +26,17 @@ fn walk_rules(v: &serde_json::Value, path: &str, out: &mut Vec<(String, String)>
 fn every_cel_rule_has_a_message_that_names_its_field() {
     let mut rules = Vec::new();
     for crd in crds() {
-        walk_rules(&serde_json::to_value(&crd).unwrap(), &crd.spec.names.kind, &mut rules);
+        walk_rules(
+            &serde_json::to_value(&crd).unwrap(),
+            &crd.spec.names.kind,
+            &mut rules,
+        );
     }
-    assert!(rules.len() >= 20, "expected the full rule set, found {}", rules.len());
+    assert!(
+        rules.len() >= 20,
+        "expected the full rule set, found {}",
+        rules.len()
+    );
     for (path, message) in rules {
         assert!(
             message.starts_with("spec."),

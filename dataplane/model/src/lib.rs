@@ -163,7 +163,9 @@ impl SchedulerFlags {
 pub enum Tunnel {
     Ipip,
     /// Generic UDP Encapsulation to this UDP port on the real server.
-    Gue { port: u16 },
+    Gue {
+        port: u16,
+    },
     Gre,
 }
 
@@ -413,7 +415,9 @@ pub struct NodePlan {
 impl NodePlan {
     /// Services programmed by one dataplane.
     pub fn services_for(&self, dataplane: DataplaneKind) -> impl Iterator<Item = &Service> {
-        self.services.iter().filter(move |s| s.dataplane == dataplane)
+        self.services
+            .iter()
+            .filter(move |s| s.dataplane == dataplane)
     }
 }
 

@@ -1,1 +1,551 @@
-//! Pure node planner.
+//! The node planner: this node's identity plus the kubelvs.io objects -> its [`NodePlan`].
+//!
+//! A pure function over plain data: no I/O, no clock, no randomness. The same inputs in
+//! any order give the same plan, so every agent in the cluster reaches the same verdict on
+//! conflicts without talking to the others.
+//!
+//! Rules:
+//! - A VirtualService's VIP is `spec.vip`, else the one the operator allocated
+//!   (`status.vip`); without either it is pending and not programmed.
+//! - This node directs a VirtualService when `spec.directors.nodeSelector` matches its labels
+//!   (no `directors`: every node directs).
+//! - Each port is one LVS service VIP:port/protocol. When two VirtualServices claim the same
+//!   one, the older (creationTimestamp, then namespace/name) wins; the other's port is
+//!   reported as a conflict and left out.
+//! - Real servers are the RealServers in the VirtualService's namespace matching
+//!   `spec.realServerSelector`; `drain: true` gives weight 0 (quiescent). Their port is the
+//!   port's `targetPort`, else the RealServer's `port`, else the virtual port; dr and tun
+//!   cannot map ports, so a RealServer port different from the virtual port is a problem there.
+//! - For dr and tun, a node running one of the real servers (`spec.nodeName`, or the address
+//!   is one of the node's) must carry the VIP, with the tunnel for tun.
+//! - fullnat rewrites clients to this director's address from `spec.sourceAddressPool`.
+
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use kube::ResourceExt;
+use kubelvs_crds::{
+    AddressPool, ForwardingMethod, HealthCheckType, RealServer as RealServerObject,
+    Scheduler as CrdScheduler, SchedulerFlag, TunnelType, VirtualService,
+};
+use kubelvs_model::{
+    DataplaneKind, Forwarding, HealthCheck, NodePlan, ObjectRef, Persistence, Probe, Problem,
+    ProblemReason, Protocol, RealServer, RealServerVip, Scheduler, SchedulerFlags, Service,
+    ServiceKey, Tunnel, TunnelKind,
+};
+
+/// What the planner knows about the node it plans for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeIdentity {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// The node's own addresses (InternalIP, ExternalIP, or the host's interfaces).
+    pub addresses: Vec<IpAddr>,
+}
+
+/// Every object the plan depends on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Objects<'a> {
+    pub virtual_services: &'a [VirtualService],
+    pub real_servers: &'a [RealServerObject],
+    pub address_pools: &'a [AddressPool],
+}
+
+/// Computes what `node` must program.
+pub fn plan_node(node: &NodeIdentity, objects: Objects<'_>) -> NodePlan {
+    let mut problems = Vec::new();
+
+    // Resolve every VirtualService first: conflicts are decided over all of them, not only
+    // the ones this node directs, so every node agrees on the winner.
+    let mut resolved: Vec<Resolved<'_>> = objects
+        .virtual_services
+        .iter()
+        .filter_map(|vs| resolve(vs, &mut problems))
+        .collect();
+    resolved.sort_by_key(Resolved::age_key);
+
+    let mut claimed: BTreeMap<ServiceKey, ObjectRef> = BTreeMap::new();
+    let mut services = Vec::new();
+    let mut vips: BTreeMap<(IpAddr, Option<TunnelKind>), BTreeSet<ObjectRef>> = BTreeMap::new();
+
+    for r in &resolved {
+        let vs_ref = object_ref_vs(r.vs);
+        let winning_ports: Vec<(usize, ServiceKey)> = r
+            .ports
+            .iter()
+            .filter_map(|&(i, key)| match claimed.get(&key) {
+                Some(owner) => {
+                    problems.push(Problem {
+                        object: vs_ref.clone(),
+                        field: format!("spec.ports[{i}]"),
+                        reason: ProblemReason::Conflict,
+                        message: format!("{key} is already claimed by the older {owner}"),
+                    });
+                    None
+                }
+                None => {
+                    claimed.insert(key, vs_ref.clone());
+                    Some((i, key))
+                }
+            })
+            .collect();
+        if winning_ports.is_empty() {
+            continue;
+        }
+
+        let backends = select_real_servers(r.vs, objects.real_servers, &mut problems);
+        let forwarding = forwarding(r.vs);
+
+        if forwarding.real_server_carries_vip() {
+            let tunnel = match forwarding {
+                Forwarding::Tun(t) => Some(TunnelKind::from(t)),
+                _ => None,
+            };
+            for rs in &backends {
+                if runs_here(node, rs.object, rs.address) {
+                    vips.entry((r.vip, tunnel))
+                        .or_default()
+                        .insert(object_ref_rs(rs.object));
+                }
+            }
+        }
+
+        if !directs(node, r.vs, &mut problems) {
+            continue;
+        }
+        let source_address = match forwarding {
+            Forwarding::FullNat => match fullnat_source(node, r.vs, r.vip, objects.address_pools) {
+                Ok(a) => Some(a),
+                Err(message) => {
+                    problems.push(Problem {
+                        object: vs_ref.clone(),
+                        field: "spec.sourceAddressPool".into(),
+                        reason: ProblemReason::Unresolved,
+                        message,
+                    });
+                    continue;
+                }
+            },
+            _ => None,
+        };
+        for (i, key) in winning_ports {
+            let port = &r.vs.spec.ports[i];
+            let mut real_servers: Vec<RealServer> = backends
+                .iter()
+                .filter_map(|rs| {
+                    backend_for_port(
+                        r.vs,
+                        i,
+                        port.target_port,
+                        key,
+                        forwarding,
+                        rs,
+                        &mut problems,
+                    )
+                })
+                .collect();
+            // The source breaks ties, so which duplicate is kept does not depend on input order.
+            real_servers.sort_by(|a, b| {
+                (a.address, a.port, &a.source).cmp(&(b.address, b.port, &b.source))
+            });
+            real_servers.dedup_by(|dup, kept| {
+                let same = (dup.address, dup.port) == (kept.address, kept.port);
+                if same {
+                    problems.push(Problem {
+                        object: dup.source.clone(),
+                        field: "spec.address".into(),
+                        reason: ProblemReason::Conflict,
+                        message: format!(
+                            "{}:{} is already a real server of {key} through {}",
+                            dup.address, dup.port, kept.source
+                        ),
+                    });
+                }
+                same
+            });
+            services.push(Service {
+                key,
+                scheduler: scheduler(r.vs.spec.scheduler),
+                scheduler_flags: scheduler_flags(&r.vs.spec.scheduler_flags),
+                forwarding,
+                persistence: persistence(r.vs, r.vip),
+                source_address,
+                health_check: health_check(r.vs),
+                dataplane: match r.vs.spec.dataplane {
+                    kubelvs_crds::Dataplane::Ipvs => DataplaneKind::Ipvs,
+                    kubelvs_crds::Dataplane::Xdp => DataplaneKind::Xdp,
+                },
+                real_servers,
+                source: vs_ref.clone(),
+            });
+        }
+    }
+
+    services.sort_by_key(|s| s.key);
+    problems.sort();
+    problems.dedup();
+    NodePlan {
+        node: node.name.clone(),
+        services,
+        real_server_vips: vips
+            .into_iter()
+            .map(|((vip, tunnel), sources)| RealServerVip {
+                vip,
+                tunnel,
+                sources: sources.into_iter().collect(),
+            })
+            .collect(),
+        problems,
+    }
+}
+
+/// A VirtualService whose VIP and ports are usable.
+struct Resolved<'a> {
+    vs: &'a VirtualService,
+    vip: IpAddr,
+    /// (index into spec.ports, key)
+    ports: Vec<(usize, ServiceKey)>,
+}
+
+impl Resolved<'_> {
+    /// Older first; ties (same second) by namespace/name, so every node orders alike.
+    fn age_key(&self) -> (Option<k8s_openapi::jiff::Timestamp>, String, String) {
+        (
+            self.vs.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            self.vs.namespace().unwrap_or_default(),
+            self.vs.name_any(),
+        )
+    }
+}
+
+fn resolve<'a>(vs: &'a VirtualService, problems: &mut Vec<Problem>) -> Option<Resolved<'a>> {
+    let obj = object_ref_vs(vs);
+    let (field, text) = match (
+        &vs.spec.vip,
+        vs.status.as_ref().and_then(|s| s.vip.as_ref()),
+    ) {
+        (Some(v), _) => ("spec.vip", v),
+        (None, Some(v)) => ("status.vip", v),
+        (None, None) => {
+            problems.push(Problem {
+                object: obj,
+                field: "spec.vip".into(),
+                reason: ProblemReason::VipPending,
+                message: "no VIP yet: spec.vip is empty and the operator has not allocated one"
+                    .into(),
+            });
+            return None;
+        }
+    };
+    let vip: IpAddr = match text.parse() {
+        Ok(v) => v,
+        Err(_) => {
+            problems.push(Problem {
+                object: obj,
+                field: field.into(),
+                reason: ProblemReason::Invalid,
+                message: format!("{text:?} is not an IP address"),
+            });
+            return None;
+        }
+    };
+    let ports = vs
+        .spec
+        .ports
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            if p.port == 0 {
+                problems.push(Problem {
+                    object: obj.clone(),
+                    field: format!("spec.ports[{i}].port"),
+                    reason: ProblemReason::Invalid,
+                    message: "port 0 is not a port".into(),
+                });
+                return None;
+            }
+            Some((
+                i,
+                ServiceKey {
+                    vip,
+                    port: p.port,
+                    protocol: match p.protocol {
+                        kubelvs_crds::Protocol::Tcp => Protocol::Tcp,
+                        kubelvs_crds::Protocol::Udp => Protocol::Udp,
+                        kubelvs_crds::Protocol::Sctp => Protocol::Sctp,
+                    },
+                },
+            ))
+        })
+        .collect();
+    Some(Resolved { vs, vip, ports })
+}
+
+fn directs(node: &NodeIdentity, vs: &VirtualService, problems: &mut Vec<Problem>) -> bool {
+    let Some(directors) = &vs.spec.directors else {
+        return true;
+    };
+    match kubelvs_crds::selector::matches(&directors.node_selector, &node.labels) {
+        Ok(m) => m,
+        Err(e) => {
+            problems.push(Problem {
+                object: object_ref_vs(vs),
+                field: format!(
+                    "spec.directors.nodeSelector.matchExpressions[{}]",
+                    e.expression
+                ),
+                reason: ProblemReason::Invalid,
+                message: e.message,
+            });
+            false
+        }
+    }
+}
+
+/// A RealServer selected by a VirtualService, with its parsed address.
+struct Selected<'a> {
+    object: &'a RealServerObject,
+    address: IpAddr,
+}
+
+fn select_real_servers<'a>(
+    vs: &VirtualService,
+    all: &'a [RealServerObject],
+    problems: &mut Vec<Problem>,
+) -> Vec<Selected<'a>> {
+    let namespace = vs.namespace();
+    let mut out = Vec::new();
+    for rs in all.iter().filter(|rs| rs.namespace() == namespace) {
+        match kubelvs_crds::selector::matches(&vs.spec.real_server_selector, rs.labels()) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                problems.push(Problem {
+                    object: object_ref_vs(vs),
+                    field: format!("spec.realServerSelector.matchExpressions[{}]", e.expression),
+                    reason: ProblemReason::Invalid,
+                    message: e.message,
+                });
+                return Vec::new();
+            }
+        }
+        match rs.spec.address.parse() {
+            Ok(address) => out.push(Selected {
+                object: rs,
+                address,
+            }),
+            Err(_) => problems.push(Problem {
+                object: object_ref_rs(rs),
+                field: "spec.address".into(),
+                reason: ProblemReason::Invalid,
+                message: format!("{:?} is not an IP address", rs.spec.address),
+            }),
+        }
+    }
+    out
+}
+
+fn backend_for_port(
+    vs: &VirtualService,
+    port_index: usize,
+    target_port: Option<u16>,
+    key: ServiceKey,
+    forwarding: Forwarding,
+    rs: &Selected<'_>,
+    problems: &mut Vec<Problem>,
+) -> Option<RealServer> {
+    let rs_ref = object_ref_rs(rs.object);
+    // IPVS forwards across address families only by tunnelling (an IPv6 real server
+    // behind an IPv4 VIP is encapsulated); every other method rewrites in place.
+    if rs.address.is_ipv4() != key.vip.is_ipv4() && !matches!(forwarding, Forwarding::Tun(_)) {
+        problems.push(Problem {
+            object: rs_ref,
+            field: "spec.address".into(),
+            reason: ProblemReason::Invalid,
+            message: format!(
+                "{} is not in the address family of {key} ({}); only tun forwarding crosses families",
+                rs.address,
+                object_ref_vs(vs)
+            ),
+        });
+        return None;
+    }
+    let port = if forwarding.allows_port_mapping() {
+        target_port.or(rs.object.spec.port).unwrap_or(key.port)
+    } else {
+        match rs.object.spec.port {
+            Some(p) if p != key.port => {
+                problems.push(Problem {
+                    object: rs_ref,
+                    field: "spec.port".into(),
+                    reason: ProblemReason::Invalid,
+                    message: format!(
+                        "port {p} differs from {key} of {}, and {} forwarding cannot map ports (spec.ports[{port_index}])",
+                        object_ref_vs(vs),
+                        forwarding.name()
+                    ),
+                });
+                return None;
+            }
+            _ => key.port,
+        }
+    };
+    let weight = if rs.object.spec.drain {
+        0
+    } else {
+        rs.object.spec.weight.min(65535)
+    };
+    Some(RealServer {
+        address: rs.address,
+        port,
+        weight,
+        source: rs_ref,
+    })
+}
+
+fn runs_here(node: &NodeIdentity, rs: &RealServerObject, address: IpAddr) -> bool {
+    match &rs.spec.node_name {
+        Some(n) => *n == node.name,
+        None => node.addresses.contains(&address),
+    }
+}
+
+fn fullnat_source(
+    node: &NodeIdentity,
+    vs: &VirtualService,
+    vip: IpAddr,
+    pools: &[AddressPool],
+) -> Result<IpAddr, String> {
+    let pool_name = vs.spec.source_address_pool.as_deref().unwrap_or_default();
+    let pool = pools
+        .iter()
+        .find(|p| p.name_any() == pool_name)
+        .ok_or_else(|| format!("AddressPool {pool_name} does not exist"))?;
+    let ranges = pool.ranges();
+    let mut mine: Vec<IpAddr> = node
+        .addresses
+        .iter()
+        .copied()
+        .filter(|a| a.is_ipv4() == vip.is_ipv4())
+        .filter(|a| ranges.iter().any(|r| r.contains(*a)))
+        .collect();
+    mine.sort();
+    mine.first().copied().ok_or_else(|| {
+        format!(
+            "node {} carries no address of AddressPool {pool_name} in the VIP's family",
+            node.name
+        )
+    })
+}
+
+fn forwarding(vs: &VirtualService) -> Forwarding {
+    match vs.spec.forwarding {
+        ForwardingMethod::Nat => Forwarding::Nat,
+        ForwardingMethod::Dr => Forwarding::Dr,
+        ForwardingMethod::Fullnat => Forwarding::FullNat,
+        ForwardingMethod::Tun => {
+            let t = vs.spec.tunnel.as_ref();
+            Forwarding::Tun(match t.map(|t| t.tunnel_type).unwrap_or_default() {
+                TunnelType::Ipip => Tunnel::Ipip,
+                TunnelType::Gre => Tunnel::Gre,
+                TunnelType::Gue => Tunnel::Gue {
+                    port: t.and_then(|t| t.port).unwrap_or_default(),
+                },
+            })
+        }
+    }
+}
+
+fn scheduler(s: CrdScheduler) -> Scheduler {
+    match s {
+        CrdScheduler::Rr => Scheduler::Rr,
+        CrdScheduler::Wrr => Scheduler::Wrr,
+        CrdScheduler::Lc => Scheduler::Lc,
+        CrdScheduler::Wlc => Scheduler::Wlc,
+        CrdScheduler::Lblc => Scheduler::Lblc,
+        CrdScheduler::Lblcr => Scheduler::Lblcr,
+        CrdScheduler::Dh => Scheduler::Dh,
+        CrdScheduler::Sh => Scheduler::Sh,
+        CrdScheduler::Sed => Scheduler::Sed,
+        CrdScheduler::Nq => Scheduler::Nq,
+        CrdScheduler::Fo => Scheduler::Fo,
+        CrdScheduler::Ovf => Scheduler::Ovf,
+        CrdScheduler::Mh => Scheduler::Mh,
+        CrdScheduler::Twos => Scheduler::Twos,
+        CrdScheduler::Maglev => Scheduler::Maglev,
+    }
+}
+
+fn scheduler_flags(flags: &[SchedulerFlag]) -> SchedulerFlags {
+    let mut out = SchedulerFlags::default();
+    for f in flags {
+        match f {
+            SchedulerFlag::Flag1 | SchedulerFlag::ShFallback | SchedulerFlag::MhFallback => {
+                out.flag1 = true
+            }
+            SchedulerFlag::Flag2 | SchedulerFlag::ShPort | SchedulerFlag::MhPort => {
+                out.flag2 = true
+            }
+            SchedulerFlag::Flag3 => out.flag3 = true,
+        }
+    }
+    out
+}
+
+fn persistence(vs: &VirtualService, vip: IpAddr) -> Option<Persistence> {
+    let p = vs.spec.persistence.as_ref()?;
+    let full = if vip.is_ipv4() { 32 } else { 128 };
+    let prefix_length = p
+        .prefix_length
+        .or_else(|| {
+            p.netmask
+                .as_deref()
+                .and_then(|m| m.parse::<std::net::Ipv4Addr>().ok())
+                .map(|m| u32::from(m).leading_ones() as u8)
+        })
+        .unwrap_or(full)
+        .min(full);
+    Some(Persistence {
+        timeout_seconds: p.timeout_seconds,
+        prefix_length,
+    })
+}
+
+fn health_check(vs: &VirtualService) -> Option<HealthCheck> {
+    let h = vs.spec.health_check.as_ref()?;
+    let probe = match h.check_type {
+        HealthCheckType::Tcp => Probe::Tcp { port: h.port },
+        HealthCheckType::Http | HealthCheckType::Https => Probe::Http {
+            tls: h.check_type == HealthCheckType::Https,
+            path: h.path.clone().unwrap_or_else(|| "/".into()),
+            expected_status: h.expected_status.unwrap_or(200),
+            port: h.port,
+            host: h.host.clone(),
+        },
+    };
+    Some(HealthCheck {
+        probe,
+        interval_ms: h.interval_seconds.saturating_mul(1000),
+        timeout_ms: h.timeout_seconds.saturating_mul(1000),
+        rise: h.rise,
+        fall: h.fall,
+    })
+}
+
+fn object_ref_vs(vs: &VirtualService) -> ObjectRef {
+    ObjectRef::new(
+        "VirtualService",
+        &vs.namespace().unwrap_or_default(),
+        &vs.name_any(),
+    )
+}
+
+fn object_ref_rs(rs: &RealServerObject) -> ObjectRef {
+    ObjectRef::new(
+        "RealServer",
+        &rs.namespace().unwrap_or_default(),
+        &rs.name_any(),
+    )
+}

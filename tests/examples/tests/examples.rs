@@ -7,7 +7,8 @@ use std::collections::{BTreeSet, HashMap};
 use kubelvs_crds::{validate::compile_schema, validate::Object};
 use kubelvs_example_tests::{expected_field, repo_root, yaml_files};
 
-type Crd = k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+type Crd =
+    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
 /// The committed CRD YAML (what a cluster gets), keyed by kind.
 fn committed_crds() -> HashMap<String, Crd> {
@@ -32,7 +33,9 @@ use serde::Deserialize;
 
 fn schema_errors(crds: &HashMap<String, Crd>, doc: &serde_json::Value) -> Vec<String> {
     let kind = doc["kind"].as_str().unwrap_or_default();
-    let crd = crds.get(kind).unwrap_or_else(|| panic!("no CRD for kind {kind:?}"));
+    let crd = crds
+        .get(kind)
+        .unwrap_or_else(|| panic!("no CRD for kind {kind:?}"));
     compile_schema(crd)
         .iter_errors(doc)
         .map(|e| format!("{}: {e}", e.instance_path))
@@ -43,25 +46,36 @@ fn schema_errors(crds: &HashMap<String, Crd>, doc: &serde_json::Value) -> Vec<St
 fn valid_examples_pass_the_crd_schema_and_validate() {
     let crds = committed_crds();
     let files = yaml_files(&repo_root().join("examples"));
-    assert!(files.len() >= 5, "expected an example per forwarding method");
+    assert!(
+        files.len() >= 5,
+        "expected an example per forwarding method"
+    );
     let mut forwardings = BTreeSet::new();
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
         for doc in raw_documents(&text) {
             let errors = schema_errors(&crds, &doc);
-            assert!(errors.is_empty(), "{}: schema rejects a valid example: {errors:?}", file.display());
+            assert!(
+                errors.is_empty(),
+                "{}: schema rejects a valid example: {errors:?}",
+                file.display()
+            );
             if let Some(f) = doc["spec"]["forwarding"].as_str() {
                 forwardings.insert(f.to_owned());
             }
         }
         for obj in Object::from_yaml_documents(&text) {
             let obj = obj.unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-            obj.validate().unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            obj.validate()
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         }
     }
     assert_eq!(
         forwardings,
-        ["dr", "fullnat", "nat", "tun"].map(String::from).into_iter().collect(),
+        ["dr", "fullnat", "nat", "tun"]
+            .map(String::from)
+            .into_iter()
+            .collect(),
         "one example per forwarding method"
     );
 }
@@ -74,7 +88,8 @@ fn invalid_examples_are_rejected_naming_their_field() {
     for file in files {
         let name = file.display().to_string();
         let text = std::fs::read_to_string(&file).unwrap();
-        let field = expected_field(&text).unwrap_or_else(|| panic!("{name}: no '# expect: FIELD' line"));
+        let field =
+            expected_field(&text).unwrap_or_else(|| panic!("{name}: no '# expect: FIELD' line"));
         let objects = Object::from_yaml_documents(&text);
         assert_eq!(objects.len(), 1, "{name}: one bad object per file");
         let message = match &objects[0] {
@@ -84,7 +99,10 @@ fn invalid_examples_are_rejected_naming_their_field() {
                 Ok(()) => panic!("{name}: validate() accepted an invalid object"),
             },
         };
-        assert!(message.contains(field), "{name}: error does not name {field}: {message}");
+        assert!(
+            message.contains(field),
+            "{name}: error does not name {field}: {message}"
+        );
         // What serde refuses (unknown enum values, missing required fields) the committed
         // CRD schema must refuse too, or an API server would accept what the agent cannot read.
         if objects[0].is_err() {
@@ -115,14 +133,21 @@ fn every_cel_rule_is_exercised_by_an_invalid_example() {
         }
     }
     let missing: Vec<_> = rules.difference(&produced).collect();
-    assert!(missing.is_empty(), "CEL rules no invalid example exercises: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "CEL rules no invalid example exercises: {missing:#?}"
+    );
 }
 
 fn collect_messages(v: &serde_json::Value, out: &mut BTreeSet<String>) {
     match v {
         serde_json::Value::Object(m) => {
             if let Some(serde_json::Value::Array(rules)) = m.get("x-kubernetes-validations") {
-                out.extend(rules.iter().filter_map(|r| r["message"].as_str().map(String::from)));
+                out.extend(
+                    rules
+                        .iter()
+                        .filter_map(|r| r["message"].as_str().map(String::from)),
+                );
             }
             m.values().for_each(|v| collect_messages(v, out));
         }

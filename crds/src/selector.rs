@@ -1,0 +1,183 @@
+//! Kubernetes label selector matching, as the API server defines it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+/// Why a selector cannot be evaluated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelectorError {
+    /// Index into `matchExpressions`.
+    pub expression: usize,
+    pub message: String,
+}
+
+/// Whether `labels` match `selector`. An empty selector matches everything. A malformed
+/// expression is an error whatever the labels, so a typo never silently selects nothing.
+pub fn matches(
+    selector: &LabelSelector,
+    labels: &BTreeMap<String, String>,
+) -> Result<bool, SelectorError> {
+    let expressions = selector.match_expressions.as_deref().unwrap_or_default();
+    for (i, req) in expressions.iter().enumerate() {
+        let values = req.values.as_deref().unwrap_or_default();
+        match req.operator.as_str() {
+            "In" | "NotIn" => need_values(i, &req.operator, values)?,
+            "Exists" | "DoesNotExist" => no_values(i, &req.operator, values)?,
+            other => {
+                return Err(SelectorError {
+                    expression: i,
+                    message: format!(
+                        "operator {other:?} is not one of In, NotIn, Exists, DoesNotExist"
+                    ),
+                })
+            }
+        }
+    }
+    let labels_match = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let expressions_match = expressions.iter().all(|req| {
+        let values = req.values.as_deref().unwrap_or_default();
+        let value = labels.get(&req.key);
+        match req.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            _ => value.is_none(),
+        }
+    });
+    Ok(labels_match && expressions_match)
+}
+
+fn need_values(i: usize, op: &str, values: &[String]) -> Result<(), SelectorError> {
+    if values.is_empty() {
+        return Err(SelectorError {
+            expression: i,
+            message: format!("operator {op} needs at least one value"),
+        });
+    }
+    Ok(())
+}
+
+fn no_values(i: usize, op: &str, values: &[String]) -> Result<(), SelectorError> {
+    if !values.is_empty() {
+        return Err(SelectorError {
+            expression: i,
+            message: format!("operator {op} takes no values"),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn expr(key: &str, op: &str, values: &[&str]) -> LabelSelectorRequirement {
+        LabelSelectorRequirement {
+            key: key.into(),
+            operator: op.into(),
+            values: (!values.is_empty()).then(|| values.iter().map(|v| v.to_string()).collect()),
+        }
+    }
+
+    fn sel(ml: &[(&str, &str)], exprs: Vec<LabelSelectorRequirement>) -> LabelSelector {
+        LabelSelector {
+            match_labels: (!ml.is_empty()).then(|| labels(ml)),
+            match_expressions: (!exprs.is_empty()).then_some(exprs),
+        }
+    }
+
+    #[test]
+    fn table() {
+        let web = labels(&[("app", "web"), ("tier", "front")]);
+        let cases: Vec<(&str, LabelSelector, bool)> = vec![
+            ("empty selector matches all", sel(&[], vec![]), true),
+            ("matchLabels equal", sel(&[("app", "web")], vec![]), true),
+            ("matchLabels differ", sel(&[("app", "db")], vec![]), false),
+            (
+                "matchLabels missing key",
+                sel(&[("zone", "a")], vec![]),
+                false,
+            ),
+            (
+                "In hit",
+                sel(&[], vec![expr("app", "In", &["db", "web"])]),
+                true,
+            ),
+            ("In miss", sel(&[], vec![expr("app", "In", &["db"])]), false),
+            (
+                "In absent key",
+                sel(&[], vec![expr("zone", "In", &["a"])]),
+                false,
+            ),
+            (
+                "NotIn hit",
+                sel(&[], vec![expr("app", "NotIn", &["web"])]),
+                false,
+            ),
+            (
+                "NotIn absent key",
+                sel(&[], vec![expr("zone", "NotIn", &["a"])]),
+                true,
+            ),
+            ("Exists", sel(&[], vec![expr("tier", "Exists", &[])]), true),
+            (
+                "Exists absent",
+                sel(&[], vec![expr("zone", "Exists", &[])]),
+                false,
+            ),
+            (
+                "DoesNotExist",
+                sel(&[], vec![expr("zone", "DoesNotExist", &[])]),
+                true,
+            ),
+            (
+                "DoesNotExist present",
+                sel(&[], vec![expr("app", "DoesNotExist", &[])]),
+                false,
+            ),
+            (
+                "labels and expressions are ANDed",
+                sel(&[("app", "web")], vec![expr("tier", "In", &["back"])]),
+                false,
+            ),
+        ];
+        for (name, s, want) in cases {
+            assert_eq!(matches(&s, &web), Ok(want), "{name}");
+        }
+    }
+
+    #[test]
+    fn malformed_expressions_are_errors_whatever_the_labels() {
+        let web = labels(&[("app", "web")]);
+        for (s, idx) in [
+            (sel(&[], vec![expr("app", "Equals", &["web"])]), 0),
+            (sel(&[], vec![expr("app", "In", &[])]), 0),
+            (sel(&[], vec![expr("app", "Exists", &["x"])]), 0),
+            // Even when matchLabels already fails.
+            (sel(&[("app", "db")], vec![expr("app", "Bogus", &[])]), 0),
+            (
+                sel(
+                    &[],
+                    vec![expr("app", "In", &["db"]), expr("x", "Nope", &[])],
+                ),
+                1,
+            ),
+        ] {
+            let err = matches(&s, &web).unwrap_err();
+            assert_eq!(err.expression, idx, "{s:?}");
+        }
+    }
+}

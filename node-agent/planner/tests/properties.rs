@@ -1,0 +1,158 @@
+//! Invariants of the planner that hold for any objects.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use kubelvs_crds::*;
+use kubelvs_model::{Forwarding, ProblemReason};
+use kubelvs_planner::{plan_node, NodeIdentity, Objects};
+use proptest::prelude::*;
+
+const VIPS: [&str; 3] = ["203.0.113.1", "203.0.113.2", "2001:db8::1"];
+const ADDRS: [&str; 4] = ["198.51.100.1", "198.51.100.2", "2001:db8:1::1", "192.0.2.1"];
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+prop_compose! {
+    fn arb_vs()(
+        ns in 0..2usize, id in 0..1000u32, vip in 0..VIPS.len(),
+        ports in prop::collection::vec((prop::sample::select(vec![80u16, 443, 53]), any::<bool>(), prop::option::of(8000u16..8002)), 1..3),
+        method in 0..3usize, app in 0..2usize, created in 0..4i64, director_only in any::<bool>(),
+    ) -> VirtualService {
+        let forwarding = [ForwardingMethod::Nat, ForwardingMethod::Dr, ForwardingMethod::Tun][method];
+        let mut seen = HashSet::new();
+        let ports = ports.into_iter().filter(|(p, udp, _)| seen.insert((*p, *udp))).map(|(port, udp, tp)| ServicePort {
+            name: None,
+            port,
+            protocol: if udp { Protocol::Udp } else { Protocol::Tcp },
+            target_port: if forwarding == ForwardingMethod::Nat { tp } else { None },
+        }).collect();
+        let mut v = VirtualService::new(&format!("vs-{id}"), VirtualServiceSpec {
+            vip: Some(VIPS[vip].into()),
+            address_pool: None,
+            ports,
+            scheduler: Scheduler::Wrr,
+            scheduler_flags: vec![],
+            forwarding,
+            tunnel: (forwarding == ForwardingMethod::Tun).then_some(TunnelSpec { tunnel_type: TunnelType::Ipip, port: None }),
+            source_address_pool: None,
+            persistence: None,
+            real_server_selector: LabelSelector { match_labels: Some(labels(&[("app", ["x", "y"][app])])), match_expressions: None },
+            health_check: None,
+            directors: director_only.then(|| DirectorsSpec { node_selector: LabelSelector { match_labels: Some(labels(&[("director", "")])), match_expressions: None } }),
+            dataplane: Dataplane::Ipvs,
+        });
+        v.metadata.namespace = Some(["a", "b"][ns].into());
+        v.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000 + created).unwrap()));
+        v
+    }
+}
+
+prop_compose! {
+    fn arb_rs()(
+        ns in 0..2usize, id in 0..1000u32, addr in 0..ADDRS.len(), port in prop::option::of(prop::sample::select(vec![80u16, 8080])),
+        weight in 0..70000u32, drain in any::<bool>(), app in 0..2usize, node in prop::option::of(0..2usize),
+    ) -> RealServer {
+        let mut r = RealServer::new(&format!("rs-{id}"), RealServerSpec {
+            address: ADDRS[addr].into(), port, weight, node_name: node.map(|n| ["n1", "n2"][n].to_string()), drain,
+        });
+        r.metadata.namespace = Some(["a", "b"][ns].into());
+        r.metadata.labels = Some(labels(&[("app", ["x", "y"][app])]));
+        r
+    }
+}
+
+fn arb_node() -> impl Strategy<Value = NodeIdentity> {
+    (any::<bool>(), 0..2usize).prop_map(|(director, n)| NodeIdentity {
+        name: ["n1", "n2"][n].into(),
+        labels: if director {
+            labels(&[("director", "")])
+        } else {
+            BTreeMap::new()
+        },
+        addresses: vec!["192.0.2.1".parse().unwrap()],
+    })
+}
+
+fn unique_names<T: kube::ResourceExt>(items: Vec<T>) -> Vec<T> {
+    let mut seen = HashSet::new();
+    items
+        .into_iter()
+        .filter(|o| seen.insert((o.namespace(), o.name_any())))
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn plan_is_independent_of_input_order(
+        node in arb_node(),
+        vss in prop::collection::vec(arb_vs(), 0..6),
+        rss in prop::collection::vec(arb_rs(), 0..8),
+    ) {
+        let (vss, rss) = (unique_names(vss), unique_names(rss));
+        let forward = plan_node(&node, Objects { virtual_services: &vss, real_servers: &rss, address_pools: &[] });
+        let (mut rv, mut rr) = (vss.clone(), rss.clone());
+        rv.reverse();
+        rr.reverse();
+        let backward = plan_node(&node, Objects { virtual_services: &rv, real_servers: &rr, address_pools: &[] });
+        prop_assert_eq!(forward, backward);
+    }
+
+    #[test]
+    fn plan_invariants(
+        node in arb_node(),
+        vss in prop::collection::vec(arb_vs(), 0..6),
+        rss in prop::collection::vec(arb_rs(), 0..8),
+    ) {
+        let (vss, rss) = (unique_names(vss), unique_names(rss));
+        let plan = plan_node(&node, Objects { virtual_services: &vss, real_servers: &rss, address_pools: &[] });
+
+        // One service per VIP:port/protocol.
+        let keys: HashSet<_> = plan.services.iter().map(|s| s.key).collect();
+        prop_assert_eq!(keys.len(), plan.services.len());
+
+        for s in &plan.services {
+            // Its owner is the oldest claimant.
+            let owner = vss.iter().find(|v| v.metadata.name.as_deref() == Some(s.source.name.as_str()) && v.metadata.namespace.as_deref() == Some(s.source.namespace.as_str())).unwrap();
+            for other in &vss {
+                let claims = other.spec.vip.as_deref().and_then(|v| v.parse::<IpAddr>().ok()) == Some(s.key.vip)
+                    && other.spec.ports.iter().any(|p| p.port == s.key.port && (p.protocol == Protocol::Udp) == (s.key.protocol == kubelvs_model::Protocol::Udp));
+                if claims {
+                    let key = |v: &VirtualService| (v.metadata.creation_timestamp.clone().map(|t| t.0), v.metadata.namespace.clone(), v.metadata.name.clone());
+                    prop_assert!(key(owner) <= key(other), "{} owns {} but {:?} is older", s.source, s.key, other.metadata.name);
+                }
+            }
+            let mut addrs = HashSet::new();
+            for r in &s.real_servers {
+                prop_assert!(addrs.insert((r.address, r.port)), "duplicate real server");
+                let obj = rss.iter().find(|o| o.metadata.name.as_deref() == Some(r.source.name.as_str()) && o.metadata.namespace.as_deref() == Some(r.source.namespace.as_str())).unwrap();
+                prop_assert!(r.weight <= 65535);
+                if obj.spec.drain { prop_assert_eq!(r.weight, 0); }
+                if !obj.spec.drain { prop_assert_eq!(r.weight, obj.spec.weight.min(65535)); }
+                if s.forwarding.real_server_carries_vip() { prop_assert_eq!(r.port, s.key.port); }
+                if !matches!(s.forwarding, Forwarding::Tun(_)) { prop_assert_eq!(r.address.is_ipv4(), s.key.vip.is_ipv4()); }
+                prop_assert_eq!(&r.source.namespace, &s.source.namespace);
+            }
+        }
+
+        // Every port of every VirtualService this node directs is planned, or a conflict says why not.
+        for v in &vss {
+            let directs = v.spec.directors.is_none() || node.labels.contains_key("director");
+            if !directs { continue; }
+            let name = v.metadata.name.clone().unwrap();
+            for (i, p) in v.spec.ports.iter().enumerate() {
+                let planned = plan.services.iter().any(|s| s.source.name == name && s.source.namespace == v.metadata.namespace.clone().unwrap() && s.key.port == p.port && (s.key.protocol == kubelvs_model::Protocol::Udp) == (p.protocol == Protocol::Udp));
+                let conflict = plan.problems.iter().any(|pr| pr.reason == ProblemReason::Conflict && pr.object.name == name && pr.field == format!("spec.ports[{i}]"));
+                prop_assert!(planned != conflict, "{name} port {i}: planned={planned} conflict={conflict}");
+            }
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! VIP allocation: which address each VirtualService gets, decided over all of them at once.
+//!
+//! Rules, in the order a user would expect them:
+//! - `spec.vip` is used as given; with `spec.addressPool` it must lie in that pool.
+//! - An address already allocated (`status.vip`) is kept while it is still valid, so VIPs
+//!   never move under running traffic when pools or other services change.
+//! - Others, oldest first, get the lowest free address of `spec.addressPool`, else of the
+//!   first auto-assign pool (by name) that admits their namespace.
+//! - In IPv4 CIDRs shorter than /31 the network and broadcast addresses are skipped.
+//! - Several VirtualServices may share a VIP only when they set it in `spec.vip`
+//!   (different ports on one VIP is normal LVS); allocation never hands out a used address.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use kubelvs_crds::{AddressPool, AddressRange, VirtualService};
+
+/// Labels of each namespace, for pools' `namespaceSelector`.
+pub type NamespaceLabels = BTreeMap<String, BTreeMap<String, String>>;
+
+/// Why a VirtualService has no VIP.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AllocationError {
+    #[error("spec.vip: {vip:?} is not an IP address")]
+    InvalidVip { vip: String },
+    #[error("spec.addressPool: AddressPool {pool} does not exist")]
+    UnknownPool { pool: String },
+    #[error("spec.vip: {vip} is not in AddressPool {pool}")]
+    VipOutsidePool { vip: IpAddr, pool: String },
+    #[error("spec.addressPool: AddressPool {pool} does not admit namespace {namespace}")]
+    NamespaceNotAdmitted { pool: String, namespace: String },
+    #[error("spec.addressPool: AddressPool {pool} has no free address")]
+    PoolExhausted { pool: String },
+    #[error("spec.addressPool: no auto-assign AddressPool admits namespace {namespace}; set spec.vip or spec.addressPool")]
+    NoPool { namespace: String },
+}
+
+/// `namespace/name` of a VirtualService.
+pub type VsKey = (String, String);
+
+/// The allocation for every VirtualService, and each pool's use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allocation {
+    pub vips: BTreeMap<VsKey, Result<IpAddr, AllocationError>>,
+    /// Per pool: (total addresses, allocated).
+    pub pool_usage: BTreeMap<String, (u64, u64)>,
+}
+
+/// Allocates VIPs for all `services` from `pools`.
+pub fn allocate(
+    services: &[VirtualService],
+    pools: &[AddressPool],
+    namespaces: &NamespaceLabels,
+) -> Allocation {
+    let mut pools: Vec<&AddressPool> = pools.iter().collect();
+    pools.sort_by_key(|p| p.metadata.name.clone());
+    let ranges: BTreeMap<String, Vec<AddressRange>> = pools
+        .iter()
+        .map(|p| {
+            (
+                name(p),
+                p.spec.addresses.iter().filter_map(|a| parse(a)).collect(),
+            )
+        })
+        .collect();
+
+    let mut order: Vec<&VirtualService> = services.iter().collect();
+    order.sort_by_key(|v| {
+        (
+            v.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            v.metadata.namespace.clone(),
+            v.metadata.name.clone(),
+        )
+    });
+
+    let mut out = Allocation::default();
+    let mut used: BTreeSet<IpAddr> = BTreeSet::new();
+    let mut pending = Vec::new();
+
+    // Pass 1: fixed VIPs and still-valid allocations claim their addresses first.
+    for vs in &order {
+        let key = vs_key(vs);
+        let pool = vs.spec.address_pool.as_deref();
+        let result = if let Some(text) = &vs.spec.vip {
+            match text.parse::<IpAddr>() {
+                Err(_) => Err(AllocationError::InvalidVip { vip: text.clone() }),
+                Ok(vip) => match pool {
+                    Some(p) if !ranges.contains_key(p) => {
+                        Err(AllocationError::UnknownPool { pool: p.into() })
+                    }
+                    Some(p) if !ranges[p].iter().any(|r| r.contains(vip)) => {
+                        Err(AllocationError::VipOutsidePool {
+                            vip,
+                            pool: p.into(),
+                        })
+                    }
+                    _ => Ok(vip),
+                },
+            }
+        } else {
+            let kept = vs
+                .status
+                .as_ref()
+                .and_then(|s| s.vip.as_deref())
+                .and_then(|v| v.parse::<IpAddr>().ok())
+                .filter(|v| !used.contains(v))
+                .filter(|v| {
+                    candidate_pools(vs, &pools, namespaces)
+                        .ok()
+                        .is_some_and(|ps| {
+                            ps.iter().any(|p| ranges[*p].iter().any(|r| r.contains(*v)))
+                        })
+                });
+            match kept {
+                Some(v) => Ok(v),
+                None => {
+                    pending.push(*vs);
+                    continue;
+                }
+            }
+        };
+        if let Ok(v) = result {
+            used.insert(v);
+        }
+        out.vips.insert(key, result);
+    }
+
+    // Pass 2: the rest, oldest first, get the lowest free address.
+    for vs in pending {
+        let result = candidate_pools(vs, &pools, namespaces).and_then(|ps| {
+            ps.iter()
+                .find_map(|p| ranges[*p].iter().find_map(|r| first_free(r, &used)))
+                .ok_or_else(|| AllocationError::PoolExhausted { pool: ps.join(",") })
+        });
+        if let Ok(v) = result {
+            used.insert(v);
+        }
+        out.vips.insert(vs_key(vs), result);
+    }
+
+    for p in &pools {
+        let rs = &ranges[&name(p)];
+        let total = rs.iter().map(size).fold(0u64, u64::saturating_add);
+        let allocated = used
+            .iter()
+            .filter(|v| rs.iter().any(|r| r.contains(**v)))
+            .count() as u64;
+        out.pool_usage.insert(name(p), (total, allocated));
+    }
+    out
+}
+
+/// The pools a VirtualService without `spec.vip` may take an address from, in order.
+fn candidate_pools<'a>(
+    vs: &VirtualService,
+    pools: &[&'a AddressPool],
+    namespaces: &NamespaceLabels,
+) -> Result<Vec<&'a str>, AllocationError> {
+    let namespace = vs.metadata.namespace.clone().unwrap_or_default();
+    let admits = |p: &AddressPool| match &p.spec.namespace_selector {
+        None => true,
+        Some(sel) => namespaces
+            .get(&namespace)
+            .is_some_and(|labels| kubelvs_crds::selector::matches(sel, labels).unwrap_or(false)),
+    };
+    match vs.spec.address_pool.as_deref() {
+        Some(wanted) => {
+            let p = pools.iter().find(|p| name(p) == wanted).ok_or_else(|| {
+                AllocationError::UnknownPool {
+                    pool: wanted.into(),
+                }
+            })?;
+            if !admits(p) {
+                return Err(AllocationError::NamespaceNotAdmitted {
+                    pool: wanted.into(),
+                    namespace,
+                });
+            }
+            Ok(vec![p.metadata.name.as_deref().unwrap_or_default()])
+        }
+        None => {
+            let auto: Vec<&str> = pools
+                .iter()
+                .filter(|p| p.spec.auto_assign && admits(p))
+                .map(|p| p.metadata.name.as_deref().unwrap_or_default())
+                .collect();
+            if auto.is_empty() {
+                Err(AllocationError::NoPool { namespace })
+            } else {
+                Ok(auto)
+            }
+        }
+    }
+}
+
+fn name(p: &AddressPool) -> String {
+    p.metadata.name.clone().unwrap_or_default()
+}
+
+fn vs_key(vs: &VirtualService) -> VsKey {
+    (
+        vs.metadata.namespace.clone().unwrap_or_default(),
+        vs.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// The addresses of a pool entry the allocator hands out: a v4 CIDR shorter than /31 loses
+/// its network and broadcast addresses, which many clients and routers mishandle.
+fn parse(entry: &str) -> Option<AddressRange> {
+    let mut r = kubelvs_crds::parse_range(entry)?;
+    if let Ok(IpNet::V4(v4)) = entry.parse::<IpNet>() {
+        if v4.prefix_len() < 31 {
+            r.first = from_u128(to_u128(r.first) + 1, true);
+            r.last = from_u128(to_u128(r.last) - 1, true);
+        }
+    }
+    Some(r)
+}
+
+fn size(r: &AddressRange) -> u64 {
+    u64::try_from(to_u128(r.last) - to_u128(r.first) + 1).unwrap_or(u64::MAX)
+}
+
+fn first_free(r: &AddressRange, used: &BTreeSet<IpAddr>) -> Option<IpAddr> {
+    // Walk the used addresses inside the range, not every address: pools may be /64s.
+    let mut candidate = to_u128(r.first);
+    for u in used.range(r.first..=r.last).map(|u| to_u128(*u)) {
+        if u > candidate {
+            break;
+        }
+        candidate = u + 1;
+    }
+    (candidate <= to_u128(r.last)).then(|| from_u128(candidate, r.first.is_ipv4()))
+}
+
+fn to_u128(a: IpAddr) -> u128 {
+    match a {
+        IpAddr::V4(v) => u32::from(v).into(),
+        IpAddr::V6(v) => v.into(),
+    }
+}
+
+fn from_u128(n: u128, v4: bool) -> IpAddr {
+    if v4 {
+        IpAddr::V4((n as u32).into())
+    } else {
+        IpAddr::V6(n.into())
+    }
+}

@@ -1,0 +1,206 @@
+//! VIP allocation rules, one scenario each.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use kubelvs_crds::*;
+use kubelvs_operator::allocate::{allocate, AllocationError, NamespaceLabels};
+
+fn vs(ns: &str, name: &str, vip: Option<&str>, pool: Option<&str>, created: i64) -> VirtualService {
+    let yaml = format!(
+        "apiVersion: kubelvs.io/v1alpha1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{ports: [{{port: 80}}], forwarding: nat, realServerSelector: {{}}}}\n"
+    );
+    let mut v: VirtualService = serde_yaml::from_str(&yaml).unwrap();
+    v.spec.vip = vip.map(String::from);
+    v.spec.address_pool = pool.map(String::from);
+    v.metadata.creation_timestamp = Some(Time(
+        k8s_openapi::jiff::Timestamp::from_second(1_700_000_000 + created).unwrap(),
+    ));
+    v
+}
+
+fn pool(name: &str, addresses: &[&str], auto: bool) -> AddressPool {
+    AddressPool::new(
+        name,
+        AddressPoolSpec {
+            addresses: addresses.iter().map(|a| a.to_string()).collect(),
+            auto_assign: auto,
+            namespace_selector: None,
+        },
+    )
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn get(
+    a: &kubelvs_operator::allocate::Allocation,
+    ns: &str,
+    name: &str,
+) -> Result<IpAddr, AllocationError> {
+    a.vips[&(ns.to_string(), name.to_string())].clone()
+}
+
+#[test]
+fn oldest_first_lowest_free_skipping_network_address() {
+    let pools = [pool("public", &["203.0.113.0/30"], true)];
+    let a = allocate(
+        &[
+            vs("s", "young", None, None, 10),
+            vs("s", "old", None, None, 0),
+        ],
+        &pools,
+        &BTreeMap::new(),
+    );
+    assert_eq!(get(&a, "s", "old"), Ok(ip("203.0.113.1")));
+    assert_eq!(get(&a, "s", "young"), Ok(ip("203.0.113.2")));
+    assert_eq!(
+        a.pool_usage["public"],
+        (2, 2),
+        "/30 has two usable addresses, both taken"
+    );
+}
+
+#[test]
+fn exhausted_pool_is_an_error_naming_the_field() {
+    let pools = [pool("tiny", &["203.0.113.5-203.0.113.5"], true)];
+    let a = allocate(
+        &[vs("s", "a", None, None, 0), vs("s", "b", None, None, 1)],
+        &pools,
+        &BTreeMap::new(),
+    );
+    assert_eq!(get(&a, "s", "a"), Ok(ip("203.0.113.5")));
+    let err = get(&a, "s", "b").unwrap_err();
+    assert!(err.to_string().starts_with("spec.addressPool:"), "{err}");
+}
+
+#[test]
+fn existing_allocation_is_kept_even_if_an_older_service_appears() {
+    let pools = [pool("public", &["203.0.113.10-203.0.113.20"], true)];
+    let mut young = vs("s", "young", None, None, 10);
+    young.status = Some(VirtualServiceStatus {
+        vip: Some("203.0.113.10".into()),
+        ..Default::default()
+    });
+    let old = vs("s", "old", None, None, 0);
+    let a = allocate(&[old, young], &pools, &BTreeMap::new());
+    assert_eq!(
+        get(&a, "s", "young"),
+        Ok(ip("203.0.113.10")),
+        "a VIP never moves under traffic"
+    );
+    assert_eq!(get(&a, "s", "old"), Ok(ip("203.0.113.11")));
+}
+
+#[test]
+fn fixed_vips_are_claimed_first_and_may_be_shared() {
+    let pools = [pool("public", &["203.0.113.10-203.0.113.12"], true)];
+    let a = allocate(
+        &[
+            vs("s", "auto", None, None, 0),
+            vs("s", "fixed-a", Some("203.0.113.10"), None, 5),
+            vs("s", "fixed-b", Some("203.0.113.10"), None, 6),
+        ],
+        &pools,
+        &BTreeMap::new(),
+    );
+    assert_eq!(get(&a, "s", "fixed-a"), Ok(ip("203.0.113.10")));
+    assert_eq!(
+        get(&a, "s", "fixed-b"),
+        Ok(ip("203.0.113.10")),
+        "two services, one VIP, different ports"
+    );
+    assert_eq!(
+        get(&a, "s", "auto"),
+        Ok(ip("203.0.113.11")),
+        "allocation skips fixed VIPs even of younger services"
+    );
+}
+
+#[test]
+fn named_pool_rules() {
+    let pools = [
+        pool("public", &["203.0.113.0/28"], false),
+        pool("v6", &["2001:db8::/120"], false),
+    ];
+    let a = allocate(
+        &[
+            vs("s", "named", None, Some("v6"), 0),
+            vs("s", "outside", Some("198.51.100.1"), Some("public"), 0),
+            vs("s", "missing", None, Some("nope"), 0),
+            vs("s", "unpooled", None, None, 0),
+            vs("s", "garbage", Some("300.1.1.1"), None, 0),
+        ],
+        &pools,
+        &BTreeMap::new(),
+    );
+    assert_eq!(
+        get(&a, "s", "named"),
+        Ok(ip("2001:db8::")),
+        "IPv6 CIDRs have no broadcast to skip"
+    );
+    assert!(matches!(
+        get(&a, "s", "outside"),
+        Err(AllocationError::VipOutsidePool { .. })
+    ));
+    assert!(matches!(
+        get(&a, "s", "missing"),
+        Err(AllocationError::UnknownPool { .. })
+    ));
+    assert!(
+        matches!(
+            get(&a, "s", "unpooled"),
+            Err(AllocationError::NoPool { .. })
+        ),
+        "no auto-assign pool"
+    );
+    assert!(matches!(
+        get(&a, "s", "garbage"),
+        Err(AllocationError::InvalidVip { .. })
+    ));
+}
+
+#[test]
+fn namespace_selector_admits_only_matching_namespaces() {
+    let mut p = pool("team", &["203.0.113.0/29"], true);
+    p.spec.namespace_selector = Some(LabelSelector {
+        match_labels: Some([("team".to_string(), "web".to_string())].into()),
+        match_expressions: None,
+    });
+    let namespaces: NamespaceLabels = [
+        (
+            "web".to_string(),
+            [("team".to_string(), "web".to_string())].into(),
+        ),
+        ("db".to_string(), BTreeMap::new()),
+    ]
+    .into();
+    let a = allocate(
+        &[
+            vs("web", "a", None, None, 0),
+            vs("db", "b", None, None, 0),
+            vs("db", "c", None, Some("team"), 0),
+        ],
+        &[p],
+        &namespaces,
+    );
+    assert!(get(&a, "web", "a").is_ok());
+    assert!(matches!(
+        get(&a, "db", "b"),
+        Err(AllocationError::NoPool { .. })
+    ));
+    assert!(matches!(
+        get(&a, "db", "c"),
+        Err(AllocationError::NamespaceNotAdmitted { .. })
+    ));
+}
+
+#[test]
+fn huge_ipv6_pool_allocates_without_walking_it() {
+    let pools = [pool("v6", &["2001:db8::/64"], true)];
+    let a = allocate(&[vs("s", "a", None, None, 0)], &pools, &BTreeMap::new());
+    assert_eq!(get(&a, "s", "a"), Ok(ip("2001:db8::")));
+    assert_eq!(a.pool_usage["v6"], (u64::MAX, 1));
+}
