@@ -15,5 +15,7 @@
 
 pub mod cpio;
 pub mod image;
+pub mod ipvsadm;
 pub mod protocol;
+pub mod traffic;
 pub mod vm;

@@ -34,6 +34,9 @@ pub struct VmConfig {
     pub timeout: Duration,
     pub memory_mib: u32,
     pub cpus: u32,
+    /// qemu `-cpu` model. `max` gives the guest RDRAND, so its CRNG (and Rust's
+    /// HashMap seeding) is ready at once.
+    pub cpu: String,
 }
 
 /// What one VM run produced.

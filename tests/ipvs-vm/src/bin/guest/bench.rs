@@ -1,0 +1,227 @@
+//! The IPVS benchmark: 10,000 services x 5 real servers programmed by our apply
+//! versus `ipvsadm -R` restoring the same table, then one weight change among
+//! them. Runs in its own network namespace (IPVS tables are per namespace), as a
+//! child process started with `ip netns exec`, so it never sees the scenarios' table.
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use kubelvs_ipvs::IpvsDataplane;
+use kubelvs_ipvs_vm::ipvsadm;
+use kubelvs_model::{
+    DataplaneKind, Forwarding, ObjectRef, Protocol, RealServer, Scheduler, SchedulerFlags, Service,
+    ServiceKey,
+};
+
+use crate::lab::cmd;
+use crate::Reporter;
+
+const BENCH_NS: &str = "bench";
+pub const SERVICES: usize = 10_000;
+pub const DESTS: usize = 5;
+
+/// 100 VIPs x 100 ports, each with the same 5 real servers (weights 1..5).
+pub fn bench_plan() -> Vec<Service> {
+    let mut services: Vec<Service> = (0..SERVICES)
+        .map(|i| {
+            let vip = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1 + (i / 100) as u8));
+            let port = 10_000 + (i % 100) as u16;
+            Service {
+                key: ServiceKey {
+                    vip,
+                    port,
+                    protocol: Protocol::Tcp,
+                },
+                scheduler: Scheduler::Wrr,
+                scheduler_flags: SchedulerFlags::default(),
+                forwarding: Forwarding::Nat,
+                persistence: None,
+                source_address: None,
+                health_check: None,
+                dataplane: DataplaneKind::Ipvs,
+                real_servers: (0..DESTS)
+                    .map(|d| RealServer {
+                        address: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 21 + d as u8)),
+                        port: 8080,
+                        weight: 1 + d as u32,
+                        source: ObjectRef::new("RealServer", "bench", &format!("rs{d}")),
+                    })
+                    .collect(),
+                source: ObjectRef::new("VirtualService", "bench", &format!("vs{i}")),
+            }
+        })
+        .collect();
+    services.sort_by_key(|s| s.key);
+    services
+}
+
+/// Outer half (root namespace): create the namespace and run the inner half there.
+pub fn run(r: &mut Reporter) {
+    let exe = match std::env::current_exe() {
+        Ok(p) => p.display().to_string(),
+        Err(e) => {
+            r.case("bench", Err(format!("current_exe: {e}")));
+            return;
+        }
+    };
+    let setup = cmd("ip", &["netns", "add", BENCH_NS]).and_then(|_| {
+        // Real servers must be routable unicast addresses in the namespace.
+        for args in [
+            vec!["-n", BENCH_NS, "link", "add", "bench0", "type", "dummy"],
+            vec!["-n", BENCH_NS, "link", "set", "bench0", "up"],
+            vec![
+                "-n",
+                BENCH_NS,
+                "addr",
+                "add",
+                "198.51.100.1/24",
+                "dev",
+                "bench0",
+            ],
+        ] {
+            cmd("ip", &args)?;
+        }
+        Ok(())
+    });
+    if let Err(e) = setup {
+        r.case("bench", Err(e));
+        return;
+    }
+    let status = Command::new("ip")
+        .args(["netns", "exec", BENCH_NS, &exe, "bench-inner"])
+        .status();
+    r.case(
+        "bench",
+        match status {
+            Ok(s) if s.success() => Ok("benchmark finished".into()),
+            Ok(s) => Err(format!("bench-inner exited with {s}")),
+            Err(e) => Err(format!("bench-inner: {e}")),
+        },
+    );
+}
+
+fn restore(script: &str) -> Result<(), String> {
+    let mut child = Command::new("ipvsadm")
+        .arg("-R")
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("ipvsadm -R: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|e| format!("ipvsadm -R stdin: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("ipvsadm -R: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ipvsadm -R failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// Counts services and destinations with a client we did not write.
+fn count_listed() -> Result<(usize, usize), String> {
+    let listed = ipvsadm::parse_list(&cmd("ipvsadm", &["-Ln"])?).map_err(|e| e.to_string())?;
+    Ok((listed.len(), listed.values().map(|s| s.dests.len()).sum()))
+}
+
+/// Inner half, inside the bench namespace. Prints its own protocol lines.
+pub fn inner() -> Result<(), String> {
+    let mut r = Reporter::default();
+    let services = bench_plan();
+    let _ = std::fs::create_dir_all("/run/kubelvs");
+    let mut dp =
+        IpvsDataplane::new("/run/kubelvs/bench-owned-services").map_err(|e| e.to_string())?;
+
+    let t = Instant::now();
+    let rep = dp
+        .apply(&services, Instant::now())
+        .map_err(|e| e.to_string())?;
+    let ours = t.elapsed();
+    r.measure("bench_ours_apply", ours.as_secs_f64(), "s");
+    r.measure("bench_ours_writes", rep.writes as f64, "messages");
+    r.measure("bench_ours_write_time", rep.write_time.as_secs_f64(), "s");
+    let counted = count_listed()?;
+    r.case(
+        "bench_apply_10k",
+        if rep.errors.is_empty() && counted == (SERVICES, SERVICES * DESTS) {
+            Ok(format!(
+                "{SERVICES} services x {DESTS} real servers in {ours:?}, {} writes",
+                rep.writes
+            ))
+        } else {
+            Err(format!(
+                "errors {:?}, ipvsadm lists {counted:?}",
+                rep.errors.first().map(ToString::to_string)
+            ))
+        },
+    );
+
+    // One weight among 10,000 services.
+    let mut changed = services.clone();
+    let svc = &mut changed[SERVICES / 2];
+    svc.real_servers[2].weight += 10;
+    let t = Instant::now();
+    let rep = dp
+        .apply(&changed, Instant::now())
+        .map_err(|e| e.to_string())?;
+    let total = t.elapsed();
+    r.measure("bench_weight_change_writes", rep.writes as f64, "messages");
+    r.measure(
+        "bench_weight_change_write_time",
+        rep.write_time.as_secs_f64() * 1e3,
+        "ms",
+    );
+    r.measure(
+        "bench_weight_change_dump_time",
+        rep.dump_time.as_secs_f64() * 1e3,
+        "ms",
+    );
+    r.measure("bench_weight_change_apply", total.as_secs_f64() * 1e3, "ms");
+    r.case(
+        "bench_weight_change_one_write",
+        if rep.writes == 1 && rep.updated_dests == 1 && rep.errors.is_empty() {
+            Ok(format!(
+                "1 SET_DEST, netlink write {:?}, whole apply {total:?}",
+                rep.write_time
+            ))
+        } else {
+            Err(format!(
+                "writes={} updated_dests={} errors={}",
+                rep.writes,
+                rep.updated_dests,
+                rep.errors.len()
+            ))
+        },
+    );
+
+    cmd("ipvsadm", &["-C"])?;
+    let script = ipvsadm::restore_script(&services);
+    let t = Instant::now();
+    restore(&script)?;
+    let theirs = t.elapsed();
+    r.measure("bench_ipvsadm_restore", theirs.as_secs_f64(), "s");
+    r.measure(
+        "bench_ratio_ipvsadm_over_ours",
+        theirs.as_secs_f64() / ours.as_secs_f64(),
+        "x",
+    );
+    let counted = count_listed()?;
+    r.case(
+        "bench_ipvsadm_restore",
+        if counted == (SERVICES, SERVICES * DESTS) {
+            Ok(format!("ipvsadm -R in {theirs:?}; ours {ours:?}"))
+        } else {
+            Err(format!("ipvsadm lists {counted:?} after restore"))
+        },
+    );
+    cmd("ipvsadm", &["-C"])?;
+    Ok(())
+}

@@ -1,0 +1,470 @@
+//! Real-kernel scenarios: our apply programs IPVS, real TCP goes through it, and
+//! `ipvsadm` (a client we did not write) witnesses the table.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use kubelvs_ipvs::{apply_fullnat, apply_sysctls, director_sysctls, ApplyReport, IpvsDataplane};
+use kubelvs_ipvs_vm::ipvsadm;
+use kubelvs_model::{
+    DataplaneKind, Forwarding, ObjectRef, Persistence, Protocol, RealServer, Scheduler,
+    SchedulerFlags, Service, ServiceKey, Tunnel,
+};
+
+use crate::lab::{cmd, peers, tally, Lab, CLIENT, CLIENTS, DIRECTOR_LAN, REAL_SERVERS};
+use crate::Reporter;
+
+const NAT_VIP: &str = "203.0.113.1";
+const DR_VIP: &str = "203.0.113.2";
+const TUN_VIP: &str = "203.0.113.3";
+const FULLNAT_VIP: &str = "203.0.113.4";
+const WRR_VIP: &str = "203.0.113.5";
+const SH_VIP: &str = "203.0.113.6";
+const PERSIST_VIP: &str = "203.0.113.7";
+const DRAIN_VIP: &str = "203.0.113.8";
+/// Created with ipvsadm before our first apply; it must survive every apply.
+const FOREIGN_VIP: &str = "203.0.113.200";
+const FOREIGN_KEY: &str = "TCP 203.0.113.200:80";
+
+const STATE_PATH: &str = "/run/kubelvs/ipvs-owned-services";
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("address constants are valid")
+}
+
+fn addr(vip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip(vip), port)
+}
+
+/// A TCP virtual service on port 80 of `vip` over the three real servers with `weights`.
+pub fn service(
+    vip: &str,
+    scheduler: Scheduler,
+    forwarding: Forwarding,
+    weights: [u32; 3],
+) -> Service {
+    // DR and TUN cannot map ports: the real server port is the virtual port.
+    let rs_port = if forwarding.allows_port_mapping() {
+        8080
+    } else {
+        80
+    };
+    let name = format!("vs-{vip}");
+    Service {
+        key: ServiceKey {
+            vip: ip(vip),
+            port: 80,
+            protocol: Protocol::Tcp,
+        },
+        scheduler,
+        scheduler_flags: SchedulerFlags::default(),
+        forwarding,
+        persistence: None,
+        source_address: None,
+        health_check: None,
+        dataplane: DataplaneKind::Ipvs,
+        real_servers: REAL_SERVERS
+            .iter()
+            .zip(weights)
+            .map(|((ns, a), weight)| RealServer {
+                address: ip(a),
+                port: rs_port,
+                weight,
+                source: ObjectRef::new("RealServer", "lab", ns),
+            })
+            .collect(),
+        source: ObjectRef::new("VirtualService", "lab", &name),
+    }
+}
+
+fn plan() -> Vec<Service> {
+    let mut sh = service(SH_VIP, Scheduler::Sh, Forwarding::Nat, [1, 1, 1]);
+    sh.scheduler_flags = SchedulerFlags {
+        flag1: true,
+        flag2: false,
+        flag3: false,
+    };
+    let mut persist = service(PERSIST_VIP, Scheduler::Rr, Forwarding::Nat, [1, 1, 1]);
+    persist.persistence = Some(Persistence {
+        timeout_seconds: 60,
+        prefix_length: 32,
+    });
+    let mut fullnat = service(FULLNAT_VIP, Scheduler::Rr, Forwarding::FullNat, [1, 1, 1]);
+    fullnat.source_address = Some(ip(DIRECTOR_LAN));
+    let mut services = vec![
+        service(NAT_VIP, Scheduler::Rr, Forwarding::Nat, [1, 1, 1]),
+        service(DR_VIP, Scheduler::Rr, Forwarding::Dr, [1, 1, 1]),
+        service(
+            TUN_VIP,
+            Scheduler::Rr,
+            Forwarding::Tun(Tunnel::Ipip),
+            [1, 1, 1],
+        ),
+        fullnat,
+        service(WRR_VIP, Scheduler::Wrr, Forwarding::Nat, [1, 2, 3]),
+        sh,
+        persist,
+        service(DRAIN_VIP, Scheduler::Rr, Forwarding::Nat, [1, 1, 1]),
+    ];
+    services.sort_by_key(|s| s.key);
+    services
+}
+
+fn check_report(report: &ApplyReport) -> Result<(), String> {
+    if report.errors.is_empty() && report.conflicts.is_empty() {
+        return Ok(());
+    }
+    let errors: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
+    Err(format!(
+        "apply errors: {errors:?}, conflicts: {:?}",
+        report.conflicts
+    ))
+}
+
+fn summary(r: &ApplyReport) -> String {
+    format!(
+        "writes={} services+{} ~{} -{} dests+{} ~{} -{} write_time={:?}",
+        r.writes,
+        r.added_services,
+        r.updated_services,
+        r.deleted_services,
+        r.added_dests,
+        r.updated_dests,
+        r.deleted_dests,
+        r.write_time
+    )
+}
+
+/// Connections through `vip` reach every real server and the servers saw `expect_peer`.
+fn all_servers_answer(lab: &Lab, vip: &str, expect_peer: &str) -> Result<String, String> {
+    let results = lab.connect(addr(vip, 80), 30, TIMEOUT, &[])?;
+    let (counts, errors) = tally(&results);
+    if !errors.is_empty() {
+        return Err(format!(
+            "{} of 30 connections failed: {errors:?}",
+            errors.len()
+        ));
+    }
+    if counts.len() != REAL_SERVERS.len() {
+        return Err(format!(
+            "expected all 3 real servers to answer, got {counts:?}"
+        ));
+    }
+    let seen = peers(&results);
+    if seen != [ip(expect_peer)] {
+        return Err(format!(
+            "real servers saw sources {seen:?}, expected {expect_peer}"
+        ));
+    }
+    Ok(format!(
+        "30 connections {counts:?}, real servers saw {expect_peer}"
+    ))
+}
+
+fn listing() -> Result<BTreeMap<String, ipvsadm::ListedService>, String> {
+    let text = cmd("ipvsadm", &["-Ln"])?;
+    println!("--- ipvsadm -Ln\n{text}---");
+    ipvsadm::parse_list(&text).map_err(|e| e.to_string())
+}
+
+fn table_matches(services: &[Service]) -> Result<String, String> {
+    let listed = listing()?;
+    let diffs = ipvsadm::table_differences(
+        &listed,
+        &ipvsadm::expected_listing(services),
+        &[FOREIGN_KEY],
+    );
+    if diffs.is_empty() {
+        Ok(format!("{} services match the plan", services.len()))
+    } else {
+        Err(diffs.join("; "))
+    }
+}
+
+pub fn run(r: &mut Reporter) {
+    let started = Instant::now();
+    let vips = [
+        NAT_VIP,
+        DR_VIP,
+        TUN_VIP,
+        FULLNAT_VIP,
+        WRR_VIP,
+        SH_VIP,
+        PERSIST_VIP,
+        DRAIN_VIP,
+        FOREIGN_VIP,
+    ];
+    let lab = match Lab::up(&vips, &[DR_VIP, TUN_VIP]) {
+        Ok(lab) => lab,
+        Err(e) => {
+            r.case("topology", Err(e));
+            return;
+        }
+    };
+    r.case(
+        "topology",
+        Ok("client, director, 3 real servers with TCP servers".into()),
+    );
+    r.measure("lab_setup", started.elapsed().as_secs_f64(), "s");
+
+    // Another tool's service, present before we ever apply.
+    let foreign = cmd(
+        "ipvsadm",
+        &["-A", "-t", &format!("{FOREIGN_VIP}:80"), "-s", "wlc"],
+    )
+    .and_then(|_| {
+        cmd(
+            "ipvsadm",
+            &[
+                "-a",
+                "-t",
+                &format!("{FOREIGN_VIP}:80"),
+                "-r",
+                "192.0.2.11:8080",
+                "-m",
+                "-w",
+                "5",
+            ],
+        )
+    });
+    if !r.case(
+        "foreign_service_created",
+        foreign.map(|_| "ipvsadm -A/-a".into()),
+    ) {
+        return;
+    }
+
+    let _ = std::fs::create_dir_all("/run/kubelvs");
+    let mut dp = match IpvsDataplane::new(STATE_PATH) {
+        Ok(dp) => dp,
+        Err(e) => {
+            r.case("apply", Err(format!("IpvsDataplane::new: {e}")));
+            return;
+        }
+    };
+    let services = plan();
+    let first = apply_sysctls(&director_sysctls())
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            dp.apply(&services, Instant::now())
+                .map_err(|e| e.to_string())
+        })
+        .and_then(|rep| check_report(&rep).map(|()| rep))
+        .and_then(|rep| {
+            apply_fullnat(&services)
+                .map(|()| rep)
+                .map_err(|e| e.to_string())
+        });
+    let first = match first {
+        Ok(rep) => rep,
+        Err(e) => {
+            r.case("apply", Err(e));
+            return;
+        }
+    };
+    let expected_writes = services.len() * 4;
+    r.measure("apply_initial_writes", first.writes as f64, "messages");
+    r.case(
+        "apply",
+        if first.added_services == services.len() && first.added_dests == services.len() * 3 {
+            Ok(summary(&first))
+        } else {
+            Err(format!(
+                "expected {expected_writes} adds, got {}",
+                summary(&first)
+            ))
+        },
+    );
+
+    r.case("ipvsadm_table", table_matches(&services));
+
+    r.case(
+        "reapply_zero_writes",
+        match dp.apply(&services, Instant::now()) {
+            Ok(rep) if rep.writes == 0 && rep.ops() == 0 && rep.errors.is_empty() => {
+                Ok(format!("second apply: {}", summary(&rep)))
+            }
+            Ok(rep) => Err(format!("second apply was not empty: {}", summary(&rep))),
+            Err(e) => Err(e.to_string()),
+        },
+    );
+
+    r.case("nat", all_servers_answer(&lab, NAT_VIP, CLIENT));
+    r.case("dr", all_servers_answer(&lab, DR_VIP, CLIENT));
+    r.case("tun", all_servers_answer(&lab, TUN_VIP, CLIENT));
+    r.case("wrr_weights", wrr(&lab));
+    r.case("sh_sticky", sticky(&lab, SH_VIP, "sh"));
+    r.case(
+        "persistence_sticky",
+        sticky(&lab, PERSIST_VIP, "persistence"),
+    );
+    r.case("drain_weight_zero", drain(&lab, &mut dp, &services));
+    r.case("foreign_service_survives", foreign_survives(&dp));
+    // Last: it removes the real servers' route back to the client.
+    r.case("fullnat", fullnat(&lab));
+    r.measure("scenarios", started.elapsed().as_secs_f64(), "s");
+}
+
+fn wrr(lab: &Lab) -> Result<String, String> {
+    let results = lab.connect(addr(WRR_VIP, 80), 600, TIMEOUT, &[])?;
+    let (counts, errors) = tally(&results);
+    if !errors.is_empty() {
+        return Err(format!(
+            "{} of 600 connections failed: {:?}",
+            errors.len(),
+            &errors[..errors.len().min(3)]
+        ));
+    }
+    for ((ns, _), expected) in REAL_SERVERS.iter().zip([100.0, 200.0, 300.0]) {
+        let got = counts.get(*ns).copied().unwrap_or(0) as f64;
+        if (got - expected).abs() > expected * 0.10 {
+            return Err(format!(
+                "{ns}: {got} connections, expected {expected} ±10%: {counts:?}"
+            ));
+        }
+    }
+    Ok(format!("600 connections, weights 1:2:3 -> {counts:?}"))
+}
+
+/// Every client address reaches exactly one real server, connection after connection.
+fn sticky(lab: &Lab, vip: &str, what: &str) -> Result<String, String> {
+    // Sources in turn, so each client's connections interleave with the others'.
+    let results = lab.connect(addr(vip, 80), CLIENTS.len() * 5, TIMEOUT, &CLIENTS)?;
+    let mut per_client: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    for (src, res) in &results {
+        let g = res.as_ref().map_err(|e| format!("from {src}: {e}"))?;
+        *per_client
+            .entry(src.clone())
+            .or_default()
+            .entry(g.server.clone())
+            .or_insert(0) += 1;
+    }
+    if per_client.len() != CLIENTS.len() {
+        return Err(format!(
+            "expected {} clients, got {per_client:?}",
+            CLIENTS.len()
+        ));
+    }
+    if let Some((src, servers)) = per_client.iter().find(|(_, s)| s.len() != 1) {
+        return Err(format!(
+            "{what}: client {src} reached several real servers: {servers:?}"
+        ));
+    }
+    let map: Vec<String> = per_client
+        .iter()
+        .map(|(c, s)| format!("{c}->{}", s.keys().next().map_or("", String::as_str)))
+        .collect();
+    Ok(format!(
+        "{what}: each of {} clients stuck to one real server: {}",
+        CLIENTS.len(),
+        map.join(" ")
+    ))
+}
+
+/// Weight 0 on the real server holding an open connection: the connection goes on,
+/// new connections avoid it, and the change is one netlink write.
+fn drain(lab: &Lab, dp: &mut IpvsDataplane, services: &[Service]) -> Result<String, String> {
+    let held = lab.hold(addr(DRAIN_VIP, 80))?;
+    let victim = held
+        .greeting
+        .as_ref()
+        .map(|g| g.server.clone())
+        .ok_or("no greeting")?;
+    let idx = REAL_SERVERS
+        .iter()
+        .position(|(ns, _)| *ns == victim)
+        .ok_or_else(|| format!("unknown real server {victim}"))?;
+    let mut drained = services.to_vec();
+    let svc = drained
+        .iter_mut()
+        .find(|s| s.key.vip == ip(DRAIN_VIP))
+        .ok_or("drain service missing from the plan")?;
+    svc.real_servers[idx].weight = 0;
+    let rep = dp
+        .apply(&drained, Instant::now())
+        .map_err(|e| e.to_string())?;
+    check_report(&rep)?;
+    if rep.writes != 1 || rep.updated_dests != 1 || rep.ops() != 1 {
+        return Err(format!(
+            "weight change should be one SET_DEST, got {}",
+            summary(&rep)
+        ));
+    }
+    let listed = listing()?;
+    let key = format!("TCP {DRAIN_VIP}:80");
+    let dest = listed
+        .get(&key)
+        .and_then(|s| s.dests.get(&format!("{}:8080", REAL_SERVERS[idx].1)))
+        .ok_or_else(|| format!("{victim} missing from the listing of {key}"))?;
+    if dest.weight != 0 || dest.active < 1 {
+        return Err(format!(
+            "{victim}: expected weight 0 with its active connection, listed {dest:?}"
+        ));
+    }
+    let results = lab.connect(addr(DRAIN_VIP, 80), 30, TIMEOUT, &[])?;
+    let (counts, errors) = tally(&results);
+    if !errors.is_empty() {
+        return Err(format!("new connections failed: {errors:?}"));
+    }
+    if counts.contains_key(&victim) || counts.len() != 2 {
+        return Err(format!(
+            "new connections must avoid drained {victim}: {counts:?}"
+        ));
+    }
+    let echoed = held.echo()?;
+    if echoed != "still-open" {
+        return Err(format!("held connection echoed {echoed:?}"));
+    }
+    Ok(format!(
+        "{victim} weight 0 in 1 write ({:?}); held connection still echoes; 30 new -> {counts:?}",
+        rep.write_time
+    ))
+}
+
+fn foreign_survives(dp: &IpvsDataplane) -> Result<String, String> {
+    let listed = listing()?;
+    let svc = listed
+        .get(FOREIGN_KEY)
+        .ok_or("the ipvsadm-created service is gone")?;
+    let dest = svc
+        .dests
+        .get("192.0.2.11:8080")
+        .ok_or("its real server is gone")?;
+    if svc.scheduler != "wlc" || dest.weight != 5 || dest.forward != "Masq" {
+        return Err(format!("it was modified: {svc:?}"));
+    }
+    if dp
+        .owned()
+        .iter()
+        .any(|id| format!("{id:?}").contains(FOREIGN_VIP))
+    {
+        return Err(format!("we claim to own it: {:?}", dp.owned()));
+    }
+    Ok(format!(
+        "{FOREIGN_KEY} wlc -> 192.0.2.11:8080 w5 untouched after every apply"
+    ))
+}
+
+fn fullnat(lab: &Lab) -> Result<String, String> {
+    lab.cut_route_back()?;
+    // Control: plain NAT needs the route back, so it must now fail.
+    let control = lab.connect(addr(NAT_VIP, 80), 1, Duration::from_millis(1500), &[])?;
+    if control.iter().any(|(_, r)| r.is_ok()) {
+        return Err(
+            "control: NAT still worked without a route back; the test proves nothing".into(),
+        );
+    }
+    let ok = all_servers_answer(lab, FULLNAT_VIP, DIRECTOR_LAN)?;
+    let rules = cmd(
+        "nft",
+        &["list", "table", "inet", kubelvs_ipvs::FULLNAT_TABLE],
+    )
+    .unwrap_or_default();
+    println!(
+        "--- nft list table inet {}\n{rules}---",
+        kubelvs_ipvs::FULLNAT_TABLE
+    );
+    Ok(format!("without a route back (NAT control failed): {ok}"))
+}
