@@ -463,3 +463,33 @@ fn incremental_apply_skips_the_dump_and_sends_one_set_dest() {
     assert_eq!((r.writes, r.updated_dests), (1, 1));
     assert_eq!(dp.client().services[&id].dests[0].config.weight, 1);
 }
+
+#[test]
+fn ten_thousand_services_then_one_weight_is_one_write() {
+    let dir = TempDir::new("10k");
+    let mut dp = IpvsDataplane::with_client(FakeIpvs::new(), dir.state()).unwrap();
+    let plan: Vec<Service> = (0..10_000u32)
+        .map(|i| {
+            let vip = format!("203.0.{}.{}", 113 + i / 250 / 256, 1 + i / 100 % 250);
+            let mut s = service(
+                &vip,
+                10_000 + (i % 100) as u16,
+                Forwarding::Nat,
+                (0..5)
+                    .map(|d| rs(&format!("198.51.100.{}", 21 + d), 8080, 1 + d))
+                    .collect(),
+            );
+            s.source = ObjectRef::new("VirtualService", "bench", &i.to_string());
+            s
+        })
+        .collect();
+    let r = dp.apply(&plan, Instant::now()).unwrap();
+    assert_eq!(
+        (r.added_services, r.added_dests, r.writes),
+        (10_000, 50_000, 60_000)
+    );
+    let mut changed = plan.clone();
+    changed[4_321].real_servers[3].weight = 77;
+    let r = dp.apply(&changed, Instant::now()).unwrap();
+    assert_eq!((r.writes, r.updated_dests, r.ops()), (1, 1, 1));
+}
