@@ -71,6 +71,8 @@ pub static DIRECTOR_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/director.o"));
 pub static DECAP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/decap.o"));
 pub static PASS_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pass.o"));
+/// The director plus benchmark wrappers that restore the packet between runs.
+pub static BENCH_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench.o"));
 
 /// XDP verdicts, as `TestRunResult::retval` carries them.
 pub const XDP_ABORTED: u32 = 0;
@@ -300,6 +302,7 @@ pub struct XdpDirector {
     config: Array<MapData, Config>,
     link: Option<PinnedLink>,
     ifname: Option<String>,
+    prog_name: &'static str,
     state: State,
 }
 
@@ -339,6 +342,15 @@ impl XdpDirector {
     /// Loads the program and its maps (pinned if `opts.pin_dir` is set) without
     /// attaching it: for BPF_PROG_TEST_RUN.
     pub fn load(opts: DirectorOptions) -> Result<Self> {
+        Self::load_object(opts, DIRECTOR_OBJ, "director.o", DIRECTOR_PROG)
+    }
+
+    fn load_object(
+        opts: DirectorOptions,
+        obj: &[u8],
+        obj_name: &'static str,
+        prog_name: &'static str,
+    ) -> Result<Self> {
         let rings_len = opts
             .max_vips
             .checked_mul(opts.ring_size)
@@ -363,8 +375,8 @@ impl XdpDirector {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
-        let mut ebpf = loader.load(DIRECTOR_OBJ).map_err(|source| XdpError::Load {
-            object: "director.o",
+        let mut ebpf = loader.load(obj).map_err(|source| XdpError::Load {
+            object: obj_name,
             source,
         })?;
         // A pinned map from an earlier run keeps its size whatever we asked for.
@@ -382,9 +394,9 @@ impl XdpDirector {
                 }
             }
         }
-        let prog: &mut Xdp = program(&mut ebpf, DIRECTOR_PROG)?;
+        let prog: &mut Xdp = program(&mut ebpf, prog_name)?;
         prog.load().map_err(|source| XdpError::Program {
-            program: DIRECTOR_PROG,
+            program: prog_name,
             source,
         })?;
 
@@ -409,6 +421,7 @@ impl XdpDirector {
             opts,
             link: None,
             ifname: None,
+            prog_name,
             state: State::default(),
         };
         d.recover_state()?;
@@ -488,12 +501,7 @@ impl XdpDirector {
 
     /// The loaded director program, for [`test_run`].
     pub fn program_fd(&self) -> BorrowedFd<'_> {
-        let prog: &Xdp = self
-            .ebpf
-            .program(DIRECTOR_PROG)
-            .and_then(|p| p.try_into().ok())
-            .expect("director program present since load");
-        prog.fd().expect("director program loaded").as_fd()
+        prog_fd(&self.ebpf, self.prog_name)
     }
 
     pub fn options(&self) -> &DirectorOptions {
@@ -1122,4 +1130,67 @@ fn prog_fd<'a>(ebpf: &'a Ebpf, name: &str) -> BorrowedFd<'a> {
         .and_then(|p| p.try_into().ok())
         .expect("program present since load");
     prog.fd().expect("program loaded").as_fd()
+}
+
+/// Benchmark support: the director wrapped so that `BPF_PROG_TEST_RUN` with
+/// repeat > 1 sees the original packet on every run (see `dataplane/bpf/bench.c`).
+pub mod bench {
+    use super::*;
+
+    /// `struct klvs_bench_cfg`: iteration n runs flow `base + (n % count) * stride`.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct BenchCfg {
+        pub base: u32,
+        pub count: u32,
+        pub stride: u32,
+        pub pad: u32,
+    }
+
+    #[allow(unsafe_code)]
+    // SAFETY: repr(C), four u32, no padding.
+    unsafe impl aya::Pod for BenchCfg {}
+
+    const WRAPPED: &str = "klvs_bench_director";
+    const EMPTY: &str = "klvs_bench_empty";
+
+    /// The wrapped director (its maps driven like [`XdpDirector`]'s) and the
+    /// wrapper around nothing, whose cost is subtracted.
+    #[derive(Debug)]
+    pub struct BenchDirector {
+        pub director: XdpDirector,
+    }
+
+    impl BenchDirector {
+        pub fn load(opts: DirectorOptions) -> Result<Self> {
+            let mut director = XdpDirector::load_object(opts, BENCH_OBJ, "bench.o", WRAPPED)?;
+            program(&mut director.ebpf, EMPTY)?
+                .load()
+                .map_err(|source| XdpError::Program {
+                    program: EMPTY,
+                    source,
+                })?;
+            Ok(Self { director })
+        }
+
+        /// Chooses the flows the next runs use.
+        pub fn set_flows(&mut self, cfg: BenchCfg) -> Result<()> {
+            let map = self
+                .director
+                .ebpf
+                .map_mut("bench_cfg")
+                .ok_or(XdpError::MissingMap { map: "bench_cfg" })?;
+            let mut arr: Array<&mut MapData, BenchCfg> =
+                Array::try_from(map).map_err(map_err("bench_cfg"))?;
+            arr.set(0, cfg, 0).map_err(map_err("bench_cfg"))
+        }
+
+        pub fn director_fd(&self) -> BorrowedFd<'_> {
+            self.director.program_fd()
+        }
+
+        pub fn empty_fd(&self) -> BorrowedFd<'_> {
+            prog_fd(&self.director.ebpf, EMPTY)
+        }
+    }
 }

@@ -516,10 +516,17 @@ fn tun_encapsulates_with_fib_next_hop_and_valid_checksum() {
             &[
                 service(VIP, 80, TUN, &[("192.0.2.20", 80, 1)]),
                 service(VIP, 443, TUN, &[("198.51.100.200", 443, 1)]),
+                service(VIP, 8443, TUN, &[("192.0.2.30", 8443, 1)]),
+                service(VIP, 9443, TUN, &[("203.0.113.200", 9443, 1)]),
             ],
-            &HashMap::new(),
+            // A MAC from the caller: used as is, no route lookup (192.0.2.30 has
+            // no kernel neighbour, so a lookup would fail).
+            &HashMap::from([mac_of("192.0.2.30")]),
         )
         .unwrap();
+        let syn8443 = tcp_frame(ip(CLIENT), 40003, ip(VIP), 8443, TCP_SYN);
+        let want8443 = eth(mac_of("192.0.2.30").1, DIRECTOR_MAC, 0x0800, &ipip(ip("192.0.2.1"), ip("192.0.2.30"), &syn8443[14..]));
+        let syn9443 = tcp_frame(ip(CLIENT), 40003, ip(VIP), 9443, TCP_SYN);
         let syn = tcp_frame(ip(CLIENT), 40003, ip(VIP), 80, TCP_SYN);
         let syn443 = tcp_frame(ip(CLIENT), 40003, ip(VIP), 443, TCP_SYN);
         let (_, rmac) = mac_of("192.0.2.20");
@@ -543,10 +550,24 @@ fn tun_encapsulates_with_fib_next_hop_and_valid_checksum() {
                     verdict: XDP_TX,
                     output: Some(want443),
                 },
+                Case {
+                    what: "TUN with the next-hop MAC given by the caller: no route lookup",
+                    input: syn8443,
+                    verdict: XDP_TX,
+                    output: Some(want8443),
+                },
+                Case {
+                    what: "TUN to a real server with no route and no MAC: dropped",
+                    input: syn9443,
+                    verdict: XDP_DROP,
+                    output: None,
+                },
             ],
         );
         let s = d.stats().unwrap();
-        assert_eq!(s.vips.values().map(|c| c.new_conns).sum::<u64>(), 2);
+        assert_eq!(s.vips.values().map(|c| c.new_conns).sum::<u64>(), 4);
+        assert_eq!(s.vips.values().map(|c| c.drops).sum::<u64>(), 1);
+        assert_eq!(s.counters.no_route, 1);
     });
 }
 
