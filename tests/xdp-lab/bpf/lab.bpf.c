@@ -3,6 +3,8 @@
  * BPF programs of the namespace lab (not of the product):
  *   xdp_pass     - attached to veth peers so they accept XDP_TX/redirected frames;
  *   xdp_count    - on real servers: counts and drops the benchmark's UDP packets;
+ *   xdp_switch   - on bridge ports: forwards frames for known MACs straight to
+ *                  their port (XDP redirect), everything else to the bridge;
  *   xdp_generate - the traffic generator, run with BPF_PROG_RUN in live-frames mode:
  *                  writes a whole UDP frame from a template and transmits it (XDP_TX).
  */
@@ -39,6 +41,32 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } lab_rx_count SEC(".maps");
+
+/* Bridge-port ifindex by destination MAC, for xdp_switch. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, struct lab_mac);
+	__type(value, __u32);
+} lab_fdb SEC(".maps");
+
+SEC("xdp")
+int xdp_switch(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct lab_mac key = {};
+	__u32 *port;
+
+	if ((void *)(eth + 1) > data_end)
+		return XDP_PASS;
+	__builtin_memcpy(key.addr, eth->h_dest, ETH_ALEN);
+	port = bpf_map_lookup_elem(&lab_fdb, &key);
+	if (!port)
+		return XDP_PASS;
+	return bpf_redirect(*port, 0);
+}
 
 SEC("xdp")
 int xdp_pass(struct xdp_md *ctx)

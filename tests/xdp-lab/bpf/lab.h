@@ -19,4 +19,10 @@ struct lab_gen_config {
 	__u16 _pad;
 };
 
+/* lab_fdb key: a MAC address, padded to 8 bytes. */
+struct lab_mac {
+	__u8 addr[6];
+	__u16 _pad;
+};
+
 #endif

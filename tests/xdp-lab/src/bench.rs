@@ -7,14 +7,21 @@
 
 use std::time::{Duration, Instant};
 
+use kubelvs_model::{Forwarding, Protocol};
+use kubelvs_xdp::{DirectorOptions, XdpDirector};
+
+use crate::actor::NsActor;
 use crate::bpf::{Attached, GenConfig, Generator, BENCH_PORT};
+use crate::director::neighbours;
+use crate::nft::{self, L4};
 use crate::packet::{udp_headers, MIN_FRAME};
+use crate::plan::service;
 use crate::topology::{Lab, LabConfig};
-use crate::Result;
+use crate::{LabError, Result};
 
 /// Frames per BPF_PROG_RUN call: long enough to amortise the syscall, short enough to
 /// stop close to the requested duration.
-const FRAMES_PER_RUN: u32 = 65_536;
+const FRAMES_PER_RUN: u32 = 8_192;
 /// First UDP source port of the generated flows.
 const FIRST_SOURCE_PORT: u16 = 10_000;
 
@@ -43,27 +50,57 @@ impl Throughput {
     }
 }
 
-/// A lab wired for throughput: the bridge-side veth peers of client and director
-/// accept XDP frames, each real server counts benchmark packets.
+/// How the lab's bridge namespace moves frames between client, director and real
+/// servers during the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Switch {
+    /// The kernel bridge alone: every frame becomes an skb twice (in and out of the
+    /// director), which costs more than either director and hides their difference.
+    Bridge,
+    /// An XDP fast path on the client's and director's bridge ports redirects frames
+    /// for the director's and real servers' MACs straight to their port; the rest
+    /// (ARP, broadcast) still goes through the bridge. Hosts that receive redirected
+    /// frames run XDP themselves (director: its program or XDP_PASS; real servers:
+    /// the counter), as hosts behind a NIC would.
+    Xdp,
+}
+
+/// A lab wired for throughput: each real server counts benchmark packets.
 #[derive(Debug)]
 pub struct BenchLab {
     // Dropped before the lab: programs detach while their interfaces still exist.
     counters: Vec<Attached>,
-    _pass: Vec<Attached>,
+    _ports: Vec<Attached>,
     generator: Generator,
+    pub switch: Switch,
     pub lab: Lab,
 }
 
 impl BenchLab {
     /// `flows` distinct UDP flows (source ports), frames of `frame_len` bytes.
-    pub fn build(flows: u16, frame_len: usize) -> Result<Self> {
+    pub fn build(flows: u16, frame_len: usize, switch: Switch) -> Result<Self> {
         let lab = Lab::build(LabConfig::default())?;
         // Frames sent with XDP (the generator's, the director's XDP_TX) are received
         // by a veth peer only if that peer runs an XDP program.
-        let pass = [&lab.client, &lab.director]
-            .iter()
-            .map(|h| Attached::attach(&lab.bridge, &h.bridge_port, "xdp_pass"))
-            .collect::<Result<Vec<_>>>()?;
+        let mut ports = Vec::new();
+        for host in [&lab.client, &lab.director] {
+            match switch {
+                Switch::Bridge => ports.push(Attached::attach(
+                    &lab.bridge,
+                    &host.bridge_port,
+                    "xdp_pass",
+                )?),
+                Switch::Xdp => {
+                    let mut fdb = Vec::new();
+                    for h in std::iter::once(&lab.director).chain(&lab.real_servers) {
+                        fdb.push((h.mac, lab.bridge.ifindex(&h.bridge_port)?));
+                    }
+                    let mut port = Attached::attach(&lab.bridge, &host.bridge_port, "xdp_switch")?;
+                    port.set_fdb(&fdb)?;
+                    ports.push(port);
+                }
+            }
+        }
         let counters = lab
             .real_servers
             .iter()
@@ -86,8 +123,9 @@ impl BenchLab {
         let generator = Generator::load(config, frame_len.max(MIN_FRAME))?;
         Ok(Self {
             counters,
-            _pass: pass,
+            _ports: ports,
             generator,
+            switch,
             lab,
         })
     }
@@ -115,5 +153,83 @@ impl BenchLab {
             sent: self.generator.sent()? - sent_before,
             per_real_server: after.iter().zip(&before).map(|(a, b)| a - b).collect(),
         })
+    }
+}
+
+/// The directors the benchmark compares, on the same lab and generator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Director {
+    /// nftables `dnat to numgen inc mod 3 map {...}` in the director's kernel.
+    NftDnat,
+    /// The XDP director (kubelvs-xdp), forwarding `dr`, maglev over 3 real servers.
+    XdpDr,
+}
+
+impl Director {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::NftDnat => "nftables DNAT (numgen)",
+            Self::XdpDr => "XDP director, DR",
+        }
+    }
+}
+
+impl BenchLab {
+    /// Sets `director` up on the director host, generates for `warmup` (ARP,
+    /// conntrack and connection-table entries), measures for `duration`, and
+    /// removes the director again so the next measurement starts clean.
+    pub fn measure_director(
+        &self,
+        director: Director,
+        warmup: Duration,
+        duration: Duration,
+    ) -> Result<Throughput> {
+        let lab = &self.lab;
+        match director {
+            Director::NftDnat => {
+                // Redirected frames reach the director only if it runs XDP.
+                let _pass = match self.switch {
+                    Switch::Xdp => Some(Attached::attach(
+                        &lab.director.netns,
+                        &lab.director.ifname,
+                        "xdp_pass",
+                    )?),
+                    Switch::Bridge => None,
+                };
+                let rs: Vec<_> = lab.real_servers.iter().map(|r| r.addr).collect();
+                nft::install_dnat(&lab.director.netns, lab.vip, BENCH_PORT, L4::Udp, &rs)?;
+                let t = self.measure(warmup).and_then(|_| self.measure(duration));
+                nft::remove(&lab.director.netns)?;
+                t
+            }
+            Director::XdpDr => {
+                let ifname = lab.director.ifname.clone();
+                let mut opts = DirectorOptions::new(lab.director.addr);
+                // Not pinned: the program detaches when the loader object drops.
+                opts.pin_dir = None;
+                opts.max_vips = 4;
+                let xdp = NsActor::start(&lab.director.netns, "XDP director", move || {
+                    XdpDirector::attach_with(&ifname, opts).map_err(|e| e.to_string())
+                })?;
+                let weights = vec![1; lab.real_servers.len()];
+                let services = vec![service(
+                    lab,
+                    BENCH_PORT,
+                    Protocol::Udp,
+                    Forwarding::Dr,
+                    &weights,
+                    BENCH_PORT,
+                )];
+                let neighbours = neighbours(lab);
+                xdp.call(move |d| d.apply(&services, &neighbours).map_err(|e| e.to_string()))?
+                    .map_err(|detail| LabError::Bpf {
+                        what: "apply the benchmark service".into(),
+                        detail,
+                    })?;
+                let t = self.measure(warmup).and_then(|_| self.measure(duration));
+                drop(xdp);
+                t
+            }
+        }
     }
 }

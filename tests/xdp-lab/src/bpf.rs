@@ -2,7 +2,7 @@
 
 use std::os::fd::AsFd;
 
-use aya::maps::{Array, PerCpuArray};
+use aya::maps::{Array, HashMap, PerCpuArray};
 use aya::programs::{Xdp, XdpMode};
 use aya::Ebpf;
 
@@ -31,6 +31,18 @@ pub struct GenConfig {
 // SAFETY: repr(C), only integers, explicit padding: every bit pattern is valid.
 #[allow(unsafe_code)]
 unsafe impl aya::Pod for GenConfig {}
+
+/// Mirror of `struct lab_mac` (bpf/lab.h), the key of `lab_fdb`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct LabMac {
+    pub addr: [u8; 6],
+    pub _pad: u16,
+}
+
+// SAFETY: repr(C), only integers, explicit padding: every bit pattern is valid.
+#[allow(unsafe_code)]
+unsafe impl aya::Pod for LabMac {}
 
 fn bpf_err(what: impl Into<String>, e: impl std::fmt::Display) -> LabError {
     LabError::Bpf {
@@ -65,6 +77,25 @@ impl Attached {
             Ok(ebpf)
         })??;
         Ok(Self { ebpf, what })
+    }
+
+    /// Fills `lab_fdb` (for `xdp_switch`): frames to `mac` go to bridge port `ifindex`.
+    pub fn set_fdb(&mut self, entries: &[([u8; 6], u32)]) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut("lab_fdb")
+            .ok_or_else(|| bpf_err(&self.what, "no map lab_fdb"))?;
+        let mut fdb: HashMap<_, LabMac, u32> =
+            HashMap::try_from(map).map_err(|e| bpf_err(&self.what, e))?;
+        for (mac, ifindex) in entries {
+            let key = LabMac {
+                addr: *mac,
+                _pad: 0,
+            };
+            fdb.insert(key, ifindex, 0)
+                .map_err(|e| bpf_err(format!("lab_fdb of {}", self.what), e))?;
+        }
+        Ok(())
     }
 
     /// Sum over CPUs of `lab_rx_count` (for `xdp_count`).

@@ -1,36 +1,46 @@
 //! Smoke test of the throughput harness (the benchmark itself is the
-//! `xdp-throughput` binary): the generator's frames really cross the lab.
+//! `xdp-throughput` binary): the generator's frames really cross the lab, through
+//! both directors, with both switches.
 
 use std::time::Duration;
 
-use kubelvs_xdp_lab::bench::BenchLab;
-use kubelvs_xdp_lab::bpf::BENCH_PORT;
-use kubelvs_xdp_lab::nft::{self, L4};
+use kubelvs_xdp_lab::bench::{BenchLab, Director, Switch, Throughput};
 
-#[test]
-#[ignore = "privileged: netns + XDP + BPF_PROG_RUN"]
-fn generator_traffic_reaches_every_real_server_through_nftables_dnat() {
-    let bench = BenchLab::build(64, 64).unwrap();
-    let lab = &bench.lab;
-    let rs: Vec<_> = lab.real_servers.iter().map(|r| r.addr).collect();
+fn assert_every_real_server_got_some(what: &str, t: &Throughput) {
+    eprintln!("{what}: {t:?}, {:.0} pps delivered", t.delivered_pps());
+    assert!(t.sent > 0, "{what}: {t:?}");
+    assert!(t.delivered() <= t.sent, "{what}: {t:?}");
+    // Many flows over 3 real servers (numgen round robin, or maglev): everyone gets some.
+    for (i, n) in t.per_real_server.iter().enumerate() {
+        assert!(*n > 0, "{what}: rs{} got nothing: {t:?}", i + 1);
+    }
+}
 
-    // No load balancer yet: the director drops the VIP's traffic (no route).
+fn smoke(switch: Switch) {
+    let bench = BenchLab::build(64, 64, switch).unwrap();
+    // No load balancer: the director has no route for the VIP, nothing arrives.
     let idle = bench.measure(Duration::from_millis(200)).unwrap();
     assert!(idle.sent > 0, "{idle:?}");
     assert_eq!(idle.delivered(), 0, "{idle:?}");
 
-    nft::install_dnat(&lab.director.netns, lab.vip, BENCH_PORT, L4::Udp, &rs).unwrap();
-    // The first frames of each flow wait for the director's ARP; measure after.
-    bench.measure(Duration::from_millis(200)).unwrap();
-    let t = bench.measure(Duration::from_millis(500)).unwrap();
-    eprintln!(
-        "nftables DNAT: {t:?}, {:.0} pps delivered",
-        t.delivered_pps()
-    );
-    assert!(t.sent > 0 && t.delivered() > 0, "{t:?}");
-    assert!(t.delivered() <= t.sent, "{t:?}");
-    // 64 flows round-robined by numgen over 3 real servers: everyone gets some.
-    for (i, n) in t.per_real_server.iter().enumerate() {
-        assert!(*n > 0, "rs{} got nothing: {t:?}", i + 1);
+    let (warmup, duration) = (Duration::from_millis(200), Duration::from_millis(400));
+    for director in [Director::NftDnat, Director::XdpDr] {
+        let t = bench.measure_director(director, warmup, duration).unwrap();
+        assert_every_real_server_got_some(&format!("{switch:?} {}", director.name()), &t);
     }
+    // Each director was removed after its measurement.
+    let idle = bench.measure(Duration::from_millis(200)).unwrap();
+    assert_eq!(idle.delivered(), 0, "{idle:?}");
+}
+
+#[test]
+#[ignore = "privileged: netns + XDP + BPF_PROG_RUN"]
+fn generator_traffic_crosses_both_directors_over_the_kernel_bridge() {
+    smoke(Switch::Bridge);
+}
+
+#[test]
+#[ignore = "privileged: netns + XDP + BPF_PROG_RUN"]
+fn generator_traffic_crosses_both_directors_over_the_xdp_switch() {
+    smoke(Switch::Xdp);
 }

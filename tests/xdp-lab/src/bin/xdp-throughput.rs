@@ -1,0 +1,135 @@
+//! Datapath throughput through the namespace lab: the XDP director (DR) against the
+//! nftables DNAT load balancer, same topology, same generator, one run.
+//!
+//! ```text
+//! cargo run --release -p kubelvs-xdp-lab --bin xdp-throughput -- [--seconds S] [--rounds R] [--flows F] [--frame-len B] [--switch xdp|bridge]
+//! ```
+//! Needs root (network namespaces, XDP, BPF_PROG_RUN). Rounds alternate the two
+//! directors so drifting load on the machine hits both; the ratio is of medians.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use kubelvs_xdp_lab::bench::{BenchLab, Director, Switch, Throughput};
+
+struct Args {
+    seconds: f64,
+    rounds: usize,
+    flows: u16,
+    frame_len: usize,
+    switch: Switch,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        seconds: 3.0,
+        rounds: 3,
+        flows: 256,
+        frame_len: 64,
+        switch: Switch::Xdp,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
+        match flag.as_str() {
+            "--seconds" => a.seconds = value.parse().map_err(|e| bad(&e))?,
+            "--rounds" => a.rounds = value.parse().map_err(|e| bad(&e))?,
+            "--flows" => a.flows = value.parse().map_err(|e| bad(&e))?,
+            "--frame-len" => a.frame_len = value.parse().map_err(|e| bad(&e))?,
+            "--switch" => {
+                a.switch = match value.as_str() {
+                    "xdp" => Switch::Xdp,
+                    "bridge" => Switch::Bridge,
+                    _ => return Err(format!("--switch {value}: xdp or bridge")),
+                }
+            }
+            _ => return Err(format!("unknown argument {flag}")),
+        }
+    }
+    if a.rounds == 0 || a.seconds <= 0.0 || a.flows == 0 {
+        return Err("--rounds, --seconds and --flows must be positive".into());
+    }
+    Ok(a)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn report(d: Director, round: usize, t: &Throughput) {
+    println!(
+        "round {round} {:<24} sent {:>9.0} pps  delivered {:>9.0} pps  ({:.1}%)  per real server {:?}",
+        d.name(),
+        t.sent_pps(),
+        t.delivered_pps(),
+        100.0 * t.delivered() as f64 / t.sent.max(1) as f64,
+        t.per_real_server,
+    );
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("xdp-throughput: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let bench = match BenchLab::build(args.flows, args.frame_len, args.switch) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("xdp-throughput: building the lab: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let warmup = Duration::from_millis(300);
+    let duration = Duration::from_secs_f64(args.seconds);
+    println!(
+        "switch {:?}: {} flows of {}-byte UDP frames, {} s per measurement, {} rounds, {} CPUs",
+        args.switch,
+        args.flows,
+        args.frame_len,
+        args.seconds,
+        args.rounds,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let (mut nft, mut xdp, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=args.rounds {
+        let mut pps = [0.0; 2];
+        for (i, d) in [Director::NftDnat, Director::XdpDr].into_iter().enumerate() {
+            match bench.measure_director(d, warmup, duration) {
+                Ok(t) => {
+                    report(d, round, &t);
+                    pps[i] = t.delivered_pps();
+                }
+                Err(e) => {
+                    eprintln!("xdp-throughput: {}: {e}", d.name());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        nft.push(pps[0]);
+        xdp.push(pps[1]);
+        ratios.push(pps[1] / pps[0].max(1.0));
+    }
+    let (n, x) = (median(nft), median(xdp));
+    println!(
+        "median delivered: nftables DNAT {:.3} Mpps, XDP DR {:.3} Mpps, XDP/nftables {:.2}x (per round: {})",
+        n / 1e6,
+        x / 1e6,
+        x / n.max(1.0),
+        ratios
+            .iter()
+            .map(|r| format!("{r:.2}x"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    ExitCode::SUCCESS
+}
