@@ -382,8 +382,11 @@ impl XdpDirector {
         // A pinned map from an earlier run keeps its size whatever we asked for.
         if let Some(dir) = &opts.pin_dir {
             for (name, n) in wanted {
-                let map = ebpf.map(name).ok_or(XdpError::MissingMap { map: name })?;
-                let found = map_data(map).info().map_err(map_err(name))?.max_entries();
+                let map = ebpf
+                    .map(name)
+                    .and_then(map_data)
+                    .ok_or(XdpError::MissingMap { map: name })?;
+                let found = map.info().map_err(map_err(name))?.max_entries();
                 if found != n {
                     return Err(XdpError::PinnedMapMismatch {
                         map: name,
@@ -441,39 +444,33 @@ impl XdpDirector {
             source,
         };
         let prog: &mut Xdp = program(&mut self.ebpf, DIRECTOR_PROG)?;
-        match &link_path {
-            Some(path) if path.exists() => {
-                let pinned = PinnedLink::from_pin(path).map_err(|source| XdpError::Link {
-                    path: path.clone(),
-                    source,
-                })?;
-                let fd_link: FdLink = pinned.into();
-                let xdp_link = XdpLink::try_from(fd_link).map_err(|source| XdpError::Link {
-                    path: path.clone(),
-                    source,
-                })?;
-                // bpf_link_update: the interface never runs without a program, and
-                // the pin stays, so the link survives this process.
-                prog.attach_to_link(xdp_link).map_err(attach_err)?;
-            }
-            Some(path) => {
-                let id = prog.attach(ifname, mode).map_err(attach_err)?;
-                let link = prog.take_link(id).map_err(attach_err)?;
-                let fd_link = FdLink::try_from(link).map_err(|source| XdpError::Link {
-                    path: path.clone(),
-                    source,
-                })?;
-                let pinned = fd_link.pin(path).map_err(|source| XdpError::Pin {
-                    path: path.clone(),
-                    source,
-                })?;
-                self.link = Some(pinned);
-            }
-            None => {
-                // Not pinned: the link lives in the program and detaches on drop.
-                prog.attach(ifname, mode).map_err(attach_err)?;
+        let Some(path) = &link_path else {
+            // Not pinned: the link lives in the program and detaches on drop.
+            prog.attach(ifname, mode).map_err(attach_err)?;
+            self.ifname = Some(ifname.to_owned());
+            return Ok(());
+        };
+        if path.exists() {
+            match replace_pinned(prog, path) {
+                Ok(()) => {
+                    self.ifname = Some(ifname.to_owned());
+                    return Ok(());
+                }
+                // A link whose interface went away is defunct (ENOLINK): start afresh.
+                Err(_) => remove_pin(path)?,
             }
         }
+        let id = prog.attach(ifname, mode).map_err(attach_err)?;
+        let link = prog.take_link(id).map_err(attach_err)?;
+        let fd_link = FdLink::try_from(link).map_err(|source| XdpError::Link {
+            path: path.clone(),
+            source,
+        })?;
+        let pinned = fd_link.pin(path).map_err(|source| XdpError::Pin {
+            path: path.clone(),
+            source,
+        })?;
+        self.link = Some(pinned);
         self.ifname = Some(ifname.to_owned());
         Ok(())
     }
@@ -597,22 +594,9 @@ impl XdpDirector {
             }
         }
 
-        // 3. VIPs: rings first, then the vips entry, so a new VIP never meets an empty ring.
-        let mut used_ids: Vec<bool> = vec![false; self.opts.max_vips as usize];
-        for (k, w) in &want {
-            let vk = VipKey {
-                addr: k.0,
-                port: k.1,
-                proto: k.2,
-                pad: 0,
-            };
-            if let Some(m) = self.state.vips.get(&vk) {
-                if let Some(u) = used_ids.get_mut(m.vip_id as usize) {
-                    *u = true;
-                }
-            }
-            let _ = w;
-        }
+        // 3. VIPs. Removed ones first (entry deleted, then ring zeroed), so their
+        //    ids are free before new VIPs take ids; then rings before vips entries,
+        //    so a new VIP never meets an empty ring.
         let removed: Vec<VipKey> = self
             .state
             .vips
@@ -620,6 +604,29 @@ impl XdpDirector {
             .filter(|vk| !want.contains_key(&(vk.addr, vk.port, vk.proto)))
             .copied()
             .collect();
+        for vk in removed {
+            match self.vips.remove(&vk) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err("vips")(e)),
+            }
+            if let Some(m) = self.state.vips.remove(&vk) {
+                let base = m.vip_id as usize * ring_size as usize;
+                for i in base..(base + ring_size as usize).min(self.rings.len()) {
+                    if self.rings.get(i) != REAL_NONE {
+                        self.rings.set(i, REAL_NONE);
+                        report.ring_slots_written += 1;
+                    }
+                }
+            }
+            self.state.ring_inputs.remove(&vk);
+            report.vips_removed += 1;
+        }
+        let mut used_ids: Vec<bool> = vec![false; self.opts.max_vips as usize];
+        for m in self.state.vips.values() {
+            if let Some(u) = used_ids.get_mut(m.vip_id as usize) {
+                *u = true;
+            }
+        }
         for (k, w) in &want {
             let vk = VipKey {
                 addr: k.0,
@@ -688,23 +695,6 @@ impl XdpDirector {
                     report.vips_added += 1;
                 }
             }
-        }
-        for vk in removed {
-            match self.vips.remove(&vk) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err("vips")(e)),
-            }
-            if let Some(m) = self.state.vips.remove(&vk) {
-                let base = m.vip_id as usize * ring_size as usize;
-                for i in base..(base + ring_size as usize).min(self.rings.len()) {
-                    if self.rings.get(i) != REAL_NONE {
-                        self.rings.set(i, REAL_NONE);
-                        report.ring_slots_written += 1;
-                    }
-                }
-            }
-            self.state.ring_inputs.remove(&vk);
-            report.vips_removed += 1;
         }
 
         // 4. Real servers no one uses any more: mark dead, so flows pinned to them
@@ -908,15 +898,34 @@ fn desired(s: &Service) -> Result<Desired, String> {
     Ok((vk, forwarding, flags, src_mask, reals))
 }
 
-fn map_data(map: &Map) -> &MapData {
+/// Swaps `prog` in behind the link pinned at `path` (bpf_link_update): the
+/// interface never runs without a program, and the pin stays, so the link
+/// outlives this process again.
+fn replace_pinned(prog: &mut Xdp, path: &Path) -> Result<()> {
+    let link_err = |source| XdpError::Link {
+        path: path.to_path_buf(),
+        source,
+    };
+    let pinned = PinnedLink::from_pin(path).map_err(link_err)?;
+    let fd_link: FdLink = pinned.into();
+    let xdp_link = XdpLink::try_from(fd_link).map_err(link_err)?;
+    prog.attach_to_link(xdp_link)
+        .map_err(|source| XdpError::Program {
+            program: DIRECTOR_PROG,
+            source,
+        })?;
+    Ok(())
+}
+
+fn map_data(map: &Map) -> Option<&MapData> {
     match map {
         Map::Array(m)
         | Map::HashMap(m)
         | Map::LruHashMap(m)
         | Map::PerCpuArray(m)
         | Map::PerCpuHashMap(m)
-        | Map::PerCpuLruHashMap(m) => m,
-        other => panic!("unexpected map type {other:?} in the director object"),
+        | Map::PerCpuLruHashMap(m) => Some(m),
+        _ => None,
     }
 }
 

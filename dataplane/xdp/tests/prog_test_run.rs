@@ -819,3 +819,113 @@ fn pinned_maps_with_other_sizes_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+#[ignore = "privileged: loads BPF"]
+fn replacing_a_vip_in_one_apply_reuses_its_id_cleanly() {
+    let mut d = XdpDirector::load(small_opts()).unwrap();
+    let neigh: HashMap<IpAddr, Mac> = [mac_of("198.51.100.11"), mac_of("198.51.100.12")].into();
+    d.apply(
+        &[service(
+            VIP,
+            80,
+            Forwarding::Dr,
+            &[("198.51.100.11", 80, 1)],
+        )],
+        &neigh,
+    )
+    .unwrap();
+    let old_id = d
+        .vip_id(&service(VIP, 80, Forwarding::Dr, &[]).key)
+        .unwrap();
+    // One apply removes VIP:80 and adds VIP2:80 with another real server.
+    let vip2 = "203.0.113.20";
+    let rep = d
+        .apply(
+            &[service(
+                vip2,
+                80,
+                Forwarding::Dr,
+                &[("198.51.100.12", 80, 1)],
+            )],
+            &neigh,
+        )
+        .unwrap();
+    assert_eq!((rep.vips_added, rep.vips_removed), (1, 1), "{rep:?}");
+    assert_eq!(
+        (rep.real_servers_added, rep.real_servers_removed),
+        (1, 1),
+        "{rep:?}"
+    );
+    assert_eq!(
+        d.vip_id(&service(vip2, 80, Forwarding::Dr, &[]).key),
+        Some(old_id)
+    );
+    let to_new = tcp_frame(ip(CLIENT), 41000, ip(vip2), 80, TCP_SYN);
+    run_cases(
+        d.program_fd(),
+        None,
+        &[
+            Case {
+                what: "the new VIP's ring is complete although its id was freed in the same apply",
+                output: Some(with_mac(
+                    to_new.clone(),
+                    mac_of("198.51.100.12").1,
+                    DIRECTOR_MAC,
+                )),
+                input: to_new,
+                verdict: XDP_TX,
+            },
+            Case {
+                what: "the removed VIP is no longer a VIP",
+                input: tcp_frame(ip(CLIENT), 41000, ip(VIP), 80, TCP_SYN),
+                verdict: XDP_PASS,
+                output: None,
+            },
+        ],
+    );
+    // The new VIP's counters start from zero although it reuses the id.
+    let s = d.stats().unwrap();
+    assert_eq!(s.vips.len(), 1);
+    assert_eq!(s.vips.values().next().unwrap().packets, 1);
+}
+
+#[test]
+#[ignore = "privileged: loads BPF, creates a network namespace"]
+fn a_pinned_link_to_a_deleted_interface_is_replaced() {
+    let ns = Netns::new();
+    let mk = |ns: &Netns| {
+        ns.exec(&[
+            "ip", "link", "add", "e0", "type", "veth", "peer", "name", "e1",
+        ]);
+        ns.exec(&["ip", "link", "set", "e0", "up"]);
+        ns.exec(&["ip", "link", "set", "e1", "up"]);
+    };
+    mk(&ns);
+    let pin = std::path::PathBuf::from("/sys/fs/bpf").join(unique("klvstest"));
+    let mut opts = small_opts();
+    opts.pin_dir = Some(pin.clone());
+    let attached = |ns: &Netns| {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &ns.name, "-j", "link", "show", "e0"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v[0]["xdp"]["prog"]["id"].as_u64().is_some()
+    };
+    let o = opts.clone();
+    ns.run(move || drop(XdpDirector::attach_with("e0", o).unwrap()));
+    assert!(attached(&ns));
+    ns.exec(&["ip", "link", "del", "e0"]);
+    mk(&ns);
+    assert!(!attached(&ns));
+    let o = opts.clone();
+    let result = ns.run(|| {
+        let d = XdpDirector::attach_with("e0", o)?;
+        let now = attached(&ns);
+        d.detach()?;
+        Ok::<_, kubelvs_xdp::XdpError>(now)
+    });
+    let _ = std::fs::remove_dir_all(&pin);
+    assert!(result.unwrap(), "attached to the new interface");
+}
