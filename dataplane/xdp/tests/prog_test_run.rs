@@ -921,10 +921,10 @@ fn a_pinned_link_to_a_deleted_interface_is_replaced() {
     assert!(!attached(&ns));
     let o = opts.clone();
     let result = ns.run(|| {
-        let d = XdpDirector::attach_with("e0", o)?;
+        let d = XdpDirector::attach_with("e0", o).map_err(|e| e.to_string())?;
         let now = attached(&ns);
-        d.detach()?;
-        Ok::<_, kubelvs_xdp::XdpError>(now)
+        d.detach().map_err(|e| e.to_string())?;
+        Ok::<_, String>(now)
     });
     let _ = std::fs::remove_dir_all(&pin);
     assert!(result.unwrap(), "attached to the new interface");
