@@ -213,7 +213,9 @@ fn main() {
 
     let mut opts = DirectorOptions::new(Ipv4Addr::new(192, 0, 2, 1));
     opts.max_vips = 4;
-    opts.conn_table_size = 1 << 21;
+    // Room for 1M pre-filled flows plus the new ones on each CPU's LRU list
+    // (per-CPU lists split the capacity): measure inserts, not evictions.
+    opts.conn_table_size = 1 << 22;
     let mut bench = BenchDirector::load(opts).expect("load director");
     let d = &mut bench.director;
     d.apply(
@@ -293,15 +295,16 @@ fn main() {
         best
     };
 
-    // Method 1: wrapped, repeat=100000, median of 5 calls.
-    let wrapped = |fd: BorrowedFd<'_>, f: &[u8], want: u32| -> u32 {
-        let mut v: Vec<u32> = (0..5)
+    // Method 1: wrapped, repeat=100000, the fastest of 7 calls (the machine is
+    // shared: the minimum is the figure least disturbed by other work).
+    let wrapped = |fd: BorrowedFd<'_>, f: &[u8], want: u32, repeat: u32| -> u32 {
+        let v: Vec<u32> = (0..7)
             .map(|_| {
                 let r = test_run(
                     fd,
                     &TestRun {
                         data_in: f,
-                        repeat: 100_000,
+                        repeat,
                         ingress_ifindex: Some(ifindex),
                         ..TestRun::default()
                     },
@@ -311,10 +314,9 @@ fn main() {
                 r.duration_ns
             })
             .collect();
-        v.sort_unstable();
-        v[2]
+        v.into_iter().min().unwrap()
     };
-    println!("== wrapped, repeat=100000 (every run restores the frame), ns/packet");
+    println!("== wrapped (every run restores the frame), repeat=100000 (new: 10000), fastest of 7, ns/packet");
     println!(
         "{:<10} {:<8} {:<12} {:>10} {:>10} {:>8}",
         "table", "fwd", "flow", "director", "empty", "net"
@@ -328,23 +330,32 @@ fn main() {
             let (s0, p0) = flow(0);
             let f = frame(s0, p0, port);
             let residue = u32::from(port - 80);
-            // Established: every pre-filled flow of this VIP in turn.
-            bench
-                .set_flows(BenchCfg {
-                    base: residue,
-                    count: target / 3,
-                    stride: 3,
-                    pad: 0,
-                })
-                .unwrap();
-            let e = wrapped(bench.empty_fd(), &f, XDP_TX);
-            let m = wrapped(bench.director_fd(), &f, XDP_TX);
-            println!(
-                "{target:<10} {fwd:<8} {:<12} {m:>10} {e:>10} {:>8}",
-                "established",
-                i64::from(m) - i64::from(e)
-            );
-            // New: flows never seen (5 calls x 100,000 runs: the table grows by 500,000).
+            // Established, hot: 1,024 flows spread over the table, cycled
+            // (cache-resident, as a busy director's active flows mostly are).
+            // Established, all: every pre-filled flow of this VIP in turn
+            // (each lookup misses the CPU caches).
+            let per_vip = target / 3;
+            for (what, count, stride) in [
+                ("est-hot", 1024, 3 * (per_vip / 1024)),
+                ("est-all", per_vip, 3),
+            ] {
+                bench
+                    .set_flows(BenchCfg {
+                        base: residue,
+                        count,
+                        stride,
+                        pad: 0,
+                    })
+                    .unwrap();
+                let e = wrapped(bench.empty_fd(), &f, XDP_TX, 100_000);
+                let m = wrapped(bench.director_fd(), &f, XDP_TX, 100_000);
+                println!(
+                    "{target:<10} {fwd:<8} {what:<12} {m:>10} {e:>10} {:>8}",
+                    i64::from(m) - i64::from(e)
+                );
+            }
+            // New: flows never seen, repeat=10000 so the table grows by only
+            // 70,000 per row (no evictions: the table has room).
             bench
                 .set_flows(BenchCfg {
                     base: new_base,
@@ -354,8 +365,8 @@ fn main() {
                 })
                 .unwrap();
             new_base += 1 << 26;
-            let e = wrapped(bench.empty_fd(), &f, XDP_TX);
-            let m = wrapped(bench.director_fd(), &f, XDP_TX);
+            let e = wrapped(bench.empty_fd(), &f, XDP_TX, 10_000);
+            let m = wrapped(bench.director_fd(), &f, XDP_TX, 10_000);
             println!(
                 "{target:<10} {fwd:<8} {:<12} {m:>10} {e:>10} {:>8}",
                 "new",
@@ -368,7 +379,9 @@ fn main() {
     drop(bench);
     let mut opts = DirectorOptions::new(Ipv4Addr::new(192, 0, 2, 1));
     opts.max_vips = 4;
-    opts.conn_table_size = 1 << 21;
+    // Room for 1M pre-filled flows plus the new ones on each CPU's LRU list
+    // (per-CPU lists split the capacity): measure inserts, not evictions.
+    opts.conn_table_size = 1 << 22;
     let mut d = XdpDirector::load(opts).expect("load director");
     d.apply(
         &[

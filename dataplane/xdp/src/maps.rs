@@ -199,10 +199,15 @@ mod tests {
     /// Struct layouts from the BTF of the compiled director object, read by bpftool.
     fn btf_structs() -> HashMap<String, (usize, Vec<(String, usize)>)> {
         let obj = concat!(env!("OUT_DIR"), "/director.o");
-        let out = Command::new("bpftool")
+        // /usr/sbin is not on every user's PATH.
+        let bpftool = ["bpftool", "/usr/sbin/bpftool"]
+            .into_iter()
+            .find(|b| Command::new(b).arg("version").output().is_ok())
+            .expect("bpftool installed (Debian package bpftool)");
+        let out = Command::new(bpftool)
             .args(["-j", "btf", "dump", "file", obj])
             .output()
-            .expect("run bpftool (Debian package bpftool)");
+            .expect("run bpftool");
         assert!(
             out.status.success(),
             "bpftool btf dump: {}",
