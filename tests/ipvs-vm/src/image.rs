@@ -45,6 +45,9 @@ pub const BOOT_MODULES: &[&str] = &[
     "nft_masq",
 ];
 
+/// Bookworm's kernel metapackage: its Depends names the newest 6.1 image.
+const KERNEL_META: &str = "linux-image-amd64";
+
 /// User-space packages unpacked into the image. Their shared libraries are taken
 /// from these packages first, then from the host (glibc and friends, which every
 /// Debian host has in the same release).
@@ -85,9 +88,9 @@ pub enum ImageError {
         status: String,
         stderr: String,
     },
-    #[error("no linux-image-6.1.0-*-amd64 package in the apt lists, even after apt-get update")]
+    #[error("linux-image-amd64 does not depend on a linux-image-6.1.0-*-amd64 package in the apt lists, even after apt-get update")]
     NoKernelPackage,
-    #[error("package {package}: no Version field in apt-cache show")]
+    #[error("package {package}: not in the apt lists (apt-cache show), even after apt-get update")]
     NoVersion { package: String },
     #[error("package {package}: downloaded .deb not found in {dir}")]
     DebMissing { package: String, dir: PathBuf },
@@ -141,42 +144,71 @@ fn run(cmd: &mut Command) -> Result<String, ImageError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The newest `linux-image-6.1.0-N-amd64` the apt lists know, updating them if empty.
-fn kernel_package() -> Result<String, ImageError> {
+/// Parses `apt-cache show` output into package -> (version, depends).
+fn parse_show(text: &str) -> BTreeMap<String, (String, String)> {
+    let mut out = BTreeMap::new();
+    for stanza in text.split("\n\n") {
+        let field = |name: &str| {
+            stanza
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+        };
+        if let (Some(pkg), Some(version)) = (field("Package: "), field("Version: ")) {
+            out.insert(pkg, (version, field("Depends: ").unwrap_or_default()));
+        }
+    }
+    out
+}
+
+fn show(packages: &[&str]) -> Result<BTreeMap<String, (String, String)>, ImageError> {
+    let out = run(Command::new("apt-cache")
+        .args(["show", "--no-all-versions"])
+        .args(packages))?;
+    Ok(parse_show(&out))
+}
+
+/// `(package, version)` of everything the image needs, the kernel first: the
+/// `linux-image-6.1.0-N-amd64` that bookworm's `linux-image-amd64` points to (the
+/// newest the apt lists have). Runs `apt-get update` once if the lists lack it.
+fn resolve_packages() -> Result<Vec<(String, String)>, ImageError> {
+    let mut wanted = vec![KERNEL_META];
+    wanted.extend(TOOL_PACKAGES);
+    let mut shown = BTreeMap::new();
     for attempt in 0..2 {
-        let out = run(Command::new("apt-cache").args([
-            "search",
-            "--names-only",
-            r"^linux-image-6\.1\.0-[0-9]+-amd64$",
-        ]))?;
-        let newest = out
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .filter_map(|name| {
-                let abi = name
-                    .strip_prefix("linux-image-6.1.0-")?
-                    .strip_suffix("-amd64")?;
-                Some((abi.parse::<u32>().ok()?, name.to_owned()))
-            })
-            .max();
-        if let Some((_, name)) = newest {
-            return Ok(name);
+        // apt-cache fails as a whole when one name is unknown: treat that like empty lists.
+        shown = show(&wanted).unwrap_or_default();
+        if wanted.iter().all(|p| shown.contains_key(*p)) {
+            break;
         }
         if attempt == 0 {
             run(Command::new("apt-get").args(["update", "-qq"]))?;
         }
     }
-    Err(ImageError::NoKernelPackage)
-}
-
-fn candidate_version(package: &str) -> Result<String, ImageError> {
-    let out = run(Command::new("apt-cache").args(["show", "--no-all-versions", package]))?;
-    out.lines()
-        .find_map(|l| l.strip_prefix("Version: "))
-        .map(|v| v.trim().to_owned())
-        .ok_or_else(|| ImageError::NoVersion {
-            package: package.to_owned(),
+    let kernel = shown
+        .get(KERNEL_META)
+        .and_then(|(_, depends)| {
+            depends
+                .split(',')
+                .map(|d| d.split_whitespace().next().unwrap_or(""))
+                .find(|d| d.starts_with("linux-image-6.1.0-") && d.ends_with("-amd64"))
+                .map(str::to_owned)
         })
+        .ok_or(ImageError::NoKernelPackage)?;
+    let kernel_version = show(&[&kernel])?
+        .remove(&kernel)
+        .map(|(v, _)| v)
+        .ok_or_else(|| ImageError::NoVersion {
+            package: kernel.clone(),
+        })?;
+    let mut out = vec![(kernel, kernel_version)];
+    for p in TOOL_PACKAGES {
+        let (v, _) = shown.get(*p).ok_or_else(|| ImageError::NoVersion {
+            package: (*p).to_owned(),
+        })?;
+        out.push(((*p).to_owned(), v.clone()));
+    }
+    Ok(out)
 }
 
 /// FNV-1a: a stable, dependency-free hash for the cache key.
@@ -188,13 +220,20 @@ fn fnv1a(data: &[u8]) -> u64 {
 
 /// Returns the cached base image under `cache_root`, building it first if needed.
 pub fn base_image(cache_root: &Path) -> Result<BaseImage, ImageError> {
-    let kernel_pkg = kernel_package()?;
-    let mut packages = vec![kernel_pkg.clone()];
-    packages.extend(TOOL_PACKAGES.iter().map(|p| (*p).to_owned()));
-    let mut pinned = Vec::new();
-    for p in &packages {
-        pinned.push(format!("{p}={}", candidate_version(p)?));
+    match prepare(cache_root) {
+        // Stale apt lists name versions the mirror no longer has: refresh, retry once.
+        Err(ImageError::Command { command, .. }) if command.contains("\"download\"") => {
+            run(Command::new("apt-get").args(["update", "-qq"]))?;
+            prepare(cache_root)
+        }
+        other => other,
     }
+}
+
+fn prepare(cache_root: &Path) -> Result<BaseImage, ImageError> {
+    let packages = resolve_packages()?;
+    let kernel_pkg = packages[0].0.clone();
+    let pinned: Vec<String> = packages.iter().map(|(p, v)| format!("{p}={v}")).collect();
     let key = format!("{}\nrecipe={RECIPE}\n", pinned.join("\n"));
     let kernel_release = kernel_pkg
         .strip_prefix("linux-image-")
@@ -538,6 +577,17 @@ mod tests {
         assert!(modinfo_depends(b"\0depends=\0name=x\0").is_empty());
         assert!(modinfo_depends(b"garbage").is_empty());
         assert!(modinfo_depends(b"\0depends=").is_empty());
+    }
+
+    #[test]
+    fn parses_apt_cache_show() {
+        let text = "Package: linux-image-amd64\nVersion: 6.1.192-2\nDepends: linux-image-6.1.0-56-amd64 (= 6.1.192-2)\n\nPackage: ipvsadm\nVersion: 1:1.31-1+b1\n";
+        let m = parse_show(text);
+        assert_eq!(m["ipvsadm"].0, "1:1.31-1+b1");
+        assert!(m["linux-image-amd64"]
+            .1
+            .starts_with("linux-image-6.1.0-56-amd64"));
+        assert!(parse_show("garbage").is_empty());
     }
 
     #[test]

@@ -31,6 +31,8 @@ const BENCH_CASES: &[&str] = &[
     "bench",
     "bench_apply_10k",
     "bench_weight_change_one_write",
+    "bench_incremental_weight_change_one_write",
+    "bench_weight_in_kernel",
     "bench_ipvsadm_restore",
 ];
 
@@ -82,17 +84,24 @@ fn ipvs_benchmark_in_microvm() {
     }
     let outcome = boot("bench", Duration::from_secs(600));
     assert_passed(&outcome, BENCH_CASES);
-    assert_eq!(
-        outcome.measure("bench_weight_change_writes"),
-        Some(1.0),
-        "one weight change must be one netlink write"
-    );
+    for name in [
+        "bench_weight_change_writes",
+        "bench_incremental_weight_change_writes",
+    ] {
+        assert_eq!(
+            outcome.measure(name),
+            Some(1.0),
+            "{name}: one weight change must be one netlink write"
+        );
+    }
     for name in [
         "bench_ours_apply",
         "bench_ipvsadm_restore",
         "bench_ratio_ipvsadm_over_ours",
         "bench_weight_change_write_time",
         "bench_weight_change_apply",
+        "bench_incremental_weight_change_write_time",
+        "bench_incremental_weight_change_apply",
     ] {
         let value = outcome.measure(name);
         assert!(value.is_some_and(f64::is_finite), "{name} not measured");

@@ -202,6 +202,71 @@ pub fn inner() -> Result<(), String> {
         },
     );
 
+    // The same change through the incremental path, which diffs against the table
+    // this dataplane last read and wrote instead of dumping 10,000 services again.
+    let svc = &mut changed[SERVICES / 2];
+    svc.real_servers[2].weight += 10;
+    let t = Instant::now();
+    let rep = dp
+        .apply_incremental(&changed, Instant::now())
+        .map_err(|e| e.to_string())?;
+    let total = t.elapsed();
+    r.measure(
+        "bench_incremental_weight_change_writes",
+        rep.writes as f64,
+        "messages",
+    );
+    r.measure(
+        "bench_incremental_weight_change_write_time",
+        rep.write_time.as_secs_f64() * 1e3,
+        "ms",
+    );
+    r.measure(
+        "bench_incremental_weight_change_apply",
+        total.as_secs_f64() * 1e3,
+        "ms",
+    );
+    r.case(
+        "bench_incremental_weight_change_one_write",
+        if rep.writes == 1 && rep.updated_dests == 1 && rep.errors.is_empty() {
+            Ok(format!(
+                "1 SET_DEST, netlink write {:?}, whole apply {total:?}",
+                rep.write_time
+            ))
+        } else {
+            Err(format!(
+                "writes={} updated_dests={} errors={}",
+                rep.writes,
+                rep.updated_dests,
+                rep.errors.len()
+            ))
+        },
+    );
+    let listed = ipvsadm::parse_list(&cmd("ipvsadm", &["-Ln"])?).map_err(|e| e.to_string())?;
+    let key = format!(
+        "TCP {}",
+        std::net::SocketAddr::new(
+            changed[SERVICES / 2].key.vip,
+            changed[SERVICES / 2].key.port
+        )
+    );
+    let weight = listed
+        .get(&key)
+        .and_then(|s| s.dests.get("198.51.100.23:8080"))
+        .map(|d| d.weight);
+    r.case(
+        "bench_weight_in_kernel",
+        if weight == Some(23) {
+            Ok(format!(
+                "ipvsadm shows {key} -> 198.51.100.23:8080 weight 23"
+            ))
+        } else {
+            Err(format!(
+                "ipvsadm shows weight {weight:?} for {key} -> 198.51.100.23:8080, expected 23"
+            ))
+        },
+    );
+
     cmd("ipvsadm", &["-C"])?;
     let script = ipvsadm::restore_script(&services);
     let t = Instant::now();
