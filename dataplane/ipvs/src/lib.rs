@@ -47,6 +47,7 @@ pub mod fake;
 pub mod fullnat;
 pub mod nl;
 pub mod ownership;
+pub mod selftest;
 pub mod sysctl;
 pub mod table;
 
