@@ -59,7 +59,53 @@ pub enum Error {
     Nft { table: &'static str, detail: String },
 }
 
+/// What an IPVS errno means (IPVS.md A.6), for callers that branch on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KernelError {
+    /// EEXIST: the service, destination or sync daemon already exists.
+    Exists,
+    /// ESRCH: no such service (or sync daemon).
+    NoSuchService,
+    /// ENOENT: no such destination, scheduler or persistence engine (or family).
+    NotFound,
+    /// EINVAL: missing or invalid attributes, bad address, bad netmask.
+    Invalid,
+    /// ERANGE: negative weight, lower threshold above upper.
+    Range,
+    /// EAFNOSUPPORT: address family not supported (IPv6 disabled).
+    FamilyNotSupported,
+    /// EPERM: no CAP_NET_ADMIN in the initial user namespace.
+    Permission,
+    /// EOPNOTSUPP: wrong do/dump flavour.
+    NotSupported,
+    /// ENODEV: unknown sync daemon interface.
+    NoDevice,
+    Other(i32),
+}
+
+impl KernelError {
+    pub fn from_errno(errno: i32) -> Self {
+        match errno {
+            libc::EEXIST => Self::Exists,
+            libc::ESRCH => Self::NoSuchService,
+            libc::ENOENT => Self::NotFound,
+            libc::EINVAL => Self::Invalid,
+            libc::ERANGE => Self::Range,
+            libc::EAFNOSUPPORT => Self::FamilyNotSupported,
+            libc::EPERM => Self::Permission,
+            libc::EOPNOTSUPP => Self::NotSupported,
+            libc::ENODEV => Self::NoDevice,
+            other => Self::Other(other),
+        }
+    }
+}
+
 impl Error {
+    /// The meaning of the kernel's answer, for [`Error::Kernel`].
+    pub fn kernel_error(&self) -> Option<KernelError> {
+        self.errno().map(KernelError::from_errno)
+    }
+
     /// The kernel's errno, for [`Error::Kernel`].
     pub fn errno(&self) -> Option<i32> {
         match self {

@@ -58,7 +58,7 @@ pub use codec::{
     Timeouts,
 };
 pub use diff::{diff, Diff, Draining, Op, OpKind};
-pub use error::Error;
+pub use error::{Error, KernelError};
 pub use fake::FakeIpvs;
 pub use fullnat::{apply_fullnat, fullnat_ruleset, FULLNAT_TABLE};
 pub use nl::DecodeError;

@@ -493,3 +493,108 @@ fn ten_thousand_services_then_one_weight_is_one_write() {
     let r = dp.apply(&changed, Instant::now()).unwrap();
     assert_eq!((r.writes, r.updated_dests, r.ops()), (1, 1, 1));
 }
+
+mod sequences {
+    //! Random sequences of plans through the whole apply (conversion, diff, batches,
+    //! state file) against FakeIpvs with a foreign service present.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_service() -> impl Strategy<Value = Service> {
+        (
+            1u8..6,
+            prop_oneof![Just(80u16), Just(443)],
+            prop_oneof![
+                Just(Forwarding::Nat),
+                Just(Forwarding::Dr),
+                Just(Forwarding::Tun(Tunnel::Ipip)),
+                Just(Forwarding::Tun(Tunnel::Gue { port: 6080 })),
+                Just(Forwarding::FullNat),
+            ],
+            prop_oneof![
+                Just(Scheduler::Rr),
+                Just(Scheduler::Wrr),
+                Just(Scheduler::Sh)
+            ],
+            proptest::option::of((1u32..600, 8u8..33)),
+            proptest::collection::btree_map(
+                (1u8..6, prop_oneof![Just(8080u16), Just(8081)]),
+                0u32..5,
+                0..5,
+            ),
+        )
+            .prop_map(|(v, port, fwd, sched, pers, servers)| {
+                let mut s = service(
+                    &format!("203.0.113.{v}"),
+                    port,
+                    fwd,
+                    servers
+                        .into_iter()
+                        .map(|((a, p), w)| rs(&format!("192.0.2.{a}"), p, w))
+                        .collect(),
+                );
+                s.scheduler = sched;
+                s.persistence = pers.map(|(timeout_seconds, prefix_length)| Persistence {
+                    timeout_seconds,
+                    prefix_length,
+                });
+                s
+            })
+    }
+
+    fn arb_plan() -> impl Strategy<Value = Vec<Service>> {
+        proptest::collection::vec(arb_service(), 0..5).prop_map(|mut v| {
+            v.sort_by_key(|s| s.key);
+            v.dedup_by_key(|s| s.key);
+            v
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn every_plan_converges_and_reapplies_with_zero_writes(plans in proptest::collection::vec(arb_plan(), 1..5)) {
+            let dir = TempDir::new("seq");
+            let mut fake = FakeIpvs::new();
+            fake.insert(foreign());
+            let mut dp = IpvsDataplane::with_client(fake, dir.state()).unwrap();
+            // Deadline 0: removed real servers go at once, so the table is exactly the plan.
+            dp.set_drain_timeout(Duration::ZERO);
+            let now = Instant::now();
+            for plan in &plans {
+                let r = dp.apply(plan, now).unwrap();
+                prop_assert!(r.errors.is_empty(), "{:?}", r.errors);
+                let again = dp.apply(plan, now).unwrap();
+                prop_assert_eq!(again.writes, 0);
+                let want: Vec<kubelvs_ipvs::DesiredService> = plan
+                    .iter()
+                    .map(|s| kubelvs_ipvs::DesiredService::from_model(s).unwrap())
+                    .collect();
+                let table = &dp.client().services;
+                prop_assert_eq!(table.len(), want.len() + 1);
+                prop_assert_eq!(table.get(&foreign().id), Some(&foreign()));
+                for w in &want {
+                    let k = &table[&w.id];
+                    prop_assert_eq!(&k.config, &w.config);
+                    let got: Vec<_> = k.dests.iter().map(|d| (d.id, d.config)).collect();
+                    let mut got = got;
+                    got.sort_by_key(|(id, _)| *id);
+                    let mut exp: Vec<_> = w.dests.iter().map(|d| (d.id, d.config)).collect();
+                    exp.sort_by_key(|(id, _)| *id);
+                    prop_assert_eq!(got.len(), exp.len());
+                    for ((gi, gc), (ei, ec)) in got.iter().zip(&exp) {
+                        prop_assert_eq!(gi, ei);
+                        prop_assert!(gc.same_as(ec));
+                    }
+                }
+                // Ownership is exactly the plan's services.
+                let owned: std::collections::BTreeSet<ServiceId> = want.iter().map(|w| w.id).collect();
+                prop_assert_eq!(dp.owned(), &owned);
+            }
+            // Never a flush, never a delete of the foreign service.
+            prop_assert!(dp.client().log.iter().all(|m| m.cmd != Command::Flush));
+        }
+    }
+}

@@ -336,3 +336,39 @@ fn pipelined_requests_are_acknowledged_one_by_one_in_order() {
     // The socket is still in step afterwards.
     assert_eq!(c.lookup_family("nlctrl").unwrap(), 0x10);
 }
+
+#[test]
+fn kernel_errors_are_typed_and_name_the_object() {
+    use kubelvs_ipvs::{Command, KernelError};
+    let e = Error::Kernel {
+        cmd: Command::NewDest,
+        object: "service tcp 203.0.113.1 80 destination 192.0.2.1:8080".into(),
+        errno: 17,
+    };
+    assert!(e.is_exists() && !e.is_not_found());
+    assert_eq!(e.kernel_error(), Some(KernelError::Exists));
+    assert_eq!(
+        e.to_string(),
+        "IPVS NEW_DEST service tcp 203.0.113.1 80 destination 192.0.2.1:8080: File exists (os error 17)"
+    );
+    for (errno, kind) in [
+        (3, KernelError::NoSuchService),
+        (2, KernelError::NotFound),
+        (22, KernelError::Invalid),
+        (34, KernelError::Range),
+        (1, KernelError::Permission),
+        (95, KernelError::NotSupported),
+        (97, KernelError::FamilyNotSupported),
+        (19, KernelError::NoDevice),
+        (12, KernelError::Other(12)),
+    ] {
+        assert_eq!(KernelError::from_errno(errno), kind);
+    }
+    let gone = Error::Kernel {
+        cmd: Command::DelService,
+        object: String::new(),
+        errno: 3,
+    };
+    assert!(gone.is_not_found());
+    assert_eq!(Error::FamilyNotFound("IPVS".into()).kernel_error(), None);
+}
