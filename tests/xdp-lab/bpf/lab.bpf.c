@@ -5,6 +5,8 @@
  *   xdp_count    - on real servers: counts and drops the benchmark's UDP packets;
  *   xdp_switch   - on bridge ports: forwards frames for known MACs straight to
  *                  their port (XDP redirect), everything else to the bridge;
+ *   xdp_mac_forward - the benchmark's floor: the least a DR director does (parse,
+ *                  rewrite the MACs towards one fixed real server, XDP_TX);
  *   xdp_generate - the traffic generator, run with BPF_PROG_RUN in live-frames mode:
  *                  writes a whole UDP frame from a template and transmits it (XDP_TX).
  */
@@ -66,6 +68,38 @@ int xdp_switch(struct xdp_md *ctx)
 	if (!port)
 		return XDP_PASS;
 	return bpf_redirect(*port, 0);
+}
+
+/* Destination MAC for xdp_mac_forward. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lab_mac);
+} lab_fwd_mac SEC(".maps");
+
+SEC("xdp")
+int xdp_mac_forward(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = data + sizeof(*eth);
+	struct udphdr *udp = (void *)ip + sizeof(*ip);
+	struct lab_mac *mac;
+	__u32 key = 0;
+
+	if ((void *)(udp + 1) > data_end)
+		return XDP_PASS;
+	if (eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5 ||
+	    ip->protocol != IPPROTO_UDP || udp->dest != bpf_htons(LAB_BENCH_PORT))
+		return XDP_PASS;
+	mac = bpf_map_lookup_elem(&lab_fwd_mac, &key);
+	if (!mac)
+		return XDP_PASS;
+	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, mac->addr, ETH_ALEN);
+	return XDP_TX;
 }
 
 SEC("xdp")

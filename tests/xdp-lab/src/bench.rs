@@ -163,6 +163,9 @@ pub enum Director {
     NftDnat,
     /// The XDP director (kubelvs-xdp), forwarding `dr`, maglev over 3 real servers.
     XdpDr,
+    /// Not a load balancer: the least an XDP DR director does (parse, rewrite the
+    /// MACs towards rs1, XDP_TX). The cost of the path around the director.
+    Floor,
 }
 
 impl Director {
@@ -170,6 +173,7 @@ impl Director {
         match self {
             Self::NftDnat => "nftables DNAT (numgen)",
             Self::XdpDr => "XDP director, DR",
+            Self::Floor => "floor (XDP MAC rewrite)",
         }
     }
 }
@@ -228,6 +232,14 @@ impl BenchLab {
                     })?;
                 let t = self.measure(warmup).and_then(|_| self.measure(duration));
                 drop(xdp);
+                t
+            }
+            Director::Floor => {
+                let mut fwd =
+                    Attached::attach(&lab.director.netns, &lab.director.ifname, "xdp_mac_forward")?;
+                fwd.set_forward_mac(lab.real_servers[0].mac)?;
+                let t = self.measure(warmup).and_then(|_| self.measure(duration));
+                drop(fwd);
                 t
             }
         }

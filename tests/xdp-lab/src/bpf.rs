@@ -98,6 +98,17 @@ impl Attached {
         Ok(())
     }
 
+    /// Sets `lab_fwd_mac` (for `xdp_mac_forward`): where it sends every frame.
+    pub fn set_forward_mac(&mut self, mac: [u8; 6]) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut("lab_fwd_mac")
+            .ok_or_else(|| bpf_err(&self.what, "no map lab_fwd_mac"))?;
+        let mut fwd: Array<_, LabMac> = Array::try_from(map).map_err(|e| bpf_err(&self.what, e))?;
+        fwd.set(0, LabMac { addr: mac, _pad: 0 }, 0)
+            .map_err(|e| bpf_err(format!("lab_fwd_mac of {}", self.what), e))
+    }
+
     /// Sum over CPUs of `lab_rx_count` (for `xdp_count`).
     pub fn rx_count(&self) -> Result<u64> {
         let map = self

@@ -28,6 +28,10 @@ fn smoke(switch: Switch) {
         let t = bench.measure_director(director, warmup, duration).unwrap();
         assert_every_real_server_got_some(&format!("{switch:?} {}", director.name()), &t);
     }
+    // The floor forwards everything to rs1.
+    let floor = bench.measure_director(Director::Floor, warmup, duration).unwrap();
+    assert!(floor.per_real_server[0] > 0, "{floor:?}");
+    assert_eq!(floor.per_real_server[1..], [0, 0], "{floor:?}");
     // Each director was removed after its measurement.
     let idle = bench.measure(Duration::from_millis(200)).unwrap();
     assert_eq!(idle.delivered(), 0, "{idle:?}");

@@ -101,14 +101,15 @@ fn main() -> ExitCode {
         args.rounds,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let (mut nft, mut xdp, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let directors = [Director::NftDnat, Director::XdpDr, Director::Floor];
+    // pps[d][round]
+    let mut pps: Vec<Vec<f64>> = vec![Vec::new(); directors.len()];
     for round in 1..=args.rounds {
-        let mut pps = [0.0; 2];
-        for (i, d) in [Director::NftDnat, Director::XdpDr].into_iter().enumerate() {
+        for (i, d) in directors.into_iter().enumerate() {
             match bench.measure_director(d, warmup, duration) {
                 Ok(t) => {
                     report(d, round, &t);
-                    pps[i] = t.delivered_pps();
+                    pps[i].push(t.delivered_pps());
                 }
                 Err(e) => {
                     eprintln!("xdp-throughput: {}: {e}", d.name());
@@ -116,21 +117,36 @@ fn main() -> ExitCode {
                 }
             }
         }
-        nft.push(pps[0]);
-        xdp.push(pps[1]);
-        ratios.push(pps[1] / pps[0].max(1.0));
     }
-    let (n, x) = (median(nft), median(xdp));
+    let (nft, xdp, floor) = (&pps[0], &pps[1], &pps[2]);
+    let ratios: Vec<f64> = xdp.iter().zip(nft).map(|(x, n)| x / n.max(1.0)).collect();
+    // Per-packet cost above the floor, in ns: 1/pps(director) - 1/pps(floor).
+    let above = |d: &[f64]| -> Vec<f64> {
+        d.iter()
+            .zip(floor)
+            .map(|(p, f)| 1e9 / p.max(1.0) - 1e9 / f.max(1.0))
+            .collect()
+    };
+    let (nft_ns, xdp_ns) = (above(nft), above(xdp));
     println!(
-        "median delivered: nftables DNAT {:.3} Mpps, XDP DR {:.3} Mpps; XDP/nftables median of rounds {:.2}x (per round: {})",
-        n / 1e6,
-        x / 1e6,
+        "median delivered: nftables DNAT {:.3} Mpps, XDP DR {:.3} Mpps, floor {:.3} Mpps",
+        median(nft.clone()) / 1e6,
+        median(xdp.clone()) / 1e6,
+        median(floor.clone()) / 1e6,
+    );
+    println!(
+        "XDP/nftables, median of rounds: {:.2}x (per round: {})",
         median(ratios.clone()),
         ratios
             .iter()
             .map(|r| format!("{r:.2}x"))
             .collect::<Vec<_>>()
             .join(", ")
+    );
+    println!(
+        "per-packet cost above the floor, median of rounds: nftables DNAT {:.0} ns, XDP DR {:.0} ns",
+        median(nft_ns),
+        median(xdp_ns),
     );
     ExitCode::SUCCESS
 }
