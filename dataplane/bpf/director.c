@@ -13,6 +13,7 @@
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/tcp.h>
 #include <linux/udp.h>
 #include <bpf/bpf_endian.h>
@@ -22,6 +23,9 @@
 
 #ifndef AF_INET
 #define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
 #endif
 
 struct {
@@ -69,6 +73,29 @@ struct {
 	__type(key, struct klvs_flow_key);
 	__type(value, struct klvs_nat_rev);
 } nat_rev SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, KLVS_MAX_VIPS);
+	__type(key, struct klvs_vip6_key);
+	__type(value, struct klvs_vip_meta);
+} vips6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__uint(max_entries, KLVS_MAX_CONNS);
+	__type(key, struct klvs_flow6_key);
+	__type(value, struct klvs_conn);
+} conns6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__uint(max_entries, KLVS_MAX_CONNS);
+	__type(key, struct klvs_flow6_key);
+	__type(value, struct klvs_nat_rev6);
+} nat_rev6 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -232,6 +259,299 @@ static __always_inline int nat_reply(__u32 in_if, struct ethhdr *eth, struct iph
 	return send_out(in_if, rev->ifindex);
 }
 
+static __always_inline int same16(const __u8 *a, const __u8 *b)
+{
+	__u64 x[2], y[2];
+
+	__builtin_memcpy(x, a, 16);
+	__builtin_memcpy(y, b, 16);
+	return x[0] == y[0] && x[1] == y[1];
+}
+
+/* Rewrite a 16-byte address and a port: IPv6 has no header checksum, L4 does. */
+static __always_inline void nat_rewrite6(void *l4, __u8 proto, __u8 *addr, const __u8 *new_addr,
+					 __be16 *port, __be16 new_port)
+{
+	__u32 old[4], nw[4];
+	__u16 *check = proto == IPPROTO_TCP ? &((struct tcphdr *)l4)->check
+					    : &((struct udphdr *)l4)->check;
+	__u16 c = *check;
+
+	__builtin_memcpy(old, addr, 16);
+	__builtin_memcpy(nw, new_addr, 16);
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		c = csum_replace4(c, old[i], nw[i]);
+	c = csum_replace2(c, *port, new_port);
+	/* The UDP checksum is mandatory over IPv6; zero is sent as all ones. */
+	if (proto == IPPROTO_UDP && c == 0)
+		c = 0xffff;
+	*check = c;
+	__builtin_memcpy(addr, new_addr, 16);
+	*port = new_port;
+}
+
+static __always_inline int nat_reply6(__u32 in_if, struct ethhdr *eth, struct ipv6hdr *ip6,
+				      void *l4, void *end, __u8 proto, __be16 *sport,
+				      __be16 *dport)
+{
+	struct klvs_flow6_key key = {
+		.sport = *sport,
+		.dport = *dport,
+		.proto = proto,
+	};
+
+	__builtin_memcpy(key.src, &ip6->saddr, 16);
+	__builtin_memcpy(key.dst, &ip6->daddr, 16);
+	struct klvs_nat_rev6 *rev = bpf_map_lookup_elem(&nat_rev6, &key);
+
+	if (!rev) {
+		count(KLVS_CNT_PASS);
+		return XDP_PASS;
+	}
+	if (l4 + (proto == IPPROTO_TCP ? sizeof(struct tcphdr) : sizeof(struct udphdr)) > end) {
+		count(KLVS_CNT_MALFORMED);
+		return XDP_DROP;
+	}
+	nat_rewrite6(l4, proto, (__u8 *)&ip6->saddr, rev->vip, sport, rev->vport);
+	__builtin_memcpy(eth->h_dest, rev->client_mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, rev->director_mac, ETH_ALEN);
+	count(KLVS_CNT_NAT_REPLY);
+	return send_out(in_if, rev->ifindex);
+}
+
+/*
+ * The IPv6 director: the same steps as IPv4. Only TCP or UDP directly after
+ * the fixed header is handled; extension headers (and fragments) pass to the
+ * kernel. tun forwarding is IPv6-in-IPv6 (next header 41).
+ */
+static __always_inline int director6(struct xdp_md *ctx, struct ethhdr *eth, void *end,
+				     __u64 bytes, __u32 in_if)
+{
+	struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+	if ((void *)(ip6 + 1) > end || ip6->version != 6)
+		goto pass;
+	__u8 proto = ip6->nexthdr;
+
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		goto pass;
+	void *l4 = ip6 + 1;
+	__be16 *ports = l4;
+
+	if ((void *)(ports + 2) > end)
+		goto pass;
+
+	__u32 zero = 0;
+	struct klvs_config *cfg = bpf_map_lookup_elem(&config, &zero);
+
+	if (!cfg)
+		goto pass;
+
+	struct klvs_vip6_key vk = {
+		.port = ports[1],
+		.proto = proto,
+	};
+
+	__builtin_memcpy(vk.addr, &ip6->daddr, 16);
+	struct klvs_vip_meta *vip = bpf_map_lookup_elem(&vips6, &vk);
+
+	if (!vip) {
+		if (cfg->flags & KLVS_CFG_F_NAT6)
+			return nat_reply6(in_if, eth, ip6, l4, end, proto, &ports[0], &ports[1]);
+		goto pass;
+	}
+	__u32 vip_id = vip->vip_id;
+
+	if (l4 + (proto == IPPROTO_TCP ? sizeof(struct tcphdr) : sizeof(struct udphdr)) > end) {
+		count(KLVS_CNT_MALFORMED);
+		account_drop(&vip_stats, vip_id);
+		return XDP_DROP;
+	}
+
+	struct klvs_flow6_key fk = {
+		.sport = ports[0],
+		.dport = ports[1],
+		.proto = proto,
+	};
+
+	__builtin_memcpy(fk.src, &ip6->saddr, 16);
+	__builtin_memcpy(fk.dst, &ip6->daddr, 16);
+	struct klvs_real *real = NULL;
+	__u32 real_id = 0;
+	int new_conn = 0;
+	struct klvs_conn *conn = bpf_map_lookup_elem(&conns6, &fk);
+
+	if (conn && conn->vip_id == vip_id) {
+		real_id = conn->real_id;
+		real = bpf_map_lookup_elem(&reals, &real_id);
+		if (real && !(real->flags & KLVS_REAL_F_ALIVE))
+			real = NULL;
+	}
+	if (!real) {
+		__u32 ring_size = cfg->ring_size;
+		__u32 s[4], d[4], h;
+
+		if (ring_size == 0)
+			goto no_real;
+		__builtin_memcpy(s, fk.src, 16);
+		__builtin_memcpy(d, fk.dst, 16);
+		if (vip->flags & KLVS_VIP_F_HASH_SRC_ONLY)
+			h = klvs_flow_hash((s[0] & vip->src_mask6[0]) ^ (s[1] & vip->src_mask6[1]),
+					   (s[2] & vip->src_mask6[2]) ^ (s[3] & vip->src_mask6[3]),
+					   proto);
+		else
+			h = klvs_flow_hash(s[0] ^ s[1] ^ s[2] ^ s[3], d[0] ^ d[1] ^ d[2] ^ d[3],
+					   ((__u32)ports[0] << 16 | ports[1]) ^ proto);
+		__u32 slot = vip_id * ring_size + h % ring_size;
+		__u32 *rid = bpf_map_lookup_elem(&rings, &slot);
+
+		if (!rid || *rid == KLVS_REAL_NONE)
+			goto no_real;
+		real_id = *rid;
+		real = bpf_map_lookup_elem(&reals, &real_id);
+		if (!real || !(real->flags & KLVS_REAL_F_ALIVE))
+			goto no_real;
+		struct klvs_conn nc = { .real_id = real_id, .vip_id = vip_id };
+
+		bpf_map_update_elem(&conns6, &fk, &nc, BPF_ANY);
+		new_conn = 1;
+	}
+
+	account(&vip_stats, vip_id, bytes, new_conn);
+	account(&real_stats, real_id, bytes, new_conn);
+
+	switch (vip->forwarding) {
+	case KLVS_FWD_DR:
+		if (!(real->flags & KLVS_REAL_F_HAS_MAC)) {
+			count(KLVS_CNT_NO_NEIGH);
+			return XDP_DROP;
+		}
+		__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+		__builtin_memcpy(eth->h_dest, real->mac, ETH_ALEN);
+		return XDP_TX;
+
+	case KLVS_FWD_NAT: {
+		struct bpf_fib_lookup fib = {};
+		struct klvs_flow6_key rk = {
+			.sport = real->port,
+			.dport = ports[0],
+			.proto = proto,
+		};
+
+		__builtin_memcpy(rk.src, real->addr6, 16);
+		__builtin_memcpy(rk.dst, &ip6->saddr, 16);
+		struct klvs_nat_rev6 *have = bpf_map_lookup_elem(&nat_rev6, &rk);
+
+		if (!have || !same16(have->vip, (__u8 *)&ip6->daddr)) {
+			struct klvs_nat_rev6 rev = {
+				.vport = ports[1],
+				.ifindex = in_if,
+				.vip_id = vip_id,
+			};
+			__builtin_memcpy(rev.vip, &ip6->daddr, 16);
+			__builtin_memcpy(rev.client_mac, eth->h_source, ETH_ALEN);
+			__builtin_memcpy(rev.director_mac, eth->h_dest, ETH_ALEN);
+			bpf_map_update_elem(&nat_rev6, &rk, &rev, BPF_ANY);
+		}
+		nat_rewrite6(l4, proto, (__u8 *)&ip6->daddr, real->addr6, &ports[1], real->port);
+
+		if (real->flags & KLVS_REAL_F_HAS_MAC) {
+			__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+			__builtin_memcpy(eth->h_dest, real->mac, ETH_ALEN);
+			return XDP_TX;
+		}
+		fib.family = AF_INET6;
+		fib.l4_protocol = proto;
+		fib.tot_len = sizeof(struct ipv6hdr) + bpf_ntohs(ip6->payload_len);
+		fib.ifindex = in_if;
+		__builtin_memcpy(fib.ipv6_src, &ip6->saddr, 16);
+		__builtin_memcpy(fib.ipv6_dst, real->addr6, 16);
+		int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+
+		if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+			__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
+			__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+			return send_out(in_if, fib.ifindex);
+		}
+		count(KLVS_CNT_NO_NEIGH);
+		return XDP_PASS;
+	}
+
+	case KLVS_FWD_TUN: {
+		struct bpf_fib_lookup fib = {};
+		__u16 inner_len = sizeof(struct ipv6hdr) + bpf_ntohs(ip6->payload_len);
+		/* version, traffic class from the inner packet; flow label from the hash. */
+		__be32 word0 = (*(__be32 *)ip6 & bpf_htonl(0x0ff00000)) | bpf_htonl(0x60000000) |
+			       bpf_htonl(klvs_flow_hash(fk.src[15], fk.dst[15],
+							((__u32)ports[0] << 16 | ports[1])) & 0xfffff);
+		__u8 dmac[ETH_ALEN], smac[ETH_ALEN];
+		__u32 out_if;
+
+		if (real->flags & KLVS_REAL_F_HAS_MAC) {
+			__builtin_memcpy(dmac, real->mac, ETH_ALEN);
+			__builtin_memcpy(smac, eth->h_dest, ETH_ALEN);
+			out_if = in_if;
+			goto encap6;
+		}
+		fib.family = AF_INET6;
+		fib.l4_protocol = IPPROTO_IPV6;
+		fib.tot_len = inner_len + sizeof(struct ipv6hdr);
+		fib.ifindex = in_if;
+		__builtin_memcpy(fib.ipv6_src, cfg->director_addr6, 16);
+		__builtin_memcpy(fib.ipv6_dst, real->addr6, 16);
+		int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
+
+		if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+			__builtin_memcpy(dmac, fib.dmac, ETH_ALEN);
+			__builtin_memcpy(smac, fib.smac, ETH_ALEN);
+			out_if = fib.ifindex;
+		} else {
+			count(rc == BPF_FIB_LKUP_RET_NO_NEIGH ? KLVS_CNT_NO_NEIGH : KLVS_CNT_FIB_FAIL);
+			account_drop(&vip_stats, vip_id);
+			return XDP_DROP;
+		}
+encap6:;
+		__u8 saddr[16], daddr[16];
+
+		__builtin_memcpy(saddr, cfg->director_addr6, 16);
+		__builtin_memcpy(daddr, real->addr6, 16);
+		if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct ipv6hdr))) {
+			count(KLVS_CNT_ENCAP_FAIL);
+			return XDP_DROP;
+		}
+		void *data = (void *)(long)ctx->data;
+
+		end = (void *)(long)ctx->data_end;
+		struct ethhdr *neth = data;
+		struct ipv6hdr *outer = data + sizeof(struct ethhdr);
+
+		if ((void *)(outer + 1) > end)
+			return XDP_DROP;
+		__builtin_memcpy(neth->h_dest, dmac, ETH_ALEN);
+		__builtin_memcpy(neth->h_source, smac, ETH_ALEN);
+		neth->h_proto = bpf_htons(ETH_P_IPV6);
+		*(__be32 *)outer = word0;
+		outer->payload_len = bpf_htons(inner_len);
+		outer->nexthdr = IPPROTO_IPV6;
+		outer->hop_limit = 64;
+		__builtin_memcpy(&outer->saddr, saddr, 16);
+		__builtin_memcpy(&outer->daddr, daddr, 16);
+		return send_out(in_if, out_if);
+	}
+	}
+	account_drop(&vip_stats, vip_id);
+	return XDP_DROP;
+
+no_real:
+	count(KLVS_CNT_NO_REAL);
+	account_drop(&vip_stats, vip_id);
+	return XDP_DROP;
+pass:
+	count(KLVS_CNT_PASS);
+	return XDP_PASS;
+}
+
 /* The whole director; bench.c wraps it to restore the packet between runs. */
 static __always_inline int director(struct xdp_md *ctx)
 {
@@ -242,7 +562,11 @@ static __always_inline int director(struct xdp_md *ctx)
 	/* Read once: clang otherwise keeps ctx+off in a register, which the verifier refuses. */
 	__u32 in_if = ctx->ingress_ifindex;
 
-	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+	if ((void *)(eth + 1) > end)
+		goto pass;
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return director6(ctx, eth, end, bytes, in_if);
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
 		goto pass;
 
 	struct iphdr *iph = (void *)(eth + 1);

@@ -9,6 +9,10 @@
  *
  * Byte order: fields named addr/port/mask hold network byte order (__be*), the
  * rest host order. Every struct is padded by hand: no implicit holes.
+ *
+ * IPv4 and IPv6 VIPs share vip ids (rings, vip_stats) and real ids (reals,
+ * real_stats); each family has its own vips, conns and nat_rev maps because
+ * the keys differ in size.
  */
 #ifndef KUBELVS_MAPS_H
 #define KUBELVS_MAPS_H
@@ -38,9 +42,11 @@ enum klvs_forwarding {
 /* klvs_real.flags */
 #define KLVS_REAL_F_ALIVE 0x1   /* slot in use; established flows to a dead id reschedule */
 #define KLVS_REAL_F_HAS_MAC 0x2 /* mac holds the neighbour's MAC (from the caller) */
+#define KLVS_REAL_F_V6 0x4      /* an IPv6 real server: addr6 holds its address */
 
 /* klvs_config.flags */
-#define KLVS_CFG_F_NAT 0x1 /* some VIP uses NAT: look for replies to reverse */
+#define KLVS_CFG_F_NAT 0x1  /* some IPv4 VIP uses NAT: look for replies to reverse */
+#define KLVS_CFG_F_NAT6 0x2 /* some IPv6 VIP uses NAT */
 
 /* vips: VIP:port/protocol -> meta (BPF_MAP_TYPE_HASH). */
 struct klvs_vip_key {
@@ -54,15 +60,25 @@ struct klvs_vip_meta {
 	__u32 vip_id; /* index into vip_stats and into rings (vip_id * ring_size) */
 	__u32 forwarding;
 	__u32 flags;
-	__be32 src_mask; /* KLVS_VIP_F_HASH_SRC_ONLY: client address mask */
+	__be32 src_mask; /* KLVS_VIP_F_HASH_SRC_ONLY: client address mask (IPv4) */
+	__be32 src_mask6[4]; /* the same for an IPv6 VIP */
+};
+
+/* vips6: IPv6 VIP:port/protocol -> meta (BPF_MAP_TYPE_HASH). */
+struct klvs_vip6_key {
+	__u8 addr[16];
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
 };
 
 /* reals: real id -> real server (BPF_MAP_TYPE_ARRAY). */
 struct klvs_real {
 	__be32 addr;
 	__be16 port; /* NAT only: the destination port after rewrite */
-	__u8 mac[6]; /* next hop MAC for DR; fallback for TUN/NAT without a kernel neighbour */
+	__u8 mac[6]; /* next-hop MAC from the caller: DR needs it, TUN/NAT skip the route lookup */
 	__u32 flags;
+	__u8 addr6[16]; /* KLVS_REAL_F_V6 */
 };
 
 /* conns and nat_rev keys: one direction of a flow as it appears on the wire. */
@@ -75,7 +91,17 @@ struct klvs_flow_key {
 	__u8 pad[3];
 };
 
-/* conns: client flow -> chosen real server (BPF_MAP_TYPE_LRU_HASH). */
+/* conns6 and nat_rev6 keys. */
+struct klvs_flow6_key {
+	__u8 src[16];
+	__u8 dst[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+/* conns (and conns6): client flow -> chosen real server (BPF_MAP_TYPE_LRU_HASH). */
 struct klvs_conn {
 	__u32 real_id;
 	__u32 vip_id;
@@ -92,6 +118,22 @@ struct klvs_nat_rev {
 	__u32 vip_id;
 };
 
+/* nat_rev6: the IPv6 counterpart of klvs_nat_rev. */
+struct klvs_nat_rev6 {
+	__u8 vip[16];
+	__be16 vport;
+	__u8 client_mac[6];
+	__u8 director_mac[6];
+	__u16 pad;
+	__u32 ifindex;
+	__u32 vip_id;
+};
+
+/* decap_vips6 key (decap.c): an IPv6 VIP carried by this real server. */
+struct klvs_decap6_key {
+	__u8 addr[16];
+};
+
 /* vip_stats (by vip_id) and real_stats (by real id): BPF_MAP_TYPE_PERCPU_ARRAY. */
 struct klvs_stats {
 	__u64 packets;
@@ -106,6 +148,7 @@ struct klvs_config {
 	__u32 ring_size;      /* slots per VIP ring, a prime */
 	__u32 flags;
 	__u32 pad;
+	__u8 director_addr6[16]; /* outer source address of IPv6-in-IPv6 packets */
 };
 
 /* counters: BPF_MAP_TYPE_PERCPU_ARRAY of __u64, indexed by this enum. */

@@ -40,7 +40,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
@@ -86,12 +86,15 @@ const DECAP_PROG: &str = "klvs_decap";
 const PASS_PROG: &str = "klvs_pass";
 
 /// Every map of the director object, pinned under the pin directory by these names.
-pub const DIRECTOR_MAPS: [&str; 9] = [
+pub const DIRECTOR_MAPS: [&str; 12] = [
     "vips",
+    "vips6",
     "rings",
     "reals",
     "conns",
+    "conns6",
     "nat_rev",
+    "nat_rev6",
     "vip_stats",
     "real_stats",
     "counters",
@@ -127,11 +130,11 @@ pub enum XdpError {
     },
     #[error("BPF map {map} is missing from the object")]
     MissingMap { map: &'static str },
-    #[error("pinned map {map} has {found} entries but this loader wants {wanted}: keep the options or remove {pin_dir}")]
+    #[error("pinned map {map} has {found} entries (key, value, max) but this loader wants {wanted}: keep the options or remove {pin_dir}")]
     PinnedMapMismatch {
         map: &'static str,
-        found: u32,
-        wanted: u32,
+        found: MapShape,
+        wanted: MapShape,
         pin_dir: PathBuf,
     },
     #[error("pinned link {path}: {source}")]
@@ -168,6 +171,25 @@ pub enum XdpError {
 
 pub type Result<T, E = XdpError> = std::result::Result<T, E>;
 
+/// Key size, value size and capacity of a map: what must agree between a
+/// pinned map and the program about to use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapShape {
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+impl std::fmt::Display for MapShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "({}, {}, {})",
+            self.key_size, self.value_size, self.max_entries
+        )
+    }
+}
+
 fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> XdpError {
     move |source| XdpError::Map { map, source }
 }
@@ -180,6 +202,9 @@ pub struct DirectorOptions {
     pub pin_dir: Option<PathBuf>,
     /// Outer source address of IPIP packets (tun forwarding).
     pub director_addr: Ipv4Addr,
+    /// Outer source address of IPv6-in-IPv6 packets: tun forwarding of IPv6
+    /// VIPs needs it (apply skips them otherwise).
+    pub director_addr6: Option<Ipv6Addr>,
     /// Maglev ring size per VIP, a prime.
     pub ring_size: u32,
     pub max_vips: u32,
@@ -195,6 +220,7 @@ impl DirectorOptions {
         Self {
             pin_dir: None,
             director_addr,
+            director_addr6: None,
             ring_size: kubelvs_maglev::DEFAULT_TABLE_SIZE,
             max_vips: 64,
             max_reals: 4096,
@@ -273,15 +299,40 @@ impl ApplyReport {
     }
 }
 
-type RealKey = (Ipv4Addr, u16);
+type RealKey = (IpAddr, u16);
+
+/// A VIP of either family, as the `vips` / `vips6` maps key it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum AnyVipKey {
+    V4(VipKey),
+    V6(Vip6Key),
+}
+
+impl AnyVipKey {
+    fn service_key(&self) -> Option<ServiceKey> {
+        let (vip, port, proto) = match self {
+            Self::V4(k) => (
+                IpAddr::V4(Ipv4Addr::from(k.addr.to_ne_bytes())),
+                k.port,
+                k.proto,
+            ),
+            Self::V6(k) => (IpAddr::V6(Ipv6Addr::from(k.addr)), k.port, k.proto),
+        };
+        Some(ServiceKey {
+            vip,
+            port: u16::from_be(port),
+            protocol: Protocol::from_number(proto)?,
+        })
+    }
+}
 
 /// What the maps hold, as far as apply is concerned (rebuilt from the maps on load).
 #[derive(Debug, Default)]
 struct State {
-    vips: HashMap<VipKey, VipMeta>,
+    vips: HashMap<AnyVipKey, VipMeta>,
     reals: HashMap<RealKey, (u32, Real)>,
     /// Maglev input per VIP when its ring was last written by this process.
-    ring_inputs: HashMap<VipKey, Vec<(RealKey, u32)>>,
+    ring_inputs: HashMap<AnyVipKey, Vec<(RealKey, u32)>>,
     next_real: u32,
     config: Config,
 }
@@ -291,10 +342,12 @@ pub struct XdpDirector {
     ebpf: Ebpf,
     opts: DirectorOptions,
     vips: BpfHashMap<MapData, VipKey, VipMeta>,
+    vips6: BpfHashMap<MapData, Vip6Key, VipMeta>,
     reals: Array<MapData, Real>,
     rings: sys::MmapU32,
     _rings_map: MapData,
     conns: BpfHashMap<MapData, FlowKey, Conn>,
+    conns6: BpfHashMap<MapData, Flow6Key, Conn>,
     nat_rev: BpfHashMap<MapData, FlowKey, NatRev>,
     vip_stats: PerCpuArray<MapData, Stats>,
     real_stats: PerCpuArray<MapData, Stats>,
@@ -355,19 +408,33 @@ impl XdpDirector {
             .max_vips
             .checked_mul(opts.ring_size)
             .ok_or(XdpError::TooManyVips { max: opts.max_vips })?;
-        let wanted: [(&'static str, u32); 8] = [
-            ("vips", opts.max_vips),
-            ("rings", rings_len),
-            ("reals", opts.max_reals),
-            ("conns", opts.conn_table_size),
-            ("nat_rev", opts.conn_table_size),
-            ("vip_stats", opts.max_vips),
-            ("real_stats", opts.max_reals),
-            ("config", 1),
+        fn shape<K, V>(max_entries: u32) -> MapShape {
+            MapShape {
+                key_size: std::mem::size_of::<K>() as u32,
+                value_size: std::mem::size_of::<V>() as u32,
+                max_entries,
+            }
+        }
+        let conns = opts.conn_table_size;
+        let wanted: [(&'static str, MapShape); 12] = [
+            ("vips", shape::<VipKey, VipMeta>(opts.max_vips)),
+            ("vips6", shape::<Vip6Key, VipMeta>(opts.max_vips)),
+            ("rings", shape::<u32, u32>(rings_len)),
+            ("reals", shape::<u32, Real>(opts.max_reals)),
+            ("conns", shape::<FlowKey, Conn>(conns)),
+            ("conns6", shape::<Flow6Key, Conn>(conns)),
+            ("nat_rev", shape::<FlowKey, NatRev>(conns)),
+            ("nat_rev6", shape::<Flow6Key, NatRev6>(conns)),
+            ("vip_stats", shape::<u32, Stats>(opts.max_vips)),
+            ("real_stats", shape::<u32, Stats>(opts.max_reals)),
+            ("counters", shape::<u32, u64>(COUNTER_MAX)),
+            ("config", shape::<u32, Config>(1)),
         ];
         let mut loader = EbpfLoader::new();
-        for (name, n) in wanted {
-            loader.map_max_entries(name, n);
+        for (name, shape) in wanted {
+            if name != "counters" {
+                loader.map_max_entries(name, shape.max_entries);
+            }
         }
         if let Some(dir) = &opts.pin_dir {
             ensure_pin_dir(dir)?;
@@ -379,19 +446,25 @@ impl XdpDirector {
             object: obj_name,
             source,
         })?;
-        // A pinned map from an earlier run keeps its size whatever we asked for.
+        // A pinned map from an earlier run keeps its shape whatever we asked for
+        // (and an older layout must not be reinterpreted).
         if let Some(dir) = &opts.pin_dir {
-            for (name, n) in wanted {
+            for (name, wanted) in wanted {
                 let map = ebpf
                     .map(name)
                     .and_then(map_data)
                     .ok_or(XdpError::MissingMap { map: name })?;
-                let found = map.info().map_err(map_err(name))?.max_entries();
-                if found != n {
+                let info = map.info().map_err(map_err(name))?;
+                let found = MapShape {
+                    key_size: info.key_size(),
+                    value_size: info.value_size(),
+                    max_entries: info.max_entries(),
+                };
+                if found != wanted {
                     return Err(XdpError::PinnedMapMismatch {
                         map: name,
                         found,
-                        wanted: n,
+                        wanted,
                         pin_dir: dir.clone(),
                     });
                 }
@@ -411,10 +484,12 @@ impl XdpDirector {
             .map_err(XdpError::Mmap)?;
         let mut d = Self {
             vips: typed(&mut ebpf, "vips")?,
+            vips6: typed(&mut ebpf, "vips6")?,
             reals: typed(&mut ebpf, "reals")?,
             rings,
             _rings_map: rings_map,
             conns: typed(&mut ebpf, "conns")?,
+            conns6: typed(&mut ebpf, "conns6")?,
             nat_rev: typed(&mut ebpf, "nat_rev")?,
             vip_stats: typed(&mut ebpf, "vip_stats")?,
             real_stats: typed(&mut ebpf, "real_stats")?,
@@ -510,12 +585,21 @@ impl XdpDirector {
     fn recover_state(&mut self) -> Result<()> {
         for item in self.vips.iter() {
             let (k, v) = item.map_err(map_err("vips"))?;
-            self.state.vips.insert(k, v);
+            self.state.vips.insert(AnyVipKey::V4(k), v);
+        }
+        for item in self.vips6.iter() {
+            let (k, v) = item.map_err(map_err("vips6"))?;
+            self.state.vips.insert(AnyVipKey::V6(k), v);
         }
         for id in 1..self.opts.max_reals {
             let r = self.reals.get(&id, 0).map_err(map_err("reals"))?;
             if r.flags & REAL_F_ALIVE != 0 {
-                let key = (Ipv4Addr::from(r.addr.to_ne_bytes()), u16::from_be(r.port));
+                let addr = if r.flags & REAL_F_V6 != 0 {
+                    IpAddr::V6(Ipv6Addr::from(r.addr6))
+                } else {
+                    IpAddr::V4(Ipv4Addr::from(r.addr.to_ne_bytes()))
+                };
+                let key = (addr, u16::from_be(r.port));
                 self.state.reals.insert(key, (id, r));
                 self.state.next_real = self.state.next_real.max(id);
             }
@@ -532,31 +616,14 @@ impl XdpDirector {
         let ring_size = self.opts.ring_size;
 
         // 1. What we want: per VIP key, its meta (minus id) and its real servers.
-        struct Want {
-            service: ServiceKey,
-            forwarding: u32,
-            flags: u32,
-            src_mask: u32,
-            reals: Vec<(RealKey, u32)>,
-        }
-        let mut want: BTreeMap<(u32, u16, u8), Want> = BTreeMap::new();
+        let mut want: BTreeMap<AnyVipKey, Want> = BTreeMap::new();
         for s in services
             .iter()
             .filter(|s| s.dataplane == DataplaneKind::Xdp)
         {
-            match desired(s) {
-                Ok(w) => {
-                    let (vk, forwarding, flags, src_mask, reals) = w;
-                    want.insert(
-                        (vk.addr, vk.port, vk.proto),
-                        Want {
-                            service: s.key,
-                            forwarding,
-                            flags,
-                            src_mask,
-                            reals,
-                        },
-                    );
+            match desired(s, self.opts.director_addr6.is_some()) {
+                Ok((vk, w)) => {
+                    want.insert(vk, w);
                 }
                 Err(reason) => report.skipped.push((s.key, reason)),
             }
@@ -566,13 +633,20 @@ impl XdpDirector {
         let mut wanted_reals: BTreeMap<RealKey, Real> = BTreeMap::new();
         for w in want.values() {
             for ((addr, port), _) in &w.reals {
-                let mac = neighbours.get(&IpAddr::V4(*addr)).copied();
-                let r = Real {
-                    addr: u32::from_ne_bytes(addr.octets()),
+                let mac = neighbours.get(addr).copied();
+                let mut r = Real {
                     port: port.to_be(),
                     mac: mac.unwrap_or_default(),
                     flags: REAL_F_ALIVE | if mac.is_some() { REAL_F_HAS_MAC } else { 0 },
+                    ..Real::default()
                 };
+                match addr {
+                    IpAddr::V4(a) => r.addr = u32::from_ne_bytes(a.octets()),
+                    IpAddr::V6(a) => {
+                        r.addr6 = a.octets();
+                        r.flags |= REAL_F_V6;
+                    }
+                }
                 wanted_reals.insert((*addr, *port), r);
             }
         }
@@ -597,17 +671,25 @@ impl XdpDirector {
         // 3. VIPs. Removed ones first (entry deleted, then ring zeroed), so their
         //    ids are free before new VIPs take ids; then rings before vips entries,
         //    so a new VIP never meets an empty ring.
-        let removed: Vec<VipKey> = self
+        let removed: Vec<AnyVipKey> = self
             .state
             .vips
             .keys()
-            .filter(|vk| !want.contains_key(&(vk.addr, vk.port, vk.proto)))
+            .filter(|vk| !want.contains_key(vk))
             .copied()
             .collect();
         for vk in removed {
-            match self.vips.remove(&vk) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err("vips")(e)),
+            let gone = match &vk {
+                AnyVipKey::V4(k) => self.vips.remove(k).map_err(map_err("vips")),
+                AnyVipKey::V6(k) => self.vips6.remove(k).map_err(map_err("vips6")),
+            };
+            match gone {
+                Ok(()) => {}
+                Err(XdpError::Map {
+                    source: aya::maps::MapError::KeyNotFound,
+                    ..
+                }) => {}
+                Err(e) => return Err(e),
             }
             if let Some(m) = self.state.vips.remove(&vk) {
                 let base = m.vip_id as usize * ring_size as usize;
@@ -627,13 +709,8 @@ impl XdpDirector {
                 *u = true;
             }
         }
-        for (k, w) in &want {
-            let vk = VipKey {
-                addr: k.0,
-                port: k.1,
-                proto: k.2,
-                pad: 0,
-            };
+        for (vk, w) in &want {
+            let vk = *vk;
             let old = self.state.vips.get(&vk).copied();
             let vip_id = match old {
                 Some(m) => m.vip_id,
@@ -654,7 +731,10 @@ impl XdpDirector {
                     .reals
                     .iter()
                     .map(|((a, p), weight)| {
-                        let mut id = a.octets().to_vec();
+                        let mut id = match a {
+                            IpAddr::V4(a) => a.octets().to_vec(),
+                            IpAddr::V6(a) => a.octets().to_vec(),
+                        };
                         id.extend_from_slice(&p.to_be_bytes());
                         kubelvs_maglev::Endpoint::new(id, *weight)
                     })
@@ -685,9 +765,13 @@ impl XdpDirector {
                 forwarding: w.forwarding,
                 flags: w.flags,
                 src_mask: w.src_mask,
+                src_mask6: w.src_mask6,
             };
             if old != Some(meta) {
-                self.vips.insert(vk, meta, 0).map_err(map_err("vips"))?;
+                match &vk {
+                    AnyVipKey::V4(k) => self.vips.insert(k, meta, 0).map_err(map_err("vips"))?,
+                    AnyVipKey::V6(k) => self.vips6.insert(k, meta, 0).map_err(map_err("vips6"))?,
+                }
                 self.state.vips.insert(vk, meta);
                 if old.is_some() {
                     report.vips_updated += 1;
@@ -716,12 +800,20 @@ impl XdpDirector {
         }
 
         // 5. Global config.
-        let nat = want.values().any(|w| w.forwarding == FWD_NAT);
+        let nat = |v6: bool| {
+            want.iter()
+                .any(|(k, w)| w.forwarding == FWD_NAT && matches!(k, AnyVipKey::V6(_)) == v6)
+        };
         let cfg = Config {
             director_addr: u32::from_ne_bytes(self.opts.director_addr.octets()),
             ring_size,
-            flags: if nat { CFG_F_NAT } else { 0 },
+            flags: if nat(false) { CFG_F_NAT } else { 0 } | if nat(true) { CFG_F_NAT6 } else { 0 },
             pad: 0,
+            director_addr6: self
+                .opts
+                .director_addr6
+                .map(|a| a.octets())
+                .unwrap_or_default(),
         };
         if cfg != self.state.config {
             self.config.set(0, cfg, 0).map_err(map_err("config"))?;
@@ -754,20 +846,14 @@ impl XdpDirector {
                 .vip_stats
                 .get(&meta.vip_id, 0)
                 .map_err(map_err("vip_stats"))?;
-            let Some(protocol) = Protocol::from_number(vk.proto) else {
-                continue;
-            };
-            let key = ServiceKey {
-                vip: IpAddr::V4(Ipv4Addr::from(vk.addr.to_ne_bytes())),
-                port: u16::from_be(vk.port),
-                protocol,
-            };
-            out.vips.insert(key, Counts::from(&v));
+            if let Some(key) = vk.service_key() {
+                out.vips.insert(key, Counts::from(&v));
+            }
         }
         for ((addr, port), (id, _)) in &self.state.reals {
             let v = self.real_stats.get(id, 0).map_err(map_err("real_stats"))?;
             out.real_servers
-                .insert(SocketAddr::new(IpAddr::V4(*addr), *port), Counts::from(&v));
+                .insert(SocketAddr::new(*addr, *port), Counts::from(&v));
         }
         let c = |i: Counter| -> Result<u64> {
             Ok(self
@@ -791,17 +877,28 @@ impl XdpDirector {
 
     /// The real server an established flow is bound to, if the connection table has it.
     pub fn connection(&self, flow: &FlowKey) -> Result<Option<SocketAddr>> {
-        let conn = match self.conns.get(flow, 0) {
-            Ok(c) => c,
-            Err(aya::maps::MapError::KeyNotFound) => return Ok(None),
-            Err(e) => return Err(map_err("conns")(e)),
-        };
-        Ok(self
-            .state
+        match self.conns.get(flow, 0) {
+            Ok(c) => Ok(self.real_addr(c.real_id)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err("conns")(e)),
+        }
+    }
+
+    /// [`XdpDirector::connection`] for an IPv6 flow.
+    pub fn connection6(&self, flow: &Flow6Key) -> Result<Option<SocketAddr>> {
+        match self.conns6.get(flow, 0) {
+            Ok(c) => Ok(self.real_addr(c.real_id)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err("conns6")(e)),
+        }
+    }
+
+    fn real_addr(&self, real_id: u32) -> Option<SocketAddr> {
+        self.state
             .reals
             .iter()
-            .find(|(_, (id, _))| *id == conn.real_id)
-            .map(|((a, p), _)| SocketAddr::new(IpAddr::V4(*a), *p)))
+            .find(|(_, (id, _))| *id == real_id)
+            .map(|((a, p), _)| SocketAddr::new(*a, *p))
     }
 
     /// Number of entries in the connection table (walks it: O(n) syscalls).
@@ -822,8 +919,11 @@ impl XdpDirector {
     }
 
     /// The real server id of `addr:port`, if programmed.
-    pub fn real_id(&self, addr: Ipv4Addr, port: u16) -> Option<u32> {
-        self.state.reals.get(&(addr, port)).map(|(id, _)| *id)
+    pub fn real_id(&self, addr: impl Into<IpAddr>, port: u16) -> Option<u32> {
+        self.state
+            .reals
+            .get(&(addr.into(), port))
+            .map(|(id, _)| *id)
     }
 
     /// A NAT reply-state entry, for tests and debugging.
@@ -836,29 +936,64 @@ impl XdpDirector {
     }
 }
 
-fn vip_key(key: &ServiceKey) -> Result<VipKey, String> {
-    let IpAddr::V4(vip) = key.vip else {
-        return Err("IPv6 VIPs are not supported by the XDP dataplane yet".into());
-    };
+fn vip_key(key: &ServiceKey) -> Result<AnyVipKey, String> {
     let proto = match key.protocol {
         Protocol::Tcp | Protocol::Udp => key.protocol.number(),
         Protocol::Sctp => return Err("SCTP is not supported by the XDP dataplane".into()),
     };
-    Ok(VipKey {
-        addr: u32::from_ne_bytes(vip.octets()),
-        port: key.port.to_be(),
-        proto,
-        pad: 0,
+    Ok(match key.vip {
+        IpAddr::V4(vip) => AnyVipKey::V4(VipKey {
+            addr: u32::from_ne_bytes(vip.octets()),
+            port: key.port.to_be(),
+            proto,
+            pad: 0,
+        }),
+        IpAddr::V6(vip) => AnyVipKey::V6(Vip6Key {
+            addr: vip.octets(),
+            port: key.port.to_be(),
+            proto,
+            pad: 0,
+        }),
     })
 }
 
-type Desired = (VipKey, u32, u32, u32, Vec<(RealKey, u32)>);
+/// One VIP as apply wants it (its id aside).
+#[derive(Debug)]
+struct Want {
+    service: ServiceKey,
+    forwarding: u32,
+    flags: u32,
+    src_mask: u32,
+    src_mask6: [u32; 4],
+    /// Sorted by (address, port), deduplicated.
+    reals: Vec<(RealKey, u32)>,
+}
+
+/// `bits` leading ones of a 128-bit mask, as four network-order words.
+fn mask6(bits: u8) -> [u32; 4] {
+    let mut m = [0u32; 4];
+    for (i, w) in m.iter_mut().enumerate() {
+        let b = u32::from(bits.min(128))
+            .saturating_sub(32 * i as u32)
+            .min(32);
+        *w = if b == 0 {
+            0
+        } else {
+            (u32::MAX << (32 - b)).to_be()
+        };
+    }
+    m
+}
 
 /// A service in map terms, or why the XDP dataplane cannot program it.
-fn desired(s: &Service) -> Result<Desired, String> {
+fn desired(s: &Service, have_addr6: bool) -> Result<(AnyVipKey, Want), String> {
     let vk = vip_key(&s.key)?;
+    let v6 = matches!(vk, AnyVipKey::V6(_));
     let forwarding = match s.forwarding {
         Forwarding::Dr => FWD_DR,
+        Forwarding::Tun(Tunnel::Ipip) if v6 && !have_addr6 => {
+            return Err("tun for an IPv6 VIP needs DirectorOptions::director_addr6".into())
+        }
         Forwarding::Tun(Tunnel::Ipip) => FWD_TUN,
         Forwarding::Nat => FWD_NAT,
         Forwarding::Tun(other) => {
@@ -868,7 +1003,7 @@ fn desired(s: &Service) -> Result<Desired, String> {
         }
         Forwarding::FullNat => return Err("fullnat is not supported by the XDP dataplane".into()),
     };
-    let (flags, src_mask) = match s.persistence {
+    let (flags, src_mask, src_mask6) = match s.persistence {
         Some(p) => {
             let bits = u32::from(p.prefix_length.min(32));
             let mask = if bits == 0 {
@@ -876,26 +1011,39 @@ fn desired(s: &Service) -> Result<Desired, String> {
             } else {
                 u32::MAX << (32 - bits)
             };
-            (VIP_F_HASH_SRC_ONLY, mask.to_be())
+            (VIP_F_HASH_SRC_ONLY, mask.to_be(), mask6(p.prefix_length))
         }
-        None => (0, 0),
+        None => (0, 0, [0; 4]),
     };
     let mut reals = Vec::with_capacity(s.real_servers.len());
     for r in &s.real_servers {
-        let IpAddr::V4(a) = r.address else {
-            return Err(format!("real server {} is IPv6", r.address));
-        };
+        if r.address.is_ipv6() != v6 {
+            return Err(format!(
+                "real server {} is not in the VIP's address family",
+                r.address
+            ));
+        }
         // DR and TUN cannot map ports: the real server sees the VIP's port.
         let port = if forwarding == FWD_NAT {
             r.port
         } else {
             s.key.port
         };
-        reals.push(((a, port), r.weight));
+        reals.push(((r.address, port), r.weight));
     }
     reals.sort();
     reals.dedup_by(|a, b| a.0 == b.0);
-    Ok((vk, forwarding, flags, src_mask, reals))
+    Ok((
+        vk,
+        Want {
+            service: s.key,
+            forwarding,
+            flags,
+            src_mask,
+            src_mask6,
+            reals,
+        },
+    ))
 }
 
 /// Swaps `prog` in behind the link pinned at `path` (bpf_link_update): the
@@ -1014,6 +1162,7 @@ pub fn ensure_pin_dir(dir: &Path) -> Result<()> {
 pub struct XdpDecap {
     ebpf: Ebpf,
     vips: BpfHashMap<MapData, u32, u32>,
+    vips6: BpfHashMap<MapData, Decap6Key, u32>,
     counters: PerCpuArray<MapData, u64>,
 }
 
@@ -1051,6 +1200,7 @@ impl XdpDecap {
             })?;
         let mut d = Self {
             vips: typed(&mut ebpf, "decap_vips")?,
+            vips6: typed(&mut ebpf, "decap_vips6")?,
             counters: typed(&mut ebpf, "decap_counters")?,
             ebpf,
         };
@@ -1075,6 +1225,45 @@ impl XdpDecap {
             self.vips.insert(k, 1, 0).map_err(map_err("decap_vips"))?;
         }
         Ok(())
+    }
+
+    /// Replaces the set of IPv6 VIPs decapsulated for (IPv6-in-IPv6).
+    pub fn set_vips6(&mut self, vips: &[Ipv6Addr]) -> Result<()> {
+        let want: std::collections::HashSet<Decap6Key> = vips
+            .iter()
+            .map(|v| Decap6Key { addr: v.octets() })
+            .collect();
+        let have: Vec<Decap6Key> = self.vips6.keys().filter_map(|k| k.ok()).collect();
+        for k in have.iter().filter(|k| !want.contains(k)) {
+            match self.vips6.remove(k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err("decap_vips6")(e)),
+            }
+        }
+        for k in want.iter().filter(|k| !have.contains(k)) {
+            self.vips6.insert(k, 1, 0).map_err(map_err("decap_vips6"))?;
+        }
+        Ok(())
+    }
+
+    /// Sets both families at once from mixed addresses.
+    pub fn set_vip_addrs(&mut self, vips: &[IpAddr]) -> Result<()> {
+        let v4: Vec<Ipv4Addr> = vips
+            .iter()
+            .filter_map(|a| match a {
+                IpAddr::V4(a) => Some(*a),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        let v6: Vec<Ipv6Addr> = vips
+            .iter()
+            .filter_map(|a| match a {
+                IpAddr::V6(a) => Some(*a),
+                IpAddr::V4(_) => None,
+            })
+            .collect();
+        self.set_vips(&v4)?;
+        self.set_vips6(&v6)
     }
 
     /// Packets decapsulated so far (all CPUs).

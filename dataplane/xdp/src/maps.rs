@@ -12,7 +12,9 @@ pub const FWD_NAT: u32 = 3;
 pub const VIP_F_HASH_SRC_ONLY: u32 = 0x1;
 pub const REAL_F_ALIVE: u32 = 0x1;
 pub const REAL_F_HAS_MAC: u32 = 0x2;
+pub const REAL_F_V6: u32 = 0x4;
 pub const CFG_F_NAT: u32 = 0x1;
+pub const CFG_F_NAT6: u32 = 0x2;
 
 /// Real server id 0 means "none": a zeroed ring slot forwards nowhere.
 pub const REAL_NONE: u32 = 0;
@@ -34,7 +36,7 @@ pub enum Counter {
 pub const COUNTER_MAX: u32 = 8;
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VipKey {
     /// Network byte order, as `u32::from_ne_bytes(octets)`.
     pub addr: u32,
@@ -52,6 +54,18 @@ pub struct VipMeta {
     pub flags: u32,
     /// Network byte order.
     pub src_mask: u32,
+    /// Network byte order, IPv6 VIPs.
+    pub src_mask6: [u32; 4],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Vip6Key {
+    pub addr: [u8; 16],
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub pad: u8,
 }
 
 #[repr(C)]
@@ -63,6 +77,8 @@ pub struct Real {
     pub port: u16,
     pub mac: [u8; 6],
     pub flags: u32,
+    /// With `REAL_F_V6`.
+    pub addr6: [u8; 16],
 }
 
 #[repr(C)]
@@ -70,6 +86,17 @@ pub struct Real {
 pub struct FlowKey {
     pub src: u32,
     pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub pad: [u8; 3],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Flow6Key {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
@@ -97,6 +124,25 @@ pub struct NatRev {
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NatRev6 {
+    pub vip: [u8; 16],
+    pub vport: u16,
+    pub client_mac: [u8; 6],
+    pub director_mac: [u8; 6],
+    pub pad: u16,
+    pub ifindex: u32,
+    pub vip_id: u32,
+}
+
+/// Key of the decap program's `decap_vips6`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Decap6Key {
+    pub addr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
     pub packets: u64,
     pub bytes: u64,
@@ -112,6 +158,7 @@ pub struct Config {
     pub ring_size: u32,
     pub flags: u32,
     pub pad: u32,
+    pub director_addr6: [u8; 16],
 }
 
 // SAFETY: every type is #[repr(C)], built only of integers and byte arrays, with
@@ -127,6 +174,10 @@ mod pod {
     unsafe impl aya::Pod for NatRev {}
     unsafe impl aya::Pod for Stats {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for Vip6Key {}
+    unsafe impl aya::Pod for Flow6Key {}
+    unsafe impl aya::Pod for NatRev6 {}
+    unsafe impl aya::Pod for Decap6Key {}
 }
 
 /// `klvs_flow_hash` from the header, bit for bit: inputs are the raw 32-bit
@@ -173,9 +224,20 @@ mod tests {
             layout!(
                 "klvs_vip_meta",
                 VipMeta,
-                [vip_id, forwarding, flags, src_mask]
+                [vip_id, forwarding, flags, src_mask, src_mask6]
             ),
-            layout!("klvs_real", Real, [addr, port, mac, flags]),
+            layout!("klvs_vip6_key", Vip6Key, [addr, port, proto, pad]),
+            layout!("klvs_real", Real, [addr, port, mac, flags, addr6]),
+            layout!(
+                "klvs_flow6_key",
+                Flow6Key,
+                [src, dst, sport, dport, proto, pad]
+            ),
+            layout!(
+                "klvs_nat_rev6",
+                NatRev6,
+                [vip, vport, client_mac, director_mac, pad, ifindex, vip_id]
+            ),
             layout!(
                 "klvs_flow_key",
                 FlowKey,
@@ -191,14 +253,13 @@ mod tests {
             layout!(
                 "klvs_config",
                 Config,
-                [director_addr, ring_size, flags, pad]
+                [director_addr, ring_size, flags, pad, director_addr6]
             ),
         ]
     }
 
-    /// Struct layouts from the BTF of the compiled director object, read by bpftool.
-    fn btf_structs() -> HashMap<String, (usize, Vec<(String, usize)>)> {
-        let obj = concat!(env!("OUT_DIR"), "/director.o");
+    /// Struct layouts from the BTF of a compiled object, read by bpftool.
+    fn btf_structs(obj: &str) -> HashMap<String, (usize, Vec<(String, usize)>)> {
         // /usr/sbin is not on every user's PATH.
         let bpftool = ["bpftool", "/usr/sbin/bpftool"]
             .into_iter()
@@ -237,10 +298,26 @@ mod tests {
         structs
     }
 
+    fn layout_decap6() -> Layout {
+        (
+            "klvs_decap6_key",
+            size_of::<Decap6Key>(),
+            vec![("addr", offset_of!(Decap6Key, addr))],
+        )
+    }
+
     #[test]
     fn mirrors_match_btf_of_the_director_object() {
-        let btf = btf_structs();
-        for (name, size, fields) in mirrors() {
+        let btf = btf_structs(concat!(env!("OUT_DIR"), "/director.o"));
+        let decap = btf_structs(concat!(env!("OUT_DIR"), "/decap.o"));
+        let mut all = mirrors();
+        all.push(layout_decap6());
+        for (name, size, fields) in all {
+            let btf = if name == "klvs_decap6_key" {
+                &decap
+            } else {
+                &btf
+            };
             let (bsize, bfields) = btf
                 .get(name)
                 .unwrap_or_else(|| panic!("struct {name} not in the director object's BTF"));

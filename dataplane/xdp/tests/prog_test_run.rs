@@ -806,18 +806,18 @@ fn pinned_maps_with_other_sizes_are_refused() {
     opts.max_reals = 128;
     let err = XdpDirector::load(opts).unwrap_err();
     let _ = std::fs::remove_dir_all(&pin);
-    assert!(
-        matches!(
-            err,
-            kubelvs_xdp::XdpError::PinnedMapMismatch {
-                map: "reals",
-                found: 64,
-                wanted: 128,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    match err {
+        kubelvs_xdp::XdpError::PinnedMapMismatch {
+            map: "reals",
+            found,
+            wanted,
+            ..
+        } => {
+            assert_eq!((found.max_entries, wanted.max_entries), (64, 128));
+            assert_eq!(found.value_size, wanted.value_size);
+        }
+        other => panic!("{other}"),
+    }
 }
 
 #[test]
