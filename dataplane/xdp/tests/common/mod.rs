@@ -244,3 +244,101 @@ impl Drop for Netns {
             .status();
     }
 }
+
+pub fn ip6(s: &str) -> std::net::Ipv6Addr {
+    s.parse().unwrap()
+}
+
+fn pseudo6(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, proto: u8, len: usize) -> u32 {
+    let mut s = 0u32;
+    for o in [src.octets(), dst.octets()] {
+        for c in o.chunks(2) {
+            s += u32::from(u16::from_be_bytes([c[0], c[1]]));
+        }
+    }
+    s + u32::from(proto) + len as u32
+}
+
+/// IPv6 header (40 bytes, hop limit 64) followed by `payload`.
+pub fn ipv6(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
+    let mut h = vec![0x60, 0, 0, 0];
+    h.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    h.extend_from_slice(&[next, 64]);
+    h.extend_from_slice(&src.octets());
+    h.extend_from_slice(&dst.octets());
+    h.extend_from_slice(payload);
+    h
+}
+
+pub fn tcp6(
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    data: &[u8],
+) -> Vec<u8> {
+    let mut t = tcp(
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        sport,
+        dport,
+        flags,
+        data,
+    );
+    t[16..18].copy_from_slice(&[0, 0]);
+    let c = csum(&t, pseudo6(src, dst, 6, t.len()));
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    t
+}
+
+pub fn udp6(
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    sport: u16,
+    dport: u16,
+    data: &[u8],
+) -> Vec<u8> {
+    let mut u = udp(
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        sport,
+        dport,
+        data,
+    );
+    u[6..8].copy_from_slice(&[0, 0]);
+    let c = csum(&u, pseudo6(src, dst, 17, u.len()));
+    u[6..8].copy_from_slice(&(if c == 0 { 0xffff } else { c }).to_be_bytes());
+    u
+}
+
+/// Ethernet + IPv6 + TCP from client to (dst, dport).
+pub fn tcp6_frame(
+    src: std::net::Ipv6Addr,
+    sport: u16,
+    dst: std::net::Ipv6Addr,
+    dport: u16,
+    flags: u8,
+) -> Vec<u8> {
+    let seg = tcp6(src, dst, sport, dport, flags, b"GET / HTTP/1.0\r\n\r\n");
+    eth(DIRECTOR_MAC, CLIENT_MAC, 0x86dd, &ipv6(src, dst, 6, &seg))
+}
+
+/// Asserts the TCP/UDP checksum of the IPv6 packet at `off`.
+pub fn assert_checksums6(frame: &[u8], off: usize) {
+    let len = usize::from(u16::from_be_bytes([frame[off + 4], frame[off + 5]]));
+    let next = frame[off + 6];
+    let src: [u8; 16] = frame[off + 8..off + 24].try_into().unwrap();
+    let dst: [u8; 16] = frame[off + 24..off + 40].try_into().unwrap();
+    let l4 = &frame[off + 40..off + 40 + len];
+    assert_eq!(
+        csum(l4, pseudo6(src.into(), dst.into(), next, l4.len())),
+        0,
+        "L4 checksum over IPv6 (next header {next})"
+    );
+}
+
+pub fn mac6_of(a: &str) -> (IpAddr, Mac) {
+    let o = ip6(a).octets();
+    (IpAddr::V6(ip6(a)), [0x02, 0xbb, o[12], o[13], o[14], o[15]])
+}
