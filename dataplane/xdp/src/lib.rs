@@ -35,8 +35,9 @@
 //! - [`test_run`] wraps `BPF_PROG_TEST_RUN` (also live-frames mode) for fixtures,
 //!   benchmarks and traffic generators.
 //!
-//! Supported: IPv4 VIPs, TCP and UDP, forwarding `dr`, `tun` (IPIP) and `nat`,
-//! the scheduler is always Maglev (persistence hashes the masked client address).
+//! Supported: IPv4 and IPv6 VIPs, TCP and UDP, forwarding `dr`, `tun` (IPIP,
+//! IPv6-in-IPv6 for IPv6 VIPs) and `nat`; the scheduler is always Maglev
+//! (persistence hashes the masked client address).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
