@@ -929,3 +929,54 @@ fn a_pinned_link_to_a_deleted_interface_is_replaced() {
     let _ = std::fs::remove_dir_all(&pin);
     assert!(result.unwrap(), "attached to the new interface");
 }
+
+/// Persistence: every connection from one client network goes to one real
+/// server (the hash covers only the masked client address).
+#[test]
+#[ignore = "privileged: loads BPF"]
+fn persistence_keeps_a_client_network_on_one_real_server() {
+    let mut d = XdpDirector::load(small_opts()).unwrap();
+    let reals = [
+        ("198.51.100.21", 80, 1),
+        ("198.51.100.22", 80, 1),
+        ("198.51.100.23", 80, 1),
+    ];
+    let neigh: HashMap<IpAddr, Mac> = reals.iter().map(|r| mac_of(r.0)).collect();
+    let mut svc = service(VIP, 80, Forwarding::Dr, &reals);
+    svc.persistence = Some(kubelvs_model::Persistence {
+        timeout_seconds: 300,
+        prefix_length: 24,
+    });
+    d.apply(&[svc], &neigh).unwrap();
+    let owner = |client: &str, sport: u16| {
+        let f = tcp_frame(ip(client), sport, ip(VIP), 80, TCP_SYN);
+        let r = test_run(
+            d.program_fd(),
+            &TestRun {
+                data_in: &f,
+                repeat: 1,
+                ..TestRun::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(r.retval, XDP_TX);
+        reals
+            .iter()
+            .position(|x| mac_of(x.0).1 == r.data_out[0..6])
+            .unwrap()
+    };
+    // Many ports and hosts of 198.51.100.0/24: one real server.
+    let first = owner("198.51.100.5", 1000);
+    for (host, port) in [
+        ("198.51.100.5", 2000),
+        ("198.51.100.77", 3000),
+        ("198.51.100.250", 4000),
+    ] {
+        assert_eq!(owner(host, port), first, "{host}:{port}");
+    }
+    // Different client networks spread over the real servers.
+    let owners: std::collections::HashSet<usize> = (0..64u8)
+        .map(|n| owner(&format!("192.0.{n}.9"), 5000))
+        .collect();
+    assert_eq!(owners.len(), 3, "64 client networks all land on {owners:?}");
+}
