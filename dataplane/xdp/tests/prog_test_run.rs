@@ -945,7 +945,7 @@ fn persistence_keeps_a_client_network_on_one_real_server() {
     let mut svc = service(VIP, 80, Forwarding::Dr, &reals);
     svc.persistence = Some(kubelvs_model::Persistence {
         timeout_seconds: 300,
-        prefix_length: 24,
+        prefix_length: 28,
     });
     d.apply(&[svc], &neigh).unwrap();
     let owner = |client: &str, sport: u16| {
@@ -965,18 +965,19 @@ fn persistence_keeps_a_client_network_on_one_real_server() {
             .position(|x| mac_of(x.0).1 == r.data_out[0..6])
             .unwrap()
     };
-    // Many ports and hosts of 198.51.100.0/24: one real server.
+    // Many ports and hosts of 198.51.100.0/28: one real server.
     let first = owner("198.51.100.5", 1000);
     for (host, port) in [
         ("198.51.100.5", 2000),
-        ("198.51.100.77", 3000),
-        ("198.51.100.250", 4000),
+        ("198.51.100.1", 3000),
+        ("198.51.100.14", 4000),
     ] {
         assert_eq!(owner(host, port), first, "{host}:{port}");
     }
-    // Different client networks spread over the real servers.
-    let owners: std::collections::HashSet<usize> = (0..64u8)
-        .map(|n| owner(&format!("192.0.{n}.9"), 5000))
+    // Different client networks (the sixteen /28s of 203.0.113.0/24) spread
+    // over the real servers.
+    let owners: std::collections::HashSet<usize> = (0..16u8)
+        .map(|n| owner(&format!("203.0.113.{}", n * 16 + 9), 5000))
         .collect();
-    assert_eq!(owners.len(), 3, "64 client networks all land on {owners:?}");
+    assert_eq!(owners.len(), 3, "16 client networks all land on {owners:?}");
 }
