@@ -1133,6 +1133,9 @@ pub fn ensure_pin_dir(dir: &Path) -> Result<()> {
         path: dir.to_path_buf(),
         source,
     };
+    // Threads (parallel tests) must not each mount a bpffs over the other's.
+    static MOUNT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = MOUNT.lock().unwrap_or_else(|p| p.into_inner());
     let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(pin_err)?;
     let covered = mounts.lines().any(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
