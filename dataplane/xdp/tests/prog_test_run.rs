@@ -981,3 +981,113 @@ fn persistence_keeps_a_client_network_on_one_real_server() {
         .collect();
     assert_eq!(owners.len(), 3, "16 client networks all land on {owners:?}");
 }
+
+/// A removed real server's established flows are rescheduled (its id is marked
+/// dead), not sent to a stale or reused id.
+#[test]
+#[ignore = "privileged: loads BPF"]
+fn flows_of_a_removed_real_server_are_rescheduled() {
+    let mut d = XdpDirector::load(small_opts()).unwrap();
+    let reals = [("198.51.100.21", 80, 1), ("198.51.100.22", 80, 1)];
+    let neigh: HashMap<IpAddr, Mac> = reals.iter().map(|r| mac_of(r.0)).collect();
+    d.apply(&[service(VIP, 80, Forwarding::Dr, &reals)], &neigh)
+        .unwrap();
+    let dst_of = |d: &XdpDirector, sport: u16| {
+        let f = tcp_frame(ip(CLIENT), sport, ip(VIP), 80, TCP_ACK);
+        let r = test_run(
+            d.program_fd(),
+            &TestRun {
+                data_in: &f,
+                repeat: 1,
+                ..TestRun::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(r.retval, XDP_TX);
+        let m: Mac = r.data_out[0..6].try_into().unwrap();
+        m
+    };
+    // Find a flow owned by the first real server.
+    let sport = (1000..2000u16)
+        .find(|p| dst_of(&d, *p) == mac_of(reals[0].0).1)
+        .expect("some flow lands on the first real server");
+    let rep = d
+        .apply(&[service(VIP, 80, Forwarding::Dr, &reals[1..])], &neigh)
+        .unwrap();
+    assert_eq!(rep.real_servers_removed, 1);
+    assert_eq!(
+        dst_of(&d, sport),
+        mac_of(reals[1].0).1,
+        "rescheduled to the remaining server"
+    );
+}
+
+/// Random corruptions of valid frames: the verdict is always one the director
+/// can give, and a passed frame is untouched.
+#[test]
+#[ignore = "privileged: loads BPF"]
+fn corrupted_frames_never_abort_and_pass_untouched() {
+    let mut d = XdpDirector::load(small_opts()).unwrap();
+    let neigh: HashMap<IpAddr, Mac> = [mac_of("198.51.100.11")].into();
+    d.apply(
+        &[
+            service(VIP, 80, Forwarding::Dr, &[("198.51.100.11", 80, 1)]),
+            service(VIP, 81, TUN, &[("198.51.100.11", 81, 1)]),
+            service(VIP, 82, Forwarding::Nat, &[("198.51.100.11", 8082, 1)]),
+            service(
+                "2001:db8::10",
+                80,
+                Forwarding::Dr,
+                &[("2001:db8::11", 80, 1)],
+            ),
+        ],
+        &neigh,
+    )
+    .unwrap();
+    let seeds = [
+        tcp_frame(ip(CLIENT), 40000, ip(VIP), 80, TCP_SYN),
+        tcp_frame(ip(CLIENT), 40000, ip(VIP), 81, TCP_SYN),
+        tcp_frame(ip(CLIENT), 40000, ip(VIP), 82, TCP_SYN),
+        tcp6_frame(
+            ip6("2001:db8:1::5"),
+            40000,
+            ip6("2001:db8::10"),
+            80,
+            TCP_SYN,
+        ),
+    ];
+    // xorshift: deterministic, no dependency.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..4000 {
+        let mut f = seeds[i % seeds.len()].clone();
+        for _ in 0..(next() % 4 + 1) {
+            let pos = (next() as usize) % f.len();
+            f[pos] = next() as u8;
+        }
+        let cut = 14 + (next() as usize) % (f.len() - 13);
+        f.truncate(cut);
+        let r = test_run(
+            d.program_fd(),
+            &TestRun {
+                data_in: &f,
+                repeat: 1,
+                ..TestRun::default()
+            },
+        )
+        .unwrap();
+        assert!(
+            [XDP_DROP, XDP_PASS, XDP_TX].contains(&r.retval),
+            "verdict {} for {f:02x?}",
+            r.retval
+        );
+        if r.retval == XDP_PASS {
+            assert_eq!(r.data_out, f, "a passed frame is untouched");
+        }
+    }
+}
