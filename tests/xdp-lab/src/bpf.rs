@@ -185,3 +185,37 @@ impl Generator {
         Ok(values.iter().sum())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Rust mirrors have the sizes the compiled object's maps declare (from
+    /// bpf/lab.h), checked without loading anything into the kernel.
+    #[test]
+    fn mirrors_match_the_maps_of_the_object() {
+        let obj = aya_obj::Object::parse(LAB_OBJ).unwrap();
+        let map = |name: &str| {
+            obj.maps
+                .get(name)
+                .unwrap_or_else(|| panic!("map {name} in lab.bpf.o"))
+        };
+        let size = |n: usize| u32::try_from(n).unwrap();
+        assert_eq!(
+            map("lab_gen_config").value_size(),
+            size(std::mem::size_of::<GenConfig>())
+        );
+        assert_eq!(
+            map("lab_fdb").key_size(),
+            size(std::mem::size_of::<LabMac>())
+        );
+        assert_eq!(
+            map("lab_fwd_mac").value_size(),
+            size(std::mem::size_of::<LabMac>())
+        );
+        for counter in ["lab_gen_sent", "lab_rx_count"] {
+            assert_eq!(map(counter).value_size(), 8, "{counter}");
+        }
+        assert_eq!(std::mem::size_of::<GenConfig>(), GEN_HEADERS + 6);
+    }
+}

@@ -24,9 +24,21 @@ pub struct PinDir {
 }
 
 impl PinDir {
+    /// `name` under bpffs. Pins left there by a killed run of a process with our
+    /// pid (names carry the pid) are removed: the loader would adopt them.
     pub fn new(name: &str) -> Self {
-        Self {
+        let pin = Self {
             path: Path::new(BPFFS).join(name),
+        };
+        pin.remove();
+        pin
+    }
+
+    fn remove(&self) {
+        if self.path.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&self.path) {
+                eprintln!("xdp-lab: cleanup {}: {e}", self.path.display());
+            }
         }
     }
 
@@ -37,11 +49,7 @@ impl PinDir {
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        if self.path.exists() {
-            if let Err(e) = std::fs::remove_dir_all(&self.path) {
-                eprintln!("xdp-lab: cleanup {}: {e}", self.path.display());
-            }
-        }
+        self.remove();
     }
 }
 

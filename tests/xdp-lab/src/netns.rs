@@ -30,9 +30,17 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// Creates the namespace `name` (it must not exist) with its loopback up.
+    /// Creates the namespace `name` with its loopback up. A namespace of that name
+    /// can only be left over from a killed run of a process with our pid (names
+    /// carry the pid): it is deleted first.
     pub fn create(name: &str) -> Result<Self> {
-        cmd::run("ip", &["netns", "add", name])?;
+        if let Err(e) = cmd::run("ip", &["netns", "add", name]) {
+            if !std::path::Path::new("/run/netns").join(name).exists() {
+                return Err(e);
+            }
+            cmd::run("ip", &["netns", "del", name])?;
+            cmd::run("ip", &["netns", "add", name])?;
+        }
         let ns = Self {
             name: name.to_owned(),
         };

@@ -167,3 +167,21 @@ fn nftables_dnat_round_robins_real_tcp_over_the_real_servers() {
         assert!((9..=11).contains(&spread.count(rs)), "{spread:?}");
     }
 }
+
+#[test]
+#[ignore = "privileged: netns"]
+fn a_namespace_left_by_a_killed_run_is_replaced() {
+    let name = format!("{}-stale", kubelvs_xdp_lab::netns::unique_prefix());
+    // A run killed before its guards ran leaves the namespace behind.
+    let leaked = kubelvs_xdp_lab::Netns::create(&name).unwrap();
+    leaked
+        .ip(&["link", "add", "br0", "type", "bridge"])
+        .unwrap();
+    std::mem::forget(leaked);
+
+    let fresh = kubelvs_xdp_lab::Netns::create(&name).unwrap();
+    // A fresh namespace: the leftover's bridge is gone with it.
+    assert!(fresh.ip(&["link", "show", "br0"]).is_err());
+    drop(fresh);
+    assert!(!Path::new("/run/netns").join(&name).exists());
+}

@@ -29,7 +29,9 @@ fn smoke(switch: Switch) {
         assert_every_real_server_got_some(&format!("{switch:?} {}", director.name()), &t);
     }
     // The floor forwards everything to rs1.
-    let floor = bench.measure_director(Director::Floor, warmup, duration).unwrap();
+    let floor = bench
+        .measure_director(Director::Floor, warmup, duration)
+        .unwrap();
     assert!(floor.per_real_server[0] > 0, "{floor:?}");
     assert_eq!(floor.per_real_server[1..], [0, 0], "{floor:?}");
     // Each director was removed after its measurement.
