@@ -56,7 +56,7 @@ pub mod maps;
 mod neigh;
 pub mod sys;
 
-pub use neigh::{parse_mac, parse_proc_net_arp, read_neighbours};
+pub use neigh::{parse_ip_neigh, parse_mac, parse_proc_net_arp, read_neighbours, read_neighbours6};
 pub use sys::{enter_netns, ifindex, test_run, TestRun, TestRunResult, XdpMd};
 
 use maps::*;

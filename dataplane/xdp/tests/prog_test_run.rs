@@ -511,6 +511,10 @@ fn tun_encapsulates_with_fib_next_hop_and_valid_checksum() {
     let (ns, v0mac) = fib_lab();
     ns.run(|| {
         let ifindex = kubelvs_xdp::ifindex("v0").unwrap();
+        // The neighbour helper sees this thread's namespace.
+        let neigh = kubelvs_xdp::read_neighbours(Some("v0")).unwrap();
+        assert_eq!(neigh.get(&IpAddr::V4(ip("192.0.2.20"))), Some(&mac_of("192.0.2.20").1));
+        assert_eq!(neigh.len(), 2, "{neigh:?}");
         let mut d = XdpDirector::load(small_opts()).unwrap();
         d.apply(
             &[
