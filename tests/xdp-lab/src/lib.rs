@@ -7,7 +7,18 @@
 //!
 //! On top of it: real TCP servers that answer with their identity ([`server`]), a
 //! client that records which real server answered ([`client`]), the nftables DNAT load
-//! balancer LVS is compared with ([`nft`]).
+//! balancer LVS is compared with ([`nft`]), the XDP director of `kubelvs-xdp` attached
+//! to the director host ([`director`]), and a datapath throughput harness
+//! ([`bench`]): a live-frames traffic generator ([`prog_run`], BPF in
+//! `bpf/lab.bpf.c`) and XDP counters on the real servers.
+//!
+//! A network namespace belongs to a thread: everything that must run inside one goes
+//! through [`Netns::run`], [`Netns::spawn`] or an [`actor::NsActor`].
+//!
+//! Tests: `tests/lab.rs` (the lab itself, nftables DNAT), `tests/xdp_director.rs`
+//! (real TCP through the XDP director), `tests/throughput.rs` (the harness); all
+//! `#[ignore]`d as privileged. The benchmark: `cargo run --release -p
+//! kubelvs-xdp-lab --bin xdp-throughput` (see BENCHMARKS.md).
 
 pub mod actor;
 pub mod bench;

@@ -291,3 +291,59 @@ fn restarting_the_loader_keeps_a_long_lived_connection() {
         Some(SocketAddr::new(IpAddr::V4(rs_addr), PORT))
     );
 }
+
+#[test]
+#[ignore = "privileged: netns + XDP"]
+fn quiesced_real_server_keeps_its_connections_and_gets_no_new_ones() {
+    let x = XdpLab::build(LabConfig::default()).unwrap();
+    let _servers = x.lab.start_servers(PORT).unwrap();
+    x.apply(vec![service(
+        &x.lab,
+        PORT,
+        Protocol::Tcp,
+        Forwarding::Dr,
+        &[1, 1, 1],
+        PORT,
+    )])
+    .unwrap();
+    let vip = vip(&x);
+    // Connections until one lands on rs1 (a third of them do).
+    let mut on_rs1 = x
+        .lab
+        .client
+        .netns
+        .run(move || -> kubelvs_xdp_lab::Result<client::Conn> {
+            for _ in 0..100 {
+                let c = client::open_with_retry(vip, TIMEOUT)?;
+                if c.real_server() == "rs1" {
+                    return Ok(c);
+                }
+                c.reset();
+            }
+            panic!("no connection reached rs1 in 100");
+        })
+        .unwrap()
+        .unwrap();
+
+    // Weight 0 (a failed health check, or drain): quiesced, not removed.
+    x.apply(vec![service(
+        &x.lab,
+        PORT,
+        Protocol::Tcp,
+        Forwarding::Dr,
+        &[0, 1, 1],
+        PORT,
+    )])
+    .unwrap();
+    assert_eq!(on_rs1.echo("still here").unwrap(), "rs1 still here");
+    let spread = x
+        .lab
+        .client
+        .netns
+        .run(move || client::spread(vip, 90, TIMEOUT))
+        .unwrap()
+        .unwrap();
+    assert_eq!(spread.count("rs1"), 0, "{spread:?}");
+    assert_eq!(spread.total(), 90);
+    assert_eq!(on_rs1.echo("and still").unwrap(), "rs1 and still");
+}
