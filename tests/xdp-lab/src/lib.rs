@@ -9,7 +9,7 @@
 //! client that records which real server answered ([`client`]), the nftables DNAT load
 //! balancer LVS is compared with ([`nft`]), the XDP director of `kubelvs-xdp` attached
 //! to the director host ([`director`]), and a datapath throughput harness
-//! ([`bench`]): a live-frames traffic generator ([`prog_run`], BPF in
+//! ([`mod@bench`]): a live-frames traffic generator ([`prog_run`], BPF in
 //! `bpf/lab.bpf.c`) and XDP counters on the real servers.
 //!
 //! A network namespace belongs to a thread: everything that must run inside one goes
