@@ -15,10 +15,14 @@ use crate::error::Error;
 use crate::nl::{self, NlKind};
 use crate::table::{KernelDest, KernelService, ServiceId};
 
-/// Receive buffer for one datagram: dump skbs are sized up to 32 KiB from it.
-const RECV_BUF: usize = 64 * 1024;
+/// Receive slot per datagram: the kernel sizes dump skbs from it, up to 32 KiB.
+const DUMP_SLOT: usize = 32 * 1024;
+/// Receive buffer: four dump datagrams (or 256 acknowledgements) per syscall.
+const RECV_BUF: usize = 4 * DUMP_SLOT;
 /// Socket buffers: room for the acknowledgements of a whole batch.
 const SOCK_BUF: usize = 8 * 1024 * 1024;
+/// Receive slot per acknowledgement in batches (an ack with NETLINK_CAP_ACK is 36 bytes).
+const ACK_SLOT: usize = 512;
 /// Requests per `send` in [`IpvsClient::execute_batch`].
 const DEFAULT_BATCH: usize = 1024;
 
@@ -239,43 +243,55 @@ impl IpvsClient {
         let service_af = msg.service.as_ref().and_then(|s| s.af);
         let mut out = Vec::new();
         loop {
-            let n = self.recv("recv")?;
+            // Several datagrams per syscall: a dump's next part (and its DONE) is
+            // produced while the previous one is read, so one recvmmsg takes them all.
+            let got = self
+                .sock
+                .recv_many(&mut self.buf, DUMP_SLOT)
+                .map_err(|source| Error::Socket { op: "recv", source })?;
             let buf = std::mem::take(&mut self.buf);
             let r: Result<bool, Error> = (|| {
-                for m in nl::messages(&buf[..n]) {
-                    let m = m.map_err(|source| decode_err(msg.cmd.name(), source))?;
-                    if m.header.seq != seq {
-                        if seq_is_older(m.header.seq, seq) {
-                            // Left over from an earlier request that failed half-way.
-                            continue;
-                        }
-                        return Err(Error::Sequence {
-                            expected: seq,
-                            got: m.header.seq,
-                        });
-                    }
-                    match m
-                        .kind()
-                        .map_err(|source| decode_err(msg.cmd.name(), source))?
-                    {
-                        NlKind::Ack { errno: 0 } => return Ok(true),
-                        NlKind::Ack { errno } | NlKind::Done { errno } if errno != 0 => {
-                            return Err(Error::Kernel {
-                                cmd: msg.cmd,
-                                object: describe(msg),
-                                errno,
-                            })
-                        }
-                        NlKind::Done { .. } => return Ok(true),
-                        NlKind::Data(p) => {
-                            let decoded = match service_af {
-                                Some(af) => IpvsMessage::decode_with_service_af(p, af),
-                                None => IpvsMessage::decode(p),
+                for (slot, len) in got.iter().enumerate() {
+                    let len = len.ok_or_else(|| Error::Socket {
+                        op: "recv",
+                        source: std::io::Error::other("netlink datagram larger than 32 KiB"),
+                    })?;
+                    let start = slot * DUMP_SLOT;
+                    for m in nl::messages(&buf[start..start + len]) {
+                        let m = m.map_err(|source| decode_err(msg.cmd.name(), source))?;
+                        if m.header.seq != seq {
+                            if seq_is_older(m.header.seq, seq) {
+                                // Left over from an earlier request that failed half-way.
+                                continue;
                             }
-                            .map_err(|source| decode_err(msg.cmd.name(), source))?;
-                            out.push(decoded);
+                            return Err(Error::Sequence {
+                                expected: seq,
+                                got: m.header.seq,
+                            });
                         }
-                        _ => {}
+                        match m
+                            .kind()
+                            .map_err(|source| decode_err(msg.cmd.name(), source))?
+                        {
+                            NlKind::Ack { errno: 0 } => return Ok(true),
+                            NlKind::Ack { errno } | NlKind::Done { errno } if errno != 0 => {
+                                return Err(Error::Kernel {
+                                    cmd: msg.cmd,
+                                    object: describe(msg),
+                                    errno,
+                                })
+                            }
+                            NlKind::Done { .. } => return Ok(true),
+                            NlKind::Data(p) => {
+                                let decoded = match service_af {
+                                    Some(af) => IpvsMessage::decode_with_service_af(p, af),
+                                    None => IpvsMessage::decode(p),
+                                }
+                                .map_err(|source| decode_err(msg.cmd.name(), source))?;
+                                out.push(decoded);
+                            }
+                            _ => {}
+                        }
                     }
                 }
                 Ok(false)
@@ -376,7 +392,9 @@ impl IpvsClient {
                 continue;
             }
             while !by_seq.is_empty() {
-                let got = match self.recv("recv batch acknowledgements") {
+                // Many acknowledgements per syscall: one recvmsg per ack would cost
+                // as much as the writes themselves.
+                let got = match self.sock.recv_many(&mut self.buf, ACK_SLOT) {
                     Ok(got) => got,
                     Err(e) => {
                         // ENOBUFS (acks dropped) or the receive timeout: the rest is unknown.
@@ -390,19 +408,24 @@ impl IpvsClient {
                         break;
                     }
                 };
-                for m in nl::messages(&self.buf[..got]) {
-                    let Ok(m) = m else { break };
-                    let Ok(NlKind::Ack { errno }) = m.kind() else {
-                        continue;
-                    };
-                    let Some(i) = by_seq.remove(&m.header.seq) else {
-                        continue;
-                    };
-                    results[i] = Some(if errno == 0 {
-                        Ok(())
-                    } else {
-                        Err(Failure::Errno(errno))
-                    });
+                for (slot, len) in got.into_iter().enumerate() {
+                    // A datagram longer than a slot is not an ack (data is skipped).
+                    let Some(len) = len else { continue };
+                    let start = slot * ACK_SLOT;
+                    for m in nl::messages(&self.buf[start..start + len]) {
+                        let Ok(m) = m else { break };
+                        let Ok(NlKind::Ack { errno }) = m.kind() else {
+                            continue;
+                        };
+                        let Some(i) = by_seq.remove(&m.header.seq) else {
+                            continue;
+                        };
+                        results[i] = Some(if errno == 0 {
+                            Ok(())
+                        } else {
+                            Err(Failure::Errno(errno))
+                        });
+                    }
                 }
             }
         }
@@ -682,6 +705,54 @@ mod sys {
                 };
                 if r >= 0 {
                     return Ok(());
+                }
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+
+        /// Up to `buf.len() / slot` datagrams in one recvmmsg (waits for the first only),
+        /// each into its own `slot`-sized part of `buf`. Returns, per datagram received,
+        /// its length, or `None` if it did not fit its slot.
+        pub fn recv_many(&self, buf: &mut [u8], slot: usize) -> io::Result<Vec<Option<usize>>> {
+            let n = (buf.len() / slot).clamp(1, 1024);
+            let base = buf.as_mut_ptr();
+            let mut iovs: Vec<libc::iovec> = (0..n)
+                .map(|i| libc::iovec {
+                    // SAFETY: i * slot + slot <= buf.len(), so the pointer stays in buf.
+                    iov_base: unsafe { base.add(i * slot) }.cast(),
+                    iov_len: slot,
+                })
+                .collect();
+            // SAFETY: mmsghdr is plain old data; all-zero is a valid value.
+            let mut msgs: Vec<libc::mmsghdr> =
+                (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
+            for (m, iov) in msgs.iter_mut().zip(iovs.iter_mut()) {
+                m.msg_hdr.msg_iov = iov;
+                m.msg_hdr.msg_iovlen = 1;
+            }
+            loop {
+                // SAFETY: msgs and iovs live across the call and point into buf,
+                // which is borrowed mutably for this whole function.
+                let r = unsafe {
+                    libc::recvmmsg(
+                        self.0.as_raw_fd(),
+                        msgs.as_mut_ptr(),
+                        n as libc::c_uint,
+                        libc::MSG_WAITFORONE,
+                        std::ptr::null_mut(),
+                    )
+                };
+                if r >= 0 {
+                    return Ok(msgs[..r as usize]
+                        .iter()
+                        .map(|m| {
+                            (m.msg_hdr.msg_flags & libc::MSG_TRUNC == 0)
+                                .then_some(m.msg_len as usize)
+                        })
+                        .collect());
                 }
                 let e = io::Error::last_os_error();
                 if e.kind() != io::ErrorKind::Interrupted {
