@@ -76,14 +76,26 @@ impl Netns {
     }
 
     /// Sets sysctl `key` (e.g. `net.ipv4.ip_forward`) inside the namespace.
+    /// `/proc/sys/net` shows the network namespace of the thread that opens it.
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        self.exec("sysctl", &["-q", "-w", &format!("{key}={value}")])
-            .map(drop)
+        let path = sysctl_path(key);
+        self.run(|| std::fs::write(&path, value))?
+            .map_err(|source| LabError::Io {
+                what: format!("sysctl {key}={value} in {}", self.name),
+                source,
+            })
     }
 
     /// Reads sysctl `key` inside the namespace.
     pub fn sysctl_get(&self, key: &str) -> Result<String> {
-        Ok(self.exec("sysctl", &["-n", key])?.trim().to_owned())
+        let path = sysctl_path(key);
+        let value = self
+            .run(|| std::fs::read_to_string(&path))?
+            .map_err(|source| LabError::Io {
+                what: format!("sysctl {key} in {}", self.name),
+                source,
+            })?;
+        Ok(value.trim().to_owned())
     }
 
     /// Interface index of `ifname` inside the namespace.
@@ -133,6 +145,11 @@ impl Netns {
                 source,
             })
     }
+}
+
+/// `net.ipv4.ip_forward` -> `/proc/sys/net/ipv4/ip_forward`.
+fn sysctl_path(key: &str) -> String {
+    format!("/proc/sys/{}", key.replace('.', "/"))
 }
 
 /// Moves the calling thread into the namespace `/run/netns/<name>`.
