@@ -8,7 +8,8 @@
  * work around no director at all: the difference is the director's cost.
  *
  * Flows follow the userspace benchmark's scheme: flow i is client address
- * 198.18.0.0 | (i >> 14), port 1024 + (i & 0x3fff) (198.18.0.0/15, RFC 2544).
+ * 198.18.0.0 | (i >> 14), port 1024 + (i & 0x3fff) (198.18.0.0/15, RFC 2544);
+ * for IPv6 frames the last 32 bits of the client address are i >> 14.
  */
 #include "director.c"
 
@@ -19,7 +20,7 @@ struct klvs_bench_cfg {
 	__u32 base;
 	__u32 count;
 	__u32 stride;
-	__u32 pad;
+	__u32 ipv6; /* the frame is IPv6 */
 };
 
 struct {
@@ -56,6 +57,14 @@ static __always_inline int bench_prepare(struct xdp_md *ctx, __u8 *saved, __u32 
 	__u32 n = (*seq)++;
 	__u32 i = cfg->base + (n % cfg->count) * cfg->stride;
 
+	if (cfg->ipv6) {
+		struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+		__be16 *sport = (void *)(ip6 + 1);
+
+		ip6->saddr.in6_u.u6_addr32[3] = bpf_htonl(i >> 14);
+		*sport = bpf_htons(1024 + (i & 0x3fff));
+		return 0;
+	}
 	struct iphdr *iph = data + sizeof(struct ethhdr);
 	__be16 *sport = data + sizeof(struct ethhdr) + sizeof(struct iphdr);
 

@@ -19,7 +19,7 @@
 //! Synthetic flows come from 198.18.0.0/15 (RFC 2544 benchmarking range).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::BorrowedFd;
 use std::process::Command;
 
@@ -28,7 +28,7 @@ use kubelvs_model::{
     ServiceKey, Tunnel,
 };
 use kubelvs_xdp::bench::{BenchCfg, BenchDirector};
-use kubelvs_xdp::maps::{Conn, FlowKey};
+use kubelvs_xdp::maps::{Conn, Flow6Key, FlowKey};
 use kubelvs_xdp::{test_run, DirectorOptions, TestRun, XdpDirector, XdpPass, XDP_TX};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
@@ -339,7 +339,7 @@ fn main() {
                         base: residue,
                         count,
                         stride,
-                        pad: 0,
+                        ipv6: 0,
                     })
                     .unwrap();
                 let e = wrapped(bench.empty_fd(), &f, XDP_TX, 100_000);
@@ -356,7 +356,7 @@ fn main() {
                     base: new_base,
                     count: 1 << 30,
                     stride: 1,
-                    pad: 0,
+                    ipv6: 0,
                 })
                 .unwrap();
             new_base += 1 << 26;
@@ -370,8 +370,10 @@ fn main() {
         }
     }
 
-    // Method 2: repeat=1 per syscall, on a fresh director with the same fills.
     drop(bench);
+    ipv6_rows(ifindex);
+
+    // Method 2: repeat=1 per syscall, on a fresh director with the same fills.
     let mut opts = DirectorOptions::new(Ipv4Addr::new(192, 0, 2, 1));
     opts.max_vips = 4;
     // Room for 1M pre-filled flows plus the new ones on each CPU's LRU list
@@ -436,6 +438,150 @@ fn main() {
                 "new",
                 m - empty_med
             );
+        }
+    }
+}
+
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
+
+/// Flow i over IPv6: client 2001:db8:1::(i >> 14), port 1024 + (i & 0x3fff), as bench.c writes it.
+fn flow6(i: u32) -> (Ipv6Addr, u16) {
+    let hi = (i >> 14) as u16;
+    let lo = ((i >> 14) >> 16) as u16;
+    (
+        Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, lo, hi),
+        1024 + (i & 0x3fff) as u16,
+    )
+}
+
+/// Ethernet + IPv6 + TCP ACK with 64 bytes of payload (the director checks no L4 checksum).
+fn frame6(src: Ipv6Addr, sport: u16, dport: u16) -> Vec<u8> {
+    let mut f = vec![
+        2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x86, 0xdd, 0x60, 0, 0, 0,
+    ];
+    f.extend_from_slice(&(20u16 + 64).to_be_bytes());
+    f.extend_from_slice(&[6, 64]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&VIP6.octets());
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x10, 0xff, 0xff, 0, 0, 0, 0]);
+    f.extend_from_slice(&[0x61; 64]);
+    f
+}
+
+/// The wrapped method for IPv6 VIPs: DR and IPv6-in-IPv6 with caller MACs.
+fn ipv6_rows(ifindex: u32) {
+    let mut opts = DirectorOptions::new(Ipv4Addr::new(192, 0, 2, 1));
+    opts.director_addr6 = Some(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
+    opts.max_vips = 4;
+    opts.conn_table_size = 1 << 22;
+    let mut bench = BenchDirector::load(opts).expect("load director");
+    let reals: Vec<Ipv6Addr> = (0x20..0x2a)
+        .map(|i| Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, i))
+        .collect();
+    let neigh: HashMap<IpAddr, [u8; 6]> = reals
+        .iter()
+        .map(|r| (IpAddr::V6(*r), [2, 0xcc, 0, 0, 0, r.octets()[15]]))
+        .collect();
+    let svc = |port: u16, forwarding: Forwarding| {
+        let mut s = service(port, forwarding, &[]);
+        s.key.vip = IpAddr::V6(VIP6);
+        s.real_servers = reals
+            .iter()
+            .map(|a| RealServer {
+                address: IpAddr::V6(*a),
+                port,
+                weight: 1,
+                source: ObjectRef::new("RealServer", "bench", "rs"),
+            })
+            .collect();
+        s
+    };
+    bench
+        .director
+        .apply(
+            &[
+                svc(80, Forwarding::Dr),
+                svc(81, Forwarding::Tun(Tunnel::Ipip)),
+            ],
+            &neigh,
+        )
+        .expect("apply IPv6");
+    let wrapped = |fd: BorrowedFd<'_>, f: &[u8], repeat: u32| -> u32 {
+        (0..7)
+            .map(|_| {
+                let r = test_run(
+                    fd,
+                    &TestRun {
+                        data_in: f,
+                        repeat,
+                        ingress_ifindex: Some(ifindex),
+                        ..TestRun::default()
+                    },
+                )
+                .unwrap();
+                assert_eq!(r.retval, XDP_TX, "unexpected verdict: {r:?}");
+                r.duration_ns
+            })
+            .min()
+            .unwrap()
+    };
+    println!("== IPv6 VIPs, wrapped as above, ns/packet");
+    let mut filled = 0u32;
+    let mut new_base = 1u32 << 24;
+    for target in [10_000u32, 1_000_000] {
+        for i in filled..target {
+            let (src, sport) = flow6(i);
+            let dport = 80 + (i % 2) as u16;
+            let key = Flow6Key {
+                src: src.octets(),
+                dst: VIP6.octets(),
+                sport: sport.to_be(),
+                dport: dport.to_be(),
+                proto: 6,
+                pad: [0; 3],
+            };
+            let d = &mut bench.director;
+            let vip_id = d
+                .vip_id(&ServiceKey {
+                    vip: IpAddr::V6(VIP6),
+                    port: dport,
+                    protocol: Protocol::Tcp,
+                })
+                .unwrap();
+            let real_id = d.real_id(reals[(i % 10) as usize], dport).unwrap();
+            d.insert_connection6(&key, &Conn { real_id, vip_id })
+                .unwrap();
+        }
+        filled = target;
+        for (fwd, port) in [("dr6", 80u16), ("tun6", 81)] {
+            let (s0, p0) = flow6(0);
+            let f = frame6(s0, p0, port);
+            let residue = u32::from(port - 80);
+            let per_vip = target / 2;
+            for (what, count, stride, base) in [
+                ("est-hot", 1024, 2 * (per_vip / 1024), residue),
+                ("est-all", per_vip, 2, residue),
+                ("new", 1 << 30, 1, new_base),
+            ] {
+                bench
+                    .set_flows(BenchCfg {
+                        base,
+                        count,
+                        stride,
+                        ipv6: 1,
+                    })
+                    .unwrap();
+                let repeat = if what == "new" { 10_000 } else { 100_000 };
+                let e = wrapped(bench.empty_fd(), &f, repeat);
+                let m = wrapped(bench.director_fd(), &f, repeat);
+                println!(
+                    "{target:<10} {fwd:<8} {what:<12} {m:>10} {e:>10} {:>8}",
+                    i64::from(m) - i64::from(e)
+                );
+            }
+            new_base += 1 << 26;
         }
     }
 }

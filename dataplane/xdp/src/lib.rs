@@ -913,6 +913,11 @@ impl XdpDirector {
         self.conns.insert(flow, conn, 0).map_err(map_err("conns"))
     }
 
+    /// [`XdpDirector::insert_connection`] for an IPv6 flow.
+    pub fn insert_connection6(&mut self, flow: &Flow6Key, conn: &Conn) -> Result<()> {
+        self.conns6.insert(flow, conn, 0).map_err(map_err("conns6"))
+    }
+
     /// The VIP id apply gave a service, if it is programmed (indexes rings and vip_stats).
     pub fn vip_id(&self, key: &ServiceKey) -> Option<u32> {
         let vk = vip_key(key).ok()?;
@@ -1346,7 +1351,8 @@ pub mod bench {
         pub base: u32,
         pub count: u32,
         pub stride: u32,
-        pub pad: u32,
+        /// Non-zero: the frame is IPv6.
+        pub ipv6: u32,
     }
 
     #[allow(unsafe_code)]
