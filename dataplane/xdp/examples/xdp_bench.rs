@@ -446,10 +446,10 @@ const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
 
 /// Flow i over IPv6: client 2001:db8:1::(i >> 14), port 1024 + (i & 0x3fff), as bench.c writes it.
 fn flow6(i: u32) -> (Ipv6Addr, u16) {
-    let hi = (i >> 14) as u16;
-    let lo = ((i >> 14) >> 16) as u16;
+    let host = i >> 14;
+    let (high, low) = ((host >> 16) as u16, host as u16);
     (
-        Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, lo, hi),
+        Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, high, low),
         1024 + (i & 0x3fff) as u16,
     )
 }
