@@ -146,6 +146,40 @@ pub fn parse_list(text: &str) -> Result<BTreeMap<String, ListedService>, ParseEr
     Ok(services)
 }
 
+/// Per-real-server numeric columns of `ipvsadm -Ln --stats --exact` or
+/// `ipvsadm -Ln --persistent-conn`: service key -> real server -> columns after the address.
+pub fn parse_columns(
+    text: &str,
+) -> Result<BTreeMap<String, BTreeMap<String, Vec<u64>>>, ParseError> {
+    let mut out: BTreeMap<String, BTreeMap<String, Vec<u64>>> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for (i, raw) in text.lines().enumerate() {
+        let words: Vec<&str> = raw.split_whitespace().collect();
+        match words[..] {
+            ["->", addr, ref cols @ ..] if addr.contains(':') && !cols.is_empty() => {
+                let key = current
+                    .as_ref()
+                    .ok_or_else(|| err(i + 1, raw, "real server before any service"))?;
+                let nums = cols
+                    .iter()
+                    .map(|c| c.parse::<u64>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| err(i + 1, raw, "non-numeric column"))?;
+                out.entry(key.clone())
+                    .or_default()
+                    .insert(addr.to_owned(), nums);
+            }
+            [proto @ ("TCP" | "UDP" | "SCTP" | "FWM"), addr, ..] => {
+                let key = format!("{proto} {addr}");
+                out.entry(key.clone()).or_default();
+                current = Some(key);
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
 fn socket(addr: IpAddr, port: u16) -> String {
     SocketAddr::new(addr, port).to_string()
 }
@@ -333,6 +367,28 @@ FWM  5 wlc
         assert_eq!(p.dests["192.0.2.13:80"].forward, "Route");
         assert!(t["UDP [2001:db8::1]:53"].one_packet);
         assert_eq!(t["FWM 5"].dests["192.0.2.11:0"].forward, "Tunnel");
+    }
+
+    #[test]
+    fn parses_stats_and_persistent_columns() {
+        let stats = "\
+Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes
+  -> RemoteAddress:Port
+TCP  203.0.113.5:80                    600     3600     2400   190000   150000
+  -> 192.0.2.11:8080                   100      600      400    31000    25000
+";
+        let t = parse_columns(stats).unwrap();
+        assert_eq!(t["TCP 203.0.113.5:80"]["192.0.2.11:8080"][0], 100);
+        let persist = "\
+Prot LocalAddress:Port            Weight    PersistConn ActiveConn InActConn
+  -> RemoteAddress:Port
+TCP  203.0.113.7:80 rr persistent 60
+  -> 192.0.2.11:8080              1         3          0          12
+";
+        let t = parse_columns(persist).unwrap();
+        assert_eq!(t["TCP 203.0.113.7:80"]["192.0.2.11:8080"], [1, 3, 0, 12]);
+        assert!(parse_columns("  -> 1.2.3.4:80 1 2").is_err());
+        assert!(parse_columns("TCP 1.2.3.4:80\n  -> 1.2.3.5:80 1 x").is_err());
     }
 
     #[test]

@@ -325,7 +325,42 @@ fn wrr(lab: &Lab) -> Result<String, String> {
             ));
         }
     }
-    Ok(format!("600 connections, weights 1:2:3 -> {counts:?}"))
+    // The kernel's own per-real-server counters must agree with what the clients saw.
+    // The estimator folds the per-CPU counters into what ipvsadm reads every 2 s,
+    // so poll until they catch up.
+    let key = format!("TCP {WRR_VIP}:80");
+    poll(Duration::from_secs(8), || {
+        let stats = cmd("ipvsadm", &["-Ln", "--stats", "--exact"])?;
+        let table = ipvsadm::parse_columns(&stats).map_err(|e| e.to_string())?;
+        for (ns, rs) in REAL_SERVERS {
+            let conns = table
+                .get(&key)
+                .and_then(|s| s.get(&format!("{rs}:8080")))
+                .and_then(|cols| cols.first().copied());
+            let seen = counts.get(ns).copied().unwrap_or(0) as u64;
+            if conns != Some(seen) {
+                return Err(format!(
+                    "ipvsadm --stats: {rs} Conns {conns:?}, clients saw {seen}"
+                ));
+            }
+        }
+        Ok(())
+    })?;
+    Ok(format!(
+        "600 connections, weights 1:2:3 -> {counts:?}, matching ipvsadm --stats"
+    ))
+}
+
+/// Retries `check` until it succeeds or `limit` passes; the last error explains a failure.
+fn poll(limit: Duration, mut check: impl FnMut() -> Result<(), String>) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match check() {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => return Err(format!("after {limit:?}: {e}")),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
 }
 
 /// Every client address reaches exactly one real server, connection after connection.
@@ -352,6 +387,9 @@ fn sticky(lab: &Lab, vip: &str, what: &str) -> Result<String, String> {
             "{what}: client {src} reached several real servers: {servers:?}"
         ));
     }
+    if what == "persistence" {
+        persistence_templates(vip, &per_client)?;
+    }
     let map: Vec<String> = per_client
         .iter()
         .map(|(c, s)| format!("{c}->{}", s.keys().next().map_or("", String::as_str)))
@@ -361,6 +399,31 @@ fn sticky(lab: &Lab, vip: &str, what: &str) -> Result<String, String> {
         CLIENTS.len(),
         map.join(" ")
     ))
+}
+
+/// `ipvsadm -Ln --persistent-conn`: one persistence template per client, on the
+/// real server that client stuck to.
+fn persistence_templates(
+    vip: &str,
+    per_client: &BTreeMap<String, BTreeMap<String, usize>>,
+) -> Result<(), String> {
+    let text = cmd("ipvsadm", &["-Ln", "--persistent-conn"])?;
+    let table = ipvsadm::parse_columns(&text).map_err(|e| e.to_string())?;
+    let key = format!("TCP {vip}:80");
+    for (ns, rs) in REAL_SERVERS {
+        // Columns: Weight PersistConn ActiveConn InActConn.
+        let templates = table
+            .get(&key)
+            .and_then(|s| s.get(&format!("{rs}:8080")))
+            .and_then(|cols| cols.get(1).copied());
+        let clients = per_client.values().filter(|s| s.contains_key(ns)).count() as u64;
+        if templates != Some(clients) {
+            return Err(format!(
+                "ipvsadm --persistent-conn: {rs} PersistConn {templates:?}, expected {clients} clients\n{text}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Weight 0 on the real server holding an open connection: the connection goes on,
