@@ -2,7 +2,8 @@
 /*
  * BPF programs of the namespace lab (not of the product):
  *   xdp_pass     - attached to veth peers so they accept XDP_TX/redirected frames;
- *   xdp_count    - on real servers: counts and drops the benchmark's UDP packets;
+ *   xdp_count    - on real servers: counts and drops the benchmark's UDP packets
+ *                  (also IPIP-encapsulated ones);
  *   xdp_switch   - on bridge ports: forwards frames for known MACs straight to
  *                  their port (XDP redirect), everything else to the bridge;
  *   xdp_mac_forward - the benchmark's floor: the least a DR director does (parse,
@@ -108,6 +109,17 @@ int xdp_pass(struct xdp_md *ctx)
 	return XDP_PASS;
 }
 
+/* Whether the IPv4 packet at ip (with its UDP header) is benchmark traffic. */
+static __always_inline int is_bench_udp(struct iphdr *ip, void *data_end)
+{
+	struct udphdr *udp = (void *)ip + sizeof(*ip);
+
+	if ((void *)(udp + 1) > data_end)
+		return 0;
+	return ip->ihl == 5 && ip->protocol == IPPROTO_UDP &&
+	       udp->dest == bpf_htons(LAB_BENCH_PORT);
+}
+
 SEC("xdp")
 int xdp_count(struct xdp_md *ctx)
 {
@@ -115,15 +127,19 @@ int xdp_count(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	struct iphdr *ip = data + sizeof(*eth);
-	struct udphdr *udp = (void *)ip + sizeof(*ip);
 	__u32 key = 0;
 	__u64 *count;
 
-	if ((void *)(udp + 1) > data_end)
+	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
 		return XDP_PASS;
-	if (eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5 ||
-	    ip->protocol != IPPROTO_UDP || udp->dest != bpf_htons(LAB_BENCH_PORT))
-		return XDP_PASS;
+	/* Benchmark traffic, plain or IPIP-encapsulated (tun forwarding). */
+	if (!is_bench_udp(ip, data_end)) {
+		struct iphdr *inner = ip + 1;
+
+		if (ip->ihl != 5 || ip->protocol != IPPROTO_IPIP ||
+		    (void *)(inner + 1) > data_end || !is_bench_udp(inner, data_end))
+			return XDP_PASS;
+	}
 	count = bpf_map_lookup_elem(&lab_rx_count, &key);
 	if (count)
 		*count += 1;

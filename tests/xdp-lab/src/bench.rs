@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use kubelvs_model::{Forwarding, Protocol};
+use kubelvs_model::{Forwarding, Protocol, Tunnel};
 use kubelvs_xdp::{DirectorOptions, XdpDirector};
 
 use crate::actor::NsActor;
@@ -163,6 +163,11 @@ pub enum Director {
     NftDnat,
     /// The XDP director (kubelvs-xdp), forwarding `dr`, maglev over 3 real servers.
     XdpDr,
+    /// The XDP director, forwarding `nat` (destination rewritten, checksums fixed).
+    XdpNat,
+    /// The XDP director, forwarding `tun` (IPIP; the real servers' counter looks
+    /// inside instead of decapsulating).
+    XdpTun,
     /// Not a load balancer: the least an XDP DR director does (parse, rewrite the
     /// MACs towards rs1, XDP_TX). The cost of the path around the director.
     Floor,
@@ -173,6 +178,8 @@ impl Director {
         match self {
             Self::NftDnat => "nftables DNAT (numgen)",
             Self::XdpDr => "XDP director, DR",
+            Self::XdpNat => "XDP director, NAT",
+            Self::XdpTun => "XDP director, TUN",
             Self::Floor => "floor (XDP MAC rewrite)",
         }
     }
@@ -206,7 +213,12 @@ impl BenchLab {
                 nft::remove(&lab.director.netns)?;
                 t
             }
-            Director::XdpDr => {
+            Director::XdpDr | Director::XdpNat | Director::XdpTun => {
+                let forwarding = match director {
+                    Director::XdpNat => Forwarding::Nat,
+                    Director::XdpTun => Forwarding::Tun(Tunnel::Ipip),
+                    _ => Forwarding::Dr,
+                };
                 let ifname = lab.director.ifname.clone();
                 let mut opts = DirectorOptions::new(lab.director.addr);
                 // Not pinned: the program detaches when the loader object drops.
@@ -220,7 +232,7 @@ impl BenchLab {
                     lab,
                     BENCH_PORT,
                     Protocol::Udp,
-                    Forwarding::Dr,
+                    forwarding,
                     &weights,
                     BENCH_PORT,
                 )];

@@ -16,15 +16,15 @@ fn assert_every_real_server_got_some(what: &str, t: &Throughput) {
     }
 }
 
-fn smoke(switch: Switch) {
+fn smoke(switch: Switch, directors: &[Director]) {
     let bench = BenchLab::build(64, 64, switch).unwrap();
     // No load balancer: the director has no route for the VIP, nothing arrives.
     let idle = bench.measure(Duration::from_millis(200)).unwrap();
     assert!(idle.sent > 0, "{idle:?}");
     assert_eq!(idle.delivered(), 0, "{idle:?}");
 
-    let (warmup, duration) = (Duration::from_millis(200), Duration::from_millis(400));
-    for director in [Director::NftDnat, Director::XdpDr] {
+    let (warmup, duration) = (Duration::from_millis(100), Duration::from_millis(250));
+    for &director in directors {
         let t = bench.measure_director(director, warmup, duration).unwrap();
         assert_every_real_server_got_some(&format!("{switch:?} {}", director.name()), &t);
     }
@@ -42,11 +42,19 @@ fn smoke(switch: Switch) {
 #[test]
 #[ignore = "privileged: netns + XDP + BPF_PROG_RUN"]
 fn generator_traffic_crosses_both_directors_over_the_kernel_bridge() {
-    smoke(Switch::Bridge);
+    smoke(Switch::Bridge, &[Director::NftDnat, Director::XdpDr]);
 }
 
 #[test]
 #[ignore = "privileged: netns + XDP + BPF_PROG_RUN"]
-fn generator_traffic_crosses_both_directors_over_the_xdp_switch() {
-    smoke(Switch::Xdp);
+fn generator_traffic_crosses_every_director_over_the_xdp_switch() {
+    smoke(
+        Switch::Xdp,
+        &[
+            Director::NftDnat,
+            Director::XdpDr,
+            Director::XdpNat,
+            Director::XdpTun,
+        ],
+    );
 }

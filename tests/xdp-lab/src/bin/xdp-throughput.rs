@@ -101,7 +101,13 @@ fn main() -> ExitCode {
         args.rounds,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let directors = [Director::NftDnat, Director::XdpDr, Director::Floor];
+    let directors = [
+        Director::NftDnat,
+        Director::XdpDr,
+        Director::Floor,
+        Director::XdpNat,
+        Director::XdpTun,
+    ];
     // pps[d][round]
     let mut pps: Vec<Vec<f64>> = vec![Vec::new(); directors.len()];
     for round in 1..=args.rounds {
@@ -118,7 +124,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    let (nft, xdp, floor) = (&pps[0], &pps[1], &pps[2]);
+    let (nft, xdp, floor, nat, tun) = (&pps[0], &pps[1], &pps[2], &pps[3], &pps[4]);
     let ratios: Vec<f64> = xdp.iter().zip(nft).map(|(x, n)| x / n.max(1.0)).collect();
     // Per-packet cost above the floor, in ns: 1/pps(director) - 1/pps(floor).
     let above = |d: &[f64]| -> Vec<f64> {
@@ -127,12 +133,14 @@ fn main() -> ExitCode {
             .map(|(p, f)| 1e9 / p.max(1.0) - 1e9 / f.max(1.0))
             .collect()
     };
-    let (nft_ns, xdp_ns) = (above(nft), above(xdp));
+    let (nft_ns, xdp_ns, nat_ns, tun_ns) = (above(nft), above(xdp), above(nat), above(tun));
     println!(
-        "median delivered: nftables DNAT {:.3} Mpps, XDP DR {:.3} Mpps, floor {:.3} Mpps",
+        "median delivered: nftables DNAT {:.3} Mpps, XDP DR {:.3} Mpps, floor {:.3} Mpps, XDP NAT {:.3} Mpps, XDP TUN {:.3} Mpps",
         median(nft.clone()) / 1e6,
         median(xdp.clone()) / 1e6,
         median(floor.clone()) / 1e6,
+        median(nat.clone()) / 1e6,
+        median(tun.clone()) / 1e6,
     );
     println!(
         "XDP/nftables, median of rounds: {:.2}x (per round: {})",
@@ -144,9 +152,11 @@ fn main() -> ExitCode {
             .join(", ")
     );
     println!(
-        "per-packet cost above the floor, median of rounds: nftables DNAT {:.0} ns, XDP DR {:.0} ns",
+        "per-packet cost above the floor, median of rounds: nftables DNAT {:.0} ns, XDP DR {:.0} ns, XDP NAT {:.0} ns, XDP TUN {:.0} ns",
         median(nft_ns),
         median(xdp_ns),
+        median(nat_ns),
+        median(tun_ns),
     );
     ExitCode::SUCCESS
 }
