@@ -26,10 +26,12 @@
 //! - [`XdpDirector::apply`] takes the plan's services (those whose dataplane is
 //!   `Xdp`; others are ignored), builds maglev rings and writes only the map
 //!   entries that differ. DR needs each real server's MAC: pass the neighbour
-//!   table (see [`read_neighbours`]); TUN and NAT find the next hop with
-//!   `bpf_fib_lookup` and fall back to the same MACs.
+//!   table (see [`read_neighbours`], [`read_neighbours6`]); TUN and NAT use a
+//!   given MAC as the next hop (no lookup) and otherwise ask `bpf_fib_lookup`
+//!   (which answers only where IP forwarding is on).
 //! - [`XdpDirector::stats`] sums the per-CPU counters per VIP and real server.
-//! - [`attach_decap`] attaches the real-server IPIP decapsulation program;
+//! - [`attach_decap`] attaches the real-server IPIP (and IPv6-in-IPv6)
+//!   decapsulation program;
 //!   [`attach_pass`] attaches an XDP_PASS program (veth peers receive XDP_TX
 //!   frames only when they run XDP themselves).
 //! - [`test_run`] wraps `BPF_PROG_TEST_RUN` (also live-frames mode) for fixtures,
@@ -64,7 +66,8 @@ use maps::*;
 /// An Ethernet address.
 pub type MacAddr = [u8; 6];
 
-/// Next-hop MACs by real server address (DR uses them; TUN/NAT fall back to them).
+/// Next-hop MACs by real server address: DR needs them; TUN and NAT use them
+/// instead of a route lookup (so give them only for on-link real servers).
 pub type Neighbours = HashMap<IpAddr, MacAddr>;
 
 /// The compiled BPF objects, embedded.
