@@ -63,7 +63,7 @@ pub use fake::FakeIpvs;
 pub use fullnat::{apply_fullnat, fullnat_ruleset, FULLNAT_TABLE};
 pub use nl::DecodeError;
 pub use ownership::{OwnedServices, DEFAULT_STATE_PATH};
-pub use sysctl::{apply_sysctls, director_sysctls, Sysctl};
+pub use sysctl::{apply_sysctls, director_sysctls, director_sysctls_for, Sysctl};
 pub use table::{
     DesiredDest, DesiredService, DestConfig, DestId, KernelDest, KernelService, PlanError,
     ServiceConfig, ServiceId,

@@ -44,6 +44,25 @@ pub fn director_sysctls() -> Vec<Sysctl> {
     ]
 }
 
+/// [`director_sysctls`] plus IPv6 forwarding when the plan has an IPv6 NAT or FullNAT
+/// service (left out otherwise: it changes how the node takes router advertisements).
+pub fn director_sysctls_for(services: &[kubelvs_model::Service]) -> Vec<Sysctl> {
+    let mut list = director_sysctls();
+    let v6_nat = services.iter().any(|s| {
+        s.dataplane == kubelvs_model::DataplaneKind::Ipvs
+            && s.key.vip.is_ipv6()
+            && s.forwarding.allows_port_mapping()
+    });
+    if v6_nat {
+        list.push(Sysctl {
+            path: "net/ipv6/conf/all/forwarding",
+            value: "1",
+            why: "IPv6 NAT and FullNAT forward client packets to real servers and back",
+        });
+    }
+    list
+}
+
 /// Writes the sysctls under /proc/sys of the current network namespace.
 pub fn apply_sysctls(list: &[Sysctl]) -> Result<(), Error> {
     apply_sysctls_at(Path::new("/proc/sys"), list)

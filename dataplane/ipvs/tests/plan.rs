@@ -372,3 +372,15 @@ fn kernel_errors_are_typed_and_name_the_object() {
     assert!(gone.is_not_found());
     assert_eq!(Error::FamilyNotFound("IPVS".into()).kernel_error(), None);
 }
+
+#[test]
+fn ipv6_forwarding_only_for_ipv6_nat() {
+    use kubelvs_ipvs::director_sysctls_for;
+    let v4 = svc("203.0.113.1", 80, Protocol::Tcp, Forwarding::Nat);
+    let v6_dr = svc("2001:db8::10", 80, Protocol::Tcp, Forwarding::Dr);
+    let v6_nat = svc("2001:db8::10", 80, Protocol::Tcp, Forwarding::FullNat);
+    let has_v6 =
+        |l: Vec<kubelvs_ipvs::Sysctl>| l.iter().any(|s| s.path == "net/ipv6/conf/all/forwarding");
+    assert!(!has_v6(director_sysctls_for(&[v4.clone(), v6_dr])));
+    assert!(has_v6(director_sysctls_for(&[v4, v6_nat])));
+}
