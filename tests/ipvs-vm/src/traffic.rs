@@ -45,6 +45,14 @@ pub fn serve(name: &str, ports: &[u16]) -> io::Result<()> {
     let mut listeners = Vec::new();
     for port in ports {
         listeners.push(TcpListener::bind(("0.0.0.0", *port))?);
+        // A separate IPv6-only listener: a dual-stack one would report IPv4
+        // clients as ::ffff:a.b.c.d and clash with the IPv4 bind.
+        let v6 = Socket::new(Domain::IPV6, Type::STREAM, None)?;
+        v6.set_only_v6(true)?;
+        v6.set_reuse_address(true)?;
+        v6.bind(&SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), *port).into())?;
+        v6.listen(128)?;
+        listeners.push(v6.into());
     }
     println!("READY");
     io::stdout().flush()?;

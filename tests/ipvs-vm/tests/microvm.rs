@@ -19,6 +19,7 @@ const SCENARIO_CASES: &[&str] = &[
     "nat",
     "dr",
     "tun",
+    "ipv6_nat_persistence",
     "wrr_weights",
     "sh_sticky",
     "persistence_sticky",

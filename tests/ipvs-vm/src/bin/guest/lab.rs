@@ -40,6 +40,12 @@ pub const REAL_SERVERS: [(&str, &str); 3] = [
     ("rs2", "192.0.2.12"),
     ("rs3", "192.0.2.13"),
 ];
+/// The same hosts over IPv6 (client, director sides, real servers in REAL_SERVERS order).
+pub const CLIENT6: &str = "2001:db8:c::10";
+pub const DIRECTOR_CLIENT_SIDE6: &str = "2001:db8:c::1";
+pub const DIRECTOR_LAN6: &str = "2001:db8:1::1";
+pub const REAL_SERVERS6: [&str; 3] = ["2001:db8:1::11", "2001:db8:1::12", "2001:db8:1::13"];
+
 /// Ports every real server listens on: 80 for DR/TUN (no port mapping), 8080 for NAT.
 pub const RS_PORTS: [u16; 2] = [80, 8080];
 
@@ -93,6 +99,15 @@ fn ip_batch(ns: Option<&str>, commands: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// `ip addr add` of a single-host address (/32 or /128) on `dev`.
+fn host_address(addr: &str, dev: &str) -> String {
+    if addr.contains(':') {
+        format!("addr add {addr}/128 dev {dev} nodad")
+    } else {
+        format!("addr add {addr}/32 dev {dev}")
+    }
+}
+
 /// Writes sysctls inside namespace `ns` (root when `None`); /proc/sys/net is per netns.
 fn sysctls(ns: Option<&str>, list: &[(&str, &str)]) -> Result<(), String> {
     let script: String = list
@@ -141,10 +156,13 @@ impl Lab {
             format!("netns add {CLIENT_NS}"),
             format!("link add cl0 type veth peer name eth0 netns {CLIENT_NS}"),
             format!("addr add {DIRECTOR_CLIENT_SIDE}/24 dev cl0"),
+            // nodad: addresses are usable at once, no wait for duplicate detection.
+            format!("addr add {DIRECTOR_CLIENT_SIDE6}/64 dev cl0 nodad"),
+            format!("addr add {DIRECTOR_LAN6}/64 dev lan0 nodad"),
             "link set cl0 up".to_owned(),
         ];
         for vip in vips {
-            root.push(format!("addr add {vip}/32 dev lvs0"));
+            root.push(host_address(vip, "lvs0"));
         }
         for (ns, _) in REAL_SERVERS {
             root.push(format!("netns add {ns}"));
@@ -161,6 +179,7 @@ impl Lab {
             None,
             &[
                 ("net.ipv4.ip_forward", "1"),
+                ("net.ipv6.conf.all.forwarding", "1"),
                 ("net.ipv4.conf.all.rp_filter", "0"),
                 ("net.ipv4.conf.lan0.rp_filter", "0"),
                 ("net.ipv4.conf.lan0.accept_local", "1"),
@@ -171,23 +190,27 @@ impl Lab {
             "link set lo up".to_owned(),
             "link set eth0 up".to_owned(),
             format!("route add default via {DIRECTOR_CLIENT_SIDE}"),
+            format!("addr add {CLIENT6}/64 dev eth0 nodad"),
+            format!("route add ::/0 via {DIRECTOR_CLIENT_SIDE6}"),
         ];
         for (i, c) in CLIENTS.iter().enumerate() {
             client.insert(i, format!("addr add {c}/24 dev eth0"));
         }
         ip_batch(Some(CLIENT_NS), &client)?;
 
-        for (ns, addr) in REAL_SERVERS {
+        for (&(ns, addr), addr6) in REAL_SERVERS.iter().zip(REAL_SERVERS6) {
             let mut rs = vec![
                 format!("addr add {addr}/24 dev eth0"),
+                format!("addr add {addr6}/64 dev eth0 nodad"),
                 "link set lo up".to_owned(),
                 "link set eth0 up".to_owned(),
                 // tunl0 appears in every namespace once ipip is loaded; it decapsulates TUN.
                 "link set tunl0 up".to_owned(),
                 format!("route add default via {DIRECTOR_LAN}"),
+                format!("route add ::/0 via {DIRECTOR_LAN6}"),
             ];
             for vip in rs_vips {
-                rs.push(format!("addr add {vip}/32 dev lo"));
+                rs.push(host_address(vip, "lo"));
             }
             ip_batch(Some(ns), &rs)?;
             // DR/TUN real servers carry the VIP but must not answer ARP for it, and

@@ -12,7 +12,9 @@ use kubelvs_model::{
     SchedulerFlags, Service, ServiceKey, Tunnel,
 };
 
-use crate::lab::{cmd, peers, tally, Lab, CLIENT, CLIENTS, DIRECTOR_LAN, REAL_SERVERS};
+use crate::lab::{
+    cmd, peers, tally, Lab, CLIENT, CLIENT6, CLIENTS, DIRECTOR_LAN, REAL_SERVERS, REAL_SERVERS6,
+};
 use crate::Reporter;
 
 const NAT_VIP: &str = "203.0.113.1";
@@ -23,6 +25,9 @@ const WRR_VIP: &str = "203.0.113.5";
 const SH_VIP: &str = "203.0.113.6";
 const PERSIST_VIP: &str = "203.0.113.7";
 const DRAIN_VIP: &str = "203.0.113.8";
+/// IPv6 NAT with persistence per /64: exercises 16-byte addresses and the IPv6
+/// netmask, which IPVS takes as a prefix length.
+const V6_VIP: &str = "2001:db8:f::1";
 /// Created with ipvsadm before our first apply; it must survive every apply.
 const FOREIGN_VIP: &str = "203.0.113.200";
 const FOREIGN_KEY: &str = "TCP 203.0.113.200:80";
@@ -38,12 +43,28 @@ fn addr(vip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip(vip), port)
 }
 
-/// A TCP virtual service on port 80 of `vip` over the three real servers with `weights`.
+/// A TCP virtual service on port 80 of `vip` over the three real servers with
+/// `weights` (their IPv6 addresses when the VIP is IPv6).
 pub fn service(
     vip: &str,
     scheduler: Scheduler,
     forwarding: Forwarding,
     weights: [u32; 3],
+) -> Service {
+    let addrs = if vip.contains(':') {
+        REAL_SERVERS6
+    } else {
+        REAL_SERVERS.map(|(_, a)| a)
+    };
+    service_over(vip, scheduler, forwarding, weights, addrs)
+}
+
+fn service_over(
+    vip: &str,
+    scheduler: Scheduler,
+    forwarding: Forwarding,
+    weights: [u32; 3],
+    addrs: [&str; 3],
 ) -> Service {
     // DR and TUN cannot map ports: the real server port is the virtual port.
     let rs_port = if forwarding.allows_port_mapping() {
@@ -67,8 +88,9 @@ pub fn service(
         dataplane: DataplaneKind::Ipvs,
         real_servers: REAL_SERVERS
             .iter()
+            .zip(addrs)
             .zip(weights)
-            .map(|((ns, a), weight)| RealServer {
+            .map(|(((ns, _), a), weight)| RealServer {
                 address: ip(a),
                 port: rs_port,
                 weight,
@@ -91,6 +113,11 @@ fn plan() -> Vec<Service> {
         timeout_seconds: 60,
         prefix_length: 32,
     });
+    let mut v6 = service(V6_VIP, Scheduler::Rr, Forwarding::Nat, [1, 1, 1]);
+    v6.persistence = Some(Persistence {
+        timeout_seconds: 30,
+        prefix_length: 64,
+    });
     let mut fullnat = service(FULLNAT_VIP, Scheduler::Rr, Forwarding::FullNat, [1, 1, 1]);
     fullnat.source_address = Some(ip(DIRECTOR_LAN));
     let mut services = vec![
@@ -107,6 +134,7 @@ fn plan() -> Vec<Service> {
         sh,
         persist,
         service(DRAIN_VIP, Scheduler::Rr, Forwarding::Nat, [1, 1, 1]),
+        v6,
     ];
     services.sort_by_key(|s| s.key);
     services
@@ -195,6 +223,7 @@ pub fn run(r: &mut Reporter) {
         PERSIST_VIP,
         DRAIN_VIP,
         FOREIGN_VIP,
+        V6_VIP,
     ];
     let lab = match Lab::up(&vips, &[DR_VIP, TUN_VIP]) {
         Ok(lab) => lab,
@@ -294,6 +323,7 @@ pub fn run(r: &mut Reporter) {
     r.case("nat", all_servers_answer(&lab, NAT_VIP, CLIENT));
     r.case("dr", all_servers_answer(&lab, DR_VIP, CLIENT));
     r.case("tun", all_servers_answer(&lab, TUN_VIP, CLIENT));
+    r.case("ipv6_nat_persistence", ipv6(&lab));
     r.case("wrr_weights", wrr(&lab));
     r.case("sh_sticky", sticky(&lab, SH_VIP, "sh"));
     r.case(
@@ -305,6 +335,30 @@ pub fn run(r: &mut Reporter) {
     // Last: it removes the real servers' route back to the client.
     r.case("fullnat", fullnat(&lab));
     r.measure("scenarios", started.elapsed().as_secs_f64(), "s");
+}
+
+/// IPv6 end to end: 16-byte VIP and real servers, persistence per /64.
+fn ipv6(lab: &Lab) -> Result<String, String> {
+    let results = lab.connect(addr(V6_VIP, 80), 10, TIMEOUT, &[])?;
+    let (counts, errors) = tally(&results);
+    if !errors.is_empty() {
+        return Err(format!(
+            "{} of 10 connections failed: {errors:?}",
+            errors.len()
+        ));
+    }
+    if counts.len() != 1 {
+        return Err(format!(
+            "persistence /64: one client must stick to one real server: {counts:?}"
+        ));
+    }
+    let seen = peers(&results);
+    if seen != [ip(CLIENT6)] {
+        return Err(format!("real servers saw {seen:?}, expected {CLIENT6}"));
+    }
+    Ok(format!(
+        "10 connections to [{V6_VIP}]:80 -> {counts:?}, real server saw {CLIENT6}"
+    ))
 }
 
 fn wrr(lab: &Lab) -> Result<String, String> {
