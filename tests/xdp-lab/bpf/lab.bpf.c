@@ -7,7 +7,7 @@
  *   xdp_switch   - on bridge ports: forwards frames for known MACs straight to
  *                  their port (XDP redirect), everything else to the bridge;
  *   xdp_mac_forward - the benchmark's floor: the least a DR director does (parse,
- *                  rewrite the MACs towards one fixed real server, XDP_TX);
+ *                  pick a real server by source port, rewrite the MACs, XDP_TX);
  *   xdp_generate - the traffic generator, run with BPF_PROG_RUN in live-frames mode:
  *                  writes a whole UDP frame from a template and transmits it (XDP_TX).
  */
@@ -45,6 +45,17 @@ struct {
 	__type(value, __u64);
 } lab_rx_count SEC(".maps");
 
+/* Whether the IPv4 packet at ip (with its UDP header) is benchmark traffic. */
+static __always_inline int is_bench_udp(struct iphdr *ip, void *data_end)
+{
+	struct udphdr *udp = (void *)ip + sizeof(*ip);
+
+	if ((void *)(udp + 1) > data_end)
+		return 0;
+	return ip->ihl == 5 && ip->protocol == IPPROTO_UDP &&
+	       udp->dest == bpf_htons(LAB_BENCH_PORT);
+}
+
 /* Bridge-port ifindex by destination MAC, for xdp_switch. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -71,10 +82,10 @@ int xdp_switch(struct xdp_md *ctx)
 	return bpf_redirect(*port, 0);
 }
 
-/* Destination MAC for xdp_mac_forward. */
+/* Destination MACs for xdp_mac_forward: flow i goes to entry i % LAB_FWD_MACS. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, LAB_FWD_MACS);
 	__type(key, __u32);
 	__type(value, struct lab_mac);
 } lab_fwd_mac SEC(".maps");
@@ -88,13 +99,12 @@ int xdp_mac_forward(struct xdp_md *ctx)
 	struct iphdr *ip = data + sizeof(*eth);
 	struct udphdr *udp = (void *)ip + sizeof(*ip);
 	struct lab_mac *mac;
-	__u32 key = 0;
+	__u32 key;
 
-	if ((void *)(udp + 1) > data_end)
+	if ((void *)(udp + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP) ||
+	    !is_bench_udp(ip, data_end))
 		return XDP_PASS;
-	if (eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5 ||
-	    ip->protocol != IPPROTO_UDP || udp->dest != bpf_htons(LAB_BENCH_PORT))
-		return XDP_PASS;
+	key = bpf_ntohs(udp->source) % LAB_FWD_MACS;
 	mac = bpf_map_lookup_elem(&lab_fwd_mac, &key);
 	if (!mac)
 		return XDP_PASS;
@@ -107,17 +117,6 @@ SEC("xdp")
 int xdp_pass(struct xdp_md *ctx)
 {
 	return XDP_PASS;
-}
-
-/* Whether the IPv4 packet at ip (with its UDP header) is benchmark traffic. */
-static __always_inline int is_bench_udp(struct iphdr *ip, void *data_end)
-{
-	struct udphdr *udp = (void *)ip + sizeof(*ip);
-
-	if ((void *)(udp + 1) > data_end)
-		return 0;
-	return ip->ihl == 5 && ip->protocol == IPPROTO_UDP &&
-	       udp->dest == bpf_htons(LAB_BENCH_PORT);
 }
 
 SEC("xdp")

@@ -7,6 +7,8 @@
 
 /* UDP destination port of benchmark traffic (discard). */
 #define LAB_BENCH_PORT 9
+/* Real servers the floor program spreads flows over. */
+#define LAB_FWD_MACS 3
 /* Ethernet + IPv4 (no options) + UDP. */
 #define LAB_GEN_HEADERS 42
 

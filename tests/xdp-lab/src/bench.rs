@@ -168,8 +168,9 @@ pub enum Director {
     /// The XDP director, forwarding `tun` (IPIP; the real servers' counter looks
     /// inside instead of decapsulating).
     XdpTun,
-    /// Not a load balancer: the least an XDP DR director does (parse, rewrite the
-    /// MACs towards rs1, XDP_TX). The cost of the path around the director.
+    /// Not a load balancer: the least an XDP DR director does (parse, pick a real
+    /// server by source port, rewrite the MACs, XDP_TX). The cost of the path
+    /// around the director.
     Floor,
 }
 
@@ -249,7 +250,8 @@ impl BenchLab {
             Director::Floor => {
                 let mut fwd =
                     Attached::attach(&lab.director.netns, &lab.director.ifname, "xdp_mac_forward")?;
-                fwd.set_forward_mac(lab.real_servers[0].mac)?;
+                let mac = |i: usize| lab.real_servers[i % lab.real_servers.len()].mac;
+                fwd.set_forward_macs(std::array::from_fn(mac))?;
                 let t = self.measure(warmup).and_then(|_| self.measure(duration));
                 drop(fwd);
                 t

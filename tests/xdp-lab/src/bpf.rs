@@ -12,6 +12,8 @@ use crate::{LabError, Result};
 
 /// UDP destination port of benchmark traffic (`LAB_BENCH_PORT` in bpf/lab.h).
 pub const BENCH_PORT: u16 = 9;
+/// `LAB_FWD_MACS`: real servers the floor program spreads flows over.
+pub const FWD_MACS: usize = 3;
 /// `LAB_GEN_HEADERS`: Ethernet + IPv4 + UDP.
 pub const GEN_HEADERS: usize = 42;
 
@@ -98,15 +100,19 @@ impl Attached {
         Ok(())
     }
 
-    /// Sets `lab_fwd_mac` (for `xdp_mac_forward`): where it sends every frame.
-    pub fn set_forward_mac(&mut self, mac: [u8; 6]) -> Result<()> {
+    /// Sets `lab_fwd_mac` (for `xdp_mac_forward`): flow (source port) `p` goes to
+    /// `macs[p % FWD_MACS]`.
+    pub fn set_forward_macs(&mut self, macs: [[u8; 6]; FWD_MACS]) -> Result<()> {
         let map = self
             .ebpf
             .map_mut("lab_fwd_mac")
             .ok_or_else(|| bpf_err(&self.what, "no map lab_fwd_mac"))?;
         let mut fwd: Array<_, LabMac> = Array::try_from(map).map_err(|e| bpf_err(&self.what, e))?;
-        fwd.set(0, LabMac { addr: mac, _pad: 0 }, 0)
-            .map_err(|e| bpf_err(format!("lab_fwd_mac of {}", self.what), e))
+        for (i, mac) in (0u32..).zip(macs) {
+            fwd.set(i, LabMac { addr: mac, _pad: 0 }, 0)
+                .map_err(|e| bpf_err(format!("lab_fwd_mac of {}", self.what), e))?;
+        }
+        Ok(())
     }
 
     /// Sum over CPUs of `lab_rx_count` (for `xdp_count`).
