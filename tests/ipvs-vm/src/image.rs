@@ -242,7 +242,13 @@ fn prepare(cache_root: &Path) -> Result<BaseImage, ImageError> {
     let dir = cache_root.join(format!("{kernel_release}-{:016x}", fnv1a(key.as_bytes())));
     let done = dir.join("KEY");
     if !done.exists() {
-        build(cache_root, &dir, &pinned, &kernel_release, &key)?;
+        let tmp = cache_root.join(format!(".build-{}", std::process::id()));
+        let built = build(&tmp, &dir, &pinned, &kernel_release, &key);
+        if built.is_err() {
+            // Leave no half-built directory behind for the next run to trip over.
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        built?;
     }
     let libraries = fs::read_to_string(dir.join("libraries"))
         .map_err(io_err(&dir.join("libraries")))?
@@ -262,15 +268,14 @@ fn prepare(cache_root: &Path) -> Result<BaseImage, ImageError> {
 /// Builds into a private directory and renames it into place, so concurrent
 /// test processes never see a half-built cache.
 fn build(
-    cache_root: &Path,
+    tmp: &Path,
     dir: &Path,
     pinned: &[String],
     kernel_release: &str,
     key: &str,
 ) -> Result<(), ImageError> {
-    let tmp = cache_root.join(format!(".build-{}", std::process::id()));
     if tmp.exists() {
-        fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+        fs::remove_dir_all(tmp).map_err(io_err(tmp))?;
     }
     let debs = tmp.join("debs");
     let pkgroot = tmp.join("pkgroot");
@@ -370,17 +375,17 @@ fn build(
         BOOT_MODULES.join("\n").as_bytes(),
     );
     let cpio = archive.finish();
-    fs::write(tmp.join("base.cpio"), &cpio).map_err(io_err(&tmp))?;
+    fs::write(tmp.join("base.cpio"), &cpio).map_err(io_err(tmp))?;
     let lib_list: Vec<&str> = libraries.keys().map(String::as_str).collect();
-    fs::write(tmp.join("libraries"), lib_list.join("\n")).map_err(io_err(&tmp))?;
+    fs::write(tmp.join("libraries"), lib_list.join("\n")).map_err(io_err(tmp))?;
     // Only the artefacts stay in the cache; the unpacked packages are large.
     for d in [&debs, &pkgroot, &tree] {
         fs::remove_dir_all(d).map_err(io_err(d))?;
     }
-    fs::write(tmp.join("KEY"), key).map_err(io_err(&tmp))?;
-    if fs::rename(&tmp, dir).is_err() {
+    fs::write(tmp.join("KEY"), key).map_err(io_err(tmp))?;
+    if fs::rename(tmp, dir).is_err() {
         // Another process finished first; its copy is equivalent.
-        let _ = fs::remove_dir_all(&tmp);
+        let _ = fs::remove_dir_all(tmp);
     }
     Ok(())
 }

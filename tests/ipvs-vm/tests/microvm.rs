@@ -34,6 +34,7 @@ const BENCH_CASES: &[&str] = &[
     "bench_weight_change_one_write",
     "bench_incremental_weight_change_one_write",
     "bench_weight_in_kernel",
+    "bench_reapply_zero_writes",
     "bench_ipvsadm_restore",
 ];
 
