@@ -384,3 +384,20 @@ fn ipv6_forwarding_only_for_ipv6_nat() {
     assert!(!has_v6(director_sysctls_for(&[v4.clone(), v6_dr])));
     assert!(has_v6(director_sysctls_for(&[v4, v6_nat])));
 }
+
+#[test]
+fn a_dump_that_fails_to_decode_leaves_the_socket_usable() {
+    // Against the running kernel: dump the genl controller's families through the
+    // IPVS reply path. They do not decode as IPVS messages, so each dump fails; the
+    // rest of the dump must be read off, or the next dump would get EBUSY.
+    // A fresh socket read 8 KiB at a time makes the kernel cut the dump in many parts
+    // (the first at NLMSG_GOODSIZE), so the failure comes with most of it unread.
+    let mut c = IpvsClient::open().unwrap();
+    for _ in 0..3 {
+        match c.dump_foreign_family(0x10, 3, 8192) {
+            Err(Error::Decode { .. }) => {}
+            other => panic!("expected a decode error, got {other:?}"),
+        }
+    }
+    assert_eq!(c.lookup_family("nlctrl").unwrap(), 0x10);
+}
