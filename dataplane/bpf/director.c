@@ -500,7 +500,7 @@ static __always_inline int director6(struct xdp_md *ctx, struct ethhdr *eth, voi
 		fib.ifindex = in_if;
 		__builtin_memcpy(fib.ipv6_src, cfg->director_addr6, 16);
 		__builtin_memcpy(fib.ipv6_dst, real->addr6, 16);
-		int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
+		int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 
 		if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
 			__builtin_memcpy(dmac, fib.dmac, ETH_ALEN);
@@ -744,8 +744,11 @@ static __always_inline int director(struct xdp_md *ctx)
 		fib.ifindex = in_if;
 		fib.ipv4_src = saddr;
 		fib.ipv4_dst = daddr;
-		/* We originate the outer packet: an output lookup, no forwarding needed. */
-		int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
+		/*
+		 * A forwarding lookup from the ingress interface: an output lookup
+		 * (BPF_FIB_LOOKUP_OUTPUT) would pin the egress to that interface.
+		 */
+		int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 
 		if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
 			__builtin_memcpy(dmac, fib.dmac, ETH_ALEN);

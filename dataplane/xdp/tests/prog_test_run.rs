@@ -440,6 +440,35 @@ fn fib_lab() -> (Netns, Mac) {
     ns.exec(&["ip", "link", "set", "v0", "up"]);
     ns.exec(&["ip", "link", "set", "v1", "up"]);
     ns.exec(&["ip", "link", "set", "lo", "up"]);
+    // A second interface: real servers behind it are reached by redirect.
+    ns.exec(&[
+        "ip",
+        "link",
+        "add",
+        "w0",
+        "address",
+        "02:00:00:00:00:03",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "w1",
+    ]);
+    ns.exec(&["ip", "addr", "add", "203.0.113.1/25", "dev", "w0"]);
+    ns.exec(&["ip", "link", "set", "w0", "up"]);
+    ns.exec(&["ip", "link", "set", "w1", "up"]);
+    ns.exec(&[
+        "ip",
+        "neigh",
+        "add",
+        "203.0.113.50",
+        "lladdr",
+        "02:aa:cb:00:71:32",
+        "dev",
+        "w0",
+        "nud",
+        "permanent",
+    ]);
     // A NAT director forwards: bpf_fib_lookup refuses forwarding lookups otherwise.
     ns.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
     // An on-link real server, and a gateway for one further away.
@@ -522,6 +551,7 @@ fn tun_encapsulates_with_fib_next_hop_and_valid_checksum() {
                 service(VIP, 443, TUN, &[("198.51.100.200", 443, 1)]),
                 service(VIP, 8443, TUN, &[("192.0.2.30", 8443, 1)]),
                 service(VIP, 9443, TUN, &[("203.0.113.200", 9443, 1)]),
+                service(VIP, 7443, TUN, &[("203.0.113.50", 7443, 1)]),
             ],
             // A MAC from the caller: used as is, no route lookup (192.0.2.30 has
             // no kernel neighbour, so a lookup would fail).
@@ -531,6 +561,8 @@ fn tun_encapsulates_with_fib_next_hop_and_valid_checksum() {
         let syn8443 = tcp_frame(ip(CLIENT), 40003, ip(VIP), 8443, TCP_SYN);
         let want8443 = eth(mac_of("192.0.2.30").1, DIRECTOR_MAC, 0x0800, &ipip(ip("192.0.2.1"), ip("192.0.2.30"), &syn8443[14..]));
         let syn9443 = tcp_frame(ip(CLIENT), 40003, ip(VIP), 9443, TCP_SYN);
+        let syn7443 = tcp_frame(ip(CLIENT), 40003, ip(VIP), 7443, TCP_SYN);
+        let want7443 = eth(mac_of("203.0.113.50").1, [2, 0, 0, 0, 0, 3], 0x0800, &ipip(ip("192.0.2.1"), ip("203.0.113.50"), &syn7443[14..]));
         let syn = tcp_frame(ip(CLIENT), 40003, ip(VIP), 80, TCP_SYN);
         let syn443 = tcp_frame(ip(CLIENT), 40003, ip(VIP), 443, TCP_SYN);
         let (_, rmac) = mac_of("192.0.2.20");
@@ -561,6 +593,12 @@ fn tun_encapsulates_with_fib_next_hop_and_valid_checksum() {
                     output: Some(want8443),
                 },
                 Case {
+                    what: "TUN to a real server behind another interface: redirected there, its MAC as source",
+                    input: syn7443,
+                    verdict: kubelvs_xdp::XDP_REDIRECT,
+                    output: Some(want7443),
+                },
+                Case {
                     what: "TUN to a real server with no route and no MAC: dropped",
                     input: syn9443,
                     verdict: XDP_DROP,
@@ -569,7 +607,7 @@ fn tun_encapsulates_with_fib_next_hop_and_valid_checksum() {
             ],
         );
         let s = d.stats().unwrap();
-        assert_eq!(s.vips.values().map(|c| c.new_conns).sum::<u64>(), 4);
+        assert_eq!(s.vips.values().map(|c| c.new_conns).sum::<u64>(), 5);
         assert_eq!(s.vips.values().map(|c| c.drops).sum::<u64>(), 1);
         assert_eq!(s.counters.no_route, 1);
     });
