@@ -28,7 +28,8 @@ fn main() {
         let stem = src.file_stem().unwrap().to_string_lossy();
         let obj = out.join(format!("{stem}.o"));
         let status = Command::new(&clang)
-            .args(["-target", "bpf", "-O2", "-g", "-Wall", "-Werror"])
+            // -Wall without -Werror: a newer clang's new warnings must not break CI.
+            .args(["-target", "bpf", "-O2", "-g", "-Wall"])
             .arg(format!("-I{multiarch}"))
             .arg(format!("-I{}", bpf_dir.display()))
             .arg("-c")
