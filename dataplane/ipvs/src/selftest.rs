@@ -379,3 +379,24 @@ fn flush(c: &mut IpvsClient) -> Result<String, String> {
     ensure(left.is_empty(), || format!("after FLUSH: {left:?}"))?;
     Ok("FLUSH empties the table".into())
 }
+
+/// The family id is re-resolved after the module is reloaded: `reload` must unload
+/// and load ip_vs (e.g. `rmmod ip_vs_* ip_vs; modprobe ip_vs`), which makes the
+/// kernel hand out a new generic-netlink id. The next request must still work, on the
+/// same client, with the new id. Needs exclusive use of ip_vs (nothing else loaded on it).
+pub fn module_reload(client: &mut IpvsClient, reload: impl FnOnce() -> Result<(), String>) -> Case {
+    let before = client.family_id();
+    let r = reload()
+        .and_then(|()| client.services().map_err(s))
+        .and_then(|v| {
+            ensure(client.family_id() != before, || {
+                format!("family id still {before:#x} after the reload")
+            })?;
+            Ok(format!(
+            "family id {before:#x} -> {:#x}, GET_SERVICE answered ({} services) without reopening",
+            client.family_id(),
+            v.len()
+        ))
+        });
+    ("selftest_module_reload", r)
+}
