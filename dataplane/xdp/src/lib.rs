@@ -161,6 +161,8 @@ pub enum XdpError {
     },
     #[error("mapping BPF map rings into memory: {0}")]
     Mmap(#[source] io::Error),
+    #[error("DirectorOptions::{field}: {reason}")]
+    InvalidOptions { field: &'static str, reason: String },
     #[error("all {max} VIP ids are in use (raise DirectorOptions::max_vips)")]
     TooManyVips { max: u32 },
     #[error("all {max} real server ids are in use (raise DirectorOptions::max_reals)")]
@@ -408,10 +410,37 @@ impl XdpDirector {
         obj_name: &'static str,
         prog_name: &'static str,
     ) -> Result<Self> {
-        let rings_len = opts
-            .max_vips
-            .checked_mul(opts.ring_size)
-            .ok_or(XdpError::TooManyVips { max: opts.max_vips })?;
+        if !kubelvs_maglev::is_prime(opts.ring_size)
+            || opts.ring_size > kubelvs_maglev::MAX_TABLE_SIZE
+        {
+            return Err(XdpError::InvalidOptions {
+                field: "ring_size",
+                reason: format!(
+                    "{} is not a prime up to {}",
+                    opts.ring_size,
+                    kubelvs_maglev::MAX_TABLE_SIZE
+                ),
+            });
+        }
+        for (field, v) in [
+            ("max_vips", opts.max_vips),
+            ("max_reals", opts.max_reals),
+            ("conn_table_size", opts.conn_table_size),
+        ] {
+            if v == 0 {
+                return Err(XdpError::InvalidOptions {
+                    field,
+                    reason: "must not be 0".into(),
+                });
+            }
+        }
+        let rings_len =
+            opts.max_vips
+                .checked_mul(opts.ring_size)
+                .ok_or(XdpError::InvalidOptions {
+                    field: "max_vips",
+                    reason: "max_vips * ring_size overflows u32".into(),
+                })?;
         fn shape<K, V>(max_entries: u32) -> MapShape {
             MapShape {
                 key_size: std::mem::size_of::<K>() as u32,
@@ -625,7 +654,7 @@ impl XdpDirector {
             .iter()
             .filter(|s| s.dataplane == DataplaneKind::Xdp)
         {
-            match desired(s, self.opts.director_addr6.is_some()) {
+            match desired(s, self.opts.director_addr6.is_some(), ring_size) {
                 Ok((vk, w)) => {
                     want.insert(vk, w);
                 }
@@ -995,7 +1024,7 @@ fn mask6(bits: u8) -> [u32; 4] {
 }
 
 /// A service in map terms, or why the XDP dataplane cannot program it.
-fn desired(s: &Service, have_addr6: bool) -> Result<(AnyVipKey, Want), String> {
+fn desired(s: &Service, have_addr6: bool, ring_size: u32) -> Result<(AnyVipKey, Want), String> {
     let vk = vip_key(&s.key)?;
     let v6 = matches!(vk, AnyVipKey::V6(_));
     let forwarding = match s.forwarding {
@@ -1042,6 +1071,12 @@ fn desired(s: &Service, have_addr6: bool) -> Result<(AnyVipKey, Want), String> {
     }
     reals.sort();
     reals.dedup_by(|a, b| a.0 == b.0);
+    if reals.len() > ring_size as usize {
+        return Err(format!(
+            "{} real servers do not fit a maglev ring of {ring_size}",
+            reals.len()
+        ));
+    }
     Ok((
         vk,
         Want {

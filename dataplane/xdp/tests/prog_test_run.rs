@@ -1133,3 +1133,30 @@ fn corrupted_frames_never_abort_and_pass_untouched() {
         }
     }
 }
+
+/// Needs no privilege: the options are checked before anything reaches the kernel.
+#[test]
+fn invalid_options_are_refused_before_loading() {
+    let mut o = small_opts();
+    o.ring_size = 250;
+    let err = XdpDirector::load(o).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            kubelvs_xdp::XdpError::InvalidOptions {
+                field: "ring_size",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let mut o = small_opts();
+    o.max_reals = 0;
+    assert!(matches!(
+        XdpDirector::load(o).unwrap_err(),
+        kubelvs_xdp::XdpError::InvalidOptions {
+            field: "max_reals",
+            ..
+        }
+    ));
+}
