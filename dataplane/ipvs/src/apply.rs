@@ -1,4 +1,4 @@
-//! [`IpvsDataplane::apply`]: dump once, diff (pure, [`crate::diff`]), send only the changes.
+//! [`IpvsDataplane::apply`]: dump once, diff (pure, [`crate::diff()`]), send only the changes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

@@ -3,7 +3,7 @@
 //! Layers, from pure to I/O:
 //! - [`nl`] and [`codec`]: netlink/genetlink framing and every IPVS message
 //!   ([`IpvsMessage`]), encode and decode. Pure; decoders never panic.
-//! - [`table`] and [`diff`]: the IPVS table as plain data and the pure decision
+//! - [`table`] and [`mod@diff`]: the IPVS table as plain data and the pure decision
 //!   [`diff::diff`] (kernel table + desired + owned + drain bookkeeping + `now` -> ops).
 //! - [`client`]: [`IpvsClient`], one NETLINK_GENERIC socket used serially.
 //! - [`apply`]: [`IpvsDataplane::apply`], dump once, diff, send only the changes.
