@@ -70,6 +70,18 @@ impl Conn {
         self.read_line()
     }
 
+    /// The client's address and port as the real server sees them (`peer`).
+    pub fn seen_as(&mut self) -> Result<String> {
+        let line = self.echo("peer")?;
+        let prefix = format!("{} peer ", self.real_server);
+        line.strip_prefix(&prefix)
+            .map(str::to_owned)
+            .ok_or_else(|| LabError::Parse {
+                command: "peer".into(),
+                detail: format!("unexpected answer {line:?}"),
+            })
+    }
+
     /// Closes with a reset, leaving no TIME_WAIT, so the same flow can be reopened.
     pub fn reset(self) {
         let _ = crate::sock::set_linger_zero(&self.stream);

@@ -1,8 +1,10 @@
 //! Real servers: TCP servers inside a namespace that say who they are.
 //!
 //! Protocol, line based: on accept the server sends `<identity>\n`; then every line
-//! it receives is echoed back as `<identity> <line>\n`. A client thus learns which
-//! real server its connection reached, and can keep talking to check it still does.
+//! it receives is echoed back as `<identity> <line>\n`, except `peer`, answered with
+//! `<identity> peer <client address:port as the server sees it>\n`. A client thus
+//! learns which real server its connection reached, can keep talking to check it
+//! still does, and can check whose address the real server sees.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -128,6 +130,9 @@ fn accept_loop(
 
 /// Greets, then echoes lines until the peer closes, an error, or stop.
 fn serve(mut stream: TcpStream, identity: &str, stop: &AtomicBool) {
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
     let setup = stream
         .set_nonblocking(false)
         .and_then(|()| stream.set_read_timeout(Some(POLL)))
@@ -145,7 +150,11 @@ fn serve(mut stream: TcpStream, identity: &str, stop: &AtomicBool) {
                 while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
                     let line: Vec<u8> = pending.drain(..=pos).collect();
                     let mut reply = format!("{identity} ").into_bytes();
-                    reply.extend_from_slice(&line);
+                    if line == b"peer\n" {
+                        reply.extend_from_slice(format!("peer {peer}\n").as_bytes());
+                    } else {
+                        reply.extend_from_slice(&line);
+                    }
                     if stream.write_all(&reply).is_err() {
                         return;
                     }

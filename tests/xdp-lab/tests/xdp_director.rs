@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
-use kubelvs_model::{Forwarding, Protocol, Tunnel};
+use kubelvs_model::{Forwarding, Persistence, Protocol, Tunnel};
 use kubelvs_xdp_lab::client::{self, Spread};
 use kubelvs_xdp_lab::director::XdpLab;
 use kubelvs_xdp_lab::plan::service;
@@ -29,6 +29,9 @@ fn connect_many(x: &XdpLab, n: usize) -> Spread {
             let mut first = client::open_with_retry(vip, TIMEOUT)?;
             let rs = first.real_server().to_owned();
             assert_eq!(first.echo("first")?, format!("{rs} first"));
+            // LVS keeps the client's address (no source NAT in dr, tun or nat).
+            let local = first.local_addr().expect("connected socket");
+            assert_eq!(first.seen_as()?, local.to_string());
             first.reset();
             client::spread(vip, n, TIMEOUT)
         })
@@ -252,6 +255,9 @@ fn restarting_the_loader_keeps_a_long_lived_connection() {
         .unwrap();
     let rs = conn.real_server().to_owned();
     assert_eq!(conn.echo("before").unwrap(), format!("{rs} before"));
+    // DR: the real server sees the client itself.
+    let local = conn.local_addr().unwrap();
+    assert_eq!(conn.seen_as().unwrap(), local.to_string());
 
     // The agent stops: the program stays attached, the maps stay pinned.
     x.drop_director();
@@ -346,4 +352,30 @@ fn quiesced_real_server_keeps_its_connections_and_gets_no_new_ones() {
     assert_eq!(spread.count("rs1"), 0, "{spread:?}");
     assert_eq!(spread.total(), 90);
     assert_eq!(on_rs1.echo("and still").unwrap(), "rs1 and still");
+}
+
+#[test]
+#[ignore = "privileged: netns + XDP"]
+fn persistence_sends_every_connection_of_a_client_to_one_real_server() {
+    let x = XdpLab::build(LabConfig::default()).unwrap();
+    let _servers = x.lab.start_servers(PORT).unwrap();
+    let mut svc = service(
+        &x.lab,
+        PORT,
+        Protocol::Tcp,
+        Forwarding::Dr,
+        &[1, 1, 1],
+        PORT,
+    );
+    // ipvsadm -p 300 -M 255.255.255.255: the client address alone picks the server.
+    svc.persistence = Some(Persistence {
+        timeout_seconds: 300,
+        prefix_length: 32,
+    });
+    x.apply(vec![svc]).unwrap();
+    let spread = connect_many(&x, 60);
+    assert_eq!(spread.total(), 60);
+    // Without persistence 60 flows over three servers all land on one with
+    // probability 3^-59.
+    assert_eq!(spread.counts.len(), 1, "{spread:?}");
 }
