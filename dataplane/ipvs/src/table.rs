@@ -392,6 +392,14 @@ impl DesiredService {
         };
         let mut dests: Vec<DesiredDest> = Vec::with_capacity(s.real_servers.len());
         for rs in &s.real_servers {
+            // The kernel keeps weights as int: above i32::MAX would read as negative (ERANGE).
+            if i32::try_from(rs.weight).is_err() {
+                return Err(PlanError::BadWeight {
+                    service: s.key,
+                    real_server: rs.address,
+                    weight: rs.weight,
+                });
+            }
             let port = if s.forwarding.allows_port_mapping() {
                 rs.port
             } else {

@@ -401,3 +401,13 @@ fn a_dump_that_fails_to_decode_leaves_the_socket_usable() {
     }
     assert_eq!(c.lookup_family("nlctrl").unwrap(), 0x10);
 }
+
+#[test]
+fn weights_above_int_max_are_refused_before_sending() {
+    let mut s = svc("203.0.113.1", 80, Protocol::Tcp, Forwarding::Nat);
+    s.real_servers[1].weight = 1 << 31;
+    let e = DesiredService::from_model(&s).unwrap_err();
+    assert!(e.to_string().contains("192.0.2.2"), "{e}");
+    s.real_servers[1].weight = i32::MAX as u32;
+    assert!(DesiredService::from_model(&s).is_ok());
+}
