@@ -235,15 +235,17 @@ fn removing_a_real_server_moves_only_its_flows() {
 fn restarting_the_loader_keeps_a_long_lived_connection() {
     let mut x = XdpLab::build(LabConfig::default()).unwrap();
     let _servers = x.lab.start_servers(PORT).unwrap();
-    let plan = vec![service(
-        &x.lab,
-        PORT,
-        Protocol::Tcp,
-        Forwarding::Dr,
-        &[1, 1, 1],
-        PORT,
-    )];
-    x.apply(plan.clone()).unwrap();
+    let plan = |weights: &[u32]| {
+        vec![service(
+            &x.lab,
+            PORT,
+            Protocol::Tcp,
+            Forwarding::Dr,
+            weights,
+            PORT,
+        )]
+    };
+    x.apply(plan(&[1, 1, 1])).unwrap();
 
     let vip = vip(&x);
     let mut conn = x
@@ -259,6 +261,20 @@ fn restarting_the_loader_keeps_a_long_lived_connection() {
     let local = conn.local_addr().unwrap();
     assert_eq!(conn.seen_as().unwrap(), local.to_string());
 
+    // Quiesce the connection's real server: from now on only the connection table
+    // keeps this flow there (the maglev ring no longer has it), so the flow
+    // survives the restart only if the table does.
+    let mut weights = [1, 1, 1];
+    weights[x
+        .lab
+        .real_servers
+        .iter()
+        .position(|h| h.role == rs)
+        .unwrap()] = 0;
+    let quiesced = plan(&weights);
+    x.apply(quiesced.clone()).unwrap();
+    assert_eq!(conn.echo("quiesced").unwrap(), format!("{rs} quiesced"));
+
     // The agent stops: the program stays attached, the maps stay pinned.
     x.drop_director();
     assert_eq!(
@@ -268,7 +284,7 @@ fn restarting_the_loader_keeps_a_long_lived_connection() {
 
     // The agent starts again from the pinned state and applies the same plan.
     x.attach_director().unwrap();
-    let report = x.apply(plan).unwrap();
+    let report = x.apply(quiesced).unwrap();
     assert_eq!(
         report.vips_added, 0,
         "the VIP was recovered from the maps: {report:?}"
