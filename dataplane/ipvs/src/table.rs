@@ -343,6 +343,12 @@ pub enum PlanError {
         service: model::ServiceKey,
         scheduler: model::Scheduler,
     },
+    #[error("service {service}: real server {real_server} weight {weight} is above the kernel's maximum (2^31 - 1)")]
+    BadWeight {
+        service: model::ServiceKey,
+        real_server: std::net::IpAddr,
+        weight: u32,
+    },
     #[error(
         "service {service}: persistence prefix length {prefix} is out of range for the VIP family"
     )]
