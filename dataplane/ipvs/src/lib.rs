@@ -6,8 +6,14 @@
 //! - [`table`] and [`mod@diff`]: the IPVS table as plain data and the pure decision
 //!   [`diff::diff`] (kernel table + desired + owned + drain bookkeeping + `now` -> ops).
 //! - [`client`]: [`IpvsClient`], one NETLINK_GENERIC socket used serially.
-//! - [`apply`]: [`IpvsDataplane::apply`], dump once, diff, send only the changes.
-//! - [`sysctl`] and [`fullnat`]: director sysctls and FullNAT via nftables.
+//! - [`apply`]: [`IpvsDataplane::apply`], dump once, diff, send only the changes
+//!   ([`IpvsDataplane::apply_incremental`] skips the dump between full applies).
+//!   [`IpvsKernel`] is the seam: [`IpvsClient`] or the in-memory [`FakeIpvs`].
+//! - [`sysctl`] and [`fullnat`]: director sysctls ([`director_sysctls_for`]) and
+//!   FullNAT via nftables.
+//! - [`selftest`]: real-kernel checks of every command, for the microVM harness.
+//!
+//! See `docs/ipvs.md` for the decisions and what was verified on a real kernel.
 //!
 //! # Stable API (the VM harness codes against this; changes are additive only)
 //!
