@@ -28,6 +28,16 @@
 #define AF_INET6 10
 #endif
 
+/* The ICMP header as far as used here (linux/icmp.h drags in libc headers). */
+struct klvs_icmphdr {
+	__u8 type;
+	__u8 code;
+	__sum16 checksum;
+	__be32 rest;
+};
+#define ICMP_DEST_UNREACH 3
+#define ICMP_FRAG_NEEDED 4
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, KLVS_MAX_VIPS);
@@ -257,6 +267,106 @@ static __always_inline int nat_reply(__u32 in_if, struct ethhdr *eth, struct iph
 	__builtin_memcpy(eth->h_source, rev->director_mac, ETH_ALEN);
 	count(KLVS_CNT_NAT_REPLY);
 	return send_out(in_if, rev->ifindex);
+}
+
+/*
+ * tun (IPv4): IPIP-encapsulate the IPv4 packet after `eth` to the real server.
+ * Next hop from the caller's MAC, else bpf_fib_lookup.
+ */
+static __always_inline int forward_tun4(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *iph,
+					struct klvs_real *real, struct klvs_config *cfg,
+					__u32 in_if, __u32 vip_id)
+{
+	struct bpf_fib_lookup fib = {};
+	__u16 inner_len = bpf_ntohs(iph->tot_len);
+	__u8 tos = iph->tos;
+	__u8 dmac[ETH_ALEN], smac[ETH_ALEN];
+	__u32 out_if;
+	__be32 daddr = real->addr;
+	__be32 saddr = cfg->director_addr;
+
+	/* A next-hop MAC from the agent saves the route lookup (as Katran does). */
+	if (real->flags & KLVS_REAL_F_HAS_MAC) {
+		__builtin_memcpy(dmac, real->mac, ETH_ALEN);
+		__builtin_memcpy(smac, eth->h_dest, ETH_ALEN);
+		out_if = in_if;
+		goto encap;
+	}
+	fib.family = AF_INET;
+	fib.l4_protocol = IPPROTO_IPIP;
+	fib.tot_len = inner_len + sizeof(struct iphdr);
+	fib.ifindex = in_if;
+	fib.ipv4_src = saddr;
+	fib.ipv4_dst = daddr;
+	/*
+	 * A forwarding lookup from the ingress interface: an output lookup
+	 * (BPF_FIB_LOOKUP_OUTPUT) would pin the egress to that interface.
+	 */
+	int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+		__builtin_memcpy(dmac, fib.dmac, ETH_ALEN);
+		__builtin_memcpy(smac, fib.smac, ETH_ALEN);
+		out_if = fib.ifindex;
+	} else {
+		/*
+		 * Passing an IPIP packet with our own source up would be a martian
+		 * to the kernel: drop, and count so the operator sees it.
+		 */
+		count(rc == BPF_FIB_LKUP_RET_NO_NEIGH ? KLVS_CNT_NO_NEIGH : KLVS_CNT_FIB_FAIL);
+		account_drop(&vip_stats, vip_id);
+		return XDP_DROP;
+	}
+encap:
+	if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct iphdr))) {
+		count(KLVS_CNT_ENCAP_FAIL);
+		return XDP_DROP;
+	}
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *neth = data;
+	struct iphdr *outer = data + sizeof(struct ethhdr);
+
+	if ((void *)(outer + 1) > end)
+		return XDP_DROP;
+	__builtin_memcpy(neth->h_dest, dmac, ETH_ALEN);
+	__builtin_memcpy(neth->h_source, smac, ETH_ALEN);
+	neth->h_proto = bpf_htons(ETH_P_IP);
+
+	outer->version = 4;
+	outer->ihl = 5;
+	outer->tos = tos;
+	outer->tot_len = bpf_htons(inner_len + sizeof(struct iphdr));
+	outer->id = 0;
+	outer->frag_off = 0;
+	outer->ttl = 64;
+	outer->protocol = IPPROTO_IPIP;
+	outer->check = 0;
+	outer->saddr = saddr;
+	outer->daddr = daddr;
+	outer->check = ipv4_csum(outer);
+	return send_out(in_if, out_if);
+}
+
+/* The ring slot hash of an IPv4 flow (client address, VIP, ports, protocol). */
+static __always_inline __u32 hash4(struct klvs_vip_meta *vip, __be32 saddr, __be32 daddr,
+				   __be16 sport, __be16 dport, __u8 proto)
+{
+	if (vip->flags & KLVS_VIP_F_HASH_SRC_ONLY)
+		return klvs_flow_hash(saddr & vip->src_mask, 0, proto);
+	return klvs_flow_hash(saddr, daddr, ((__u32)sport << 16 | dport) ^ proto);
+}
+
+/* dr: the frame was addressed to us, so its destination MAC is ours. */
+static __always_inline int forward_dr(struct ethhdr *eth, struct klvs_real *real)
+{
+	if (!(real->flags & KLVS_REAL_F_HAS_MAC)) {
+		count(KLVS_CNT_NO_NEIGH);
+		return XDP_DROP;
+	}
+	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, real->mac, ETH_ALEN);
+	return XDP_TX;
 }
 
 static __always_inline int same16(const __u8 *a, const __u8 *b)
@@ -552,6 +662,82 @@ pass:
 	return XDP_PASS;
 }
 
+
+/*
+ * ICMP "fragmentation needed" about a packet a real server sent from the VIP.
+ * DR and TUN replies go straight to the client with the VIP as source, so a
+ * router on that path reports a too-small MTU to the VIP: to us. Forward it to
+ * the real server that owns the flow (connection table, else the same ring
+ * slot a new packet of the flow would take), as Katran does; otherwise
+ * path-MTU discovery cannot work through a director. Anything else passes.
+ */
+static __always_inline int icmp_to_real(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *iph,
+					void *end, __u32 in_if)
+{
+	struct klvs_icmphdr *ic = (void *)iph + (iph->ihl & 0xf) * 4;
+
+	if ((void *)(ic + 1) > end || ic->type != ICMP_DEST_UNREACH ||
+	    ic->code != ICMP_FRAG_NEEDED)
+		goto pass;
+	struct iphdr *in = (void *)(ic + 1);
+
+	if ((void *)(in + 1) > end || in->ihl != 5 ||
+	    (in->protocol != IPPROTO_TCP && in->protocol != IPPROTO_UDP))
+		goto pass;
+	__be16 *ports = (void *)(in + 1);
+
+	if ((void *)(ports + 2) > end)
+		goto pass;
+	__u32 zero = 0;
+	struct klvs_config *cfg = bpf_map_lookup_elem(&config, &zero);
+
+	if (!cfg || cfg->ring_size == 0)
+		goto pass;
+	/* The quoted packet went VIP:port -> client. */
+	struct klvs_vip_key vk = {
+		.addr = in->saddr,
+		.port = ports[0],
+		.proto = in->protocol,
+	};
+	struct klvs_vip_meta *vip = bpf_map_lookup_elem(&vips, &vk);
+
+	if (!vip || (vip->forwarding != KLVS_FWD_DR && vip->forwarding != KLVS_FWD_TUN))
+		goto pass;
+	__u32 vip_id = vip->vip_id;
+	struct klvs_flow_key fk = {
+		.src = in->daddr,
+		.dst = in->saddr,
+		.sport = ports[1],
+		.dport = ports[0],
+		.proto = in->protocol,
+	};
+	struct klvs_conn *conn = bpf_map_lookup_elem(&conns, &fk);
+	__u32 real_id;
+
+	if (conn && conn->vip_id == vip_id) {
+		real_id = conn->real_id;
+	} else {
+		__u32 slot = vip_id * cfg->ring_size +
+			     hash4(vip, fk.src, fk.dst, fk.sport, fk.dport, fk.proto) % cfg->ring_size;
+		__u32 *rid = bpf_map_lookup_elem(&rings, &slot);
+
+		if (!rid)
+			goto pass;
+		real_id = *rid;
+	}
+	struct klvs_real *real = bpf_map_lookup_elem(&reals, &real_id);
+
+	if (real_id == KLVS_REAL_NONE || !real || !(real->flags & KLVS_REAL_F_ALIVE))
+		goto pass;
+	count(KLVS_CNT_ICMP_TO_REAL);
+	if (vip->forwarding == KLVS_FWD_DR)
+		return forward_dr(eth, real);
+	return forward_tun4(ctx, eth, iph, real, cfg, in_if, vip_id);
+pass:
+	count(KLVS_CNT_PASS);
+	return XDP_PASS;
+}
+
 /* The whole director; bench.c wraps it to restore the packet between runs. */
 static __always_inline int director(struct xdp_md *ctx)
 {
@@ -575,10 +761,12 @@ static __always_inline int director(struct xdp_md *ctx)
 		goto pass;
 	__u8 proto = iph->protocol;
 
-	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
-		goto pass;
 	/* Fragments carry no ports (or not all of them): the kernel reassembles. */
 	if (iph->frag_off & bpf_htons(0x3fff))
+		goto pass;
+	if (proto == IPPROTO_ICMP)
+		return icmp_to_real(ctx, eth, iph, end, in_if);
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 		goto pass;
 
 	void *l4 = (void *)iph + (iph->ihl & 0xf) * 4;
@@ -638,11 +826,7 @@ static __always_inline int director(struct xdp_md *ctx)
 
 		if (ring_size == 0)
 			goto no_real;
-		if (vip->flags & KLVS_VIP_F_HASH_SRC_ONLY)
-			h = klvs_flow_hash(iph->saddr & vip->src_mask, 0, proto);
-		else
-			h = klvs_flow_hash(iph->saddr, iph->daddr,
-					   ((__u32)ports[0] << 16 | ports[1]) ^ proto);
+		h = hash4(vip, iph->saddr, iph->daddr, ports[0], ports[1], proto);
 		__u32 slot = vip_id * ring_size + h % ring_size;
 		__u32 *rid = bpf_map_lookup_elem(&rings, &slot);
 
@@ -663,14 +847,7 @@ static __always_inline int director(struct xdp_md *ctx)
 
 	switch (vip->forwarding) {
 	case KLVS_FWD_DR:
-		if (!(real->flags & KLVS_REAL_F_HAS_MAC)) {
-			count(KLVS_CNT_NO_NEIGH);
-			return XDP_DROP;
-		}
-		/* The frame was addressed to us: its destination MAC is ours. */
-		__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
-		__builtin_memcpy(eth->h_dest, real->mac, ETH_ALEN);
-		return XDP_TX;
+		return forward_dr(eth, real);
 
 	case KLVS_FWD_NAT: {
 		struct bpf_fib_lookup fib = {};
@@ -722,77 +899,8 @@ static __always_inline int director(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 
-	case KLVS_FWD_TUN: {
-		struct bpf_fib_lookup fib = {};
-		__u16 inner_len = bpf_ntohs(iph->tot_len);
-		__u8 tos = iph->tos;
-		__u8 dmac[ETH_ALEN], smac[ETH_ALEN];
-		__u32 out_if;
-		__be32 daddr = real->addr;
-		__be32 saddr = cfg->director_addr;
-
-		/* A next-hop MAC from the agent saves the route lookup (as Katran does). */
-		if (real->flags & KLVS_REAL_F_HAS_MAC) {
-			__builtin_memcpy(dmac, real->mac, ETH_ALEN);
-			__builtin_memcpy(smac, eth->h_dest, ETH_ALEN);
-			out_if = in_if;
-			goto encap;
-		}
-		fib.family = AF_INET;
-		fib.l4_protocol = IPPROTO_IPIP;
-		fib.tot_len = inner_len + sizeof(struct iphdr);
-		fib.ifindex = in_if;
-		fib.ipv4_src = saddr;
-		fib.ipv4_dst = daddr;
-		/*
-		 * A forwarding lookup from the ingress interface: an output lookup
-		 * (BPF_FIB_LOOKUP_OUTPUT) would pin the egress to that interface.
-		 */
-		int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
-
-		if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
-			__builtin_memcpy(dmac, fib.dmac, ETH_ALEN);
-			__builtin_memcpy(smac, fib.smac, ETH_ALEN);
-			out_if = fib.ifindex;
-		} else {
-			/*
-			 * Passing an IPIP packet with our own source up would be a martian
-			 * to the kernel: drop, and count so the operator sees it.
-			 */
-			count(rc == BPF_FIB_LKUP_RET_NO_NEIGH ? KLVS_CNT_NO_NEIGH : KLVS_CNT_FIB_FAIL);
-			account_drop(&vip_stats, vip_id);
-			return XDP_DROP;
-		}
-encap:
-		if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct iphdr))) {
-			count(KLVS_CNT_ENCAP_FAIL);
-			return XDP_DROP;
-		}
-		data = (void *)(long)ctx->data;
-		end = (void *)(long)ctx->data_end;
-		struct ethhdr *neth = data;
-		struct iphdr *outer = data + sizeof(struct ethhdr);
-
-		if ((void *)(outer + 1) > end)
-			return XDP_DROP;
-		__builtin_memcpy(neth->h_dest, dmac, ETH_ALEN);
-		__builtin_memcpy(neth->h_source, smac, ETH_ALEN);
-		neth->h_proto = bpf_htons(ETH_P_IP);
-
-		outer->version = 4;
-		outer->ihl = 5;
-		outer->tos = tos;
-		outer->tot_len = bpf_htons(inner_len + sizeof(struct iphdr));
-		outer->id = 0;
-		outer->frag_off = 0;
-		outer->ttl = 64;
-		outer->protocol = IPPROTO_IPIP;
-		outer->check = 0;
-		outer->saddr = saddr;
-		outer->daddr = daddr;
-		outer->check = ipv4_csum(outer);
-		return send_out(in_if, out_if);
-	}
+	case KLVS_FWD_TUN:
+		return forward_tun4(ctx, eth, iph, real, cfg, in_if, vip_id);
 	}
 	/* Unknown forwarding value: the map is corrupt, do not guess. */
 	account_drop(&vip_stats, vip_id);

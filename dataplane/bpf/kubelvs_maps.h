@@ -161,7 +161,8 @@ enum klvs_counter {
 	KLVS_CNT_NAT_REPLY = 5,   /* replies reverse-NATed */
 	KLVS_CNT_ENCAP_FAIL = 6,  /* bpf_xdp_adjust_head refused: dropped */
 	KLVS_CNT_DECAP = 7,       /* decap program: IPIP stripped */
-	KLVS_CNT_MAX = 8,
+	KLVS_CNT_ICMP_TO_REAL = 8, /* ICMP frag-needed about a VIP flow, sent to its real server */
+	KLVS_CNT_MAX = 9,
 };
 
 /*

@@ -266,6 +266,8 @@ pub struct GlobalCounters {
     pub no_route: u64,
     pub nat_replies: u64,
     pub encap_failed: u64,
+    /// ICMP "fragmentation needed" about VIP flows forwarded to their real server.
+    pub icmp_to_real: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -904,6 +906,7 @@ impl XdpDirector {
             no_route: c(Counter::FibFail)?,
             nat_replies: c(Counter::NatReply)?,
             encap_failed: c(Counter::EncapFail)?,
+            icmp_to_real: c(Counter::IcmpToReal)?,
         };
         Ok(out)
     }

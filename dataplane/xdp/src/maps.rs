@@ -31,9 +31,10 @@ pub enum Counter {
     NatReply = 5,
     EncapFail = 6,
     Decap = 7,
+    IcmpToReal = 8,
 }
 
-pub const COUNTER_MAX: u32 = 8;
+pub const COUNTER_MAX: u32 = 9;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1160,3 +1160,90 @@ fn invalid_options_are_refused_before_loading() {
         }
     ));
 }
+
+/// ICMP "fragmentation needed" about a reply a real server sent from the VIP
+/// reaches that real server (DR: MAC rewrite; TUN: encapsulated), so path-MTU
+/// discovery works through the director.
+#[test]
+#[ignore = "privileged: loads BPF"]
+fn icmp_frag_needed_goes_to_the_flows_real_server() {
+    let mut d = XdpDirector::load(small_opts()).unwrap();
+    let reals = [
+        ("198.51.100.21", 80, 1),
+        ("198.51.100.22", 80, 1),
+        ("198.51.100.23", 80, 1),
+    ];
+    let mut neigh: HashMap<IpAddr, Mac> = reals.iter().map(|r| mac_of(r.0)).collect();
+    neigh.insert(mac_of("198.51.100.31").0, mac_of("198.51.100.31").1);
+    d.apply(
+        &[
+            service(VIP, 80, Forwarding::Dr, &reals),
+            service(VIP, 443, TUN, &[("198.51.100.31", 443, 1)]),
+        ],
+        &neigh,
+    )
+    .unwrap();
+    let router = ip("203.0.113.254");
+    // The router quotes the reply's IP header and the first 8 bytes of TCP.
+    let frag_needed = |vport: u16, cport: u16| {
+        let quoted = ipv4(
+            ip(VIP),
+            ip(CLIENT),
+            6,
+            &tcp(ip(VIP), ip(CLIENT), vport, cport, TCP_ACK, &[0; 1400])[..8],
+        );
+        let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x05, 0xdc];
+        icmp.extend_from_slice(&quoted[..28]);
+        let c = csum(&icmp, 0);
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        eth(
+            DIRECTOR_MAC,
+            CLIENT_MAC,
+            0x0800,
+            &ipv4(router, ip(VIP), 1, &icmp),
+        )
+    };
+    let first_hop = |d: &XdpDirector, f: &[u8]| {
+        let r = test_run(
+            d.program_fd(),
+            &TestRun {
+                data_in: f,
+                repeat: 1,
+                ..TestRun::default()
+            },
+        )
+        .unwrap();
+        (r.retval, r.data_out)
+    };
+    // An established flow: the ICMP error follows it.
+    let syn = tcp_frame(ip(CLIENT), 40100, ip(VIP), 80, TCP_SYN);
+    let (_, out) = first_hop(&d, &syn);
+    let owner: Mac = out[0..6].try_into().unwrap();
+    let icmp = frag_needed(80, 40100);
+    assert_eq!(
+        first_hop(&d, &icmp),
+        (XDP_TX, with_mac(icmp.clone(), owner, DIRECTOR_MAC))
+    );
+    // No table entry: the ICMP error takes the ring slot the flow would take.
+    let icmp2 = frag_needed(80, 40200);
+    let (v, out2) = first_hop(&d, &icmp2);
+    let syn2 = tcp_frame(ip(CLIENT), 40200, ip(VIP), 80, TCP_SYN);
+    let (_, out_syn2) = first_hop(&d, &syn2);
+    assert_eq!((v, &out2[0..6]), (XDP_TX, &out_syn2[0..6]));
+    // TUN: the ICMP packet travels encapsulated.
+    let icmp3 = frag_needed(443, 40300);
+    let want = eth(
+        mac_of("198.51.100.31").1,
+        DIRECTOR_MAC,
+        0x0800,
+        &ipip(ip("192.0.2.1"), ip("198.51.100.31"), &icmp3[14..]),
+    );
+    assert_eq!(first_hop(&d, &icmp3), (XDP_TX, want));
+    // Other ICMP, and errors about flows of no VIP, pass untouched.
+    let other = frag_needed(8080, 40100);
+    assert_eq!(first_hop(&d, &other), (XDP_PASS, other.clone()));
+    let mut unreachable = icmp.clone();
+    unreachable[14 + 20 + 1] = 1; // host unreachable
+    assert_eq!(first_hop(&d, &unreachable), (XDP_PASS, unreachable.clone()));
+    assert_eq!(d.stats().unwrap().counters.icmp_to_real, 3);
+}
