@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
-use kubelvs_model::{Forwarding, Persistence, Protocol, Tunnel};
+use kubelvs_model::{Forwarding, Persistence, Protocol, Service, Tunnel};
 use kubelvs_xdp_lab::client::{self, Spread};
 use kubelvs_xdp_lab::director::XdpLab;
 use kubelvs_xdp_lab::plan::service;
@@ -17,6 +17,26 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 fn vip(x: &XdpLab) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(x.lab.vip, PORT))
+}
+
+/// The lab's TCP virtual service VIP:80 over the real servers with `weights`,
+/// listening on `target_port`.
+fn web(x: &XdpLab, forwarding: Forwarding, weights: &[u32], target_port: u16) -> Vec<Service> {
+    vec![service(
+        &x.lab,
+        PORT,
+        Protocol::Tcp,
+        forwarding,
+        weights,
+        target_port,
+    )]
+}
+
+fn assert_every_real_server_served(spread: &Spread, n: usize) {
+    assert_eq!(spread.total(), n);
+    for rs in ["rs1", "rs2", "rs3"] {
+        assert!(spread.count(rs) > 0, "{rs} got no connection: {spread:?}");
+    }
 }
 
 /// Opens `n` connections through the VIP (the first one retried while the lab settles).
@@ -45,16 +65,7 @@ fn dr_real_tcp_spreads_by_weight() {
     let x = XdpLab::build(LabConfig::default()).unwrap();
     let servers = x.lab.start_servers(PORT).unwrap();
     let weights = [1, 2, 3];
-    let report = x
-        .apply(vec![service(
-            &x.lab,
-            PORT,
-            Protocol::Tcp,
-            Forwarding::Dr,
-            &weights,
-            PORT,
-        )])
-        .unwrap();
+    let report = x.apply(web(&x, Forwarding::Dr, &weights, PORT)).unwrap();
     assert_eq!(report.vips_added, 1, "{report:?}");
     assert!(report.skipped.is_empty(), "{report:?}");
 
@@ -121,21 +132,10 @@ fn tun_real_tcp_with_decap_on_the_real_servers() {
     // This kernel has no ipip module: the real servers strip IPIP with XDP.
     x.attach_decap().unwrap();
     let _servers = x.lab.start_servers(PORT).unwrap();
-    x.apply(vec![service(
-        &x.lab,
-        PORT,
-        Protocol::Tcp,
-        Forwarding::Tun(Tunnel::Ipip),
-        &[1, 1, 1],
-        PORT,
-    )])
-    .unwrap();
+    x.apply(web(&x, Forwarding::Tun(Tunnel::Ipip), &[1, 1, 1], PORT))
+        .unwrap();
 
-    let spread = connect_many(&x, 60);
-    assert_eq!(spread.total(), 60);
-    for rs in ["rs1", "rs2", "rs3"] {
-        assert!(spread.count(rs) > 0, "{rs} got no connection: {spread:?}");
-    }
+    assert_every_real_server_served(&connect_many(&x, 60), 60);
     // Every real server received encapsulated packets and stripped them.
     let decapsulated = x.decapsulated().unwrap();
     assert!(decapsulated.iter().all(|&n| n > 0), "{decapsulated:?}");
@@ -153,21 +153,10 @@ fn nat_real_tcp_with_port_mapping() {
     // Real servers listen on 8080 only: the director maps VIP:80 to it.
     let target = 8080;
     let _servers = x.lab.start_servers(target).unwrap();
-    x.apply(vec![service(
-        &x.lab,
-        PORT,
-        Protocol::Tcp,
-        Forwarding::Nat,
-        &[1, 1, 1],
-        target,
-    )])
-    .unwrap();
+    x.apply(web(&x, Forwarding::Nat, &[1, 1, 1], target))
+        .unwrap();
 
-    let spread = connect_many(&x, 60);
-    assert_eq!(spread.total(), 60);
-    for rs in ["rs1", "rs2", "rs3"] {
-        assert!(spread.count(rs) > 0, "{rs} got no connection: {spread:?}");
-    }
+    assert_every_real_server_served(&connect_many(&x, 60), 60);
     let stats = x.stats().unwrap();
     assert!(stats.counters.nat_replies > 0, "{stats:?}");
 }
@@ -186,15 +175,7 @@ fn removing_a_real_server_moves_only_its_flows() {
         client::flows(from, vip, TIMEOUT)
     };
 
-    x.apply(vec![service(
-        &x.lab,
-        PORT,
-        Protocol::Tcp,
-        Forwarding::Dr,
-        &[1, 1, 1],
-        PORT,
-    )])
-    .unwrap();
+    x.apply(web(&x, Forwarding::Dr, &[1, 1, 1], PORT)).unwrap();
     let before = x.lab.client.netns.run(flows).unwrap().unwrap();
     let on_rs3 = before.values().filter(|rs| *rs == "rs3").count();
     assert!(
@@ -203,16 +184,7 @@ fn removing_a_real_server_moves_only_its_flows() {
     );
 
     // rs3 leaves the plan.
-    let report = x
-        .apply(vec![service(
-            &x.lab,
-            PORT,
-            Protocol::Tcp,
-            Forwarding::Dr,
-            &[1, 1],
-            PORT,
-        )])
-        .unwrap();
+    let report = x.apply(web(&x, Forwarding::Dr, &[1, 1], PORT)).unwrap();
     assert_eq!(report.real_servers_removed, 1, "{report:?}");
 
     let after = x.lab.client.netns.run(flows).unwrap().unwrap();
@@ -235,16 +207,7 @@ fn removing_a_real_server_moves_only_its_flows() {
 fn restarting_the_loader_keeps_a_long_lived_connection() {
     let mut x = XdpLab::build(LabConfig::default()).unwrap();
     let _servers = x.lab.start_servers(PORT).unwrap();
-    let plan = |weights: &[u32]| {
-        vec![service(
-            &x.lab,
-            PORT,
-            Protocol::Tcp,
-            Forwarding::Dr,
-            weights,
-            PORT,
-        )]
-    };
+    let plan = |weights: &[u32]| web(&x, Forwarding::Dr, weights, PORT);
     x.apply(plan(&[1, 1, 1])).unwrap();
 
     let vip = vip(&x);
@@ -319,15 +282,7 @@ fn restarting_the_loader_keeps_a_long_lived_connection() {
 fn quiesced_real_server_keeps_its_connections_and_gets_no_new_ones() {
     let x = XdpLab::build(LabConfig::default()).unwrap();
     let _servers = x.lab.start_servers(PORT).unwrap();
-    x.apply(vec![service(
-        &x.lab,
-        PORT,
-        Protocol::Tcp,
-        Forwarding::Dr,
-        &[1, 1, 1],
-        PORT,
-    )])
-    .unwrap();
+    x.apply(web(&x, Forwarding::Dr, &[1, 1, 1], PORT)).unwrap();
     let vip = vip(&x);
     // Connections until one lands on rs1 (a third of them do).
     let mut on_rs1 = x
@@ -348,15 +303,7 @@ fn quiesced_real_server_keeps_its_connections_and_gets_no_new_ones() {
         .unwrap();
 
     // Weight 0 (a failed health check, or drain): quiesced, not removed.
-    x.apply(vec![service(
-        &x.lab,
-        PORT,
-        Protocol::Tcp,
-        Forwarding::Dr,
-        &[0, 1, 1],
-        PORT,
-    )])
-    .unwrap();
+    x.apply(web(&x, Forwarding::Dr, &[0, 1, 1], PORT)).unwrap();
     assert_eq!(on_rs1.echo("still here").unwrap(), "rs1 still here");
     let spread = x
         .lab
