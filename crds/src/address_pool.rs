@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct AddressPoolSpec {
     /// CIDRs (`203.0.113.0/28`) or inclusive ranges (`203.0.113.10-203.0.113.20`).
-    #[schemars(length(min = 1, max = 256))]
+    #[schemars(length(min = 1, max = 256), inner(length(min = 1, max = 90)))]
     #[x_kube(
         validation = Rule::new("self.all(a, isCIDR(a) || (a.split('-').size() == 2 && isIP(a.split('-')[0]) && isIP(a.split('-')[1]) && ip(a.split('-')[0]).family() == ip(a.split('-')[1]).family()))")
             .message("spec.addresses: each entry must be a CIDR (203.0.113.0/28) or a range of one family (203.0.113.10-203.0.113.20)")
@@ -75,8 +75,9 @@ impl AddressRange {
 }
 
 impl AddressPool {
-    /// The ranges of `spec.addresses`; malformed entries are skipped (validation rejects
-    /// them before they get here).
+    /// The ranges of `spec.addresses`. Malformed entries are skipped: validation rejects
+    /// them, except a reversed range, which CEL cannot see (it cannot compare addresses);
+    /// the operator reports that one.
     pub fn ranges(&self) -> Vec<AddressRange> {
         self.spec
             .addresses

@@ -28,9 +28,10 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct RealServerSpec {
     /// IPv4 or IPv6 address of the real server.
+    #[schemars(length(max = 45))]
     #[x_kube(validation = Rule::new("isIP(self)").message("spec.address: must be an IPv4 or IPv6 address"))]
     pub address: String,
-    /// The port it listens on. Absent: each virtual port's targetPort, else the virtual port.
+    /// The port it listens on, for virtual ports without a targetPort. Absent: the virtual port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<u16>,

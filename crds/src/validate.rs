@@ -52,11 +52,14 @@ impl fmt::Display for ValidationErrors {
 }
 
 impl ValidationErrors {
-    /// Whether some error concerns `field` or a field below it.
+    /// Whether some error concerns `field` or a field below it (`spec.port` is not
+    /// `spec.ports`).
     pub fn names_field(&self, field: &str) -> bool {
-        self.errors
-            .iter()
-            .any(|e| e.field.starts_with(field) || e.message.contains(field))
+        self.errors.iter().any(|e| {
+            e.field
+                .strip_prefix(field)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        })
     }
 }
 
@@ -252,13 +255,42 @@ impl Object {
             name: &str,
             value: serde_yaml::Value,
         ) -> Result<T, ParseError> {
-            serde_path_to_error::deserialize(value).map_err(|e| ParseError::Field {
+            let field_error = |field: String, message: String| ParseError::Field {
                 document,
                 kind: kind.to_owned(),
                 name: name.to_owned(),
-                field: e.path().to_string(),
-                message: e.inner().to_string(),
-            })
+                field,
+                message,
+            };
+            // An API server with strict field validation (kubectl's default) rejects unknown
+            // fields; so do we, or a misspelt `healthcheck:` would silently do nothing.
+            let mut unknown = Vec::new();
+            let mut note_unknown = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+            let de = serde_ignored::Deserializer::new(value, &mut note_unknown);
+            let parsed: T = serde_path_to_error::deserialize(de).map_err(|e| {
+                let mut field = e.path().to_string();
+                let message = e.inner().to_string();
+                // serde names a missing field only in the message; put it in the path.
+                if let Some(missing) = message
+                    .strip_prefix("missing field `")
+                    .and_then(|m| m.split('`').next())
+                {
+                    field = if field == "." {
+                        missing.to_owned()
+                    } else {
+                        format!("{field}.{missing}")
+                    };
+                }
+                field_error(field, message)
+            })?;
+            // apiVersion and kind were read above; the typed root does not keep them.
+            if let Some(path) = unknown
+                .into_iter()
+                .find(|p| p != "apiVersion" && p != "kind")
+            {
+                return Err(field_error(path, "unknown field".to_owned()));
+            }
+            Ok(parsed)
         }
         match meta.kind.as_str() {
             "VirtualService" => {

@@ -47,6 +47,12 @@ use serde::{Deserialize, Serialize};
     validation = Rule::new("(self.scheduler == 'maglev') == (self.dataplane == 'xdp')")
         .message("spec.scheduler: the xdp dataplane schedules with maglev only, and maglev exists only in the xdp dataplane (the kernel's maglev is mh)")
         .field_path(".scheduler"),
+    validation = Rule::new("!(self.forwarding in ['dr', 'tun']) || has(self.directors)")
+        .message("spec.directors: required for dr and tun: a node that directs must not also run a real server of the same VIP (it would re-schedule packets another director already forwarded), so say which nodes direct")
+        .field_path(".directors"),
+    validation = Rule::new("self.dataplane != 'xdp' || self.ports.all(p, p.protocol != 'SCTP')")
+        .message("spec.ports[].protocol: the xdp dataplane balances TCP and UDP only")
+        .field_path(".ports"),
     validation = Rule::new("self.dataplane != 'xdp' || self.forwarding in ['dr', 'tun', 'nat']")
         .message("spec.forwarding: the xdp dataplane forwards with dr, tun or nat")
         .field_path(".forwarding"),
@@ -67,6 +73,7 @@ pub struct VirtualServiceSpec {
     /// The virtual IP. When absent, the operator allocates one from `addressPool` (or a
     /// pool with autoAssign) and records it in status.vip.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 45))]
     #[x_kube(validation = Rule::new("isIP(self)").message("spec.vip: must be an IPv4 or IPv6 address"))]
     pub vip: Option<String>,
 
@@ -249,9 +256,12 @@ pub struct PersistenceSpec {
     pub timeout_seconds: u32,
     /// IPv4 clients in one network of this mask count as one client (ipvsadm -M).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(
-        pattern = r"^((255\.){3}(255|254|252|248|240|224|192|128|0)|(255\.){2}(254|252|248|240|224|192|128|0)\.0|255\.(254|252|248|240|224|192|128|0)\.0\.0|(254|252|248|240|224|192|128)\.0\.0\.0)$"
-    ))]
+    #[schemars(
+        length(max = 15),
+        regex(
+            pattern = r"^((255\.){3}(255|254|252|248|240|224|192|128|0)|(255\.){2}(254|252|248|240|224|192|128|0)\.0|255\.(254|252|248|240|224|192|128|0)\.0\.0|(254|252|248|240|224|192|128)\.0\.0\.0)$"
+        )
+    )]
     pub netmask: Option<String>,
     /// Clients sharing this many leading address bits count as one client (1-32 for IPv4, 1-128 for IPv6).
     #[serde(default, skip_serializing_if = "Option::is_none")]

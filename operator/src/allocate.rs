@@ -1,9 +1,11 @@
 //! VIP allocation: which address each VirtualService gets, decided over all of them at once.
 //!
 //! Rules, in the order a user would expect them:
-//! - `spec.vip` is used as given; with `spec.addressPool` it must lie in that pool.
 //! - An address already allocated (`status.vip`) is kept while it is still valid, so VIPs
-//!   never move under running traffic when pools or other services change.
+//!   never move under running traffic when pools or other services change; a `spec.vip`
+//!   naming it is refused.
+//! - `spec.vip` is used as given; with `spec.addressPool` it must lie in that pool, and the
+//!   pool must admit the namespace.
 //! - Others, oldest first, get the lowest free address of `spec.addressPool`, else of the
 //!   first auto-assign pool (by name) that admits their namespace.
 //! - In IPv4 CIDRs shorter than /31 the network and broadcast addresses are skipped.
@@ -30,6 +32,8 @@ pub enum AllocationError {
     VipOutsidePool { vip: IpAddr, pool: String },
     #[error("spec.addressPool: AddressPool {pool} does not admit namespace {namespace}")]
     NamespaceNotAdmitted { pool: String, namespace: String },
+    #[error("spec.vip: {vip} is already allocated to VirtualService {owner}")]
+    VipAllocatedElsewhere { vip: IpAddr, owner: String },
     #[error("spec.addressPool: AddressPool {pool} has no free address")]
     PoolExhausted { pool: String },
     #[error("spec.addressPool: no auto-assign AddressPool admits namespace {namespace}; set spec.vip or spec.addressPool")]
@@ -45,6 +49,8 @@ pub struct Allocation {
     pub vips: BTreeMap<VsKey, Result<IpAddr, AllocationError>>,
     /// Per pool: (total addresses, allocated).
     pub pool_usage: BTreeMap<String, (u64, u64)>,
+    /// Per pool: entries of `spec.addresses` that hold no address, as `spec.addresses[i]: why`.
+    pub pool_problems: BTreeMap<String, Vec<String>>,
 }
 
 /// Allocates VIPs for all `services` from `pools`.
@@ -55,15 +61,22 @@ pub fn allocate(
 ) -> Allocation {
     let mut pools: Vec<&AddressPool> = pools.iter().collect();
     pools.sort_by_key(|p| p.metadata.name.clone());
-    let ranges: BTreeMap<String, Vec<AddressRange>> = pools
-        .iter()
-        .map(|p| {
-            (
-                name(p),
-                p.spec.addresses.iter().filter_map(|a| parse(a)).collect(),
-            )
-        })
-        .collect();
+    let mut out = Allocation::default();
+    let mut ranges: BTreeMap<String, Vec<AddressRange>> = BTreeMap::new();
+    for p in &pools {
+        let mut rs = Vec::new();
+        for (i, entry) in p.spec.addresses.iter().enumerate() {
+            match parse(entry) {
+                Some(r) => rs.push(r),
+                // CEL checks the syntax but cannot compare addresses: a reversed range
+                // (or a /32 CIDR trimmed to nothing) ends up here.
+                None => out.pool_problems.entry(name(p)).or_default().push(format!(
+                    "spec.addresses[{i}]: {entry:?} holds no address (a range must go from low to high)"
+                )),
+            }
+        }
+        ranges.insert(name(p), rs);
+    }
 
     let mut order: Vec<&VirtualService> = services.iter().collect();
     order.sort_by_key(|v| {
@@ -74,59 +87,68 @@ pub fn allocate(
         )
     });
 
-    let mut out = Allocation::default();
     let mut used: BTreeSet<IpAddr> = BTreeSet::new();
     let mut pending = Vec::new();
 
-    // Pass 1: fixed VIPs and still-valid allocations claim their addresses first.
-    for vs in &order {
-        let key = vs_key(vs);
-        let pool = vs.spec.address_pool.as_deref();
-        let result = if let Some(text) = &vs.spec.vip {
-            match text.parse::<IpAddr>() {
-                Err(_) => Err(AllocationError::InvalidVip { vip: text.clone() }),
-                Ok(vip) => match pool {
-                    Some(p) if !ranges.contains_key(p) => {
-                        Err(AllocationError::UnknownPool { pool: p.into() })
-                    }
-                    Some(p) if !ranges[p].iter().any(|r| r.contains(vip)) => {
-                        Err(AllocationError::VipOutsidePool {
-                            vip,
-                            pool: p.into(),
-                        })
-                    }
-                    _ => Ok(vip),
-                },
+    // Pass 1: allocations still valid (status.vip inside a pool the service may use) are
+    // kept, so a VIP never moves under traffic, whatever appears later.
+    let mut kept: BTreeMap<IpAddr, VsKey> = BTreeMap::new();
+    for vs in order.iter().filter(|v| v.spec.vip.is_none()) {
+        let still_valid = vs
+            .status
+            .as_ref()
+            .and_then(|s| s.vip.as_deref())
+            .and_then(|v| v.parse::<IpAddr>().ok())
+            .filter(|v| !kept.contains_key(v))
+            .filter(|v| {
+                candidate_pools(vs, &pools, namespaces)
+                    .is_ok_and(|ps| ps.iter().any(|p| ranges[*p].iter().any(|r| r.contains(*v))))
+            });
+        match still_valid {
+            Some(v) => {
+                kept.insert(v, vs_key(vs));
+                out.vips.insert(vs_key(vs), Ok(v));
             }
-        } else {
-            let kept = vs
-                .status
-                .as_ref()
-                .and_then(|s| s.vip.as_deref())
-                .and_then(|v| v.parse::<IpAddr>().ok())
-                .filter(|v| !used.contains(v))
-                .filter(|v| {
-                    candidate_pools(vs, &pools, namespaces)
-                        .ok()
-                        .is_some_and(|ps| {
-                            ps.iter().any(|p| ranges[*p].iter().any(|r| r.contains(*v)))
-                        })
-                });
-            match kept {
-                Some(v) => Ok(v),
-                None => {
-                    pending.push(*vs);
-                    continue;
+            None => pending.push(*vs),
+        }
+    }
+    used.extend(kept.keys());
+
+    // Pass 2: fixed VIPs (spec.vip). They may share an address with each other (several
+    // ports on one VIP), but not take one allocated to another service.
+    for vs in order.iter().filter(|v| v.spec.vip.is_some()) {
+        let text = vs.spec.vip.as_deref().unwrap_or_default();
+        let result = match text.parse::<IpAddr>() {
+            Err(_) => Err(AllocationError::InvalidVip { vip: text.into() }),
+            Ok(vip) => {
+                if let Some((ns, name)) = kept.get(&vip) {
+                    Err(AllocationError::VipAllocatedElsewhere {
+                        vip,
+                        owner: format!("{ns}/{name}"),
+                    })
+                } else if let Some(p) = vs.spec.address_pool.as_deref() {
+                    candidate_pools(vs, &pools, namespaces).and_then(|_| {
+                        if ranges[p].iter().any(|r| r.contains(vip)) {
+                            Ok(vip)
+                        } else {
+                            Err(AllocationError::VipOutsidePool {
+                                vip,
+                                pool: p.into(),
+                            })
+                        }
+                    })
+                } else {
+                    Ok(vip)
                 }
             }
         };
         if let Ok(v) = result {
             used.insert(v);
         }
-        out.vips.insert(key, result);
+        out.vips.insert(vs_key(vs), result);
     }
 
-    // Pass 2: the rest, oldest first, get the lowest free address.
+    // Pass 3: the rest, oldest first, get the lowest free address.
     for vs in pending {
         let result = candidate_pools(vs, &pools, namespaces).and_then(|ps| {
             ps.iter()
@@ -206,14 +228,20 @@ fn vs_key(vs: &VirtualService) -> VsKey {
 }
 
 /// The addresses of a pool entry the allocator hands out: a v4 CIDR shorter than /31 loses
-/// its network and broadcast addresses, which many clients and routers mishandle.
+/// its network and broadcast addresses, which many clients and routers mishandle, and a v6
+/// CIDR its subnet-router anycast address.
 fn parse(entry: &str) -> Option<AddressRange> {
     let mut r = kubelvs_crds::parse_range(entry)?;
-    if let Ok(IpNet::V4(v4)) = entry.parse::<IpNet>() {
-        if v4.prefix_len() < 31 {
+    match entry.parse::<IpNet>() {
+        Ok(IpNet::V4(v4)) if v4.prefix_len() < 31 => {
             r.first = from_u128(to_u128(r.first) + 1, true);
             r.last = from_u128(to_u128(r.last) - 1, true);
         }
+        // The first address of an IPv6 subnet is the subnet-router anycast address.
+        Ok(IpNet::V6(v6)) if v6.prefix_len() < 127 => {
+            r.first = from_u128(to_u128(r.first) + 1, false);
+        }
+        _ => {}
     }
     Some(r)
 }
@@ -229,7 +257,8 @@ fn first_free(r: &AddressRange, used: &BTreeSet<IpAddr>) -> Option<IpAddr> {
         if u > candidate {
             break;
         }
-        candidate = u + 1;
+        // The last address of the space is in use: nothing above it.
+        candidate = u.checked_add(1)?;
     }
     (candidate <= to_u128(r.last)).then(|| from_u128(candidate, r.first.is_ipv4()))
 }

@@ -138,8 +138,8 @@ fn named_pool_rules() {
     );
     assert_eq!(
         get(&a, "s", "named"),
-        Ok(ip("2001:db8::")),
-        "IPv6 CIDRs have no broadcast to skip"
+        Ok(ip("2001:db8::1")),
+        "the subnet-router anycast address is skipped"
     );
     assert!(matches!(
         get(&a, "s", "outside"),
@@ -201,6 +201,94 @@ fn namespace_selector_admits_only_matching_namespaces() {
 fn huge_ipv6_pool_allocates_without_walking_it() {
     let pools = [pool("v6", &["2001:db8::/64"], true)];
     let a = allocate(&[vs("s", "a", None, None, 0)], &pools, &BTreeMap::new());
-    assert_eq!(get(&a, "s", "a"), Ok(ip("2001:db8::")));
-    assert_eq!(a.pool_usage["v6"], (u64::MAX, 1));
+    assert_eq!(get(&a, "s", "a"), Ok(ip("2001:db8::1")));
+    assert_eq!(
+        a.pool_usage["v6"],
+        (u64::MAX, 1),
+        "2^64 - 1 usable addresses"
+    );
+}
+
+#[test]
+fn a_fixed_vip_cannot_take_an_address_allocated_to_another_service() {
+    let pools = [pool("public", &["203.0.113.10-203.0.113.20"], true)];
+    let mut young = vs("s", "young", None, None, 10);
+    young.status = Some(VirtualServiceStatus {
+        vip: Some("203.0.113.10".into()),
+        ..Default::default()
+    });
+    let old = vs("s", "old", Some("203.0.113.10"), None, 0);
+    let a = allocate(&[old, young], &pools, &BTreeMap::new());
+    assert_eq!(get(&a, "s", "young"), Ok(ip("203.0.113.10")));
+    let err = get(&a, "s", "old").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "spec.vip: 203.0.113.10 is already allocated to VirtualService s/young"
+    );
+}
+
+#[test]
+fn a_fixed_vip_in_a_named_pool_respects_its_namespace_selector() {
+    let mut p = pool("team", &["203.0.113.0/29"], false);
+    p.spec.namespace_selector = Some(LabelSelector {
+        match_labels: Some([("team".to_string(), "web".to_string())].into()),
+        match_expressions: None,
+    });
+    let a = allocate(
+        &[vs("db", "x", Some("203.0.113.2"), Some("team"), 0)],
+        &[p],
+        &BTreeMap::new(),
+    );
+    assert!(matches!(
+        get(&a, "db", "x"),
+        Err(AllocationError::NamespaceNotAdmitted { .. })
+    ));
+}
+
+#[test]
+fn reversed_ranges_are_reported_on_the_pool() {
+    let pools = [pool(
+        "bad",
+        &["203.0.113.0/30", "203.0.113.20-203.0.113.10"],
+        true,
+    )];
+    let a = allocate(&[], &pools, &BTreeMap::new());
+    assert_eq!(a.pool_problems["bad"].len(), 1);
+    assert!(
+        a.pool_problems["bad"][0].starts_with("spec.addresses[1]:"),
+        "{:?}",
+        a.pool_problems
+    );
+}
+
+#[test]
+fn the_top_of_the_address_space_in_use_does_not_overflow() {
+    let pools = [pool(
+        "top",
+        &["ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"],
+        true,
+    )];
+    let a = allocate(
+        &[
+            vs(
+                "s",
+                "fixed",
+                Some("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"),
+                None,
+                0,
+            ),
+            vs("s", "a", None, None, 1),
+            vs("s", "b", None, None, 2),
+        ],
+        &pools,
+        &BTreeMap::new(),
+    );
+    assert_eq!(
+        get(&a, "s", "a"),
+        Ok(ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe"))
+    );
+    assert!(matches!(
+        get(&a, "s", "b"),
+        Err(AllocationError::PoolExhausted { .. })
+    ));
 }

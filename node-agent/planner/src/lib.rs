@@ -97,22 +97,84 @@ pub fn plan_node(node: &NodeIdentity, objects: Objects<'_>) -> NodePlan {
 
         let backends = select_real_servers(r.vs, objects.real_servers, &mut problems);
         let forwarding = forwarding(r.vs);
+        let dataplane = match r.vs.spec.dataplane {
+            kubelvs_crds::Dataplane::Ipvs => DataplaneKind::Ipvs,
+            kubelvs_crds::Dataplane::Xdp => DataplaneKind::Xdp,
+        };
+        let persistence = match persistence(r.vs, r.vip) {
+            Ok(p) => p,
+            Err((field, message)) => {
+                problems.push(Problem {
+                    object: vs_ref.clone(),
+                    field: field.into(),
+                    reason: ProblemReason::Invalid,
+                    message,
+                });
+                continue;
+            }
+        };
+
+        // Real servers per port, checked on every node (not only directors), so that every
+        // agent reports the same problems and only usable real servers get the VIP.
+        let per_port: Vec<(ServiceKey, Vec<RealServer>)> = winning_ports
+            .iter()
+            .map(|&(i, key)| {
+                let target_port = r.vs.spec.ports[i].target_port;
+                let found = backends
+                    .iter()
+                    .filter_map(|rs| {
+                        let port = BackendPort {
+                            index: i,
+                            target_port,
+                            key,
+                        };
+                        backend_for_port(r.vs, port, forwarding, dataplane, rs, &mut problems)
+                    })
+                    .collect();
+                (key, dedup_real_servers(key, found, &mut problems))
+            })
+            .collect();
+        let directs_here = directs(node, r.vs, &mut problems);
 
         if forwarding.real_server_carries_vip() {
             let tunnel = match forwarding {
                 Forwarding::Tun(t) => Some(TunnelKind::from(t)),
                 _ => None,
             };
-            for rs in &backends {
-                if runs_here(node, rs.object, rs.address) {
-                    vips.entry((r.vip, tunnel))
-                        .or_default()
-                        .insert(object_ref_rs(rs.object));
+            let usable: BTreeSet<&ObjectRef> = per_port
+                .iter()
+                .flat_map(|(_, rss)| rss.iter().map(|rs| &rs.source))
+                .collect();
+            for rs in backends
+                .iter()
+                .filter(|rs| runs_here(node, rs.object, rs.address))
+            {
+                let rs_ref = object_ref_rs(rs.object);
+                if !usable.contains(&rs_ref) {
+                    continue;
                 }
+                if directs_here {
+                    // A director that is also a dr/tun real server of the same VIP re-schedules
+                    // packets another director already forwarded to it. It holds the VIP as a
+                    // director anyway; say so instead of suppressing its ARP for the VIP.
+                    problems.push(Problem {
+                        object: rs_ref,
+                        field: "spec.nodeName".into(),
+                        reason: ProblemReason::Conflict,
+                        message: format!(
+                            "node {} directs {} ({} forwarding) and also runs this real server; run real servers on nodes outside spec.directors",
+                            node.name,
+                            vs_ref,
+                            forwarding.name()
+                        ),
+                    });
+                    continue;
+                }
+                vips.entry((r.vip, tunnel)).or_default().insert(rs_ref);
             }
         }
 
-        if !directs(node, r.vs, &mut problems) {
+        if !directs_here {
             continue;
         }
         let source_address = match forwarding {
@@ -130,53 +192,16 @@ pub fn plan_node(node: &NodeIdentity, objects: Objects<'_>) -> NodePlan {
             },
             _ => None,
         };
-        for (i, key) in winning_ports {
-            let port = &r.vs.spec.ports[i];
-            let mut real_servers: Vec<RealServer> = backends
-                .iter()
-                .filter_map(|rs| {
-                    backend_for_port(
-                        r.vs,
-                        i,
-                        port.target_port,
-                        key,
-                        forwarding,
-                        rs,
-                        &mut problems,
-                    )
-                })
-                .collect();
-            // The source breaks ties, so which duplicate is kept does not depend on input order.
-            real_servers.sort_by(|a, b| {
-                (a.address, a.port, &a.source).cmp(&(b.address, b.port, &b.source))
-            });
-            real_servers.dedup_by(|dup, kept| {
-                let same = (dup.address, dup.port) == (kept.address, kept.port);
-                if same {
-                    problems.push(Problem {
-                        object: dup.source.clone(),
-                        field: "spec.address".into(),
-                        reason: ProblemReason::Conflict,
-                        message: format!(
-                            "{}:{} is already a real server of {key} through {}",
-                            dup.address, dup.port, kept.source
-                        ),
-                    });
-                }
-                same
-            });
+        for (key, real_servers) in per_port {
             services.push(Service {
                 key,
                 scheduler: scheduler(r.vs.spec.scheduler),
                 scheduler_flags: scheduler_flags(&r.vs.spec.scheduler_flags),
                 forwarding,
-                persistence: persistence(r.vs, r.vip),
+                persistence,
                 source_address,
                 health_check: health_check(r.vs),
-                dataplane: match r.vs.spec.dataplane {
-                    kubelvs_crds::Dataplane::Ipvs => DataplaneKind::Ipvs,
-                    kubelvs_crds::Dataplane::Xdp => DataplaneKind::Xdp,
-                },
+                dataplane,
                 real_servers,
                 source: vs_ref.clone(),
             });
@@ -199,6 +224,33 @@ pub fn plan_node(node: &NodeIdentity, objects: Objects<'_>) -> NodePlan {
             .collect(),
         problems,
     }
+}
+
+/// Sorts real servers and keeps one per address:port, reporting the others.
+fn dedup_real_servers(
+    key: ServiceKey,
+    mut real_servers: Vec<RealServer>,
+    problems: &mut Vec<Problem>,
+) -> Vec<RealServer> {
+    // The source breaks ties, so which duplicate is kept does not depend on input order.
+    real_servers
+        .sort_by(|a, b| (a.address, a.port, &a.source).cmp(&(b.address, b.port, &b.source)));
+    real_servers.dedup_by(|dup, kept| {
+        let same = (dup.address, dup.port) == (kept.address, kept.port);
+        if same {
+            problems.push(Problem {
+                object: dup.source.clone(),
+                field: "spec.address".into(),
+                reason: ProblemReason::Conflict,
+                message: format!(
+                    "{}:{} is already a real server of {key} through {}",
+                    dup.address, dup.port, kept.source
+                ),
+            });
+        }
+        same
+    });
+    real_servers
 }
 
 /// A VirtualService whose VIP and ports are usable.
@@ -315,21 +367,22 @@ fn select_real_servers<'a>(
     all: &'a [RealServerObject],
     problems: &mut Vec<Problem>,
 ) -> Vec<Selected<'a>> {
+    let selector = &vs.spec.real_server_selector;
+    // Check the selector itself first, so a typo is reported even with no RealServers.
+    if let Err(e) = kubelvs_crds::selector::matches(selector, &BTreeMap::new()) {
+        problems.push(Problem {
+            object: object_ref_vs(vs),
+            field: format!("spec.realServerSelector.matchExpressions[{}]", e.expression),
+            reason: ProblemReason::Invalid,
+            message: e.message,
+        });
+        return Vec::new();
+    }
     let namespace = vs.namespace();
     let mut out = Vec::new();
     for rs in all.iter().filter(|rs| rs.namespace() == namespace) {
-        match kubelvs_crds::selector::matches(&vs.spec.real_server_selector, rs.labels()) {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(e) => {
-                problems.push(Problem {
-                    object: object_ref_vs(vs),
-                    field: format!("spec.realServerSelector.matchExpressions[{}]", e.expression),
-                    reason: ProblemReason::Invalid,
-                    message: e.message,
-                });
-                return Vec::new();
-            }
+        if !kubelvs_crds::selector::matches(selector, rs.labels()).unwrap_or(false) {
+            continue;
         }
         match rs.spec.address.parse() {
             Ok(address) => out.push(Selected {
@@ -347,25 +400,40 @@ fn select_real_servers<'a>(
     out
 }
 
-fn backend_for_port(
-    vs: &VirtualService,
-    port_index: usize,
+/// One virtual port of a VirtualService, as a real server sees it.
+#[derive(Clone, Copy)]
+struct BackendPort {
+    /// Index into spec.ports.
+    index: usize,
     target_port: Option<u16>,
     key: ServiceKey,
+}
+
+fn backend_for_port(
+    vs: &VirtualService,
+    BackendPort {
+        index: port_index,
+        target_port,
+        key,
+    }: BackendPort,
     forwarding: Forwarding,
+    dataplane: DataplaneKind,
     rs: &Selected<'_>,
     problems: &mut Vec<Problem>,
 ) -> Option<RealServer> {
     let rs_ref = object_ref_rs(rs.object);
     // IPVS forwards across address families only by tunnelling (an IPv6 real server
-    // behind an IPv4 VIP is encapsulated); every other method rewrites in place.
-    if rs.address.is_ipv4() != key.vip.is_ipv4() && !matches!(forwarding, Forwarding::Tun(_)) {
+    // behind an IPv4 VIP is encapsulated); every other method rewrites in place, and the
+    // XDP dataplane encapsulates within one family.
+    let crosses_families =
+        matches!(forwarding, Forwarding::Tun(_)) && dataplane == DataplaneKind::Ipvs;
+    if rs.address.is_ipv4() != key.vip.is_ipv4() && !crosses_families {
         problems.push(Problem {
             object: rs_ref,
             field: "spec.address".into(),
             reason: ProblemReason::Invalid,
             message: format!(
-                "{} is not in the address family of {key} ({}); only tun forwarding crosses families",
+                "{} is not in the address family of {key} ({}); only tun forwarding on the ipvs dataplane crosses families",
                 rs.address,
                 object_ref_vs(vs)
             ),
@@ -494,23 +562,47 @@ fn scheduler_flags(flags: &[SchedulerFlag]) -> SchedulerFlags {
     out
 }
 
-fn persistence(vs: &VirtualService, vip: IpAddr) -> Option<Persistence> {
-    let p = vs.spec.persistence.as_ref()?;
-    let full = if vip.is_ipv4() { 32 } else { 128 };
-    let prefix_length = p
-        .prefix_length
-        .or_else(|| {
-            p.netmask
-                .as_deref()
-                .and_then(|m| m.parse::<std::net::Ipv4Addr>().ok())
-                .map(|m| u32::from(m).leading_ones() as u8)
-        })
-        .unwrap_or(full)
-        .min(full);
-    Some(Persistence {
+/// Persistence in model terms. The family checks repeat CEL rules for VIPs the operator
+/// allocated (CEL only sees spec.vip): `Err((field, message))`.
+fn persistence(
+    vs: &VirtualService,
+    vip: IpAddr,
+) -> Result<Option<Persistence>, (&'static str, String)> {
+    let Some(p) = vs.spec.persistence.as_ref() else {
+        return Ok(None);
+    };
+    let full: u8 = if vip.is_ipv4() { 32 } else { 128 };
+    let prefix_length = match (&p.netmask, p.prefix_length) {
+        (Some(mask), _) => {
+            let mask: std::net::Ipv4Addr = mask.parse().map_err(|_| {
+                (
+                    "spec.persistence.netmask",
+                    format!("{mask:?} is not a netmask"),
+                )
+            })?;
+            if !vip.is_ipv4() {
+                return Err((
+                    "spec.persistence.netmask",
+                    format!(
+                        "a dotted netmask needs an IPv4 VIP, and {vip} is IPv6; use prefixLength"
+                    ),
+                ));
+            }
+            u32::from(mask).leading_ones() as u8
+        }
+        (None, Some(len)) if len > full || len == 0 => {
+            return Err((
+                "spec.persistence.prefixLength",
+                format!("{len} is not a prefix length for {vip} (1-{full})"),
+            ))
+        }
+        (None, Some(len)) => len,
+        (None, None) => full,
+    };
+    Ok(Some(Persistence {
         timeout_seconds: p.timeout_seconds,
         prefix_length,
-    })
+    }))
 }
 
 fn health_check(vs: &VirtualService) -> Option<HealthCheck> {

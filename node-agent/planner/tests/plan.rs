@@ -302,19 +302,26 @@ fn malformed_director_selector_is_reported_not_fatal() {
     assert_eq!(p.problems[0].reason, ProblemReason::Invalid);
 }
 
+fn directed_by(v: &mut VirtualService, label: &str) {
+    v.spec.directors = Some(DirectorsSpec {
+        node_selector: selector(&[(label, "")]),
+    });
+}
+
 #[test]
 fn dr_real_server_on_this_node_carries_the_vip() {
     let mut web = vs("shop", "web", Some("203.0.113.10"), 0);
     web.spec.forwarding = ForwardingMethod::Dr;
+    directed_by(&mut web, "director");
     let mut here = rs("shop", "here", "web", "198.51.100.11");
     here.spec.node_name = Some("worker-1".into());
     let mut there = rs("shop", "there", "web", "198.51.100.12");
     there.spec.node_name = Some("worker-2".into());
     // No nodeName: on this node when its address is one of the node's.
     let host = rs("shop", "host", "web", "192.0.2.1");
-    let mut w1 = node("worker-1");
-    w1.labels.clear();
-    let p = plan(&w1, &[web.clone()], &[here, there, host], &[]);
+    let p = plan(&node("worker-1"), &[web.clone()], &[here, there, host], &[]);
+    assert_eq!(p.problems, vec![]);
+    assert!(p.services.is_empty(), "worker-1 does not direct");
     assert_eq!(p.real_server_vips.len(), 1);
     let v = &p.real_server_vips[0];
     assert_eq!((v.vip, v.tunnel), (ip("203.0.113.10"), None));
@@ -328,6 +335,129 @@ fn dr_real_server_on_this_node_carries_the_vip() {
         &[],
     );
     assert!(p2.real_server_vips.is_empty());
+}
+
+#[test]
+fn a_director_running_a_dr_real_server_of_the_same_vip_is_reported_not_arp_suppressed() {
+    let mut web = vs("shop", "web", Some("203.0.113.10"), 0);
+    web.spec.forwarding = ForwardingMethod::Dr;
+    directed_by(&mut web, "director");
+    let mut here = rs("shop", "here", "web", "198.51.100.11");
+    here.spec.node_name = Some("d1".into());
+    let mut d1 = node("d1");
+    d1.labels.insert("director".into(), String::new());
+    let p = plan(&d1, &[web], &[here], &[]);
+    assert_eq!(p.services.len(), 1, "it still directs");
+    assert!(
+        p.real_server_vips.is_empty(),
+        "no ARP suppression of a VIP it directs"
+    );
+    assert_eq!(p.problems.len(), 1);
+    let c = &p.problems[0];
+    assert_eq!(
+        (c.reason, c.object.name.as_str(), c.field.as_str()),
+        (ProblemReason::Conflict, "here", "spec.nodeName")
+    );
+}
+
+#[test]
+fn a_real_server_rejected_for_every_port_does_not_get_the_vip() {
+    let mut web = vs("shop", "web", Some("203.0.113.10"), 0);
+    web.spec.forwarding = ForwardingMethod::Dr;
+    directed_by(&mut web, "director");
+    let mut mapped = rs("shop", "mapped", "web", "198.51.100.11");
+    mapped.spec.port = Some(8080);
+    mapped.spec.node_name = Some("worker-1".into());
+    let p = plan(&node("worker-1"), &[web], &[mapped], &[]);
+    assert!(p.real_server_vips.is_empty());
+    assert_eq!(
+        p.problems[0].field, "spec.port",
+        "reported on non-directors too"
+    );
+}
+
+#[test]
+fn persistence_that_does_not_fit_an_allocated_vip_is_reported() {
+    for (netmask, prefix, field) in [
+        (Some("255.255.255.0"), None, "spec.persistence.netmask"),
+        (None, Some(129u8), "spec.persistence.prefixLength"),
+    ] {
+        let mut web = vs("shop", "web", None, 0);
+        web.status = Some(VirtualServiceStatus {
+            vip: Some("2001:db8::10".into()),
+            ..Default::default()
+        });
+        web.spec.persistence = Some(PersistenceSpec {
+            timeout_seconds: 60,
+            netmask: netmask.map(String::from),
+            prefix_length: prefix,
+        });
+        let p = plan(&node("n1"), &[web], &[], &[]);
+        assert!(p.services.is_empty());
+        assert_eq!(
+            (p.problems[0].field.as_str(), p.problems[0].reason),
+            (field, ProblemReason::Invalid)
+        );
+    }
+    let mut v4 = vs("shop", "v4", None, 0);
+    v4.status = Some(VirtualServiceStatus {
+        vip: Some("203.0.113.7".into()),
+        ..Default::default()
+    });
+    v4.spec.persistence = Some(PersistenceSpec {
+        timeout_seconds: 60,
+        netmask: None,
+        prefix_length: Some(64),
+    });
+    let p = plan(&node("n1"), &[v4], &[], &[]);
+    assert_eq!(
+        p.problems[0].field, "spec.persistence.prefixLength",
+        "64 bits cannot apply to IPv4"
+    );
+}
+
+#[test]
+fn malformed_real_server_selector_is_reported_even_without_real_servers() {
+    let mut web = vs("shop", "web", Some("203.0.113.10"), 0);
+    web.spec.real_server_selector = LabelSelector {
+        match_labels: None,
+        match_expressions: Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
+                key: "app".into(),
+                operator: "in".into(),
+                values: Some(vec!["web".into()]),
+            },
+        ]),
+    };
+    let p = plan(&node("n1"), &[web], &[], &[]);
+    assert_eq!(
+        p.problems[0].field,
+        "spec.realServerSelector.matchExpressions[0]"
+    );
+}
+
+#[test]
+fn xdp_tunnels_do_not_cross_address_families() {
+    let mut web = vs("shop", "web", Some("203.0.113.10"), 0);
+    web.spec.forwarding = ForwardingMethod::Tun;
+    web.spec.tunnel = Some(TunnelSpec {
+        tunnel_type: TunnelType::Ipip,
+        port: None,
+    });
+    web.spec.dataplane = Dataplane::Xdp;
+    web.spec.scheduler = Scheduler::Maglev;
+    let p = plan(
+        &node("n1"),
+        &[web],
+        &[rs("shop", "v6", "web", "2001:db8:1::1")],
+        &[],
+    );
+    assert!(p.services[0].real_servers.is_empty());
+    assert!(
+        p.problems[0].message.contains("ipvs dataplane"),
+        "{}",
+        p.problems[0].message
+    );
 }
 
 #[test]
@@ -555,15 +685,16 @@ fn examples_plan_without_problems() {
             ..Default::default()
         });
     }
-    let n = NodeIdentity {
-        name: "worker-1".into(),
+    // A director (matches every directors selector, runs no real server) plans cleanly...
+    let director = NodeIdentity {
+        name: "director-1".into(),
         labels: labels(&[
             ("node-role.kubelvs.io/director", ""),
             ("kubelvs.io/xdp", "true"),
         ]),
         addresses: vec![ip("192.0.2.241")],
     };
-    let p = plan(&n, &vss, &rss, &pools);
+    let p = plan(&director, &vss, &rss, &pools);
     assert_eq!(p.problems, vec![]);
     let methods: std::collections::BTreeSet<_> =
         p.services.iter().map(|s| s.forwarding.name()).collect();
@@ -575,10 +706,19 @@ fn examples_plan_without_problems() {
         p.services.iter().all(|s| !s.real_servers.is_empty()),
         "{p:#?}"
     );
-    // worker-1 runs a real server of each dr/tun example.
+    assert!(p.real_server_vips.is_empty());
+    // ...and worker-1, which runs a real server of each dr/tun example, carries their VIPs.
+    let worker = NodeIdentity {
+        name: "worker-1".into(),
+        labels: BTreeMap::new(),
+        addresses: vec![ip("192.0.2.11")],
+    };
+    let p = plan(&worker, &vss, &rss, &pools);
+    assert_eq!(p.problems, vec![]);
     let vips: Vec<_> = p.real_server_vips.iter().map(|v| v.vip).collect();
     assert_eq!(
         vips,
         vec![ip("203.0.113.20"), ip("203.0.113.30"), ip("2001:db8::53")]
     );
+    assert!(p.services.is_empty(), "every example names its directors");
 }

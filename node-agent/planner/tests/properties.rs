@@ -96,12 +96,16 @@ proptest! {
         node in arb_node(),
         vss in prop::collection::vec(arb_vs(), 0..6),
         rss in prop::collection::vec(arb_rs(), 0..8),
+        rot in 0..8usize,
     ) {
         let (vss, rss) = (unique_names(vss), unique_names(rss));
         let forward = plan_node(&node, Objects { virtual_services: &vss, real_servers: &rss, address_pools: &[] });
         let (mut rv, mut rr) = (vss.clone(), rss.clone());
-        rv.reverse();
+        // Rotations and reversal: cheap permutations that move every element.
+        let (nv, nr) = (rv.len().max(1), rr.len().max(1));
+        rv.rotate_left(rot % nv);
         rr.reverse();
+        rr.rotate_left(rot % nr);
         let backward = plan_node(&node, Objects { virtual_services: &rv, real_servers: &rr, address_pools: &[] });
         prop_assert_eq!(forward, backward);
     }
@@ -150,7 +154,7 @@ proptest! {
             let name = v.metadata.name.clone().unwrap();
             for (i, p) in v.spec.ports.iter().enumerate() {
                 let planned = plan.services.iter().any(|s| s.source.name == name && s.source.namespace == v.metadata.namespace.clone().unwrap() && s.key.port == p.port && (s.key.protocol == kubelvs_model::Protocol::Udp) == (p.protocol == Protocol::Udp));
-                let conflict = plan.problems.iter().any(|pr| pr.reason == ProblemReason::Conflict && pr.object.name == name && pr.field == format!("spec.ports[{i}]"));
+                let conflict = plan.problems.iter().any(|pr| pr.reason == ProblemReason::Conflict && pr.object.name == name && Some(&pr.object.namespace) == v.metadata.namespace.as_ref() && pr.field == format!("spec.ports[{i}]"));
                 prop_assert!(planned != conflict, "{name} port {i}: planned={planned} conflict={conflict}");
             }
         }

@@ -31,12 +31,41 @@ fn raw_documents(text: &str) -> Vec<serde_json::Value> {
 
 use serde::Deserialize;
 
+/// The API server with strict field validation (kubectl's default) rejects fields the
+/// structural schema does not declare; JSON schema needs that said explicitly.
+fn forbid_unknown_fields(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            let preserves = m.get("x-kubernetes-preserve-unknown-fields")
+                == Some(&serde_json::Value::Bool(true));
+            if m.contains_key("properties") && !m.contains_key("additionalProperties") && !preserves
+            {
+                m.insert(
+                    "additionalProperties".into(),
+                    serde_json::Value::Bool(false),
+                );
+            }
+            m.values_mut().for_each(forbid_unknown_fields);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(forbid_unknown_fields),
+        _ => {}
+    }
+}
+
 fn schema_errors(crds: &HashMap<String, Crd>, doc: &serde_json::Value) -> Vec<String> {
     let kind = doc["kind"].as_str().unwrap_or_default();
     let crd = crds
         .get(kind)
         .unwrap_or_else(|| panic!("no CRD for kind {kind:?}"));
-    compile_schema(crd)
+    let mut strict = serde_json::to_value(crd).unwrap();
+    // Not at the root: the API server supplies apiVersion, kind and metadata itself.
+    let root = &mut strict["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"];
+    root.as_object_mut()
+        .unwrap()
+        .values_mut()
+        .for_each(forbid_unknown_fields);
+    let strict: Crd = serde_json::from_value(strict).unwrap();
+    compile_schema(&strict)
         .iter_errors(doc)
         .map(|e| format!("{}: {e}", e.instance_path))
         .collect()
