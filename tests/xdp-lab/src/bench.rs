@@ -134,6 +134,21 @@ impl BenchLab {
         self.counters.iter().map(Attached::rx_count).collect()
     }
 
+    /// The counters once frames still queued on the way (a veth ring, a deferred
+    /// softirq) have arrived: two reads 10 ms apart agree, or 1 s has passed.
+    fn settled_counts(&self) -> Result<Vec<u64>> {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut last = self.counts()?;
+        loop {
+            std::thread::sleep(Duration::from_millis(10));
+            let now = self.counts()?;
+            if now == last || Instant::now() > deadline {
+                return Ok(now);
+            }
+            last = now;
+        }
+    }
+
     /// Generates for `duration` and counts what the real servers received.
     pub fn measure(&self, duration: Duration) -> Result<Throughput> {
         let before = self.counts()?;
@@ -147,7 +162,7 @@ impl BenchLab {
             }
             Ok(start.elapsed().as_secs_f64())
         })??;
-        let after = self.counts()?;
+        let after = self.settled_counts()?;
         Ok(Throughput {
             seconds,
             sent: self.generator.sent()? - sent_before,
