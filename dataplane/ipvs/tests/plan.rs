@@ -268,7 +268,15 @@ fn fullnat_ruleset_loads_in_a_real_nft_and_replaces_only_our_table() {
 
 #[test]
 fn director_sysctls_are_written_and_read_back() {
-    let dir = std::env::temp_dir().join(format!("kubelvs-ipvs-sysctl-{}", std::process::id()));
+    struct Dir(std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let guard =
+        Dir(std::env::temp_dir().join(format!("kubelvs-ipvs-sysctl-{}", std::process::id())));
+    let dir = guard.0.clone();
     let list = director_sysctls();
     // Every entry says why.
     assert!(list.iter().all(|s| s.why.len() > 20));
@@ -289,7 +297,6 @@ fn director_sysctls_are_written_and_read_back() {
     std::fs::create_dir_all(dir.join("net/ipv4/vs")).unwrap();
     apply_sysctls_at(&dir, &list).unwrap();
     assert_eq!(read_sysctls_at(&dir, &list).unwrap(), ["1", "1", "1", "1"]);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
