@@ -1044,15 +1044,21 @@ fn desired(s: &Service, have_addr6: bool, ring_size: u32) -> Result<(AnyVipKey, 
         }
         Forwarding::FullNat => return Err("fullnat is not supported by the XDP dataplane".into()),
     };
-    let (flags, src_mask, src_mask6) = match s.persistence {
-        Some(p) => {
-            let bits = u32::from(p.prefix_length.min(32));
+    // Source hashing (sh) is persistence by the whole client address.
+    let prefix = match (s.persistence, s.scheduler) {
+        (Some(p), _) => Some(p.prefix_length),
+        (None, kubelvs_model::Scheduler::Sh) => Some(if v6 { 128 } else { 32 }),
+        (None, _) => None,
+    };
+    let (flags, src_mask, src_mask6) = match prefix {
+        Some(prefix_length) => {
+            let bits = u32::from(prefix_length.min(32));
             let mask = if bits == 0 {
                 0
             } else {
                 u32::MAX << (32 - bits)
             };
-            (VIP_F_HASH_SRC_ONLY, mask.to_be(), mask6(p.prefix_length))
+            (VIP_F_HASH_SRC_ONLY, mask.to_be(), mask6(prefix_length))
         }
         None => (0, 0, [0; 4]),
     };

@@ -990,7 +990,7 @@ fn persistence_keeps_a_client_network_on_one_real_server() {
         prefix_length: 28,
     });
     d.apply(&[svc], &neigh).unwrap();
-    let owner = |client: &str, sport: u16| {
+    let owner = |d: &XdpDirector, client: &str, sport: u16| {
         let f = tcp_frame(ip(client), sport, ip(VIP), 80, TCP_SYN);
         let r = test_run(
             d.program_fd(),
@@ -1008,20 +1008,33 @@ fn persistence_keeps_a_client_network_on_one_real_server() {
             .unwrap()
     };
     // Many ports and hosts of 198.51.100.0/28: one real server.
-    let first = owner("198.51.100.5", 1000);
+    let first = owner(&d, "198.51.100.5", 1000);
     for (host, port) in [
         ("198.51.100.5", 2000),
         ("198.51.100.1", 3000),
         ("198.51.100.14", 4000),
     ] {
-        assert_eq!(owner(host, port), first, "{host}:{port}");
+        assert_eq!(owner(&d, host, port), first, "{host}:{port}");
     }
     // Different client networks (the sixteen /28s of 203.0.113.0/24) spread
     // over the real servers.
     let owners: std::collections::HashSet<usize> = (0..16u8)
-        .map(|n| owner(&format!("203.0.113.{}", n * 16 + 9), 5000))
+        .map(|n| owner(&d, &format!("203.0.113.{}", n * 16 + 9), 5000))
         .collect();
     assert_eq!(owners.len(), 3, "16 client networks all land on {owners:?}");
+
+    // Scheduler sh without persistence: the same, by the whole client address.
+    let mut sh = service(VIP, 80, Forwarding::Dr, &reals);
+    sh.scheduler = kubelvs_model::Scheduler::Sh;
+    d.apply(&[sh], &neigh).unwrap();
+    let first = owner(&d, "198.51.100.7", 1000);
+    for port in [2000, 3000, 4000, 5000] {
+        assert_eq!(owner(&d, "198.51.100.7", port), first);
+    }
+    let owners: std::collections::HashSet<usize> = (1..40u8)
+        .map(|n| owner(&d, &format!("203.0.113.{n}"), 5000))
+        .collect();
+    assert_eq!(owners.len(), 3, "sh hashes whole addresses: {owners:?}");
 }
 
 /// A removed real server's established flows are rescheduled (its id is marked
