@@ -56,7 +56,10 @@ impl Drop for PinDir {
 /// The MAC of every lab host by address: what the agent reads from the neighbour table.
 pub fn neighbours(lab: &Lab) -> Neighbours {
     lab.hosts()
-        .map(|h| (IpAddr::V4(h.addr), h.mac))
+        .flat_map(|h| {
+            std::iter::once((IpAddr::V4(h.addr), h.mac))
+                .chain(h.addr6.map(|a| (IpAddr::V6(a), h.mac)))
+        })
         .collect::<HashMap<_, _>>()
 }
 
@@ -101,6 +104,7 @@ impl XdpLab {
     pub fn attach_director(&mut self) -> Result<()> {
         let ifname = self.lab.director.ifname.clone();
         let mut opts = DirectorOptions::new(self.lab.director.addr);
+        opts.director_addr6 = self.lab.director.addr6;
         opts.pin_dir = Some(self.pin.path().to_path_buf());
         // A lab needs few VIPs; the default (64 rings of 65537 slots) is 16 MiB.
         opts.max_vips = 4;
@@ -173,12 +177,20 @@ impl XdpLab {
     /// Attaches the IPIP decapsulation program, for the lab's VIP, to every real server.
     pub fn attach_decap(&mut self) -> Result<()> {
         let vip = self.lab.vip;
+        let vip6 = self.lab.config.ipv6.then_some(crate::topology::VIP6);
         for rs in &self.lab.real_servers {
             let ifname = rs.ifname.clone();
             self.decaps.push(NsActor::start(
                 &rs.netns,
                 &format!("decap on {}", rs.role),
-                move || kubelvs_xdp::attach_decap(&ifname, &[vip]).map_err(|e| e.to_string()),
+                move || {
+                    let mut decap =
+                        kubelvs_xdp::attach_decap(&ifname, &[vip]).map_err(|e| e.to_string())?;
+                    if let Some(v6) = vip6 {
+                        decap.set_vips6(&[v6]).map_err(|e| e.to_string())?;
+                    }
+                    Ok::<_, String>(decap)
+                },
             )?);
         }
         Ok(())

@@ -49,3 +49,24 @@ pub fn service(
         source: ObjectRef::new("VirtualService", "lab", "web"),
     }
 }
+
+/// [`service`] for the IPv6 VIP ([`crate::topology::VIP6`]) and the real servers'
+/// IPv6 addresses (a lab built with [`crate::LabConfig::ipv6`]).
+pub fn service6(
+    lab: &Lab,
+    port: u16,
+    protocol: Protocol,
+    forwarding: Forwarding,
+    weights: &[u32],
+    target_port: u16,
+) -> Service {
+    let mut s = service(lab, port, protocol, forwarding, weights, target_port);
+    s.key.vip = IpAddr::V6(crate::topology::VIP6);
+    for r in &mut s.real_servers {
+        if let IpAddr::V4(a) = r.address {
+            r.address = IpAddr::V6(crate::topology::addr6_of(a));
+        }
+    }
+    s.real_servers.sort_by_key(|r| (r.address, r.port));
+    s
+}

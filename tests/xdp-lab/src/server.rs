@@ -30,16 +30,26 @@ pub struct TcpServer {
 }
 
 impl TcpServer {
-    /// Binds and starts accepting; returns once the socket listens.
+    /// Binds `0.0.0.0:port` and starts accepting; returns once the socket listens.
     pub fn start(netns: &Netns, port: u16, identity: &str) -> Result<Self> {
+        Self::start_on(
+            netns,
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+            identity,
+        )
+    }
+
+    /// Binds `addr` (an IPv6 one only for IPv6, beside an IPv4 listener on the same
+    /// port) and starts accepting; returns once the socket listens.
+    pub fn start_on(netns: &Netns, addr: SocketAddr, identity: &str) -> Result<Self> {
+        let port = addr.port();
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicUsize::new(0));
         let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
         let thread = {
             let (stop, accepted, identity) = (stop.clone(), accepted.clone(), identity.to_owned());
             netns.spawn(move || -> Result<()> {
-                let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
-                let bound = TcpListener::bind(addr)
+                let bound = crate::sock::listen(addr)
                     .and_then(|l| l.set_nonblocking(true).map(|()| l))
                     .map_err(|source| LabError::Io {
                         what: format!("{identity}: listen on {addr}"),

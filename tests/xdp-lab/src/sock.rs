@@ -1,6 +1,6 @@
 //! Socket options std does not offer: a chosen source port, and close by reset.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
@@ -32,4 +32,17 @@ pub fn connect_from(local: SocketAddr, remote: SocketAddr, timeout: Duration) ->
 /// SO_LINGER with a zero timeout: close sends a reset and leaves no TIME_WAIT.
 pub fn set_linger_zero(stream: &TcpStream) -> std::io::Result<()> {
     SockRef::from(stream).set_linger(Some(Duration::ZERO))
+}
+
+/// A listening TCP socket on `addr`; an IPv6 one accepts IPv6 only, so that an IPv4
+/// listener can share its port.
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    Ok(socket.into())
 }

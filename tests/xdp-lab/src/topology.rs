@@ -12,7 +12,7 @@
 //! The client routes the VIP via the director. Real servers answer either directly
 //! (DR, TUN) or through the director (NAT, nftables DNAT), see [`ReturnPath`].
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use crate::netns::{unique_prefix, Netns};
@@ -26,6 +26,15 @@ pub const DIRECTOR_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const PREFIX_LEN: u8 = 24;
 /// Host interfaces have the same name in every namespace: the namespaces keep them apart.
 pub const HOST_IFNAME: &str = "eth0";
+
+/// The IPv6 VIP (with [`LabConfig::ipv6`]), off the hosts' prefix like [`VIP`].
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x10, 0, 0, 0, 0, 0x10);
+const PREFIX6_LEN: u8 = 64;
+
+/// IPv6 address of the host whose IPv4 address is `192.0.2.n`: `2001:db8::n` (hex).
+pub fn addr6_of(addr: Ipv4Addr) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(addr.octets()[3]))
+}
 
 /// Address of real server `i` (0-based).
 pub fn real_server_addr(i: usize) -> Ipv4Addr {
@@ -48,6 +57,9 @@ pub struct LabConfig {
     /// Put the VIP on the real servers' `lo` (/32) with ARP suppressed (DR, TUN).
     pub vip_on_real_servers: bool,
     pub return_path: ReturnPath,
+    /// Also give every host an IPv6 address ([`addr6_of`]) and, with
+    /// `vip_on_real_servers`, the real servers [`VIP6`]/128 on lo.
+    pub ipv6: bool,
 }
 
 impl Default for LabConfig {
@@ -56,6 +68,7 @@ impl Default for LabConfig {
             real_servers: 3,
             vip_on_real_servers: true,
             return_path: ReturnPath::Direct,
+            ipv6: false,
         }
     }
 }
@@ -69,6 +82,8 @@ pub struct Host {
     pub ifname: String,
     pub ifindex: u32,
     pub addr: Ipv4Addr,
+    /// With [`LabConfig::ipv6`].
+    pub addr6: Option<Ipv6Addr>,
     pub mac: [u8; 6],
     /// Name of the veth peer in the bridge namespace.
     pub bridge_port: String,
@@ -123,7 +138,7 @@ impl Lab {
                 0x11 + i as u8,
             )?);
         }
-        let lab = Self {
+        let mut lab = Self {
             client,
             director,
             real_servers,
@@ -132,6 +147,9 @@ impl Lab {
             config,
         };
         lab.configure()?;
+        if lab.config.ipv6 {
+            lab.configure_ipv6()?;
+        }
         lab.wait_links_up(Duration::from_secs(5))?;
         Ok(lab)
     }
@@ -183,11 +201,60 @@ impl Lab {
         Ok(())
     }
 
+    fn configure_ipv6(&mut self) -> Result<()> {
+        let hosts = std::iter::once(&mut self.client)
+            .chain(std::iter::once(&mut self.director))
+            .chain(self.real_servers.iter_mut());
+        for host in hosts {
+            let a = addr6_of(host.addr);
+            // nodad: usable at once, no duplicate address detection to wait for.
+            host.netns.ip(&[
+                "addr",
+                "add",
+                &format!("{a}/{PREFIX6_LEN}"),
+                "dev",
+                &host.ifname,
+                "nodad",
+            ])?;
+            host.addr6 = Some(a);
+        }
+        let vip6 = format!("{VIP6}/128");
+        let director6 = addr6_of(self.director.addr).to_string();
+        self.client
+            .netns
+            .ip(&["-6", "route", "add", &vip6, "via", &director6])?;
+        self.director
+            .netns
+            .sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        let client6 = format!("{}/128", addr6_of(self.client.addr));
+        for rs in &self.real_servers {
+            // IPv6 neighbour discovery answers only for addresses of the receiving
+            // interface: the VIP on lo needs no arp_ignore counterpart.
+            if self.config.vip_on_real_servers {
+                rs.netns.ip(&["addr", "add", &vip6, "dev", "lo"])?;
+            }
+            if self.config.return_path == ReturnPath::ViaDirector {
+                rs.netns
+                    .ip(&["-6", "route", "add", &client6, "via", &director6])?;
+            }
+        }
+        Ok(())
+    }
+
     /// Starts a [`TcpServer`] on `port` in every real server, named after its role.
     pub fn start_servers(&self, port: u16) -> Result<Vec<TcpServer>> {
         self.real_servers
             .iter()
             .map(|rs| TcpServer::start(&rs.netns, port, &rs.role))
+            .collect()
+    }
+
+    /// Like [`Lab::start_servers`], listening on `[::]:port` (IPv6 only).
+    pub fn start_servers6(&self, port: u16) -> Result<Vec<TcpServer>> {
+        let any6 = std::net::SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+        self.real_servers
+            .iter()
+            .map(|rs| TcpServer::start_on(&rs.netns, any6, &rs.role))
             .collect()
     }
 
@@ -266,6 +333,7 @@ fn add_host(
         ifname: HOST_IFNAME.to_owned(),
         ifindex,
         addr,
+        addr6: None,
         mac,
         bridge_port: port.to_owned(),
     })

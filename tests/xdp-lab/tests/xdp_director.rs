@@ -9,7 +9,8 @@ use std::time::Duration;
 use kubelvs_model::{Forwarding, Persistence, Protocol, Service, Tunnel};
 use kubelvs_xdp_lab::client::{self, Spread};
 use kubelvs_xdp_lab::director::XdpLab;
-use kubelvs_xdp_lab::plan::service;
+use kubelvs_xdp_lab::plan::{service, service6};
+use kubelvs_xdp_lab::topology::VIP6;
 use kubelvs_xdp_lab::{LabConfig, ReturnPath};
 
 const PORT: u16 = 80;
@@ -41,7 +42,10 @@ fn assert_every_real_server_served(spread: &Spread, n: usize) {
 
 /// Opens `n` connections through the VIP (the first one retried while the lab settles).
 fn connect_many(x: &XdpLab, n: usize) -> Spread {
-    let vip = vip(x);
+    connect_many_to(x, vip(x), n)
+}
+
+fn connect_many_to(x: &XdpLab, vip: SocketAddr, n: usize) -> Spread {
     x.lab
         .client
         .netns
@@ -341,4 +345,92 @@ fn persistence_sends_every_connection_of_a_client_to_one_real_server() {
     // Without persistence 60 flows over three servers all land on one with
     // probability 3^-59.
     assert_eq!(spread.counts.len(), 1, "{spread:?}");
+}
+
+#[test]
+#[ignore = "privileged: netns + XDP"]
+fn dr_real_tcp_over_ipv6() {
+    let x = XdpLab::build(LabConfig {
+        ipv6: true,
+        ..LabConfig::default()
+    })
+    .unwrap();
+    let _servers = x.lab.start_servers6(PORT).unwrap();
+    let svc = service6(
+        &x.lab,
+        PORT,
+        Protocol::Tcp,
+        Forwarding::Dr,
+        &[1, 1, 1],
+        PORT,
+    );
+    let report = x.apply(vec![svc.clone()]).unwrap();
+    assert!(report.skipped.is_empty(), "{report:?}");
+
+    let vip6 = SocketAddr::new(IpAddr::V6(VIP6), PORT);
+    assert_every_real_server_served(&connect_many_to(&x, vip6, 60), 60);
+    let stats = x.stats().unwrap();
+    assert!(
+        stats.vips.get(&svc.key).is_some_and(|c| c.new_conns > 0),
+        "{stats:?}"
+    );
+}
+
+#[test]
+#[ignore = "privileged: netns + XDP"]
+fn tun_real_tcp_over_ipv6_with_decap() {
+    let mut x = XdpLab::build(LabConfig {
+        ipv6: true,
+        ..LabConfig::default()
+    })
+    .unwrap();
+    x.attach_decap().unwrap();
+    let _servers = x.lab.start_servers6(PORT).unwrap();
+    let tun = Forwarding::Tun(Tunnel::Ipip);
+    let report = x
+        .apply(vec![service6(
+            &x.lab,
+            PORT,
+            Protocol::Tcp,
+            tun,
+            &[1, 1, 1],
+            PORT,
+        )])
+        .unwrap();
+    assert!(report.skipped.is_empty(), "{report:?}");
+
+    let vip6 = SocketAddr::new(IpAddr::V6(VIP6), PORT);
+    assert_every_real_server_served(&connect_many_to(&x, vip6, 60), 60);
+    let decapsulated = x.decapsulated().unwrap();
+    assert!(decapsulated.iter().all(|&n| n > 0), "{decapsulated:?}");
+}
+
+#[test]
+#[ignore = "privileged: netns + XDP"]
+fn nat_real_tcp_over_ipv6_with_port_mapping() {
+    let x = XdpLab::build(LabConfig {
+        ipv6: true,
+        vip_on_real_servers: false,
+        return_path: ReturnPath::ViaDirector,
+        ..LabConfig::default()
+    })
+    .unwrap();
+    let target = 8080;
+    let _servers = x.lab.start_servers6(target).unwrap();
+    let report = x
+        .apply(vec![service6(
+            &x.lab,
+            PORT,
+            Protocol::Tcp,
+            Forwarding::Nat,
+            &[1, 1, 1],
+            target,
+        )])
+        .unwrap();
+    assert!(report.skipped.is_empty(), "{report:?}");
+
+    let vip6 = SocketAddr::new(IpAddr::V6(VIP6), PORT);
+    assert_every_real_server_served(&connect_many_to(&x, vip6, 60), 60);
+    let stats = x.stats().unwrap();
+    assert!(stats.counters.nat_replies > 0, "{stats:?}");
 }
