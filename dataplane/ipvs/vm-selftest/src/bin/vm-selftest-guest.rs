@@ -13,7 +13,10 @@ fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!(
+            "{cmd} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
@@ -40,8 +43,16 @@ fn main() {
             if mode == "reload" {
                 let (name, r) = selftest::module_reload(&mut c, || {
                     for m in [
-                        "ip_vs_rr", "ip_vs_wrr", "ip_vs_lc", "ip_vs_wlc", "ip_vs_sh", "ip_vs_dh",
-                        "ip_vs_mh", "ip_vs_sed", "ip_vs_nq", "ip_vs",
+                        "ip_vs_rr",
+                        "ip_vs_wrr",
+                        "ip_vs_lc",
+                        "ip_vs_wlc",
+                        "ip_vs_sh",
+                        "ip_vs_dh",
+                        "ip_vs_mh",
+                        "ip_vs_sed",
+                        "ip_vs_nq",
+                        "ip_vs",
                     ] {
                         // Modules the image did not load are not there to remove.
                         let _ = run("rmmod", &[m]);

@@ -15,7 +15,10 @@ fn main() -> ExitCode {
     };
     let guest = me.with_file_name("vm-selftest-guest");
     if !guest.exists() {
-        eprintln!("{} missing: build both binaries (cargo build --release)", guest.display());
+        eprintln!(
+            "{} missing: build both binaries (cargo build --release)",
+            guest.display()
+        );
         return ExitCode::FAILURE;
     }
     let config = VmConfig {
