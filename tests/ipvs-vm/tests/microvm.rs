@@ -24,6 +24,7 @@ const SCENARIO_CASES: &[&str] = &[
     "sh_sticky",
     "persistence_sticky",
     "drain_weight_zero",
+    "drain_removed_real_server",
     "foreign_service_survives",
     "fullnat",
 ];

@@ -172,14 +172,13 @@ impl Lab {
             root.push(format!("link set {ns}-lan master lan0 up"));
         }
         ip_batch(None, &root)?;
-        // The director routes between client and real servers. DR/TUN replies come
-        // back through it with the VIP (one of its own addresses) as source:
-        // accept_local lets it forward them instead of dropping them as martians.
+        // Forwarding is left to the library's director sysctls (the scenarios prove
+        // they suffice). DR/TUN replies come back through the director with the VIP
+        // (one of its own addresses) as source: accept_local lets it forward them
+        // instead of dropping them as martians.
         sysctls(
             None,
             &[
-                ("net.ipv4.ip_forward", "1"),
-                ("net.ipv6.conf.all.forwarding", "1"),
                 ("net.ipv4.conf.all.rp_filter", "0"),
                 ("net.ipv4.conf.lan0.rp_filter", "0"),
                 ("net.ipv4.conf.lan0.accept_local", "1"),

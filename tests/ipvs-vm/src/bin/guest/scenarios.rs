@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use kubelvs_ipvs::{apply_fullnat, apply_sysctls, director_sysctls, ApplyReport, IpvsDataplane};
+use kubelvs_ipvs::{
+    apply_fullnat, apply_sysctls, director_sysctls_for, ApplyReport, IpvsDataplane,
+};
 use kubelvs_ipvs_vm::ipvsadm;
 use kubelvs_model::{
     DataplaneKind, Forwarding, ObjectRef, Persistence, Protocol, RealServer, Scheduler,
@@ -25,6 +27,8 @@ const WRR_VIP: &str = "203.0.113.5";
 const SH_VIP: &str = "203.0.113.6";
 const PERSIST_VIP: &str = "203.0.113.7";
 const DRAIN_VIP: &str = "203.0.113.8";
+/// A real server is removed from this service's plan while it holds a connection.
+const REMOVE_VIP: &str = "203.0.113.9";
 /// IPv6 NAT with persistence per /64: exercises 16-byte addresses and the IPv6
 /// netmask, which IPVS takes as a prefix length.
 const V6_VIP: &str = "2001:db8:f::1";
@@ -134,6 +138,7 @@ fn plan() -> Vec<Service> {
         sh,
         persist,
         service(DRAIN_VIP, Scheduler::Rr, Forwarding::Nat, [1, 1, 1]),
+        service(REMOVE_VIP, Scheduler::Rr, Forwarding::Nat, [1, 1, 1]),
         v6,
     ];
     services.sort_by_key(|s| s.key);
@@ -222,6 +227,7 @@ pub fn run(r: &mut Reporter) {
         SH_VIP,
         PERSIST_VIP,
         DRAIN_VIP,
+        REMOVE_VIP,
         FOREIGN_VIP,
         V6_VIP,
     ];
@@ -274,7 +280,7 @@ pub fn run(r: &mut Reporter) {
         }
     };
     let services = plan();
-    let first = apply_sysctls(&director_sysctls())
+    let first = apply_sysctls(&director_sysctls_for(&services))
         .map_err(|e| e.to_string())
         .and_then(|()| {
             dp.apply(&services, Instant::now())
@@ -330,7 +336,13 @@ pub fn run(r: &mut Reporter) {
         "persistence_sticky",
         sticky(&lab, PERSIST_VIP, "persistence"),
     );
-    r.case("drain_weight_zero", drain(&lab, &mut dp, &services));
+    // The plan as last applied: the drain cases change it step by step.
+    let mut current = services.clone();
+    r.case("drain_weight_zero", drain(&lab, &mut dp, &mut current));
+    r.case(
+        "drain_removed_real_server",
+        drain_removed(&lab, &mut dp, &mut current),
+    );
     r.case("foreign_service_survives", foreign_survives(&dp));
     // Last: it removes the real servers' route back to the client.
     r.case("fullnat", fullnat(&lab));
@@ -482,7 +494,7 @@ fn persistence_templates(
 
 /// Weight 0 on the real server holding an open connection: the connection goes on,
 /// new connections avoid it, and the change is one netlink write.
-fn drain(lab: &Lab, dp: &mut IpvsDataplane, services: &[Service]) -> Result<String, String> {
+fn drain(lab: &Lab, dp: &mut IpvsDataplane, current: &mut [Service]) -> Result<String, String> {
     let held = lab.hold(addr(DRAIN_VIP, 80))?;
     let victim = held
         .greeting
@@ -493,14 +505,13 @@ fn drain(lab: &Lab, dp: &mut IpvsDataplane, services: &[Service]) -> Result<Stri
         .iter()
         .position(|(ns, _)| *ns == victim)
         .ok_or_else(|| format!("unknown real server {victim}"))?;
-    let mut drained = services.to_vec();
-    let svc = drained
+    let svc = current
         .iter_mut()
         .find(|s| s.key.vip == ip(DRAIN_VIP))
         .ok_or("drain service missing from the plan")?;
     svc.real_servers[idx].weight = 0;
     let rep = dp
-        .apply(&drained, Instant::now())
+        .apply(current, Instant::now())
         .map_err(|e| e.to_string())?;
     check_report(&rep)?;
     if rep.writes != 1 || rep.updated_dests != 1 || rep.ops() != 1 {
@@ -537,6 +548,86 @@ fn drain(lab: &Lab, dp: &mut IpvsDataplane, services: &[Service]) -> Result<Stri
     Ok(format!(
         "{victim} weight 0 in 1 write ({:?}); held connection still echoes; 30 new -> {counts:?}",
         rep.write_time
+    ))
+}
+
+/// A real server removed from the plan while it holds a connection: first weight 0
+/// (one write; the connection goes on, new ones avoid it), then, once the drain
+/// deadline has passed, one DEL_DEST.
+fn drain_removed(
+    lab: &Lab,
+    dp: &mut IpvsDataplane,
+    current: &mut [Service],
+) -> Result<String, String> {
+    let held = lab.hold(addr(REMOVE_VIP, 80))?;
+    let victim = held
+        .greeting
+        .as_ref()
+        .map(|g| g.server.clone())
+        .ok_or("no greeting")?;
+    let rs = REAL_SERVERS
+        .iter()
+        .find(|(ns, _)| *ns == victim)
+        .map(|(_, a)| format!("{a}:8080"))
+        .ok_or_else(|| format!("unknown real server {victim}"))?;
+    let svc = current
+        .iter_mut()
+        .find(|s| s.key.vip == ip(REMOVE_VIP))
+        .ok_or("service missing from the plan")?;
+    svc.real_servers.retain(|r| r.source.name != victim);
+    let t0 = Instant::now();
+    let rep = dp.apply(current, t0).map_err(|e| e.to_string())?;
+    check_report(&rep)?;
+    if rep.writes != 1 || rep.updated_dests != 1 || rep.draining != 1 {
+        return Err(format!(
+            "removal with an open connection should be one SET_DEST to weight 0 and one draining, got {} draining={}",
+            summary(&rep),
+            rep.draining
+        ));
+    }
+    let key = format!("TCP {REMOVE_VIP}:80");
+    let listed = listing()?;
+    let dest = listed
+        .get(&key)
+        .and_then(|s| s.dests.get(&rs))
+        .ok_or_else(|| format!("{rs} deleted while it still had a connection"))?;
+    if dest.weight != 0 || dest.active < 1 {
+        return Err(format!(
+            "{rs}: expected weight 0 with its connection, listed {dest:?}"
+        ));
+    }
+    let results = lab.connect(addr(REMOVE_VIP, 80), 20, TIMEOUT, &[])?;
+    let (counts, errors) = tally(&results);
+    if !errors.is_empty() || counts.contains_key(&victim) || counts.len() != 2 {
+        return Err(format!(
+            "new connections must avoid draining {victim}: {counts:?} {errors:?}"
+        ));
+    }
+    let echoed = held.echo()?;
+    if echoed != "still-open" {
+        return Err(format!("held connection echoed {echoed:?}"));
+    }
+    // Past the deadline the connection no longer protects it.
+    let later = t0 + kubelvs_ipvs::DEFAULT_DRAIN_TIMEOUT + Duration::from_secs(1);
+    let rep = dp.apply(current, later).map_err(|e| e.to_string())?;
+    check_report(&rep)?;
+    if rep.writes != 1 || rep.deleted_dests != 1 || rep.draining != 0 {
+        return Err(format!(
+            "after the deadline: expected one DEL_DEST, got {} draining={}",
+            summary(&rep),
+            rep.draining
+        ));
+    }
+    let listed = listing()?;
+    let left: Vec<&String> = listed
+        .get(&key)
+        .map(|s| s.dests.keys().collect())
+        .unwrap_or_default();
+    if left.len() != 2 || left.contains(&&rs) {
+        return Err(format!("after the deadline {key} lists {left:?}"));
+    }
+    Ok(format!(
+        "{victim} removed: weight 0 in 1 write, connection kept, 20 new -> {counts:?}; deleted in 1 write after the deadline"
     ))
 }
 
