@@ -104,6 +104,7 @@ fn main() -> ExitCode {
         ["client", target, count, timeout_ms, ref sources @ ..] => client(target, count, timeout_ms, sources),
         ["hold", target] => hold(target),
         ["bench-inner"] => bench::inner(),
+        ["selftest-inner"] => scenarios::selftest_inner(),
         _ => Err(format!("usage: scenarios | bench | all | serve NAME PORT... | client TARGET COUNT TIMEOUT_MS [SOURCE...] | hold TARGET; got {args:?}")),
     };
     match result {

@@ -346,6 +346,7 @@ pub fn run(r: &mut Reporter) {
     r.case("foreign_service_survives", foreign_survives(&dp));
     // Last: it removes the real servers' route back to the client.
     r.case("fullnat", fullnat(&lab));
+    r.case("ipvs_selftest", selftest());
     r.measure("scenarios", started.elapsed().as_secs_f64(), "s");
 }
 
@@ -415,6 +416,50 @@ fn wrr(lab: &Lab) -> Result<String, String> {
     Ok(format!(
         "600 connections, weights 1:2:3 -> {counts:?}, matching ipvsadm --stats"
     ))
+}
+
+/// The library's own real-kernel checks (`kubelvs_ipvs::selftest`: GET_INFO,
+/// timeouts, fwmark, tunnels, ZERO, daemons, errno mapping, FLUSH). They flush, so
+/// they run in a namespace of their own, in a child process.
+fn selftest() -> Result<String, String> {
+    const NS: &str = "ipvs-selftest";
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    cmd("ip", &["netns", "add", NS])?;
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", NS])
+        .arg(&exe)
+        .arg("selftest-inner")
+        .status()
+        .map_err(|e| format!("selftest-inner: {e}"))?;
+    if out.success() {
+        Ok("every kubelvs_ipvs::selftest case passed (lines above)".into())
+    } else {
+        Err(format!(
+            "selftest-inner exited with {out}; see its FAIL lines"
+        ))
+    }
+}
+
+/// Inside the selftest namespace: prints one PASS/FAIL line per library case.
+pub fn selftest_inner() -> Result<(), String> {
+    // IPv4 destinations need a routing table in the namespace; lo up creates it.
+    cmd("ip", &["link", "set", "lo", "up"])?;
+    let mut client = kubelvs_ipvs::IpvsClient::new().map_err(|e| e.to_string())?;
+    let mut r = Reporter::default();
+    let cases = kubelvs_ipvs::selftest::run(&mut client);
+    if cases.is_empty() {
+        return Err("kubelvs_ipvs::selftest::run returned no case".into());
+    }
+    let mut failed = 0;
+    for (name, result) in cases {
+        if !r.case(name, result) {
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        return Err(format!("{failed} selftest cases failed"));
+    }
+    Ok(())
 }
 
 /// Retries `check` until it succeeds or `limit` passes; the last error explains a failure.
