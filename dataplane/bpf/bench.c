@@ -37,6 +37,18 @@ struct {
 	__type(value, __u64);
 } bench_seq SEC(".maps");
 
+/* The saved headers: a per-CPU map, the director leaves little stack to spare. */
+struct klvs_bench_save {
+	__u8 bytes[BENCH_SAVE];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct klvs_bench_save);
+} bench_saved SEC(".maps");
+
 /* Saves the first bytes and points the packet at this iteration's flow. */
 static __always_inline int bench_prepare(struct xdp_md *ctx, __u8 *saved, __u32 *len)
 {
@@ -90,9 +102,14 @@ static __always_inline void bench_restore(struct xdp_md *ctx, __u8 *saved, __u32
 SEC("xdp")
 int klvs_bench_director(struct xdp_md *ctx)
 {
-	__u8 saved[BENCH_SAVE];
+	__u32 zero = 0;
+	struct klvs_bench_save *sv = bpf_map_lookup_elem(&bench_saved, &zero);
+	__u8 *saved;
 	__u32 len;
 
+	if (!sv)
+		return XDP_ABORTED;
+	saved = sv->bytes;
 	if (bench_prepare(ctx, saved, &len))
 		return XDP_ABORTED;
 	int verdict = director(ctx);
@@ -104,9 +121,14 @@ int klvs_bench_director(struct xdp_md *ctx)
 SEC("xdp")
 int klvs_bench_empty(struct xdp_md *ctx)
 {
-	__u8 saved[BENCH_SAVE];
+	__u32 zero = 0;
+	struct klvs_bench_save *sv = bpf_map_lookup_elem(&bench_saved, &zero);
+	__u8 *saved;
 	__u32 len;
 
+	if (!sv)
+		return XDP_ABORTED;
+	saved = sv->bytes;
 	if (bench_prepare(ctx, saved, &len))
 		return XDP_ABORTED;
 	bench_restore(ctx, saved, len);

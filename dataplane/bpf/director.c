@@ -37,6 +37,7 @@ struct klvs_icmphdr {
 };
 #define ICMP_DEST_UNREACH 3
 #define ICMP_FRAG_NEEDED 4
+#define ICMPV6_PKT_TOOBIG 2
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -431,6 +432,165 @@ static __always_inline int nat_reply6(__u32 in_if, struct ethhdr *eth, struct ip
 }
 
 /*
+ * tun (IPv6): IPv6-in-IPv6 to the real server; `label` seeds the outer flow
+ * label so ECMP routers keep a flow on one path.
+ */
+static __always_inline int forward_tun6(struct xdp_md *ctx, struct ethhdr *eth,
+					struct ipv6hdr *ip6, struct klvs_real *real,
+					struct klvs_config *cfg, __u32 in_if, __u32 vip_id,
+					__u32 label)
+{
+	struct bpf_fib_lookup fib = {};
+	__u16 inner_len = sizeof(struct ipv6hdr) + bpf_ntohs(ip6->payload_len);
+	/* version, traffic class from the inner packet; flow label from the flow. */
+	__be32 word0 = (*(__be32 *)ip6 & bpf_htonl(0x0ff00000)) | bpf_htonl(0x60000000) |
+		       bpf_htonl(label & 0xfffff);
+	__u8 dmac[ETH_ALEN], smac[ETH_ALEN];
+	__u32 out_if;
+
+	if (real->flags & KLVS_REAL_F_HAS_MAC) {
+		__builtin_memcpy(dmac, real->mac, ETH_ALEN);
+		__builtin_memcpy(smac, eth->h_dest, ETH_ALEN);
+		out_if = in_if;
+		goto encap6;
+	}
+	fib.family = AF_INET6;
+	fib.l4_protocol = IPPROTO_IPV6;
+	fib.tot_len = inner_len + sizeof(struct ipv6hdr);
+	fib.ifindex = in_if;
+	__builtin_memcpy(fib.ipv6_src, cfg->director_addr6, 16);
+	__builtin_memcpy(fib.ipv6_dst, real->addr6, 16);
+	int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+		__builtin_memcpy(dmac, fib.dmac, ETH_ALEN);
+		__builtin_memcpy(smac, fib.smac, ETH_ALEN);
+		out_if = fib.ifindex;
+	} else {
+		count(rc == BPF_FIB_LKUP_RET_NO_NEIGH ? KLVS_CNT_NO_NEIGH : KLVS_CNT_FIB_FAIL);
+		account_drop(&vip_stats, vip_id);
+		return XDP_DROP;
+	}
+encap6:;
+	__u8 saddr[16], daddr[16];
+
+	__builtin_memcpy(saddr, cfg->director_addr6, 16);
+	__builtin_memcpy(daddr, real->addr6, 16);
+	if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct ipv6hdr))) {
+		count(KLVS_CNT_ENCAP_FAIL);
+		return XDP_DROP;
+	}
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *neth = data;
+	struct ipv6hdr *outer = data + sizeof(struct ethhdr);
+
+	if ((void *)(outer + 1) > end)
+		return XDP_DROP;
+	__builtin_memcpy(neth->h_dest, dmac, ETH_ALEN);
+	__builtin_memcpy(neth->h_source, smac, ETH_ALEN);
+	neth->h_proto = bpf_htons(ETH_P_IPV6);
+	*(__be32 *)outer = word0;
+	outer->payload_len = bpf_htons(inner_len);
+	outer->nexthdr = IPPROTO_IPV6;
+	outer->hop_limit = 64;
+	__builtin_memcpy(&outer->saddr, saddr, 16);
+	__builtin_memcpy(&outer->daddr, daddr, 16);
+	return send_out(in_if, out_if);
+}
+
+/* The ring slot hash of an IPv6 flow: addresses folded to 32 bits each. */
+static __always_inline __u32 hash6(struct klvs_vip_meta *vip, struct klvs_flow6_key *fk)
+{
+	__u32 s[4], d[4];
+
+	__builtin_memcpy(s, fk->src, 16);
+	__builtin_memcpy(d, fk->dst, 16);
+	if (vip->flags & KLVS_VIP_F_HASH_SRC_ONLY)
+		return klvs_flow_hash((s[0] & vip->src_mask6[0]) ^ (s[1] & vip->src_mask6[1]),
+				      (s[2] & vip->src_mask6[2]) ^ (s[3] & vip->src_mask6[3]),
+				      fk->proto);
+	return klvs_flow_hash(s[0] ^ s[1] ^ s[2] ^ s[3], d[0] ^ d[1] ^ d[2] ^ d[3],
+			      ((__u32)fk->sport << 16 | fk->dport) ^ fk->proto);
+}
+
+/* The outer flow label seed of an IPv6 flow (the same for its ICMP errors). */
+static __always_inline __u32 label6(struct klvs_flow6_key *fk)
+{
+	return klvs_flow_hash(fk->src[15], fk->dst[15], ((__u32)fk->sport << 16 | fk->dport));
+}
+
+/*
+ * ICMPv6 "packet too big" about a packet a real server sent from an IPv6 VIP:
+ * the IPv6 counterpart of icmp_to_real.
+ */
+static __always_inline int icmp6_to_real(struct xdp_md *ctx, struct ethhdr *eth,
+					 struct ipv6hdr *ip6, void *end, __u32 in_if)
+{
+	struct klvs_icmphdr *ic = (void *)(ip6 + 1);
+
+	if ((void *)(ic + 1) > end || ic->type != ICMPV6_PKT_TOOBIG || ic->code != 0)
+		goto pass;
+	struct ipv6hdr *in = (void *)(ic + 1);
+
+	if ((void *)(in + 1) > end || (in->nexthdr != IPPROTO_TCP && in->nexthdr != IPPROTO_UDP))
+		goto pass;
+	__be16 *ports = (void *)(in + 1);
+
+	if ((void *)(ports + 2) > end)
+		goto pass;
+	__u32 zero = 0;
+	struct klvs_config *cfg = bpf_map_lookup_elem(&config, &zero);
+
+	if (!cfg || cfg->ring_size == 0)
+		goto pass;
+	/* The quoted packet went VIP:port -> client. */
+	struct klvs_vip6_key vk = {
+		.port = ports[0],
+		.proto = in->nexthdr,
+	};
+
+	__builtin_memcpy(vk.addr, &in->saddr, 16);
+	struct klvs_vip_meta *vip = bpf_map_lookup_elem(&vips6, &vk);
+
+	if (!vip || (vip->forwarding != KLVS_FWD_DR && vip->forwarding != KLVS_FWD_TUN))
+		goto pass;
+	__u32 vip_id = vip->vip_id;
+	struct klvs_flow6_key fk = {
+		.sport = ports[1],
+		.dport = ports[0],
+		.proto = in->nexthdr,
+	};
+
+	__builtin_memcpy(fk.src, &in->daddr, 16);
+	__builtin_memcpy(fk.dst, &in->saddr, 16);
+	struct klvs_conn *conn = bpf_map_lookup_elem(&conns6, &fk);
+	__u32 real_id;
+
+	if (conn && conn->vip_id == vip_id) {
+		real_id = conn->real_id;
+	} else {
+		__u32 slot = vip_id * cfg->ring_size + hash6(vip, &fk) % cfg->ring_size;
+		__u32 *rid = bpf_map_lookup_elem(&rings, &slot);
+
+		if (!rid)
+			goto pass;
+		real_id = *rid;
+	}
+	struct klvs_real *real = bpf_map_lookup_elem(&reals, &real_id);
+
+	if (real_id == KLVS_REAL_NONE || !real || !(real->flags & KLVS_REAL_F_ALIVE))
+		goto pass;
+	count(KLVS_CNT_ICMP_TO_REAL);
+	if (vip->forwarding == KLVS_FWD_DR)
+		return forward_dr(eth, real);
+	return forward_tun6(ctx, eth, ip6, real, cfg, in_if, vip_id, label6(&fk));
+pass:
+	count(KLVS_CNT_PASS);
+	return XDP_PASS;
+}
+
+/*
  * The IPv6 director: the same steps as IPv4. Only TCP or UDP directly after
  * the fixed header is handled; extension headers (and fragments) pass to the
  * kernel. tun forwarding is IPv6-in-IPv6 (next header 41).
@@ -444,6 +604,8 @@ static __always_inline int director6(struct xdp_md *ctx, struct ethhdr *eth, voi
 		goto pass;
 	__u8 proto = ip6->nexthdr;
 
+	if (proto == IPPROTO_ICMPV6)
+		return icmp6_to_real(ctx, eth, ip6, end, in_if);
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 		goto pass;
 	void *l4 = ip6 + 1;
@@ -500,19 +662,11 @@ static __always_inline int director6(struct xdp_md *ctx, struct ethhdr *eth, voi
 	}
 	if (!real) {
 		__u32 ring_size = cfg->ring_size;
-		__u32 s[4], d[4], h;
+		__u32 h;
 
 		if (ring_size == 0)
 			goto no_real;
-		__builtin_memcpy(s, fk.src, 16);
-		__builtin_memcpy(d, fk.dst, 16);
-		if (vip->flags & KLVS_VIP_F_HASH_SRC_ONLY)
-			h = klvs_flow_hash((s[0] & vip->src_mask6[0]) ^ (s[1] & vip->src_mask6[1]),
-					   (s[2] & vip->src_mask6[2]) ^ (s[3] & vip->src_mask6[3]),
-					   proto);
-		else
-			h = klvs_flow_hash(s[0] ^ s[1] ^ s[2] ^ s[3], d[0] ^ d[1] ^ d[2] ^ d[3],
-					   ((__u32)ports[0] << 16 | ports[1]) ^ proto);
+		h = hash6(vip, &fk);
 		__u32 slot = vip_id * ring_size + h % ring_size;
 		__u32 *rid = bpf_map_lookup_elem(&rings, &slot);
 
@@ -533,13 +687,7 @@ static __always_inline int director6(struct xdp_md *ctx, struct ethhdr *eth, voi
 
 	switch (vip->forwarding) {
 	case KLVS_FWD_DR:
-		if (!(real->flags & KLVS_REAL_F_HAS_MAC)) {
-			count(KLVS_CNT_NO_NEIGH);
-			return XDP_DROP;
-		}
-		__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
-		__builtin_memcpy(eth->h_dest, real->mac, ETH_ALEN);
-		return XDP_TX;
+		return forward_dr(eth, real);
 
 	case KLVS_FWD_NAT: {
 		struct bpf_fib_lookup fib = {};
@@ -588,67 +736,8 @@ static __always_inline int director6(struct xdp_md *ctx, struct ethhdr *eth, voi
 		return XDP_PASS;
 	}
 
-	case KLVS_FWD_TUN: {
-		struct bpf_fib_lookup fib = {};
-		__u16 inner_len = sizeof(struct ipv6hdr) + bpf_ntohs(ip6->payload_len);
-		/* version, traffic class from the inner packet; flow label from the hash. */
-		__be32 word0 = (*(__be32 *)ip6 & bpf_htonl(0x0ff00000)) | bpf_htonl(0x60000000) |
-			       bpf_htonl(klvs_flow_hash(fk.src[15], fk.dst[15],
-							((__u32)ports[0] << 16 | ports[1])) & 0xfffff);
-		__u8 dmac[ETH_ALEN], smac[ETH_ALEN];
-		__u32 out_if;
-
-		if (real->flags & KLVS_REAL_F_HAS_MAC) {
-			__builtin_memcpy(dmac, real->mac, ETH_ALEN);
-			__builtin_memcpy(smac, eth->h_dest, ETH_ALEN);
-			out_if = in_if;
-			goto encap6;
-		}
-		fib.family = AF_INET6;
-		fib.l4_protocol = IPPROTO_IPV6;
-		fib.tot_len = inner_len + sizeof(struct ipv6hdr);
-		fib.ifindex = in_if;
-		__builtin_memcpy(fib.ipv6_src, cfg->director_addr6, 16);
-		__builtin_memcpy(fib.ipv6_dst, real->addr6, 16);
-		int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
-
-		if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
-			__builtin_memcpy(dmac, fib.dmac, ETH_ALEN);
-			__builtin_memcpy(smac, fib.smac, ETH_ALEN);
-			out_if = fib.ifindex;
-		} else {
-			count(rc == BPF_FIB_LKUP_RET_NO_NEIGH ? KLVS_CNT_NO_NEIGH : KLVS_CNT_FIB_FAIL);
-			account_drop(&vip_stats, vip_id);
-			return XDP_DROP;
-		}
-encap6:;
-		__u8 saddr[16], daddr[16];
-
-		__builtin_memcpy(saddr, cfg->director_addr6, 16);
-		__builtin_memcpy(daddr, real->addr6, 16);
-		if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct ipv6hdr))) {
-			count(KLVS_CNT_ENCAP_FAIL);
-			return XDP_DROP;
-		}
-		void *data = (void *)(long)ctx->data;
-
-		end = (void *)(long)ctx->data_end;
-		struct ethhdr *neth = data;
-		struct ipv6hdr *outer = data + sizeof(struct ethhdr);
-
-		if ((void *)(outer + 1) > end)
-			return XDP_DROP;
-		__builtin_memcpy(neth->h_dest, dmac, ETH_ALEN);
-		__builtin_memcpy(neth->h_source, smac, ETH_ALEN);
-		neth->h_proto = bpf_htons(ETH_P_IPV6);
-		*(__be32 *)outer = word0;
-		outer->payload_len = bpf_htons(inner_len);
-		outer->nexthdr = IPPROTO_IPV6;
-		outer->hop_limit = 64;
-		__builtin_memcpy(&outer->saddr, saddr, 16);
-		__builtin_memcpy(&outer->daddr, daddr, 16);
-		return send_out(in_if, out_if);
-	}
+	case KLVS_FWD_TUN:
+		return forward_tun6(ctx, eth, ip6, real, cfg, in_if, vip_id, label6(&fk));
 	}
 	account_drop(&vip_stats, vip_id);
 	return XDP_DROP;

@@ -408,3 +408,77 @@ fn ipv6_decap_strips_for_local_vips_only() {
     assert_eq!((r.retval, r.data_out), (XDP_PASS, other));
     assert_eq!(dc.decapsulated().unwrap(), 1);
 }
+
+/// ICMPv6 "packet too big" about a reply a real server sent from the IPv6 VIP
+/// reaches that real server.
+#[test]
+#[ignore = "privileged: loads BPF"]
+fn ipv6_packet_too_big_goes_to_the_flows_real_server() {
+    let mut d = XdpDirector::load(opts()).unwrap();
+    let reals = [
+        ("2001:db8:2::21", 80, 1),
+        ("2001:db8:2::22", 80, 1),
+        ("2001:db8:2::23", 80, 1),
+    ];
+    let mut neigh: HashMap<IpAddr, Mac> = reals.iter().map(|r| mac6_of(r.0)).collect();
+    neigh.insert(mac6_of("2001:db8:2::31").0, mac6_of("2001:db8:2::31").1);
+    d.apply(
+        &[
+            service(VIP6, 80, Forwarding::Dr, &reals),
+            service(VIP6, 443, TUN, &[("2001:db8:2::31", 443, 1)]),
+        ],
+        &neigh,
+    )
+    .unwrap();
+    let (c, v) = (ip6(CLIENT6), ip6(VIP6));
+    let too_big = |vport: u16, cport: u16| {
+        let quoted = ipv6(v, c, 6, &tcp6(v, c, vport, cport, TCP_ACK, &[0; 1400])[..8]);
+        let mut icmp = vec![2, 0, 0, 0, 0, 0, 0x05, 0x00];
+        icmp.extend_from_slice(&quoted);
+        eth(
+            DIRECTOR_MAC,
+            CLIENT_MAC,
+            0x86dd,
+            &ipv6(ip6("2001:db8:ffff::1"), v, 58, &icmp),
+        )
+    };
+    let syn = tcp6_frame(c, 40100, v, 80, TCP_SYN);
+    let (_, out) = run(&d, &syn, None);
+    let owner: Mac = out[0..6].try_into().unwrap();
+    let icmp = too_big(80, 40100);
+    assert_eq!(
+        run(&d, &icmp, None),
+        (XDP_TX, with_mac(icmp.clone(), owner, DIRECTOR_MAC))
+    );
+    // Not in the table: the ring slot the flow would take.
+    let (verdict, out2) = run(&d, &too_big(80, 40200), None);
+    let (_, syn2) = run(&d, &tcp6_frame(c, 40200, v, 80, TCP_SYN), None);
+    assert_eq!((verdict, &out2[0..6]), (XDP_TX, &syn2[0..6]));
+    // TUN: encapsulated, with the flow's own flow label.
+    let icmp3 = too_big(443, 40300);
+    let (_, rmac) = mac6_of("2001:db8:2::31");
+    let mut want = eth(
+        rmac,
+        DIRECTOR_MAC,
+        0x86dd,
+        &ipv6(ip6(DIRECTOR6), ip6("2001:db8:2::31"), 41, &icmp3[14..]),
+    );
+    let label = flow_hash(
+        u32::from(c.octets()[15]),
+        u32::from(v.octets()[15]),
+        (u32::from(40300u16.to_be()) << 16) | u32::from(443u16.to_be()),
+    ) & 0xfffff;
+    want[14..18].copy_from_slice(&(0x6000_0000 | label).to_be_bytes());
+    assert_eq!(run(&d, &icmp3, None), (XDP_TX, want));
+    // Echo requests and errors about other ports pass untouched.
+    let echo = eth(
+        DIRECTOR_MAC,
+        CLIENT_MAC,
+        0x86dd,
+        &ipv6(c, v, 58, &[128, 0, 0, 0, 0, 1, 0, 1]),
+    );
+    assert_eq!(run(&d, &echo, None), (XDP_PASS, echo.clone()));
+    let other = too_big(8080, 40100);
+    assert_eq!(run(&d, &other, None), (XDP_PASS, other.clone()));
+    assert_eq!(d.stats().unwrap().counters.icmp_to_real, 3);
+}
