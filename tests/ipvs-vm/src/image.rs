@@ -33,6 +33,9 @@ pub const BOOT_MODULES: &[&str] = &[
     "ip_vs_sed",
     "ip_vs_nq",
     "ipip",
+    // GUE and GRE decapsulation on TUN real servers.
+    "fou",
+    "ip_gre",
     "veth",
     "bridge",
     "dummy",
@@ -234,7 +237,18 @@ fn prepare(cache_root: &Path) -> Result<BaseImage, ImageError> {
     let packages = resolve_packages()?;
     let kernel_pkg = packages[0].0.clone();
     let pinned: Vec<String> = packages.iter().map(|(p, v)| format!("{p}={v}")).collect();
-    let key = format!("{}\nrecipe={RECIPE}\n", pinned.join("\n"));
+    // Everything that shapes the image: package versions, modules, tools, init.
+    let tools: Vec<String> = TOOLS
+        .iter()
+        .map(|(src, dst)| format!("{src}>{dst}"))
+        .collect();
+    let key = format!(
+        "{}\nrecipe={RECIPE}\nmodules={}\ntools={}\ninit:\n{}",
+        pinned.join("\n"),
+        BOOT_MODULES.join(","),
+        tools.join(","),
+        init_script()
+    );
     let kernel_release = kernel_pkg
         .strip_prefix("linux-image-")
         .unwrap_or(&kernel_pkg)
@@ -249,6 +263,7 @@ fn prepare(cache_root: &Path) -> Result<BaseImage, ImageError> {
             let _ = fs::remove_dir_all(&tmp);
         }
         built?;
+        remove_stale_caches(cache_root, &dir);
     }
     let libraries = fs::read_to_string(dir.join("libraries"))
         .map_err(io_err(&dir.join("libraries")))?
@@ -263,6 +278,19 @@ fn prepare(cache_root: &Path) -> Result<BaseImage, ImageError> {
         libraries,
         packages: pinned,
     })
+}
+
+/// Older images (other package versions or recipes) are 20 MB each: drop them.
+fn remove_stale_caches(cache_root: &Path, current: &Path) {
+    let Ok(entries) = fs::read_dir(cache_root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path != current && path.is_dir() && path.join("KEY").exists() {
+            let _ = fs::remove_dir_all(&path);
+        }
+    }
 }
 
 /// Builds into a private directory and renames it into place, so concurrent

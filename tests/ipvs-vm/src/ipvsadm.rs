@@ -180,6 +180,47 @@ pub fn parse_columns(
     Ok(out)
 }
 
+/// The TunnelInfo column of `ipvsadm -Ln --tun-info` (`ipip`, `gue:6080:-c`,
+/// `gre:-c`, `n/a`): service key -> real server -> tunnel info.
+pub fn parse_tun_info(
+    text: &str,
+) -> Result<BTreeMap<String, BTreeMap<String, String>>, ParseError> {
+    let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for (i, raw) in text.lines().enumerate() {
+        let words: Vec<&str> = raw.split_whitespace().collect();
+        match words[..] {
+            ["->", "RemoteAddress:Port", ..] => {}
+            ["->", addr, _forward, info, ..] => {
+                let key = current
+                    .as_ref()
+                    .ok_or_else(|| err(i + 1, raw, "real server before any service"))?;
+                out.entry(key.clone())
+                    .or_default()
+                    .insert(addr.to_owned(), info.to_owned());
+            }
+            ["->", ..] => return Err(err(i + 1, raw, "real server line without tunnel info")),
+            [proto @ ("TCP" | "UDP" | "SCTP" | "FWM"), addr, ..] => {
+                let key = format!("{proto} {addr}");
+                out.entry(key.clone()).or_default();
+                current = Some(key);
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// How `ipvsadm --tun-info` starts the tunnel column for a forwarding method.
+pub fn expected_tun_info(f: Forwarding) -> String {
+    match f {
+        Forwarding::Tun(kubelvs_model::Tunnel::Ipip) => "ipip".into(),
+        Forwarding::Tun(kubelvs_model::Tunnel::Gue { port }) => format!("gue:{port}"),
+        Forwarding::Tun(kubelvs_model::Tunnel::Gre) => "gre".into(),
+        _ => "n/a".into(),
+    }
+}
+
 fn socket(addr: IpAddr, port: u16) -> String {
     SocketAddr::new(addr, port).to_string()
 }
@@ -389,6 +430,30 @@ TCP  203.0.113.7:80 rr persistent 60
         assert_eq!(t["TCP 203.0.113.7:80"]["192.0.2.11:8080"], [1, 3, 0, 12]);
         assert!(parse_columns("  -> 1.2.3.4:80 1 2").is_err());
         assert!(parse_columns("TCP 1.2.3.4:80\n  -> 1.2.3.5:80 1 x").is_err());
+    }
+
+    #[test]
+    fn parses_tunnel_info() {
+        let text = "\
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port           Forward TunnelInfo    Weight ActiveConn InActConn
+TCP  203.0.113.10:80 rr
+  -> 192.0.2.11:80                Tunnel  gue:6080:-c   1      0          0
+TCP  203.0.113.1:80 rr
+  -> 192.0.2.11:8080              Masq    n/a           1      0          0
+";
+        let t = parse_tun_info(text).unwrap();
+        assert!(
+            t["TCP 203.0.113.10:80"]["192.0.2.11:80"].starts_with(&expected_tun_info(
+                Forwarding::Tun(kubelvs_model::Tunnel::Gue { port: 6080 })
+            ))
+        );
+        assert_eq!(
+            t["TCP 203.0.113.1:80"]["192.0.2.11:8080"],
+            expected_tun_info(Forwarding::Nat)
+        );
+        assert!(parse_tun_info("  -> 1.2.3.4:80 Masq").is_err());
+        assert!(parse_tun_info("TCP 1.2.3.4:80 rr\n  -> 1.2.3.5:80").is_err());
     }
 
     #[test]

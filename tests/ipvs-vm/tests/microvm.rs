@@ -19,6 +19,8 @@ const SCENARIO_CASES: &[&str] = &[
     "nat",
     "dr",
     "tun",
+    "tun_gue",
+    "tun_gre",
     "ipv6_nat_persistence",
     "wrr_weights",
     "sh_sticky",

@@ -46,6 +46,9 @@ pub const DIRECTOR_CLIENT_SIDE6: &str = "2001:db8:c::1";
 pub const DIRECTOR_LAN6: &str = "2001:db8:1::1";
 pub const REAL_SERVERS6: [&str; 3] = ["2001:db8:1::11", "2001:db8:1::12", "2001:db8:1::13"];
 
+/// UDP port real servers decapsulate GUE on (`ip fou add port ... gue`).
+pub const GUE_PORT: u16 = 6080;
+
 /// Ports every real server listens on: 80 for DR/TUN (no port mapping), 8080 for NAT.
 pub const RS_PORTS: [u16; 2] = [80, 8080];
 
@@ -203,8 +206,11 @@ impl Lab {
                 format!("addr add {addr6}/64 dev eth0 nodad"),
                 "link set lo up".to_owned(),
                 "link set eth0 up".to_owned(),
-                // tunl0 appears in every namespace once ipip is loaded; it decapsulates TUN.
+                // tunl0 and gre0 appear in every namespace once ipip and ip_gre are
+                // loaded; they decapsulate TUN (IPIP, and GUE after fou) and GRE.
                 "link set tunl0 up".to_owned(),
+                "link set gre0 up".to_owned(),
+                format!("fou add port {GUE_PORT} gue"),
                 format!("route add default via {DIRECTOR_LAN}"),
                 format!("route add ::/0 via {DIRECTOR_LAN6}"),
             ];
@@ -222,6 +228,7 @@ impl Lab {
                     ("net.ipv4.conf.all.rp_filter", "0"),
                     ("net.ipv4.conf.eth0.rp_filter", "0"),
                     ("net.ipv4.conf.tunl0.rp_filter", "0"),
+                    ("net.ipv4.conf.gre0.rp_filter", "0"),
                 ],
             )?;
         }

@@ -15,7 +15,8 @@ use kubelvs_model::{
 };
 
 use crate::lab::{
-    cmd, peers, tally, Lab, CLIENT, CLIENT6, CLIENTS, DIRECTOR_LAN, REAL_SERVERS, REAL_SERVERS6,
+    cmd, peers, tally, Lab, CLIENT, CLIENT6, CLIENTS, DIRECTOR_LAN, GUE_PORT, REAL_SERVERS,
+    REAL_SERVERS6,
 };
 use crate::Reporter;
 
@@ -23,6 +24,8 @@ const NAT_VIP: &str = "203.0.113.1";
 const DR_VIP: &str = "203.0.113.2";
 const TUN_VIP: &str = "203.0.113.3";
 const FULLNAT_VIP: &str = "203.0.113.4";
+const GUE_VIP: &str = "203.0.113.10";
+const GRE_VIP: &str = "203.0.113.11";
 const WRR_VIP: &str = "203.0.113.5";
 const SH_VIP: &str = "203.0.113.6";
 const PERSIST_VIP: &str = "203.0.113.7";
@@ -133,6 +136,18 @@ fn plan() -> Vec<Service> {
             Forwarding::Tun(Tunnel::Ipip),
             [1, 1, 1],
         ),
+        service(
+            GUE_VIP,
+            Scheduler::Rr,
+            Forwarding::Tun(Tunnel::Gue { port: GUE_PORT }),
+            [1, 1, 1],
+        ),
+        service(
+            GRE_VIP,
+            Scheduler::Rr,
+            Forwarding::Tun(Tunnel::Gre),
+            [1, 1, 1],
+        ),
         fullnat,
         service(WRR_VIP, Scheduler::Wrr, Forwarding::Nat, [1, 2, 3]),
         sh,
@@ -204,13 +219,36 @@ fn listing() -> Result<BTreeMap<String, ipvsadm::ListedService>, String> {
 
 fn table_matches(services: &[Service]) -> Result<String, String> {
     let listed = listing()?;
+    // Tunnel type and GUE port are visible only with --tun-info.
+    let text = cmd("ipvsadm", &["-Ln", "--tun-info"])?;
+    let tun_info = ipvsadm::parse_tun_info(&text).map_err(|e| e.to_string())?;
+    for s in services {
+        let key = format!(
+            "{} {}",
+            s.key.protocol,
+            SocketAddr::new(s.key.vip, s.key.port)
+        );
+        let want = ipvsadm::expected_tun_info(s.forwarding);
+        for r in &s.real_servers {
+            let dest = SocketAddr::new(r.address, r.port).to_string();
+            let got = tun_info.get(&key).and_then(|d| d.get(&dest));
+            if !got.is_some_and(|g| g.starts_with(&want)) {
+                return Err(format!(
+                    "{key} -> {dest}: --tun-info shows {got:?}, expected {want}..."
+                ));
+            }
+        }
+    }
     let diffs = ipvsadm::table_differences(
         &listed,
         &ipvsadm::expected_listing(services),
         &[FOREIGN_KEY],
     );
     if diffs.is_empty() {
-        Ok(format!("{} services match the plan", services.len()))
+        Ok(format!(
+            "{} services match the plan, tunnel types and GUE port included",
+            services.len()
+        ))
     } else {
         Err(diffs.join("; "))
     }
@@ -230,8 +268,10 @@ pub fn run(r: &mut Reporter) {
         REMOVE_VIP,
         FOREIGN_VIP,
         V6_VIP,
+        GUE_VIP,
+        GRE_VIP,
     ];
-    let lab = match Lab::up(&vips, &[DR_VIP, TUN_VIP]) {
+    let lab = match Lab::up(&vips, &[DR_VIP, TUN_VIP, GUE_VIP, GRE_VIP]) {
         Ok(lab) => lab,
         Err(e) => {
             r.case("topology", Err(e));
@@ -329,6 +369,8 @@ pub fn run(r: &mut Reporter) {
     r.case("nat", all_servers_answer(&lab, NAT_VIP, CLIENT));
     r.case("dr", all_servers_answer(&lab, DR_VIP, CLIENT));
     r.case("tun", all_servers_answer(&lab, TUN_VIP, CLIENT));
+    r.case("tun_gue", all_servers_answer(&lab, GUE_VIP, CLIENT));
+    r.case("tun_gre", all_servers_answer(&lab, GRE_VIP, CLIENT));
     r.case("ipv6_nat_persistence", ipv6(&lab));
     r.case("wrr_weights", wrr(&lab));
     r.case("sh_sticky", sticky(&lab, SH_VIP, "sh"));
