@@ -664,7 +664,27 @@ impl XdpDirector {
             }
         }
 
-        // 2. Real servers: keep ids, add new ones (before any ring refers to them).
+        // 2. Global config first: the ring size must be there before any VIP is.
+        let nat = |v6: bool| {
+            want.iter()
+                .any(|(k, w)| w.forwarding == FWD_NAT && matches!(k, AnyVipKey::V6(_)) == v6)
+        };
+        let cfg = Config {
+            director_addr: u32::from_ne_bytes(self.opts.director_addr.octets()),
+            ring_size,
+            flags: if nat(false) { CFG_F_NAT } else { 0 } | if nat(true) { CFG_F_NAT6 } else { 0 },
+            pad: 0,
+            director_addr6: self
+                .opts
+                .director_addr6
+                .map(|a| a.octets())
+                .unwrap_or_default(),
+        };
+        if cfg != self.state.config {
+            self.config.set(0, cfg, 0).map_err(map_err("config"))?;
+            self.state.config = cfg;
+        }
+        // 3. Real servers: keep ids, add new ones (before any ring refers to them).
         let mut wanted_reals: BTreeMap<RealKey, Real> = BTreeMap::new();
         for w in want.values() {
             for ((addr, port), _) in &w.reals {
@@ -703,7 +723,7 @@ impl XdpDirector {
             }
         }
 
-        // 3. VIPs. Removed ones first (entry deleted, then ring zeroed), so their
+        // 4. VIPs. Removed ones first (entry deleted, then ring zeroed), so their
         //    ids are free before new VIPs take ids; then rings before vips entries,
         //    so a new VIP never meets an empty ring.
         let removed: Vec<AnyVipKey> = self
@@ -816,7 +836,7 @@ impl XdpDirector {
             }
         }
 
-        // 4. Real servers no one uses any more: mark dead, so flows pinned to them
+        // 5. Real servers no one uses any more: mark dead, so flows pinned to them
         //    in the connection table are rescheduled instead of sent to a reused id.
         let gone: Vec<RealKey> = self
             .state
@@ -834,26 +854,6 @@ impl XdpDirector {
             }
         }
 
-        // 5. Global config.
-        let nat = |v6: bool| {
-            want.iter()
-                .any(|(k, w)| w.forwarding == FWD_NAT && matches!(k, AnyVipKey::V6(_)) == v6)
-        };
-        let cfg = Config {
-            director_addr: u32::from_ne_bytes(self.opts.director_addr.octets()),
-            ring_size,
-            flags: if nat(false) { CFG_F_NAT } else { 0 } | if nat(true) { CFG_F_NAT6 } else { 0 },
-            pad: 0,
-            director_addr6: self
-                .opts
-                .director_addr6
-                .map(|a| a.octets())
-                .unwrap_or_default(),
-        };
-        if cfg != self.state.config {
-            self.config.set(0, cfg, 0).map_err(map_err("config"))?;
-            self.state.config = cfg;
-        }
         Ok(report)
     }
 
