@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 
 use crate::cpio::Archive;
 
@@ -221,8 +222,14 @@ fn fnv1a(data: &[u8]) -> u64 {
     })
 }
 
+/// Serialises image builds within one process: tests run on parallel threads of
+/// one process, and the private build directory is named after the process.
+static BUILD_LOCK: Mutex<()> = Mutex::new(());
+
 /// Returns the cached base image under `cache_root`, building it first if needed.
 pub fn base_image(cache_root: &Path) -> Result<BaseImage, ImageError> {
+    // A panic elsewhere while holding the lock leaves nothing half-done here.
+    let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     match prepare(cache_root) {
         // Stale apt lists name versions the mirror no longer has: refresh, retry once.
         Err(ImageError::Command { command, .. }) if command.contains("\"download\"") => {
