@@ -2,8 +2,9 @@
 //! small initramfs with busybox, `ipvsadm`, `nft`, `ip` and their shared libraries.
 //!
 //! Everything comes from Debian packages fetched with `apt-get download` and is
-//! cached under `target/ipvs-vm/<key>/`, where the key covers every package
-//! version and [`RECIPE`]; a second run reuses it. The guest test binary changes
+//! cached under `target/ipvs-vm/<kernel>-<key>/`, where the key covers every package
+//! version, the module and tool lists, the init script and [`RECIPE`]; a second run
+//! reuses it. The guest test binary changes
 //! on every build, so it goes into a second, small cpio archive appended at boot
 //! (the kernel unpacks concatenated archives in order).
 

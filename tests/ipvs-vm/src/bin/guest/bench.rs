@@ -1,7 +1,8 @@
 //! The IPVS benchmark: 10,000 services x 5 real servers programmed by our apply
 //! versus `ipvsadm -R` restoring the same table, then one weight change among
 //! them. Runs in its own network namespace (IPVS tables are per namespace), as a
-//! child process started with `ip netns exec`, so it never sees the scenarios' table.
+//! child process started with `ip netns exec`, so it never sees the scenarios' table;
+//! `ipvsadm -R` gets a second fresh namespace.
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
