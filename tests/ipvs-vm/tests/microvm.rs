@@ -78,6 +78,16 @@ fn ipvs_scenarios_in_microvm() {
     assert_passed(&outcome, SCENARIO_CASES);
 }
 
+/// `kubelvs_ipvs::selftest::module_reload`: `rmmod ip_vs_* ip_vs; modprobe ip_vs` under
+/// a live client, whose next request must re-resolve the generic-netlink family id.
+/// A boot of its own, since unloading ip_vs needs every other IPVS user gone.
+#[test]
+#[ignore = "privileged: boots a microVM (ip_vs module reload)"]
+fn ipvs_module_reload_in_microvm() {
+    let outcome = boot("reload", Duration::from_secs(180));
+    assert_passed(&outcome, &["selftest_module_reload"]);
+}
+
 /// 10,000 services x 5 real servers: our apply versus `ipvsadm -R`, then one
 /// weight change (one write, through `apply` and `apply_incremental`) and the same
 /// plan again (zero writes). Prints its numbers (`KUBELVS MEASURE`); BENCHMARKS.md

@@ -1,8 +1,8 @@
 //! The test driver inside the microVM (started by the initramfs `init`, in the
 //! VM's root network namespace, which plays the director).
 //!
-//! Modes: `scenarios` and `bench` print results in the line protocol of
-//! `kubelvs_ipvs_vm::protocol`; `serve`, `client` and `hold` are helpers the
+//! Modes: `scenarios`, `bench` and `reload` (in a boot of its own: it unloads
+//! ip_vs) print results in the line protocol of `kubelvs_ipvs_vm::protocol`; `serve`, `client` and `hold` are helpers the
 //! scenarios start inside the real server and client namespaces
 //! (`ip netns exec <ns> <this binary> ...`), so no code here enters a namespace itself.
 
@@ -10,6 +10,7 @@
 
 mod bench;
 mod lab;
+mod reload;
 mod scenarios;
 
 use std::io::{BufRead, Write};
@@ -96,6 +97,12 @@ fn main() -> ExitCode {
             r.end();
             Ok(())
         }
+        ["reload"] => {
+            let mut r = Reporter::default();
+            reload::run(&mut r);
+            r.end();
+            Ok(())
+        }
         ["serve", name, ref ports @ ..] => ports
             .iter()
             .map(|p| p.parse::<u16>().map_err(|e| format!("port {p:?}: {e}")))
@@ -105,7 +112,7 @@ fn main() -> ExitCode {
         ["hold", target] => hold(target),
         ["bench-inner"] => bench::inner(),
         ["selftest-inner"] => scenarios::selftest_inner(),
-        _ => Err(format!("usage: scenarios | bench | all | serve NAME PORT... | client TARGET COUNT TIMEOUT_MS [SOURCE...] | hold TARGET; got {args:?}")),
+        _ => Err(format!("usage: scenarios | bench | all | reload | serve NAME PORT... | client TARGET COUNT TIMEOUT_MS [SOURCE...] | hold TARGET; got {args:?}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
