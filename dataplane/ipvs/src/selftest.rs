@@ -5,8 +5,9 @@
 //! **Run it only in a network namespace of its own: it flushes the IPVS table.**
 //! The namespace needs a routing table (`ip link set lo up` is enough): without one
 //! the kernel refuses every IPv4 destination with EINVAL (`inet_addr_type` answers
-//! "broadcast" when there is no table). The microVM harness calls [`run`] and
-//! reports each case.
+//! "broadcast" when there is no table). The microVM harness (`tests/ipvs-vm`, in CI)
+//! calls [`run`] in its scenarios boot and [`module_reload`] in a boot of its own,
+//! and reports each case.
 
 use std::net::IpAddr;
 
