@@ -2,6 +2,8 @@
 //! the CRD YAML generated from them, and [`validate`], which applies the CRD's own
 //! rules (OpenAPI schema and CEL) without an API server.
 
+#![forbid(unsafe_code)]
+
 pub mod address_pool;
 pub mod real_server;
 pub mod selector;
