@@ -153,12 +153,7 @@ impl<K: IpvsKernel> IpvsDataplane<K> {
         services: &[model::Service],
         now: Instant,
     ) -> Result<ApplyReport, Error> {
-        let desired = services
-            .iter()
-            .filter(|s| s.dataplane == model::DataplaneKind::Ipvs)
-            .map(DesiredService::from_model)
-            .collect::<Result<Vec<_>, _>>()?;
-        self.apply_desired(&desired, now)
+        self.apply_desired(&ipvs_services(services)?, now)
     }
 
     /// Like [`IpvsDataplane::apply`], but diffs against the table as this dataplane
@@ -171,12 +166,7 @@ impl<K: IpvsKernel> IpvsDataplane<K> {
         services: &[model::Service],
         now: Instant,
     ) -> Result<ApplyReport, Error> {
-        let desired = services
-            .iter()
-            .filter(|s| s.dataplane == model::DataplaneKind::Ipvs)
-            .map(DesiredService::from_model)
-            .collect::<Result<Vec<_>, _>>()?;
-        self.reconcile(&desired, now, true)
+        self.reconcile(&ipvs_services(services)?, now, true)
     }
 
     /// [`IpvsDataplane::apply`] on already converted services (fwmark services too).
@@ -344,4 +334,14 @@ impl<K: IpvsKernel> IpvsDataplane<K> {
 /// The kernel table as a map, for tests and callers that diff themselves.
 pub fn table_map(kernel: Vec<KernelService>) -> BTreeMap<ServiceId, KernelService> {
     kernel.into_iter().map(|s| (s.id, s)).collect()
+}
+
+/// The plan's services for this dataplane, converted (services for XDP are ignored).
+fn ipvs_services(services: &[model::Service]) -> Result<Vec<DesiredService>, Error> {
+    services
+        .iter()
+        .filter(|s| s.dataplane == model::DataplaneKind::Ipvs)
+        .map(DesiredService::from_model)
+        .collect::<Result<_, _>>()
+        .map_err(Error::from)
 }
