@@ -38,9 +38,16 @@ pub struct ApplyReport {
     /// Operations the kernel refused (other than convergence: EEXIST on add,
     /// ESRCH/ENOENT on delete). The rest of the plan was still applied.
     pub errors: Vec<Error>,
+    /// The services those errors were about, with the first error's message.
+    pub failed: BTreeMap<ServiceId, String>,
 }
 
 impl ApplyReport {
+    fn fail(&mut self, service: ServiceId, e: Error) {
+        self.failed.entry(service).or_insert_with(|| e.to_string());
+        self.errors.push(e);
+    }
+
     fn count(&mut self, kind: OpKind) {
         match kind {
             OpKind::AddService => self.added_services += 1,
@@ -189,7 +196,9 @@ impl<K: IpvsKernel> IpvsDataplane<K> {
         let wt0 = self.client.write_time();
 
         let t = Instant::now();
-        let cached = if use_cache { self.cache.take() } else { None };
+        // Taken whatever happens next: a full apply that fails part-way must not leave
+        // an older cache for the next incremental apply to diff against.
+        let cached = self.cache.take().filter(|_| use_cache);
         let kernel: Vec<KernelService> = match cached {
             Some(c) => c.into_values().collect(),
             None => {
@@ -271,11 +280,11 @@ impl<K: IpvsKernel> IpvsDataplane<K> {
                 (OpKind::AddService, Err(e)) => {
                     owned.remove(op.service());
                     failed.insert(*op.service());
-                    report.errors.push(e);
+                    report.fail(*op.service(), e);
                 }
                 (_, Err(e)) => {
                     failed.insert(*op.service());
-                    report.errors.push(e);
+                    report.fail(*op.service(), e);
                 }
             }
         }
@@ -317,14 +326,14 @@ impl<K: IpvsKernel> IpvsDataplane<K> {
                     dest: *dest,
                     config: *config,
                 }),
-                (_, Err(e)) => report.errors.push(e),
+                (op, Err(e)) => report.fail(*op.service(), e),
             }
         }
         let msgs: Vec<_> = retry.iter().map(Op::to_message).collect();
         for (op, r) in retry.iter().zip(self.client.execute_batch(&msgs)) {
             match r {
                 Ok(()) => report.count(op.kind()),
-                Err(e) => report.errors.push(e),
+                Err(e) => report.fail(*op.service(), e),
             }
         }
         Ok(())

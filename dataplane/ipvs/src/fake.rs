@@ -205,3 +205,120 @@ impl IpvsKernel for FakeIpvs {
         Duration::ZERO
     }
 }
+
+/// A fault to inject into [`FaultyIpvs`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// The kernel answers `errno` to `cmd` when it is about `service` (any service
+    /// when `None`).
+    Refuse {
+        cmd: Command,
+        service: Option<ServiceId>,
+        errno: i32,
+    },
+    /// The services dump fails (EINTR, as a dump interrupted by a concurrent change).
+    FailServiceDump,
+    /// The destinations dump of `service` fails.
+    FailDestDump(ServiceId),
+    /// The socket is gone: every later call fails.
+    DropSocket,
+}
+
+/// [`FakeIpvs`] that fails on demand, for the error paths a real kernel cannot be
+/// made to take on cue.
+#[derive(Debug, Clone, Default)]
+pub struct FaultyIpvs {
+    pub inner: FakeIpvs,
+    pub faults: Vec<Fault>,
+}
+
+impl FaultyIpvs {
+    pub fn new(inner: FakeIpvs) -> Self {
+        Self {
+            inner,
+            faults: Vec::new(),
+        }
+    }
+
+    pub fn with(mut self, fault: Fault) -> Self {
+        self.faults.push(fault);
+        self
+    }
+
+    fn dropped(&self) -> Option<Error> {
+        self.faults.contains(&Fault::DropSocket).then(|| Error::Socket {
+            op: "sendmsg",
+            source: std::io::Error::from_raw_os_error(libc::EBADF),
+        })
+    }
+
+    fn refusal(&self, msg: &IpvsMessage) -> Option<i32> {
+        let id = msg.service.as_ref().and_then(ServiceId::from_attrs);
+        self.faults.iter().find_map(|f| match f {
+            Fault::Refuse {
+                cmd,
+                service,
+                errno,
+            } if *cmd == msg.cmd && (service.is_none() || *service == id) => Some(*errno),
+            _ => None,
+        })
+    }
+}
+
+impl IpvsKernel for FaultyIpvs {
+    fn dump_services(&mut self) -> Result<Vec<KernelService>, Error> {
+        if let Some(e) = self.dropped() {
+            return Err(e);
+        }
+        if self.faults.contains(&Fault::FailServiceDump) {
+            return Err(Error::Socket {
+                op: "recvmsg (services dump)",
+                source: std::io::Error::from_raw_os_error(libc::EINTR),
+            });
+        }
+        self.inner.dump_services()
+    }
+
+    fn dump_dests(&mut self, id: &ServiceId) -> Result<Vec<KernelDest>, Error> {
+        if let Some(e) = self.dropped() {
+            return Err(e);
+        }
+        if self.faults.contains(&Fault::FailDestDump(*id)) {
+            return Err(Error::Socket {
+                op: "recvmsg (destinations dump)",
+                source: std::io::Error::from_raw_os_error(libc::EINTR),
+            });
+        }
+        self.inner.dump_dests(id)
+    }
+
+    fn execute_batch(&mut self, msgs: &[IpvsMessage]) -> Vec<Result<(), Error>> {
+        msgs.iter()
+            .map(|m| {
+                if let Some(e) = self.dropped() {
+                    return Err(e);
+                }
+                if let Some(errno) = self.refusal(m) {
+                    self.inner.writes += u64::from(m.cmd.is_write());
+                    return Err(Error::Kernel {
+                        cmd: m.cmd,
+                        object: describe(m),
+                        errno,
+                    });
+                }
+                self.inner
+                    .execute_batch(std::slice::from_ref(m))
+                    .pop()
+                    .expect("one result per message")
+            })
+            .collect()
+    }
+
+    fn writes(&self) -> u64 {
+        self.inner.writes
+    }
+
+    fn write_time(&self) -> Duration {
+        Duration::ZERO
+    }
+}

@@ -48,6 +48,7 @@ pub mod apply;
 pub mod client;
 pub mod codec;
 pub mod diff;
+pub mod director;
 pub mod error;
 pub mod fake;
 pub mod fullnat;
@@ -64,8 +65,9 @@ pub use codec::{
     Timeouts,
 };
 pub use diff::{diff, Diff, Draining, Op, OpKind};
+pub use director::{DirectorHost, FakeHost, IpvsDirector, SystemHost};
 pub use error::{Error, KernelError};
-pub use fake::FakeIpvs;
+pub use fake::{FakeIpvs, Fault, FaultyIpvs};
 pub use fullnat::{apply_fullnat, fullnat_ruleset, FULLNAT_TABLE};
 pub use nl::DecodeError;
 pub use ownership::{OwnedServices, DEFAULT_STATE_PATH};

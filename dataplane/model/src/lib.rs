@@ -12,6 +12,12 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+pub mod dataplane;
+pub use dataplane::{
+    ApplyContext, Dataplane, DataplaneReport, Outcome, Reason, RealServerNote, RealServerState,
+    ServiceOutcome, VipOutcome,
+};
+
 /// L4 protocol of a virtual service. The discriminants are the IP protocol numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Protocol {

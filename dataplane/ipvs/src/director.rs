@@ -1,0 +1,291 @@
+//! [`IpvsDirector`]: kernel IPVS as a [`Dataplane`]: the IPVS table ([`IpvsDataplane`]),
+//! the director sysctls and the FullNAT nftables table, with an outcome per service.
+//!
+//! Host configuration goes through [`DirectorHost`] ([`SystemHost`] for the real
+//! /proc/sys and nft; [`FakeHost`] records and fails on demand).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use kubelvs_model::{
+    self as model, ApplyContext, Dataplane, DataplaneKind, DataplaneReport, NodePlan, Outcome,
+    Reason, RealServerNote, RealServerState, ServiceOutcome,
+};
+
+use crate::apply::{IpvsDataplane, IpvsKernel};
+use crate::error::Error;
+use crate::fullnat::{apply_nft_script, fullnat_ruleset};
+use crate::sysctl::{director_sysctls_for, Sysctl};
+use crate::table::{DesiredService, PlanError, ServiceId};
+
+/// The director's host configuration besides the IPVS table.
+pub trait DirectorHost: Send {
+    /// Sets each sysctl whose value differs; returns how many it wrote.
+    fn ensure_sysctls(&mut self, list: &[Sysctl]) -> Result<u64, Error>;
+    /// Replaces our nftables table with `script` (see [`fullnat_ruleset`]).
+    fn load_nft(&mut self, script: &str) -> Result<(), Error>;
+}
+
+/// /proc/sys of the calling thread's network namespace, and `nft -f -`.
+#[derive(Debug, Clone)]
+pub struct SystemHost {
+    root: PathBuf,
+}
+
+impl Default for SystemHost {
+    fn default() -> Self {
+        Self {
+            root: PathBuf::from("/proc/sys"),
+        }
+    }
+}
+
+impl SystemHost {
+    /// Sysctls under `root` instead of /proc/sys.
+    pub fn with_root(root: impl AsRef<Path>) -> Self {
+        Self {
+            root: root.as_ref().to_owned(),
+        }
+    }
+}
+
+impl DirectorHost for SystemHost {
+    fn ensure_sysctls(&mut self, list: &[Sysctl]) -> Result<u64, Error> {
+        let mut writes = 0;
+        for s in list {
+            let path = self.root.join(s.path);
+            let current = std::fs::read_to_string(&path).map_err(|source| Error::Sysctl {
+                path: path.clone(),
+                source,
+            })?;
+            if current.trim() != s.value {
+                std::fs::write(&path, format!("{}\n", s.value))
+                    .map_err(|source| Error::Sysctl { path, source })?;
+                writes += 1;
+            }
+        }
+        Ok(writes)
+    }
+
+    fn load_nft(&mut self, script: &str) -> Result<(), Error> {
+        apply_nft_script(script)
+    }
+}
+
+/// An in-memory host: sysctl values and the last nft script, with failures on demand.
+#[derive(Debug, Clone, Default)]
+pub struct FakeHost {
+    pub sysctls: BTreeMap<String, String>,
+    pub nft_script: Option<String>,
+    pub nft_loads: u64,
+    /// Writing this sysctl fails (EACCES).
+    pub fail_sysctl: Option<String>,
+    /// Loading any nft script fails.
+    pub fail_nft: bool,
+}
+
+impl DirectorHost for FakeHost {
+    fn ensure_sysctls(&mut self, list: &[Sysctl]) -> Result<u64, Error> {
+        let mut writes = 0;
+        for s in list {
+            if self.fail_sysctl.as_deref() == Some(s.path) {
+                return Err(Error::Sysctl {
+                    path: Path::new("/proc/sys").join(s.path),
+                    source: std::io::Error::from_raw_os_error(libc::EACCES),
+                });
+            }
+            if self.sysctls.get(s.path).map(String::as_str) != Some(s.value) {
+                self.sysctls.insert(s.path.to_owned(), s.value.to_owned());
+                writes += 1;
+            }
+        }
+        Ok(writes)
+    }
+
+    fn load_nft(&mut self, script: &str) -> Result<(), Error> {
+        if self.fail_nft {
+            return Err(Error::Nft {
+                table: crate::FULLNAT_TABLE,
+                detail: "injected failure".into(),
+            });
+        }
+        self.nft_script = Some(script.to_owned());
+        self.nft_loads += 1;
+        Ok(())
+    }
+}
+
+/// Kernel IPVS as a [`Dataplane`].
+#[derive(Debug)]
+pub struct IpvsDirector<K: IpvsKernel = crate::IpvsClient, H: DirectorHost = SystemHost> {
+    table: IpvsDataplane<K>,
+    host: H,
+    /// The FullNAT script last loaded, so an unchanged plan runs no nft.
+    nft_loaded: Option<String>,
+}
+
+impl<K: IpvsKernel, H: DirectorHost> IpvsDirector<K, H> {
+    pub fn new(table: IpvsDataplane<K>, host: H) -> Self {
+        Self {
+            table,
+            host,
+            nft_loaded: None,
+        }
+    }
+
+    pub fn table(&mut self) -> &mut IpvsDataplane<K> {
+        &mut self.table
+    }
+
+    pub fn host(&mut self) -> &mut H {
+        &mut self.host
+    }
+}
+
+/// The field of a VirtualService a conversion error is about.
+fn plan_error_reason(s: &model::Service, e: &PlanError) -> Reason {
+    let field = match e {
+        PlanError::UnsupportedScheduler { .. } => "spec.scheduler",
+        PlanError::BadWeight { .. } => "spec.weight",
+        PlanError::BadPersistencePrefix { .. } => "spec.persistence",
+    };
+    let object = match e {
+        PlanError::BadWeight { real_server, .. } => s
+            .real_servers
+            .iter()
+            .find(|r| r.address == *real_server)
+            .map_or(&s.source, |r| &r.source),
+        _ => &s.source,
+    };
+    Reason::new(object, field, e.to_string())
+}
+
+impl<K, H> Dataplane for IpvsDirector<K, H>
+where
+    K: IpvsKernel + Send,
+    H: DirectorHost,
+{
+    fn name(&self) -> &'static str {
+        DataplaneKind::Ipvs.name()
+    }
+
+    fn apply(&mut self, plan: &NodePlan, ctx: &ApplyContext) -> DataplaneReport {
+        let mut report = DataplaneReport::new(self.name());
+        let services: Vec<&model::Service> = plan.services_for(DataplaneKind::Ipvs).collect();
+        let mut outcomes: BTreeMap<ServiceId, Entry> = BTreeMap::new();
+        let mut desired: Vec<DesiredService> = Vec::new();
+        let mut planned: Vec<model::Service> = Vec::new();
+        for s in &services {
+            let outcome = match DesiredService::from_model(s) {
+                Ok(d) => {
+                    desired.push(d);
+                    planned.push((*s).clone());
+                    Outcome::Programmed
+                }
+                Err(e) => Outcome::Unsupported(plan_error_reason(s, &e)),
+            };
+            outcomes.insert(
+                ServiceId::from_key(&s.key),
+                (s.key, s.source.clone(), outcome),
+            );
+        }
+
+        // Sysctls first: forwarding must be on before a NAT service takes traffic.
+        let sysctls = director_sysctls_for(&planned);
+        if !planned.is_empty() {
+            match self.host.ensure_sysctls(&sysctls) {
+                Ok(n) => report.writes += n,
+                Err(e) => fail_where(&mut outcomes, |_| true, &e.to_string()),
+            }
+        }
+
+        match self.table.apply_desired(&desired, ctx.now) {
+            Ok(r) => {
+                report.writes += r.writes;
+                for id in &r.conflicts {
+                    if let Some((_, source, o)) = outcomes.get_mut(id) {
+                        *o = Outcome::Conflict(Reason::new(
+                            source,
+                            "spec.vip",
+                            format!(
+                                "IPVS service {id} exists and was not created by kube-lvs; left alone"
+                            ),
+                        ));
+                    }
+                }
+                for (id, message) in &r.failed {
+                    if let Some((_, source, o)) = outcomes.get_mut(id) {
+                        if o.is_programmed() {
+                            *o = Outcome::Failed(Reason::new(source, "", message.clone()));
+                        }
+                    }
+                }
+            }
+            Err(e) => fail_where(&mut outcomes, |_| true, &e.to_string()),
+        }
+
+        // FullNAT's source NAT lives in an nftables table of ours; run nft only when
+        // its script changes.
+        let script = fullnat_ruleset(&planned);
+        if self.nft_loaded.as_deref() != Some(script.as_str())
+            && (self.nft_loaded.is_some() || planned.iter().any(is_fullnat))
+        {
+            match self.host.load_nft(&script) {
+                Ok(()) => {
+                    report.writes += 1;
+                    self.nft_loaded = Some(script);
+                }
+                Err(e) => {
+                    let fullnat: Vec<model::ServiceKey> = planned
+                        .iter()
+                        .filter(|s| is_fullnat(s))
+                        .map(|s| s.key)
+                        .collect();
+                    fail_where(&mut outcomes, |k| fullnat.contains(k), &e.to_string());
+                }
+            }
+        }
+
+        for ((service, dest), _) in self.table.draining() {
+            if let ServiceId::Inet { .. } = service {
+                if let Some((key, _, _)) = outcomes.get(service) {
+                    report.real_servers.push(RealServerNote {
+                        service: *key,
+                        real_server: SocketAddr::new(dest.addr, dest.port),
+                        state: RealServerState::Draining,
+                    });
+                }
+            }
+        }
+        report.services = outcomes
+            .into_values()
+            .map(|(key, source, outcome)| ServiceOutcome {
+                key,
+                source,
+                outcome,
+            })
+            .collect();
+        report
+    }
+}
+
+/// A service's key, its VirtualService and its outcome so far.
+type Entry = (model::ServiceKey, model::ObjectRef, Outcome);
+
+/// Marks the still-programmed services matching `pred` as failed with `message`.
+fn fail_where(
+    outcomes: &mut BTreeMap<ServiceId, Entry>,
+    pred: impl Fn(&model::ServiceKey) -> bool,
+    message: &str,
+) {
+    for (key, source, o) in outcomes.values_mut() {
+        if o.is_programmed() && pred(key) {
+            *o = Outcome::Failed(Reason::new(source, "", message));
+        }
+    }
+}
+
+fn is_fullnat(s: &model::Service) -> bool {
+    s.forwarding == model::Forwarding::FullNat
+}
