@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use kubelvs_model::{
     self as model, ApplyContext, Dataplane, DataplaneKind, DataplaneReport, NodePlan, Outcome,
-    Reason, RealServerNote, RealServerState, ServiceOutcome,
+    RealServerNote, RealServerState, Reason, ServiceOutcome,
 };
 
 use crate::apply::{IpvsDataplane, IpvsKernel};
@@ -247,7 +247,7 @@ where
             }
         }
 
-        for ((service, dest), _) in self.table.draining() {
+        for (service, dest) in self.table.draining().keys() {
             if let ServiceId::Inet { .. } = service {
                 if let Some((key, _, _)) = outcomes.get(service) {
                     report.real_servers.push(RealServerNote {

@@ -246,10 +246,12 @@ impl FaultyIpvs {
     }
 
     fn dropped(&self) -> Option<Error> {
-        self.faults.contains(&Fault::DropSocket).then(|| Error::Socket {
-            op: "sendmsg",
-            source: std::io::Error::from_raw_os_error(libc::EBADF),
-        })
+        self.faults
+            .contains(&Fault::DropSocket)
+            .then(|| Error::Socket {
+                op: "sendmsg",
+                source: std::io::Error::from_raw_os_error(libc::EBADF),
+            })
     }
 
     fn refusal(&self, msg: &IpvsMessage) -> Option<i32> {

@@ -17,13 +17,24 @@ use kubelvs_model::{
     RealServer, RealServerState, Scheduler, SchedulerFlags, Service, ServiceKey,
 };
 
-fn state_file(tag: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!(
-        "kubelvs-ipvs-director-{tag}-{}/owned",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(p.parent().unwrap());
-    p
+/// A per-test directory for the ownership state file, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!(
+            "kubelvs-ipvs-director-{tag}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn rs(addr: &str, weight: u32) -> RealServer {
@@ -64,9 +75,24 @@ fn plan(services: Vec<Service>) -> NodePlan {
 
 fn three() -> Vec<Service> {
     vec![
-        service("a", "203.0.113.1", Forwarding::Nat, vec![rs("192.0.2.1", 1)]),
-        service("b", "203.0.113.2", Forwarding::Nat, vec![rs("192.0.2.2", 1)]),
-        service("c", "203.0.113.3", Forwarding::FullNat, vec![rs("192.0.2.3", 1)]),
+        service(
+            "a",
+            "203.0.113.1",
+            Forwarding::Nat,
+            vec![rs("192.0.2.1", 1)],
+        ),
+        service(
+            "b",
+            "203.0.113.2",
+            Forwarding::Nat,
+            vec![rs("192.0.2.2", 1)],
+        ),
+        service(
+            "c",
+            "203.0.113.3",
+            Forwarding::FullNat,
+            vec![rs("192.0.2.3", 1)],
+        ),
     ]
 }
 
@@ -80,11 +106,13 @@ fn id(vip: &str) -> ServiceId {
 
 type Director = IpvsDirector<FaultyIpvs, FakeHost>;
 
-fn director(tag: &str, kernel: FaultyIpvs) -> Director {
-    IpvsDirector::new(
-        IpvsDataplane::with_client(kernel, state_file(tag)).unwrap(),
+fn director(tag: &str, kernel: FaultyIpvs) -> (Director, TempDir) {
+    let dir = TempDir::new(tag);
+    let d = IpvsDirector::new(
+        IpvsDataplane::with_client(kernel, dir.0.join("owned")).unwrap(),
         FakeHost::default(),
-    )
+    );
+    (d, dir)
 }
 
 fn now() -> ApplyContext {
@@ -114,7 +142,7 @@ fn weight(d: &mut Director, vip: &str, dest: &str) -> u32 {
 
 #[test]
 fn programs_every_service_and_reapply_writes_nothing() {
-    let mut d = director("happy", FaultyIpvs::default());
+    let (mut d, _dir) = director("happy", FaultyIpvs::default());
     let p = plan(three());
     let r = d.apply(&p, &now());
     assert_eq!(r.dataplane, "ipvs");
@@ -123,7 +151,12 @@ fn programs_every_service_and_reapply_writes_nothing() {
     // 3 services + 3 destinations + 4 sysctls + 1 nft load.
     assert_eq!(r.writes, 3 + 3 + 4 + 1);
     assert_eq!(d.host().sysctls["net/ipv4/ip_forward"], "1");
-    assert!(d.host().nft_script.as_ref().unwrap().contains("203.0.113.3"));
+    assert!(d
+        .host()
+        .nft_script
+        .as_ref()
+        .unwrap()
+        .contains("203.0.113.3"));
 
     let again = d.apply(&p, &now());
     assert_eq!(again.writes, 0, "{again:?}");
@@ -133,17 +166,22 @@ fn programs_every_service_and_reapply_writes_nothing() {
 
 #[test]
 fn services_for_xdp_are_not_reported_by_ipvs() {
-    let mut d = director("xdp", FaultyIpvs::default());
+    let (mut d, _dir) = director("xdp", FaultyIpvs::default());
     let mut s = three();
     s[1].dataplane = DataplaneKind::Xdp;
     let r = d.apply(&plan(s), &now());
     assert_eq!(r.services.len(), 2);
-    assert!(!d.table().client().inner.services.contains_key(&id("203.0.113.2")));
+    assert!(!d
+        .table()
+        .client()
+        .inner
+        .services
+        .contains_key(&id("203.0.113.2")));
 }
 
 #[test]
 fn a_scheduler_the_kernel_lacks_is_unsupported_and_the_rest_programmed() {
-    let mut d = director("unsupported", FaultyIpvs::default());
+    let (mut d, _dir) = director("unsupported", FaultyIpvs::default());
     let mut s = three();
     s[0].scheduler = Scheduler::Maglev;
     let r = d.apply(&plan(s), &now());
@@ -155,7 +193,12 @@ fn a_scheduler_the_kernel_lacks_is_unsupported_and_the_rest_programmed() {
         o => panic!("{o:?}"),
     }
     assert!(outcome(&r, "203.0.113.2").is_programmed());
-    assert!(!d.table().client().inner.services.contains_key(&id("203.0.113.1")));
+    assert!(!d
+        .table()
+        .client()
+        .inner
+        .services
+        .contains_key(&id("203.0.113.1")));
 }
 
 #[test]
@@ -172,7 +215,7 @@ fn a_service_made_by_another_tool_is_a_conflict_left_alone() {
         dests: Vec::new(),
         stats: Default::default(),
     });
-    let mut d = director("conflict", FaultyIpvs::new(fake));
+    let (mut d, _dir) = director("conflict", FaultyIpvs::new(fake));
     let r = d.apply(&plan(three()), &now());
     match outcome(&r, "203.0.113.2") {
         Outcome::Conflict(reason) => assert_eq!(reason.object.name, "b"),
@@ -195,7 +238,7 @@ fn a_service_the_kernel_refuses_fails_alone() {
         service: Some(id("203.0.113.2")),
         errno: 22,
     });
-    let mut d = director("refused", kernel);
+    let (mut d, _dir) = director("refused", kernel);
     let r = d.apply(&plan(three()), &now());
     match outcome(&r, "203.0.113.2") {
         Outcome::Failed(reason) => {
@@ -224,7 +267,7 @@ fn a_refused_destination_fails_its_service_only() {
         service: Some(id("203.0.113.1")),
         errno: 12,
     });
-    let mut d = director("dest", kernel);
+    let (mut d, _dir) = director("dest", kernel);
     let r = d.apply(&plan(three()), &now());
     assert_eq!(outcome(&r, "203.0.113.1").name(), "Failed");
     assert!(outcome(&r, "203.0.113.2").is_programmed());
@@ -232,9 +275,12 @@ fn a_refused_destination_fails_its_service_only() {
 
 #[test]
 fn a_failed_dump_fails_every_service_and_writes_nothing() {
-    let mut d = director("dump", FaultyIpvs::default().with(Fault::FailServiceDump));
+    let (mut d, _dir) = director("dump", FaultyIpvs::default().with(Fault::FailServiceDump));
     let r = d.apply(&plan(three()), &now());
-    assert!(r.services.iter().all(|s| s.outcome.name() == "Failed"), "{r:?}");
+    assert!(
+        r.services.iter().all(|s| s.outcome.name() == "Failed"),
+        "{r:?}"
+    );
     assert!(d.table().client().inner.services.is_empty());
 
     d.table().client().faults = vec![Fault::FailDestDump(id("203.0.113.1"))];
@@ -250,7 +296,7 @@ fn a_failed_dump_fails_every_service_and_writes_nothing() {
 
 #[test]
 fn a_dropped_socket_fails_every_service() {
-    let mut d = director("socket", FaultyIpvs::default());
+    let (mut d, _dir) = director("socket", FaultyIpvs::default());
     assert!(d.apply(&plan(three()), &now()).problems().next().is_none());
     d.table().client().faults.push(Fault::DropSocket);
     let r = d.apply(&plan(three()), &now());
@@ -267,7 +313,7 @@ fn a_dropped_socket_fails_every_service() {
 /// behind for apply_incremental, or the kernel stays at the wrong weight.
 #[test]
 fn a_failed_full_apply_drops_the_incremental_cache() {
-    let mut d = director("cache", FaultyIpvs::default());
+    let (mut d, _dir) = director("cache", FaultyIpvs::default());
     let plan_w1 = three();
     let services: Vec<Service> = plan_w1.clone();
     d.table().apply(&services, Instant::now()).unwrap();
@@ -288,14 +334,17 @@ fn a_failed_full_apply_drops_the_incremental_cache() {
     d.table().client().faults.clear();
 
     // Back to weight 1 incrementally: must reach the kernel.
-    let r = d.table().apply_incremental(&plan_w1, Instant::now()).unwrap();
+    let r = d
+        .table()
+        .apply_incremental(&plan_w1, Instant::now())
+        .unwrap();
     assert!(r.writes > 0, "{r:?}");
     assert_eq!(weight(&mut d, "203.0.113.1", "192.0.2.1"), 1);
 }
 
 #[test]
 fn a_sysctl_that_cannot_be_set_fails_the_services() {
-    let mut d = director("sysctl", FaultyIpvs::default());
+    let (mut d, _dir) = director("sysctl", FaultyIpvs::default());
     d.host().fail_sysctl = Some("net/ipv4/ip_forward".into());
     let r = d.apply(&plan(three()), &now());
     for s in &r.services {
@@ -308,7 +357,7 @@ fn a_sysctl_that_cannot_be_set_fails_the_services() {
 
 #[test]
 fn an_nft_failure_fails_only_fullnat_services_and_is_retried() {
-    let mut d = director("nft", FaultyIpvs::default());
+    let (mut d, _dir) = director("nft", FaultyIpvs::default());
     d.host().fail_nft = true;
     let r = d.apply(&plan(three()), &now());
     assert_eq!(outcome(&r, "203.0.113.3").name(), "Failed");
@@ -322,24 +371,31 @@ fn an_nft_failure_fails_only_fullnat_services_and_is_retried() {
     let two: Vec<Service> = three().into_iter().take(2).collect();
     d.apply(&plan(two.clone()), &now());
     assert_eq!(d.host().nft_loads, 2);
-    assert!(!d.host().nft_script.as_ref().unwrap().contains("203.0.113.3"));
+    assert!(!d
+        .host()
+        .nft_script
+        .as_ref()
+        .unwrap()
+        .contains("203.0.113.3"));
     d.apply(&plan(two), &now());
     assert_eq!(d.host().nft_loads, 2);
 }
 
 #[test]
 fn a_removed_real_server_is_reported_draining() {
-    let mut d = director("drain", FaultyIpvs::default());
+    let (mut d, _dir) = director("drain", FaultyIpvs::default());
     let mut s = three();
     s[0].real_servers.push(rs("192.0.2.9", 1));
     d.apply(&plan(s.clone()), &now());
-    d.table()
-        .client()
-        .inner
-        .set_conns(&id("203.0.113.1"), &kubelvs_ipvs::table::DestId {
+    d.table().client().inner.set_conns(
+        &id("203.0.113.1"),
+        &kubelvs_ipvs::table::DestId {
             addr: "192.0.2.9".parse().unwrap(),
             port: 8080,
-        }, 1, 0);
+        },
+        1,
+        0,
+    );
     s[0].real_servers.pop();
     d.table().set_drain_timeout(Duration::from_secs(60));
     let r = d.apply(&plan(s), &now());

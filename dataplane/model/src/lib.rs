@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod dataplane;
 pub use dataplane::{
-    ApplyContext, Dataplane, DataplaneReport, Outcome, Reason, RealServerNote, RealServerState,
+    ApplyContext, Dataplane, DataplaneReport, Outcome, RealServerNote, RealServerState, Reason,
     ServiceOutcome, VipOutcome,
 };
 
