@@ -215,7 +215,7 @@ fn main() {
     opts.max_vips = 4;
     // Room for 1M pre-filled flows plus the new ones on each CPU's LRU list
     // (per-CPU lists split the capacity): measure inserts, not evictions.
-    opts.conn_table_size = 1 << 22;
+    opts.conns_per_cpu = (1 << 22) / aya::util::nr_cpus().unwrap() as u32;
     let mut bench = BenchDirector::load(opts).expect("load director");
     let d = &mut bench.director;
     d.apply(
@@ -378,7 +378,7 @@ fn main() {
     opts.max_vips = 4;
     // Room for 1M pre-filled flows plus the new ones on each CPU's LRU list
     // (per-CPU lists split the capacity): measure inserts, not evictions.
-    opts.conn_table_size = 1 << 22;
+    opts.conns_per_cpu = (1 << 22) / aya::util::nr_cpus().unwrap() as u32;
     let mut d = XdpDirector::load(opts).expect("load director");
     d.apply(
         &[
@@ -475,7 +475,7 @@ fn ipv6_rows(ifindex: u32) {
     let mut opts = DirectorOptions::new(Ipv4Addr::new(192, 0, 2, 1));
     opts.director_addr6 = Some(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
     opts.max_vips = 4;
-    opts.conn_table_size = 1 << 22;
+    opts.conns_per_cpu = (1 << 22) / aya::util::nr_cpus().unwrap() as u32;
     let mut bench = BenchDirector::load(opts).expect("load director");
     let reals: Vec<Ipv6Addr> = (0x20..0x2a)
         .map(|i| Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, i))

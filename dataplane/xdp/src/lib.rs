@@ -46,22 +46,28 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::xdp::XdpLink;
 use aya::programs::{Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
-use kubelvs_model::{DataplaneKind, Forwarding, Protocol, Service, ServiceKey, Tunnel};
+use kubelvs_model::{DataplaneKind, Service, ServiceKey};
 
+pub mod dataplane;
 pub mod maps;
 mod neigh;
+mod plan;
 pub mod sys;
 
 pub use neigh::{parse_ip_neigh, parse_mac, parse_proc_net_arp, read_neighbours, read_neighbours6};
 pub use sys::{enter_netns, ifindex, test_run, TestRun, TestRunResult, XdpMd};
 
+pub use dataplane::{KernelNeighbours, NeighbourProvider, StaticNeighbours, XdpDataplane};
 use maps::*;
+pub use plan::Skipped;
+use plan::{desired, real_entry, vip_key, AnyVipKey, RealKey, Want};
 
 /// An Ethernet address.
 pub type MacAddr = [u8; 6];
@@ -177,6 +183,23 @@ pub enum XdpError {
 
 pub type Result<T, E = XdpError> = std::result::Result<T, E>;
 
+/// How many flows the connection table holds: `per_cpu` on each of `cpus` CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnCapacity {
+    pub per_cpu: u32,
+    pub cpus: u32,
+}
+
+/// Possible CPUs (what per-CPU maps and per-CPU LRU lists are sized by).
+fn possible_cpus() -> Result<u32> {
+    aya::util::nr_cpus()
+        .map(|n| n as u32)
+        .map_err(|(path, e)| XdpError::InvalidOptions {
+            field: "conns_per_cpu",
+            reason: format!("reading {path}: {e}"),
+        })
+}
+
 /// Key size, value size and capacity of a map: what must agree between a
 /// pinned map and the program about to use it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,8 +238,15 @@ pub struct DirectorOptions {
     pub ring_size: u32,
     pub max_vips: u32,
     pub max_reals: u32,
-    /// Entries of the connection table (and of the NAT reply table).
-    pub conn_table_size: u32,
+    /// Flows each CPU's connection table holds (the NAT reply table likewise).
+    /// The tables are LRU hashes with per-CPU LRU lists (`BPF_F_NO_COMMON_LRU`): a
+    /// flow's entry is taken from the list of the CPU its packet arrived on and
+    /// evicted only by that CPU, so capacity is per CPU. The maps are created with
+    /// `conns_per_cpu` x possible CPUs entries ([`XdpDirector::conn_capacity`]).
+    pub conns_per_cpu: u32,
+    /// How long a real server removed from a service keeps its open flows (it gets
+    /// no new ones) before it is deleted, as IPVS drains.
+    pub drain_timeout: Duration,
     /// Native (driver) mode unless told otherwise.
     pub mode: XdpMode,
 }
@@ -230,7 +260,8 @@ impl DirectorOptions {
             ring_size: kubelvs_maglev::DEFAULT_TABLE_SIZE,
             max_vips: 64,
             max_reals: 4096,
-            conn_table_size: 262_144,
+            conns_per_cpu: 65_536,
+            drain_timeout: Duration::from_secs(300),
             mode: XdpMode::Driver,
         }
     }
@@ -289,8 +320,14 @@ pub struct ApplyReport {
     pub real_servers_removed: usize,
     /// Maglev ring slots whose real server changed.
     pub ring_slots_written: usize,
+    /// Whether the global config entry was written.
+    pub config_written: bool,
     /// Services for the XDP dataplane that it cannot program, with the reason.
-    pub skipped: Vec<(ServiceKey, String)>,
+    pub skipped: Vec<(ServiceKey, Skipped)>,
+    /// Real servers removed from a service, draining (weight 0) until their deadline.
+    pub draining: Vec<(ServiceKey, SocketAddr)>,
+    /// DR real servers without a neighbour MAC: no new flows go to them yet.
+    pub unresolved: Vec<(ServiceKey, SocketAddr)>,
 }
 
 impl ApplyReport {
@@ -303,34 +340,20 @@ impl ApplyReport {
             + self.real_servers_updated
             + self.real_servers_removed
             + self.ring_slots_written
+            + usize::from(self.config_written)
             == 0
     }
-}
 
-type RealKey = (IpAddr, u16);
-
-/// A VIP of either family, as the `vips` / `vips6` maps key it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum AnyVipKey {
-    V4(VipKey),
-    V6(Vip6Key),
-}
-
-impl AnyVipKey {
-    fn service_key(&self) -> Option<ServiceKey> {
-        let (vip, port, proto) = match self {
-            Self::V4(k) => (
-                IpAddr::V4(Ipv4Addr::from(k.addr.to_ne_bytes())),
-                k.port,
-                k.proto,
-            ),
-            Self::V6(k) => (IpAddr::V6(Ipv6Addr::from(k.addr)), k.port, k.proto),
-        };
-        Some(ServiceKey {
-            vip,
-            port: u16::from_be(port),
-            protocol: Protocol::from_number(proto)?,
-        })
+    /// Map entries written (ring slots counted one by one).
+    pub fn writes(&self) -> u64 {
+        (self.vips_added
+            + self.vips_updated
+            + self.vips_removed
+            + self.real_servers_added
+            + self.real_servers_updated
+            + self.real_servers_removed
+            + self.ring_slots_written
+            + usize::from(self.config_written)) as u64
     }
 }
 
@@ -341,6 +364,11 @@ struct State {
     reals: HashMap<RealKey, (u32, Real)>,
     /// Maglev input per VIP when its ring was last written by this process.
     ring_inputs: HashMap<AnyVipKey, Vec<(RealKey, u32)>>,
+    /// Real servers removed from a VIP, kept at weight 0 until their deadline.
+    draining: BTreeMap<(AnyVipKey, RealKey), Instant>,
+    /// VIP entries read back from pinned maps whose id is out of range: deleted
+    /// (or rewritten with a valid id) by the next apply.
+    stray: Vec<AnyVipKey>,
     next_real: u32,
     config: Config,
 }
@@ -427,7 +455,7 @@ impl XdpDirector {
         for (field, v) in [
             ("max_vips", opts.max_vips),
             ("max_reals", opts.max_reals),
-            ("conn_table_size", opts.conn_table_size),
+            ("conns_per_cpu", opts.conns_per_cpu),
         ] {
             if v == 0 {
                 return Err(XdpError::InvalidOptions {
@@ -450,7 +478,13 @@ impl XdpDirector {
                 max_entries,
             }
         }
-        let conns = opts.conn_table_size;
+        let conns =
+            opts.conns_per_cpu
+                .checked_mul(possible_cpus()?)
+                .ok_or(XdpError::InvalidOptions {
+                    field: "conns_per_cpu",
+                    reason: "conns_per_cpu * possible CPUs overflows u32".into(),
+                })?;
         let wanted: [(&'static str, MapShape); 12] = [
             ("vips", shape::<VipKey, VipMeta>(opts.max_vips)),
             ("vips6", shape::<Vip6Key, VipMeta>(opts.max_vips)),
@@ -615,16 +649,32 @@ impl XdpDirector {
         &self.opts
     }
 
+    /// The connection table's real capacity: flows per CPU, and possible CPUs.
+    pub fn conn_capacity(&self) -> Result<ConnCapacity> {
+        Ok(ConnCapacity {
+            per_cpu: self.opts.conns_per_cpu,
+            cpus: possible_cpus()?,
+        })
+    }
+
     /// Rebuilds `state` from the maps: after a restart with pinned maps they hold
     /// the previous run's plan, and apply must diff against it.
     fn recover_state(&mut self) -> Result<()> {
+        let max_vips = self.opts.max_vips;
+        let mut read_back = |k: AnyVipKey, v: VipMeta| {
+            if v.vip_id < max_vips {
+                self.state.vips.insert(k, v);
+            } else {
+                self.state.stray.push(k);
+            }
+        };
         for item in self.vips.iter() {
             let (k, v) = item.map_err(map_err("vips"))?;
-            self.state.vips.insert(AnyVipKey::V4(k), v);
+            read_back(AnyVipKey::V4(k), v);
         }
         for item in self.vips6.iter() {
             let (k, v) = item.map_err(map_err("vips6"))?;
-            self.state.vips.insert(AnyVipKey::V6(k), v);
+            read_back(AnyVipKey::V6(k), v);
         }
         for id in 1..self.opts.max_reals {
             let r = self.reals.get(&id, 0).map_err(map_err("reals"))?;
@@ -645,24 +695,73 @@ impl XdpDirector {
 
     /// Programs `services` (those whose dataplane is XDP) into the maps, writing
     /// only entries that differ from what the maps hold. `neighbours` gives the
-    /// MAC of each real server (required for DR).
+    /// MAC of each real server (required for DR). See [`XdpDirector::apply_at`].
     pub fn apply(&mut self, services: &[Service], neighbours: &Neighbours) -> Result<ApplyReport> {
+        self.apply_at(services, neighbours, Instant::now())
+    }
+
+    /// [`XdpDirector::apply`] at `now`, which drives drain deadlines.
+    ///
+    /// A service the director cannot take (unsupported forwarding, no VIP or real
+    /// server id left) is reported in [`ApplyReport::skipped`] and the others are
+    /// still programmed; a service that was programmed before keeps its previous
+    /// state then. A real server removed from a service drains: it keeps its open
+    /// flows but owns no ring slot (weight 0) until `drain_timeout` passes. A DR real
+    /// server without a neighbour MAC gets no ring slot either until it resolves
+    /// ([`ApplyReport::unresolved`]). An `Err` is a map the kernel would not write.
+    pub fn apply_at(
+        &mut self,
+        services: &[Service],
+        neighbours: &Neighbours,
+        now: Instant,
+    ) -> Result<ApplyReport> {
         let mut report = ApplyReport::default();
         let ring_size = self.opts.ring_size;
 
-        // 1. What we want: per VIP key, its meta (minus id) and its real servers.
+        // 1. What we want: per VIP key, its meta (minus id) and its real servers,
+        //    draining ones at weight 0.
         let mut want: BTreeMap<AnyVipKey, Want> = BTreeMap::new();
+        let mut draining: BTreeMap<(AnyVipKey, RealKey), Instant> = BTreeMap::new();
         for s in services
             .iter()
             .filter(|s| s.dataplane == DataplaneKind::Xdp)
         {
-            match desired(s, self.opts.director_addr6.is_some(), ring_size) {
-                Ok((vk, w)) => {
-                    want.insert(vk, w);
+            let (vk, mut w) = match desired(s, self.opts.director_addr6.is_some(), ring_size) {
+                Ok(d) => d,
+                Err(reason) => {
+                    report.skipped.push((s.key, reason));
+                    continue;
                 }
-                Err(reason) => report.skipped.push((s.key, reason)),
+            };
+            if w.forwarding == FWD_DR {
+                for (rk, weight) in &mut w.reals {
+                    if !neighbours.contains_key(&rk.0) {
+                        report.unresolved.push((s.key, SocketAddr::new(rk.0, rk.1)));
+                        *weight = 0;
+                    }
+                }
             }
+            let previous = self.state.ring_inputs.get(&vk).cloned().unwrap_or_default();
+            for (rk, _) in previous {
+                if w.reals.iter().any(|(k, _)| *k == rk) {
+                    continue;
+                }
+                let deadline = self
+                    .state
+                    .draining
+                    .get(&(vk, rk))
+                    .copied()
+                    .unwrap_or(now + self.opts.drain_timeout);
+                if now < deadline {
+                    draining.insert((vk, rk), deadline);
+                    w.reals.push((rk, 0));
+                    report.draining.push((s.key, SocketAddr::new(rk.0, rk.1)));
+                }
+            }
+            w.reals.sort();
+            want.insert(vk, w);
         }
+        self.state.draining = draining;
 
         // 2. Global config first: the ring size must be there before any VIP is.
         let nat = |v6: bool| {
@@ -683,42 +782,55 @@ impl XdpDirector {
         if cfg != self.state.config {
             self.config.set(0, cfg, 0).map_err(map_err("config"))?;
             self.state.config = cfg;
+            report.config_written = true;
         }
+
         // 3. Real servers: keep ids, add new ones (before any ring refers to them).
+        //    A service whose new real server finds no free id keeps what it had.
         let mut wanted_reals: BTreeMap<RealKey, Real> = BTreeMap::new();
-        for w in want.values() {
-            for ((addr, port), _) in &w.reals {
-                let mac = neighbours.get(addr).copied();
-                let mut r = Real {
-                    port: port.to_be(),
-                    mac: mac.unwrap_or_default(),
-                    flags: REAL_F_ALIVE | if mac.is_some() { REAL_F_HAS_MAC } else { 0 },
-                    ..Real::default()
-                };
-                match addr {
-                    IpAddr::V4(a) => r.addr = u32::from_ne_bytes(a.octets()),
-                    IpAddr::V6(a) => {
-                        r.addr6 = a.octets();
-                        r.flags |= REAL_F_V6;
-                    }
+        let mut kept: Vec<AnyVipKey> = Vec::new();
+        for (vk, w) in &want {
+            let mut complete = true;
+            for (rk, _) in &w.reals {
+                if wanted_reals.contains_key(rk) {
+                    continue;
                 }
-                wanted_reals.insert((*addr, *port), r);
+                let value = real_entry(*rk, neighbours.get(&rk.0).copied());
+                match self.state.reals.get(rk) {
+                    Some((_, old)) if *old == value => {}
+                    Some(&(id, _)) => {
+                        self.reals.set(id, value, 0).map_err(map_err("reals"))?;
+                        self.state.reals.insert(*rk, (id, value));
+                        report.real_servers_updated += 1;
+                    }
+                    None => match self.alloc_real_id() {
+                        Ok(id) => {
+                            zero_stats(&mut self.real_stats, id, "real_stats")?;
+                            self.reals.set(id, value, 0).map_err(map_err("reals"))?;
+                            self.state.reals.insert(*rk, (id, value));
+                            report.real_servers_added += 1;
+                        }
+                        Err(e) => {
+                            report
+                                .skipped
+                                .push((w.service, Skipped::new("", e.to_string())));
+                            complete = false;
+                            break;
+                        }
+                    },
+                }
+                wanted_reals.insert(*rk, value);
+            }
+            if !complete {
+                kept.push(*vk);
             }
         }
-        for (key, value) in &wanted_reals {
-            match self.state.reals.get(key) {
-                Some((_, old)) if old == value => {}
-                Some(&(id, _)) => {
-                    self.reals.set(id, value, 0).map_err(map_err("reals"))?;
-                    self.state.reals.insert(*key, (id, *value));
-                    report.real_servers_updated += 1;
-                }
-                None => {
-                    let id = self.alloc_real_id()?;
-                    zero_stats(&mut self.real_stats, id, "real_stats")?;
-                    self.reals.set(id, value, 0).map_err(map_err("reals"))?;
-                    self.state.reals.insert(*key, (id, *value));
-                    report.real_servers_added += 1;
+        for vk in &kept {
+            want.remove(vk);
+            // Its previous ring still refers to its previous real servers.
+            for (rk, _) in self.state.ring_inputs.get(vk).into_iter().flatten() {
+                if let Some((_, r)) = self.state.reals.get(rk) {
+                    wanted_reals.insert(*rk, *r);
                 }
             }
         }
@@ -730,7 +842,8 @@ impl XdpDirector {
             .state
             .vips
             .keys()
-            .filter(|vk| !want.contains_key(vk))
+            .chain(self.state.stray.iter())
+            .filter(|vk| !want.contains_key(vk) && !kept.contains(vk))
             .copied()
             .collect();
         for vk in removed {
@@ -747,17 +860,12 @@ impl XdpDirector {
                 Err(e) => return Err(e),
             }
             if let Some(m) = self.state.vips.remove(&vk) {
-                let base = m.vip_id as usize * ring_size as usize;
-                for i in base..(base + ring_size as usize).min(self.rings.len()) {
-                    if self.rings.get(i) != REAL_NONE {
-                        self.rings.set(i, REAL_NONE);
-                        report.ring_slots_written += 1;
-                    }
-                }
+                report.ring_slots_written += self.write_ring(m.vip_id, &[])?;
             }
             self.state.ring_inputs.remove(&vk);
             report.vips_removed += 1;
         }
+        self.state.stray.clear();
         let mut used_ids: Vec<bool> = vec![false; self.opts.max_vips as usize];
         for m in self.state.vips.values() {
             if let Some(u) = used_ids.get_mut(m.vip_id as usize) {
@@ -770,15 +878,18 @@ impl XdpDirector {
             let vip_id = match old {
                 Some(m) => m.vip_id,
                 None => {
-                    let id = used_ids
-                        .iter()
-                        .position(|u| !u)
-                        .ok_or(XdpError::TooManyVips {
+                    let Some(id) = used_ids.iter().position(|u| !u) else {
+                        let e = XdpError::TooManyVips {
                             max: self.opts.max_vips,
-                        })? as u32;
-                    used_ids[id as usize] = true;
-                    zero_stats(&mut self.vip_stats, id, "vip_stats")?;
-                    id
+                        };
+                        report
+                            .skipped
+                            .push((w.service, Skipped::new("", e.to_string())));
+                        continue;
+                    };
+                    used_ids[id] = true;
+                    zero_stats(&mut self.vip_stats, id as u32, "vip_stats")?;
+                    id as u32
                 }
             };
             if old.is_none() || self.state.ring_inputs.get(&vk) != Some(&w.reals) {
@@ -794,25 +905,30 @@ impl XdpDirector {
                         kubelvs_maglev::Endpoint::new(id, *weight)
                     })
                     .collect();
-                let table = kubelvs_maglev::build(&endpoints, ring_size).map_err(|source| {
-                    XdpError::Maglev {
-                        service: w.service,
-                        source,
+                let table = match kubelvs_maglev::build(&endpoints, ring_size) {
+                    Ok(t) => t,
+                    Err(source) => {
+                        let e = XdpError::Maglev {
+                            service: w.service,
+                            source,
+                        };
+                        report
+                            .skipped
+                            .push((w.service, Skipped::new("", e.to_string())));
+                        continue;
                     }
-                })?;
+                };
                 let ids: Vec<u32> = w
                     .reals
                     .iter()
                     .map(|(rk, _)| self.state.reals[rk].0)
                     .collect();
-                let base = vip_id as usize * ring_size as usize;
-                for (i, &slot) in table.slots().iter().enumerate() {
-                    let rid = ids.get(slot as usize).copied().unwrap_or(REAL_NONE);
-                    if self.rings.get(base + i) != rid {
-                        self.rings.set(base + i, rid);
-                        report.ring_slots_written += 1;
-                    }
-                }
+                let slots: Vec<u32> = table
+                    .slots()
+                    .iter()
+                    .map(|&slot| ids.get(slot as usize).copied().unwrap_or(REAL_NONE))
+                    .collect();
+                report.ring_slots_written += self.write_ring(vip_id, &slots)?;
                 self.state.ring_inputs.insert(vk, w.reals.clone());
             }
             let meta = VipMeta {
@@ -836,8 +952,9 @@ impl XdpDirector {
             }
         }
 
-        // 5. Real servers no one uses any more: mark dead, so flows pinned to them
-        //    in the connection table are rescheduled instead of sent to a reused id.
+        // 5. Real servers no one uses any more (drains over): mark dead, so flows
+        //    pinned to them in the connection table are rescheduled instead of sent
+        //    to a reused id.
         let gone: Vec<RealKey> = self
             .state
             .reals
@@ -855,6 +972,29 @@ impl XdpDirector {
         }
 
         Ok(report)
+    }
+
+    /// Writes the ring of VIP `vip_id` (`slots` empty: clears it); returns the
+    /// number of slots that changed. Ids are checked against the ring map, so
+    /// state read back from pinned maps can never index outside it.
+    fn write_ring(&mut self, vip_id: u32, slots: &[u32]) -> Result<usize> {
+        let ring_size = self.opts.ring_size as usize;
+        let base = vip_id as usize * ring_size;
+        if vip_id >= self.opts.max_vips || base + ring_size > self.rings.len() {
+            return Err(XdpError::InvalidOptions {
+                field: "max_vips",
+                reason: format!("VIP id {vip_id} is outside the rings map"),
+            });
+        }
+        let mut written = 0;
+        for i in 0..ring_size {
+            let rid = slots.get(i).copied().unwrap_or(REAL_NONE);
+            if self.rings.get(base + i) != rid {
+                self.rings.set(base + i, rid);
+                written += 1;
+            }
+        }
+        Ok(written)
     }
 
     /// Real ids are handed out round-robin from the last one used so that a
@@ -975,128 +1115,6 @@ impl XdpDirector {
             Err(e) => Err(map_err("nat_rev")(e)),
         }
     }
-}
-
-fn vip_key(key: &ServiceKey) -> Result<AnyVipKey, String> {
-    let proto = match key.protocol {
-        Protocol::Tcp | Protocol::Udp => key.protocol.number(),
-        Protocol::Sctp => return Err("SCTP is not supported by the XDP dataplane".into()),
-    };
-    Ok(match key.vip {
-        IpAddr::V4(vip) => AnyVipKey::V4(VipKey {
-            addr: u32::from_ne_bytes(vip.octets()),
-            port: key.port.to_be(),
-            proto,
-            pad: 0,
-        }),
-        IpAddr::V6(vip) => AnyVipKey::V6(Vip6Key {
-            addr: vip.octets(),
-            port: key.port.to_be(),
-            proto,
-            pad: 0,
-        }),
-    })
-}
-
-/// One VIP as apply wants it (its id aside).
-#[derive(Debug)]
-struct Want {
-    service: ServiceKey,
-    forwarding: u32,
-    flags: u32,
-    src_mask: u32,
-    src_mask6: [u32; 4],
-    /// Sorted by (address, port), deduplicated.
-    reals: Vec<(RealKey, u32)>,
-}
-
-/// `bits` leading ones of a 128-bit mask, as four network-order words.
-fn mask6(bits: u8) -> [u32; 4] {
-    let mut m = [0u32; 4];
-    for (i, w) in m.iter_mut().enumerate() {
-        let b = u32::from(bits.min(128))
-            .saturating_sub(32 * i as u32)
-            .min(32);
-        *w = if b == 0 {
-            0
-        } else {
-            (u32::MAX << (32 - b)).to_be()
-        };
-    }
-    m
-}
-
-/// A service in map terms, or why the XDP dataplane cannot program it.
-fn desired(s: &Service, have_addr6: bool, ring_size: u32) -> Result<(AnyVipKey, Want), String> {
-    let vk = vip_key(&s.key)?;
-    let v6 = matches!(vk, AnyVipKey::V6(_));
-    let forwarding = match s.forwarding {
-        Forwarding::Dr => FWD_DR,
-        Forwarding::Tun(Tunnel::Ipip) if v6 && !have_addr6 => {
-            return Err("tun for an IPv6 VIP needs DirectorOptions::director_addr6".into())
-        }
-        Forwarding::Tun(Tunnel::Ipip) => FWD_TUN,
-        Forwarding::Nat => FWD_NAT,
-        Forwarding::Tun(other) => {
-            return Err(format!(
-                "tunnel {other:?} is not supported by the XDP dataplane (IPIP only)"
-            ))
-        }
-        Forwarding::FullNat => return Err("fullnat is not supported by the XDP dataplane".into()),
-    };
-    // Source hashing (sh) is persistence by the whole client address.
-    let prefix = match (s.persistence, s.scheduler) {
-        (Some(p), _) => Some(p.prefix_length),
-        (None, kubelvs_model::Scheduler::Sh) => Some(if v6 { 128 } else { 32 }),
-        (None, _) => None,
-    };
-    let (flags, src_mask, src_mask6) = match prefix {
-        Some(prefix_length) => {
-            let bits = u32::from(prefix_length.min(32));
-            let mask = if bits == 0 {
-                0
-            } else {
-                u32::MAX << (32 - bits)
-            };
-            (VIP_F_HASH_SRC_ONLY, mask.to_be(), mask6(prefix_length))
-        }
-        None => (0, 0, [0; 4]),
-    };
-    let mut reals = Vec::with_capacity(s.real_servers.len());
-    for r in &s.real_servers {
-        if r.address.is_ipv6() != v6 {
-            return Err(format!(
-                "real server {} is not in the VIP's address family",
-                r.address
-            ));
-        }
-        // DR and TUN cannot map ports: the real server sees the VIP's port.
-        let port = if forwarding == FWD_NAT {
-            r.port
-        } else {
-            s.key.port
-        };
-        reals.push(((r.address, port), r.weight));
-    }
-    reals.sort();
-    reals.dedup_by(|a, b| a.0 == b.0);
-    if reals.len() > ring_size as usize {
-        return Err(format!(
-            "{} real servers do not fit a maglev ring of {ring_size}",
-            reals.len()
-        ));
-    }
-    Ok((
-        vk,
-        Want {
-            service: s.key,
-            forwarding,
-            flags,
-            src_mask,
-            src_mask6,
-            reals,
-        },
-    ))
 }
 
 /// Swaps `prog` in behind the link pinned at `path` (bpf_link_update): the

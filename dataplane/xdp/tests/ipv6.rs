@@ -23,7 +23,7 @@ fn opts() -> DirectorOptions {
     o.director_addr6 = Some(ip6(DIRECTOR6));
     o.max_vips = 8;
     o.max_reals = 64;
-    o.conn_table_size = 4096;
+    o.conns_per_cpu = 4096;
     o.ring_size = 251;
     o
 }
@@ -162,11 +162,11 @@ fn ipv6_mixed_families_and_missing_tunnel_source_are_skipped() {
     assert!(rep
         .skipped
         .iter()
-        .any(|(_, why)| why.contains("director_addr6")));
+        .any(|(_, why)| why.reason.contains("director_addr6")));
     assert!(rep
         .skipped
         .iter()
-        .any(|(_, why)| why.contains("address family")));
+        .any(|(_, why)| why.reason.contains("address family")));
 }
 
 #[test]

@@ -22,7 +22,7 @@ fn small_opts() -> DirectorOptions {
     let mut o = DirectorOptions::new(ip("192.0.2.1"));
     o.max_vips = 8;
     o.max_reals = 64;
-    o.conn_table_size = 4096;
+    o.conns_per_cpu = 4096;
     o.ring_size = 251;
     o
 }
@@ -288,7 +288,7 @@ fn no_real_server_drops_and_dr_without_mac_drops() {
                 output: None,
             },
             Case {
-                what: "DR real server with no known MAC: dropped, counted",
+                what: "DR real server with no known MAC: no ring slot until it resolves, dropped",
                 input: tcp_frame(ip(CLIENT), 40002, ip(VIP), 443, TCP_SYN),
                 verdict: XDP_DROP,
                 output: None,
@@ -296,7 +296,41 @@ fn no_real_server_drops_and_dr_without_mac_drops() {
         ],
     );
     let c = d.stats().unwrap().counters;
-    assert_eq!((c.no_real_server, c.no_neighbour), (1, 1));
+    assert_eq!((c.no_real_server, c.no_neighbour), (2, 0));
+
+    // An established flow whose real server's MAC goes away: dropped, counted.
+    let (rip, rmac) = mac_of("198.51.100.12");
+    let svc = [service(
+        VIP,
+        443,
+        Forwarding::Dr,
+        &[("198.51.100.12", 443, 1)],
+    )];
+    d.apply(&svc, &HashMap::from([(rip, rmac)])).unwrap();
+    let syn = tcp_frame(ip(CLIENT), 40003, ip(VIP), 443, TCP_SYN);
+    run_cases(
+        d.program_fd(),
+        None,
+        &[Case {
+            what: "DR with the MAC known: transmitted",
+            output: Some(with_mac(syn.clone(), rmac, DIRECTOR_MAC)),
+            input: syn,
+            verdict: XDP_TX,
+        }],
+    );
+    d.apply(&svc, &HashMap::new()).unwrap();
+    run_cases(
+        d.program_fd(),
+        None,
+        &[Case {
+            what: "established DR flow whose real server lost its MAC: dropped, counted",
+            input: tcp_frame(ip(CLIENT), 40003, ip(VIP), 443, TCP_ACK),
+            verdict: XDP_DROP,
+            output: None,
+        }],
+    );
+    let c = d.stats().unwrap().counters;
+    assert_eq!((c.no_real_server, c.no_neighbour), (2, 1));
 }
 
 /// The ring and the hash the program uses agree with the userspace maglev and
@@ -1037,8 +1071,8 @@ fn persistence_keeps_a_client_network_on_one_real_server() {
     assert_eq!(owners.len(), 3, "sh hashes whole addresses: {owners:?}");
 }
 
-/// A removed real server's established flows are rescheduled (its id is marked
-/// dead), not sent to a stale or reused id.
+/// A removed real server's established flows stay while it drains, then are
+/// rescheduled (its id is marked dead), not sent to a stale or reused id.
 #[test]
 #[ignore = "privileged: loads BPF"]
 fn flows_of_a_removed_real_server_are_rescheduled() {
@@ -1066,8 +1100,18 @@ fn flows_of_a_removed_real_server_are_rescheduled() {
     let sport = (1000..2000u16)
         .find(|p| dst_of(&d, *p) == mac_of(reals[0].0).1)
         .expect("some flow lands on the first real server");
+    // Removed: it drains; once the drain deadline has passed it is deleted.
+    let t0 = std::time::Instant::now();
+    let one = [service(VIP, 80, Forwarding::Dr, &reals[1..])];
+    let rep = d.apply_at(&one, &neigh, t0).unwrap();
+    assert_eq!(rep.real_servers_removed, 0);
+    assert_eq!(
+        dst_of(&d, sport),
+        mac_of(reals[0].0).1,
+        "draining keeps the flow"
+    );
     let rep = d
-        .apply(&[service(VIP, 80, Forwarding::Dr, &reals[1..])], &neigh)
+        .apply_at(&one, &neigh, t0 + d.options().drain_timeout)
         .unwrap();
     assert_eq!(rep.real_servers_removed, 1);
     assert_eq!(

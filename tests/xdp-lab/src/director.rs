@@ -5,9 +5,14 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
-use kubelvs_model::{Protocol, Service};
+use std::time::Instant;
+
+use kubelvs_model::{ApplyContext, Dataplane, DataplaneReport, NodePlan, Protocol, Service};
 use kubelvs_xdp::maps::FlowKey;
-use kubelvs_xdp::{ApplyReport, DirectorOptions, DirectorStats, Neighbours, XdpDecap, XdpDirector};
+use kubelvs_xdp::{
+    ApplyReport, DirectorOptions, DirectorStats, Neighbours, StaticNeighbours, XdpDataplane,
+    XdpDecap, XdpDirector,
+};
 
 use crate::actor::NsActor;
 use crate::bpf::Attached;
@@ -67,7 +72,7 @@ pub fn neighbours(lab: &Lab) -> Neighbours {
 #[derive(Debug)]
 pub struct XdpLab {
     // Field order is drop order: programs go before their pins and interfaces.
-    director: Option<NsActor<XdpDirector>>,
+    director: Option<NsActor<XdpDataplane<StaticNeighbours>>>,
     decaps: Vec<NsActor<XdpDecap>>,
     _pass: Vec<Attached>,
     pub pin: PinDir,
@@ -108,11 +113,15 @@ impl XdpLab {
         opts.pin_dir = Some(self.pin.path().to_path_buf());
         // A lab needs few VIPs; the default (64 rings of 65537 slots) is 16 MiB.
         opts.max_vips = 4;
-        opts.conn_table_size = 16_384;
+        opts.conns_per_cpu = 16_384;
         self.director = Some(NsActor::start(
             &self.lab.director.netns,
             "XDP director",
-            move || XdpDirector::attach_with(&ifname, opts).map_err(|e| e.to_string()),
+            move || {
+                XdpDirector::attach_with(&ifname, opts)
+                    .map(|d| XdpDataplane::new(d, StaticNeighbours::default()))
+                    .map_err(|e| e.to_string())
+            },
         )?);
         Ok(())
     }
@@ -123,7 +132,7 @@ impl XdpLab {
         self.director = None;
     }
 
-    fn director(&self) -> Result<&NsActor<XdpDirector>> {
+    fn director(&self) -> Result<&NsActor<XdpDataplane<StaticNeighbours>>> {
         self.director.as_ref().ok_or_else(|| LabError::Bpf {
             what: "XDP director".into(),
             detail: "not attached".into(),
@@ -132,18 +141,37 @@ impl XdpLab {
 
     /// `XdpDirector::apply` with the lab's neighbours.
     pub fn apply(&self, services: Vec<Service>) -> Result<ApplyReport> {
+        self.apply_at(services, Instant::now())
+    }
+
+    /// `XdpDirector::apply_at` with the lab's neighbours (`now` drives drains).
+    pub fn apply_at(&self, services: Vec<Service>, now: Instant) -> Result<ApplyReport> {
         let neighbours = neighbours(&self.lab);
         self.director()?
-            .call(move |d| d.apply(&services, &neighbours).map_err(|e| e.to_string()))?
+            .call(move |d| {
+                d.director()
+                    .apply_at(&services, &neighbours, now)
+                    .map_err(|e| e.to_string())
+            })?
             .map_err(|e| LabError::Bpf {
                 what: "apply".into(),
                 detail: e,
             })
     }
 
+    /// The plan through the `Dataplane` trait, as the agent applies it, with the
+    /// lab's hosts as the known neighbours.
+    pub fn apply_plan(&self, plan: NodePlan, now: Instant) -> Result<DataplaneReport> {
+        let known = neighbours(&self.lab);
+        self.director()?.call(move |d| {
+            d.neighbours().known = known;
+            Dataplane::apply(d, &plan, &ApplyContext::at(now))
+        })
+    }
+
     pub fn stats(&self) -> Result<DirectorStats> {
         self.director()?
-            .call(|d| d.stats().map_err(|e| e.to_string()))?
+            .call(|d| d.director().stats().map_err(|e| e.to_string()))?
             .map_err(|e| LabError::Bpf {
                 what: "stats".into(),
                 detail: e,
@@ -167,7 +195,7 @@ impl XdpLab {
             pad: [0; 3],
         };
         self.director()?
-            .call(move |d| d.connection(&flow).map_err(|e| e.to_string()))?
+            .call(move |d| d.director().connection(&flow).map_err(|e| e.to_string()))?
             .map_err(|e| LabError::Bpf {
                 what: "connection table".into(),
                 detail: e,

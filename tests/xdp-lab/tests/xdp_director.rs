@@ -4,9 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use kubelvs_model::{Forwarding, Persistence, Protocol, Service, Tunnel};
+use kubelvs_model::{
+    Forwarding, NodePlan, Persistence, Protocol, RealServerState, Service, Tunnel,
+};
+use kubelvs_xdp::DirectorOptions;
 use kubelvs_xdp_lab::client::{self, Spread};
 use kubelvs_xdp_lab::director::XdpLab;
 use kubelvs_xdp_lab::plan::{service, service6};
@@ -187,8 +190,18 @@ fn removing_a_real_server_moves_only_its_flows() {
         "about a third on rs3: {on_rs3}"
     );
 
-    // rs3 leaves the plan.
-    let report = x.apply(web(&x, Forwarding::Dr, &[1, 1], PORT)).unwrap();
+    // rs3 leaves the plan: it drains (no ring slot, still alive for its flows), and
+    // is removed once the drain deadline has passed.
+    let t0 = Instant::now();
+    let report = x
+        .apply_at(web(&x, Forwarding::Dr, &[1, 1], PORT), t0)
+        .unwrap();
+    assert_eq!(report.real_servers_removed, 0, "{report:?}");
+    assert_eq!(report.draining.len(), 1, "{report:?}");
+    let past_deadline = t0 + DirectorOptions::new(x.lab.director.addr).drain_timeout;
+    let report = x
+        .apply_at(web(&x, Forwarding::Dr, &[1, 1], PORT), past_deadline)
+        .unwrap();
     assert_eq!(report.real_servers_removed, 1, "{report:?}");
 
     let after = x.lab.client.netns.run(flows).unwrap().unwrap();
@@ -433,4 +446,53 @@ fn nat_real_tcp_over_ipv6_with_port_mapping() {
     assert_every_real_server_served(&connect_many_to(&x, vip6, 60), 60);
     let stats = x.stats().unwrap();
     assert!(stats.counters.nat_replies > 0, "{stats:?}");
+}
+
+#[test]
+#[ignore = "privileged: netns + XDP"]
+fn scale_down_through_the_dataplane_trait_keeps_an_open_connection() {
+    let x = XdpLab::build(LabConfig::default()).unwrap();
+    let _servers = x.lab.start_servers(PORT).unwrap();
+    let plan = |weights: &[u32]| NodePlan {
+        node: "director".into(),
+        services: web(&x, Forwarding::Dr, weights, PORT),
+        ..NodePlan::default()
+    };
+    let t0 = Instant::now();
+    let report = x.apply_plan(plan(&[1, 1, 1]), t0).unwrap();
+    assert!(report.problems().next().is_none(), "{report:?}");
+    let vip = vip(&x);
+    // A long-lived connection on rs3, the real server the scale-down removes.
+    let mut conn = x
+        .lab
+        .client
+        .netns
+        .run(move || -> kubelvs_xdp_lab::Result<client::Conn> {
+            for _ in 0..200 {
+                let c = client::open_with_retry(vip, TIMEOUT)?;
+                if c.real_server() == "rs3" {
+                    return Ok(c);
+                }
+            }
+            panic!("no connection landed on rs3")
+        })
+        .unwrap()
+        .unwrap();
+
+    let report = x.apply_plan(plan(&[1, 1]), t0).unwrap();
+    assert!(report.problems().next().is_none(), "{report:?}");
+    assert_eq!(report.real_servers.len(), 1, "{report:?}");
+    assert_eq!(report.real_servers[0].state, RealServerState::Draining);
+    for i in 0..10 {
+        let msg = format!("draining {i}");
+        assert_eq!(conn.echo(&msg).unwrap(), format!("rs3 {msg}"));
+    }
+    // New connections go to the others only.
+    let spread = connect_many(&x, 30);
+    assert_eq!(spread.count("rs3"), 0, "{spread:?}");
+    assert_eq!(spread.total(), 30);
+    // Re-applying while draining writes nothing and keeps the connection.
+    let again = x.apply_plan(plan(&[1, 1]), t0).unwrap();
+    assert_eq!(again.writes, 0, "{again:?}");
+    assert_eq!(conn.echo("still").unwrap(), "rs3 still");
 }
