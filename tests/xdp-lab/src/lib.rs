@@ -21,6 +21,7 @@
 //! kubelvs-xdp-lab --bin xdp-throughput` (see BENCHMARKS.md).
 
 pub mod actor;
+pub mod arp;
 pub mod bench;
 pub mod bpf;
 pub mod client;

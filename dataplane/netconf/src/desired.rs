@@ -1,0 +1,196 @@
+//! Pure: what the node's network configuration must be for its plan.
+//!
+//! - Directors carry each VIP they direct (VIP/32 or /128) on the director device:
+//!   the node's interface when one is configured, `lo` otherwise. The stack then
+//!   answers ARP for it, and IPVS sees packets to it as local.
+//! - XDP directors forwarding NAT or TUN need IP forwarding (`bpf_fib_lookup`
+//!   answers only where it is on). IPVS directors get their sysctls from the IPVS
+//!   dataplane.
+//! - DR/TUN real servers carry the VIP on `lo` with ARP suppressed
+//!   (`arp_ignore=1`, `arp_announce=2` on `all` and on the interface), so only the
+//!   director answers ARP for it; TUN real servers also need the tunnel device up
+//!   and loose reverse-path filtering on it (decapsulated packets come from clients
+//!   the route does not point at the tunnel).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use kubelvs_model::{
+    DataplaneKind, Forwarding, NodePlan, ObjectRef, Reason, ServiceKey, TunnelKind,
+};
+
+/// An address on a local interface.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LocalAddress {
+    pub ifname: String,
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
+impl LocalAddress {
+    /// `addr` as a host address (/32 or /128) on `ifname`.
+    pub fn host(ifname: &str, addr: IpAddr) -> Self {
+        Self {
+            ifname: ifname.to_owned(),
+            addr,
+            prefix_len: if addr.is_ipv4() { 32 } else { 128 },
+        }
+    }
+}
+
+impl fmt::Display for LocalAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{} on {}", self.addr, self.prefix_len, self.ifname)
+    }
+}
+
+/// What a piece of configuration is for: a directed virtual service, or a VIP this
+/// node carries as a real server. Failures are reported on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Subject {
+    Service(ServiceKey),
+    RealServerVip(IpAddr),
+}
+
+/// How the node is wired, for the parts of the configuration the plan cannot say.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetconfOptions {
+    /// The interface facing clients, directors and real servers. Director VIPs go on
+    /// it and ARP suppression is set on it too; `None`: director VIPs go on `lo`.
+    pub interface: Option<String>,
+}
+
+impl NetconfOptions {
+    pub fn director_device(&self) -> &str {
+        self.interface.as_deref().unwrap_or("lo")
+    }
+}
+
+/// The configuration the plan wants, each item with the subjects that need it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub addresses: BTreeMap<LocalAddress, BTreeSet<Subject>>,
+    /// Path under /proc/sys -> (value, subjects).
+    pub sysctls: BTreeMap<String, (String, BTreeSet<Subject>)>,
+    /// Links to bring up.
+    pub links_up: BTreeMap<String, BTreeSet<Subject>>,
+    /// Subjects this node cannot configure, and why. Nothing is configured for them.
+    pub refused: BTreeMap<Subject, Refusal>,
+    /// Every subject of the plan with the object it came from.
+    pub subjects: BTreeMap<Subject, ObjectRef>,
+}
+
+/// Why a subject is not configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Unsupported(Reason),
+    Conflict(Reason),
+}
+
+impl Desired {
+    fn address(&mut self, a: LocalAddress, s: Subject) {
+        self.addresses.entry(a).or_default().insert(s);
+    }
+
+    fn sysctl(&mut self, path: String, value: &str, s: Subject) {
+        self.sysctls
+            .entry(path)
+            .or_insert_with(|| (value.to_owned(), BTreeSet::new()))
+            .1
+            .insert(s);
+    }
+}
+
+/// The configuration `plan` needs. `links` are the links the node has (tunnel
+/// devices exist only where the kernel has the module).
+pub fn desired(plan: &NodePlan, opts: &NetconfOptions, links: &BTreeSet<String>) -> Desired {
+    let mut d = Desired::default();
+    let director_dev = opts.director_device();
+    for s in &plan.services {
+        let subject = Subject::Service(s.key);
+        d.subjects.insert(subject, s.source.clone());
+        d.address(LocalAddress::host(director_dev, s.key.vip), subject);
+        let forwards = matches!(s.forwarding, Forwarding::Nat | Forwarding::Tun(_));
+        if s.dataplane == DataplaneKind::Xdp && forwards {
+            let path = if s.key.vip.is_ipv4() {
+                "net/ipv4/ip_forward"
+            } else {
+                "net/ipv6/conf/all/forwarding"
+            };
+            d.sysctl(path.into(), "1", subject);
+        }
+    }
+    for rv in &plan.real_server_vips {
+        let subject = Subject::RealServerVip(rv.vip);
+        let source = rv
+            .sources
+            .first()
+            .cloned()
+            .unwrap_or_else(|| ObjectRef::new("VirtualService", "", &rv.vip.to_string()));
+        d.subjects.insert(subject, source.clone());
+        if director_dev == "lo" && !plan.services.is_empty() {
+            // arp_ignore=1 on `all` would silence ARP for the director's VIPs on lo.
+            d.refused.insert(
+                subject,
+                Refusal::Conflict(Reason::new(
+                    &source,
+                    "spec.directors",
+                    "this node also directs VIPs, which sit on lo without an interface \
+                     configured: ARP suppression for the real-server role would hide them; \
+                     give the agent --interface so director VIPs go on it",
+                )),
+            );
+            continue;
+        }
+        let tunnel_link = match (rv.tunnel, rv.vip) {
+            (None, _) => None,
+            (Some(TunnelKind::Ipip), IpAddr::V4(_)) => Some("tunl0"),
+            (Some(TunnelKind::Ipip), IpAddr::V6(_)) => Some("ip6tnl0"),
+            (Some(other), _) => {
+                d.refused.insert(
+                    subject,
+                    Refusal::Unsupported(Reason::new(
+                        &source,
+                        "spec.tunnel.type",
+                        format!("{other:?} decapsulation on real servers is not configured by kube-lvs (IPIP only)"),
+                    )),
+                );
+                continue;
+            }
+        };
+        if let Some(link) = tunnel_link {
+            if !links.contains(link) {
+                d.refused.insert(
+                    subject,
+                    Refusal::Unsupported(Reason::new(
+                        &source,
+                        "spec.tunnel.type",
+                        format!(
+                            "this node has no {link} (the kernel's ipip/ip6_tunnel module is not \
+                             loaded): decapsulate with kube-lvs's XDP program instead"
+                        ),
+                    )),
+                );
+                continue;
+            }
+            d.links_up
+                .entry(link.to_owned())
+                .or_default()
+                .insert(subject);
+            if link == "tunl0" {
+                d.sysctl("net/ipv4/conf/tunl0/rp_filter".into(), "2", subject);
+            }
+        }
+        d.address(LocalAddress::host("lo", rv.vip), subject);
+        if rv.vip.is_ipv4() {
+            let mut scopes = vec!["all".to_owned()];
+            scopes.extend(opts.interface.clone());
+            for scope in scopes {
+                d.sysctl(format!("net/ipv4/conf/{scope}/arp_ignore"), "1", subject);
+                d.sysctl(format!("net/ipv4/conf/{scope}/arp_announce"), "2", subject);
+            }
+        }
+    }
+    d
+}

@@ -1,0 +1,373 @@
+//! The kernel touchpoints of netconf behind [`NetKernel`]: [`RtNetlink`] (rtnetlink
+//! for links and addresses, /proc/sys for sysctls), [`FakeNet`] (in memory) and
+//! [`FaultyNet`] (fails chosen operations).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use futures_util::TryStreamExt;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
+use rtnetlink::LinkUnspec;
+
+use crate::desired::LocalAddress;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("rtnetlink {op}: {message}")]
+    Netlink { op: String, message: String },
+    #[error("no interface named {0}")]
+    NoSuchLink(String),
+    #[error("sysctl {path}: {message}")]
+    Sysctl { path: String, message: String },
+    #[error("{0}")]
+    Injected(String),
+}
+
+/// What netconf reads and writes.
+pub trait NetKernel: Send {
+    /// Every address of every link.
+    fn addresses(&mut self) -> Result<BTreeSet<LocalAddress>, NetError>;
+    fn add_address(&mut self, a: &LocalAddress) -> Result<(), NetError>;
+    fn del_address(&mut self, a: &LocalAddress) -> Result<(), NetError>;
+    /// Every link by name, and whether it is up.
+    fn links(&mut self) -> Result<BTreeMap<String, bool>, NetError>;
+    fn set_link_up(&mut self, name: &str, up: bool) -> Result<(), NetError>;
+    /// A sysctl's value (trimmed); `None` when there is no such sysctl.
+    fn read_sysctl(&mut self, path: &str) -> Result<Option<String>, NetError>;
+    fn write_sysctl(&mut self, path: &str, value: &str) -> Result<(), NetError>;
+}
+
+/// The real kernel of the calling thread's network namespace (the netlink socket is
+/// opened there, and /proc/sys/net shows the opening thread's namespace).
+/// Blocking: runs rtnetlink on a runtime of its own, so call it from a plain thread
+/// (or `spawn_blocking`), not from inside an async task.
+#[derive(Debug)]
+pub struct RtNetlink {
+    rt: tokio::runtime::Runtime,
+    handle: rtnetlink::Handle,
+    proc_sys: PathBuf,
+}
+
+fn nl_err(op: &str) -> impl Fn(rtnetlink::Error) -> NetError + '_ {
+    move |e| NetError::Netlink {
+        op: op.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+impl RtNetlink {
+    pub fn new() -> Result<Self, NetError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(|e| NetError::Netlink {
+                op: "runtime".into(),
+                message: e.to_string(),
+            })?;
+        let (conn, handle, _) =
+            rt.block_on(async { rtnetlink::new_connection() })
+                .map_err(|e| NetError::Netlink {
+                    op: "socket".into(),
+                    message: e.to_string(),
+                })?;
+        rt.spawn(conn);
+        Ok(Self {
+            rt,
+            handle,
+            proc_sys: PathBuf::from("/proc/sys"),
+        })
+    }
+
+    fn index_of(&mut self, name: &str) -> Result<u32, NetError> {
+        let handle = self.handle.clone();
+        let found = self.rt.block_on(async move {
+            handle
+                .link()
+                .get()
+                .match_name(name.to_owned())
+                .execute()
+                .try_next()
+                .await
+        });
+        match found {
+            Ok(Some(m)) => Ok(m.header.index),
+            Ok(None) => Err(NetError::NoSuchLink(name.to_owned())),
+            // The kernel answers ENODEV for an unknown name.
+            Err(_) => Err(NetError::NoSuchLink(name.to_owned())),
+        }
+    }
+
+    fn names(&mut self) -> Result<BTreeMap<u32, (String, bool)>, NetError> {
+        let handle = self.handle.clone();
+        let links: Vec<_> = self
+            .rt
+            .block_on(async move { handle.link().get().execute().try_collect().await })
+            .map_err(nl_err("dump links"))?;
+        Ok(links
+            .into_iter()
+            .filter_map(|m: rtnetlink::packet_route::link::LinkMessage| {
+                let name = m.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n.clone()),
+                    _ => None,
+                })?;
+                Some((
+                    m.header.index,
+                    (name, m.header.flags.contains(LinkFlags::Up)),
+                ))
+            })
+            .collect())
+    }
+}
+
+impl NetKernel for RtNetlink {
+    fn addresses(&mut self) -> Result<BTreeSet<LocalAddress>, NetError> {
+        let names = self.names()?;
+        let handle = self.handle.clone();
+        let msgs: Vec<_> = self
+            .rt
+            .block_on(async move { handle.address().get().execute().try_collect().await })
+            .map_err(nl_err("dump addresses"))?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m: rtnetlink::packet_route::address::AddressMessage| {
+                let (ifname, _) = names.get(&m.header.index)?;
+                // IFA_LOCAL is the interface's own address where the two differ
+                // (point-to-point); IFA_ADDRESS otherwise.
+                let addr = m
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        AddressAttribute::Local(ip) => Some(*ip),
+                        _ => None,
+                    })
+                    .or_else(|| {
+                        m.attributes.iter().find_map(|a| match a {
+                            AddressAttribute::Address(ip) => Some(*ip),
+                            _ => None,
+                        })
+                    })?;
+                Some(LocalAddress {
+                    ifname: ifname.clone(),
+                    addr,
+                    prefix_len: m.header.prefix_len,
+                })
+            })
+            .collect())
+    }
+
+    fn add_address(&mut self, a: &LocalAddress) -> Result<(), NetError> {
+        let index = self.index_of(&a.ifname)?;
+        let handle = self.handle.clone();
+        let (addr, len) = (a.addr, a.prefix_len);
+        self.rt
+            .block_on(async move { handle.address().add(index, addr, len).execute().await })
+            .map_err(nl_err(&format!("add address {a}")))
+    }
+
+    fn del_address(&mut self, a: &LocalAddress) -> Result<(), NetError> {
+        let index = self.index_of(&a.ifname)?;
+        let handle = self.handle.clone();
+        let want = a.clone();
+        let op = format!("delete address {a}");
+        self.rt
+            .block_on(async move {
+                let mut msgs = handle.address().get().set_link_index_filter(index).execute();
+                while let Some(m) = msgs.try_next().await? {
+                    let matches = m.header.prefix_len == want.prefix_len
+                        && m.attributes.iter().any(|at| {
+                            matches!(at, AddressAttribute::Local(ip) | AddressAttribute::Address(ip) if *ip == want.addr)
+                        });
+                    if matches {
+                        return handle.address().del(m).execute().await;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(nl_err(&op))
+    }
+
+    fn links(&mut self) -> Result<BTreeMap<String, bool>, NetError> {
+        Ok(self.names()?.into_values().collect())
+    }
+
+    fn set_link_up(&mut self, name: &str, up: bool) -> Result<(), NetError> {
+        let index = self.index_of(name)?;
+        let handle = self.handle.clone();
+        let msg = if up {
+            LinkUnspec::new_with_index(index).up().build()
+        } else {
+            LinkUnspec::new_with_index(index).down().build()
+        };
+        self.rt
+            .block_on(async move { handle.link().set(msg).execute().await })
+            .map_err(nl_err(&format!(
+                "set {name} {}",
+                if up { "up" } else { "down" }
+            )))
+    }
+
+    fn read_sysctl(&mut self, path: &str) -> Result<Option<String>, NetError> {
+        match std::fs::read_to_string(self.proc_sys.join(path)) {
+            Ok(v) => Ok(Some(v.trim().to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(NetError::Sysctl {
+                path: path.to_owned(),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    fn write_sysctl(&mut self, path: &str, value: &str) -> Result<(), NetError> {
+        std::fs::write(self.proc_sys.join(path), format!("{value}\n")).map_err(|e| {
+            NetError::Sysctl {
+                path: path.to_owned(),
+                message: e.to_string(),
+            }
+        })
+    }
+}
+
+/// An in-memory node: addresses, links and sysctls.
+#[derive(Debug, Clone, Default)]
+pub struct FakeNet {
+    pub addresses: BTreeSet<LocalAddress>,
+    pub links: BTreeMap<String, bool>,
+    pub sysctls: BTreeMap<String, String>,
+    /// Write operations performed.
+    pub writes: u64,
+}
+
+impl FakeNet {
+    /// A node with `lo` and `eth0` up, and the default sysctls netconf touches.
+    pub fn node() -> Self {
+        let mut n = Self::default();
+        n.links.insert("lo".into(), true);
+        n.links.insert("eth0".into(), true);
+        for scope in ["all", "default", "lo", "eth0"] {
+            n.sysctls
+                .insert(format!("net/ipv4/conf/{scope}/arp_ignore"), "0".into());
+            n.sysctls
+                .insert(format!("net/ipv4/conf/{scope}/arp_announce"), "0".into());
+            n.sysctls
+                .insert(format!("net/ipv4/conf/{scope}/rp_filter"), "0".into());
+        }
+        n.sysctls.insert("net/ipv4/ip_forward".into(), "0".into());
+        n.sysctls
+            .insert("net/ipv6/conf/all/forwarding".into(), "0".into());
+        n
+    }
+
+    /// Adds a link (a tunnel device the module created), down.
+    pub fn with_link(mut self, name: &str) -> Self {
+        self.links.insert(name.into(), false);
+        for key in ["rp_filter", "arp_ignore", "arp_announce"] {
+            self.sysctls
+                .insert(format!("net/ipv4/conf/{name}/{key}"), "0".into());
+        }
+        self
+    }
+}
+
+impl NetKernel for FakeNet {
+    fn addresses(&mut self) -> Result<BTreeSet<LocalAddress>, NetError> {
+        Ok(self.addresses.clone())
+    }
+    fn add_address(&mut self, a: &LocalAddress) -> Result<(), NetError> {
+        if !self.links.contains_key(&a.ifname) {
+            return Err(NetError::NoSuchLink(a.ifname.clone()));
+        }
+        self.writes += 1;
+        if !self.addresses.insert(a.clone()) {
+            return Err(NetError::Netlink {
+                op: format!("add address {a}"),
+                message: "File exists (os error 17)".into(),
+            });
+        }
+        Ok(())
+    }
+    fn del_address(&mut self, a: &LocalAddress) -> Result<(), NetError> {
+        self.writes += 1;
+        self.addresses.remove(a);
+        Ok(())
+    }
+    fn links(&mut self) -> Result<BTreeMap<String, bool>, NetError> {
+        Ok(self.links.clone())
+    }
+    fn set_link_up(&mut self, name: &str, up: bool) -> Result<(), NetError> {
+        let l = self
+            .links
+            .get_mut(name)
+            .ok_or_else(|| NetError::NoSuchLink(name.into()))?;
+        *l = up;
+        self.writes += 1;
+        Ok(())
+    }
+    fn read_sysctl(&mut self, path: &str) -> Result<Option<String>, NetError> {
+        Ok(self.sysctls.get(path).cloned())
+    }
+    fn write_sysctl(&mut self, path: &str, value: &str) -> Result<(), NetError> {
+        let v = self.sysctls.get_mut(path).ok_or_else(|| NetError::Sysctl {
+            path: path.into(),
+            message: "No such file or directory (os error 2)".into(),
+        })?;
+        *v = value.to_owned();
+        self.writes += 1;
+        Ok(())
+    }
+}
+
+/// A fault to inject into [`FaultyNet`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetFault {
+    /// Adding this address fails.
+    AddAddress(std::net::IpAddr),
+    /// Writing this sysctl fails.
+    WriteSysctl(String),
+    /// Reading the address table fails.
+    DumpAddresses,
+}
+
+/// [`FakeNet`] that fails on demand.
+#[derive(Debug, Clone, Default)]
+pub struct FaultyNet {
+    pub inner: FakeNet,
+    pub faults: Vec<NetFault>,
+}
+
+impl NetKernel for FaultyNet {
+    fn addresses(&mut self) -> Result<BTreeSet<LocalAddress>, NetError> {
+        if self.faults.contains(&NetFault::DumpAddresses) {
+            return Err(NetError::Injected("address dump interrupted".into()));
+        }
+        self.inner.addresses()
+    }
+    fn add_address(&mut self, a: &LocalAddress) -> Result<(), NetError> {
+        if self.faults.contains(&NetFault::AddAddress(a.addr)) {
+            return Err(NetError::Injected(format!("adding {a} refused")));
+        }
+        self.inner.add_address(a)
+    }
+    fn del_address(&mut self, a: &LocalAddress) -> Result<(), NetError> {
+        self.inner.del_address(a)
+    }
+    fn links(&mut self) -> Result<BTreeMap<String, bool>, NetError> {
+        self.inner.links()
+    }
+    fn set_link_up(&mut self, name: &str, up: bool) -> Result<(), NetError> {
+        self.inner.set_link_up(name, up)
+    }
+    fn read_sysctl(&mut self, path: &str) -> Result<Option<String>, NetError> {
+        self.inner.read_sysctl(path)
+    }
+    fn write_sysctl(&mut self, path: &str, value: &str) -> Result<(), NetError> {
+        if self
+            .faults
+            .iter()
+            .any(|f| *f == NetFault::WriteSysctl(path.into()))
+        {
+            return Err(NetError::Injected(format!("writing {path} refused")));
+        }
+        self.inner.write_sysctl(path, value)
+    }
+}

@@ -1,0 +1,190 @@
+//! kubelvs-netconf on real kernels, in the lab's network namespaces: the director
+//! carries the VIP, DR real servers get the VIP on lo with ARP suppressed, and then
+//! an ARP request for the VIP from the client is answered by the director only while
+//! real TCP through the VIP is answered by the real servers directly. Undone when the
+//! plan drops it; an address added by hand survives.
+
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kubelvs_model::{
+    ApplyContext, Dataplane, DataplaneKind, DataplaneReport, Forwarding, NodePlan, ObjectRef,
+    Protocol, RealServerVip,
+};
+use kubelvs_netconf::{Netconf, NetconfOptions, RtNetlink};
+use kubelvs_xdp_lab::director::XdpLab;
+use kubelvs_xdp_lab::netns::Netns;
+use kubelvs_xdp_lab::plan::service;
+use kubelvs_xdp_lab::topology::{Host, HOST_IFNAME};
+use kubelvs_xdp_lab::{arp, client, LabConfig};
+
+const PORT: u16 = 80;
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Applies `plan` with netconf inside `host`'s namespace (a fresh netlink socket
+/// each time, as a restarted agent would have), ownership kept in `state`.
+fn netconf(host: &Host, state: &Path, plan: NodePlan) -> DataplaneReport {
+    let state = state.to_path_buf();
+    host.netns
+        .run(move || {
+            let opts = NetconfOptions {
+                interface: Some(HOST_IFNAME.into()),
+            };
+            let mut n = Netconf::new(RtNetlink::new().unwrap(), opts, state).unwrap();
+            n.apply(&plan, &ApplyContext::at(Instant::now()))
+        })
+        .unwrap()
+}
+
+fn real_server_plan(vip: IpAddr) -> NodePlan {
+    NodePlan {
+        node: "rs".into(),
+        real_server_vips: vec![RealServerVip {
+            vip,
+            tunnel: None,
+            sources: vec![ObjectRef::new("VirtualService", "lab", "web")],
+        }],
+        ..NodePlan::default()
+    }
+}
+
+fn who_has_vip(x: &XdpLab) -> Vec<[u8; 6]> {
+    let c = &x.lab.client;
+    let (ifindex, mac, addr, vip) = (c.ifindex, c.mac, c.addr, x.lab.vip);
+    c.netns
+        .run(move || arp::who_has(ifindex, mac, addr, vip, Duration::from_millis(300)))
+        .unwrap()
+        .unwrap()
+}
+
+fn has_on_lo(ns: &Netns, addr: &str) -> bool {
+    ns.ip(&["-o", "addr", "show", "dev", "lo"])
+        .unwrap()
+        .contains(&format!(" {addr}/32 "))
+}
+
+#[test]
+#[ignore = "privileged: netns + XDP"]
+fn dr_real_servers_answer_the_vip_while_only_the_director_answers_arp() {
+    let x = XdpLab::build(LabConfig {
+        vip_on_real_servers: false,
+        ..LabConfig::default()
+    })
+    .unwrap();
+    let vip = x.lab.vip;
+    let vip_s = vip.to_string();
+    // The client sends to the VIP on-link: it must learn the VIP's MAC by ARP.
+    x.lab
+        .client
+        .netns
+        .ip(&["route", "replace", &format!("{vip}/32"), "dev", HOST_IFNAME])
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("kubelvs-netconf-lab-{}", std::process::id()));
+    let state = |h: &Host| dir.join(&h.role);
+
+    // The director carries the VIP (on its interface, as --interface says).
+    let mut director_plan = NodePlan {
+        node: "director".into(),
+        services: vec![service(
+            &x.lab,
+            PORT,
+            Protocol::Tcp,
+            Forwarding::Dr,
+            &[1, 1, 1],
+            PORT,
+        )],
+        ..NodePlan::default()
+    };
+    director_plan.services[0].dataplane = DataplaneKind::Xdp;
+    let r = netconf(&x.lab.director, &state(&x.lab.director), director_plan);
+    assert!(r.problems().next().is_none(), "{r:?}");
+    assert_eq!(
+        who_has_vip(&x),
+        [x.lab.director.mac],
+        "only the director has the VIP yet"
+    );
+
+    // rs1 gets the VIP by hand, without ARP suppression: it answers ARP too. This is
+    // the failure ARP suppression exists for (and proves the check can fail).
+    let rs1 = &x.lab.real_servers[0];
+    rs1.netns
+        .ip(&["addr", "add", &format!("{vip}/32"), "dev", "lo"])
+        .unwrap();
+    let replies = who_has_vip(&x);
+    assert!(replies.contains(&rs1.mac), "{replies:x?}");
+
+    // netconf on every real server.
+    for rs in &x.lab.real_servers {
+        let r = netconf(rs, &state(rs), real_server_plan(IpAddr::V4(vip)));
+        assert!(r.problems().next().is_none(), "{}: {r:?}", rs.role);
+        assert!(has_on_lo(&rs.netns, &vip_s), "{}", rs.role);
+        for scope in ["all", HOST_IFNAME] {
+            assert_eq!(
+                rs.netns
+                    .sysctl_get(&format!("net.ipv4.conf.{scope}.arp_ignore"))
+                    .unwrap(),
+                "1"
+            );
+            assert_eq!(
+                rs.netns
+                    .sysctl_get(&format!("net.ipv4.conf.{scope}.arp_announce"))
+                    .unwrap(),
+                "2"
+            );
+        }
+    }
+    assert_eq!(who_has_vip(&x), [x.lab.director.mac]);
+
+    // Real TCP through the XDP director in DR: each real server answers directly.
+    let _servers = x.lab.start_servers(PORT).unwrap();
+    x.apply(vec![service(
+        &x.lab,
+        PORT,
+        Protocol::Tcp,
+        Forwarding::Dr,
+        &[1, 1, 1],
+        PORT,
+    )])
+    .unwrap();
+    let to = SocketAddr::V4(SocketAddrV4::new(vip, PORT));
+    let served = x
+        .lab
+        .client
+        .netns
+        .run(move || -> kubelvs_xdp_lab::Result<Vec<String>> {
+            let mut seen = Vec::new();
+            for _ in 0..30 {
+                let mut c = client::open_with_retry(to, TIMEOUT)?;
+                // DR: the real server sees the client itself.
+                assert_eq!(c.seen_as()?, c.local_addr().unwrap().to_string());
+                seen.push(c.real_server().to_owned());
+            }
+            Ok(seen)
+        })
+        .unwrap()
+        .unwrap();
+    for rs in ["rs1", "rs2", "rs3"] {
+        assert!(
+            served.iter().any(|s| s == rs),
+            "{rs} answered nothing: {served:?}"
+        );
+    }
+
+    // The plan drops the real-server role: undone, but rs1's hand-made VIP stays.
+    for rs in &x.lab.real_servers {
+        let r = netconf(rs, &state(rs), NodePlan::default());
+        assert!(r.vips.is_empty());
+        assert_eq!(
+            rs.netns.sysctl_get("net.ipv4.conf.all.arp_ignore").unwrap(),
+            "0"
+        );
+        assert_eq!(
+            has_on_lo(&rs.netns, &vip_s),
+            rs.role == "rs1",
+            "{}: the VIP on lo",
+            rs.role
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
