@@ -21,9 +21,12 @@ fn main() {
     for path in &entries {
         println!("cargo:rerun-if-changed={}", path.display());
     }
+    // bench.c wraps the director for benchmarks: built only for the `testing` feature.
+    let testing = std::env::var_os("CARGO_FEATURE_TESTING").is_some();
     for src in entries
         .iter()
         .filter(|p| p.extension().is_some_and(|e| e == "c"))
+        .filter(|p| testing || p.file_stem().is_some_and(|s| s != "bench"))
     {
         let stem = src.file_stem().unwrap().to_string_lossy();
         let obj = out.join(format!("{stem}.o"));

@@ -71,7 +71,7 @@ impl ApplyReport {
 }
 
 /// What [`IpvsDataplane`] needs from the kernel: implemented by [`IpvsClient`] and,
-/// for tests, by [`crate::fake::FakeIpvs`].
+/// for tests, by `FakeIpvs` (feature `testing`).
 pub trait IpvsKernel {
     /// All services, without destinations (one dump).
     fn dump_services(&mut self) -> Result<Vec<KernelService>, Error>;

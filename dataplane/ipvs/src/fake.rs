@@ -8,7 +8,9 @@ use std::time::Duration;
 use crate::apply::IpvsKernel;
 use crate::client::describe;
 use crate::codec::{Command, IpvsMessage, FWD_MASK};
+use crate::director::DirectorHost;
 use crate::error::Error;
+use crate::sysctl::Sysctl;
 use crate::table::{DestConfig, DestId, KernelDest, KernelService, ServiceConfig, ServiceId};
 
 #[derive(Debug, Clone, Default)]
@@ -322,5 +324,48 @@ impl IpvsKernel for FaultyIpvs {
 
     fn write_time(&self) -> Duration {
         Duration::ZERO
+    }
+}
+
+/// An in-memory host: sysctl values and the last nft script, with failures on demand.
+#[derive(Debug, Clone, Default)]
+pub struct FakeHost {
+    pub sysctls: BTreeMap<String, String>,
+    pub nft_script: Option<String>,
+    pub nft_loads: u64,
+    /// Writing this sysctl fails (EACCES).
+    pub fail_sysctl: Option<String>,
+    /// Loading any nft script fails.
+    pub fail_nft: bool,
+}
+
+impl DirectorHost for FakeHost {
+    fn ensure_sysctls(&mut self, list: &[Sysctl]) -> Result<u64, Error> {
+        let mut writes = 0;
+        for s in list {
+            if self.fail_sysctl.as_deref() == Some(s.path) {
+                return Err(Error::Sysctl {
+                    path: std::path::Path::new("/proc/sys").join(s.path),
+                    source: std::io::Error::from_raw_os_error(libc::EACCES),
+                });
+            }
+            if self.sysctls.get(s.path).map(String::as_str) != Some(s.value) {
+                self.sysctls.insert(s.path.to_owned(), s.value.to_owned());
+                writes += 1;
+            }
+        }
+        Ok(writes)
+    }
+
+    fn load_nft(&mut self, script: &str) -> Result<(), Error> {
+        if self.fail_nft {
+            return Err(Error::Nft {
+                table: crate::FULLNAT_TABLE,
+                detail: "injected failure".into(),
+            });
+        }
+        self.nft_script = Some(script.to_owned());
+        self.nft_loads += 1;
+        Ok(())
     }
 }

@@ -8,10 +8,12 @@
 //! - [`client`]: [`IpvsClient`], one NETLINK_GENERIC socket used serially.
 //! - [`apply`]: [`IpvsDataplane::apply`], dump once, diff, send only the changes
 //!   ([`IpvsDataplane::apply_incremental`] skips the dump between full applies).
-//!   [`IpvsKernel`] is the seam: [`IpvsClient`] or the in-memory [`FakeIpvs`].
+//!   [`IpvsKernel`] is the seam: [`IpvsClient`] or, for tests, the in-memory `FakeIpvs`.
 //! - [`sysctl`] and [`fullnat`]: director sysctls ([`director_sysctls_for`]) and
 //!   FullNAT via nftables.
-//! - [`selftest`]: real-kernel checks of every command, for the microVM harness.
+//! - `selftest` (feature `testing`): real-kernel checks of every command (it flushes
+//!   the table), for the microVM harness. `fake` (same feature): `FakeIpvs`,
+//!   `FaultyIpvs`, `FakeHost`. The binaries ship neither.
 //!
 //! See `docs/ipvs.md` for the decisions and what was verified on a real kernel.
 //!
@@ -50,10 +52,12 @@ pub mod codec;
 pub mod diff;
 pub mod director;
 pub mod error;
+#[cfg(feature = "testing")]
 pub mod fake;
 pub mod fullnat;
 pub mod nl;
 pub mod ownership;
+#[cfg(feature = "testing")]
 pub mod selftest;
 pub mod sysctl;
 pub mod table;
@@ -65,9 +69,10 @@ pub use codec::{
     Timeouts,
 };
 pub use diff::{diff, Diff, Draining, Op, OpKind};
-pub use director::{DirectorHost, FakeHost, IpvsDirector, SystemHost};
+pub use director::{DirectorHost, IpvsDirector, SystemHost};
 pub use error::{Error, KernelError};
-pub use fake::{FakeIpvs, Fault, FaultyIpvs};
+#[cfg(feature = "testing")]
+pub use fake::{FakeHost, FakeIpvs, Fault, FaultyIpvs};
 pub use fullnat::{apply_fullnat, fullnat_ruleset, FULLNAT_TABLE};
 pub use nl::DecodeError;
 pub use ownership::{OwnedServices, DEFAULT_STATE_PATH};
@@ -80,6 +85,7 @@ pub use table::{
 /// Feeds `bytes` to every parser (netlink framing, genl controller, IPVS messages,
 /// plain-data conversions, the state file). Parsers must return, never panic: the
 /// proptest fuzz property and the cargo-fuzz target (`dataplane/ipvs/fuzz`) call this.
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub fn fuzz_all_parsers(bytes: &[u8]) {
     for m in nl::messages(bytes) {

@@ -7,7 +7,7 @@
 //! - [`diff()`]: desired + observed + owned -> operations (pure). Only what kube-lvs
 //!   added is ever removed; see the module for the rules.
 //! - [`NetKernel`]: [`RtNetlink`] (rtnetlink and /proc/sys, no `ip` or `sysctl`
-//!   processes), [`FakeNet`], [`FaultyNet`].
+//!   processes); `FakeNet` and `FaultyNet` with the `testing` feature.
 //! - [`Netconf`]: reads the node, applies the diff, persists what it owns in a state
 //!   file (so a restarted agent still knows), and reports an outcome per virtual
 //!   service and per real-server VIP.
@@ -21,6 +21,8 @@
 
 pub mod desired;
 pub mod diff;
+#[cfg(feature = "testing")]
+pub mod fake;
 pub mod kernel;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,7 +34,9 @@ use kubelvs_model::{
 
 pub use desired::{desired, Desired, LocalAddress, NetconfOptions, Refusal, Subject};
 pub use diff::{diff, Diff, Observed, Op, Owned};
-pub use kernel::{FakeNet, FaultyNet, NetError, NetFault, NetKernel, RtNetlink};
+#[cfg(feature = "testing")]
+pub use fake::{FakeNet, FaultyNet, NetFault};
+pub use kernel::{NetError, NetKernel, RtNetlink};
 
 /// Where [`Netconf`] keeps what it owns, by default.
 pub const DEFAULT_STATE_PATH: &str = "/run/kube-lvs/netconf-owned";

@@ -57,12 +57,14 @@ fn solicit(addr: IpAddr) {
 }
 
 /// Fixed MACs, for tests; records what it was asked to resolve.
+#[cfg(feature = "testing")]
 #[derive(Debug, Clone, Default)]
 pub struct StaticNeighbours {
     pub known: Neighbours,
     pub solicited: BTreeSet<IpAddr>,
 }
 
+#[cfg(feature = "testing")]
 impl NeighbourProvider for StaticNeighbours {
     fn resolve(&mut self, addrs: &[IpAddr]) -> Neighbours {
         for a in addrs.iter().filter(|a| !self.known.contains_key(a)) {

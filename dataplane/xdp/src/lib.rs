@@ -34,8 +34,9 @@
 //!   decapsulation program;
 //!   [`attach_pass`] attaches an XDP_PASS program (veth peers receive XDP_TX
 //!   frames only when they run XDP themselves).
-//! - [`test_run`] wraps `BPF_PROG_TEST_RUN` (also live-frames mode) for fixtures,
-//!   benchmarks and traffic generators.
+//! - With the `testing` feature only: `test_run` wraps `BPF_PROG_TEST_RUN` (also
+//!   live-frames mode) for fixtures, benchmarks and traffic generators, and
+//!   `bench` loads the director inside wrappers that restore the packet each run.
 //!
 //! Supported: IPv4 and IPv6 VIPs, TCP and UDP, forwarding `dr`, `tun` (IPIP,
 //! IPv6-in-IPv6 for IPv6 VIPs) and `nat`; the scheduler is always Maglev
@@ -60,11 +61,17 @@ pub mod maps;
 mod neigh;
 mod plan;
 pub mod sys;
+#[cfg(feature = "testing")]
+mod test_run;
 
 pub use neigh::{parse_ip_neigh, parse_mac, parse_proc_net_arp, read_neighbours, read_neighbours6};
-pub use sys::{enter_netns, ifindex, test_run, TestRun, TestRunResult, XdpMd};
+pub use sys::{enter_netns, ifindex};
+#[cfg(feature = "testing")]
+pub use test_run::{test_run, TestRun, TestRunResult, XdpMd, TEST_XDP_LIVE_FRAMES};
 
-pub use dataplane::{KernelNeighbours, NeighbourProvider, StaticNeighbours, XdpDataplane};
+#[cfg(feature = "testing")]
+pub use dataplane::StaticNeighbours;
+pub use dataplane::{KernelNeighbours, NeighbourProvider, XdpDataplane};
 use maps::*;
 pub use plan::Skipped;
 use plan::{desired, real_entry, vip_key, AnyVipKey, RealKey, Want};
@@ -82,6 +89,7 @@ pub static DIRECTOR_OBJ: &[u8] =
 pub static DECAP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/decap.o"));
 pub static PASS_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pass.o"));
 /// The director plus benchmark wrappers that restore the packet between runs.
+#[cfg(feature = "testing")]
 pub static BENCH_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench.o"));
 
 /// XDP verdicts, as `TestRunResult::retval` carries them.
@@ -640,7 +648,7 @@ impl XdpDirector {
         Ok(())
     }
 
-    /// The loaded director program, for [`test_run`].
+    /// The loaded director program (for BPF_PROG_TEST_RUN).
     pub fn program_fd(&self) -> BorrowedFd<'_> {
         prog_fd(&self.ebpf, self.prog_name)
     }
@@ -1406,6 +1414,7 @@ fn prog_fd<'a>(ebpf: &'a Ebpf, name: &str) -> BorrowedFd<'a> {
 
 /// Benchmark support: the director wrapped so that `BPF_PROG_TEST_RUN` with
 /// repeat > 1 sees the original packet on every run (see `dataplane/bpf/bench.c`).
+#[cfg(feature = "testing")]
 pub mod bench {
     use super::*;
 
