@@ -136,6 +136,25 @@ struct {
 	__type(value, struct klvs_config);
 } config SEC(".maps");
 
+/*
+ * The real server an established flow is bound to, if the binding still holds:
+ * the same VIP id, the real server alive, and the same generation of its id (ids
+ * are reused, so an old binding may name someone else's real server now).
+ */
+static __always_inline struct klvs_real *bound_real(struct klvs_conn *conn, __u32 vip_id,
+						    __u32 *real_id)
+{
+	if (!conn || conn->vip_id != vip_id)
+		return NULL;
+	__u32 id = conn->real_id;
+	struct klvs_real *real = bpf_map_lookup_elem(&reals, &id);
+
+	if (!real || !(real->flags & KLVS_REAL_F_ALIVE) || real->gen != conn->gen)
+		return NULL;
+	*real_id = id;
+	return real;
+}
+
 static __always_inline void count(__u32 idx)
 {
 	__u64 *c = bpf_map_lookup_elem(&counters, &idx);
@@ -565,20 +584,18 @@ static __always_inline int icmp6_to_real(struct xdp_md *ctx, struct ethhdr *eth,
 	__builtin_memcpy(fk.src, &in->daddr, 16);
 	__builtin_memcpy(fk.dst, &in->saddr, 16);
 	struct klvs_conn *conn = bpf_map_lookup_elem(&conns6, &fk);
-	__u32 real_id;
+	__u32 real_id = KLVS_REAL_NONE;
+	struct klvs_real *real = bound_real(conn, vip_id, &real_id);
 
-	if (conn && conn->vip_id == vip_id) {
-		real_id = conn->real_id;
-	} else {
+	if (!real) {
 		__u32 slot = vip_id * cfg->ring_size + hash6(vip, &fk) % cfg->ring_size;
 		__u32 *rid = bpf_map_lookup_elem(&rings, &slot);
 
 		if (!rid)
 			goto pass;
 		real_id = *rid;
+		real = bpf_map_lookup_elem(&reals, &real_id);
 	}
-	struct klvs_real *real = bpf_map_lookup_elem(&reals, &real_id);
-
 	if (real_id == KLVS_REAL_NONE || !real || !(real->flags & KLVS_REAL_F_ALIVE))
 		goto pass;
 	count(KLVS_CNT_ICMP_TO_REAL);
@@ -654,12 +671,7 @@ static __always_inline int director6(struct xdp_md *ctx, struct ethhdr *eth, voi
 	int new_conn = 0;
 	struct klvs_conn *conn = bpf_map_lookup_elem(&conns6, &fk);
 
-	if (conn && conn->vip_id == vip_id) {
-		real_id = conn->real_id;
-		real = bpf_map_lookup_elem(&reals, &real_id);
-		if (real && !(real->flags & KLVS_REAL_F_ALIVE))
-			real = NULL;
-	}
+	real = bound_real(conn, vip_id, &real_id);
 	if (!real) {
 		__u32 ring_size = cfg->ring_size;
 		__u32 h;
@@ -676,7 +688,7 @@ static __always_inline int director6(struct xdp_md *ctx, struct ethhdr *eth, voi
 		real = bpf_map_lookup_elem(&reals, &real_id);
 		if (!real || !(real->flags & KLVS_REAL_F_ALIVE))
 			goto no_real;
-		struct klvs_conn nc = { .real_id = real_id, .vip_id = vip_id };
+		struct klvs_conn nc = { .real_id = real_id, .vip_id = vip_id, .gen = real->gen };
 
 		bpf_map_update_elem(&conns6, &fk, &nc, BPF_ANY);
 		new_conn = 1;
@@ -701,7 +713,8 @@ static __always_inline int director6(struct xdp_md *ctx, struct ethhdr *eth, voi
 		__builtin_memcpy(rk.dst, &ip6->saddr, 16);
 		struct klvs_nat_rev6 *have = bpf_map_lookup_elem(&nat_rev6, &rk);
 
-		if (!have || !same16(have->vip, (__u8 *)&ip6->daddr)) {
+		if (!have || !same16(have->vip, (__u8 *)&ip6->daddr) ||
+		    have->vport != ports[1] || have->vip_id != vip_id) {
 			struct klvs_nat_rev6 rev = {
 				.vport = ports[1],
 				.ifindex = in_if,
@@ -801,11 +814,10 @@ static __always_inline int icmp_to_real(struct xdp_md *ctx, struct ethhdr *eth, 
 		.proto = in->protocol,
 	};
 	struct klvs_conn *conn = bpf_map_lookup_elem(&conns, &fk);
-	__u32 real_id;
+	__u32 real_id = KLVS_REAL_NONE;
+	struct klvs_real *real = bound_real(conn, vip_id, &real_id);
 
-	if (conn && conn->vip_id == vip_id) {
-		real_id = conn->real_id;
-	} else {
+	if (!real) {
 		__u32 slot = vip_id * cfg->ring_size +
 			     hash4(vip, fk.src, fk.dst, fk.sport, fk.dport, fk.proto) % cfg->ring_size;
 		__u32 *rid = bpf_map_lookup_elem(&rings, &slot);
@@ -813,9 +825,8 @@ static __always_inline int icmp_to_real(struct xdp_md *ctx, struct ethhdr *eth, 
 		if (!rid)
 			goto pass;
 		real_id = *rid;
+		real = bpf_map_lookup_elem(&reals, &real_id);
 	}
-	struct klvs_real *real = bpf_map_lookup_elem(&reals, &real_id);
-
 	if (real_id == KLVS_REAL_NONE || !real || !(real->flags & KLVS_REAL_F_ALIVE))
 		goto pass;
 	count(KLVS_CNT_ICMP_TO_REAL);
@@ -903,12 +914,7 @@ static __always_inline int director(struct xdp_md *ctx)
 	int new_conn = 0;
 	struct klvs_conn *conn = bpf_map_lookup_elem(&conns, &fk);
 
-	if (conn && conn->vip_id == vip_id) {
-		real_id = conn->real_id;
-		real = bpf_map_lookup_elem(&reals, &real_id);
-		if (real && !(real->flags & KLVS_REAL_F_ALIVE))
-			real = NULL;
-	}
+	real = bound_real(conn, vip_id, &real_id);
 	if (!real) {
 		__u32 ring_size = cfg->ring_size;
 		__u32 h;
@@ -925,7 +931,7 @@ static __always_inline int director(struct xdp_md *ctx)
 		real = bpf_map_lookup_elem(&reals, &real_id);
 		if (!real || !(real->flags & KLVS_REAL_F_ALIVE))
 			goto no_real;
-		struct klvs_conn nc = { .real_id = real_id, .vip_id = vip_id };
+		struct klvs_conn nc = { .real_id = real_id, .vip_id = vip_id, .gen = real->gen };
 
 		bpf_map_update_elem(&conns, &fk, &nc, BPF_ANY);
 		new_conn = 1;
@@ -951,7 +957,11 @@ static __always_inline int director(struct xdp_md *ctx)
 		};
 		struct klvs_nat_rev *have = bpf_map_lookup_elem(&nat_rev, &rk);
 
-		if (!have || have->vip != iph->daddr) {
+		/* Keyed by the reply's 5-tuple, which is also what the real server's own
+		 * stack keys the connection by: two live flows with one key would be one
+		 * connection to the real server too. The newest flow's VIP:port wins. */
+		if (!have || have->vip != iph->daddr || have->vport != ports[1] ||
+		    have->vip_id != vip_id) {
 			struct klvs_nat_rev rev = {
 				.vip = iph->daddr,
 				.vport = ports[1],

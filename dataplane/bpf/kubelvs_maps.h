@@ -79,6 +79,9 @@ struct klvs_real {
 	__u8 mac[6]; /* next-hop MAC from the caller: DR needs it, TUN/NAT skip the route lookup */
 	__u32 flags;
 	__u8 addr6[16]; /* KLVS_REAL_F_V6 */
+	/* Bumped each time the id is given to a real server (ids are reused): a
+	 * connection bound to an older generation is stale and is rescheduled. */
+	__u32 gen;
 };
 
 /* conns and nat_rev keys: one direction of a flow as it appears on the wire. */
@@ -105,6 +108,7 @@ struct klvs_flow6_key {
 struct klvs_conn {
 	__u32 real_id;
 	__u32 vip_id;
+	__u32 gen; /* the real server's generation when the flow was bound */
 };
 
 /* nat_rev: reply flow (real -> client) -> how to restore the VIP (LRU_HASH). */

@@ -252,8 +252,16 @@ fn main() {
                 .unwrap();
             let set = if dport == 82 { &fib_reals } else { &reals };
             let real_id = d.real_id(set[(i % 10) as usize], dport).unwrap();
-            d.insert_connection(&key, &Conn { real_id, vip_id })
-                .unwrap();
+            let gen = d.real_gen(real_id).unwrap();
+            d.insert_connection(
+                &key,
+                &Conn {
+                    real_id,
+                    vip_id,
+                    gen,
+                },
+            )
+            .unwrap();
         }
     };
 
@@ -551,8 +559,16 @@ fn ipv6_rows(ifindex: u32) {
                 })
                 .unwrap();
             let real_id = d.real_id(reals[(i % 10) as usize], dport).unwrap();
-            d.insert_connection6(&key, &Conn { real_id, vip_id })
-                .unwrap();
+            let gen = d.real_gen(real_id).unwrap();
+            d.insert_connection6(
+                &key,
+                &Conn {
+                    real_id,
+                    vip_id,
+                    gen,
+                },
+            )
+            .unwrap();
         }
         filled = target;
         for (fwd, port) in [("dr6", 80u16), ("tun6", 81)] {

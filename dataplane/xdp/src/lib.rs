@@ -803,20 +803,27 @@ impl XdpDirector {
                 if wanted_reals.contains_key(rk) {
                     continue;
                 }
-                let value = real_entry(*rk, neighbours.get(&rk.0).copied());
-                match self.state.reals.get(rk) {
-                    Some((_, old)) if *old == value => {}
-                    Some(&(id, _)) => {
-                        self.reals.set(id, value, 0).map_err(map_err("reals"))?;
-                        self.state.reals.insert(*rk, (id, value));
-                        report.real_servers_updated += 1;
+                let mac = neighbours.get(&rk.0).copied();
+                let value = match self.state.reals.get(rk) {
+                    Some(&(id, old)) => {
+                        let value = real_entry(*rk, mac, old.gen);
+                        if value != old {
+                            self.reals.set(id, value, 0).map_err(map_err("reals"))?;
+                            self.state.reals.insert(*rk, (id, value));
+                            report.real_servers_updated += 1;
+                        }
+                        value
                     }
                     None => match self.alloc_real_id() {
                         Ok(id) => {
+                            // A new generation: flows bound to this id before are stale.
+                            let previous = self.reals.get(&id, 0).map_err(map_err("reals"))?;
+                            let value = real_entry(*rk, mac, previous.gen.wrapping_add(1));
                             zero_stats(&mut self.real_stats, id, "real_stats")?;
                             self.reals.set(id, value, 0).map_err(map_err("reals"))?;
                             self.state.reals.insert(*rk, (id, value));
                             report.real_servers_added += 1;
+                            value
                         }
                         Err(e) => {
                             report
@@ -826,7 +833,7 @@ impl XdpDirector {
                             break;
                         }
                     },
-                }
+                };
                 wanted_reals.insert(*rk, value);
             }
             if !complete {
@@ -971,10 +978,13 @@ impl XdpDirector {
             .copied()
             .collect();
         for key in gone {
-            if let Some((id, _)) = self.state.reals.remove(&key) {
-                self.reals
-                    .set(id, Real::default(), 0)
-                    .map_err(map_err("reals"))?;
+            if let Some((id, old)) = self.state.reals.remove(&key) {
+                // Dead, keeping its generation for the id's next owner to bump.
+                let dead = Real {
+                    gen: old.gen,
+                    ..Real::default()
+                };
+                self.reals.set(id, dead, 0).map_err(map_err("reals"))?;
                 report.real_servers_removed += 1;
             }
         }
@@ -1105,6 +1115,16 @@ impl XdpDirector {
     pub fn vip_id(&self, key: &ServiceKey) -> Option<u32> {
         let vk = vip_key(key).ok()?;
         self.state.vips.get(&vk).map(|m| m.vip_id)
+    }
+
+    /// The generation of real server id `id`, if programmed: what a connection
+    /// bound to it must carry ([`XdpDirector::insert_connection`]).
+    pub fn real_gen(&self, id: u32) -> Option<u32> {
+        self.state
+            .reals
+            .values()
+            .find(|(i, _)| *i == id)
+            .map(|(_, r)| r.gen)
     }
 
     /// The real server id of `addr:port`, if programmed.

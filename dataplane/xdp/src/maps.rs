@@ -80,6 +80,9 @@ pub struct Real {
     pub flags: u32,
     /// With `REAL_F_V6`.
     pub addr6: [u8; 16],
+    /// Bumped each time the id is given to a real server; connections bound to an
+    /// older generation are rescheduled.
+    pub gen: u32,
 }
 
 #[repr(C)]
@@ -109,6 +112,8 @@ pub struct Flow6Key {
 pub struct Conn {
     pub real_id: u32,
     pub vip_id: u32,
+    /// The real server's generation when the flow was bound.
+    pub gen: u32,
 }
 
 #[repr(C)]
@@ -228,7 +233,7 @@ mod tests {
                 [vip_id, forwarding, flags, src_mask, src_mask6]
             ),
             layout!("klvs_vip6_key", Vip6Key, [addr, port, proto, pad]),
-            layout!("klvs_real", Real, [addr, port, mac, flags, addr6]),
+            layout!("klvs_real", Real, [addr, port, mac, flags, addr6, gen]),
             layout!(
                 "klvs_flow6_key",
                 Flow6Key,
@@ -244,7 +249,7 @@ mod tests {
                 FlowKey,
                 [src, dst, sport, dport, proto, pad]
             ),
-            layout!("klvs_conn", Conn, [real_id, vip_id]),
+            layout!("klvs_conn", Conn, [real_id, vip_id, gen]),
             layout!(
                 "klvs_nat_rev",
                 NatRev,

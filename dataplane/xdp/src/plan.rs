@@ -95,8 +95,9 @@ fn mask6(bits: u8) -> [u32; 4] {
 }
 
 /// The `reals` map entry of a real server (alive; with its MAC when known).
-pub(crate) fn real_entry((addr, port): RealKey, mac: Option<MacAddr>) -> Real {
+pub(crate) fn real_entry((addr, port): RealKey, mac: Option<MacAddr>, gen: u32) -> Real {
     let mut r = Real {
+        gen,
         port: port.to_be(),
         mac: mac.unwrap_or_default(),
         flags: REAL_F_ALIVE | if mac.is_some() { REAL_F_HAS_MAC } else { 0 },
