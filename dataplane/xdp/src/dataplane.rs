@@ -10,7 +10,10 @@ use kubelvs_model::{
     RealServerState, Reason, ServiceOutcome,
 };
 
-use crate::{read_neighbours, read_neighbours6, Neighbours, XdpDirector};
+use std::time::Instant;
+
+use crate::backend::{DirectorMaps, DirectorTable};
+use crate::{read_neighbours, read_neighbours6, ApplyReport, Neighbours, XdpDirector};
 
 /// Where the director learns real servers' MACs (DR rewrites only the MAC).
 pub trait NeighbourProvider: Send {
@@ -74,22 +77,55 @@ impl NeighbourProvider for StaticNeighbours {
     }
 }
 
-/// [`XdpDirector`] as a [`Dataplane`].
+/// What [`XdpDataplane`] drives: the loaded [`XdpDirector`], or in tests a
+/// [`DirectorTable`] over fake maps.
+pub trait XdpApply: Send {
+    fn apply_at(
+        &mut self,
+        services: &[kubelvs_model::Service],
+        neighbours: &Neighbours,
+        now: Instant,
+    ) -> crate::Result<ApplyReport>;
+}
+
+impl XdpApply for XdpDirector {
+    fn apply_at(
+        &mut self,
+        services: &[kubelvs_model::Service],
+        neighbours: &Neighbours,
+        now: Instant,
+    ) -> crate::Result<ApplyReport> {
+        XdpDirector::apply_at(self, services, neighbours, now)
+    }
+}
+
+impl<M: DirectorMaps> XdpApply for DirectorTable<M> {
+    fn apply_at(
+        &mut self,
+        services: &[kubelvs_model::Service],
+        neighbours: &Neighbours,
+        now: Instant,
+    ) -> crate::Result<ApplyReport> {
+        DirectorTable::apply_at(self, services, neighbours, now)
+    }
+}
+
+/// The XDP director as a [`Dataplane`].
 #[derive(Debug)]
-pub struct XdpDataplane<N: NeighbourProvider = KernelNeighbours> {
-    director: XdpDirector,
+pub struct XdpDataplane<N: NeighbourProvider = KernelNeighbours, D: XdpApply = XdpDirector> {
+    director: D,
     neighbours: N,
 }
 
-impl<N: NeighbourProvider> XdpDataplane<N> {
-    pub fn new(director: XdpDirector, neighbours: N) -> Self {
+impl<N: NeighbourProvider, D: XdpApply> XdpDataplane<N, D> {
+    pub fn new(director: D, neighbours: N) -> Self {
         Self {
             director,
             neighbours,
         }
     }
 
-    pub fn director(&mut self) -> &mut XdpDirector {
+    pub fn director(&mut self) -> &mut D {
         &mut self.director
     }
 
@@ -98,7 +134,7 @@ impl<N: NeighbourProvider> XdpDataplane<N> {
     }
 }
 
-impl<N: NeighbourProvider> Dataplane for XdpDataplane<N> {
+impl<N: NeighbourProvider, D: XdpApply> Dataplane for XdpDataplane<N, D> {
     fn name(&self) -> &'static str {
         DataplaneKind::Xdp.name()
     }

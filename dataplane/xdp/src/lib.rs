@@ -49,14 +49,22 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::xdp::XdpLink;
 use aya::programs::{Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
-use kubelvs_model::{DataplaneKind, Service, ServiceKey};
+use kubelvs_model::{Service, ServiceKey};
 
+pub mod backend;
+#[cfg(feature = "testing")]
+pub mod bench;
 pub mod dataplane;
+mod decap;
+pub mod decide;
+mod error;
+#[cfg(feature = "testing")]
+pub mod fake;
 pub mod maps;
 mod neigh;
 mod plan;
@@ -69,12 +77,16 @@ pub use sys::{enter_netns, ifindex};
 #[cfg(feature = "testing")]
 pub use test_run::{test_run, TestRun, TestRunResult, XdpMd, TEST_XDP_LIVE_FRAMES};
 
+pub use backend::{AyaMaps, DirectorMaps, DirectorTable};
 #[cfg(feature = "testing")]
 pub use dataplane::StaticNeighbours;
-pub use dataplane::{KernelNeighbours, NeighbourProvider, XdpDataplane};
+pub use dataplane::{KernelNeighbours, NeighbourProvider, XdpApply, XdpDataplane};
+pub use decap::{attach_decap, attach_pass, XdpDecap, XdpPass};
+pub use error::{MapShape, Result, XdpError};
+#[cfg(feature = "testing")]
+pub use fake::{FakeMaps, FaultyMaps, MapFault};
 use maps::*;
-pub use plan::Skipped;
-use plan::{desired, real_entry, vip_key, AnyVipKey, RealKey, Want};
+pub use plan::{AnyVipKey, Skipped};
 
 /// An Ethernet address.
 pub type MacAddr = [u8; 6];
@@ -99,9 +111,9 @@ pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
 
-const DIRECTOR_PROG: &str = "klvs_director";
-const DECAP_PROG: &str = "klvs_decap";
-const PASS_PROG: &str = "klvs_pass";
+pub(crate) const DIRECTOR_PROG: &str = "klvs_director";
+pub(crate) const DECAP_PROG: &str = "klvs_decap";
+pub(crate) const PASS_PROG: &str = "klvs_pass";
 
 /// Every map of the director object, pinned under the pin directory by these names.
 pub const DIRECTOR_MAPS: [&str; 12] = [
@@ -118,78 +130,6 @@ pub const DIRECTOR_MAPS: [&str; 12] = [
     "counters",
     "config",
 ];
-
-#[derive(Debug, thiserror::Error)]
-pub enum XdpError {
-    #[error("loading BPF object {object}: {source}")]
-    Load {
-        object: &'static str,
-        #[source]
-        source: aya::EbpfError,
-    },
-    #[error("BPF program {program}: {source}")]
-    Program {
-        program: &'static str,
-        #[source]
-        source: aya::programs::ProgramError,
-    },
-    #[error("attaching {program} to interface {ifname}: {source}")]
-    Attach {
-        program: &'static str,
-        ifname: String,
-        #[source]
-        source: aya::programs::ProgramError,
-    },
-    #[error("BPF map {map}: {source}")]
-    Map {
-        map: &'static str,
-        #[source]
-        source: aya::maps::MapError,
-    },
-    #[error("BPF map {map} is missing from the object")]
-    MissingMap { map: &'static str },
-    #[error("pinned map {map} has {found} entries (key, value, max) but this loader wants {wanted}: keep the options or remove {pin_dir}")]
-    PinnedMapMismatch {
-        map: &'static str,
-        found: MapShape,
-        wanted: MapShape,
-        pin_dir: PathBuf,
-    },
-    #[error("pinned link {path}: {source}")]
-    Link {
-        path: PathBuf,
-        #[source]
-        source: aya::programs::links::LinkError,
-    },
-    #[error("pinning link at {path}: {source}")]
-    Pin {
-        path: PathBuf,
-        #[source]
-        source: aya::pin::PinError,
-    },
-    #[error("pin directory {path}: {source}")]
-    PinDir {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("mapping BPF map rings into memory: {0}")]
-    Mmap(#[source] io::Error),
-    #[error("DirectorOptions::{field}: {reason}")]
-    InvalidOptions { field: &'static str, reason: String },
-    #[error("all {max} VIP ids are in use (raise DirectorOptions::max_vips)")]
-    TooManyVips { max: u32 },
-    #[error("all {max} real server ids are in use (raise DirectorOptions::max_reals)")]
-    TooManyReals { max: u32 },
-    #[error("maglev ring of {service}: {source}")]
-    Maglev {
-        service: ServiceKey,
-        #[source]
-        source: kubelvs_maglev::MaglevError,
-    },
-}
-
-pub type Result<T, E = XdpError> = std::result::Result<T, E>;
 
 /// How many flows the connection table holds: `per_cpu` on each of `cpus` CPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,26 +148,7 @@ fn possible_cpus() -> Result<u32> {
         })
 }
 
-/// Key size, value size and capacity of a map: what must agree between a
-/// pinned map and the program about to use it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MapShape {
-    pub key_size: u32,
-    pub value_size: u32,
-    pub max_entries: u32,
-}
-
-impl std::fmt::Display for MapShape {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "({}, {}, {})",
-            self.key_size, self.value_size, self.max_entries
-        )
-    }
-}
-
-fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> XdpError {
+pub(crate) fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> XdpError {
     move |source| XdpError::Map { map, source }
 }
 
@@ -365,51 +286,27 @@ impl ApplyReport {
     }
 }
 
-/// What the maps hold, as far as apply is concerned (rebuilt from the maps on load).
-#[derive(Debug, Default)]
-struct State {
-    vips: HashMap<AnyVipKey, VipMeta>,
-    reals: HashMap<RealKey, (u32, Real)>,
-    /// Maglev input per VIP when its ring was last written by this process.
-    ring_inputs: HashMap<AnyVipKey, Vec<(RealKey, u32)>>,
-    /// Real servers removed from a VIP, kept at weight 0 until their deadline.
-    draining: BTreeMap<(AnyVipKey, RealKey), Instant>,
-    /// VIP entries read back from pinned maps whose id is out of range: deleted
-    /// (or rewritten with a valid id) by the next apply.
-    stray: Vec<AnyVipKey>,
-    next_real: u32,
-    config: Config,
-}
-
 /// The director program, loaded (and usually attached), with its maps.
 pub struct XdpDirector {
     ebpf: Ebpf,
-    opts: DirectorOptions,
-    vips: BpfHashMap<MapData, VipKey, VipMeta>,
-    vips6: BpfHashMap<MapData, Vip6Key, VipMeta>,
-    reals: Array<MapData, Real>,
-    rings: sys::MmapU32,
-    _rings_map: MapData,
+    /// VIPs, real servers and rings: the maps apply writes.
+    table: DirectorTable<AyaMaps>,
     conns: BpfHashMap<MapData, FlowKey, Conn>,
     conns6: BpfHashMap<MapData, Flow6Key, Conn>,
     nat_rev: BpfHashMap<MapData, FlowKey, NatRev>,
-    vip_stats: PerCpuArray<MapData, Stats>,
-    real_stats: PerCpuArray<MapData, Stats>,
     counters: PerCpuArray<MapData, u64>,
-    config: Array<MapData, Config>,
     link: Option<PinnedLink>,
     ifname: Option<String>,
     prog_name: &'static str,
-    state: State,
 }
 
 impl std::fmt::Debug for XdpDirector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("XdpDirector")
             .field("ifname", &self.ifname)
-            .field("opts", &self.opts)
-            .field("vips", &self.state.vips.len())
-            .field("real_servers", &self.state.reals.len())
+            .field("opts", self.table.options())
+            .field("vips", &self.table.state().vips.len())
+            .field("real_servers", &self.table.state().reals.len())
             .finish_non_exhaustive()
     }
 }
@@ -559,34 +456,37 @@ impl XdpDirector {
         };
         let rings = sys::MmapU32::new(rings_map.fd().as_fd(), rings_len as usize)
             .map_err(XdpError::Mmap)?;
-        let mut d = Self {
+        let maps = AyaMaps {
             vips: typed(&mut ebpf, "vips")?,
             vips6: typed(&mut ebpf, "vips6")?,
             reals: typed(&mut ebpf, "reals")?,
             rings,
             _rings_map: rings_map,
+            vip_stats: typed(&mut ebpf, "vip_stats")?,
+            real_stats: typed(&mut ebpf, "real_stats")?,
+            config: typed(&mut ebpf, "config")?,
+            ring_size: opts.ring_size,
+            max_reals: opts.max_reals,
+        };
+        Ok(Self {
             conns: typed(&mut ebpf, "conns")?,
             conns6: typed(&mut ebpf, "conns6")?,
             nat_rev: typed(&mut ebpf, "nat_rev")?,
-            vip_stats: typed(&mut ebpf, "vip_stats")?,
-            real_stats: typed(&mut ebpf, "real_stats")?,
             counters: typed(&mut ebpf, "counters")?,
-            config: typed(&mut ebpf, "config")?,
+            // Adopts what pinned maps hold: a previous run's plan.
+            table: DirectorTable::new(maps, opts)?,
             ebpf,
-            opts,
             link: None,
             ifname: None,
             prog_name,
-            state: State::default(),
-        };
-        d.recover_state()?;
-        Ok(d)
+        })
     }
 
     fn attach_to(&mut self, ifname: &str) -> Result<()> {
-        let mode = self.opts.mode;
+        let mode = self.table.options().mode;
         let link_path = self
-            .opts
+            .table
+            .options()
             .pin_dir
             .as_ref()
             .map(|d| d.join(format!("link_{ifname}")));
@@ -631,7 +531,7 @@ impl XdpDirector {
     /// connection table is gone afterwards. Dropping the director instead
     /// leaves it attached when pinned.
     pub fn detach(mut self) -> Result<()> {
-        let pin_dir = self.opts.pin_dir.clone();
+        let pin_dir = self.table.options().pin_dir.clone();
         if let Some(link) = self.link.take() {
             let _ = link.unpin();
         }
@@ -654,51 +554,15 @@ impl XdpDirector {
     }
 
     pub fn options(&self) -> &DirectorOptions {
-        &self.opts
+        self.table.options()
     }
 
     /// The connection table's real capacity: flows per CPU, and possible CPUs.
     pub fn conn_capacity(&self) -> Result<ConnCapacity> {
         Ok(ConnCapacity {
-            per_cpu: self.opts.conns_per_cpu,
+            per_cpu: self.table.options().conns_per_cpu,
             cpus: possible_cpus()?,
         })
-    }
-
-    /// Rebuilds `state` from the maps: after a restart with pinned maps they hold
-    /// the previous run's plan, and apply must diff against it.
-    fn recover_state(&mut self) -> Result<()> {
-        let max_vips = self.opts.max_vips;
-        let mut read_back = |k: AnyVipKey, v: VipMeta| {
-            if v.vip_id < max_vips {
-                self.state.vips.insert(k, v);
-            } else {
-                self.state.stray.push(k);
-            }
-        };
-        for item in self.vips.iter() {
-            let (k, v) = item.map_err(map_err("vips"))?;
-            read_back(AnyVipKey::V4(k), v);
-        }
-        for item in self.vips6.iter() {
-            let (k, v) = item.map_err(map_err("vips6"))?;
-            read_back(AnyVipKey::V6(k), v);
-        }
-        for id in 1..self.opts.max_reals {
-            let r = self.reals.get(&id, 0).map_err(map_err("reals"))?;
-            if r.flags & REAL_F_ALIVE != 0 {
-                let addr = if r.flags & REAL_F_V6 != 0 {
-                    IpAddr::V6(Ipv6Addr::from(r.addr6))
-                } else {
-                    IpAddr::V4(Ipv4Addr::from(r.addr.to_ne_bytes()))
-                };
-                let key = (addr, u16::from_be(r.port));
-                self.state.reals.insert(key, (id, r));
-                self.state.next_real = self.state.next_real.max(id);
-            }
-        }
-        self.state.config = self.config.get(&0, 0).map_err(map_err("config"))?;
-        Ok(())
     }
 
     /// Programs `services` (those whose dataplane is XDP) into the maps, writing
@@ -723,319 +587,15 @@ impl XdpDirector {
         neighbours: &Neighbours,
         now: Instant,
     ) -> Result<ApplyReport> {
-        let mut report = ApplyReport::default();
-        let ring_size = self.opts.ring_size;
-
-        // 1. What we want: per VIP key, its meta (minus id) and its real servers,
-        //    draining ones at weight 0.
-        let mut want: BTreeMap<AnyVipKey, Want> = BTreeMap::new();
-        let mut draining: BTreeMap<(AnyVipKey, RealKey), Instant> = BTreeMap::new();
-        for s in services
-            .iter()
-            .filter(|s| s.dataplane == DataplaneKind::Xdp)
-        {
-            let (vk, mut w) = match desired(s, self.opts.director_addr6.is_some(), ring_size) {
-                Ok(d) => d,
-                Err(reason) => {
-                    report.skipped.push((s.key, reason));
-                    continue;
-                }
-            };
-            if w.forwarding == FWD_DR {
-                for (rk, weight) in &mut w.reals {
-                    if !neighbours.contains_key(&rk.0) {
-                        report.unresolved.push((s.key, SocketAddr::new(rk.0, rk.1)));
-                        *weight = 0;
-                    }
-                }
-            }
-            let previous = self.state.ring_inputs.get(&vk).cloned().unwrap_or_default();
-            for (rk, _) in previous {
-                if w.reals.iter().any(|(k, _)| *k == rk) {
-                    continue;
-                }
-                let deadline = self
-                    .state
-                    .draining
-                    .get(&(vk, rk))
-                    .copied()
-                    .unwrap_or(now + self.opts.drain_timeout);
-                if now < deadline {
-                    draining.insert((vk, rk), deadline);
-                    w.reals.push((rk, 0));
-                    report.draining.push((s.key, SocketAddr::new(rk.0, rk.1)));
-                }
-            }
-            w.reals.sort();
-            want.insert(vk, w);
-        }
-        self.state.draining = draining;
-
-        // 2. Global config first: the ring size must be there before any VIP is.
-        let nat = |v6: bool| {
-            want.iter()
-                .any(|(k, w)| w.forwarding == FWD_NAT && matches!(k, AnyVipKey::V6(_)) == v6)
-        };
-        let cfg = Config {
-            director_addr: u32::from_ne_bytes(self.opts.director_addr.octets()),
-            ring_size,
-            flags: if nat(false) { CFG_F_NAT } else { 0 } | if nat(true) { CFG_F_NAT6 } else { 0 },
-            pad: 0,
-            director_addr6: self
-                .opts
-                .director_addr6
-                .map(|a| a.octets())
-                .unwrap_or_default(),
-        };
-        if cfg != self.state.config {
-            self.config.set(0, cfg, 0).map_err(map_err("config"))?;
-            self.state.config = cfg;
-            report.config_written = true;
-        }
-
-        // 3. Real servers: keep ids, add new ones (before any ring refers to them).
-        //    A service whose new real server finds no free id keeps what it had.
-        let mut wanted_reals: BTreeMap<RealKey, Real> = BTreeMap::new();
-        let mut kept: Vec<AnyVipKey> = Vec::new();
-        for (vk, w) in &want {
-            let mut complete = true;
-            for (rk, _) in &w.reals {
-                if wanted_reals.contains_key(rk) {
-                    continue;
-                }
-                let mac = neighbours.get(&rk.0).copied();
-                let value = match self.state.reals.get(rk) {
-                    Some(&(id, old)) => {
-                        let value = real_entry(*rk, mac, old.gen);
-                        if value != old {
-                            self.reals.set(id, value, 0).map_err(map_err("reals"))?;
-                            self.state.reals.insert(*rk, (id, value));
-                            report.real_servers_updated += 1;
-                        }
-                        value
-                    }
-                    None => match self.alloc_real_id() {
-                        Ok(id) => {
-                            // A new generation: flows bound to this id before are stale.
-                            let previous = self.reals.get(&id, 0).map_err(map_err("reals"))?;
-                            let value = real_entry(*rk, mac, previous.gen.wrapping_add(1));
-                            zero_stats(&mut self.real_stats, id, "real_stats")?;
-                            self.reals.set(id, value, 0).map_err(map_err("reals"))?;
-                            self.state.reals.insert(*rk, (id, value));
-                            report.real_servers_added += 1;
-                            value
-                        }
-                        Err(e) => {
-                            report
-                                .skipped
-                                .push((w.service, Skipped::new("", e.to_string())));
-                            complete = false;
-                            break;
-                        }
-                    },
-                };
-                wanted_reals.insert(*rk, value);
-            }
-            if !complete {
-                kept.push(*vk);
-            }
-        }
-        for vk in &kept {
-            want.remove(vk);
-            // Its previous ring still refers to its previous real servers.
-            for (rk, _) in self.state.ring_inputs.get(vk).into_iter().flatten() {
-                if let Some((_, r)) = self.state.reals.get(rk) {
-                    wanted_reals.insert(*rk, *r);
-                }
-            }
-        }
-
-        // 4. VIPs. Removed ones first (entry deleted, then ring zeroed), so their
-        //    ids are free before new VIPs take ids; then rings before vips entries,
-        //    so a new VIP never meets an empty ring.
-        let removed: Vec<AnyVipKey> = self
-            .state
-            .vips
-            .keys()
-            .chain(self.state.stray.iter())
-            .filter(|vk| !want.contains_key(vk) && !kept.contains(vk))
-            .copied()
-            .collect();
-        for vk in removed {
-            let gone = match &vk {
-                AnyVipKey::V4(k) => self.vips.remove(k).map_err(map_err("vips")),
-                AnyVipKey::V6(k) => self.vips6.remove(k).map_err(map_err("vips6")),
-            };
-            match gone {
-                Ok(()) => {}
-                Err(XdpError::Map {
-                    source: aya::maps::MapError::KeyNotFound,
-                    ..
-                }) => {}
-                Err(e) => return Err(e),
-            }
-            if let Some(m) = self.state.vips.remove(&vk) {
-                report.ring_slots_written += self.write_ring(m.vip_id, &[])?;
-            }
-            self.state.ring_inputs.remove(&vk);
-            report.vips_removed += 1;
-        }
-        self.state.stray.clear();
-        let mut used_ids: Vec<bool> = vec![false; self.opts.max_vips as usize];
-        for m in self.state.vips.values() {
-            if let Some(u) = used_ids.get_mut(m.vip_id as usize) {
-                *u = true;
-            }
-        }
-        for (vk, w) in &want {
-            let vk = *vk;
-            let old = self.state.vips.get(&vk).copied();
-            let vip_id = match old {
-                Some(m) => m.vip_id,
-                None => {
-                    let Some(id) = used_ids.iter().position(|u| !u) else {
-                        let e = XdpError::TooManyVips {
-                            max: self.opts.max_vips,
-                        };
-                        report
-                            .skipped
-                            .push((w.service, Skipped::new("", e.to_string())));
-                        continue;
-                    };
-                    used_ids[id] = true;
-                    zero_stats(&mut self.vip_stats, id as u32, "vip_stats")?;
-                    id as u32
-                }
-            };
-            if old.is_none() || self.state.ring_inputs.get(&vk) != Some(&w.reals) {
-                let endpoints: Vec<kubelvs_maglev::Endpoint> = w
-                    .reals
-                    .iter()
-                    .map(|((a, p), weight)| {
-                        let mut id = match a {
-                            IpAddr::V4(a) => a.octets().to_vec(),
-                            IpAddr::V6(a) => a.octets().to_vec(),
-                        };
-                        id.extend_from_slice(&p.to_be_bytes());
-                        kubelvs_maglev::Endpoint::new(id, *weight)
-                    })
-                    .collect();
-                let table = match kubelvs_maglev::build(&endpoints, ring_size) {
-                    Ok(t) => t,
-                    Err(source) => {
-                        let e = XdpError::Maglev {
-                            service: w.service,
-                            source,
-                        };
-                        report
-                            .skipped
-                            .push((w.service, Skipped::new("", e.to_string())));
-                        continue;
-                    }
-                };
-                let ids: Vec<u32> = w
-                    .reals
-                    .iter()
-                    .map(|(rk, _)| self.state.reals[rk].0)
-                    .collect();
-                let slots: Vec<u32> = table
-                    .slots()
-                    .iter()
-                    .map(|&slot| ids.get(slot as usize).copied().unwrap_or(REAL_NONE))
-                    .collect();
-                report.ring_slots_written += self.write_ring(vip_id, &slots)?;
-                self.state.ring_inputs.insert(vk, w.reals.clone());
-            }
-            let meta = VipMeta {
-                vip_id,
-                forwarding: w.forwarding,
-                flags: w.flags,
-                src_mask: w.src_mask,
-                src_mask6: w.src_mask6,
-            };
-            if old != Some(meta) {
-                match &vk {
-                    AnyVipKey::V4(k) => self.vips.insert(k, meta, 0).map_err(map_err("vips"))?,
-                    AnyVipKey::V6(k) => self.vips6.insert(k, meta, 0).map_err(map_err("vips6"))?,
-                }
-                self.state.vips.insert(vk, meta);
-                if old.is_some() {
-                    report.vips_updated += 1;
-                } else {
-                    report.vips_added += 1;
-                }
-            }
-        }
-
-        // 5. Real servers no one uses any more (drains over): mark dead, so flows
-        //    pinned to them in the connection table are rescheduled instead of sent
-        //    to a reused id.
-        let gone: Vec<RealKey> = self
-            .state
-            .reals
-            .keys()
-            .filter(|k| !wanted_reals.contains_key(k))
-            .copied()
-            .collect();
-        for key in gone {
-            if let Some((id, old)) = self.state.reals.remove(&key) {
-                // Dead, keeping its generation for the id's next owner to bump.
-                let dead = Real {
-                    gen: old.gen,
-                    ..Real::default()
-                };
-                self.reals.set(id, dead, 0).map_err(map_err("reals"))?;
-                report.real_servers_removed += 1;
-            }
-        }
-
-        Ok(report)
-    }
-
-    /// Writes the ring of VIP `vip_id` (`slots` empty: clears it); returns the
-    /// number of slots that changed. Ids are checked against the ring map, so
-    /// state read back from pinned maps can never index outside it.
-    fn write_ring(&mut self, vip_id: u32, slots: &[u32]) -> Result<usize> {
-        let ring_size = self.opts.ring_size as usize;
-        let base = vip_id as usize * ring_size;
-        if vip_id >= self.opts.max_vips || base + ring_size > self.rings.len() {
-            return Err(XdpError::InvalidOptions {
-                field: "max_vips",
-                reason: format!("VIP id {vip_id} is outside the rings map"),
-            });
-        }
-        let mut written = 0;
-        for i in 0..ring_size {
-            let rid = slots.get(i).copied().unwrap_or(REAL_NONE);
-            if self.rings.get(base + i) != rid {
-                self.rings.set(base + i, rid);
-                written += 1;
-            }
-        }
-        Ok(written)
-    }
-
-    /// Real ids are handed out round-robin from the last one used so that a
-    /// freed id is reused as late as possible (stale connection entries).
-    fn alloc_real_id(&mut self) -> Result<u32> {
-        let max = self.opts.max_reals;
-        let in_use: std::collections::HashSet<u32> =
-            self.state.reals.values().map(|(id, _)| *id).collect();
-        for step in 1..max {
-            let id = (self.state.next_real + step) % max;
-            if id != REAL_NONE && !in_use.contains(&id) {
-                self.state.next_real = id;
-                return Ok(id);
-            }
-        }
-        Err(XdpError::TooManyReals { max })
+        self.table.apply_at(services, neighbours, now)
     }
 
     /// Per-VIP and per-real-server counters, summed over CPUs.
     pub fn stats(&self) -> Result<DirectorStats> {
         let mut out = DirectorStats::default();
-        for (vk, meta) in &self.state.vips {
-            let v = self
+        let maps = self.table.maps();
+        for (vk, meta) in &self.table.state().vips {
+            let v = maps
                 .vip_stats
                 .get(&meta.vip_id, 0)
                 .map_err(map_err("vip_stats"))?;
@@ -1043,8 +603,8 @@ impl XdpDirector {
                 out.vips.insert(key, Counts::from(&v));
             }
         }
-        for ((addr, port), (id, _)) in &self.state.reals {
-            let v = self.real_stats.get(id, 0).map_err(map_err("real_stats"))?;
+        for ((addr, port), (id, _)) in &self.table.state().reals {
+            let v = maps.real_stats.get(id, 0).map_err(map_err("real_stats"))?;
             out.real_servers
                 .insert(SocketAddr::new(*addr, *port), Counts::from(&v));
         }
@@ -1088,11 +648,7 @@ impl XdpDirector {
     }
 
     fn real_addr(&self, real_id: u32) -> Option<SocketAddr> {
-        self.state
-            .reals
-            .iter()
-            .find(|(_, (id, _))| *id == real_id)
-            .map(|((a, p), _)| SocketAddr::new(*a, *p))
+        self.table.real_addr(real_id)
     }
 
     /// Number of entries in the connection table (walks it: O(n) syscalls).
@@ -1113,26 +669,18 @@ impl XdpDirector {
 
     /// The VIP id apply gave a service, if it is programmed (indexes rings and vip_stats).
     pub fn vip_id(&self, key: &ServiceKey) -> Option<u32> {
-        let vk = vip_key(key).ok()?;
-        self.state.vips.get(&vk).map(|m| m.vip_id)
+        self.table.vip_id(key)
     }
 
     /// The generation of real server id `id`, if programmed: what a connection
     /// bound to it must carry ([`XdpDirector::insert_connection`]).
     pub fn real_gen(&self, id: u32) -> Option<u32> {
-        self.state
-            .reals
-            .values()
-            .find(|(i, _)| *i == id)
-            .map(|(_, r)| r.gen)
+        self.table.real_gen(id)
     }
 
     /// The real server id of `addr:port`, if programmed.
     pub fn real_id(&self, addr: impl Into<IpAddr>, port: u16) -> Option<u32> {
-        self.state
-            .reals
-            .get(&(addr.into(), port))
-            .map(|(id, _)| *id)
+        self.table.real_id(addr, port)
     }
 
     /// A NAT reply-state entry, for tests and debugging.
@@ -1181,14 +729,14 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
         .ok_or(XdpError::MissingMap { map: name })
 }
 
-fn typed<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
+pub(crate) fn typed<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
 where
     T: TryFrom<Map, Error = aya::maps::MapError>,
 {
     T::try_from(take(ebpf, name)?).map_err(map_err(name))
 }
 
-fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp> {
+pub(crate) fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp> {
     ebpf.program_mut(name)
         .ok_or(XdpError::Program {
             program: name,
@@ -1199,18 +747,6 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp> {
             program: name,
             source,
         })
-}
-
-fn zero_stats(map: &mut PerCpuArray<MapData, Stats>, id: u32, name: &'static str) -> Result<()> {
-    let n = aya::util::nr_cpus().map_err(|(_, e)| XdpError::Map {
-        map: name,
-        source: aya::maps::MapError::IoError(e),
-    })?;
-    let zeros = PerCpuValues::try_from(vec![Stats::default(); n]).map_err(|e| XdpError::Map {
-        map: name,
-        source: aya::maps::MapError::IoError(e),
-    })?;
-    map.set(id, zeros, 0).map_err(map_err(name))
 }
 
 fn remove_pin(path: &Path) -> Result<()> {
@@ -1259,240 +795,10 @@ pub fn ensure_pin_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(pin_err)
 }
 
-/// The real-server IPIP decapsulation program on one interface (not pinned:
-/// it holds no state worth keeping; dropping this detaches it).
-pub struct XdpDecap {
-    ebpf: Ebpf,
-    vips: BpfHashMap<MapData, u32, u32>,
-    vips6: BpfHashMap<MapData, Decap6Key, u32>,
-    counters: PerCpuArray<MapData, u64>,
-}
-
-/// Attaches the decapsulation program to `ifname` (native mode) for `vips`.
-pub fn attach_decap(ifname: &str, vips: &[Ipv4Addr]) -> Result<XdpDecap> {
-    let mut d = XdpDecap::load(vips)?;
-    let prog = program(&mut d.ebpf, DECAP_PROG)?;
-    prog.attach(ifname, XdpMode::Driver)
-        .map_err(|source| XdpError::Attach {
-            program: DECAP_PROG,
-            ifname: ifname.to_owned(),
-            source,
-        })?;
-    Ok(d)
-}
-
-impl std::fmt::Debug for XdpDecap {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("XdpDecap").finish_non_exhaustive()
-    }
-}
-
-impl XdpDecap {
-    /// Loads without attaching (for BPF_PROG_TEST_RUN).
-    pub fn load(vips: &[Ipv4Addr]) -> Result<Self> {
-        let mut ebpf = Ebpf::load(DECAP_OBJ).map_err(|source| XdpError::Load {
-            object: "decap.o",
-            source,
-        })?;
-        program(&mut ebpf, DECAP_PROG)?
-            .load()
-            .map_err(|source| XdpError::Program {
-                program: DECAP_PROG,
-                source,
-            })?;
-        let mut d = Self {
-            vips: typed(&mut ebpf, "decap_vips")?,
-            vips6: typed(&mut ebpf, "decap_vips6")?,
-            counters: typed(&mut ebpf, "decap_counters")?,
-            ebpf,
-        };
-        d.set_vips(vips)?;
-        Ok(d)
-    }
-
-    /// Replaces the set of VIPs decapsulated for.
-    pub fn set_vips(&mut self, vips: &[Ipv4Addr]) -> Result<()> {
-        let want: std::collections::HashSet<u32> = vips
-            .iter()
-            .map(|v| u32::from_ne_bytes(v.octets()))
-            .collect();
-        let have: Vec<u32> = self.vips.keys().filter_map(|k| k.ok()).collect();
-        for k in have.iter().filter(|k| !want.contains(k)) {
-            match self.vips.remove(k) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err("decap_vips")(e)),
-            }
-        }
-        for k in want.iter().filter(|k| !have.contains(k)) {
-            self.vips.insert(k, 1, 0).map_err(map_err("decap_vips"))?;
-        }
-        Ok(())
-    }
-
-    /// Replaces the set of IPv6 VIPs decapsulated for (IPv6-in-IPv6).
-    pub fn set_vips6(&mut self, vips: &[Ipv6Addr]) -> Result<()> {
-        let want: std::collections::HashSet<Decap6Key> = vips
-            .iter()
-            .map(|v| Decap6Key { addr: v.octets() })
-            .collect();
-        let have: Vec<Decap6Key> = self.vips6.keys().filter_map(|k| k.ok()).collect();
-        for k in have.iter().filter(|k| !want.contains(k)) {
-            match self.vips6.remove(k) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err("decap_vips6")(e)),
-            }
-        }
-        for k in want.iter().filter(|k| !have.contains(k)) {
-            self.vips6.insert(k, 1, 0).map_err(map_err("decap_vips6"))?;
-        }
-        Ok(())
-    }
-
-    /// Sets both families at once from mixed addresses.
-    pub fn set_vip_addrs(&mut self, vips: &[IpAddr]) -> Result<()> {
-        let v4: Vec<Ipv4Addr> = vips
-            .iter()
-            .filter_map(|a| match a {
-                IpAddr::V4(a) => Some(*a),
-                IpAddr::V6(_) => None,
-            })
-            .collect();
-        let v6: Vec<Ipv6Addr> = vips
-            .iter()
-            .filter_map(|a| match a {
-                IpAddr::V6(a) => Some(*a),
-                IpAddr::V4(_) => None,
-            })
-            .collect();
-        self.set_vips(&v4)?;
-        self.set_vips6(&v6)
-    }
-
-    /// Packets decapsulated so far (all CPUs).
-    pub fn decapsulated(&self) -> Result<u64> {
-        Ok(self
-            .counters
-            .get(&(Counter::Decap as u32), 0)
-            .map_err(map_err("decap_counters"))?
-            .iter()
-            .sum())
-    }
-
-    pub fn program_fd(&self) -> BorrowedFd<'_> {
-        prog_fd(&self.ebpf, DECAP_PROG)
-    }
-}
-
-/// An XDP_PASS program on one interface; dropping it detaches.
-#[derive(Debug)]
-pub struct XdpPass {
-    ebpf: Ebpf,
-}
-
-/// Attaches XDP_PASS to `ifname` (native mode): a veth receives frames its peer
-/// sends with XDP_TX/redirect only when it runs an XDP program itself.
-pub fn attach_pass(ifname: &str) -> Result<XdpPass> {
-    let mut p = XdpPass::load()?;
-    program(&mut p.ebpf, PASS_PROG)?
-        .attach(ifname, XdpMode::Driver)
-        .map_err(|source| XdpError::Attach {
-            program: PASS_PROG,
-            ifname: ifname.to_owned(),
-            source,
-        })?;
-    Ok(p)
-}
-
-impl XdpPass {
-    /// Loads without attaching: the empty program the benchmark subtracts.
-    pub fn load() -> Result<Self> {
-        let mut ebpf = Ebpf::load(PASS_OBJ).map_err(|source| XdpError::Load {
-            object: "pass.o",
-            source,
-        })?;
-        program(&mut ebpf, PASS_PROG)?
-            .load()
-            .map_err(|source| XdpError::Program {
-                program: PASS_PROG,
-                source,
-            })?;
-        Ok(Self { ebpf })
-    }
-
-    pub fn program_fd(&self) -> BorrowedFd<'_> {
-        prog_fd(&self.ebpf, PASS_PROG)
-    }
-}
-
-fn prog_fd<'a>(ebpf: &'a Ebpf, name: &str) -> BorrowedFd<'a> {
+pub(crate) fn prog_fd<'a>(ebpf: &'a Ebpf, name: &str) -> BorrowedFd<'a> {
     let prog: &Xdp = ebpf
         .program(name)
         .and_then(|p| p.try_into().ok())
         .expect("program present since load");
     prog.fd().expect("program loaded").as_fd()
-}
-
-/// Benchmark support: the director wrapped so that `BPF_PROG_TEST_RUN` with
-/// repeat > 1 sees the original packet on every run (see `dataplane/bpf/bench.c`).
-#[cfg(feature = "testing")]
-pub mod bench {
-    use super::*;
-
-    /// `struct klvs_bench_cfg`: iteration n runs flow `base + (n % count) * stride`.
-    #[repr(C)]
-    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-    pub struct BenchCfg {
-        pub base: u32,
-        pub count: u32,
-        pub stride: u32,
-        /// Non-zero: the frame is IPv6.
-        pub ipv6: u32,
-    }
-
-    #[allow(unsafe_code)]
-    // SAFETY: repr(C), four u32, no padding.
-    unsafe impl aya::Pod for BenchCfg {}
-
-    const WRAPPED: &str = "klvs_bench_director";
-    const EMPTY: &str = "klvs_bench_empty";
-
-    /// The wrapped director (its maps driven like [`XdpDirector`]'s) and the
-    /// wrapper around nothing, whose cost is subtracted.
-    #[derive(Debug)]
-    pub struct BenchDirector {
-        pub director: XdpDirector,
-    }
-
-    impl BenchDirector {
-        pub fn load(opts: DirectorOptions) -> Result<Self> {
-            let mut director = XdpDirector::load_object(opts, BENCH_OBJ, "bench.o", WRAPPED)?;
-            program(&mut director.ebpf, EMPTY)?
-                .load()
-                .map_err(|source| XdpError::Program {
-                    program: EMPTY,
-                    source,
-                })?;
-            Ok(Self { director })
-        }
-
-        /// Chooses the flows the next runs use.
-        pub fn set_flows(&mut self, cfg: BenchCfg) -> Result<()> {
-            let map = self
-                .director
-                .ebpf
-                .map_mut("bench_cfg")
-                .ok_or(XdpError::MissingMap { map: "bench_cfg" })?;
-            let mut arr: Array<&mut MapData, BenchCfg> =
-                Array::try_from(map).map_err(map_err("bench_cfg"))?;
-            arr.set(0, cfg, 0).map_err(map_err("bench_cfg"))
-        }
-
-        pub fn director_fd(&self) -> BorrowedFd<'_> {
-            self.director.program_fd()
-        }
-
-        pub fn empty_fd(&self) -> BorrowedFd<'_> {
-            prog_fd(&self.director.ebpf, EMPTY)
-        }
-    }
 }

@@ -43,13 +43,13 @@ impl std::fmt::Display for Skipped {
 
 /// A VIP of either family, as the `vips` / `vips6` maps key it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) enum AnyVipKey {
+pub enum AnyVipKey {
     V4(VipKey),
     V6(Vip6Key),
 }
 
 impl AnyVipKey {
-    pub(crate) fn service_key(&self) -> Option<ServiceKey> {
+    pub fn service_key(&self) -> Option<ServiceKey> {
         let (vip, port, proto) = match self {
             Self::V4(k) => (
                 IpAddr::V4(Ipv4Addr::from(k.addr.to_ne_bytes())),
