@@ -44,8 +44,11 @@ use serde::{Deserialize, Serialize};
     validation = Rule::new("!has(self.schedulerFlags) || self.schedulerFlags.all(f, !f.startsWith('mh-') || self.scheduler == 'mh')")
         .message("spec.schedulerFlags: mh-fallback and mh-port need scheduler mh")
         .field_path(".schedulerFlags"),
-    validation = Rule::new("(self.scheduler == 'maglev') == (self.dataplane == 'xdp')")
-        .message("spec.scheduler: the xdp dataplane schedules with maglev only, and maglev exists only in the xdp dataplane (the kernel's maglev is mh)")
+    validation = Rule::new("self.scheduler != 'maglev' || self.dataplane == 'xdp'")
+        .message("spec.scheduler: maglev exists only in the xdp dataplane (the kernel's maglev is mh)")
+        .field_path(".scheduler"),
+    validation = Rule::new("self.dataplane != 'xdp' || self.scheduler in ['maglev', 'sh']")
+        .message("spec.scheduler: the xdp dataplane schedules with maglev, or sh (maglev over the client address only)")
         .field_path(".scheduler"),
     validation = Rule::new("!(self.forwarding in ['dr', 'tun']) || has(self.directors)")
         .message("spec.directors: required for dr and tun: a node that directs must not also run a real server of the same VIP (it would re-schedule packets another director already forwarded), so say which nodes direct")
@@ -59,9 +62,6 @@ use serde::{Deserialize, Serialize};
     validation = Rule::new("self.dataplane != 'xdp' || !has(self.tunnel) || self.tunnel.type == 'ipip'")
         .message("spec.tunnel.type: the xdp dataplane encapsulates with ipip only")
         .field_path(".tunnel.type"),
-    validation = Rule::new("self.dataplane != 'xdp' || !has(self.persistence)")
-        .message("spec.persistence: the xdp dataplane has no persistence templates (maglev already keeps a client on one real server while the set is stable)")
-        .field_path(".persistence"),
     validation = Rule::new("!has(self.vip) || !has(self.persistence) || !has(self.persistence.netmask) || ip(self.vip).family() == 4")
         .message("spec.persistence.netmask: a dotted netmask needs an IPv4 vip; use prefixLength for IPv6")
         .field_path(".persistence.netmask"),
@@ -114,7 +114,9 @@ pub struct VirtualServiceSpec {
     #[schemars(length(min = 1, max = 253))]
     pub source_address_pool: Option<String>,
 
-    /// Client affinity (ipvsadm -p and -M).
+    /// Client affinity (ipvsadm -p and -M). On the xdp dataplane a client network
+    /// stays on one real server while the set is stable (maglev over the masked client
+    /// address); there are no templates, so timeoutSeconds has no effect there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persistence: Option<PersistenceSpec>,
 

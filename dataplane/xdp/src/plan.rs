@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use kubelvs_model::{Forwarding, ObjectRef, Protocol, Service, ServiceKey, Tunnel};
+use kubelvs_model::{Forwarding, ObjectRef, Protocol, Scheduler, Service, ServiceKey, Tunnel};
 
 use crate::maps::*;
 use crate::MacAddr;
@@ -144,10 +144,21 @@ pub(crate) fn desired(
             ))
         }
     };
+    // Maglev for every service; sh is maglev over the whole client address. The
+    // other schedulers count connections, which a per-packet program cannot share.
+    if !matches!(s.scheduler, Scheduler::Maglev | Scheduler::Sh) {
+        return Err(Skipped::new(
+            "spec.scheduler",
+            format!(
+                "the xdp dataplane schedules with maglev or sh, not {}",
+                s.scheduler
+            ),
+        ));
+    }
     // Source hashing (sh) is persistence by the whole client address.
     let prefix = match (s.persistence, s.scheduler) {
         (Some(p), _) => Some(p.prefix_length),
-        (None, kubelvs_model::Scheduler::Sh) => Some(if v6 { 128 } else { 32 }),
+        (None, Scheduler::Sh) => Some(if v6 { 128 } else { 32 }),
         (None, _) => None,
     };
     let (flags, src_mask, src_mask6) = match prefix {

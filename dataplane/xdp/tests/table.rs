@@ -352,3 +352,19 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_connection_counting_scheduler_is_unsupported_on_xdp() {
+    let mut s = svc("203.0.113.1", Forwarding::Nat, &[("198.51.100.1", 1)]);
+    s.scheduler = Scheduler::Wlc;
+    let mut sh = svc("203.0.113.2", Forwarding::Nat, &[("198.51.100.2", 1)]);
+    sh.scheduler = Scheduler::Sh;
+    let services = vec![s, sh];
+    let mut dp = dataplane(&services);
+    let r = dp.apply(&plan(services), &ApplyContext::at(Instant::now()));
+    match r.service(&key("203.0.113.1")).unwrap() {
+        Outcome::Unsupported(reason) => assert_eq!(reason.field, "spec.scheduler"),
+        o => panic!("{o:?}"),
+    }
+    assert!(r.service(&key("203.0.113.2")).unwrap().is_programmed());
+}
