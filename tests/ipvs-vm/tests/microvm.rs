@@ -28,6 +28,7 @@ const SCENARIO_CASES: &[&str] = &[
     "drain_weight_zero",
     "drain_removed_real_server",
     "foreign_service_survives",
+    "dataplane_trait",
     "fullnat",
     // kubelvs_ipvs::selftest in its own namespace; its cases print their own lines.
     "ipvs_selftest",

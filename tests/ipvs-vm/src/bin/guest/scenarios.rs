@@ -38,6 +38,11 @@ const V6_VIP: &str = "2001:db8:f::1";
 /// Created with ipvsadm before our first apply; it must survive every apply.
 const FOREIGN_VIP: &str = "203.0.113.200";
 const FOREIGN_KEY: &str = "TCP 203.0.113.200:80";
+/// Programmed through the `Dataplane` trait (`IpvsDirector`), next to a service the
+/// kernel refuses and the ipvsadm-made one.
+const TRAIT_VIP: &str = "203.0.113.20";
+const TRAIT_REFUSED_VIP: &str = "203.0.113.21";
+const TRAIT_STATE_PATH: &str = "/run/kubelvs/ipvs-director-owned";
 
 const STATE_PATH: &str = "/run/kubelvs/ipvs-owned-services";
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -270,6 +275,8 @@ pub fn run(r: &mut Reporter) {
         V6_VIP,
         GUE_VIP,
         GRE_VIP,
+        TRAIT_VIP,
+        TRAIT_REFUSED_VIP,
     ];
     let lab = match Lab::up(&vips, &[DR_VIP, TUN_VIP, GUE_VIP, GRE_VIP]) {
         Ok(lab) => lab,
@@ -386,6 +393,7 @@ pub fn run(r: &mut Reporter) {
         drain_removed(&lab, &mut dp, &mut current),
     );
     r.case("foreign_service_survives", foreign_survives(&dp));
+    r.case("dataplane_trait", through_the_trait(&lab));
     // Last: it removes the real servers' route back to the client.
     r.case("fullnat", fullnat(&lab));
     r.case("ipvs_selftest", selftest());
@@ -718,7 +726,8 @@ fn drain_removed(
     ))
 }
 
-fn foreign_survives(dp: &IpvsDataplane) -> Result<String, String> {
+/// The ipvsadm-made service is exactly as ipvsadm made it.
+fn foreign_untouched() -> Result<(), String> {
     let listed = listing()?;
     let svc = listed
         .get(FOREIGN_KEY)
@@ -727,9 +736,15 @@ fn foreign_survives(dp: &IpvsDataplane) -> Result<String, String> {
         .dests
         .get("192.0.2.11:8080")
         .ok_or("its real server is gone")?;
-    if svc.scheduler != "wlc" || dest.weight != 5 || dest.forward != "Masq" {
+    if svc.scheduler != "wlc" || dest.weight != 5 || dest.forward != "Masq" || svc.dests.len() != 1
+    {
         return Err(format!("it was modified: {svc:?}"));
     }
+    Ok(())
+}
+
+fn foreign_survives(dp: &IpvsDataplane) -> Result<String, String> {
+    foreign_untouched()?;
     if dp
         .owned()
         .iter()
@@ -739,6 +754,72 @@ fn foreign_survives(dp: &IpvsDataplane) -> Result<String, String> {
     }
     Ok(format!(
         "{FOREIGN_KEY} wlc -> 192.0.2.11:8080 w5 untouched after every apply"
+    ))
+}
+
+/// `IpvsDirector` through `kubelvs_model::Dataplane` on the real kernel: one
+/// service programmed and carrying traffic, one the kernel refuses (an IPv6 real
+/// server behind an IPv4 NAT service: EAFNOSUPPORT/EINVAL) failed alone, the
+/// ipvsadm-made service reported as a conflict and left alone; then a re-apply
+/// writes nothing.
+fn through_the_trait(lab: &Lab) -> Result<String, String> {
+    use kubelvs_ipvs::{IpvsDirector, SystemHost};
+    use kubelvs_model::{ApplyContext, Dataplane, NodePlan, Outcome};
+
+    let good = service(TRAIT_VIP, Scheduler::Wrr, Forwarding::Nat, [1, 1, 1]);
+    let mut refused = service(
+        TRAIT_REFUSED_VIP,
+        Scheduler::Wrr,
+        Forwarding::Nat,
+        [1, 1, 1],
+    );
+    refused.real_servers[0].address = ip(REAL_SERVERS6[0]);
+    let foreign = service(FOREIGN_VIP, Scheduler::Wlc, Forwarding::Nat, [1, 1, 1]);
+    let table = IpvsDataplane::new(TRAIT_STATE_PATH).map_err(|e| e.to_string())?;
+    let mut d = IpvsDirector::new(table, SystemHost::default());
+    let plan = |services: Vec<Service>| NodePlan {
+        node: "director".into(),
+        services,
+        ..NodePlan::default()
+    };
+    let ctx = ApplyContext::at(Instant::now());
+    let r = d.apply(&plan(vec![good.clone(), refused, foreign.clone()]), &ctx);
+    let outcome = |vip: &str| {
+        r.service(&ServiceKey {
+            vip: ip(vip),
+            port: 80,
+            protocol: Protocol::Tcp,
+        })
+        .cloned()
+        .ok_or(format!("no outcome for {vip}"))
+    };
+    if !outcome(TRAIT_VIP)?.is_programmed() {
+        return Err(format!("{TRAIT_VIP}: {:?}", outcome(TRAIT_VIP)?));
+    }
+    let refused_reason = match outcome(TRAIT_REFUSED_VIP)? {
+        Outcome::Failed(reason) => reason.message,
+        o => return Err(format!("{TRAIT_REFUSED_VIP}: expected Failed, got {o:?}")),
+    };
+    match outcome(FOREIGN_VIP)? {
+        Outcome::Conflict(_) => {}
+        o => return Err(format!("{FOREIGN_VIP}: expected Conflict, got {o:?}")),
+    }
+    foreign_untouched()?;
+    let answered = all_servers_answer(lab, TRAIT_VIP, CLIENT)?;
+    // The refused service leaves the plan: its service (created, with the
+    // destinations the kernel took) is deleted, one write; then nothing to do.
+    let dropped = d.apply(&plan(vec![good.clone(), foreign.clone()]), &ctx);
+    if dropped.writes != 1 || listing()?.contains_key(&format!("TCP {TRAIT_REFUSED_VIP}:80")) {
+        return Err(format!("dropping {TRAIT_REFUSED_VIP}: {dropped:?}"));
+    }
+    let again = d.apply(&plan(vec![good, foreign]), &ctx);
+    if again.writes != 0 {
+        return Err(format!("re-apply wrote {}: {again:?}", again.writes));
+    }
+    foreign_untouched()?;
+    Ok(format!(
+        "{TRAIT_VIP} programmed ({answered}); {TRAIT_REFUSED_VIP} failed alone ({refused_reason}); \
+         {FOREIGN_VIP} a conflict, untouched; re-apply 0 writes"
     ))
 }
 
