@@ -262,15 +262,7 @@ pub struct ApplyReport {
 impl ApplyReport {
     /// True when apply touched no map entry.
     pub fn is_noop(&self) -> bool {
-        self.vips_added
-            + self.vips_updated
-            + self.vips_removed
-            + self.real_servers_added
-            + self.real_servers_updated
-            + self.real_servers_removed
-            + self.ring_slots_written
-            + usize::from(self.config_written)
-            == 0
+        self.writes() == 0
     }
 
     /// Map entries written (ring slots counted one by one).

@@ -368,3 +368,34 @@ fn a_connection_counting_scheduler_is_unsupported_on_xdp() {
     }
     assert!(r.service(&key("203.0.113.2")).unwrap().is_programmed());
 }
+
+#[test]
+fn a_service_that_outgrows_the_real_server_ids_keeps_what_it_had() {
+    let mut o = opts();
+    o.max_reals = 4; // id 0 is reserved: 3 real servers fit.
+    let mut t = DirectorTable::new(FakeMaps::new(&o), o).unwrap();
+    let now = Instant::now();
+    let n = HashMap::new();
+    let a = svc("203.0.113.1", Forwarding::Nat, &[("198.51.100.1", 1)]);
+    let b = svc("203.0.113.2", Forwarding::Nat, &[("198.51.100.2", 1)]);
+    t.apply_at(&[a, b.clone()], &n, now).unwrap();
+    let before = t.maps().clone();
+    let grown = svc(
+        "203.0.113.1",
+        Forwarding::Nat,
+        &[
+            ("198.51.100.1", 1),
+            ("198.51.100.3", 1),
+            ("198.51.100.4", 1),
+        ],
+    );
+    let r = t.apply_at(&[grown, b], &n, now).unwrap();
+    assert_eq!(r.skipped.len(), 1, "{r:?}");
+    assert!(r.skipped[0].1.reason.contains("max_reals"), "{r:?}");
+    let a_id = t.vip_id(&key("203.0.113.1")).unwrap();
+    assert_eq!(t.maps().ring(a_id), before.ring(a_id), "a keeps its ring");
+    assert!(t
+        .real_id("198.51.100.1".parse::<IpAddr>().unwrap(), 80)
+        .is_some());
+    assert!(t.vip_id(&key("203.0.113.2")).is_some());
+}
