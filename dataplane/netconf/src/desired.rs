@@ -59,6 +59,11 @@ pub struct NetconfOptions {
     /// The interface facing clients, directors and real servers. Director VIPs go on
     /// it and ARP suppression is set on it too; `None`: director VIPs go on `lo`.
     pub interface: Option<String>,
+    /// IPIP real-server VIPs on a node without the kernel's tunnel device are
+    /// decapsulated by kube-lvs's XDP program (the agent runs
+    /// `kubelvs_xdp::DecapDataplane`): configure their VIP and ARP suppression
+    /// anyway. Without it such VIPs are reported `Unsupported`.
+    pub xdp_decap: bool,
 }
 
 impl NetconfOptions {
@@ -159,6 +164,7 @@ pub fn desired(plan: &NodePlan, opts: &NetconfOptions, links: &BTreeSet<String>)
                 continue;
             }
         };
+        let tunnel_link = tunnel_link.filter(|l| links.contains(*l) || !opts.xdp_decap);
         if let Some(link) = tunnel_link {
             if !links.contains(link) {
                 d.refused.insert(

@@ -80,6 +80,7 @@ fn plan(services: Vec<Service>, vips: Vec<RealServerVip>) -> NodePlan {
 fn eth0() -> NetconfOptions {
     NetconfOptions {
         interface: Some("eth0".into()),
+        ..NetconfOptions::default()
     }
 }
 
@@ -303,6 +304,7 @@ fn a_sysctl_that_cannot_be_written_or_does_not_exist_fails_what_needs_it() {
     let t2 = TempDir::new("no-iface");
     let opts = NetconfOptions {
         interface: Some("eth9".into()),
+        ..NetconfOptions::default()
     };
     let mut n = Netconf::new(FakeNet::node(), opts, t2.state()).unwrap();
     let r = apply(&mut n, &plan(vec![], vec![rs_vip("203.0.113.10", None)]));
@@ -330,4 +332,22 @@ fn ownership_survives_a_restart() {
     std::fs::write(t.state(), "address lo not-an-address\n").unwrap();
     let e = Netconf::new(FakeNet::node(), eth0(), t.state()).unwrap_err();
     assert!(e.to_string().contains("line 1"), "{e}");
+}
+
+#[test]
+fn without_tunl0_the_xdp_decap_option_still_gives_the_vip_and_arp_suppression() {
+    let t = TempDir::new("xdp-decap");
+    let opts = NetconfOptions {
+        interface: Some("eth0".into()),
+        xdp_decap: true,
+    };
+    let mut n = Netconf::new(FakeNet::node(), opts, t.state()).unwrap();
+    let r = apply(
+        &mut n,
+        &plan(vec![], vec![rs_vip("203.0.113.10", Some(TunnelKind::Ipip))]),
+    );
+    assert!(vip_outcome(&r, "203.0.113.10").is_programmed(), "{r:?}");
+    assert!(n.kernel().addresses.contains(&on_lo("203.0.113.10")));
+    assert_eq!(n.kernel().sysctls["net/ipv4/conf/all/arp_ignore"], "1");
+    assert!(!n.kernel().links.contains_key("tunl0"));
 }

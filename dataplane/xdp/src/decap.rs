@@ -178,3 +178,96 @@ impl XdpPass {
         prog_fd(&self.ebpf, PASS_PROG)
     }
 }
+
+/// The TUN real-server role where the kernel has no ipip module: while the plan has
+/// IPIP real-server VIPs, the decapsulation program runs on the interface with
+/// exactly those VIPs; with none, it is detached. Netconf (with `xdp_decap`) puts
+/// the VIPs on lo with ARP suppressed; this strips the tunnel.
+#[derive(Debug)]
+pub struct DecapDataplane {
+    ifname: String,
+    attached: Option<XdpDecap>,
+    vips: Vec<IpAddr>,
+}
+
+impl DecapDataplane {
+    pub fn new(ifname: &str) -> Self {
+        Self {
+            ifname: ifname.to_owned(),
+            attached: None,
+            vips: Vec::new(),
+        }
+    }
+
+    /// Packets stripped so far (0 when detached).
+    pub fn decapsulated(&self) -> Result<u64> {
+        self.attached.as_ref().map_or(Ok(0), XdpDecap::decapsulated)
+    }
+
+    fn program(&mut self, vips: &[IpAddr]) -> Result<u64> {
+        let mut writes = 0;
+        if self.attached.is_none() {
+            self.attached = Some(attach_decap(&self.ifname, &[])?);
+            self.vips.clear();
+            writes += 1;
+        }
+        if self.vips != vips {
+            let decap = self.attached.as_mut().expect("attached above");
+            decap.set_vip_addrs(vips)?;
+            self.vips = vips.to_vec();
+            writes += 1;
+        }
+        Ok(writes)
+    }
+}
+
+impl kubelvs_model::Dataplane for DecapDataplane {
+    fn name(&self) -> &'static str {
+        "xdp-decap"
+    }
+
+    fn apply(
+        &mut self,
+        plan: &kubelvs_model::NodePlan,
+        _ctx: &kubelvs_model::ApplyContext,
+    ) -> kubelvs_model::DataplaneReport {
+        use kubelvs_model::{Outcome, Reason, TunnelKind, VipOutcome};
+        let mut report = kubelvs_model::DataplaneReport::new(self.name());
+        let wanted: Vec<&kubelvs_model::RealServerVip> = plan
+            .real_server_vips
+            .iter()
+            .filter(|v| v.tunnel == Some(TunnelKind::Ipip))
+            .collect();
+        if wanted.is_empty() {
+            if self.attached.take().is_some() {
+                report.writes += 1;
+            }
+            self.vips.clear();
+            return report;
+        }
+        let vips: Vec<IpAddr> = wanted.iter().map(|v| v.vip).collect();
+        let result = self.program(&vips);
+        for v in wanted {
+            let outcome = match &result {
+                Ok(_) => Outcome::Programmed,
+                Err(e) => Outcome::Failed(Reason::new(
+                    v.sources.first().unwrap_or(&kubelvs_model::ObjectRef::new(
+                        "VirtualService",
+                        "",
+                        &v.vip.to_string(),
+                    )),
+                    "",
+                    format!("XDP decapsulation on {}: {e}", self.ifname),
+                )),
+            };
+            report.vips.push(VipOutcome {
+                vip: v.vip,
+                outcome,
+            });
+        }
+        if let Ok(n) = result {
+            report.writes += n;
+        }
+        report
+    }
+}

@@ -81,7 +81,7 @@ pub use backend::{AyaMaps, DirectorMaps, DirectorTable};
 #[cfg(feature = "testing")]
 pub use dataplane::StaticNeighbours;
 pub use dataplane::{KernelNeighbours, NeighbourProvider, XdpApply, XdpDataplane};
-pub use decap::{attach_decap, attach_pass, XdpDecap, XdpPass};
+pub use decap::{attach_decap, attach_pass, DecapDataplane, XdpDecap, XdpPass};
 pub use error::{MapShape, Result, XdpError};
 #[cfg(feature = "testing")]
 pub use fake::{FakeMaps, FaultyMaps, MapFault};

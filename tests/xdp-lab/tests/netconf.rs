@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 
 use kubelvs_model::{
     ApplyContext, Dataplane, DataplaneKind, DataplaneReport, Forwarding, NodePlan, ObjectRef,
-    Protocol, RealServerVip,
+    Protocol, RealServerVip, Tunnel, TunnelKind,
 };
 use kubelvs_netconf::{Netconf, NetconfOptions, RtNetlink};
+use kubelvs_xdp::DecapDataplane;
+use kubelvs_xdp_lab::actor::NsActor;
 use kubelvs_xdp_lab::director::XdpLab;
 use kubelvs_xdp_lab::netns::Netns;
 use kubelvs_xdp_lab::plan::service;
@@ -25,11 +27,16 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// Applies `plan` with netconf inside `host`'s namespace (a fresh netlink socket
 /// each time, as a restarted agent would have), ownership kept in `state`.
 fn netconf(host: &Host, state: &Path, plan: NodePlan) -> DataplaneReport {
+    netconf_with(host, state, plan, false)
+}
+
+fn netconf_with(host: &Host, state: &Path, plan: NodePlan, xdp_decap: bool) -> DataplaneReport {
     let state = state.to_path_buf();
     host.netns
         .run(move || {
             let opts = NetconfOptions {
                 interface: Some(HOST_IFNAME.into()),
+                xdp_decap,
             };
             let mut n = Netconf::new(RtNetlink::new().unwrap(), opts, state).unwrap();
             n.apply(&plan, &ApplyContext::at(Instant::now()))
@@ -38,11 +45,15 @@ fn netconf(host: &Host, state: &Path, plan: NodePlan) -> DataplaneReport {
 }
 
 fn real_server_plan(vip: IpAddr) -> NodePlan {
+    real_server_plan_tunnel(vip, None)
+}
+
+fn real_server_plan_tunnel(vip: IpAddr, tunnel: Option<TunnelKind>) -> NodePlan {
     NodePlan {
         node: "rs".into(),
         real_server_vips: vec![RealServerVip {
             vip,
-            tunnel: None,
+            tunnel,
             sources: vec![ObjectRef::new("VirtualService", "lab", "web")],
         }],
         ..NodePlan::default()
@@ -185,6 +196,84 @@ fn dr_real_servers_answer_the_vip_while_only_the_director_answers_arp() {
             "{}: the VIP on lo",
             rs.role
         );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+#[ignore = "privileged: netns + XDP"]
+fn tun_real_servers_without_ipip_get_the_vip_and_xdp_decapsulation() {
+    let x = XdpLab::build(LabConfig {
+        vip_on_real_servers: false,
+        ..LabConfig::default()
+    })
+    .unwrap();
+    let vip = IpAddr::V4(x.lab.vip);
+    let dir = std::env::temp_dir().join(format!("kubelvs-netconf-tun-{}", std::process::id()));
+    let ctx = || ApplyContext::at(Instant::now());
+    // This kernel has no ipip module (no tunl0): netconf with xdp_decap plus the
+    // decapsulation dataplane take the real-server role.
+    let mut decaps = Vec::new();
+    for rs in &x.lab.real_servers {
+        let plan = real_server_plan_tunnel(vip, Some(TunnelKind::Ipip));
+        let r = netconf_with(rs, &dir.join(&rs.role), plan.clone(), true);
+        assert!(r.problems().next().is_none(), "{}: {r:?}", rs.role);
+        let d = NsActor::start(&rs.netns, "decap", || {
+            Ok::<_, String>(DecapDataplane::new(HOST_IFNAME))
+        })
+        .unwrap();
+        let p = plan.clone();
+        let r = d.call(move |d| d.apply(&p, &ctx())).unwrap();
+        assert!(r.problems().next().is_none(), "{}: {r:?}", rs.role);
+        assert_eq!(r.writes, 2, "attached, VIP set");
+        let r = d.call(move |d| d.apply(&plan, &ctx())).unwrap();
+        assert_eq!(r.writes, 0, "re-apply");
+        decaps.push(d);
+    }
+    let _servers = x.lab.start_servers(PORT).unwrap();
+    x.apply(vec![service(
+        &x.lab,
+        PORT,
+        Protocol::Tcp,
+        Forwarding::Tun(Tunnel::Ipip),
+        &[1, 1, 1],
+        PORT,
+    )])
+    .unwrap();
+    let to = SocketAddr::V4(SocketAddrV4::new(x.lab.vip, PORT));
+    let served = x
+        .lab
+        .client
+        .netns
+        .run(move || -> kubelvs_xdp_lab::Result<Vec<String>> {
+            (0..30)
+                .map(|_| client::open_with_retry(to, TIMEOUT).map(|c| c.real_server().to_owned()))
+                .collect()
+        })
+        .unwrap()
+        .unwrap();
+    for (rs, d) in x.lab.real_servers.iter().zip(&decaps) {
+        assert!(
+            served.iter().any(|s| *s == rs.role),
+            "{} answered nothing: {served:?}",
+            rs.role
+        );
+        let n = d.call(|d| d.decapsulated().unwrap()).unwrap();
+        assert!(n > 0, "{}: nothing decapsulated", rs.role);
+    }
+    // The plan drops the role: the program is detached and the VIP leaves lo.
+    for (rs, d) in x.lab.real_servers.iter().zip(&decaps) {
+        let r = d
+            .call(move |d| d.apply(&NodePlan::default(), &ctx()))
+            .unwrap();
+        assert_eq!(r.writes, 1);
+        assert!(!rs
+            .netns
+            .ip(&["link", "show", HOST_IFNAME])
+            .unwrap()
+            .contains("xdp"));
+        netconf_with(rs, &dir.join(&rs.role), NodePlan::default(), true);
+        assert!(!has_on_lo(&rs.netns, &x.lab.vip.to_string()));
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
