@@ -254,7 +254,7 @@ fn tun_real_servers_without_ipip_get_the_vip_and_xdp_decapsulation() {
         .unwrap();
     for (rs, d) in x.lab.real_servers.iter().zip(&decaps) {
         assert!(
-            served.iter().any(|s| *s == rs.role),
+            served.contains(&rs.role),
             "{} answered nothing: {served:?}",
             rs.role
         );
