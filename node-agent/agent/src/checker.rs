@@ -1,0 +1,163 @@
+//! Runs the health probes: one tokio task per target on a shared runtime (not a
+//! thread each), at most `concurrency` probes in flight, each target's first probe
+//! at a jittered offset within its interval so probes spread out. Transitions wake
+//! the agent's loop through `wake`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kubelvs_model::HealthCheck;
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use crate::health::{probe, State, Target, Transition};
+use crate::metrics::{Metrics, RealServerLabels};
+use crate::Event;
+
+#[derive(Debug)]
+struct Shared {
+    states: Mutex<BTreeMap<Target, State>>,
+    limit: Semaphore,
+    wake: Mutex<mpsc::Sender<Event>>,
+    metrics: Arc<Metrics>,
+}
+
+/// The probes of the current plan.
+#[derive(Debug)]
+pub struct Checker {
+    rt: tokio::runtime::Handle,
+    tasks: HashMap<Target, tokio::task::JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+fn jitter(target: &Target, interval: Duration) -> Duration {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    target.hash(&mut h);
+    let ms = interval.as_millis().max(1) as u64;
+    Duration::from_millis(h.finish() % ms)
+}
+
+impl Checker {
+    pub fn new(
+        rt: tokio::runtime::Handle,
+        wake: mpsc::Sender<Event>,
+        metrics: Arc<Metrics>,
+        concurrency: usize,
+    ) -> Self {
+        Self {
+            rt,
+            tasks: HashMap::new(),
+            shared: Arc::new(Shared {
+                states: Mutex::new(BTreeMap::new()),
+                limit: Semaphore::new(concurrency.max(1)),
+                wake: Mutex::new(wake),
+                metrics,
+            }),
+        }
+    }
+
+    /// Probes exactly `targets` from now on: new ones start (healthy until proven
+    /// otherwise), gone ones stop and are forgotten.
+    pub fn set_targets(&mut self, targets: &BTreeMap<Target, HealthCheck>) {
+        self.tasks.retain(|t, task| {
+            let keep = targets.contains_key(t);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        {
+            let mut states = self.shared.states.lock().unwrap();
+            states.retain(|t, _| targets.contains_key(t));
+        }
+        for (t, check) in targets {
+            if self.tasks.contains_key(t) {
+                continue;
+            }
+            let shared = self.shared.clone();
+            let (t2, check) = (t.clone(), check.clone());
+            self.shared
+                .states
+                .lock()
+                .unwrap()
+                .entry(t.clone())
+                .or_default();
+            shared
+                .metrics
+                .real_server_healthy
+                .get_or_create(&labels(t))
+                .set(1);
+            let task = self.rt.spawn(run(t2, check, shared));
+            self.tasks.insert(t.clone(), task);
+        }
+    }
+
+    /// Targets currently failing their check.
+    pub fn unhealthy(&self) -> BTreeSet<Target> {
+        self.shared
+            .states
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, s)| !s.healthy)
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
+
+    /// The state of every target, for status and tests.
+    pub fn states(&self) -> BTreeMap<Target, State> {
+        self.shared.states.lock().unwrap().clone()
+    }
+}
+
+fn labels(t: &Target) -> RealServerLabels {
+    RealServerLabels {
+        real_server: t.socket().to_string(),
+        probe: t.check.probe.clone(),
+    }
+}
+
+async fn run(target: Target, check: HealthCheck, shared: Arc<Shared>) {
+    let interval = Duration::from_millis(u64::from(check.interval_ms.max(1)));
+    tokio::time::sleep(jitter(&target, interval)).await;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let result = {
+            let _permit = shared.limit.acquire().await;
+            probe(target.socket(), &check).await
+        };
+        let (ok, message) = match result {
+            Ok(m) => (true, m),
+            Err(m) => (false, m),
+        };
+        let transition = {
+            let mut states = shared.states.lock().unwrap();
+            let Some(state) = states.get_mut(&target) else {
+                return;
+            };
+            state.observe(ok, message.clone(), check.rise, check.fall, Instant::now())
+        };
+        if let Some(t) = transition {
+            shared.metrics.health_transitions.inc();
+            let gauge = shared
+                .metrics
+                .real_server_healthy
+                .get_or_create(&labels(&target));
+            match t {
+                Transition::Down => {
+                    gauge.set(0);
+                    warn!(real_server = %target.socket(), probe = %target.check.probe, reason = %message, "real server down: quiescing (weight 0)");
+                }
+                Transition::Up => {
+                    gauge.set(1);
+                    info!(real_server = %target.socket(), probe = %target.check.probe, "real server up: restoring its weight");
+                }
+            }
+            let _ = shared.wake.lock().unwrap().send(Event::Health);
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! Health checks, keepalived style, and the pure decisions around them.
+//!
+//! - [`Target`]: what is probed (address, port, probe); one per real server and
+//!   health check, shared by every service that checks it the same way.
+//! - [`State::observe`]: the rise/fall state machine. A real server starts healthy
+//!   (an agent restart must not quiesce everything), goes down after `fall`
+//!   consecutive failures and up after `rise` consecutive successes.
+//! - [`quiesce`]: the health view applied to the plan: an unhealthy real server gets
+//!   weight 0 (open connections continue, new ones go elsewhere), a planning
+//!   decision made without I/O.
+//! - [`probe`]: one TCP connect or HTTP GET, with a timeout.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use kubelvs_model::{HealthCheck, NodePlan, Probe};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One probe of one real server.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Target {
+    pub address: IpAddr,
+    pub port: u16,
+    pub check: CheckKey,
+}
+
+/// The parts of a health check that make two checks the same probe.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CheckKey {
+    pub probe: String,
+    pub interval_ms: u32,
+    pub timeout_ms: u32,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+impl Target {
+    pub fn socket(&self) -> SocketAddr {
+        SocketAddr::new(self.address, self.port)
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.socket(), self.check.probe)
+    }
+}
+
+fn probe_port(check: &HealthCheck, real_port: u16) -> u16 {
+    match &check.probe {
+        Probe::Tcp { port } | Probe::Http { port, .. } => port.unwrap_or(real_port),
+    }
+}
+
+fn describe(probe: &Probe) -> String {
+    match probe {
+        Probe::Tcp { .. } => "tcp".into(),
+        Probe::Http {
+            tls,
+            path,
+            expected_status,
+            host,
+            ..
+        } => format!(
+            "{} GET {path} -> {expected_status}{}",
+            if *tls { "https" } else { "http" },
+            host.as_ref()
+                .map(|h| format!(" host {h}"))
+                .unwrap_or_default()
+        ),
+    }
+}
+
+/// The probe of a real server at `address:real_port` under `check`.
+pub fn target_of(check: &HealthCheck, address: IpAddr, real_port: u16) -> Target {
+    Target {
+        address,
+        port: probe_port(check, real_port),
+        check: CheckKey {
+            probe: describe(&check.probe),
+            interval_ms: check.interval_ms,
+            timeout_ms: check.timeout_ms,
+            rise: check.rise,
+            fall: check.fall,
+        },
+    }
+}
+
+/// Every probe the plan asks for, with the health check that defines it.
+pub fn targets(plan: &NodePlan) -> BTreeMap<Target, HealthCheck> {
+    let mut out = BTreeMap::new();
+    for s in &plan.services {
+        if let Some(check) = &s.health_check {
+            for r in &s.real_servers {
+                out.insert(target_of(check, r.address, r.port), check.clone());
+            }
+        }
+    }
+    out
+}
+
+/// The health of one target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    pub healthy: bool,
+    /// Consecutive results against the current state.
+    pub streak: u32,
+    pub last_probe: Option<Instant>,
+    pub last_transition: Option<Instant>,
+    pub message: String,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            healthy: true,
+            streak: 0,
+            last_probe: None,
+            last_transition: None,
+            message: "not probed yet".into(),
+        }
+    }
+}
+
+/// A change of health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Down,
+    Up,
+}
+
+impl State {
+    /// Records one probe result; returns the transition it caused, if any.
+    pub fn observe(
+        &mut self,
+        ok: bool,
+        message: String,
+        rise: u32,
+        fall: u32,
+        now: Instant,
+    ) -> Option<Transition> {
+        self.last_probe = Some(now);
+        self.message = message;
+        if ok == self.healthy {
+            self.streak = 0;
+            return None;
+        }
+        self.streak += 1;
+        let needed = if self.healthy { fall } else { rise };
+        if self.streak < needed.max(1) {
+            return None;
+        }
+        self.healthy = ok;
+        self.streak = 0;
+        self.last_transition = Some(now);
+        Some(if ok { Transition::Up } else { Transition::Down })
+    }
+}
+
+/// Sets weight 0 on every real server whose probe is unhealthy. Services without a
+/// health check are left as planned.
+pub fn quiesce(plan: &mut NodePlan, unhealthy: &BTreeSet<Target>) {
+    if unhealthy.is_empty() {
+        return;
+    }
+    for s in &mut plan.services {
+        if let Some(check) = &s.health_check {
+            for r in &mut s.real_servers {
+                if unhealthy.contains(&target_of(check, r.address, r.port)) {
+                    r.weight = 0;
+                }
+            }
+        }
+    }
+}
+
+/// One probe: `Ok(message)` when healthy, `Err(message)` otherwise.
+pub async fn probe(target: SocketAddr, check: &HealthCheck) -> Result<String, String> {
+    let timeout = Duration::from_millis(u64::from(check.timeout_ms.max(1)));
+    match tokio::time::timeout(timeout, probe_inner(target, &check.probe)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+    }
+}
+
+async fn probe_inner(target: SocketAddr, probe: &Probe) -> Result<String, String> {
+    let mut stream = tokio::net::TcpStream::connect(target)
+        .await
+        .map_err(|e| format!("connect {target}: {e}"))?;
+    let (path, expected, host) = match probe {
+        Probe::Tcp { .. } => return Ok(format!("connected to {target}")),
+        Probe::Http { tls: true, .. } => {
+            return Err("https checks are not implemented by this agent yet".into())
+        }
+        Probe::Http {
+            path,
+            expected_status,
+            host,
+            ..
+        } => (path, *expected_status, host),
+    };
+    let host = host.clone().unwrap_or_else(|| target.to_string());
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: kube-lvs-agent\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("send to {target}: {e}"))?;
+    let mut head = Vec::with_capacity(64);
+    let mut buf = [0u8; 256];
+    while !head.contains(&b'\n') && head.len() < 1024 {
+        let n = stream
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("read from {target}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let status = line
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or_else(|| format!("{target}: not an HTTP response"))?;
+    if status == expected {
+        Ok(format!("GET {path}: {status}"))
+    } else {
+        Err(format!("GET {path}: {status}, expected {expected}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observe_all(s: &mut State, results: &[bool], rise: u32, fall: u32) -> Vec<Transition> {
+        let now = Instant::now();
+        results
+            .iter()
+            .filter_map(|ok| s.observe(*ok, String::new(), rise, fall, now))
+            .collect()
+    }
+
+    #[test]
+    fn starts_healthy_and_falls_after_fall_failures() {
+        let mut s = State::default();
+        assert!(s.healthy);
+        assert!(observe_all(&mut s, &[false, false], 2, 3).is_empty());
+        assert_eq!(observe_all(&mut s, &[false], 2, 3), [Transition::Down]);
+        assert!(!s.healthy);
+    }
+
+    #[test]
+    fn a_success_resets_the_failure_streak() {
+        let mut s = State::default();
+        assert!(observe_all(&mut s, &[false, false, true, false, false], 2, 3).is_empty());
+        assert!(s.healthy);
+    }
+
+    #[test]
+    fn rises_after_rise_successes() {
+        let mut s = State::default();
+        observe_all(&mut s, &[false; 3], 2, 3);
+        assert!(observe_all(&mut s, &[true], 2, 3).is_empty());
+        assert_eq!(observe_all(&mut s, &[true], 2, 3), [Transition::Up]);
+        assert!(s.healthy);
+    }
+
+    #[test]
+    fn fall_and_rise_of_zero_act_as_one() {
+        let mut s = State::default();
+        assert_eq!(observe_all(&mut s, &[false], 0, 0), [Transition::Down]);
+        assert_eq!(observe_all(&mut s, &[true], 0, 0), [Transition::Up]);
+    }
+}

@@ -1,0 +1,200 @@
+//! `kube-lvs-agent`: computes this node's plan, programs it through the dataplanes,
+//! health-checks real servers, serves metrics. This crate holds the agent's loop
+//! and its parts; `main.rs` parses flags and builds the dataplanes.
+//!
+//! One code path: the objects come from a YAML file in standalone mode (the
+//! keepalived use case) and, in a cluster, from watches; both feed the same pure
+//! planner and the same `Vec<Box<dyn Dataplane>>`.
+
+pub mod checker;
+pub mod health;
+pub mod metrics;
+pub mod node;
+pub mod source;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant, SystemTime};
+
+use kubelvs_planner::{plan_node, NodeIdentity};
+use tracing::{error, info, warn};
+
+use crate::checker::Checker;
+use crate::metrics::{DataplaneLabels, Metrics, OutcomeLabels};
+use crate::node::Node;
+
+/// What wakes the agent's loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// SIGHUP: read the configuration again.
+    Reload,
+    /// A real server went down or up.
+    Health,
+    /// SIGTERM or SIGINT: stop, leaving the dataplanes as they are.
+    Stop,
+}
+
+/// How the loop runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Standalone mode's YAML file.
+    pub config: PathBuf,
+    pub node: NodeIdentity,
+    /// How often the file is checked for changes.
+    pub poll: Duration,
+    /// A burst of changes within this much quiet becomes one apply.
+    pub debounce: Duration,
+    /// Full re-apply even without changes (repairs what others changed).
+    pub resync: Duration,
+    pub health_concurrency: usize,
+}
+
+/// The file's identity for change detection.
+fn stamp(path: &PathBuf) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Runs the agent until `Event::Stop`. Applies on the calling thread (dataplanes
+/// belong to the network namespace of the thread that opened them); health checks
+/// and the metrics server run on `rt`.
+pub fn run(
+    settings: Settings,
+    mut node: Node,
+    rt: tokio::runtime::Handle,
+    events: mpsc::Receiver<Event>,
+    wake: mpsc::Sender<Event>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
+    let mut checker = Checker::new(rt, wake, metrics.clone(), settings.health_concurrency);
+    let mut seen_stamp = None;
+    let mut last_apply: Option<Instant> = None;
+    let mut objects = source::Objects::default();
+    let mut rejected: Vec<source::Rejected> = Vec::new();
+    let mut problems: BTreeSet<String> = BTreeSet::new();
+    let mut have_config = false;
+    // Soon again while a DR real server's MAC is being resolved.
+    let mut retry_soon = false;
+    loop {
+        // Wait for something to do.
+        let mut reload = false;
+        let mut health = false;
+        match events.recv_timeout(settings.poll) {
+            Ok(Event::Stop) => {
+                info!("stopping: the dataplanes stay as they are");
+                return Ok(());
+            }
+            Ok(Event::Reload) => reload = true,
+            Ok(Event::Health) => health = true,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+        }
+        let now_stamp = stamp(&settings.config);
+        if now_stamp != seen_stamp {
+            reload = true;
+        }
+        let period = if retry_soon {
+            settings.poll * 5
+        } else {
+            settings.resync
+        };
+        let resync = last_apply.is_none_or(|t| t.elapsed() >= period);
+        if !(reload || health || resync) {
+            continue;
+        }
+        // Debounce: take everything that arrives while it keeps arriving.
+        let deadline = Instant::now() + settings.debounce * 4;
+        while Instant::now() < deadline {
+            match events.recv_timeout(settings.debounce) {
+                Ok(Event::Stop) => {
+                    info!("stopping: the dataplanes stay as they are");
+                    return Ok(());
+                }
+                Ok(Event::Reload) => reload = true,
+                Ok(Event::Health) => {}
+                Err(_) => break,
+            }
+            if stamp(&settings.config) != now_stamp {
+                reload = true;
+            }
+        }
+        if reload || !have_config {
+            seen_stamp = stamp(&settings.config);
+            match source::load(&settings.config) {
+                Ok((o, r)) => {
+                    for bad in r.iter().filter(|b| !rejected.contains(b)) {
+                        warn!(file = %settings.config.display(), error = %bad.0, "object rejected");
+                    }
+                    info!(
+                        file = %settings.config.display(),
+                        virtual_services = o.virtual_services.len(),
+                        real_servers = o.real_servers.len(),
+                        address_pools = o.address_pools.len(),
+                        rejected = r.len(),
+                        "configuration read"
+                    );
+                    metrics.rejected_objects.set(r.len() as i64);
+                    objects = o;
+                    rejected = r;
+                    have_config = true;
+                }
+                Err(e) => {
+                    // Keep programming what we had: a missing or unreadable file never
+                    // empties the dataplanes.
+                    error!(file = %settings.config.display(), error = %e, "cannot read the configuration; keeping the current plan");
+                    if !have_config {
+                        continue;
+                    }
+                }
+            }
+        }
+        let mut plan = plan_node(&settings.node, objects.planner());
+        let now_problems: BTreeSet<String> = plan.problems.iter().map(|p| p.to_string()).collect();
+        for p in now_problems.difference(&problems) {
+            warn!(problem = %p, "plan");
+        }
+        problems = now_problems;
+        checker.set_targets(&health::targets(&plan));
+        health::quiesce(&mut plan, &checker.unhealthy());
+
+        let t = Instant::now();
+        let reports = node.apply(&plan, t);
+        metrics.apply_duration.observe(t.elapsed().as_secs_f64());
+        metrics.outcomes.clear();
+        for r in &reports {
+            metrics
+                .kernel_writes
+                .get_or_create(&DataplaneLabels {
+                    dataplane: r.dataplane.clone(),
+                })
+                .inc_by(r.writes);
+            let outcomes = r
+                .services
+                .iter()
+                .map(|s| &s.outcome)
+                .chain(r.vips.iter().map(|v| &v.outcome));
+            for o in outcomes {
+                metrics
+                    .outcomes
+                    .get_or_create(&OutcomeLabels {
+                        dataplane: r.dataplane.clone(),
+                        outcome: o.name().to_owned(),
+                    })
+                    .inc();
+            }
+        }
+        let writes: u64 = reports.iter().map(|r| r.writes).sum();
+        if writes > 0 {
+            info!(writes, took_ms = t.elapsed().as_millis() as u64, "applied");
+        }
+        retry_soon = reports.iter().any(|r| {
+            r.real_servers
+                .iter()
+                .any(|n| matches!(n.state, kubelvs_model::RealServerState::Unresolved(_)))
+        });
+        metrics.ready.store(true, Ordering::Relaxed);
+        last_apply = Some(Instant::now());
+    }
+}

@@ -1,0 +1,218 @@
+//! `kube-lvs-agent`: flags, the dataplanes this node runs, and the agent's loop.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use kubelvs_agent::metrics::Metrics;
+use kubelvs_agent::node::Node;
+use kubelvs_agent::{run, Event, Settings};
+use kubelvs_model::Dataplane;
+use kubelvs_netconf::{NetKernel, Netconf, NetconfOptions, RtNetlink};
+use kubelvs_planner::NodeIdentity;
+use tracing::info;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DataplaneFlag {
+    Ipvs,
+    Xdp,
+    /// This node directs nothing: it only carries real-server VIPs.
+    None,
+}
+
+/// Programs this node's part of the kubelvs.io objects into kernel IPVS or the XDP
+/// director, configures VIPs and ARP suppression, and health-checks real servers.
+#[derive(Debug, Parser)]
+#[command(name = "kube-lvs-agent", version)]
+struct Args {
+    /// Standalone mode: read VirtualServices, RealServers and AddressPools from this
+    /// multi-document YAML file (re-read when it changes or on SIGHUP).
+    #[arg(long)]
+    config: PathBuf,
+    /// This node's name (as RealServer.spec.nodeName and directors' selectors see it).
+    #[arg(long)]
+    node: String,
+    /// A label of this node, `key=value` (repeatable), for `directors.nodeSelector`.
+    #[arg(long = "node-label", value_parser = parse_label)]
+    node_labels: Vec<(String, String)>,
+    /// This node's addresses (repeatable). Default: every address of its interfaces.
+    #[arg(long = "node-address")]
+    node_addresses: Vec<IpAddr>,
+    /// The interface facing clients, directors and real servers: director VIPs go on
+    /// it, ARP suppression is set on it, the XDP programs attach to it.
+    #[arg(long)]
+    interface: Option<String>,
+    /// Dataplanes this node runs for the virtual services it directs (repeatable).
+    #[arg(long = "dataplane", value_enum, default_values_t = [DataplaneFlag::Ipvs])]
+    dataplanes: Vec<DataplaneFlag>,
+    /// The XDP director's outer IPv4 source for IPIP (default: first IPv4 node address).
+    #[arg(long)]
+    xdp_director_address: Option<Ipv4Addr>,
+    /// The XDP director's outer IPv6 source for IPv6-in-IPv6.
+    #[arg(long)]
+    xdp_director_address6: Option<Ipv6Addr>,
+    /// bpffs directory for the XDP director's pinned maps and link.
+    #[arg(long, default_value = "/sys/fs/bpf/kubelvs")]
+    xdp_pin_dir: PathBuf,
+    /// TUN real servers on this node decapsulate with kube-lvs's XDP program (for
+    /// kernels without the ipip module).
+    #[arg(long)]
+    xdp_decap: bool,
+    /// Where ownership state lives (what kube-lvs created, so a restart adopts it).
+    #[arg(long, default_value = "/run/kube-lvs")]
+    state_dir: PathBuf,
+    /// How long a removed real server keeps its connections.
+    #[arg(long, default_value_t = 300)]
+    drain_timeout_seconds: u64,
+    /// Full re-apply every this many seconds even without changes.
+    #[arg(long, default_value_t = 30)]
+    resync_seconds: u64,
+    /// At most this many health probes in flight.
+    #[arg(long, default_value_t = 256)]
+    health_concurrency: usize,
+    /// Serve /metrics, /healthz and /readyz here.
+    #[arg(long, default_value = "0.0.0.0:9641")]
+    metrics_address: SocketAddr,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected key=value"))?;
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    if !args.config.exists() {
+        bail!("--config {}: no such file", args.config.display());
+    }
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("--state-dir {}", args.state_dir.display()))?;
+
+    let mut kernel = RtNetlink::new().context("opening rtnetlink")?;
+    let addresses = if args.node_addresses.is_empty() {
+        kernel
+            .addresses()
+            .context("reading this node's addresses")?
+            .into_iter()
+            .filter(|a| a.ifname != "lo")
+            .map(|a| a.addr)
+            .collect()
+    } else {
+        args.node_addresses.clone()
+    };
+    let node = NodeIdentity {
+        name: args.node.clone(),
+        labels: args.node_labels.iter().cloned().collect(),
+        addresses: addresses.clone(),
+    };
+
+    let mut dataplanes: Vec<Box<dyn Dataplane>> = Vec::new();
+    let netconf = Netconf::new(
+        kernel,
+        NetconfOptions {
+            interface: args.interface.clone(),
+            xdp_decap: args.xdp_decap,
+        },
+        args.state_dir.join("netconf-owned"),
+    )?;
+    dataplanes.push(Box::new(netconf));
+    if args.dataplanes.contains(&DataplaneFlag::Ipvs) {
+        let mut table = kubelvs_ipvs::IpvsDataplane::new(args.state_dir.join("ipvs-owned"))
+            .context("opening kernel IPVS (is the ip_vs module available?)")?;
+        table.set_drain_timeout(Duration::from_secs(args.drain_timeout_seconds));
+        dataplanes.push(Box::new(kubelvs_ipvs::IpvsDirector::new(
+            table,
+            kubelvs_ipvs::SystemHost::default(),
+        )));
+    }
+    if args.dataplanes.contains(&DataplaneFlag::Xdp) {
+        let ifname = args
+            .interface
+            .clone()
+            .context("--dataplane xdp needs --interface")?;
+        let director_addr = args
+            .xdp_director_address
+            .or_else(|| {
+                addresses.iter().find_map(|a| match a {
+                    IpAddr::V4(a) => Some(*a),
+                    IpAddr::V6(_) => None,
+                })
+            })
+            .context("--dataplane xdp needs --xdp-director-address (no IPv4 node address)")?;
+        let mut opts = kubelvs_xdp::DirectorOptions::new(director_addr);
+        opts.director_addr6 = args.xdp_director_address6;
+        opts.pin_dir = Some(args.xdp_pin_dir.clone());
+        opts.drain_timeout = Duration::from_secs(args.drain_timeout_seconds);
+        let director = kubelvs_xdp::XdpDirector::attach_with(&ifname, opts)
+            .with_context(|| format!("attaching the XDP director to {ifname}"))?;
+        dataplanes.push(Box::new(kubelvs_xdp::XdpDataplane::new(
+            director,
+            kubelvs_xdp::KernelNeighbours {
+                ifname: Some(ifname),
+            },
+        )));
+    }
+    if args.xdp_decap {
+        let ifname = args
+            .interface
+            .clone()
+            .context("--xdp-decap needs --interface")?;
+        dataplanes.push(Box::new(kubelvs_xdp::DecapDataplane::new(&ifname)));
+    }
+    let node_dataplanes = Node::new(dataplanes);
+    info!(node = %args.node, dataplanes = ?node_dataplanes, "starting");
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let metrics = Metrics::new();
+    let (wake, events) = mpsc::channel::<Event>();
+    {
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(args.metrics_address))
+            .with_context(|| format!("--metrics-address {}", args.metrics_address))?;
+        rt.spawn(kubelvs_agent::metrics::serve(listener, metrics.clone()));
+        let wake = wake.clone();
+        rt.spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::hangup()),
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return;
+            };
+            loop {
+                let ev = tokio::select! {
+                    _ = hup.recv() => Event::Reload,
+                    _ = term.recv() => Event::Stop,
+                    _ = int.recv() => Event::Stop,
+                };
+                if wake.send(ev).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let settings = Settings {
+        config: args.config,
+        node,
+        poll: Duration::from_millis(100),
+        debounce: Duration::from_millis(50),
+        resync: Duration::from_secs(args.resync_seconds),
+        health_concurrency: args.health_concurrency,
+    };
+    let handle = rt.handle().clone();
+    run(settings, node_dataplanes, handle, events, wake, metrics)
+}

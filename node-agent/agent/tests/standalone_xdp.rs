@@ -1,0 +1,352 @@
+//! `kube-lvs-agent` standalone, end to end on this kernel: one agent per lab host
+//! (the director with the XDP dataplane, each real server with netconf only), all
+//! reading the same YAML file. Real TCP through the VIP in DR; a real server whose
+//! health endpoint stops is quiesced within fall x interval + 1 s with its open
+//! connection untouched, and comes back; a file edit reaches the kernel within 1 s;
+//! a malformed object is rejected while the rest applies; restarting the director's
+//! agent 20 times during a long-lived connection breaks nothing.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, SocketAddrV4, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kubelvs_xdp_lab::bpf::Attached;
+use kubelvs_xdp_lab::client::{self, Conn};
+use kubelvs_xdp_lab::netns::Netns;
+use kubelvs_xdp_lab::server::TcpServer;
+use kubelvs_xdp_lab::topology::{Host, Lab, HOST_IFNAME};
+use kubelvs_xdp_lab::LabConfig;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_kube-lvs-agent");
+const PORT: u16 = 80;
+/// The real servers' health endpoint: stopping it fails the check without touching
+/// connections on PORT.
+const HEALTH_PORT: u16 = 9000;
+const METRICS_PORT: u16 = 9641;
+const TIMEOUT: Duration = Duration::from_secs(5);
+const INTERVAL_S: u64 = 1;
+const FALL: u64 = 2;
+
+struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(host: &Host, args: &[String], dir: &Path) -> Self {
+        let log = dir.join(format!("agent-{}.log", host.role));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", host.netns.name(), AGENT])
+            .args(args)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self { child, log }
+    }
+
+    fn stop(&mut self) {
+        // SAFETY: kill(2) of our own child.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// GET `path` from the agent's metrics server inside `netns`.
+fn http_get(netns: &Netns, path: &str) -> Option<(u16, String)> {
+    let path = path.to_owned();
+    netns
+        .run(move || {
+            let mut s = TcpStream::connect(("127.0.0.1", METRICS_PORT)).ok()?;
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .ok()?;
+            let mut text = String::new();
+            s.read_to_string(&mut text).ok()?;
+            let status = text.split_whitespace().nth(1)?.parse().ok()?;
+            Some((status, text))
+        })
+        .ok()
+        .flatten()
+}
+
+fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn config(lab: &Lab, real_servers: &[usize], extra: &str) -> String {
+    let mut y = format!(
+        "apiVersion: kubelvs.io/v1alpha1
+kind: VirtualService
+metadata: {{name: web, namespace: lab}}
+spec:
+  vip: {vip}
+  ports: [{{name: http, port: {PORT}}}]
+  scheduler: maglev
+  forwarding: dr
+  dataplane: xdp
+  realServerSelector: {{matchLabels: {{app: web}}}}
+  directors: {{nodeSelector: {{matchLabels: {{node-role.kubelvs.io/director: \"\"}}}}}}
+  healthCheck: {{type: tcp, port: {HEALTH_PORT}, intervalSeconds: {INTERVAL_S}, timeoutSeconds: 1, rise: 1, fall: {FALL}}}
+",
+        vip = lab.vip
+    );
+    for &i in real_servers {
+        let rs = &lab.real_servers[i];
+        y += &format!(
+            "---
+apiVersion: kubelvs.io/v1alpha1
+kind: RealServer
+metadata: {{name: {role}, namespace: lab, labels: {{app: web}}}}
+spec: {{address: {addr}, nodeName: {role}}}
+",
+            role = rs.role,
+            addr = rs.addr
+        );
+    }
+    y + extra
+}
+
+fn write_config(path: &Path, text: &str) {
+    // Write then rename: the agent never reads half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn director_args(lab: &Lab, file: &Path, dir: &Path, pin: &Path) -> Vec<String> {
+    [
+        "--config",
+        &file.display().to_string(),
+        "--node",
+        "director",
+        "--node-label",
+        "node-role.kubelvs.io/director=",
+        "--interface",
+        HOST_IFNAME,
+        "--dataplane",
+        "xdp",
+        "--xdp-pin-dir",
+        &pin.display().to_string(),
+        "--state-dir",
+        &dir.join("state-director").display().to_string(),
+        "--metrics-address",
+        &format!("127.0.0.1:{METRICS_PORT}"),
+        "--node-address",
+        &lab.director.addr.to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn real_server_args(rs: &Host, file: &Path, dir: &Path) -> Vec<String> {
+    [
+        "--config",
+        &file.display().to_string(),
+        "--node",
+        &rs.role,
+        "--interface",
+        HOST_IFNAME,
+        "--dataplane",
+        "none",
+        "--state-dir",
+        &dir.join(format!("state-{}", rs.role)).display().to_string(),
+        "--metrics-address",
+        &format!("127.0.0.1:{METRICS_PORT}"),
+        "--node-address",
+        &rs.addr.to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Real servers new connections reach, over `n` connections.
+fn reached(lab: &Lab, n: usize) -> Vec<String> {
+    let to = SocketAddr::V4(SocketAddrV4::new(lab.vip, PORT));
+    lab.client
+        .netns
+        .run(move || {
+            (0..n)
+                .map(|_| {
+                    client::open_with_retry(to, TIMEOUT)
+                        .map(|c| c.real_server().to_owned())
+                        .unwrap_or_else(|e| format!("error: {e}"))
+                })
+                .collect()
+        })
+        .unwrap()
+}
+
+fn open(lab: &Lab) -> Conn {
+    let to = SocketAddr::V4(SocketAddrV4::new(lab.vip, PORT));
+    lab.client
+        .netns
+        .run(move || client::open_with_retry(to, TIMEOUT))
+        .unwrap()
+        .unwrap()
+}
+
+#[test]
+#[ignore = "privileged: netns + XDP"]
+fn standalone_agents_direct_real_traffic_and_health_check_it() {
+    let lab = Lab::build(LabConfig {
+        vip_on_real_servers: false,
+        ..LabConfig::default()
+    })
+    .unwrap();
+    // The director's XDP_TX frames reach the bridge only if its veth peer runs XDP.
+    let _pass = Attached::attach(&lab.bridge, &lab.director.bridge_port, "xdp_pass").unwrap();
+    let dir = std::env::temp_dir().join(format!("kubelvs-agent-{}", lab.bridge.name()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pin = PathBuf::from("/sys/fs/bpf").join(lab.bridge.name());
+    let file = dir.join("lab.yaml");
+    write_config(&file, &config(&lab, &[0, 1, 2], ""));
+
+    let _app: Vec<TcpServer> = lab.start_servers(PORT).unwrap();
+    let mut health: Vec<Option<TcpServer>> = lab
+        .real_servers
+        .iter()
+        .map(|rs| Some(TcpServer::start(&rs.netns, HEALTH_PORT, &rs.role).unwrap()))
+        .collect();
+    let _rs_agents: Vec<Agent> = lab
+        .real_servers
+        .iter()
+        .map(|rs| Agent::start(rs, &real_server_args(rs, &file, &dir), &dir))
+        .collect();
+    let mut director = Agent::start(&lab.director, &director_args(&lab, &file, &dir, &pin), &dir);
+    eventually(Duration::from_secs(20), "director ready", || {
+        http_get(&lab.director.netns, "/readyz").filter(|(s, _)| *s == 200)
+    });
+
+    // Real TCP in DR through the agent-programmed director, every real server.
+    let first = eventually(Duration::from_secs(10), "every real server answers", || {
+        let r = reached(&lab, 30);
+        ["rs1", "rs2", "rs3"]
+            .iter()
+            .all(|rs| r.iter().any(|x| x == rs))
+            .then_some(r)
+    });
+    assert!(first.iter().all(|r| !r.starts_with("error")), "{first:?}");
+    // DR: the real server sees the client itself, and carries the VIP on lo.
+    let mut conn = open(&lab);
+    let local = conn.local_addr().unwrap();
+    assert_eq!(conn.seen_as().unwrap(), local.to_string());
+    for rs in &lab.real_servers {
+        let lo = rs.netns.ip(&["-o", "addr", "show", "dev", "lo"]).unwrap();
+        assert!(
+            lo.contains(&format!(" {}/32 ", lab.vip)),
+            "{}: {lo}",
+            rs.role
+        );
+        assert_eq!(
+            rs.netns.sysctl_get("net.ipv4.conf.all.arp_ignore").unwrap(),
+            "1"
+        );
+    }
+
+    // rs of the open connection: its health endpoint stops.
+    let victim = conn.real_server().to_owned();
+    let vi = lab
+        .real_servers
+        .iter()
+        .position(|h| h.role == victim)
+        .unwrap();
+    let stopped = Instant::now();
+    health[vi] = None;
+    let limit = Duration::from_secs(FALL * INTERVAL_S + 1);
+    let took = eventually(limit + Duration::from_secs(2), "quiesced", || {
+        let r = reached(&lab, 12);
+        (!r.contains(&victim)).then(|| stopped.elapsed())
+    });
+    assert!(
+        took <= limit + Duration::from_millis(500),
+        "quiesced after {took:?}, limit {limit:?}"
+    );
+    assert_eq!(
+        conn.echo("still").unwrap(),
+        format!("{victim} still"),
+        "open connection kept"
+    );
+    let (_, metrics) = http_get(&lab.director.netns, "/metrics").unwrap();
+    assert!(metrics.contains("kubelvs_real_server_healthy"), "{metrics}");
+    eprintln!(
+        "health: {victim} quiesced {took:?} after its health endpoint stopped (limit {limit:?})"
+    );
+
+    // It comes back.
+    health[vi] = Some(TcpServer::start(&lab.real_servers[vi].netns, HEALTH_PORT, &victim).unwrap());
+    eventually(Duration::from_secs(5), "restored", || {
+        reached(&lab, 30).contains(&victim).then_some(())
+    });
+
+    // A file edit (rs3 leaves the selector's set) reaches the kernel within 1 s.
+    let edited = Instant::now();
+    write_config(&file, &config(&lab, &[0, 1], ""));
+    let took = eventually(Duration::from_secs(3), "edit applied", || {
+        let r = reached(&lab, 12);
+        (!r.iter().any(|x| x == "rs3")).then(|| edited.elapsed())
+    });
+    assert!(took < Duration::from_secs(1), "file edit took {took:?}");
+    eprintln!("file edit to kernel: {took:?}");
+
+    // A malformed object: reported, the rest still applies.
+    let bad = "---\napiVersion: kubelvs.io/v1alpha1\nkind: RealServer\nmetadata: {name: broken, namespace: lab, labels: {app: web}}\nspec: {address: not-an-address}\n";
+    write_config(&file, &config(&lab, &[0, 1, 2], bad));
+    eventually(Duration::from_secs(3), "rejected object reported", || {
+        director.log().contains("spec.address").then_some(())
+    });
+    eventually(Duration::from_secs(3), "the rest applied", || {
+        reached(&lab, 30).iter().any(|x| x == "rs3").then_some(())
+    });
+    let (_, metrics) = http_get(&lab.director.netns, "/metrics").unwrap();
+    assert!(metrics.contains("kubelvs_rejected_objects 1"), "{metrics}");
+
+    // 20 restarts of the director's agent during a long-lived connection.
+    let mut long = open(&lab);
+    let rs = long.real_server().to_owned();
+    for i in 0..20 {
+        director.stop();
+        director = Agent::start(&lab.director, &director_args(&lab, &file, &dir, &pin), &dir);
+        eventually(Duration::from_secs(20), "director ready again", || {
+            http_get(&lab.director.netns, "/readyz").filter(|(s, _)| *s == 200)
+        });
+        let msg = format!("restart {i}");
+        assert_eq!(
+            long.echo(&msg).unwrap(),
+            format!("{rs} {msg}"),
+            "{}",
+            director.log()
+        );
+    }
+    assert!(!director.log().contains("panicked"), "{}", director.log());
+    drop(director);
+    let _ = std::fs::remove_dir_all(&pin);
+    let _ = std::fs::remove_dir_all(&dir);
+}
