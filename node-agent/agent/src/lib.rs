@@ -7,10 +7,12 @@
 //! planner and the same `Vec<Box<dyn Dataplane>>`.
 
 pub mod checker;
+pub mod cluster;
 pub mod health;
 pub mod metrics;
 pub mod node;
 pub mod source;
+pub mod status;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -36,11 +38,21 @@ pub enum Event {
     Stop,
 }
 
+/// Where the objects come from.
+#[derive(Debug)]
+pub enum Source {
+    /// Standalone mode's YAML file.
+    File(PathBuf),
+    /// Watches of a cluster; status is written back through `status`.
+    Cluster {
+        watches: cluster::ClusterSource,
+        status: cluster::StatusSender,
+    },
+}
+
 /// How the loop runs.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Standalone mode's YAML file.
-    pub config: PathBuf,
     pub node: NodeIdentity,
     /// How often the file is checked for changes.
     pub poll: Duration,
@@ -51,8 +63,11 @@ pub struct Settings {
     pub health_concurrency: usize,
 }
 
-/// The file's identity for change detection.
-fn stamp(path: &PathBuf) -> Option<(SystemTime, u64)> {
+/// The file's identity for change detection (cluster mode: nothing to poll).
+fn stamp(source: &Source) -> Option<(SystemTime, u64)> {
+    let Source::File(path) = source else {
+        return None;
+    };
     let m = std::fs::metadata(path).ok()?;
     Some((m.modified().ok()?, m.len()))
 }
@@ -62,6 +77,7 @@ fn stamp(path: &PathBuf) -> Option<(SystemTime, u64)> {
 /// and the metrics server run on `rt`.
 pub fn run(
     settings: Settings,
+    source: Source,
     mut node: Node,
     rt: tokio::runtime::Handle,
     events: mpsc::Receiver<Event>,
@@ -91,7 +107,7 @@ pub fn run(
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
         }
-        let now_stamp = stamp(&settings.config);
+        let now_stamp = stamp(&source);
         if now_stamp != seen_stamp {
             reload = true;
         }
@@ -116,48 +132,61 @@ pub fn run(
                 Ok(Event::Health) => {}
                 Err(_) => break,
             }
-            if stamp(&settings.config) != now_stamp {
+            if stamp(&source) != now_stamp {
                 reload = true;
             }
         }
         if reload || !have_config {
-            seen_stamp = stamp(&settings.config);
-            match source::load(&settings.config) {
+            seen_stamp = stamp(&source);
+            let loaded = match &source {
+                Source::File(path) => {
+                    source::load(path).map_err(|e| (path.display().to_string(), e))
+                }
+                Source::Cluster { watches, .. } => Ok(watches.snapshot()),
+            };
+            match loaded {
                 Ok((o, r)) => {
                     for bad in r.iter().filter(|b| !rejected.contains(b)) {
-                        warn!(file = %settings.config.display(), error = %bad.0, "object rejected");
+                        warn!(error = %bad.0, "object rejected");
                     }
-                    info!(
-                        file = %settings.config.display(),
-                        virtual_services = o.virtual_services.len(),
-                        real_servers = o.real_servers.len(),
-                        address_pools = o.address_pools.len(),
-                        rejected = r.len(),
-                        "configuration read"
-                    );
+                    if reload {
+                        info!(
+                            virtual_services = o.virtual_services.len(),
+                            real_servers = o.real_servers.len(),
+                            address_pools = o.address_pools.len(),
+                            rejected = r.len(),
+                            "objects read"
+                        );
+                    }
                     metrics.rejected_objects.set(r.len() as i64);
                     objects = o;
                     rejected = r;
                     have_config = true;
                 }
-                Err(e) => {
+                Err((file, e)) => {
                     // Keep programming what we had: a missing or unreadable file never
                     // empties the dataplanes.
-                    error!(file = %settings.config.display(), error = %e, "cannot read the configuration; keeping the current plan");
+                    error!(%file, error = %e, "cannot read the configuration; keeping the current plan");
                     if !have_config {
                         continue;
                     }
                 }
             }
         }
-        let mut plan = plan_node(&settings.node, objects.planner());
+        let identity = match &source {
+            Source::Cluster { watches, .. } => watches.node(&settings.node),
+            Source::File(_) => settings.node.clone(),
+        };
+        let mut plan = plan_node(&identity, objects.planner());
         let now_problems: BTreeSet<String> = plan.problems.iter().map(|p| p.to_string()).collect();
         for p in now_problems.difference(&problems) {
             warn!(problem = %p, "plan");
         }
         problems = now_problems;
         checker.set_targets(&health::targets(&plan));
-        health::quiesce(&mut plan, &checker.unhealthy());
+        let unhealthy = checker.unhealthy();
+        let planned = plan.clone();
+        health::quiesce(&mut plan, &unhealthy);
 
         let t = Instant::now();
         let reports = node.apply(&plan, t);
@@ -188,6 +217,31 @@ pub fn run(
         let writes: u64 = reports.iter().map(|r| r.writes).sum();
         if writes > 0 {
             info!(writes, took_ms = t.elapsed().as_millis() as u64, "applied");
+        }
+        if let Source::Cluster { status, .. } = &source {
+            let node = &identity.name;
+            let mut desired = cluster::Desired::new();
+            for (vs, entry) in status::directors(node, &planned, &reports, &unhealthy) {
+                let body = status::apply_body(
+                    "VirtualService",
+                    &vs,
+                    "directors",
+                    serde_json::to_value(entry).ok(),
+                );
+                desired.insert(("VirtualService".into(), vs), body);
+            }
+            let now = Instant::now();
+            let states = checker.states();
+            for (rs, obs) in status::observations(node, &planned, &states, now, SystemTime::now()) {
+                let body = status::apply_body(
+                    "RealServer",
+                    &rs,
+                    "observations",
+                    serde_json::to_value(obs).ok(),
+                );
+                desired.insert(("RealServer".into(), rs), body);
+            }
+            status.send_replace(desired);
         }
         retry_soon = reports.iter().any(|r| {
             r.real_servers

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
+use kubelvs_agent::cluster::{status_writer, ClusterSource};
 use kubelvs_agent::metrics::Metrics;
 use kubelvs_agent::node::Node;
-use kubelvs_agent::{run, Event, Settings};
+use kubelvs_agent::{run, Event, Settings, Source};
 use kubelvs_model::Dataplane;
 use kubelvs_netconf::{NetKernel, Netconf, NetconfOptions, RtNetlink};
 use kubelvs_planner::NodeIdentity;
@@ -29,9 +30,11 @@ enum DataplaneFlag {
 #[command(name = "kube-lvs-agent", version)]
 struct Args {
     /// Standalone mode: read VirtualServices, RealServers and AddressPools from this
-    /// multi-document YAML file (re-read when it changes or on SIGHUP).
+    /// multi-document YAML file (re-read when it changes or on SIGHUP). Without it the
+    /// agent runs in cluster mode: watches through the in-cluster ServiceAccount or
+    /// `KUBECONFIG`, and writes this node's status entries.
     #[arg(long)]
-    config: PathBuf,
+    config: Option<PathBuf>,
     /// This node's name (as RealServer.spec.nodeName and directors' selectors see it).
     #[arg(long)]
     node: String,
@@ -92,8 +95,8 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    if !args.config.exists() {
-        bail!("--config {}: no such file", args.config.display());
+    if let Some(c) = args.config.as_ref().filter(|c| !c.exists()) {
+        bail!("--config {}: no such file", c.display());
     }
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("--state-dir {}", args.state_dir.display()))?;
@@ -205,8 +208,29 @@ fn main() -> anyhow::Result<()> {
             }
         });
     }
+    let source = match &args.config {
+        Some(path) => Source::File(path.clone()),
+        None => {
+            let client = rt
+                .block_on(kube::Client::try_default())
+                .context("cluster mode: no usable kubeconfig or in-cluster ServiceAccount (or pass --config FILE)")?;
+            let watches =
+                ClusterSource::start(rt.handle(), client.clone(), &args.node, wake.clone())?;
+            let (tx, rx) = tokio::sync::watch::channel(Default::default());
+            rt.spawn(status_writer(
+                client,
+                kubelvs_agent::status::field_manager(&args.node),
+                rx,
+                Duration::from_millis(200),
+                Duration::from_secs(30),
+            ));
+            Source::Cluster {
+                watches,
+                status: std::sync::Arc::new(tx),
+            }
+        }
+    };
     let settings = Settings {
-        config: args.config,
         node,
         poll: Duration::from_millis(100),
         debounce: Duration::from_millis(50),
@@ -214,5 +238,13 @@ fn main() -> anyhow::Result<()> {
         health_concurrency: args.health_concurrency,
     };
     let handle = rt.handle().clone();
-    run(settings, node_dataplanes, handle, events, wake, metrics)
+    run(
+        settings,
+        source,
+        node_dataplanes,
+        handle,
+        events,
+        wake,
+        metrics,
+    )
 }

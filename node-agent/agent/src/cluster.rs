@@ -1,0 +1,285 @@
+//! Cluster mode: the objects come from watches, status goes back with server-side
+//! apply. Watches are guarded (`DeserializeGuard`): an object that does not parse is
+//! reported (log and `kubelvs_rejected_objects`) and the others are used. The first
+//! plan waits until every watch has listed, so a restarted agent never applies an
+//! empty plan over the kernel state it adopted.
+
+use std::collections::BTreeMap;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, Resource};
+use kubelvs_crds::{AddressPool, RealServer, VirtualService};
+use kubelvs_model::ObjectRef;
+use kubelvs_planner::NodeIdentity;
+use tracing::{info, warn};
+
+use crate::source::{Objects, Rejected};
+use crate::Event;
+
+/// The watched objects.
+#[derive(Clone)]
+pub struct ClusterSource {
+    virtual_services: Store<DeserializeGuard<VirtualService>>,
+    real_servers: Store<DeserializeGuard<RealServer>>,
+    address_pools: Store<DeserializeGuard<AddressPool>>,
+    nodes: Store<Node>,
+    node_name: String,
+}
+
+impl std::fmt::Debug for ClusterSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSource")
+            .field("node", &self.node_name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn watch<K>(
+    rt: &tokio::runtime::Handle,
+    api: Api<K>,
+    config: watcher::Config,
+    wake: mpsc::Sender<Event>,
+) -> Store<K>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, config).default_backoff().reflect(writer);
+    rt.spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            if let Err(e) = ev {
+                warn!(error = %e, "watch failed; retrying with backoff");
+                continue;
+            }
+            if wake.send(Event::Reload).is_err() {
+                return;
+            }
+        }
+    });
+    reader
+}
+
+impl ClusterSource {
+    /// Starts the watches and waits until each has listed once.
+    pub fn start(
+        rt: &tokio::runtime::Handle,
+        client: Client,
+        node_name: &str,
+        wake: mpsc::Sender<Event>,
+    ) -> anyhow::Result<Self> {
+        let s = Self {
+            virtual_services: watch(
+                rt,
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                wake.clone(),
+            ),
+            real_servers: watch(
+                rt,
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                wake.clone(),
+            ),
+            address_pools: watch(
+                rt,
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                wake.clone(),
+            ),
+            nodes: watch(
+                rt,
+                Api::all(client),
+                watcher::Config::default().fields(&format!("metadata.name={node_name}")),
+                wake,
+            ),
+            node_name: node_name.to_owned(),
+        };
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(60), async {
+                s.virtual_services.wait_until_ready().await?;
+                s.real_servers.wait_until_ready().await?;
+                s.address_pools.wait_until_ready().await?;
+                s.nodes.wait_until_ready().await
+            })
+            .await
+        })
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the watches of VirtualServices, RealServers, AddressPools and Node {node_name} \
+                 did not list within 60 s (are the kubelvs.io CRDs installed, and may this \
+                 account list them?)"
+            )
+        })??;
+        info!(node = node_name, "watches listed");
+        Ok(s)
+    }
+
+    /// The objects as the watches have them, and those that did not parse.
+    pub fn snapshot(&self) -> (Objects, Vec<Rejected>) {
+        let mut objects = Objects::default();
+        let mut rejected = Vec::new();
+        fn take<K: Clone + Resource<DynamicType = ()>>(
+            store: &Store<DeserializeGuard<K>>,
+            kind: &str,
+            out: &mut Vec<K>,
+            rejected: &mut Vec<Rejected>,
+        ) {
+            for o in store.state() {
+                match &o.0 {
+                    Ok(k) => out.push(k.clone()),
+                    Err(e) => rejected.push(Rejected(format!(
+                        "{kind} {}/{}: {}",
+                        e.metadata.namespace.clone().unwrap_or_default(),
+                        e.metadata.name.clone().unwrap_or_default(),
+                        e.error
+                    ))),
+                }
+            }
+        }
+        take(
+            &self.virtual_services,
+            "VirtualService",
+            &mut objects.virtual_services,
+            &mut rejected,
+        );
+        take(
+            &self.real_servers,
+            "RealServer",
+            &mut objects.real_servers,
+            &mut rejected,
+        );
+        take(
+            &self.address_pools,
+            "AddressPool",
+            &mut objects.address_pools,
+            &mut rejected,
+        );
+        (objects, rejected)
+    }
+
+    /// This node as its Node object says (labels, addresses), over `fallback`.
+    pub fn node(&self, fallback: &NodeIdentity) -> NodeIdentity {
+        let Some(n) = self.nodes.state().into_iter().next() else {
+            return fallback.clone();
+        };
+        let mut id = fallback.clone();
+        id.labels = n.metadata.labels.clone().unwrap_or_default();
+        let addrs: Vec<std::net::IpAddr> = n
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+            .filter_map(|a| a.address.parse().ok())
+            .collect();
+        if !addrs.is_empty() {
+            id.addresses = addrs;
+        }
+        id
+    }
+}
+
+/// The status this node wants, per object: the apply body of its own entry.
+pub type Desired = BTreeMap<(String, ObjectRef), serde_json::Value>;
+
+/// Writes this node's status entries: only what changed (ignoring probe times, which
+/// are refreshed at most every `refresh`), at most one batch per `min_gap`, retrying
+/// with backoff while the API server is unreachable. The dataplane never waits for
+/// it.
+pub async fn status_writer(
+    client: Client,
+    manager: String,
+    mut desired: tokio::sync::watch::Receiver<Desired>,
+    min_gap: Duration,
+    refresh: Duration,
+) {
+    let params = PatchParams::apply(&manager).force();
+    let mut written: BTreeMap<(String, ObjectRef), (serde_json::Value, tokio::time::Instant)> =
+        BTreeMap::new();
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let want = desired.borrow_and_update().clone();
+        let now = tokio::time::Instant::now();
+        let mut todo: Vec<((String, ObjectRef), serde_json::Value)> = Vec::new();
+        for (key, body) in &want {
+            let due = match written.get(key) {
+                None => true,
+                Some((w, at)) => {
+                    crate::status::without_probe_time(w.clone())
+                        != crate::status::without_probe_time(body.clone())
+                        || now.duration_since(*at) >= refresh
+                }
+            };
+            if due {
+                todo.push((key.clone(), body.clone()));
+            }
+        }
+        // Entries of objects this node no longer directs or checks: remove ours.
+        for (key, _) in written.iter().filter(|(k, _)| !want.contains_key(*k)) {
+            let list = if key.0 == "VirtualService" {
+                "directors"
+            } else {
+                "observations"
+            };
+            todo.push((
+                key.clone(),
+                crate::status::apply_body(&key.0, &key.1, list, None),
+            ));
+        }
+        let mut failed = false;
+        for ((kind, obj), body) in todo {
+            let result = if kind == "VirtualService" {
+                Api::<VirtualService>::namespaced(client.clone(), &obj.namespace)
+                    .patch_status(&obj.name, &params, &Patch::Apply(&body))
+                    .await
+                    .map(|_| ())
+            } else {
+                Api::<RealServer>::namespaced(client.clone(), &obj.namespace)
+                    .patch_status(&obj.name, &params, &Patch::Apply(&body))
+                    .await
+                    .map(|_| ())
+            };
+            match result {
+                Ok(()) => {
+                    let key = (kind, obj);
+                    if want.contains_key(&key) {
+                        written.insert(key, (body, tokio::time::Instant::now()));
+                    } else {
+                        written.remove(&key);
+                    }
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    // The object is gone: nothing to report on.
+                    written.remove(&(kind, obj));
+                }
+                Err(e) => {
+                    warn!(object = %obj, error = %e, "status write failed; will retry");
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if failed {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+            continue;
+        }
+        backoff = Duration::from_millis(500);
+        tokio::time::sleep(min_gap).await;
+        // Wait for a change, or for the next probe-time refresh.
+        let _ = tokio::time::timeout(refresh, desired.changed()).await;
+    }
+}
+
+/// Shared handle to publish the desired status.
+pub type StatusSender = Arc<tokio::sync::watch::Sender<Desired>>;
