@@ -134,13 +134,19 @@ async fn run(target: Target, check: HealthCheck, shared: Arc<Shared>) {
             Ok(m) => (true, m),
             Err(m) => (false, m),
         };
-        let transition = {
+        let (transition, first) = {
             let mut states = shared.states.lock().unwrap();
             let Some(state) = states.get_mut(&target) else {
                 return;
             };
-            state.observe(ok, message.clone(), check.rise, check.fall, Instant::now())
+            let first = state.last_probe.is_none();
+            let t = state.observe(ok, message.clone(), check.rise, check.fall, Instant::now());
+            (t, first)
         };
+        if first && transition.is_none() {
+            // The first result: status has something to say now.
+            let _ = shared.wake.lock().unwrap().send(Event::Health);
+        }
         if let Some(t) = transition {
             shared.metrics.health_transitions.inc();
             let gauge = shared

@@ -107,15 +107,32 @@ pub fn binaries() -> Result<&'static Path, Error> {
 #[derive(Debug, Clone)]
 pub struct ControlPlaneOptions {
     /// Address the API server listens on and advertises. Loopback by default; an
-    /// address of a lab bridge when agents in network namespaces must reach it.
+    /// address of a lab host when agents in network namespaces must reach it.
     pub bind_address: IpAddr,
+    /// Run the control plane (and kubectl and helm) inside this network namespace
+    /// (`ip netns exec`): a host of a lab, so the lab reaches the API server without
+    /// anything routed from the machine's own namespace.
+    pub netns: Option<String>,
 }
 
 impl Default for ControlPlaneOptions {
     fn default() -> Self {
         Self {
             bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            netns: None,
         }
+    }
+}
+
+/// `program` as a command, inside `netns` when given.
+fn command_in(netns: Option<&str>, program: &Path) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(program);
+            c
+        }
+        None => Command::new(program),
     }
 }
 
@@ -129,6 +146,7 @@ pub struct ControlPlane {
     pki: Pki,
     children: Mutex<Vec<(&'static str, Child)>>,
     ready_after: Duration,
+    netns: Option<String>,
 }
 
 fn free_port(addr: IpAddr) -> Result<u16, Error> {
@@ -156,10 +174,15 @@ fn log_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
-fn spawn_logged(bin: &Path, args: &[String], log: &Path) -> Result<Child, Error> {
+fn spawn_logged(
+    netns: Option<&str>,
+    bin: &Path,
+    args: &[String],
+    log: &Path,
+) -> Result<Child, Error> {
     let file = std::fs::File::create(log).map_err(|e| Error::io(log, e))?;
     let err = file.try_clone().map_err(|e| Error::io(log, e))?;
-    let mut cmd = Command::new(bin);
+    let mut cmd = command_in(netns, bin);
     cmd.args(args).stdin(Stdio::null()).stdout(file).stderr(err);
     process::spawn(cmd).map_err(|e| Error::io(bin, e))
 }
@@ -174,8 +197,17 @@ impl ControlPlane {
         process::remove_at_exit(dir.clone());
         let pki = certs::generate(&dir, &[opts.bind_address, "10.96.0.1".parse().unwrap()])?;
         let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        let (etcd_port, peer_port) = (free_port(lo)?, free_port(lo)?);
-        let api_port = free_port(opts.bind_address)?;
+        // A namespace of its own is empty: any port is free there.
+        let (etcd_port, peer_port, api_port) = if opts.netns.is_some() {
+            (2379, 2380, 6443)
+        } else {
+            (
+                free_port(lo)?,
+                free_port(lo)?,
+                free_port(opts.bind_address)?,
+            )
+        };
+        let ns = opts.netns.as_deref();
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let p = |p: &Path| p.display().to_string();
@@ -190,9 +222,11 @@ impl ControlPlane {
             pki,
             children: Mutex::new(Vec::new()),
             ready_after: Duration::ZERO,
+            netns: opts.netns.clone(),
         };
 
         let etcd = spawn_logged(
+            ns,
             &bin.join("etcd"),
             &[
                 "--name=kubelvs-test".into(),
@@ -211,6 +245,7 @@ impl ControlPlane {
         cp.children.lock().unwrap().push(("etcd", etcd));
 
         let apiserver = spawn_logged(
+            ns,
             &bin.join("kube-apiserver"),
             &[
                 format!("--etcd-servers={etcd_url}"),
@@ -239,6 +274,7 @@ impl ControlPlane {
         cp.wait_ready("kube-apiserver", &dir.join("kube-apiserver.log"))?;
 
         let kcm = spawn_logged(
+            ns,
             &bin.join("kube-controller-manager"),
             &[
                 format!("--kubeconfig={}", p(&cp.kubeconfig)),
@@ -275,7 +311,7 @@ impl ControlPlane {
         let kubectl = binaries()?.join("kubectl");
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let ok = Command::new(&kubectl)
+            let ok = command_in(self.netns.as_deref(), &kubectl)
                 .arg("--kubeconfig")
                 .arg(&self.kubeconfig)
                 .args(["get", "--raw", "/readyz", "--request-timeout=2s"])
@@ -345,6 +381,29 @@ impl ControlPlane {
             .collect()
     }
 
+    /// Freezes `component` (`kube-apiserver`, `etcd`, ...) with SIGSTOP: its port
+    /// stays open but nothing answers, as an unreachable server.
+    pub fn pause(&self, component: &str) {
+        self.signal(component, libc::SIGSTOP);
+    }
+
+    /// Thaws a component paused with [`ControlPlane::pause`].
+    pub fn resume(&self, component: &str) {
+        self.signal(component, libc::SIGCONT);
+    }
+
+    #[allow(unsafe_code)]
+    fn signal(&self, component: &str, sig: i32) {
+        for (name, c) in self.children.lock().unwrap().iter() {
+            if *name == component {
+                // SAFETY: kill(2) of our own child.
+                unsafe {
+                    libc::kill(c.id() as i32, sig);
+                }
+            }
+        }
+    }
+
     /// Where the processes' logs and state live.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -411,6 +470,10 @@ impl Cluster {
         })
     }
 
+    fn netns(&self) -> Option<&str> {
+        self.local.as_ref().and_then(|cp| cp.netns.as_deref())
+    }
+
     /// The local control plane, or `None` when testing against `KUBECONFIG`'s cluster.
     pub fn local(&self) -> Option<&ControlPlane> {
         self.local.as_ref()
@@ -420,6 +483,18 @@ impl Cluster {
         &self.kubeconfig
     }
 
+    /// A cluster around a given control plane (one started with other options).
+    pub fn of(cp: ControlPlane) -> Result<Self, Error> {
+        let scratch = unique_dir("kubelvs-cluster-scratch")?;
+        process::remove_at_exit(scratch.clone());
+        Ok(Self {
+            kubeconfig: cp.kubeconfig().to_owned(),
+            bin: binaries()?.to_owned(),
+            local: Some(cp),
+            scratch,
+        })
+    }
+
     /// The pinned build of a tool (`kubectl`, `helm`, ...).
     pub fn tool(&self, name: &str) -> PathBuf {
         self.bin.join(name)
@@ -427,14 +502,14 @@ impl Cluster {
 
     /// `kubectl` with the admin kubeconfig.
     pub fn kubectl(&self) -> Command {
-        let mut c = Command::new(self.tool("kubectl"));
+        let mut c = command_in(self.netns(), &self.tool("kubectl"));
         c.arg("--kubeconfig").arg(&self.kubeconfig);
         c
     }
 
     /// `helm` with the admin kubeconfig.
     pub fn helm(&self) -> Command {
-        let mut c = Command::new(self.tool("helm"));
+        let mut c = command_in(self.netns(), &self.tool("helm"));
         c.arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .env("HELM_CACHE_HOME", self.scratch.join("helm/cache"))

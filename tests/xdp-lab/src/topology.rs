@@ -338,3 +338,13 @@ fn add_host(
         bridge_port: port.to_owned(),
     })
 }
+
+impl Lab {
+    /// One more host on the bridge (its own namespace, `eth0` with `addr`/24), for a
+    /// server the lab must reach: the test control plane's API server. It is not a
+    /// client, director or real server of the lab.
+    pub fn add_host(&self, role: &str, addr: Ipv4Addr, mac_suffix: u8) -> Result<Host> {
+        let prefix = self.bridge.name().trim_end_matches("-br").to_owned();
+        add_host(&self.bridge, &prefix, role, role, addr, mac_suffix)
+    }
+}

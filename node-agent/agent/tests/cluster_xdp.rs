@@ -1,0 +1,322 @@
+//! `kube-lvs-agent` in cluster mode against the real control plane of the test suite:
+//! the control plane on a host of the lab, one agent per lab host running with a
+//! ServiceAccount token bound to the chart's agent RBAC (rendered by the real helm),
+//! objects created with kubectl. Real traffic through the VIP; each node's entries
+//! in `kubectl get` status; a spec write with the agent's token is forbidden; the API
+//! server frozen for 30 s: traffic flows throughout, a health change is still acted
+//! on, and status catches up once it is back.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use kubelvs_test_cluster::{Cluster, ControlPlane, ControlPlaneOptions};
+use kubelvs_xdp_lab::bpf::Attached;
+use kubelvs_xdp_lab::server::TcpServer;
+use kubelvs_xdp_lab::topology::{Host, Lab, HOST_IFNAME};
+use kubelvs_xdp_lab::LabConfig;
+
+/// The API server's address: a host of its own on the lab's bridge.
+const API_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+
+fn repo() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+fn objects(lab: &Lab) -> String {
+    let mut y = format!(
+        "apiVersion: kubelvs.io/v1alpha1
+kind: VirtualService
+metadata: {{name: web, namespace: lab}}
+spec:
+  vip: {vip}
+  ports: [{{name: http, port: {PORT}}}]
+  scheduler: maglev
+  forwarding: dr
+  dataplane: xdp
+  realServerSelector: {{matchLabels: {{app: web}}}}
+  directors: {{nodeSelector: {{matchLabels: {{node-role.kubelvs.io/director: \"\"}}}}}}
+  healthCheck: {{type: tcp, port: {HEALTH_PORT}, intervalSeconds: {INTERVAL_S}, timeoutSeconds: 1, rise: 1, fall: {FALL}}}
+",
+        vip = lab.vip
+    );
+    for rs in &lab.real_servers {
+        y += &format!(
+            "---
+apiVersion: kubelvs.io/v1alpha1
+kind: RealServer
+metadata: {{name: {role}, namespace: lab, labels: {{app: web}}}}
+spec: {{address: {addr}, nodeName: {role}}}
+",
+            role = rs.role,
+            addr = rs.addr
+        );
+    }
+    y
+}
+
+fn node_object(host: &Host, director: bool) -> String {
+    let labels = if director {
+        "{node-role.kubelvs.io/director: \"\"}"
+    } else {
+        "{}"
+    };
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: {}, labels: {labels}}}\nstatus:\n  addresses: [{{type: InternalIP, address: {}}}]\n",
+        host.role, host.addr
+    )
+}
+
+fn agent_args(host: &Host, dir: &Path, director: bool) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "--node",
+        &host.role,
+        "--interface",
+        HOST_IFNAME,
+        "--state-dir",
+        &dir.join(format!("state-{}", host.role))
+            .display()
+            .to_string(),
+        "--metrics-address",
+        &format!("127.0.0.1:{METRICS_PORT}"),
+    ]
+    .map(String::from)
+    .to_vec();
+    if director {
+        a.extend(
+            [
+                "--dataplane",
+                "xdp",
+                "--xdp-pin-dir",
+                &format!("/sys/fs/bpf/{}", dir.file_name().unwrap().to_string_lossy()),
+            ]
+            .map(String::from),
+        );
+    } else {
+        a.extend(["--dataplane", "none"].map(String::from));
+    }
+    a
+}
+
+fn json(cluster: &Cluster, args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&cluster.kubectl_ok(args).unwrap()).unwrap()
+}
+
+/// `node`'s entry in the VirtualService's status.directors.
+fn director_entry(cluster: &Cluster, node: &str) -> Option<serde_json::Value> {
+    let vs = json(cluster, &["get", "lvs", "web", "-n", "lab", "-o", "json"]);
+    vs["status"]["directors"]
+        .as_array()?
+        .iter()
+        .find(|e| e["node"] == node)
+        .cloned()
+}
+
+/// `node`'s observation in a RealServer's status.
+fn observation(cluster: &Cluster, rs: &str, node: &str) -> Option<serde_json::Value> {
+    let o = json(cluster, &["get", "lvsrs", rs, "-n", "lab", "-o", "json"]);
+    o["status"]["observations"]
+        .as_array()?
+        .iter()
+        .find(|e| e["node"] == node)
+        .cloned()
+}
+
+#[test]
+#[ignore = "privileged: netns + XDP; needs the test control plane (Go toolchain)"]
+fn cluster_mode_agents_program_traffic_and_report_status() {
+    let lab = Lab::build(LabConfig {
+        vip_on_real_servers: false,
+        ..LabConfig::default()
+    })
+    .unwrap();
+    let _pass = Attached::attach(&lab.bridge, &lab.director.bridge_port, "xdp_pass").unwrap();
+    // The control plane runs on a host of the lab: nothing is routed from the
+    // machine's own namespace (whose subnet may well be the lab's).
+    let api = lab.add_host("api", API_ADDR, 0x30).unwrap();
+    let cluster = Cluster::of(
+        ControlPlane::start(ControlPlaneOptions {
+            bind_address: API_ADDR.into(),
+            netns: Some(api.netns.name().to_owned()),
+        })
+        .unwrap(),
+    )
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("kubelvs-agentc-{}", lab.bridge.name()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // The CRDs and the agents' RBAC, as the chart renders it.
+    cluster
+        .kubectl()
+        .args(["apply", "--server-side", "-f"])
+        .arg(repo().join("charts/kube-lvs/crds"))
+        .status()
+        .unwrap();
+    cluster
+        .kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/virtualservices.kubelvs.io",
+            "crd/realservers.kubelvs.io",
+            "crd/addresspools.kubelvs.io",
+        ])
+        .unwrap();
+    cluster
+        .kubectl_ok(&["create", "namespace", "kube-lvs"])
+        .unwrap();
+    cluster.kubectl_ok(&["create", "namespace", "lab"]).unwrap();
+    let rbac = cluster
+        .helm()
+        .args(["template", "kube-lvs"])
+        .arg(repo().join("charts/kube-lvs"))
+        .args([
+            "--namespace",
+            "kube-lvs",
+            "--show-only",
+            "templates/agent-rbac.yaml",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        rbac.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rbac.stderr)
+    );
+    cluster
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            &String::from_utf8_lossy(&rbac.stdout),
+        )
+        .unwrap();
+    let kubeconfig = cluster
+        .service_account_kubeconfig("kube-lvs", "kube-lvs-agent")
+        .unwrap();
+
+    cluster
+        .kubectl_stdin(&["apply", "-f", "-"], &node_object(&lab.director, true))
+        .unwrap();
+    for rs in &lab.real_servers {
+        cluster
+            .kubectl_stdin(&["apply", "-f", "-"], &node_object(rs, false))
+            .unwrap();
+    }
+    cluster
+        .kubectl_stdin(&["apply", "-f", "-"], &objects(&lab))
+        .unwrap();
+
+    let _app: Vec<TcpServer> = lab.start_servers(PORT).unwrap();
+    let mut health: Vec<Option<TcpServer>> = lab
+        .real_servers
+        .iter()
+        .map(|rs| Some(TcpServer::start(&rs.netns, HEALTH_PORT, &rs.role).unwrap()))
+        .collect();
+    let env = [("KUBECONFIG", kubeconfig.as_path())];
+    let _rs_agents: Vec<Agent> = lab
+        .real_servers
+        .iter()
+        .map(|rs| Agent::start_with_env(rs, &agent_args(rs, &dir, false), &dir, &env))
+        .collect();
+    let director = Agent::start_with_env(
+        &lab.director,
+        &agent_args(&lab.director, &dir, true),
+        &dir,
+        &env,
+    );
+    eventually(Duration::from_secs(60), "director agent ready", || {
+        http_get(&lab.director.netns, "/readyz").filter(|(s, _)| *s == 200)
+    });
+
+    // Traffic through the VIP reaches every real server, in DR.
+    eventually(Duration::from_secs(15), "every real server answers", || {
+        let r = reached(&lab, 30);
+        ["rs1", "rs2", "rs3"]
+            .iter()
+            .all(|rs| r.iter().any(|x| x == rs))
+            .then_some(())
+    });
+
+    // Each node's status entries, written by its own agent.
+    let entry = eventually(Duration::from_secs(15), "director status", || {
+        director_entry(&cluster, "director").filter(|e| e["healthyRealServers"] == 3)
+    });
+    assert_eq!(entry["programmed"], true, "{entry}");
+    assert_eq!(entry["dataplane"], "xdp", "{entry}");
+    for rs in &lab.real_servers {
+        // Written after the first probe of each real server.
+        let o = eventually(Duration::from_secs(15), "observation", || {
+            observation(&cluster, &rs.role, "director").filter(|o| o["lastProbeTime"].is_string())
+        });
+        assert_eq!(o["healthy"], true, "{o}");
+    }
+    let wide = cluster
+        .kubectl_ok(&["get", "lvs", "-n", "lab", "-o", "wide"])
+        .unwrap();
+    eprintln!("{wide}");
+
+    // The agent's token may write status, not spec.
+    let spec_write = cluster
+        .kubectl()
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args([
+            "patch",
+            "lvs",
+            "web",
+            "-n",
+            "lab",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"scheduler":"sh"}}"#,
+        ])
+        .output()
+        .unwrap();
+    assert!(!spec_write.status.success());
+    assert!(
+        String::from_utf8_lossy(&spec_write.stderr).contains("forbidden"),
+        "{}",
+        String::from_utf8_lossy(&spec_write.stderr)
+    );
+
+    // The API server frozen for 30 s: traffic flows, health is still acted on.
+    let cp = cluster.local().unwrap();
+    let mut conn = open(&lab);
+    let victim = conn.real_server().to_owned();
+    let vi = lab
+        .real_servers
+        .iter()
+        .position(|h| h.role == victim)
+        .unwrap();
+    cp.pause("kube-apiserver");
+    let frozen = std::time::Instant::now();
+    health[vi] = None;
+    eventually(
+        Duration::from_secs(10),
+        "quiesced without the API server",
+        || (!reached(&lab, 12).contains(&victim)).then_some(()),
+    );
+    while frozen.elapsed() < Duration::from_secs(30) {
+        assert_eq!(conn.echo("frozen").unwrap(), format!("{victim} frozen"));
+        let r = reached(&lab, 3);
+        assert!(r.iter().all(|x| !x.starts_with("error")), "{r:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    cp.resume("kube-apiserver");
+    let o = eventually(Duration::from_secs(30), "status caught up", || {
+        observation(&cluster, &victim, "director").filter(|o| o["healthy"] == false)
+    });
+    assert!(o["lastTransitionTime"].is_string(), "{o}");
+    eventually(Duration::from_secs(15), "healthy count caught up", || {
+        director_entry(&cluster, "director").filter(|e| e["healthyRealServers"] == 2)
+    });
+    assert!(!director.log().contains("panicked"), "{}", director.log());
+    drop(director);
+    let _ = std::fs::remove_dir_all(format!(
+        "/sys/fs/bpf/{}",
+        dir.file_name().unwrap().to_string_lossy()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+}

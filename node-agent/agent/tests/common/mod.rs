@@ -1,0 +1,126 @@
+//! What the agent's lab tests share: the agent as a process in a lab namespace,
+//! its HTTP endpoints, polling, and connections through the VIP.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, SocketAddrV4, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kubelvs_xdp_lab::client::{self, Conn};
+use kubelvs_xdp_lab::netns::Netns;
+use kubelvs_xdp_lab::topology::{Host, Lab};
+
+pub const AGENT: &str = env!("CARGO_BIN_EXE_kube-lvs-agent");
+pub const PORT: u16 = 80;
+/// The real servers' health endpoint: stopping it fails the check without touching
+/// connections on PORT.
+pub const HEALTH_PORT: u16 = 9000;
+pub const METRICS_PORT: u16 = 9641;
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+pub const INTERVAL_S: u64 = 1;
+pub const FALL: u64 = 2;
+
+pub struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    pub fn start(host: &Host, args: &[String], dir: &Path) -> Self {
+        Self::start_with_env(host, args, dir, &[])
+    }
+
+    pub fn start_with_env(host: &Host, args: &[String], dir: &Path, env: &[(&str, &Path)]) -> Self {
+        let log = dir.join(format!("agent-{}.log", host.role));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", host.netns.name(), AGENT])
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self { child, log }
+    }
+
+    pub fn stop(&mut self) {
+        // SAFETY: kill(2) of our own child.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// GET `path` from the agent's metrics server inside `netns`.
+pub fn http_get(netns: &Netns, path: &str) -> Option<(u16, String)> {
+    let path = path.to_owned();
+    netns
+        .run(move || {
+            let mut s = TcpStream::connect(("127.0.0.1", METRICS_PORT)).ok()?;
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .ok()?;
+            let mut text = String::new();
+            s.read_to_string(&mut text).ok()?;
+            let status = text.split_whitespace().nth(1)?.parse().ok()?;
+            Some((status, text))
+        })
+        .ok()
+        .flatten()
+}
+
+pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Real servers new connections reach, over `n` connections.
+pub fn reached(lab: &Lab, n: usize) -> Vec<String> {
+    let to = SocketAddr::V4(SocketAddrV4::new(lab.vip, PORT));
+    lab.client
+        .netns
+        .run(move || {
+            (0..n)
+                .map(|_| {
+                    client::open_with_retry(to, TIMEOUT)
+                        .map(|c| c.real_server().to_owned())
+                        .unwrap_or_else(|e| format!("error: {e}"))
+                })
+                .collect()
+        })
+        .unwrap()
+}
+
+pub fn open(lab: &Lab) -> Conn {
+    let to = SocketAddr::V4(SocketAddrV4::new(lab.vip, PORT));
+    lab.client
+        .netns
+        .run(move || client::open_with_retry(to, TIMEOUT))
+        .unwrap()
+        .unwrap()
+}
