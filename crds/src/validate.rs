@@ -69,11 +69,12 @@ where
     K: CustomResourceExt + kube::Resource<DynamicType = ()> + Serialize,
 {
     let value = serde_json::to_value(obj).expect("API objects serialize to JSON");
-    let mut errors = schema_errors(&K::crd(), &value);
+    let crd = crd_of::<K>();
+    let mut errors = schema_errors(crd, &value);
     // CEL rules assume a structurally valid object (the API server never evaluates them
     // otherwise), so only run them on one.
     if errors.is_empty() {
-        if let Err(cel) = kube::core::cel::validate_cel(obj) {
+        if let Err(cel) = cel_errors(crd, &value) {
             errors.extend(cel.into_iter().map(|e| FieldError {
                 field: e.field_path.clone(),
                 message: if e.message.starts_with("spec") || e.message.starts_with("metadata") {
@@ -92,6 +93,51 @@ where
             errors,
         })
     }
+}
+
+/// The generated CRD of `K`, made once per process: generating it (schemars) costs
+/// more than validating an object, and an agent validates every object of its file.
+fn crd_of<K: CustomResourceExt + kube::Resource<DynamicType = ()>>(
+) -> &'static CustomResourceDefinition {
+    static CRDS: OnceLock<Mutex<HashMap<String, &'static CustomResourceDefinition>>> =
+        OnceLock::new();
+    let mut cache = CRDS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    cache
+        .entry(K::kind(&()).into_owned())
+        .or_insert_with(|| Box::leak(Box::new(K::crd())))
+}
+
+/// The CRD's CEL rules on `value`, compiled once per kind and thread (the compiled
+/// programs are not shareable between threads).
+fn cel_errors(
+    crd: &CustomResourceDefinition,
+    value: &serde_json::Value,
+) -> Result<(), kube::core::cel::ValidationErrors> {
+    use kube::core::cel::{compile_schema as compile_cel, CompiledSchema, Validator};
+    thread_local! {
+        static COMPILED: std::cell::RefCell<HashMap<String, std::rc::Rc<(Validator, CompiledSchema)>>> =
+            Default::default();
+    }
+    let compiled = COMPILED.with(|c| {
+        c.borrow_mut()
+            .entry(crd.spec.names.kind.clone())
+            .or_insert_with(|| {
+                let schema = serde_json::to_value(
+                    crd.spec.versions[0]
+                        .schema
+                        .as_ref()
+                        .and_then(|s| s.open_api_v3_schema.as_ref())
+                        .expect("derived CRD has an openAPIV3Schema"),
+                )
+                .expect("CRD schema serializes to JSON");
+                std::rc::Rc::new((Validator::new(), compile_cel(&schema)))
+            })
+            .clone()
+    });
+    compiled.0.validate_compiled(&compiled.1, value, None)
 }
 
 fn object_name<K: kube::Resource<DynamicType = ()>>(obj: &K) -> String {

@@ -1,6 +1,7 @@
 //! Boots the microVM with `qemu-system-x86_64 -accel tcg` and collects the
 //! guest's results from the serial console.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -37,6 +38,9 @@ pub struct VmConfig {
     /// qemu `-cpu` model. `max` gives the guest RDRAND, so its CRNG (and Rust's
     /// HashMap seeding) is ready at once.
     pub cpu: String,
+    /// More executables for the guest: (path in the guest, path on the host). They
+    /// are stripped, and their shared libraries come along.
+    pub extra: Vec<(String, PathBuf)>,
 }
 
 /// What one VM run produced.
@@ -145,7 +149,7 @@ pub fn run(guest_bin: &Path, config: &VmConfig) -> Result<VmOutcome, VmError> {
         source,
     })?;
     let initrd = run_dir.join("initrd.cpio");
-    write_initrd(&base, guest_bin, &run_dir, &initrd)?;
+    write_initrd(&base, guest_bin, &config.extra, &run_dir, &initrd)?;
     let console_log = root.join(format!("console-{}.log", config.mode));
     let outcome = boot(&base, &initrd, config, &console_log);
     let _ = fs::remove_dir_all(&run_dir);
@@ -157,6 +161,7 @@ pub fn run(guest_bin: &Path, config: &VmConfig) -> Result<VmOutcome, VmError> {
 fn write_initrd(
     base: &BaseImage,
     guest_bin: &Path,
+    extra: &[(String, PathBuf)],
     run_dir: &Path,
     initrd: &Path,
 ) -> Result<(), VmError> {
@@ -164,26 +169,31 @@ fn write_initrd(
         let path = path.to_owned();
         move |source| VmError::Io { path, source }
     };
-    let stripped = run_dir.join("guest");
-    let strip_ok = Command::new("strip")
-        .arg("-o")
-        .arg(&stripped)
-        .arg(guest_bin)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    let bin = if strip_ok {
-        stripped.as_path()
-    } else {
-        guest_bin
-    };
-    let data = fs::read(bin).map_err(io(bin))?;
     let mut archive = Archive::new();
-    archive.file(GUEST_BIN, 0o755, &data);
-    for (guest, host) in image::shared_libraries(guest_bin, run_dir)? {
-        if !base.libraries.contains(&guest) {
-            let lib = fs::read(&host).map_err(io(&host))?;
-            archive.file(&guest, 0o755, &lib);
+    let mut libraries = BTreeSet::new();
+    let bins =
+        std::iter::once((GUEST_BIN.to_owned(), guest_bin.to_owned())).chain(extra.iter().cloned());
+    for (i, (guest_path, host_bin)) in bins.enumerate() {
+        let stripped = run_dir.join(format!("bin{i}"));
+        let strip_ok = Command::new("strip")
+            .arg("-o")
+            .arg(&stripped)
+            .arg(&host_bin)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        let bin = if strip_ok {
+            stripped.as_path()
+        } else {
+            host_bin.as_path()
+        };
+        let data = fs::read(bin).map_err(io(bin))?;
+        archive.file(&guest_path, 0o755, &data);
+        for (guest, host) in image::shared_libraries(&host_bin, run_dir)? {
+            if !base.libraries.contains(&guest) && libraries.insert(guest.clone()) {
+                let lib = fs::read(&host).map_err(io(&host))?;
+                archive.file(&guest, 0o755, &lib);
+            }
         }
     }
     let mut out = fs::read(&base.initrd).map_err(io(&base.initrd))?;

@@ -34,6 +34,17 @@ const SCENARIO_CASES: &[&str] = &[
     "ipvs_selftest",
 ];
 
+const AGENT_CASES: &[&str] = &[
+    "agent_foreign_service",
+    "agent_programs_ipvs",
+    "agent_traffic",
+    "agent_health_quiesce",
+    "agent_health_restore",
+    "agent_file_edit",
+    "agent_restarts",
+    "agent_foreign_untouched",
+];
+
 const BENCH_CASES: &[&str] = &[
     "bench",
     "bench_apply_10k",
@@ -45,12 +56,17 @@ const BENCH_CASES: &[&str] = &[
 ];
 
 fn boot(mode: &str, timeout: Duration) -> VmOutcome {
+    boot_with(mode, timeout, Vec::new())
+}
+
+fn boot_with(mode: &str, timeout: Duration, extra: Vec<(String, std::path::PathBuf)>) -> VmOutcome {
     let config = VmConfig {
         mode: mode.into(),
         timeout,
         memory_mib: 1024,
         cpus: 1,
         cpu: std::env::var("KUBELVS_VM_CPU").unwrap_or_else(|_| "max".into()),
+        extra,
     };
     let outcome = vm::run(Path::new(GUEST), &config).expect("boot the microVM");
     println!("{}", outcome.console);
@@ -126,4 +142,30 @@ fn ipvs_benchmark_in_microvm() {
         assert!(value.is_some_and(f64::is_finite), "{name} not measured");
         println!("{name} = {}", value.unwrap_or_default());
     }
+}
+
+/// The `kube-lvs-agent` binary of this build (built here when missing or stale: cargo
+/// builds only this package's binaries for its tests).
+fn agent_binary() -> std::path::PathBuf {
+    let dir = Path::new(GUEST).parent().unwrap();
+    let mut build = std::process::Command::new(env!("CARGO"));
+    build.args(["build", "-p", "kubelvs-agent", "--bin", "kube-lvs-agent"]);
+    if dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("run cargo build for the agent");
+    assert!(status.success(), "cargo build -p kubelvs-agent failed");
+    dir.join("kube-lvs-agent")
+}
+
+#[test]
+#[ignore = "boots a microVM (qemu, root for nothing but speed); scripts/test runs it"]
+fn agent_standalone_in_microvm() {
+    let agent = agent_binary();
+    let outcome = boot_with(
+        "agent",
+        Duration::from_secs(300),
+        vec![("/bin/kube-lvs-agent".into(), agent)],
+    );
+    assert_passed(&outcome, AGENT_CASES);
 }

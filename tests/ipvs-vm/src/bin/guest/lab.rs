@@ -238,25 +238,33 @@ impl Lab {
             exe,
         };
         for (ns, _) in REAL_SERVERS {
-            let ports: Vec<String> = RS_PORTS.iter().map(u16::to_string).collect();
-            let mut args = vec!["netns", "exec", ns, lab.exe.as_str(), "serve", ns];
-            args.extend(ports.iter().map(String::as_str));
-            let mut child = Command::new("ip")
-                .args(&args)
-                .stdout(Stdio::piped())
-                .spawn()
-                .map_err(|e| format!("start server in {ns}: {e}"))?;
-            let ready = child.stdout.take().map(|out| {
-                let mut line = String::new();
-                let _ = BufReader::new(out).read_line(&mut line);
-                line
-            });
-            lab.servers.push(child);
-            if ready.as_deref().map(str::trim) != Some("READY") {
-                return Err(format!("server in {ns} did not report READY: {ready:?}"));
-            }
+            let server = lab.serve(ns, &RS_PORTS)?;
+            lab.servers.push(server);
         }
         Ok(lab)
+    }
+
+    /// Starts a server in namespace `ns` on `ports` (it says its name, then echoes)
+    /// and waits until it listens. The caller owns the process.
+    pub fn serve(&self, ns: &str, ports: &[u16]) -> Result<Child, String> {
+        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+        let mut args = vec!["netns", "exec", ns, self.exe.as_str(), "serve", ns];
+        args.extend(ports.iter().map(String::as_str));
+        let mut child = Command::new("ip")
+            .args(&args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("start server in {ns}: {e}"))?;
+        let ready = child.stdout.take().map(|out| {
+            let mut line = String::new();
+            let _ = BufReader::new(out).read_line(&mut line);
+            line
+        });
+        if ready.as_deref().map(str::trim) != Some("READY") {
+            let _ = child.kill();
+            return Err(format!("server in {ns} did not report READY: {ready:?}"));
+        }
+        Ok(child)
     }
 
     /// Removes the real servers' default route: they can then reach only their own subnet.

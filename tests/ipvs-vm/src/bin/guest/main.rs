@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+mod agent;
 mod bench;
 mod lab;
 mod reload;
@@ -97,6 +98,12 @@ fn main() -> ExitCode {
             r.end();
             Ok(())
         }
+        ["agent"] => {
+            let mut r = Reporter::default();
+            agent::run(&mut r);
+            r.end();
+            Ok(())
+        }
         ["reload"] => {
             let mut r = Reporter::default();
             reload::run(&mut r);
@@ -112,7 +119,7 @@ fn main() -> ExitCode {
         ["hold", target] => hold(target),
         ["bench-inner"] => bench::inner(),
         ["selftest-inner"] => scenarios::selftest_inner(),
-        _ => Err(format!("usage: scenarios | bench | all | reload | serve NAME PORT... | client TARGET COUNT TIMEOUT_MS [SOURCE...] | hold TARGET; got {args:?}")),
+        _ => Err(format!("usage: scenarios | bench | all | agent | reload | serve NAME PORT... | client TARGET COUNT TIMEOUT_MS [SOURCE...] | hold TARGET; got {args:?}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,306 @@
+//! `kube-lvs-agent` standalone on the microVM's kernel IPVS: the agent binary (put in
+//! the image as /bin/kube-lvs-agent) directs the lab's NAT service from a YAML file;
+//! real TCP through the VIP, health checks that quiesce and restore, a file edit
+//! reaching the kernel, agent restarts that keep an open connection and the table,
+//! and an ipvsadm-made service left alone throughout.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kubelvs_ipvs_vm::ipvsadm;
+
+use crate::lab::{cmd, tally, Lab, REAL_SERVERS};
+use crate::Reporter;
+
+const VIP: &str = "203.0.113.40";
+const KEY: &str = "TCP 203.0.113.40:80";
+const FOREIGN: &str = "203.0.113.41";
+const AGENT: &str = "/bin/kube-lvs-agent";
+const CONFIG: &str = "/run/agent/lab.yaml";
+const HEALTH_PORT: u16 = 9000;
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+fn yaml(weights: [u32; 3]) -> String {
+    let mut y = format!(
+        "apiVersion: kubelvs.io/v1alpha1
+kind: VirtualService
+metadata: {{name: web, namespace: lab}}
+spec:
+  vip: {VIP}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+  scheduler: wrr
+  forwarding: nat
+  realServerSelector: {{matchLabels: {{app: web}}}}
+  directors: {{nodeSelector: {{matchLabels: {{node-role.kubelvs.io/director: \"\"}}}}}}
+  healthCheck: {{type: tcp, port: {HEALTH_PORT}, intervalSeconds: 1, timeoutSeconds: 1, rise: 1, fall: 2}}
+"
+    );
+    for ((ns, addr), w) in REAL_SERVERS.iter().zip(weights) {
+        y += &format!(
+            "---
+apiVersion: kubelvs.io/v1alpha1
+kind: RealServer
+metadata: {{name: {ns}, namespace: lab, labels: {{app: web}}}}
+spec: {{address: {addr}, weight: {w}, nodeName: {ns}}}
+"
+        );
+    }
+    y
+}
+
+fn write_config(text: &str) -> Result<(), String> {
+    std::fs::write("/run/agent/lab.tmp", text).map_err(|e| e.to_string())?;
+    std::fs::rename("/run/agent/lab.tmp", CONFIG).map_err(|e| e.to_string())
+}
+
+fn start_agent() -> Result<Child, String> {
+    Command::new(AGENT)
+        .args([
+            "--config",
+            CONFIG,
+            "--node",
+            "director",
+            "--node-label",
+            "node-role.kubelvs.io/director=",
+            "--interface",
+            "lvs0",
+            "--dataplane",
+            "ipvs",
+            "--state-dir",
+            "/run/agent/state",
+            "--metrics-address",
+            "127.0.0.1:9641",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("start {AGENT}: {e}"))
+}
+
+/// SIGTERM, as a DaemonSet's rollout stops the agent, then reap it.
+fn stop_agent(mut child: Child) {
+    let _ = cmd("kill", &["-TERM", &child.id().to_string()]);
+    let _ = child.wait();
+}
+
+fn health_server(lab: &Lab, ns: &str) -> Result<Child, String> {
+    lab.serve(ns, &[HEALTH_PORT])
+}
+
+/// Weights of the VIP's destinations as ipvsadm lists them.
+fn weights() -> Result<Vec<(String, u32)>, String> {
+    let listed = ipvsadm::parse_list(&cmd("ipvsadm", &["-Ln"])?).map_err(|e| e.to_string())?;
+    let svc = listed.get(KEY).ok_or(format!("{KEY} not in the table"))?;
+    Ok(svc
+        .dests
+        .iter()
+        .map(|(d, x)| (d.clone(), x.weight))
+        .collect())
+}
+
+fn weight_of(addr: &str) -> Option<u32> {
+    weights()
+        .ok()?
+        .into_iter()
+        .find(|(d, _)| d.starts_with(&format!("{addr}:")))
+        .map(|(_, w)| w)
+}
+
+fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Result<(T, Duration), String> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Ok((v, start.elapsed()));
+        }
+        if start.elapsed() > limit {
+            return Err(format!("not within {limit:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn run(r: &mut Reporter) {
+    let lab = match Lab::up(&[VIP, FOREIGN], &[]) {
+        Ok(l) => l,
+        Err(e) => {
+            r.case("agent_topology", Err(e));
+            return;
+        }
+    };
+    let _ = std::fs::create_dir_all("/run/agent/state");
+    let foreign = cmd(
+        "ipvsadm",
+        &["-A", "-t", &format!("{FOREIGN}:80"), "-s", "wlc"],
+    );
+    if !r.case(
+        "agent_foreign_service",
+        foreign.map(|_| "ipvsadm -A".into()),
+    ) {
+        return;
+    }
+    let mut health: Vec<Option<Child>> = REAL_SERVERS
+        .iter()
+        .map(|(ns, _)| health_server(&lab, ns).ok())
+        .collect();
+    if let Err(e) = write_config(&yaml([1, 1, 1])) {
+        r.case("agent_config", Err(e));
+        return;
+    }
+    let mut agent = match start_agent() {
+        Ok(a) => a,
+        Err(e) => {
+            r.case("agent_started", Err(e));
+            return;
+        }
+    };
+    let programmed = poll(Duration::from_secs(15), || {
+        weights()
+            .ok()
+            .filter(|w| w.len() == 3 && w.iter().all(|(_, w)| *w == 1))
+    });
+    if !r.case(
+        "agent_programs_ipvs",
+        programmed.map(|(w, t)| format!("{KEY} with {w:?} after {t:?}")),
+    ) {
+        stop_agent(agent);
+        return;
+    }
+    let target: SocketAddr = format!("{VIP}:80").parse().unwrap();
+    r.case(
+        "agent_traffic",
+        lab.connect(target, 30, TIMEOUT, &[]).and_then(|res| {
+            let (counts, errors) = tally(&res);
+            if counts.len() == 3 && errors.is_empty() {
+                Ok(format!("30 connections {counts:?}"))
+            } else {
+                Err(format!("{counts:?} errors {errors:?}"))
+            }
+        }),
+    );
+
+    // A long-lived connection, and its real server's health endpoint stops.
+    let held = lab.hold(target);
+    let (victim_ns, victim_addr) = match &held {
+        Ok(h) => {
+            let name = h
+                .greeting
+                .as_ref()
+                .map(|g| g.server.clone())
+                .unwrap_or_default();
+            REAL_SERVERS
+                .iter()
+                .copied()
+                .find(|(ns, _)| *ns == name)
+                .unwrap_or(REAL_SERVERS[0])
+        }
+        Err(_) => REAL_SERVERS[0],
+    };
+    let vi = REAL_SERVERS
+        .iter()
+        .position(|(ns, _)| *ns == victim_ns)
+        .unwrap();
+    if let Some(mut c) = health[vi].take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let quiesced = poll(Duration::from_secs(6), || {
+        (weight_of(victim_addr) == Some(0)).then_some(())
+    });
+    if let Ok((_, t)) = &quiesced {
+        r.measure("agent_quiesce_after_health_stop", t.as_secs_f64(), "s");
+    }
+    r.case(
+        "agent_health_quiesce",
+        quiesced.and_then(|(_, t)| {
+            if t <= Duration::from_millis(3500) {
+                Ok(format!(
+                    "{victim_ns} weight 0 after {t:?} (fall 2 x 1 s + 1 s allowed)"
+                ))
+            } else {
+                Err(format!("{victim_ns} quiesced only after {t:?}"))
+            }
+        }),
+    );
+    health[vi] = health_server(&lab, victim_ns).ok();
+    r.case(
+        "agent_health_restore",
+        poll(Duration::from_secs(6), || {
+            (weight_of(victim_addr) == Some(1)).then_some(())
+        })
+        .map(|(_, t)| format!("{victim_ns} weight 1 again after {t:?}")),
+    );
+
+    // A file edit reaches the kernel.
+    let first = REAL_SERVERS[0].1;
+    let edited = Instant::now();
+    let edit = write_config(&yaml([3, 1, 1])).and_then(|()| {
+        poll(Duration::from_secs(3), || {
+            (weight_of(first) == Some(3)).then_some(())
+        })
+    });
+    let took = edited.elapsed();
+    if edit.is_ok() {
+        r.measure("agent_file_edit_to_kernel", took.as_secs_f64(), "s");
+    }
+    r.case(
+        "agent_file_edit",
+        edit.and_then(|_| {
+            if took < Duration::from_secs(1) {
+                Ok(format!("weight 3 in the kernel {took:?} after the edit"))
+            } else {
+                Err(format!("took {took:?}"))
+            }
+        }),
+    );
+
+    // Restarts: the table stays, the open connection too.
+    let before = weights();
+    let mut restarts = Ok(());
+    for i in 0..5 {
+        stop_agent(agent);
+        agent = match start_agent() {
+            Ok(a) => a,
+            Err(e) => {
+                r.case("agent_restarts", Err(e));
+                return;
+            }
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        if weights() != before {
+            restarts = Err(format!(
+                "restart {i}: table {:?}, was {before:?}",
+                weights()
+            ));
+            break;
+        }
+    }
+    r.case(
+        "agent_restarts",
+        restarts.and_then(|()| match held {
+            Ok(h) => h
+                .echo()
+                .map(|e| format!("5 restarts, table unchanged, held connection: {e}")),
+            Err(e) => Err(e),
+        }),
+    );
+    let foreign_ok = ipvsadm::parse_list(&cmd("ipvsadm", &["-Ln"]).unwrap_or_default())
+        .ok()
+        .and_then(|l| {
+            l.get(&format!("TCP {FOREIGN}:80"))
+                .map(|s| s.scheduler == "wlc" && s.dests.is_empty())
+        });
+    r.case(
+        "agent_foreign_untouched",
+        if foreign_ok == Some(true) {
+            Ok("TCP 203.0.113.41:80 wlc, no destinations".into())
+        } else {
+            Err("the ipvsadm-made service was changed or removed".into())
+        },
+    );
+    stop_agent(agent);
+    for c in health.iter_mut().flatten() {
+        let _ = c.kill();
+    }
+}
