@@ -8,7 +8,8 @@
 //!   forwarding one SET_DEST: never delete + add, never flush.
 //! - A destination removed from the plan is drained: weight 0 first, deleted when its
 //!   active+inactive connections reach 0 or its deadline passes. A destination with
-//!   no connections is deleted at once.
+//!   no connections is deleted at once, and so is a UDP one (UDP has no end of
+//!   connection; its entries would keep steering datagrams to it).
 //! - A removed service is deleted at once (its VIP is going away).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -266,7 +267,12 @@ pub fn diff(
                     let key = (*id, kd.id);
                     let deadline = draining.get(&key).copied();
                     let expired = deadline.is_some_and(|t| now >= t);
-                    if kd.connections() == 0 || expired {
+                    // UDP has no connection end to wait for: a draining UDP real server
+                    // would keep receiving its clients' datagrams until the entries time
+                    // out. Deleted at once, expire_nodest_conn expires its entries and
+                    // the next datagram is rescheduled.
+                    let udp = matches!(id, ServiceId::Inet { protocol, .. } if *protocol == 17);
+                    if kd.connections() == 0 || expired || udp {
                         del_dest.push(Op::DeleteDest {
                             service: *id,
                             dest: kd.id,

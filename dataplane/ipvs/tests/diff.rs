@@ -541,3 +541,31 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_removed_udp_real_server_is_deleted_at_once_not_drained() {
+    let udp = ServiceId::Inet {
+        protocol: 17,
+        addr: IpAddr::from([203, 0, 113, 1]),
+        port: 53,
+    };
+    let w = [want(udp, "rr", &[(did(1, 53), 1)])];
+    // Its clients' entries count as connections: a TCP real server would drain.
+    let k = [have(udp, "rr", &[(did(1, 53), 1, 0), (did(2, 53), 0, 7)])];
+    let d = diff(
+        &k,
+        &w,
+        &owned(&[udp]),
+        &Draining::new(),
+        Instant::now(),
+        DRAIN,
+    );
+    assert_eq!(
+        d.ops,
+        vec![Op::DeleteDest {
+            service: udp,
+            dest: did(2, 53)
+        }]
+    );
+    assert!(d.draining.is_empty());
+}

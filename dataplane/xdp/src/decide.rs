@@ -118,7 +118,10 @@ pub fn decide(
             }
         }
         let previous = state.ring_inputs.get(&vk).cloned().unwrap_or_default();
-        for (rk, _) in previous {
+        // UDP has no connection end: a removed UDP real server is not drained, or its
+        // clients' datagrams would keep going to it until the deadline.
+        let udp = s.key.protocol == kubelvs_model::Protocol::Udp;
+        for (rk, _) in previous.into_iter().filter(|_| !udp) {
             if w.reals.iter().any(|(k, _)| *k == rk) {
                 continue;
             }

@@ -399,3 +399,30 @@ fn a_service_that_outgrows_the_real_server_ids_keeps_what_it_had() {
         .is_some());
     assert!(t.vip_id(&key("203.0.113.2")).is_some());
 }
+
+#[test]
+fn a_removed_udp_real_server_is_not_drained() {
+    let mut both = svc(
+        "203.0.113.1",
+        Forwarding::Nat,
+        &[("198.51.100.1", 1), ("198.51.100.2", 1)],
+    );
+    both.key.protocol = Protocol::Udp;
+    let mut one = both.clone();
+    one.real_servers.pop();
+    let o = opts();
+    let mut t = DirectorTable::new(FakeMaps::new(&o), o).unwrap();
+    let now = Instant::now();
+    t.apply_at(&[both], &HashMap::new(), now).unwrap();
+    let id2 = t
+        .real_id("198.51.100.2".parse::<IpAddr>().unwrap(), 80)
+        .unwrap();
+    let r = t.apply_at(&[one], &HashMap::new(), now).unwrap();
+    assert!(r.draining.is_empty(), "{r:?}");
+    assert_eq!(r.real_servers_removed, 1);
+    assert_eq!(
+        t.maps().reals[id2 as usize].flags & REAL_F_ALIVE,
+        0,
+        "dead: its flows reschedule"
+    );
+}

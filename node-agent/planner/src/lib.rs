@@ -13,7 +13,8 @@
 //!   one, the older (creationTimestamp, then namespace/name) wins; the other's port is
 //!   reported as a conflict and left out.
 //! - Real servers are the RealServers in the VirtualService's namespace matching
-//!   `spec.realServerSelector`; `drain: true` gives weight 0 (quiescent). Their port is the
+//!   `spec.realServerSelector`; `drain: true` takes one out of the directors' services (the
+//!   dataplane drains it like any removed real server) while its node keeps the VIP. Their port is the
 //!   port's `targetPort`, else the RealServer's `port`, else the virtual port; dr and tun
 //!   cannot map ports, so a RealServer port different from the virtual port is a problem there.
 //! - For dr and tun, a node running one of the real servers (`spec.nodeName`, or the address
@@ -192,7 +193,16 @@ pub fn plan_node(node: &NodeIdentity, objects: Objects<'_>) -> NodePlan {
             },
             _ => None,
         };
-        for (key, real_servers) in per_port {
+        // `drain: true`: out of the director's plan, so the dataplane drains it (weight
+        // 0, deleted when its connections end or at the drain deadline) as it does any
+        // removed real server; its node keeps the VIP (above) for those connections.
+        let drained: BTreeSet<ObjectRef> = backends
+            .iter()
+            .filter(|rs| rs.object.spec.drain)
+            .map(|rs| object_ref_rs(rs.object))
+            .collect();
+        for (key, mut real_servers) in per_port {
+            real_servers.retain(|r| !drained.contains(&r.source));
             services.push(Service {
                 key,
                 scheduler: scheduler(r.vs.spec.scheduler),
@@ -465,6 +475,8 @@ fn backend_for_port(
     } else {
         rs.object.spec.weight.min(65535)
     };
+    // (A drained real server is dropped from the director's services by the caller;
+    // the weight matters for the VIP its node keeps meanwhile.)
     Some(RealServer {
         address: rs.address,
         port,

@@ -134,7 +134,7 @@ fn nat_service_gets_its_selected_real_servers_sorted() {
 }
 
 #[test]
-fn drain_and_weight_zero_are_quiescent_and_weights_carry_over() {
+fn drain_leaves_the_plan_weight_zero_is_quiescent_and_weights_carry_over() {
     let web = vs("shop", "web", Some("203.0.113.10"), 0);
     let mut drained = rs("shop", "a", "web", "198.51.100.11");
     drained.spec.weight = 50;
@@ -147,9 +147,10 @@ fn drain_and_weight_zero_are_quiescent_and_weights_carry_over() {
     let weights: Vec<_> = p.services[0]
         .real_servers
         .iter()
-        .map(|r| r.weight)
+        .map(|r| (r.source.name.as_str(), r.weight))
         .collect();
-    assert_eq!(weights, vec![0, 0, 300]);
+    // The drained one is out (the dataplanes drain it); weight 0 stays, quiescent.
+    assert_eq!(weights, vec![("b", 0), ("c", 300)]);
 }
 
 #[test]
@@ -335,6 +336,32 @@ fn dr_real_server_on_this_node_carries_the_vip() {
         &[],
     );
     assert!(p2.real_server_vips.is_empty());
+}
+
+#[test]
+fn a_draining_dr_real_server_keeps_the_vip_while_directors_drain_it() {
+    let mut web = vs("shop", "web", Some("203.0.113.10"), 0);
+    web.spec.forwarding = ForwardingMethod::Dr;
+    directed_by(&mut web, "director");
+    let mut draining = rs("shop", "draining", "web", "198.51.100.11");
+    draining.spec.node_name = Some("worker-1".into());
+    draining.spec.drain = true;
+    let mut other = rs("shop", "other", "web", "198.51.100.12");
+    other.spec.node_name = Some("worker-2".into());
+    let objects = [draining, other];
+    // Its node still answers for the VIP: open connections finish there.
+    let p = plan(&node("worker-1"), &[web.clone()], &objects, &[]);
+    assert_eq!(p.real_server_vips.len(), 1);
+    // Directors no longer plan it: their dataplane drains it.
+    let mut director = node("n1");
+    director.labels.insert("director".into(), String::new());
+    let d = plan(&director, &[web], &objects, &[]);
+    let names: Vec<_> = d.services[0]
+        .real_servers
+        .iter()
+        .map(|r| r.source.name.as_str())
+        .collect();
+    assert_eq!(names, vec!["other"]);
 }
 
 #[test]

@@ -139,8 +139,8 @@ proptest! {
                 prop_assert!(addrs.insert((r.address, r.port)), "duplicate real server");
                 let obj = rss.iter().find(|o| o.metadata.name.as_deref() == Some(r.source.name.as_str()) && o.metadata.namespace.as_deref() == Some(r.source.namespace.as_str())).unwrap();
                 prop_assert!(r.weight <= 65535);
-                if obj.spec.drain { prop_assert_eq!(r.weight, 0); }
-                if !obj.spec.drain { prop_assert_eq!(r.weight, obj.spec.weight.min(65535)); }
+                prop_assert!(!obj.spec.drain, "a drained real server is in the directors' plan");
+                prop_assert_eq!(r.weight, obj.spec.weight.min(65535));
                 if s.forwarding.real_server_carries_vip() { prop_assert_eq!(r.port, s.key.port); }
                 if !matches!(s.forwarding, Forwarding::Tun(_)) { prop_assert_eq!(r.address.is_ipv4(), s.key.vip.is_ipv4()); }
                 prop_assert_eq!(&r.source.namespace, &s.source.namespace);
