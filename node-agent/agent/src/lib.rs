@@ -88,6 +88,8 @@ pub fn run(
     let mut seen_stamp = None;
     let mut last_apply: Option<Instant> = None;
     let mut objects = source::Objects::default();
+    let mut docs = source::Cache::default();
+    let mut plan_cache: Option<(NodeIdentity, kubelvs_model::NodePlan)> = None;
     let mut rejected: Vec<source::Rejected> = Vec::new();
     let mut problems: BTreeSet<String> = BTreeSet::new();
     let mut have_config = false;
@@ -139,9 +141,7 @@ pub fn run(
         if reload || !have_config {
             seen_stamp = stamp(&source);
             let loaded = match &source {
-                Source::File(path) => {
-                    source::load(path).map_err(|e| (path.display().to_string(), e))
-                }
+                Source::File(path) => docs.load(path).map_err(|e| (path.display().to_string(), e)),
                 Source::Cluster { watches, .. } => Ok(watches.snapshot()),
             };
             match loaded {
@@ -177,7 +177,16 @@ pub fn run(
             Source::Cluster { watches, .. } => watches.node(&settings.node),
             Source::File(_) => settings.node.clone(),
         };
-        let mut plan = plan_node(&identity, objects.planner());
+        // Planning is pure but not free at 100,000 objects: redo it only when the
+        // objects or this node changed; a resync re-applies the same plan.
+        let mut plan = match &plan_cache {
+            Some((id, p)) if !reload && *id == identity => p.clone(),
+            _ => {
+                let p = plan_node(&identity, objects.planner());
+                plan_cache = Some((identity.clone(), p.clone()));
+                p
+            }
+        };
         let now_problems: BTreeSet<String> = plan.problems.iter().map(|p| p.to_string()).collect();
         for p in now_problems.difference(&problems) {
             warn!(problem = %p, "plan");

@@ -57,6 +57,15 @@ struct Args {
     /// The XDP director's outer IPv6 source for IPv6-in-IPv6.
     #[arg(long)]
     xdp_director_address6: Option<Ipv6Addr>,
+    /// Capacity of the XDP director: VIP:port/protocol entries.
+    #[arg(long, default_value_t = 64)]
+    xdp_max_vips: u32,
+    /// Capacity of the XDP director: distinct real servers (address:port).
+    #[arg(long, default_value_t = 4096)]
+    xdp_max_real_servers: u32,
+    /// Maglev ring size per VIP (a prime; 65537 by default).
+    #[arg(long, default_value_t = 65_537)]
+    xdp_ring_size: u32,
     /// bpffs directory for the XDP director's pinned maps and link.
     #[arg(long, default_value = "/sys/fs/bpf/kubelvs")]
     xdp_pin_dir: PathBuf,
@@ -156,6 +165,9 @@ fn main() -> anyhow::Result<()> {
         opts.director_addr6 = args.xdp_director_address6;
         opts.pin_dir = Some(args.xdp_pin_dir.clone());
         opts.drain_timeout = Duration::from_secs(args.drain_timeout_seconds);
+        opts.max_vips = args.xdp_max_vips;
+        opts.max_reals = args.xdp_max_real_servers;
+        opts.ring_size = args.xdp_ring_size;
         let director = kubelvs_xdp::XdpDirector::attach_with(&ifname, opts)
             .with_context(|| format!("attaching the XDP director to {ifname}"))?;
         dataplanes.push(Box::new(kubelvs_xdp::XdpDataplane::new(

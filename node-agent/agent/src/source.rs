@@ -2,6 +2,7 @@
 //! VirtualServices, RealServers and AddressPools, checked with the same rules an API
 //! server applies. A malformed object is rejected alone; the others are used.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use kubelvs_crds::validate::Object;
@@ -31,32 +32,82 @@ pub struct Rejected(pub String);
 
 /// Parses and validates every document of `text`.
 pub fn parse(text: &str) -> (Objects, Vec<Rejected>) {
-    let mut objects = Objects::default();
-    let mut rejected = Vec::new();
-    for doc in Object::from_yaml_documents(text) {
-        let obj = match doc {
-            Ok(o) => o,
-            Err(e) => {
-                rejected.push(Rejected(e.to_string()));
-                continue;
-            }
-        };
-        if let Err(e) = obj.validate() {
-            rejected.push(Rejected(e.to_string()));
-            continue;
-        }
-        match obj {
-            Object::VirtualService(o) => objects.virtual_services.push(o),
-            Object::RealServer(o) => objects.real_servers.push(o),
-            Object::AddressPool(o) => objects.address_pools.push(o),
-        }
-    }
-    (objects, rejected)
+    Cache::default().parse(text)
 }
 
-/// [`parse`] of the file at `path`.
-pub fn load(path: &Path) -> std::io::Result<(Objects, Vec<Rejected>)> {
-    Ok(parse(&std::fs::read_to_string(path)?))
+/// What one document gave: an object that passed validation, or why not.
+type Parsed = Result<Object, String>;
+
+/// [`parse`] that remembers each document's result by its text, so a reload after
+/// an edit parses and validates only the documents that changed (validation is the
+/// expensive part: a 100,000-object file takes tens of seconds in full).
+#[derive(Debug, Default)]
+pub struct Cache {
+    docs: HashMap<String, Parsed>,
+}
+
+/// The documents of a YAML stream, split at `---` lines.
+fn documents(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut pos = 0;
+    for line in text.split_inclusive('\n') {
+        let l = line.trim_end();
+        if l == "---" || l.starts_with("--- ") {
+            out.push(&text[start..pos]);
+            start = pos + line.len();
+        }
+        pos += line.len();
+    }
+    out.push(&text[start..]);
+    out.retain(|d| {
+        d.lines()
+            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+    });
+    out
+}
+
+fn parse_one(doc: &str) -> Parsed {
+    let mut parsed = Object::from_yaml_documents(doc);
+    let obj = match parsed.pop() {
+        Some(Ok(o)) if parsed.is_empty() => o,
+        Some(Err(e)) => return Err(e.to_string()),
+        _ => return Err("not one YAML document".into()),
+    };
+    obj.validate().map_err(|e| e.to_string())?;
+    Ok(obj)
+}
+
+impl Cache {
+    pub fn parse(&mut self, text: &str) -> (Objects, Vec<Rejected>) {
+        let mut objects = Objects::default();
+        let mut rejected = Vec::new();
+        let mut seen: HashMap<String, Parsed> = HashMap::new();
+        for (i, doc) in documents(text).into_iter().enumerate() {
+            let result = match self.docs.remove(doc).or_else(|| seen.get(doc).cloned()) {
+                Some(r) => r,
+                None => parse_one(doc),
+            };
+            match &result {
+                Ok(Object::VirtualService(o)) => objects.virtual_services.push(o.clone()),
+                Ok(Object::RealServer(o)) => objects.real_servers.push(o.clone()),
+                Ok(Object::AddressPool(o)) => objects.address_pools.push(o.clone()),
+                Err(e) => rejected.push(Rejected(format!(
+                    "document {}: {}",
+                    i + 1,
+                    e.trim_start_matches("document 1: ")
+                ))),
+            }
+            seen.insert(doc.to_owned(), result);
+        }
+        self.docs = seen;
+        (objects, rejected)
+    }
+
+    /// [`Cache::parse`] of the file at `path`.
+    pub fn load(&mut self, path: &Path) -> std::io::Result<(Objects, Vec<Rejected>)> {
+        Ok(self.parse(&std::fs::read_to_string(path)?))
+    }
 }
 
 #[cfg(test)]
@@ -83,8 +134,45 @@ spec: {address: 192.0.2.12, wieght: 3}
 "#;
         let (objects, rejected) = parse(text);
         assert_eq!(objects.real_servers.len(), 1);
+        assert!(rejected[0].0.starts_with("document 2:"), "{rejected:?}");
         assert_eq!(rejected.len(), 2, "{rejected:?}");
         assert!(rejected[0].0.contains("spec.address"), "{rejected:?}");
         assert!(rejected[1].0.contains("wieght"), "{rejected:?}");
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    const RS: &str = "apiVersion: kubelvs.io/v1alpha1\nkind: RealServer\nmetadata: {name: NAME, namespace: lab}\nspec: {address: ADDR}\n";
+
+    fn rs(name: &str, addr: &str) -> String {
+        RS.replace("NAME", name).replace("ADDR", addr)
+    }
+
+    #[test]
+    fn a_reload_reuses_unchanged_documents_and_sees_changed_ones() {
+        let mut c = Cache::default();
+        let text = format!("{}---\n{}", rs("a", "192.0.2.1"), rs("b", "192.0.2.2"));
+        let (o, r) = c.parse(&text);
+        assert_eq!((o.real_servers.len(), r.len()), (2, 0));
+        let edited = format!("{}---\n{}", rs("a", "192.0.2.1"), rs("b", "bad"));
+        let (o, r) = c.parse(&edited);
+        assert_eq!(o.real_servers.len(), 1);
+        assert!(
+            r[0].0.starts_with("document 2:") && r[0].0.contains("spec.address"),
+            "{r:?}"
+        );
+        assert_eq!(c.docs.len(), 2, "only the current documents are kept");
+        // Same result as a parse from scratch.
+        let (o2, r2) = parse(&edited);
+        assert_eq!((o2.real_servers.len(), r2), (1, r));
+    }
+
+    #[test]
+    fn documents_split_at_separator_lines_only() {
+        let text = "# header\n---\na: 1\n---\n--- \nb: '---'\n";
+        assert_eq!(documents(text), vec!["a: 1\n", "b: '---'\n"]);
     }
 }

@@ -23,7 +23,7 @@
 
 #![forbid(unsafe_code)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use kube::ResourceExt;
@@ -67,6 +67,7 @@ pub fn plan_node(node: &NodeIdentity, objects: Objects<'_>) -> NodePlan {
         .collect();
     resolved.sort_by_key(Resolved::age_key);
 
+    let index = RealServerIndex::new(objects.real_servers);
     let mut claimed: BTreeMap<ServiceKey, ObjectRef> = BTreeMap::new();
     let mut services = Vec::new();
     let mut vips: BTreeMap<(IpAddr, Option<TunnelKind>), BTreeSet<ObjectRef>> = BTreeMap::new();
@@ -96,7 +97,7 @@ pub fn plan_node(node: &NodeIdentity, objects: Objects<'_>) -> NodePlan {
             continue;
         }
 
-        let backends = select_real_servers(r.vs, objects.real_servers, &mut problems);
+        let backends = select_real_servers(r.vs, &index, &mut problems);
         let forwarding = forwarding(r.vs);
         let dataplane = match r.vs.spec.dataplane {
             kubelvs_crds::Dataplane::Ipvs => DataplaneKind::Ipvs,
@@ -372,9 +373,65 @@ struct Selected<'a> {
     address: IpAddr,
 }
 
+/// RealServers by namespace and by (namespace, label, value), in input order, so a
+/// selector looks only at the RealServers that can match it: with 10,000
+/// VirtualServices over 100,000 RealServers, scanning all of them per selector is
+/// a billion label checks.
+struct RealServerIndex<'a> {
+    by_namespace: HashMap<&'a str, Vec<&'a RealServerObject>>,
+    /// namespace -> "key=value" -> RealServers.
+    by_label: HashMap<&'a str, HashMap<String, Vec<&'a RealServerObject>>>,
+}
+
+impl<'a> RealServerIndex<'a> {
+    fn new(all: &'a [RealServerObject]) -> Self {
+        let mut by_namespace: HashMap<&str, Vec<&RealServerObject>> = HashMap::new();
+        let mut by_label: HashMap<&str, HashMap<String, Vec<&RealServerObject>>> = HashMap::new();
+        for rs in all {
+            let ns = rs.metadata.namespace.as_deref().unwrap_or("");
+            by_namespace.entry(ns).or_default().push(rs);
+            let labels = by_label.entry(ns).or_default();
+            for (k, v) in rs.metadata.labels.iter().flatten() {
+                labels.entry(format!("{k}={v}")).or_default().push(rs);
+            }
+        }
+        Self {
+            by_namespace,
+            by_label,
+        }
+    }
+
+    /// The RealServers of `namespace` that may match `selector`: those carrying its
+    /// rarest `matchLabels` pair, or the whole namespace without `matchLabels`.
+    fn candidates<'s>(
+        &'s self,
+        namespace: &str,
+        selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    ) -> &'s [&'a RealServerObject] {
+        let labels = self.by_label.get(namespace);
+        let rarest = selector
+            .match_labels
+            .iter()
+            .flatten()
+            .map(|(k, v)| {
+                labels
+                    .and_then(|l| l.get(&format!("{k}={v}")))
+                    .map_or(&[][..], Vec::as_slice)
+            })
+            .min_by_key(|list| list.len());
+        match rarest {
+            Some(list) => list,
+            None => self
+                .by_namespace
+                .get(namespace)
+                .map_or(&[][..], Vec::as_slice),
+        }
+    }
+}
+
 fn select_real_servers<'a>(
     vs: &VirtualService,
-    all: &'a [RealServerObject],
+    index: &RealServerIndex<'a>,
     problems: &mut Vec<Problem>,
 ) -> Vec<Selected<'a>> {
     let selector = &vs.spec.real_server_selector;
@@ -388,9 +445,9 @@ fn select_real_servers<'a>(
         });
         return Vec::new();
     }
-    let namespace = vs.namespace();
+    let namespace = vs.namespace().unwrap_or_default();
     let mut out = Vec::new();
-    for rs in all.iter().filter(|rs| rs.namespace() == namespace) {
+    for &rs in index.candidates(&namespace, selector) {
         if !kubelvs_crds::selector::matches(selector, rs.labels()).unwrap_or(false) {
             continue;
         }

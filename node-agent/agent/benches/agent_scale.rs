@@ -1,0 +1,190 @@
+//! `kube-lvs-agent` at scale, standalone with the XDP dataplane on this kernel:
+//! N VirtualServices x M real servers (NAT) in one file, the agent in a network
+//! namespace of its own attached to a veth. Reports the time to the first complete
+//! apply, resident memory, CPU while idle (periodic full re-applies included), the
+//! duration of a full apply, and the time from a one-line file change to the maps.
+//!
+//! Needs root. `cargo bench -p kubelvs-agent --bench agent_scale` (options: N M).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kubelvs_xdp_lab::netns::Netns;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_kube-lvs-agent");
+const PORTS_PER_VIP: usize = 50;
+
+fn yaml(n: usize, m: usize, weight_of_first: u32) -> String {
+    let mut y = String::with_capacity(n * 700 + m * 250);
+    for i in 0..n {
+        let vip = format!("203.0.113.{}", 1 + i / PORTS_PER_VIP);
+        let port = 1000 + i % PORTS_PER_VIP;
+        y += &format!(
+            "---\napiVersion: kubelvs.io/v1alpha1\nkind: VirtualService\nmetadata: {{name: vs{i}, namespace: scale}}\nspec:\n  vip: {vip}\n  ports: [{{port: {port}, targetPort: 8080}}]\n  scheduler: maglev\n  forwarding: nat\n  dataplane: xdp\n  realServerSelector: {{matchLabels: {{vs: vs{i}}}}}\n"
+        );
+        for j in 0..m {
+            let w = if i == 0 && j == 0 { weight_of_first } else { 1 };
+            y += &format!(
+                "---\napiVersion: kubelvs.io/v1alpha1\nkind: RealServer\nmetadata: {{name: rs{i}-{j}, namespace: scale, labels: {{vs: vs{i}}}}}\nspec: {{address: 198.51.100.{}, weight: {w}}}\n",
+                1 + (i * m + j) % 250
+            );
+        }
+    }
+    y
+}
+
+fn metrics(ns: &Netns) -> String {
+    ns.run(|| {
+        let mut s = TcpStream::connect("127.0.0.1:9641").ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .ok()?;
+        let mut t = String::new();
+        s.read_to_string(&mut t).ok()?;
+        Some(t)
+    })
+    .ok()
+    .flatten()
+    .unwrap_or_default()
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn proc_stat(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let cpu = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    (cpu / 100.0, rss)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let n: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let m: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10);
+    let ns = Netns::create(&format!("klscale{}", std::process::id())).unwrap();
+    ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+    ])
+    .unwrap();
+    ns.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"])
+        .unwrap();
+    for l in ["eth0", "peer0"] {
+        ns.ip(&["link", "set", l, "up"]).unwrap();
+    }
+    let dir = std::env::temp_dir().join(format!("kubelvs-scale-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("scale.yaml");
+    let text = yaml(n, m, 1);
+    std::fs::write(&file, &text).unwrap();
+    let pin = format!("/sys/fs/bpf/klscale{}", std::process::id());
+    let started = Instant::now();
+    let mut agent = Command::new("ip")
+        .args(["netns", "exec", ns.name(), AGENT])
+        .args([
+            "--config",
+            &file.display().to_string(),
+            "--node",
+            "director",
+        ])
+        .args([
+            "--interface",
+            "eth0",
+            "--dataplane",
+            "xdp",
+            "--xdp-pin-dir",
+            &pin,
+        ])
+        .args([
+            "--xdp-max-vips",
+            &(n + 16).to_string(),
+            "--xdp-max-real-servers",
+            "1024",
+        ])
+        .args([
+            "--xdp-ring-size",
+            "251",
+            "--state-dir",
+            &dir.join("state").display().to_string(),
+        ])
+        .args([
+            "--metrics-address",
+            "127.0.0.1:9641",
+            "--node-address",
+            "192.0.2.2",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = agent.id();
+    let programmed = format!("kubelvs_services{{dataplane=\"xdp\",outcome=\"Programmed\"}} {n}");
+    while !metrics(&ns).contains(&programmed) {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "no full apply within 600 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let first = started.elapsed();
+    println!("first complete apply after {:.1} s", first.as_secs_f64());
+    let (cpu0, _) = proc_stat(pid);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(65));
+    let (cpu1, rss) = proc_stat(pid);
+    let idle = (cpu1 - cpu0) / t0.elapsed().as_secs_f64();
+    let m0 = metrics(&ns);
+    let count = metric(&m0, "kubelvs_apply_duration_seconds_count").unwrap_or(0.0);
+    let sum = metric(&m0, "kubelvs_apply_duration_seconds_sum").unwrap_or(0.0);
+    let writes =
+        |t: &str| metric(t, "kubelvs_kernel_writes_total{dataplane=\"xdp\"}").unwrap_or(0.0);
+    let w0 = writes(&m0);
+    // One weight changes in the file: time until the maps are written.
+    let edited = Instant::now();
+    std::fs::write(dir.join("scale.tmp"), yaml(n, m, 3)).unwrap();
+    std::fs::rename(dir.join("scale.tmp"), &file).unwrap();
+    while writes(&metrics(&ns)) <= w0 {
+        assert!(
+            edited.elapsed() < Duration::from_secs(600),
+            "no write 600 s after the edit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let edit = edited.elapsed();
+    println!(
+        "agent scale: {n} VirtualServices x {m} real servers ({} KiB of YAML), XDP NAT, ring 251:\n  first complete apply {:.1} s after start\n  resident memory {} MiB\n  idle CPU {:.1}% of one CPU (full re-apply every 30 s)\n  mean apply (plan + maps) {:.0} ms over {count} applies\n  one weight changed in the file -> maps written: {:.2} s",
+        text.len() / 1024,
+        first.as_secs_f64(),
+        rss / 1024,
+        idle * 100.0,
+        1000.0 * sum / count.max(1.0),
+        edit.as_secs_f64(),
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = agent.wait();
+    let _ = std::fs::remove_dir_all(&pin);
+    let _ = std::fs::remove_dir_all(&dir);
+}
