@@ -100,4 +100,5 @@ fn main() {
         f64::from(targets) / 2.0
     );
     let _ = listener.kill();
+    let _ = listener.wait();
 }
