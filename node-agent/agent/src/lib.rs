@@ -8,6 +8,7 @@
 
 pub mod checker;
 pub mod cluster;
+pub mod events;
 pub mod health;
 pub mod metrics;
 pub mod node;
@@ -47,6 +48,7 @@ pub enum Source {
     Cluster {
         watches: cluster::ClusterSource,
         status: cluster::StatusSender,
+        events: tokio::sync::mpsc::UnboundedSender<events::Notice>,
     },
 }
 
@@ -90,6 +92,7 @@ pub fn run(
     let mut objects = source::Objects::default();
     let mut docs = source::Cache::default();
     let mut plan_cache: Option<(NodeIdentity, kubelvs_model::NodePlan)> = None;
+    let mut notices = events::Notices::default();
     let mut rejected: Vec<source::Rejected> = Vec::new();
     let mut problems: BTreeSet<String> = BTreeSet::new();
     let mut have_config = false;
@@ -227,10 +230,14 @@ pub fn run(
         if writes > 0 {
             info!(writes, took_ms = t.elapsed().as_millis() as u64, "applied");
         }
-        if let Source::Cluster { status, .. } = &source {
+        if let Source::Cluster { status, events, .. } = &source {
             let node = &identity.name;
             let mut desired = cluster::Desired::new();
-            for (vs, entry) in status::directors(node, &planned, &reports, &unhealthy) {
+            let directors = status::directors(node, &planned, &reports, &unhealthy);
+            for n in notices.update(node, &planned, &unhealthy, &checker.states(), &directors) {
+                let _ = events.send(n);
+            }
+            for (vs, entry) in directors {
                 let body = status::apply_body(
                     "VirtualService",
                     &vs,

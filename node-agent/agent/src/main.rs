@@ -230,15 +230,22 @@ fn main() -> anyhow::Result<()> {
                 ClusterSource::start(rt.handle(), client.clone(), &args.node, wake.clone())?;
             let (tx, rx) = tokio::sync::watch::channel(Default::default());
             rt.spawn(status_writer(
-                client,
+                client.clone(),
                 kubelvs_agent::status::field_manager(&args.node),
                 rx,
                 Duration::from_millis(200),
                 Duration::from_secs(30),
             ));
+            let (events, notices) = tokio::sync::mpsc::unbounded_channel();
+            rt.spawn(kubelvs_agent::events::publisher(
+                client,
+                args.node.clone(),
+                notices,
+            ));
             Source::Cluster {
                 watches,
                 status: std::sync::Arc::new(tx),
+                events,
             }
         }
     };

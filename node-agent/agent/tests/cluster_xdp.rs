@@ -312,6 +312,26 @@ fn cluster_mode_agents_program_traffic_and_report_status() {
     eventually(Duration::from_secs(15), "healthy count caught up", || {
         director_entry(&cluster, "director").filter(|e| e["healthyRealServers"] == 2)
     });
+    // The transition as an Event on the RealServer, published once the API is back.
+    let event = eventually(Duration::from_secs(30), "RealServerDown event", || {
+        let list = json(
+            &cluster,
+            &["get", "events.events.k8s.io", "-n", "lab", "-o", "json"],
+        );
+        list["items"]
+            .as_array()?
+            .iter()
+            .find(|e| e["reason"] == "RealServerDown" && e["regarding"]["name"] == victim.as_str())
+            .cloned()
+    });
+    assert_eq!(event["reportingController"], "kube-lvs-agent", "{event}");
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("director director"),
+        "{event}"
+    );
     assert!(!director.log().contains("panicked"), "{}", director.log());
     drop(director);
     let _ = std::fs::remove_dir_all(format!(
