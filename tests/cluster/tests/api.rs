@@ -493,3 +493,62 @@ fn endpointslice_and_namespace_controllers_run() {
             .is_empty()
     });
 }
+
+#[test]
+#[ignore = "needs the test control plane (Go toolchain); scripts/test runs it"]
+fn helm_installs_the_chart_and_its_agent_rbac_allows_status_only() {
+    let cluster = cluster_with_crds();
+    let chart = repo_root().join("charts/kube-lvs");
+    let lint = cluster.helm().arg("lint").arg(&chart).output().unwrap();
+    assert!(
+        lint.status.success(),
+        "{}",
+        String::from_utf8_lossy(&lint.stdout)
+    );
+    let ns = cluster.namespace("helm");
+    let install = cluster
+        .helm()
+        .args(["install", "kube-lvs"])
+        .arg(&chart)
+        .args([
+            "--namespace",
+            ns.name(),
+            "--set",
+            "agent.serviceAccount.name=agent",
+            "--wait",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        install.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&install.stdout),
+        String::from_utf8_lossy(&install.stderr)
+    );
+    let agent = format!("system:serviceaccount:{}:agent", ns.name());
+    // `resource/subresource` asks about the subresource.
+    let can = |verb: &str, resource: &str| {
+        let (resource, sub) = resource.split_once('/').unwrap_or((resource, ""));
+        let mut c = cluster.kubectl();
+        c.args([
+            "auth", "can-i", verb, resource, "--as", &agent, "-n", "default",
+        ]);
+        if !sub.is_empty() {
+            c.arg(format!("--subresource={sub}"));
+        }
+        c.output().unwrap().stdout.starts_with(b"yes")
+    };
+    assert!(can("patch", "virtualservices.kubelvs.io/status"));
+    assert!(can("patch", "realservers.kubelvs.io/status"));
+    assert!(can("watch", "virtualservices.kubelvs.io"));
+    assert!(can("list", "nodes"));
+    assert!(can("create", "events.events.k8s.io"));
+    assert!(!can("patch", "virtualservices.kubelvs.io"), "spec writes");
+    assert!(!can("update", "realservers.kubelvs.io"), "spec writes");
+    assert!(!can("patch", "services/status"), "CVE-2020-8554");
+    assert!(!can("create", "virtualservices.kubelvs.io"));
+    let _ = cluster
+        .helm()
+        .args(["uninstall", "kube-lvs", "--namespace", ns.name()])
+        .output();
+}
