@@ -1,0 +1,130 @@
+//! The health probes against real local servers: TCP connect, HTTP and HTTPS GET with
+//! the expected status (a self-signed certificate is accepted, as keepalived's
+//! SSL_GET does), and the failures each must report.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::process::Command;
+use std::sync::Arc;
+
+use kubelvs_agent::health::probe;
+use kubelvs_model::{HealthCheck, Probe};
+
+fn check(probe: Probe) -> HealthCheck {
+    HealthCheck {
+        probe,
+        interval_ms: 1000,
+        timeout_ms: 1000,
+        rise: 1,
+        fall: 1,
+    }
+}
+
+fn http(tls: bool, expected: u16) -> HealthCheck {
+    check(Probe::Http {
+        tls,
+        path: "/healthz".into(),
+        expected_status: expected,
+        port: None,
+        host: None,
+    })
+}
+
+/// A plain HTTP server answering every request with `status`.
+fn http_server(status: u16) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = c.read(&mut buf);
+            let _ = write!(c, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    addr
+}
+
+/// An HTTPS server with a fresh self-signed certificate, answering 200.
+async fn https_server() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = std::env::temp_dir().join(format!("kubelvs-probe-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=real-server"])
+        .args(["-keyout", "key.pem", "-out", "cert.pem"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let cert = CertificateDer::from_pem_file(dir.join("cert.pem")).unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("key.pem")).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((c, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut s) = acceptor.accept(c).await {
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                        .await;
+                    let _ = s.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn tcp_http_and_https_probes_tell_healthy_from_not() {
+    let tcp = check(Probe::Tcp { port: None });
+    let up = http_server(200);
+    assert!(probe(up, &tcp).await.is_ok());
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    assert!(probe(closed, &tcp).await.unwrap_err().contains("connect"));
+
+    assert_eq!(
+        probe(up, &http(false, 200)).await.unwrap(),
+        "GET /healthz: 200"
+    );
+    let sick = http_server(503);
+    let e = probe(sick, &http(false, 200)).await.unwrap_err();
+    assert!(e.contains("503, expected 200"), "{e}");
+
+    let tls = https_server().await;
+    assert_eq!(
+        probe(tls, &http(true, 200)).await.unwrap(),
+        "GET /healthz: 200"
+    );
+    // Plain HTTP where TLS is expected: not healthy.
+    assert!(probe(up, &http(true, 200)).await.is_err());
+}
