@@ -81,6 +81,8 @@ pub struct IpvsDirector<K: IpvsKernel = crate::IpvsClient, H: DirectorHost = Sys
     host: H,
     /// The FullNAT script last loaded, so an unchanged plan runs no nft.
     nft_loaded: Option<String>,
+    /// Services of the last apply that are programmed, for traffic counters.
+    programmed: BTreeMap<ServiceId, model::ServiceKey>,
 }
 
 impl<K: IpvsKernel, H: DirectorHost> IpvsDirector<K, H> {
@@ -89,6 +91,7 @@ impl<K: IpvsKernel, H: DirectorHost> IpvsDirector<K, H> {
             table,
             host,
             nft_loaded: None,
+            programmed: BTreeMap::new(),
         }
     }
 
@@ -126,6 +129,31 @@ where
 {
     fn name(&self) -> &'static str {
         DataplaneKind::Ipvs.name()
+    }
+
+    /// One dump of the services, then one of each programmed service's destinations.
+    fn traffic(&mut self) -> kubelvs_model::TrafficReport {
+        let mut out = kubelvs_model::TrafficReport::default();
+        let Ok(services) = self.table.client().dump_services() else {
+            return out;
+        };
+        for s in services {
+            let Some(key) = self.programmed.get(&s.id).copied() else {
+                continue;
+            };
+            out.services.push((key, traffic_of(&s.stats)));
+            let Ok(dests) = self.table.client().dump_dests(&s.id) else {
+                continue;
+            };
+            for d in dests {
+                out.real_servers.push((
+                    Some(key),
+                    SocketAddr::new(d.id.addr, d.id.port),
+                    traffic_of(&d.stats),
+                ));
+            }
+        }
+        out
     }
 
     fn apply(&mut self, plan: &NodePlan, ctx: &ApplyContext) -> DataplaneReport {
@@ -216,6 +244,11 @@ where
                 }
             }
         }
+        self.programmed = outcomes
+            .iter()
+            .filter(|(_, (_, _, o))| o.is_programmed())
+            .map(|(id, (key, _, _))| (*id, *key))
+            .collect();
         report.services = outcomes
             .into_values()
             .map(|(key, source, outcome)| ServiceOutcome {
@@ -241,6 +274,14 @@ fn fail_where(
         if o.is_programmed() && pred(key) {
             *o = Outcome::Failed(Reason::new(source, "", message));
         }
+    }
+}
+
+fn traffic_of(s: &crate::codec::Stats) -> kubelvs_model::Traffic {
+    kubelvs_model::Traffic {
+        connections: s.conns,
+        packets: s.inpkts + s.outpkts,
+        bytes: s.inbytes + s.outbytes,
     }
 }
 

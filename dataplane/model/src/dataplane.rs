@@ -174,6 +174,24 @@ impl DataplaneReport {
     }
 }
 
+/// Traffic counters as the kernel keeps them (totals since programmed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traffic {
+    /// Connections (IPVS) or new flows (XDP) scheduled.
+    pub connections: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Counters per virtual service and per real server of one dataplane.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficReport {
+    pub services: Vec<(ServiceKey, Traffic)>,
+    /// Per real server of a service; `None` where the dataplane counts per real server
+    /// across services (the XDP director shares one entry per address:port).
+    pub real_servers: Vec<(Option<ServiceKey>, SocketAddr, Traffic)>,
+}
+
 /// Something that programs this node from its plan. Idempotent and diff-based:
 /// applying the same plan twice writes nothing the second time. Never removes what
 /// it did not create. Never fails as a whole: every failure is an [`Outcome`] of the
@@ -184,4 +202,10 @@ pub trait Dataplane: Send {
 
     /// Makes the kernel match this dataplane's part of `plan`.
     fn apply(&mut self, plan: &NodePlan, ctx: &ApplyContext) -> DataplaneReport;
+
+    /// Traffic counters of what this dataplane programmed (none for a dataplane that
+    /// forwards nothing). A failure to read them is an empty report.
+    fn traffic(&mut self) -> TrafficReport {
+        TrafficReport::default()
+    }
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 pub mod dataplane;
 pub use dataplane::{
     ApplyContext, Dataplane, DataplaneReport, Outcome, RealServerNote, RealServerState, Reason,
-    ServiceOutcome, VipOutcome,
+    ServiceOutcome, Traffic, TrafficReport, VipOutcome,
 };
 
 /// L4 protocol of a virtual service. The discriminants are the IP protocol numbers.

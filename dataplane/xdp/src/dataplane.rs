@@ -110,6 +110,39 @@ impl<M: DirectorMaps> XdpApply for DirectorTable<M> {
     }
 }
 
+impl XdpTraffic for XdpDirector {
+    fn traffic(&self) -> kubelvs_model::TrafficReport {
+        let Ok(stats) = self.stats() else {
+            return kubelvs_model::TrafficReport::default();
+        };
+        let t = |c: &crate::Counts| kubelvs_model::Traffic {
+            connections: c.new_conns,
+            packets: c.packets,
+            bytes: c.bytes,
+        };
+        kubelvs_model::TrafficReport {
+            services: stats.vips.iter().map(|(k, c)| (*k, t(c))).collect(),
+            // Real servers are shared between VIPs in the maps; reported once each.
+            real_servers: stats
+                .real_servers
+                .iter()
+                .map(|(a, c)| (None, *a, t(c)))
+                .collect(),
+        }
+    }
+}
+
+impl<M: DirectorMaps> XdpTraffic for DirectorTable<M> {
+    fn traffic(&self) -> kubelvs_model::TrafficReport {
+        kubelvs_model::TrafficReport::default()
+    }
+}
+
+/// Traffic counters of what [`XdpDataplane`] drives.
+pub trait XdpTraffic {
+    fn traffic(&self) -> kubelvs_model::TrafficReport;
+}
+
 /// The XDP director as a [`Dataplane`].
 #[derive(Debug)]
 pub struct XdpDataplane<N: NeighbourProvider = KernelNeighbours, D: XdpApply = XdpDirector> {
@@ -134,7 +167,11 @@ impl<N: NeighbourProvider, D: XdpApply> XdpDataplane<N, D> {
     }
 }
 
-impl<N: NeighbourProvider, D: XdpApply> Dataplane for XdpDataplane<N, D> {
+impl<N: NeighbourProvider, D: XdpApply + XdpTraffic> Dataplane for XdpDataplane<N, D> {
+    fn traffic(&mut self) -> kubelvs_model::TrafficReport {
+        self.director.traffic()
+    }
+
     fn name(&self) -> &'static str {
         DataplaneKind::Xdp.name()
     }

@@ -63,6 +63,8 @@ pub struct Settings {
     /// Full re-apply even without changes (repairs what others changed).
     pub resync: Duration,
     pub health_concurrency: usize,
+    /// How often traffic counters are read from the dataplanes into /metrics.
+    pub traffic_interval: Duration,
 }
 
 /// The file's identity for change detection (cluster mode: nothing to poll).
@@ -93,6 +95,7 @@ pub fn run(
     let mut docs = source::Cache::default();
     let mut plan_cache: Option<(NodeIdentity, kubelvs_model::NodePlan)> = None;
     let mut notices = events::Notices::default();
+    let mut last_traffic: Option<Instant> = None;
     let mut rejected: Vec<source::Rejected> = Vec::new();
     let mut problems: BTreeSet<String> = BTreeSet::new();
     let mut have_config = false;
@@ -264,6 +267,26 @@ pub fn run(
                 .iter()
                 .any(|n| matches!(n.state, kubelvs_model::RealServerState::Unresolved(_)))
         });
+        if last_traffic.is_none_or(|t: Instant| t.elapsed() >= settings.traffic_interval) {
+            last_traffic = Some(Instant::now());
+            for (dataplane, t) in node.traffic() {
+                for (key, c) in t.services {
+                    let labels = metrics::ServiceLabels {
+                        dataplane: dataplane.to_owned(),
+                        service: key.to_string(),
+                    };
+                    metrics.virtual_service.observe(labels, c);
+                }
+                for (key, rs, c) in t.real_servers {
+                    let labels = metrics::BackendLabels {
+                        dataplane: dataplane.to_owned(),
+                        service: key.map(|k| k.to_string()).unwrap_or_default(),
+                        real_server: rs.to_string(),
+                    };
+                    metrics.real_server.observe(labels, c);
+                }
+            }
+        }
         metrics.ready.store(true, Ordering::Relaxed);
         last_apply = Some(Instant::now());
     }

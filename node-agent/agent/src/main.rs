@@ -85,6 +85,10 @@ struct Args {
     /// At most this many health probes in flight.
     #[arg(long, default_value_t = 256)]
     health_concurrency: usize,
+    /// How often traffic counters are read into /metrics (an IPVS read is one dump
+    /// per service).
+    #[arg(long, default_value_t = 15)]
+    traffic_interval_seconds: u64,
     /// Serve /metrics, /healthz and /readyz here.
     #[arg(long, default_value = "0.0.0.0:9641")]
     metrics_address: SocketAddr,
@@ -255,6 +259,7 @@ fn main() -> anyhow::Result<()> {
         debounce: Duration::from_millis(50),
         resync: Duration::from_secs(args.resync_seconds),
         health_concurrency: args.health_concurrency,
+        traffic_interval: Duration::from_secs(args.traffic_interval_seconds),
     };
     let handle = rt.handle().clone();
     run(

@@ -30,6 +30,78 @@ pub struct RealServerLabels {
     pub probe: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub dataplane: String,
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub dataplane: String,
+    /// Empty where the dataplane counts per real server across services (XDP).
+    pub service: String,
+    pub real_server: String,
+}
+
+/// Counters per virtual service or per real server.
+#[derive(Debug)]
+pub struct TrafficFamilies<L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug> {
+    pub connections: Family<L, Counter>,
+    pub packets: Family<L, Counter>,
+    pub bytes: Family<L, Counter>,
+    last: Mutex<std::collections::HashMap<L, kubelvs_model::Traffic>>,
+}
+
+impl<L> TrafficFamilies<L>
+where
+    L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
+{
+    fn new() -> Self {
+        Self {
+            connections: Family::default(),
+            packets: Family::default(),
+            bytes: Family::default(),
+            last: Mutex::default(),
+        }
+    }
+
+    fn register(&self, registry: &mut Registry, what: &str) {
+        registry.register(
+            format!("{what}_connections"),
+            format!("Connections (IPVS) or new flows (XDP) scheduled, per {what}"),
+            self.connections.clone(),
+        );
+        registry.register(
+            format!("{what}_packets"),
+            format!("Packets forwarded, per {what}"),
+            self.packets.clone(),
+        );
+        registry.register(
+            format!("{what}_bytes"),
+            format!("Bytes forwarded, per {what}"),
+            self.bytes.clone(),
+        );
+    }
+
+    /// Advances the counters to the kernel's totals (a total that went down means the
+    /// kernel entry was recreated: counted from zero again).
+    pub fn observe(&self, labels: L, now: kubelvs_model::Traffic) {
+        let mut last = self.last.lock().unwrap();
+        let before = last.insert(labels.clone(), now).unwrap_or_default();
+        let delta = |n: u64, b: u64| if n >= b { n - b } else { n };
+        self.connections
+            .get_or_create(&labels)
+            .inc_by(delta(now.connections, before.connections));
+        self.packets
+            .get_or_create(&labels)
+            .inc_by(delta(now.packets, before.packets));
+        self.bytes
+            .get_or_create(&labels)
+            .inc_by(delta(now.bytes, before.bytes));
+    }
+}
+
 /// Every metric the agent exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -40,6 +112,8 @@ pub struct Metrics {
     pub real_server_healthy: Family<RealServerLabels, Gauge>,
     pub rejected_objects: Gauge,
     pub health_transitions: Counter,
+    pub virtual_service: TrafficFamilies<ServiceLabels>,
+    pub real_server: TrafficFamilies<BackendLabels>,
     pub ready: AtomicBool,
 }
 
@@ -82,8 +156,14 @@ impl Metrics {
             "Real servers going down or up",
             health_transitions.clone(),
         );
+        let virtual_service = TrafficFamilies::new();
+        virtual_service.register(&mut registry, "virtual_service");
+        let real_server = TrafficFamilies::new();
+        real_server.register(&mut registry, "real_server");
         Arc::new(Self {
             registry: Mutex::new(registry),
+            virtual_service,
+            real_server,
             apply_duration,
             kernel_writes,
             outcomes,
@@ -137,5 +217,34 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
             let _ = conn.write_all(head.as_bytes()).await;
             let _ = conn.write_all(body.as_bytes()).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kubelvs_model::Traffic;
+
+    #[test]
+    fn counters_follow_kernel_totals_and_survive_a_reset() {
+        let m = Metrics::new();
+        let l = ServiceLabels {
+            dataplane: "ipvs".into(),
+            service: "203.0.113.1:80/TCP".into(),
+        };
+        let t = |c: u64| Traffic {
+            connections: c,
+            packets: 10 * c,
+            bytes: 100 * c,
+        };
+        m.virtual_service.observe(l.clone(), t(5));
+        m.virtual_service.observe(l.clone(), t(8));
+        assert_eq!(m.virtual_service.connections.get_or_create(&l).get(), 8);
+        // The kernel entry was recreated: its totals start again from zero.
+        m.virtual_service.observe(l.clone(), t(2));
+        assert_eq!(m.virtual_service.connections.get_or_create(&l).get(), 10);
+        assert_eq!(m.virtual_service.bytes.get_or_create(&l).get(), 1000);
+        let text = m.render();
+        assert!(text.contains("kubelvs_virtual_service_connections_total{dataplane=\"ipvs\",service=\"203.0.113.1:80/TCP\"} 10"), "{text}");
     }
 }

@@ -31,6 +31,14 @@ impl Node {
         }
     }
 
+    /// Traffic counters of every dataplane, by dataplane name.
+    pub fn traffic(&mut self) -> Vec<(&'static str, kubelvs_model::TrafficReport)> {
+        self.dataplanes
+            .iter_mut()
+            .map(|d| (d.name(), d.traffic()))
+            .collect()
+    }
+
     /// Applies `plan` on every dataplane; logs each outcome that changed.
     pub fn apply(&mut self, plan: &NodePlan, now: Instant) -> Vec<DataplaneReport> {
         let ctx = ApplyContext::at(now);

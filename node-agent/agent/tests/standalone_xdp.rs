@@ -77,6 +77,8 @@ fn director_args(lab: &Lab, file: &Path, dir: &Path, pin: &Path) -> Vec<String> 
         &format!("127.0.0.1:{METRICS_PORT}"),
         "--node-address",
         &lab.director.addr.to_string(),
+        "--traffic-interval-seconds",
+        "1",
     ]
     .map(String::from)
     .to_vec()
@@ -186,6 +188,17 @@ fn standalone_agents_direct_real_traffic_and_health_check_it() {
     );
     let (_, metrics) = http_get(&lab.director.netns, "/metrics").unwrap();
     assert!(metrics.contains("kubelvs_real_server_healthy"), "{metrics}");
+    // Traffic counters from the XDP maps, per virtual service and real server.
+    let service = format!("service=\"{}:{PORT}/TCP\"", lab.vip);
+    eventually(Duration::from_secs(5), "traffic counters", || {
+        let (_, m) = http_get(&lab.director.netns, "/metrics")?;
+        m.lines()
+            .find(|l| {
+                l.starts_with("kubelvs_virtual_service_connections_total") && l.contains(&service)
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .filter(|n| *n >= 30)
+    });
     eprintln!(
         "health: {victim} quiesced {took:?} after its health endpoint stopped (limit {limit:?})"
     );

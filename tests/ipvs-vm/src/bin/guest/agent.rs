@@ -71,6 +71,8 @@ fn start_agent() -> Result<Child, String> {
             "/run/agent/state",
             "--metrics-address",
             "127.0.0.1:9641",
+            "--traffic-interval-seconds",
+            "1",
         ])
         .env("RUST_LOG", "info")
         .stdout(Stdio::inherit())
@@ -83,6 +85,17 @@ fn start_agent() -> Result<Child, String> {
 fn stop_agent(mut child: Child) {
     let _ = cmd("kill", &["-TERM", &child.id().to_string()]);
     let _ = child.wait();
+}
+
+/// The agent's /metrics.
+fn metrics() -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect("127.0.0.1:9641").map_err(|e| e.to_string())?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    Ok(text)
 }
 
 fn health_server(lab: &Lab, ns: &str) -> Result<Child, String> {
@@ -155,7 +168,9 @@ pub fn run(r: &mut Reporter) {
             return;
         }
     };
-    let programmed = poll(Duration::from_secs(15), || {
+    // Generous: the first validation builds the CRD schemas and CEL programs, slow
+    // under an emulated CPU.
+    let programmed = poll(Duration::from_secs(60), || {
         weights()
             .ok()
             .filter(|w| w.len() == 3 && w.iter().all(|(_, w)| *w == 1))
@@ -178,6 +193,21 @@ pub fn run(r: &mut Reporter) {
                 Err(format!("{counts:?} errors {errors:?}"))
             }
         }),
+    );
+
+    // IPVS STATS64 in /metrics.
+    r.case(
+        "agent_traffic_metrics",
+        poll(Duration::from_secs(5), || {
+            let text = metrics().ok()?;
+            let line = text.lines().find(|l| {
+                l.starts_with("kubelvs_virtual_service_connections_total")
+                    && l.contains(&format!("service=\"{VIP}:80/TCP\""))
+            })?;
+            let n: u64 = line.rsplit(' ').next()?.parse().ok()?;
+            (n >= 30).then(|| line.to_owned())
+        })
+        .map(|(l, _)| l),
     );
 
     // A long-lived connection, and its real server's health endpoint stops.
