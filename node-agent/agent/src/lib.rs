@@ -76,6 +76,37 @@ fn stamp(source: &Source) -> Option<(SystemTime, u64)> {
     Some((m.modified().ok()?, m.len()))
 }
 
+/// Reads the dataplanes' traffic counters into the metrics when `interval` has passed
+/// since the last read (whether or not anything was applied since).
+fn read_traffic(
+    node: &mut Node,
+    metrics: &Metrics,
+    last: &mut Option<Instant>,
+    interval: Duration,
+) {
+    if last.is_some_and(|t| t.elapsed() < interval) {
+        return;
+    }
+    *last = Some(Instant::now());
+    for (dataplane, t) in node.traffic() {
+        for (key, c) in t.services {
+            let labels = metrics::ServiceLabels {
+                dataplane: dataplane.to_owned(),
+                service: key.to_string(),
+            };
+            metrics.virtual_service.observe(labels, c);
+        }
+        for (key, rs, c) in t.real_servers {
+            let labels = metrics::BackendLabels {
+                dataplane: dataplane.to_owned(),
+                service: key.map(|k| k.to_string()).unwrap_or_default(),
+                real_server: rs.to_string(),
+            };
+            metrics.real_server.observe(labels, c);
+        }
+    }
+}
+
 /// Runs the agent until `Event::Stop`. Applies on the calling thread (dataplanes
 /// belong to the network namespace of the thread that opened them); health checks
 /// and the metrics server run on `rt`.
@@ -126,6 +157,12 @@ pub fn run(
         };
         let resync = last_apply.is_none_or(|t| t.elapsed() >= period);
         if !(reload || health || resync) {
+            read_traffic(
+                &mut node,
+                &metrics,
+                &mut last_traffic,
+                settings.traffic_interval,
+            );
             continue;
         }
         // Debounce: take everything that arrives while it keeps arriving.
@@ -267,26 +304,12 @@ pub fn run(
                 .iter()
                 .any(|n| matches!(n.state, kubelvs_model::RealServerState::Unresolved(_)))
         });
-        if last_traffic.is_none_or(|t: Instant| t.elapsed() >= settings.traffic_interval) {
-            last_traffic = Some(Instant::now());
-            for (dataplane, t) in node.traffic() {
-                for (key, c) in t.services {
-                    let labels = metrics::ServiceLabels {
-                        dataplane: dataplane.to_owned(),
-                        service: key.to_string(),
-                    };
-                    metrics.virtual_service.observe(labels, c);
-                }
-                for (key, rs, c) in t.real_servers {
-                    let labels = metrics::BackendLabels {
-                        dataplane: dataplane.to_owned(),
-                        service: key.map(|k| k.to_string()).unwrap_or_default(),
-                        real_server: rs.to_string(),
-                    };
-                    metrics.real_server.observe(labels, c);
-                }
-            }
-        }
+        read_traffic(
+            &mut node,
+            &metrics,
+            &mut last_traffic,
+            settings.traffic_interval,
+        );
         metrics.ready.store(true, Ordering::Relaxed);
         last_apply = Some(Instant::now());
     }
