@@ -75,6 +75,19 @@ fn proc_stat(pid: u32) -> (f64, u64) {
     (cpu / 100.0, rss)
 }
 
+/// The agent process, stopped even when the bench panics (its namespace goes first,
+/// and a process left in a deleted namespace would run on unnoticed).
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -99,7 +112,7 @@ fn main() {
     std::fs::write(&file, &text).unwrap();
     let pin = format!("/sys/fs/bpf/klscale{}", std::process::id());
     let started = Instant::now();
-    let mut agent = Command::new("ip")
+    let agent = Command::new("ip")
         .args(["netns", "exec", ns.name(), AGENT])
         .args([
             "--config",
@@ -139,6 +152,7 @@ fn main() {
         .spawn()
         .unwrap();
     let pid = agent.id();
+    let agent = Running(agent);
     let programmed = format!("kubelvs_services{{dataplane=\"xdp\",outcome=\"Programmed\"}} {n}");
     while !metrics(&ns).contains(&programmed) {
         assert!(
@@ -181,10 +195,7 @@ fn main() {
         1000.0 * sum / count.max(1.0),
         edit.as_secs_f64(),
     );
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let _ = agent.wait();
+    drop(agent);
     let _ = std::fs::remove_dir_all(&pin);
     let _ = std::fs::remove_dir_all(&dir);
 }
