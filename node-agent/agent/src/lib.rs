@@ -220,24 +220,23 @@ pub fn run(
             Source::Cluster { watches, .. } => watches.node(&settings.node),
             Source::File(_) => settings.node.clone(),
         };
-        // Planning is pure but not free at 100,000 objects: redo it only when the
-        // objects or this node changed; a resync re-applies the same plan.
-        let mut plan = match &plan_cache {
-            Some((id, p)) if !reload && *id == identity => p.clone(),
-            _ => {
-                let p = plan_node(&identity, objects.planner());
-                plan_cache = Some((identity.clone(), p.clone()));
-                p
+        // Planning is pure but not free at 100,000 objects: redo it (and the probe
+        // set it implies) only when the objects or this node changed; a resync
+        // re-applies the same plan.
+        let cached = matches!(&plan_cache, Some((id, _)) if !reload && *id == identity);
+        if !cached {
+            let p = plan_node(&identity, objects.planner());
+            let now_problems: BTreeSet<String> = p.problems.iter().map(|p| p.to_string()).collect();
+            for p in now_problems.difference(&problems) {
+                warn!(problem = %p, "plan");
             }
-        };
-        let now_problems: BTreeSet<String> = plan.problems.iter().map(|p| p.to_string()).collect();
-        for p in now_problems.difference(&problems) {
-            warn!(problem = %p, "plan");
+            problems = now_problems;
+            checker.set_targets(&health::targets(&p));
+            plan_cache = Some((identity.clone(), p));
         }
-        problems = now_problems;
-        checker.set_targets(&health::targets(&plan));
+        let planned = &plan_cache.as_ref().expect("planned above").1;
         let unhealthy = checker.unhealthy();
-        let planned = plan.clone();
+        let mut plan = planned.clone();
         health::quiesce(&mut plan, &unhealthy);
 
         let t = Instant::now();
@@ -273,8 +272,9 @@ pub fn run(
         if let Source::Cluster { status, events, .. } = &source {
             let node = &identity.name;
             let mut desired = cluster::Desired::new();
-            let directors = status::directors(node, &planned, &reports, &unhealthy);
-            for n in notices.update(node, &planned, &unhealthy, &checker.states(), &directors) {
+            let states = checker.states();
+            let directors = status::directors(node, planned, &reports, &unhealthy);
+            for n in notices.update(node, planned, &unhealthy, &states, &directors) {
                 let _ = events.send(n);
             }
             for (vs, entry) in directors {
@@ -287,8 +287,7 @@ pub fn run(
                 desired.insert(("VirtualService".into(), vs), body);
             }
             let now = Instant::now();
-            let states = checker.states();
-            for (rs, obs) in status::observations(node, &planned, &states, now, SystemTime::now()) {
+            for (rs, obs) in status::observations(node, planned, &states, now, SystemTime::now()) {
                 let body = status::apply_body(
                     "RealServer",
                     &rs,

@@ -16,7 +16,7 @@ use common::*;
 use kubelvs_test_cluster::{Cluster, ControlPlane, ControlPlaneOptions};
 use kubelvs_xdp_lab::bpf::Attached;
 use kubelvs_xdp_lab::server::TcpServer;
-use kubelvs_xdp_lab::topology::{Host, Lab, HOST_IFNAME};
+use kubelvs_xdp_lab::topology::{Host, Lab};
 use kubelvs_xdp_lab::LabConfig;
 
 /// The API server's address: a host of its own on the lab's bridge.
@@ -24,38 +24,6 @@ const API_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
 
 fn repo() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-}
-
-fn objects(lab: &Lab) -> String {
-    let mut y = format!(
-        "apiVersion: kubelvs.io/v1alpha1
-kind: VirtualService
-metadata: {{name: web, namespace: lab}}
-spec:
-  vip: {vip}
-  ports: [{{name: http, port: {PORT}}}]
-  scheduler: maglev
-  forwarding: dr
-  dataplane: xdp
-  realServerSelector: {{matchLabels: {{app: web}}}}
-  directors: {{nodeSelector: {{matchLabels: {{node-role.kubelvs.io/director: \"\"}}}}}}
-  healthCheck: {{type: tcp, port: {HEALTH_PORT}, intervalSeconds: {INTERVAL_S}, timeoutSeconds: 1, rise: 1, fall: {FALL}}}
-",
-        vip = lab.vip
-    );
-    for rs in &lab.real_servers {
-        y += &format!(
-            "---
-apiVersion: kubelvs.io/v1alpha1
-kind: RealServer
-metadata: {{name: {role}, namespace: lab, labels: {{app: web}}}}
-spec: {{address: {addr}, nodeName: {role}}}
-",
-            role = rs.role,
-            addr = rs.addr
-        );
-    }
-    y
 }
 
 fn node_object(host: &Host, director: bool) -> String {
@@ -70,35 +38,13 @@ fn node_object(host: &Host, director: bool) -> String {
     )
 }
 
-fn agent_args(host: &Host, dir: &Path, director: bool) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "--node",
-        &host.role,
-        "--interface",
-        HOST_IFNAME,
-        "--state-dir",
-        &dir.join(format!("state-{}", host.role))
-            .display()
-            .to_string(),
-        "--metrics-address",
-        &format!("127.0.0.1:{METRICS_PORT}"),
-    ]
-    .map(String::from)
-    .to_vec();
+fn cluster_agent_args(host: &Host, dir: &Path, director: bool) -> Vec<String> {
     if director {
-        a.extend(
-            [
-                "--dataplane",
-                "xdp",
-                "--xdp-pin-dir",
-                &format!("/sys/fs/bpf/{}", dir.file_name().unwrap().to_string_lossy()),
-            ]
-            .map(String::from),
-        );
+        let pin = format!("/sys/fs/bpf/{}", dir.file_name().unwrap().to_string_lossy());
+        agent_args(host, dir, &["--dataplane", "xdp", "--xdp-pin-dir", &pin])
     } else {
-        a.extend(["--dataplane", "none"].map(String::from));
+        agent_args(host, dir, &["--dataplane", "none"])
     }
-    a
 }
 
 fn json(cluster: &Cluster, args: &[&str]) -> serde_json::Value {
@@ -204,7 +150,10 @@ fn cluster_mode_agents_program_traffic_and_report_status() {
             .unwrap();
     }
     cluster
-        .kubectl_stdin(&["apply", "-f", "-"], &objects(&lab))
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            &lab_objects(&lab, "dr", PORT, true, &[0, 1, 2]),
+        )
         .unwrap();
 
     let _app: Vec<TcpServer> = lab.start_servers(PORT).unwrap();
@@ -217,11 +166,11 @@ fn cluster_mode_agents_program_traffic_and_report_status() {
     let _rs_agents: Vec<Agent> = lab
         .real_servers
         .iter()
-        .map(|rs| Agent::start_with_env(rs, &agent_args(rs, &dir, false), &dir, &env))
+        .map(|rs| Agent::start_with_env(rs, &cluster_agent_args(rs, &dir, false), &dir, &env))
         .collect();
     let director = Agent::start_with_env(
         &lab.director,
-        &agent_args(&lab.director, &dir, true),
+        &cluster_agent_args(&lab.director, &dir, true),
         &dir,
         &env,
     );

@@ -10,61 +10,14 @@ use std::time::Duration;
 
 use common::*;
 use kubelvs_xdp_lab::bpf::Attached;
-use kubelvs_xdp_lab::topology::{Host, Lab, HOST_IFNAME};
+use kubelvs_xdp_lab::topology::{Host, Lab};
 use kubelvs_xdp_lab::{LabConfig, ReturnPath};
 
-fn config(lab: &Lab, forwarding: &str, target_port: u16) -> String {
-    let tunnel = if forwarding == "tun" {
-        "  tunnel: {type: ipip}\n"
-    } else {
-        ""
-    };
-    let mut y = format!(
-        "apiVersion: kubelvs.io/v1alpha1
-kind: VirtualService
-metadata: {{name: web, namespace: lab}}
-spec:
-  vip: {vip}
-  ports: [{{name: http, port: {PORT}, targetPort: {target_port}}}]
-  scheduler: maglev
-  forwarding: {forwarding}
-{tunnel}  dataplane: xdp
-  realServerSelector: {{matchLabels: {{app: web}}}}
-  directors: {{nodeSelector: {{matchLabels: {{node-role.kubelvs.io/director: \"\"}}}}}}
-",
-        vip = lab.vip
-    );
-    for rs in &lab.real_servers {
-        y += &format!(
-            "---\napiVersion: kubelvs.io/v1alpha1\nkind: RealServer\nmetadata: {{name: {r}, namespace: lab, labels: {{app: web}}}}\nspec: {{address: {a}, nodeName: {r}}}\n",
-            r = rs.role,
-            a = rs.addr
-        );
-    }
-    y
-}
-
 fn args(host: &Host, file: &Path, dir: &Path, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "--config",
-        &file.display().to_string(),
-        "--node",
-        &host.role,
-        "--interface",
-        HOST_IFNAME,
-        "--state-dir",
-        &dir.join(format!("state-{}", host.role))
-            .display()
-            .to_string(),
-        "--metrics-address",
-        &format!("127.0.0.1:{METRICS_PORT}"),
-        "--node-address",
-        &host.addr.to_string(),
-    ]
-    .map(String::from)
-    .to_vec();
-    a.extend(extra.iter().map(|s| s.to_string()));
-    a
+    let (file, addr) = (file.display().to_string(), host.addr.to_string());
+    let mut all = vec!["--config", &file, "--node-address", &addr];
+    all.extend_from_slice(extra);
+    agent_args(host, dir, &all)
 }
 
 fn run(forwarding: &str) {
@@ -83,7 +36,11 @@ fn run(forwarding: &str) {
     std::fs::create_dir_all(&dir).unwrap();
     let pin = PathBuf::from("/sys/fs/bpf").join(lab.bridge.name());
     let file = dir.join("lab.yaml");
-    std::fs::write(&file, config(&lab, forwarding, target_port)).unwrap();
+    std::fs::write(
+        &file,
+        lab_objects(&lab, forwarding, target_port, false, &[0, 1, 2]),
+    )
+    .unwrap();
     let _app = lab.start_servers(target_port).unwrap();
     let rs_extra: &[&str] = if forwarding == "tun" {
         &["--dataplane", "none", "--xdp-decap"]

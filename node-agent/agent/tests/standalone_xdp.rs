@@ -14,40 +14,11 @@ use std::time::{Duration, Instant};
 use common::*;
 use kubelvs_xdp_lab::bpf::Attached;
 use kubelvs_xdp_lab::server::TcpServer;
-use kubelvs_xdp_lab::topology::{Host, Lab, HOST_IFNAME};
+use kubelvs_xdp_lab::topology::{Host, Lab};
 use kubelvs_xdp_lab::LabConfig;
 
 fn config(lab: &Lab, real_servers: &[usize], extra: &str) -> String {
-    let mut y = format!(
-        "apiVersion: kubelvs.io/v1alpha1
-kind: VirtualService
-metadata: {{name: web, namespace: lab}}
-spec:
-  vip: {vip}
-  ports: [{{name: http, port: {PORT}}}]
-  scheduler: maglev
-  forwarding: dr
-  dataplane: xdp
-  realServerSelector: {{matchLabels: {{app: web}}}}
-  directors: {{nodeSelector: {{matchLabels: {{node-role.kubelvs.io/director: \"\"}}}}}}
-  healthCheck: {{type: tcp, port: {HEALTH_PORT}, intervalSeconds: {INTERVAL_S}, timeoutSeconds: 1, rise: 1, fall: {FALL}}}
-",
-        vip = lab.vip
-    );
-    for &i in real_servers {
-        let rs = &lab.real_servers[i];
-        y += &format!(
-            "---
-apiVersion: kubelvs.io/v1alpha1
-kind: RealServer
-metadata: {{name: {role}, namespace: lab, labels: {{app: web}}}}
-spec: {{address: {addr}, nodeName: {role}}}
-",
-            role = rs.role,
-            addr = rs.addr
-        );
-    }
-    y + extra
+    lab_objects(lab, "dr", PORT, true, real_servers) + extra
 }
 
 fn write_config(path: &Path, text: &str) {
@@ -58,51 +29,45 @@ fn write_config(path: &Path, text: &str) {
 }
 
 fn director_args(lab: &Lab, file: &Path, dir: &Path, pin: &Path) -> Vec<String> {
-    [
-        "--config",
-        &file.display().to_string(),
-        "--node",
-        "director",
-        "--node-label",
-        "node-role.kubelvs.io/director=",
-        "--interface",
-        HOST_IFNAME,
-        "--dataplane",
-        "xdp",
-        "--xdp-pin-dir",
-        &pin.display().to_string(),
-        "--state-dir",
-        &dir.join("state-director").display().to_string(),
-        "--metrics-address",
-        &format!("127.0.0.1:{METRICS_PORT}"),
-        "--node-address",
-        &lab.director.addr.to_string(),
-        "--traffic-interval-seconds",
-        "1",
-    ]
-    .map(String::from)
-    .to_vec()
+    let (file, pin, addr) = (
+        file.display().to_string(),
+        pin.display().to_string(),
+        lab.director.addr.to_string(),
+    );
+    agent_args(
+        &lab.director,
+        dir,
+        &[
+            "--config",
+            &file,
+            "--node-label",
+            "node-role.kubelvs.io/director=",
+            "--dataplane",
+            "xdp",
+            "--xdp-pin-dir",
+            &pin,
+            "--node-address",
+            &addr,
+            "--traffic-interval-seconds",
+            "1",
+        ],
+    )
 }
 
 fn real_server_args(rs: &Host, file: &Path, dir: &Path) -> Vec<String> {
-    [
-        "--config",
-        &file.display().to_string(),
-        "--node",
-        &rs.role,
-        "--interface",
-        HOST_IFNAME,
-        "--dataplane",
-        "none",
-        "--state-dir",
-        &dir.join(format!("state-{}", rs.role)).display().to_string(),
-        "--metrics-address",
-        &format!("127.0.0.1:{METRICS_PORT}"),
-        "--node-address",
-        &rs.addr.to_string(),
-    ]
-    .map(String::from)
-    .to_vec()
+    let (file, addr) = (file.display().to_string(), rs.addr.to_string());
+    agent_args(
+        rs,
+        dir,
+        &[
+            "--config",
+            &file,
+            "--dataplane",
+            "none",
+            "--node-address",
+            &addr,
+        ],
+    )
 }
 
 #[test]

@@ -124,3 +124,72 @@ pub fn open(lab: &Lab) -> Conn {
         .unwrap()
         .unwrap()
 }
+
+/// The lab's VirtualService `web` (XDP, maglev, directed by the nodes labelled
+/// `node-role.kubelvs.io/director`), with the TCP health check on HEALTH_PORT when
+/// `health`, and a RealServer on its own node for each index of `real_servers`.
+pub fn lab_objects(
+    lab: &Lab,
+    forwarding: &str,
+    target_port: u16,
+    health: bool,
+    real_servers: &[usize],
+) -> String {
+    let tunnel = if forwarding == "tun" {
+        "  tunnel: {type: ipip}\n"
+    } else {
+        ""
+    };
+    let check = if health {
+        format!(
+            "  healthCheck: {{type: tcp, port: {HEALTH_PORT}, intervalSeconds: {INTERVAL_S}, timeoutSeconds: 1, rise: 1, fall: {FALL}}}\n"
+        )
+    } else {
+        String::new()
+    };
+    let mut y = format!(
+        "apiVersion: kubelvs.io/v1alpha1
+kind: VirtualService
+metadata: {{name: web, namespace: lab}}
+spec:
+  vip: {vip}
+  ports: [{{name: http, port: {PORT}, targetPort: {target_port}}}]
+  scheduler: maglev
+  forwarding: {forwarding}
+{tunnel}  dataplane: xdp
+  realServerSelector: {{matchLabels: {{app: web}}}}
+  directors: {{nodeSelector: {{matchLabels: {{node-role.kubelvs.io/director: \"\"}}}}}}
+{check}",
+        vip = lab.vip
+    );
+    for &i in real_servers {
+        let rs = &lab.real_servers[i];
+        y += &format!(
+            "---\napiVersion: kubelvs.io/v1alpha1\nkind: RealServer\nmetadata: {{name: {r}, namespace: lab, labels: {{app: web}}}}\nspec: {{address: {a}, nodeName: {r}}}\n",
+            r = rs.role,
+            a = rs.addr
+        );
+    }
+    y
+}
+
+/// Flags of the agent on `host`: its node name, the lab interface, a state directory
+/// of its own under `dir`, metrics on its loopback; then `extra`.
+pub fn agent_args(host: &Host, dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "--node",
+        &host.role,
+        "--interface",
+        kubelvs_xdp_lab::topology::HOST_IFNAME,
+        "--state-dir",
+        &dir.join(format!("state-{}", host.role))
+            .display()
+            .to_string(),
+        "--metrics-address",
+        &format!("127.0.0.1:{METRICS_PORT}"),
+    ]
+    .map(String::from)
+    .to_vec();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
