@@ -69,12 +69,12 @@ where
     K: CustomResourceExt + kube::Resource<DynamicType = ()> + Serialize,
 {
     let value = serde_json::to_value(obj).expect("API objects serialize to JSON");
-    let crd = crd_of::<K>();
-    let mut errors = schema_errors(crd, &value);
+    let schema = schema_of::<K>();
+    let mut errors = schema_errors(&schema.validator, &value);
     // CEL rules assume a structurally valid object (the API server never evaluates them
     // otherwise), so only run them on one.
     if errors.is_empty() {
-        if let Err(cel) = cel_errors(crd, &value) {
+        if let Err(cel) = cel_errors(&schema.crd, &value) {
             errors.extend(cel.into_iter().map(|e| FieldError {
                 field: e.field_path.clone(),
                 message: if e.message.starts_with("spec") || e.message.starts_with("metadata") {
@@ -95,19 +95,25 @@ where
     }
 }
 
-/// The generated CRD of `K`, made once per process: generating it (schemars) costs
-/// more than validating an object, and an agent validates every object of its file.
-fn crd_of<K: CustomResourceExt + kube::Resource<DynamicType = ()>>(
-) -> &'static CustomResourceDefinition {
-    static CRDS: OnceLock<Mutex<HashMap<String, &'static CustomResourceDefinition>>> =
-        OnceLock::new();
-    let mut cache = CRDS
+/// The generated CRD of `K` and its compiled JSON-schema validator, made once per
+/// process: generating the CRD (schemars) costs more than validating an object, and an
+/// agent validates every object of its file.
+struct Schema {
+    crd: CustomResourceDefinition,
+    validator: jsonschema::Validator,
+}
+
+fn schema_of<K: CustomResourceExt + kube::Resource<DynamicType = ()>>() -> &'static Schema {
+    static SCHEMAS: OnceLock<Mutex<HashMap<String, &'static Schema>>> = OnceLock::new();
+    let mut cache = SCHEMAS
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|p| p.into_inner());
-    cache
-        .entry(K::kind(&()).into_owned())
-        .or_insert_with(|| Box::leak(Box::new(K::crd())))
+    cache.entry(K::kind(&()).into_owned()).or_insert_with(|| {
+        let crd = K::crd();
+        let validator = compile_schema(&crd);
+        Box::leak(Box::new(Schema { crd, validator }))
+    })
 }
 
 /// The CRD's CEL rules on `value`, compiled once per kind and thread (the compiled
@@ -151,18 +157,7 @@ fn object_name<K: kube::Resource<DynamicType = ()>>(obj: &K) -> String {
 }
 
 /// OpenAPI constraints of the CRD's schema (ranges, lengths, patterns, enums, required).
-fn schema_errors(crd: &CustomResourceDefinition, value: &serde_json::Value) -> Vec<FieldError> {
-    static VALIDATORS: OnceLock<Mutex<HashMap<String, &'static jsonschema::Validator>>> =
-        OnceLock::new();
-    let validator = {
-        let mut cache = VALIDATORS
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        *cache
-            .entry(crd.spec.names.kind.clone())
-            .or_insert_with(|| Box::leak(Box::new(compile_schema(crd))))
-    };
+fn schema_errors(validator: &jsonschema::Validator, value: &serde_json::Value) -> Vec<FieldError> {
     validator
         .iter_errors(value)
         .map(|e| {
