@@ -347,6 +347,17 @@ pub struct RealServerVip {
     pub sources: Vec<ObjectRef>,
 }
 
+impl RealServerVip {
+    /// The object to report on about this VIP: its first VirtualService, or (a plan
+    /// built by hand with no sources) the VIP itself.
+    pub fn source(&self) -> ObjectRef {
+        self.sources
+            .first()
+            .cloned()
+            .unwrap_or_else(|| ObjectRef::new("VirtualService", "", &self.vip.to_string()))
+    }
+}
+
 /// The decapsulation a TUN real server needs (the GUE port lives in the service).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum TunnelKind {

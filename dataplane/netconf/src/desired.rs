@@ -128,11 +128,7 @@ pub fn desired(plan: &NodePlan, opts: &NetconfOptions, links: &BTreeSet<String>)
     }
     for rv in &plan.real_server_vips {
         let subject = Subject::RealServerVip(rv.vip);
-        let source = rv
-            .sources
-            .first()
-            .cloned()
-            .unwrap_or_else(|| ObjectRef::new("VirtualService", "", &rv.vip.to_string()));
+        let source = rv.source();
         d.subjects.insert(subject, source.clone());
         if director_dev == "lo" && !plan.services.is_empty() {
             // arp_ignore=1 on `all` would silence ARP for the director's VIPs on lo.

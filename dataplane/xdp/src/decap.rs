@@ -251,11 +251,7 @@ impl kubelvs_model::Dataplane for DecapDataplane {
             let outcome = match &result {
                 Ok(_) => Outcome::Programmed,
                 Err(e) => Outcome::Failed(Reason::new(
-                    v.sources.first().unwrap_or(&kubelvs_model::ObjectRef::new(
-                        "VirtualService",
-                        "",
-                        &v.vip.to_string(),
-                    )),
+                    &v.source(),
                     "",
                     format!("XDP decapsulation on {}: {e}", self.ifname),
                 )),
