@@ -443,17 +443,9 @@ pub fn shared() -> &'static Cluster {
 
 impl Cluster {
     fn new() -> Result<Self, Error> {
-        let bin = binaries()?.to_owned();
-        let scratch = unique_dir("kubelvs-cluster-scratch")?;
-        process::remove_at_exit(scratch.clone());
         if let Some(external) = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
             let first = std::env::split_paths(&external).next().unwrap_or_default();
-            return Ok(Self {
-                kubeconfig: first,
-                bin,
-                local: None,
-                scratch,
-            });
+            return Self::with(first, None);
         }
         let cp = ControlPlane::start(ControlPlaneOptions::default())?;
         eprintln!(
@@ -462,10 +454,21 @@ impl Cluster {
             cp.server(),
             cp.dir().display()
         );
+        Self::of(cp)
+    }
+
+    /// A cluster around a given control plane (one started with other options).
+    pub fn of(cp: ControlPlane) -> Result<Self, Error> {
+        Self::with(cp.kubeconfig().to_owned(), Some(cp))
+    }
+
+    fn with(kubeconfig: PathBuf, local: Option<ControlPlane>) -> Result<Self, Error> {
+        let scratch = unique_dir("kubelvs-cluster-scratch")?;
+        process::remove_at_exit(scratch.clone());
         Ok(Self {
-            kubeconfig: cp.kubeconfig().to_owned(),
-            bin,
-            local: Some(cp),
+            kubeconfig,
+            bin: binaries()?.to_owned(),
+            local,
             scratch,
         })
     }
@@ -481,18 +484,6 @@ impl Cluster {
 
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
-    }
-
-    /// A cluster around a given control plane (one started with other options).
-    pub fn of(cp: ControlPlane) -> Result<Self, Error> {
-        let scratch = unique_dir("kubelvs-cluster-scratch")?;
-        process::remove_at_exit(scratch.clone());
-        Ok(Self {
-            kubeconfig: cp.kubeconfig().to_owned(),
-            bin: binaries()?.to_owned(),
-            local: Some(cp),
-            scratch,
-        })
     }
 
     /// The pinned build of a tool (`kubectl`, `helm`, ...).
