@@ -9,14 +9,27 @@
 //! - Others, oldest first, get the lowest free address of `spec.addressPool`, else of the
 //!   first auto-assign pool (by name) that admits their namespace.
 //! - In IPv4 CIDRs shorter than /31 the network and broadcast addresses are skipped.
-//! - Several VirtualServices may share a VIP only when they set it in `spec.vip`
-//!   (different ports on one VIP is normal LVS); allocation never hands out a used address.
+//! - Several VirtualServices may share a VIP when they set it in `spec.vip` (different
+//!   ports on one VIP is normal LVS), or when they carry the same sharing key
+//!   ([`SHARING_KEY`]) in one namespace: the first of them takes an address, the others
+//!   join it. Otherwise allocation never hands out a used address.
+//! - VirtualServices on one VIP may not serve the same port and protocol: the younger
+//!   one is refused.
+//! - [`IP_FAMILY`] (`IPv4` or `IPv6`) restricts allocation to that family (a dual-stack
+//!   Service has one VirtualService per family).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use kubelvs_crds::{AddressPool, AddressRange, VirtualService};
+use kubelvs_crds::{AddressPool, AddressRange, Protocol, VirtualService};
+
+/// Annotation: VirtualServices of one namespace with the same value may share a VIP
+/// (MetalLB's `allow-shared-ip`). Their ports must not collide.
+pub const SHARING_KEY: &str = "kubelvs.io/allow-shared-ip";
+
+/// Annotation: the address family to allocate from, `IPv4` or `IPv6`.
+pub const IP_FAMILY: &str = "kubelvs.io/ip-family";
 
 /// Labels of each namespace, for pools' `namespaceSelector`.
 pub type NamespaceLabels = BTreeMap<String, BTreeMap<String, String>>;
@@ -34,10 +47,94 @@ pub enum AllocationError {
     NamespaceNotAdmitted { pool: String, namespace: String },
     #[error("spec.vip: {vip} is already allocated to VirtualService {owner}")]
     VipAllocatedElsewhere { vip: IpAddr, owner: String },
-    #[error("spec.addressPool: AddressPool {pool} has no free address")]
-    PoolExhausted { pool: String },
+    #[error("spec.addressPool: AddressPool {pool} has no free {what}")]
+    PoolExhausted { pool: String, what: String },
     #[error("spec.addressPool: no auto-assign AddressPool admits namespace {namespace}; set spec.vip or spec.addressPool")]
     NoPool { namespace: String },
+    #[error("metadata.annotations[{IP_FAMILY}]: {value:?} is not IPv4 or IPv6")]
+    InvalidFamily { value: String },
+    #[error("spec.vip: {vip} is {family}, but metadata.annotations[{IP_FAMILY}] asks for the other family")]
+    WrongFamily { vip: IpAddr, family: &'static str },
+    #[error("spec.ports: {port}/{protocol} on {vip} is already served by VirtualService {owner}")]
+    PortCollides {
+        vip: IpAddr,
+        port: u16,
+        protocol: &'static str,
+        owner: String,
+    },
+}
+
+impl AllocationError {
+    /// The condition reason for this error (CamelCase, as Kubernetes conditions use).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidVip { .. } => "InvalidVip",
+            Self::UnknownPool { .. } => "UnknownPool",
+            Self::VipOutsidePool { .. } => "VipOutsidePool",
+            Self::NamespaceNotAdmitted { .. } => "NamespaceNotAdmitted",
+            Self::VipAllocatedElsewhere { .. } => "VipTaken",
+            Self::PoolExhausted { .. } => "PoolExhausted",
+            Self::NoPool { .. } => "NoPool",
+            Self::InvalidFamily { .. } => "InvalidFamily",
+            Self::WrongFamily { .. } => "WrongFamily",
+            Self::PortCollides { .. } => "PortCollides",
+        }
+    }
+}
+
+/// What an annotation asks of a VirtualService's allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Any,
+    V4,
+    V6,
+}
+
+impl Family {
+    fn of(vs: &VirtualService) -> Result<Self, AllocationError> {
+        match annotation(vs, IP_FAMILY) {
+            None => Ok(Self::Any),
+            Some("IPv4") => Ok(Self::V4),
+            Some("IPv6") => Ok(Self::V6),
+            Some(v) => Err(AllocationError::InvalidFamily { value: v.into() }),
+        }
+    }
+
+    fn admits(self, a: IpAddr) -> bool {
+        match self {
+            Self::Any => true,
+            Self::V4 => a.is_ipv4(),
+            Self::V6 => a.is_ipv6(),
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Self::Any => "address",
+            Self::V4 => "IPv4 address",
+            Self::V6 => "IPv6 address",
+        }
+    }
+}
+
+fn annotation<'a>(vs: &'a VirtualService, key: &str) -> Option<&'a str> {
+    vs.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
+}
+
+/// The sharing group of a VirtualService: its namespace and key.
+fn sharing(vs: &VirtualService) -> Option<(String, String)> {
+    annotation(vs, SHARING_KEY)
+        .filter(|k| !k.is_empty())
+        .map(|k| {
+            (
+                vs.metadata.namespace.clone().unwrap_or_default(),
+                k.to_owned(),
+            )
+        })
 }
 
 /// `namespace/name` of a VirtualService.
@@ -89,45 +186,59 @@ pub fn allocate(
 
     let mut used: BTreeSet<IpAddr> = BTreeSet::new();
     let mut pending = Vec::new();
+    // Who holds each address, and with which sharing group.
+    let mut holders: BTreeMap<IpAddr, (VsKey, Option<(String, String)>)> = BTreeMap::new();
+    let may_join = |holders: &BTreeMap<IpAddr, (VsKey, Option<(String, String)>)>,
+                    vs: &VirtualService,
+                    vip: IpAddr| {
+        match holders.get(&vip) {
+            None => Ok(()),
+            Some((_, Some(group))) if sharing(vs).as_ref() == Some(group) => Ok(()),
+            Some(((ns, name), _)) => Err(AllocationError::VipAllocatedElsewhere {
+                vip,
+                owner: format!("{ns}/{name}"),
+            }),
+        }
+    };
 
     // Pass 1: allocations still valid (status.vip inside a pool the service may use) are
     // kept, so a VIP never moves under traffic, whatever appears later.
-    let mut kept: BTreeMap<IpAddr, VsKey> = BTreeMap::new();
     for vs in order.iter().filter(|v| v.spec.vip.is_none()) {
+        let family = Family::of(vs).unwrap_or(Family::Any);
         let still_valid = vs
             .status
             .as_ref()
             .and_then(|s| s.vip.as_deref())
             .and_then(|v| v.parse::<IpAddr>().ok())
-            .filter(|v| !kept.contains_key(v))
+            .filter(|v| family.admits(*v) && may_join(&holders, vs, *v).is_ok())
             .filter(|v| {
                 candidate_pools(vs, &pools, namespaces)
                     .is_ok_and(|ps| ps.iter().any(|p| ranges[*p].iter().any(|r| r.contains(*v))))
             });
         match still_valid {
             Some(v) => {
-                kept.insert(v, vs_key(vs));
+                holders.entry(v).or_insert((vs_key(vs), sharing(vs)));
                 out.vips.insert(vs_key(vs), Ok(v));
             }
             None => pending.push(*vs),
         }
     }
-    used.extend(kept.keys());
+    used.extend(holders.keys());
 
     // Pass 2: fixed VIPs (spec.vip). They may share an address with each other (several
     // ports on one VIP), but not take one allocated to another service.
     for vs in order.iter().filter(|v| v.spec.vip.is_some()) {
         let text = vs.spec.vip.as_deref().unwrap_or_default();
-        let result = match text.parse::<IpAddr>() {
-            Err(_) => Err(AllocationError::InvalidVip { vip: text.into() }),
-            Ok(vip) => {
-                if let Some((ns, name)) = kept.get(&vip) {
-                    Err(AllocationError::VipAllocatedElsewhere {
-                        vip,
-                        owner: format!("{ns}/{name}"),
-                    })
-                } else if let Some(p) = vs.spec.address_pool.as_deref() {
-                    candidate_pools(vs, &pools, namespaces).and_then(|_| {
+        let result = match (text.parse::<IpAddr>(), Family::of(vs)) {
+            (Err(_), _) => Err(AllocationError::InvalidVip { vip: text.into() }),
+            (_, Err(e)) => Err(e),
+            (Ok(vip), Ok(family)) if !family.admits(vip) => Err(AllocationError::WrongFamily {
+                vip,
+                family: if vip.is_ipv4() { "IPv4" } else { "IPv6" },
+            }),
+            (Ok(vip), Ok(_)) => {
+                may_join(&holders, vs, vip).and_then(|()| match vs.spec.address_pool.as_deref() {
+                    Some(p) => candidate_pools(vs, &pools, namespaces).and_then(|_| {
                         if ranges[p].iter().any(|r| r.contains(vip)) {
                             Ok(vip)
                         } else {
@@ -136,10 +247,9 @@ pub fn allocate(
                                 pool: p.into(),
                             })
                         }
-                    })
-                } else {
-                    Ok(vip)
-                }
+                    }),
+                    None => Ok(vip),
+                })
             }
         };
         if let Ok(v) = result {
@@ -147,20 +257,82 @@ pub fn allocate(
         }
         out.vips.insert(vs_key(vs), result);
     }
+    // A fixed VIP is every service's to share: record it only where nobody holds it yet.
+    for vs in order.iter().filter(|v| v.spec.vip.is_some()) {
+        if let Some(Ok(v)) = out.vips.get(&vs_key(vs)) {
+            holders.entry(*v).or_insert((vs_key(vs), None));
+        }
+    }
 
-    // Pass 3: the rest, oldest first, get the lowest free address.
+    // Pass 3: the rest, oldest first, join their sharing group's address or get the
+    // lowest free one.
     for vs in pending {
-        let result = candidate_pools(vs, &pools, namespaces).and_then(|ps| {
-            ps.iter()
-                .find_map(|p| ranges[*p].iter().find_map(|r| first_free(r, &used)))
-                .ok_or_else(|| AllocationError::PoolExhausted { pool: ps.join(",") })
+        let result = Family::of(vs).and_then(|family| {
+            candidate_pools(vs, &pools, namespaces).and_then(|ps| {
+                let in_pools =
+                    |v: IpAddr| ps.iter().any(|p| ranges[*p].iter().any(|r| r.contains(v)));
+                let joined = sharing(vs).and_then(|group| {
+                    holders
+                        .iter()
+                        .find(|(v, (_, g))| {
+                            g.as_ref() == Some(&group) && family.admits(**v) && in_pools(**v)
+                        })
+                        .map(|(v, _)| *v)
+                });
+                joined
+                    .or_else(|| {
+                        ps.iter().find_map(|p| {
+                            ranges[*p]
+                                .iter()
+                                .filter(|r| family.admits(r.first))
+                                .find_map(|r| first_free(r, &used))
+                        })
+                    })
+                    .ok_or_else(|| AllocationError::PoolExhausted {
+                        pool: ps.join(","),
+                        what: family.what().into(),
+                    })
+            })
         });
         if let Ok(v) = result {
             used.insert(v);
+            holders.entry(v).or_insert((vs_key(vs), sharing(vs)));
         }
         out.vips.insert(vs_key(vs), result);
     }
 
+    // Services on one VIP must not serve the same port: the older one keeps it.
+    let mut served: BTreeMap<(IpAddr, u16, &'static str), VsKey> = BTreeMap::new();
+    for vs in &order {
+        let key = vs_key(vs);
+        let Some(Ok(vip)) = out.vips.get(&key).cloned() else {
+            continue;
+        };
+        let collision = vs.spec.ports.iter().find_map(|p| {
+            served
+                .get(&(vip, p.port, protocol_name(p.protocol)))
+                .filter(|owner| **owner != key)
+                .map(|owner| (p, owner.clone()))
+        });
+        match collision {
+            Some((p, (ns, name))) => {
+                out.vips.insert(
+                    key,
+                    Err(AllocationError::PortCollides {
+                        vip,
+                        port: p.port,
+                        protocol: protocol_name(p.protocol),
+                        owner: format!("{ns}/{name}"),
+                    }),
+                );
+            }
+            None => {
+                for p in &vs.spec.ports {
+                    served.insert((vip, p.port, protocol_name(p.protocol)), key.clone());
+                }
+            }
+        }
+    }
     for p in &pools {
         let rs = &ranges[&name(p)];
         let total = rs.iter().map(size).fold(0u64, u64::saturating_add);
@@ -213,6 +385,14 @@ fn candidate_pools<'a>(
                 Ok(auto)
             }
         }
+    }
+}
+
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "TCP",
+        Protocol::Udp => "UDP",
+        Protocol::Sctp => "SCTP",
     }
 }
 

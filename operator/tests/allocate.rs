@@ -20,6 +20,19 @@ fn vs(ns: &str, name: &str, vip: Option<&str>, pool: Option<&str>, created: i64)
     v
 }
 
+fn port(mut v: VirtualService, port: u16) -> VirtualService {
+    v.spec.ports[0].port = port;
+    v
+}
+
+fn annotate(mut v: VirtualService, key: &str, value: &str) -> VirtualService {
+    v.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(key.into(), value.into());
+    v
+}
+
 fn pool(name: &str, addresses: &[&str], auto: bool) -> AddressPool {
     AddressPool::new(
         name,
@@ -101,7 +114,7 @@ fn fixed_vips_are_claimed_first_and_may_be_shared() {
         &[
             vs("s", "auto", None, None, 0),
             vs("s", "fixed-a", Some("203.0.113.10"), None, 5),
-            vs("s", "fixed-b", Some("203.0.113.10"), None, 6),
+            port(vs("s", "fixed-b", Some("203.0.113.10"), None, 6), 443),
         ],
         &pools,
         &BTreeMap::new(),
@@ -291,4 +304,132 @@ fn the_top_of_the_address_space_in_use_does_not_overflow() {
         get(&a, "s", "b"),
         Err(AllocationError::PoolExhausted { .. })
     ));
+}
+
+#[test]
+fn two_services_on_one_vip_may_not_serve_the_same_port() {
+    let pools = [pool("public", &["203.0.113.10-203.0.113.12"], true)];
+    let a = allocate(
+        &[
+            vs("s", "first", Some("203.0.113.10"), None, 0),
+            vs("s", "second", Some("203.0.113.10"), None, 1),
+        ],
+        &pools,
+        &BTreeMap::new(),
+    );
+    assert_eq!(get(&a, "s", "first"), Ok(ip("203.0.113.10")));
+    let err = get(&a, "s", "second").unwrap_err();
+    assert_eq!(err.reason(), "PortCollides");
+    assert_eq!(
+        err.to_string(),
+        "spec.ports: 80/TCP on 203.0.113.10 is already served by VirtualService s/first"
+    );
+}
+
+#[test]
+fn a_sharing_key_joins_services_of_one_namespace_on_one_address() {
+    let pools = [pool("public", &["203.0.113.10-203.0.113.20"], true)];
+    let shared = |ns: &str, name: &str, p: u16, created: i64| {
+        annotate(
+            port(vs(ns, name, None, None, created), p),
+            kubelvs_operator::allocate::SHARING_KEY,
+            "web",
+        )
+    };
+    let a = allocate(
+        &[
+            shared("s", "http", 80, 0),
+            shared("s", "https", 443, 1),
+            shared("s", "clash", 443, 2),
+            // Same key, other namespace: a different group.
+            shared("other", "http", 80, 3),
+            vs("s", "plain", None, None, 4),
+        ],
+        &pools,
+        &BTreeMap::new(),
+    );
+    assert_eq!(get(&a, "s", "http"), Ok(ip("203.0.113.10")));
+    assert_eq!(get(&a, "s", "https"), Ok(ip("203.0.113.10")));
+    let clash = get(&a, "s", "clash").unwrap_err();
+    assert_eq!(
+        clash.to_string(),
+        "spec.ports: 443/TCP on 203.0.113.10 is already served by VirtualService s/https"
+    );
+    assert_eq!(get(&a, "other", "http"), Ok(ip("203.0.113.11")));
+    assert_eq!(get(&a, "s", "plain"), Ok(ip("203.0.113.12")));
+    assert_eq!(
+        a.pool_usage["public"],
+        (11, 3),
+        "shared addresses count once"
+    );
+}
+
+#[test]
+fn a_kept_shared_address_admits_a_fixed_vip_of_the_group_only() {
+    let pools = [pool("public", &["203.0.113.10-203.0.113.20"], true)];
+    let mut first = annotate(
+        vs("s", "first", None, None, 0),
+        kubelvs_operator::allocate::SHARING_KEY,
+        "k",
+    );
+    first.status = Some(VirtualServiceStatus {
+        vip: Some("203.0.113.15".into()),
+        ..Default::default()
+    });
+    let member = annotate(
+        port(vs("s", "member", Some("203.0.113.15"), None, 1), 81),
+        kubelvs_operator::allocate::SHARING_KEY,
+        "k",
+    );
+    let stranger = port(vs("s", "stranger", Some("203.0.113.15"), None, 2), 82);
+    let a = allocate(&[first, member, stranger], &pools, &BTreeMap::new());
+    assert_eq!(get(&a, "s", "member"), Ok(ip("203.0.113.15")));
+    assert_eq!(
+        get(&a, "s", "stranger").unwrap_err().to_string(),
+        "spec.vip: 203.0.113.15 is already allocated to VirtualService s/first"
+    );
+}
+
+#[test]
+fn the_family_annotation_picks_the_range_of_that_family() {
+    let pools = [pool(
+        "dual",
+        &["203.0.113.10-203.0.113.11", "2001:db8::/64"],
+        true,
+    )];
+    let fam = |name: &str, f: &str, created: i64| {
+        annotate(
+            vs("s", name, None, None, created),
+            kubelvs_operator::allocate::IP_FAMILY,
+            f,
+        )
+    };
+    let a = allocate(
+        &[
+            fam("v6", "IPv6", 0),
+            fam("v4", "IPv4", 1),
+            fam("bad", "IPv5", 2),
+            annotate(
+                vs("s", "fixed", Some("203.0.113.11"), None, 3),
+                kubelvs_operator::allocate::IP_FAMILY,
+                "IPv6",
+            ),
+        ],
+        &pools,
+        &BTreeMap::new(),
+    );
+    assert_eq!(get(&a, "s", "v6"), Ok(ip("2001:db8::1")));
+    assert_eq!(get(&a, "s", "v4"), Ok(ip("203.0.113.10")));
+    assert_eq!(
+        get(&a, "s", "bad").unwrap_err().to_string(),
+        "metadata.annotations[kubelvs.io/ip-family]: \"IPv5\" is not IPv4 or IPv6"
+    );
+    assert_eq!(get(&a, "s", "fixed").unwrap_err().reason(), "WrongFamily");
+
+    let only_v4 = [pool("v4", &["203.0.113.10/32"], true)];
+    let a = allocate(&[fam("v6", "IPv6", 0)], &only_v4, &BTreeMap::new());
+    assert_eq!(
+        get(&a, "s", "v6").unwrap_err().to_string(),
+        "spec.addressPool: AddressPool v4 has no free IPv6 address"
+    );
 }
