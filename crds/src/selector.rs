@@ -1,6 +1,6 @@
 //! Kubernetes label selector matching, as the API server defines it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
@@ -179,5 +179,84 @@ mod tests {
             let err = matches(&s, &web).unwrap_err();
             assert_eq!(err.expression, idx, "{s:?}");
         }
+    }
+}
+
+/// RealServers by namespace and by (namespace, label, value), in input order, so a
+/// selector looks only at the RealServers that can match it: with 10,000
+/// VirtualServices over 100,000 RealServers, scanning all of them per selector is
+/// a billion label checks.
+#[derive(Debug)]
+pub struct RealServerIndex<'a> {
+    by_namespace: HashMap<&'a str, Vec<&'a crate::RealServer>>,
+    /// namespace -> "key=value" -> RealServers.
+    by_label: HashMap<&'a str, HashMap<String, Vec<&'a crate::RealServer>>>,
+}
+
+impl<'a> RealServerIndex<'a> {
+    pub fn new(all: &'a [crate::RealServer]) -> Self {
+        let mut by_namespace: HashMap<&str, Vec<&crate::RealServer>> = HashMap::new();
+        let mut by_label: HashMap<&str, HashMap<String, Vec<&crate::RealServer>>> = HashMap::new();
+        for rs in all {
+            let ns = rs.metadata.namespace.as_deref().unwrap_or("");
+            by_namespace.entry(ns).or_default().push(rs);
+            let labels = by_label.entry(ns).or_default();
+            for (k, v) in rs.metadata.labels.iter().flatten() {
+                labels.entry(format!("{k}={v}")).or_default().push(rs);
+            }
+        }
+        Self {
+            by_namespace,
+            by_label,
+        }
+    }
+
+    /// The RealServers of `namespace` that may match `selector`: those carrying its
+    /// rarest `matchLabels` pair, or the whole namespace without `matchLabels`.
+    pub fn candidates<'s>(
+        &'s self,
+        namespace: &str,
+        selector: &LabelSelector,
+    ) -> &'s [&'a crate::RealServer] {
+        let labels = self.by_label.get(namespace);
+        let rarest = selector
+            .match_labels
+            .iter()
+            .flatten()
+            .map(|(k, v)| {
+                labels
+                    .and_then(|l| l.get(&format!("{k}={v}")))
+                    .map_or(&[][..], Vec::as_slice)
+            })
+            .min_by_key(|list| list.len());
+        match rarest {
+            Some(list) => list,
+            None => self
+                .by_namespace
+                .get(namespace)
+                .map_or(&[][..], Vec::as_slice),
+        }
+    }
+
+    /// The RealServers `selector` picks in `namespace`, in input order.
+    pub fn select(
+        &self,
+        namespace: &str,
+        selector: &LabelSelector,
+    ) -> Result<Vec<&'a crate::RealServer>, SelectorError> {
+        // Check the selector itself first, so a typo is reported even with no RealServers.
+        matches(selector, &BTreeMap::new())?;
+        Ok(self
+            .candidates(namespace, selector)
+            .iter()
+            .copied()
+            .filter(|rs| {
+                matches(
+                    selector,
+                    rs.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()),
+                )
+                .unwrap_or(false)
+            })
+            .collect())
     }
 }

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Ports","type":"string","jsonPath":".spec.ports[*].port"}"#,
     printcolumn = r#"{"name":"Scheduler","type":"string","jsonPath":".spec.scheduler"}"#,
     printcolumn = r#"{"name":"Forwarding","type":"string","jsonPath":".spec.forwarding"}"#,
+    printcolumn = r#"{"name":"Healthy","type":"string","jsonPath":".status.realServers"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     derive = "PartialEq",
@@ -373,6 +374,11 @@ pub struct VirtualServiceStatus {
     pub vip: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// `healthy/total` real servers: the selected ones not draining, and how many of
+    /// them pass their health check on the director that sees the fewest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 23))]
+    pub real_servers: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

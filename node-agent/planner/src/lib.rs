@@ -23,10 +23,11 @@
 
 #![forbid(unsafe_code)]
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use kube::ResourceExt;
+use kubelvs_crds::selector::RealServerIndex;
 use kubelvs_crds::{
     AddressPool, ForwardingMethod, HealthCheckType, RealServer as RealServerObject,
     Scheduler as CrdScheduler, SchedulerFlag, TunnelType, VirtualService,
@@ -373,84 +374,26 @@ struct Selected<'a> {
     address: IpAddr,
 }
 
-/// RealServers by namespace and by (namespace, label, value), in input order, so a
-/// selector looks only at the RealServers that can match it: with 10,000
-/// VirtualServices over 100,000 RealServers, scanning all of them per selector is
-/// a billion label checks.
-struct RealServerIndex<'a> {
-    by_namespace: HashMap<&'a str, Vec<&'a RealServerObject>>,
-    /// namespace -> "key=value" -> RealServers.
-    by_label: HashMap<&'a str, HashMap<String, Vec<&'a RealServerObject>>>,
-}
-
-impl<'a> RealServerIndex<'a> {
-    fn new(all: &'a [RealServerObject]) -> Self {
-        let mut by_namespace: HashMap<&str, Vec<&RealServerObject>> = HashMap::new();
-        let mut by_label: HashMap<&str, HashMap<String, Vec<&RealServerObject>>> = HashMap::new();
-        for rs in all {
-            let ns = rs.metadata.namespace.as_deref().unwrap_or("");
-            by_namespace.entry(ns).or_default().push(rs);
-            let labels = by_label.entry(ns).or_default();
-            for (k, v) in rs.metadata.labels.iter().flatten() {
-                labels.entry(format!("{k}={v}")).or_default().push(rs);
-            }
-        }
-        Self {
-            by_namespace,
-            by_label,
-        }
-    }
-
-    /// The RealServers of `namespace` that may match `selector`: those carrying its
-    /// rarest `matchLabels` pair, or the whole namespace without `matchLabels`.
-    fn candidates<'s>(
-        &'s self,
-        namespace: &str,
-        selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
-    ) -> &'s [&'a RealServerObject] {
-        let labels = self.by_label.get(namespace);
-        let rarest = selector
-            .match_labels
-            .iter()
-            .flatten()
-            .map(|(k, v)| {
-                labels
-                    .and_then(|l| l.get(&format!("{k}={v}")))
-                    .map_or(&[][..], Vec::as_slice)
-            })
-            .min_by_key(|list| list.len());
-        match rarest {
-            Some(list) => list,
-            None => self
-                .by_namespace
-                .get(namespace)
-                .map_or(&[][..], Vec::as_slice),
-        }
-    }
-}
-
 fn select_real_servers<'a>(
     vs: &VirtualService,
     index: &RealServerIndex<'a>,
     problems: &mut Vec<Problem>,
 ) -> Vec<Selected<'a>> {
-    let selector = &vs.spec.real_server_selector;
-    // Check the selector itself first, so a typo is reported even with no RealServers.
-    if let Err(e) = kubelvs_crds::selector::matches(selector, &BTreeMap::new()) {
-        problems.push(Problem {
-            object: object_ref_vs(vs),
-            field: format!("spec.realServerSelector.matchExpressions[{}]", e.expression),
-            reason: ProblemReason::Invalid,
-            message: e.message,
-        });
-        return Vec::new();
-    }
     let namespace = vs.namespace().unwrap_or_default();
-    let mut out = Vec::new();
-    for &rs in index.candidates(&namespace, selector) {
-        if !kubelvs_crds::selector::matches(selector, rs.labels()).unwrap_or(false) {
-            continue;
+    let selected = match index.select(&namespace, &vs.spec.real_server_selector) {
+        Ok(s) => s,
+        Err(e) => {
+            problems.push(Problem {
+                object: object_ref_vs(vs),
+                field: format!("spec.realServerSelector.matchExpressions[{}]", e.expression),
+                reason: ProblemReason::Invalid,
+                message: e.message,
+            });
+            return Vec::new();
         }
+    };
+    let mut out = Vec::new();
+    for rs in selected {
         match rs.spec.address.parse() {
             Ok(address) => out.push(Selected {
                 object: rs,

@@ -119,6 +119,7 @@ fn crds_are_served_with_short_names_category_and_printer_columns() {
             "PORTS",
             "SCHEDULER",
             "FORWARDING",
+            "HEALTHY",
             "READY",
             "AGE"
         ],
