@@ -1,8 +1,8 @@
-//! Cluster-wide decisions of the kube-lvs operator, as pure functions.
-//!
-//! Today: VIP allocation from AddressPools. The controllers that watch the API server and
-//! write status are not built yet (see README's feature table).
+//! The kube-lvs operator: cluster-wide decisions (VIP allocation, status roll-up,
+//! LoadBalancer Services) as pure functions, and the controllers that apply them.
 
 #![forbid(unsafe_code)]
 
 pub mod allocate;
+pub mod rollup;
+pub mod service;

@@ -117,9 +117,12 @@ pub fn virtual_service_status(
         Err(e) => cond(ACCEPTED, false, "Invalid", e.to_string()),
     };
     let vip = match allocation {
-        Some(Ok(ip)) if vs.spec.vip.is_some() => {
-            cond(VIP_ALLOCATED, true, "Requested", format!("{ip} as spec.vip asks"))
-        }
+        Some(Ok(ip)) if vs.spec.vip.is_some() => cond(
+            VIP_ALLOCATED,
+            true,
+            "Requested",
+            format!("{ip} as spec.vip asks"),
+        ),
         Some(Ok(ip)) => cond(
             VIP_ALLOCATED,
             true,
@@ -139,7 +142,13 @@ pub fn virtual_service_status(
     let not_programmed: Vec<String> = directors
         .iter()
         .filter(|d| !d.programmed)
-        .map(|d| format!("{}: {}", d.node, d.message.as_deref().unwrap_or("not programmed")))
+        .map(|d| {
+            format!(
+                "{}: {}",
+                d.node,
+                d.message.as_deref().unwrap_or("not programmed")
+            )
+        })
         .collect();
     let programmed = if directors.is_empty() {
         cond(
@@ -220,7 +229,9 @@ pub fn virtual_service_status(
     };
 
     OperatorStatus {
-        vip: allocation.and_then(|a| a.as_ref().ok()).map(|ip| ip.to_string()),
+        vip: allocation
+            .and_then(|a| a.as_ref().ok())
+            .map(|ip| ip.to_string()),
         observed_generation: generation,
         real_servers: format!("{healthy}/{total}"),
         conditions: vec![accepted, vip, programmed, ready, degraded],
