@@ -1,5 +1,5 @@
 //! Prometheus metrics (`kubelvs_` prefix, see docs/metrics.md) and the /metrics,
-//! /healthz and /readyz endpoints, served by a small HTTP/1.1 responder.
+//! /healthz and /readyz answers (served by `kubelvs-observe`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,7 +11,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DataplaneLabels {
@@ -181,42 +180,17 @@ impl Metrics {
     }
 }
 
-/// Serves /metrics, /healthz and /readyz on `listener` until the runtime stops.
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
-    loop {
-        let Ok((mut conn, _)) = listener.accept().await else {
-            continue;
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let n = conn.read(&mut buf).await.unwrap_or(0);
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let path = request.split_whitespace().nth(1).unwrap_or("/");
-            let (status, ctype, body) = match path {
-                "/metrics" => (
-                    "200 OK",
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    metrics.render(),
-                ),
-                "/healthz" => ("200 OK", "text/plain", "ok\n".to_owned()),
-                "/readyz" if metrics.ready.load(Ordering::Relaxed) => {
-                    ("200 OK", "text/plain", "ok\n".to_owned())
-                }
-                "/readyz" => (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "the first apply has not finished\n".to_owned(),
-                ),
-                _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = conn.write_all(head.as_bytes()).await;
-            let _ = conn.write_all(body.as_bytes()).await;
-        });
+impl kubelvs_observe::Observed for Metrics {
+    fn metrics(&self) -> String {
+        self.render()
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        if self.ready.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err("the first apply has not finished".into())
+        }
     }
 }
 
