@@ -4,5 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod allocate;
+pub mod lease;
+pub mod pass;
 pub mod rollup;
 pub mod service;
