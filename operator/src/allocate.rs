@@ -140,6 +140,9 @@ fn sharing(vs: &VirtualService) -> Option<(String, String)> {
 /// `namespace/name` of a VirtualService.
 pub type VsKey = (String, String);
 
+/// Who holds each address, and the sharing group (namespace, key) it was taken for.
+type Holders = BTreeMap<IpAddr, (VsKey, Option<(String, String)>)>;
+
 /// The allocation for every VirtualService, and each pool's use.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Allocation {
@@ -187,8 +190,8 @@ pub fn allocate(
     let mut used: BTreeSet<IpAddr> = BTreeSet::new();
     let mut pending = Vec::new();
     // Who holds each address, and with which sharing group.
-    let mut holders: BTreeMap<IpAddr, (VsKey, Option<(String, String)>)> = BTreeMap::new();
-    let may_join = |holders: &BTreeMap<IpAddr, (VsKey, Option<(String, String)>)>,
+    let mut holders: Holders = BTreeMap::new();
+    let may_join = |holders: &Holders,
                     vs: &VirtualService,
                     vip: IpAddr| {
         match holders.get(&vip) {

@@ -8,3 +8,5 @@ pub mod lease;
 pub mod pass;
 pub mod rollup;
 pub mod service;
+pub mod metrics;
+pub mod controller;

@@ -22,10 +22,6 @@ use kubelvs_xdp_lab::LabConfig;
 /// The API server's address: a host of its own on the lab's bridge.
 const API_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
 
-fn repo() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-}
-
 fn node_object(host: &Host, director: bool) -> String {
     let labels = if director {
         "{node-role.kubelvs.io/director: \"\"}"
@@ -95,47 +91,13 @@ fn cluster_mode_agents_program_traffic_and_report_status() {
     std::fs::create_dir_all(&dir).unwrap();
 
     // The CRDs and the agents' RBAC, as the chart renders it.
-    cluster
-        .kubectl()
-        .args(["apply", "--server-side", "-f"])
-        .arg(repo().join("charts/kube-lvs/crds"))
-        .status()
-        .unwrap();
-    cluster
-        .kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/virtualservices.kubelvs.io",
-            "crd/realservers.kubelvs.io",
-            "crd/addresspools.kubelvs.io",
-        ])
-        .unwrap();
+    cluster.install_crds().unwrap();
     cluster
         .kubectl_ok(&["create", "namespace", "kube-lvs"])
         .unwrap();
     cluster.kubectl_ok(&["create", "namespace", "lab"]).unwrap();
-    let rbac = cluster
-        .helm()
-        .args(["template", "kube-lvs"])
-        .arg(repo().join("charts/kube-lvs"))
-        .args([
-            "--namespace",
-            "kube-lvs",
-            "--show-only",
-            "templates/agent-rbac.yaml",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        rbac.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rbac.stderr)
-    );
     cluster
-        .kubectl_stdin(
-            &["apply", "-f", "-"],
-            &String::from_utf8_lossy(&rbac.stdout),
-        )
+        .apply_chart_templates("kube-lvs", "kube-lvs", &["templates/agent-rbac.yaml"], &[])
         .unwrap();
     let kubeconfig = cluster
         .service_account_kubeconfig("kube-lvs", "kube-lvs-agent")

@@ -430,6 +430,17 @@ pub struct Cluster {
     scratch: PathBuf,
 }
 
+/// The repository's root directory.
+fn repo_root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+/// Spawns `cmd` (an operator or agent under test) so that it dies with the test
+/// binary, even when that is killed.
+pub fn spawn_tied(cmd: Command) -> std::io::Result<std::process::Child> {
+    process::spawn(cmd)
+}
+
 /// The cluster of this test binary: `KUBECONFIG`'s when set, otherwise a local
 /// control plane started on first use and stopped when the binary exits. Panics
 /// with the reason when it cannot be had: every caller needs it.
@@ -517,6 +528,51 @@ impl Cluster {
     /// Runs kubectl with `args` and `input` on stdin (for `-f -`).
     pub fn kubectl_stdin(&self, args: &[&str], input: &str) -> Result<String, Error> {
         run(self.kubectl().args(args), Some(input))
+    }
+
+    /// Installs the chart's CRDs (server-side apply, so it is idempotent) and waits
+    /// until they are served.
+    pub fn install_crds(&self) -> Result<(), Error> {
+        let dir = repo_root().join("charts/kube-lvs/crds");
+        run(
+            self.kubectl()
+                .args(["apply", "--server-side", "--force-conflicts", "-f"])
+                .arg(&dir),
+            None,
+        )?;
+        self.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/virtualservices.kubelvs.io",
+            "crd/realservers.kubelvs.io",
+            "crd/addresspools.kubelvs.io",
+        ])?;
+        Ok(())
+    }
+
+    /// Renders `templates` of the chart with the real helm (release `release` in
+    /// `namespace`, extra `--set` values) and applies them with kubectl.
+    pub fn apply_chart_templates(
+        &self,
+        release: &str,
+        namespace: &str,
+        templates: &[&str],
+        set: &[&str],
+    ) -> Result<(), Error> {
+        let mut helm = self.helm();
+        helm.args(["template", release])
+            .arg(repo_root().join("charts/kube-lvs"))
+            .args(["--namespace", namespace]);
+        for t in templates {
+            helm.args(["--show-only", t]);
+        }
+        for s in set {
+            helm.args(["--set", s]);
+        }
+        let rendered = run(&mut helm, None)?;
+        self.kubectl_stdin(&["apply", "-f", "-"], &rendered)?;
+        Ok(())
     }
 
     /// A fresh namespace named `{prefix}-{unique}`, deleted when dropped.

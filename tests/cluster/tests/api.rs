@@ -14,32 +14,12 @@ use kubelvs_example_tests::{expected_field, repo_root, yaml_files};
 use kubelvs_test_cluster::{shared, Cluster};
 use serde::Deserialize;
 
-const CRDS: [&str; 3] = [
-    "virtualservices.kubelvs.io",
-    "realservers.kubelvs.io",
-    "addresspools.kubelvs.io",
-];
 
 /// The CRDs, applied once per test binary with the real kubectl and Established.
 fn cluster_with_crds() -> &'static Cluster {
-    static APPLIED: OnceLock<String> = OnceLock::new();
+    static APPLIED: OnceLock<()> = OnceLock::new();
     let cluster = shared();
-    APPLIED.get_or_init(|| {
-        let dir = repo_root().join("charts/kube-lvs/crds");
-        let out = cluster
-            .kubectl()
-            .args(["apply", "--server-side", "--force-conflicts", "-f"])
-            .arg(&dir)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "kubectl apply of the CRDs: {stderr}");
-        let mut wait = vec!["wait", "--for=condition=Established", "--timeout=60s"];
-        let names: Vec<String> = CRDS.iter().map(|c| format!("crd/{c}")).collect();
-        wait.extend(names.iter().map(String::as_str));
-        cluster.kubectl_ok(&wait).unwrap();
-        stderr
-    });
+    APPLIED.get_or_init(|| cluster.install_crds().unwrap());
     cluster
 }
 
