@@ -191,17 +191,13 @@ pub fn allocate(
     let mut pending = Vec::new();
     // Who holds each address, and with which sharing group.
     let mut holders: Holders = BTreeMap::new();
-    let may_join = |holders: &Holders,
-                    vs: &VirtualService,
-                    vip: IpAddr| {
-        match holders.get(&vip) {
-            None => Ok(()),
-            Some((_, Some(group))) if sharing(vs).as_ref() == Some(group) => Ok(()),
-            Some(((ns, name), _)) => Err(AllocationError::VipAllocatedElsewhere {
-                vip,
-                owner: format!("{ns}/{name}"),
-            }),
-        }
+    let may_join = |holders: &Holders, vs: &VirtualService, vip: IpAddr| match holders.get(&vip) {
+        None => Ok(()),
+        Some((_, Some(group))) if sharing(vs).as_ref() == Some(group) => Ok(()),
+        Some(((ns, name), _)) => Err(AllocationError::VipAllocatedElsewhere {
+            vip,
+            owner: format!("{ns}/{name}"),
+        }),
     };
 
     // Pass 1: allocations still valid (status.vip inside a pool the service may use) are

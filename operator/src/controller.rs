@@ -263,8 +263,10 @@ async fn allocation_loop(
         let real_servers = usable(&stores.real_servers, "RealServer", &metrics);
         let pools = usable(&stores.address_pools, "AddressPool", &metrics);
         let now = Time(
-            k8s_openapi::jiff::Timestamp::from_second(k8s_openapi::jiff::Timestamp::now().as_second())
-                .unwrap_or_default(),
+            k8s_openapi::jiff::Timestamp::from_second(
+                k8s_openapi::jiff::Timestamp::now().as_second(),
+            )
+            .unwrap_or_default(),
         );
         let w = pass::plan(
             &virtual_services,
@@ -290,7 +292,8 @@ async fn allocation_loop(
         let mut writes: Vec<Write> = Vec::new();
         for (key, body) in &w.statuses {
             let api = Api::<VirtualService>::namespaced(client.clone(), &key.0);
-            let (key, body, apply, metrics) = (key.clone(), body.clone(), apply.clone(), metrics.clone());
+            let (key, body, apply, metrics) =
+                (key.clone(), body.clone(), apply.clone(), metrics.clone());
             writes.push(Box::pin(async move {
                 let r = api
                     .patch_status(&key.1, &apply, &Patch::Apply(&body))
@@ -301,7 +304,8 @@ async fn allocation_loop(
         }
         for (name, body) in &w.pool_statuses {
             let api = Api::<AddressPool>::all(client.clone());
-            let (name, body, apply, metrics) = (name.clone(), body.clone(), apply.clone(), metrics.clone());
+            let (name, body, apply, metrics) =
+                (name.clone(), body.clone(), apply.clone(), metrics.clone());
             writes.push(Box::pin(async move {
                 let r = api
                     .patch_status(&name, &apply, &Patch::Apply(&body))
@@ -327,8 +331,10 @@ async fn allocation_loop(
                 (None, r)
             }));
         }
-        let results: Vec<(Option<VsKey>, Result<(), kube::Error>)> =
-            futures::stream::iter(writes).buffer_unordered(32).collect().await;
+        let results: Vec<(Option<VsKey>, Result<(), kube::Error>)> = futures::stream::iter(writes)
+            .buffer_unordered(32)
+            .collect()
+            .await;
         let mut failed: BTreeSet<VsKey> = BTreeSet::new();
         let mut retry = false;
         for (key, r) in results {
@@ -362,7 +368,10 @@ async fn allocation_loop(
             announce(&events, n);
         }
         for (pool, (total, allocated)) in &w.pool_usage {
-            for (state, v) in [("allocated", *allocated), ("available", total.saturating_sub(*allocated))] {
+            for (state, v) in [
+                ("allocated", *allocated),
+                ("available", total.saturating_sub(*allocated)),
+            ] {
                 metrics
                     .pool_addresses
                     .get_or_create(&PoolLabels {
@@ -471,7 +480,10 @@ fn service_condition(svc: &Service, ok: bool, reason: &str, message: String) -> 
     }
 }
 
-async fn reconcile_service(svc: Arc<Service>, ctx: Arc<ServiceContext>) -> Result<Action, ReconcileError> {
+async fn reconcile_service(
+    svc: Arc<Service>,
+    ctx: Arc<ServiceContext>,
+) -> Result<Action, ReconcileError> {
     let started = Instant::now();
     let result = reconcile_service_inner(&svc, &ctx).await;
     ctx.metrics
@@ -479,7 +491,10 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<ServiceContext>) -> Resul
     result
 }
 
-async fn reconcile_service_inner(svc: &Service, ctx: &ServiceContext) -> Result<Action, ReconcileError> {
+async fn reconcile_service_inner(
+    svc: &Service,
+    ctx: &ServiceContext,
+) -> Result<Action, ReconcileError> {
     let namespace = svc.metadata.namespace.clone().unwrap_or_default();
     let name = svc.metadata.name.clone().unwrap_or_default();
     let object = format!("{namespace}/{name}");
@@ -553,28 +568,44 @@ async fn reconcile_service_inner(svc: &Service, ctx: &ServiceContext) -> Result<
                 .collect();
             for vs in &t.virtual_services {
                 let n = vs.metadata.name.clone().unwrap_or_default();
-                let current = owned_vs.iter().find(|o| o.metadata.name.as_ref() == Some(&n));
+                let current = owned_vs
+                    .iter()
+                    .find(|o| o.metadata.name.as_ref() == Some(&n));
                 if current.is_some_and(|c| in_step(&c.metadata, &c.spec, &vs.metadata, &vs.spec)) {
                     continue;
                 }
-                vs_api.patch(&n, &apply, &Patch::Apply(vs)).await.map_err(err)?;
+                vs_api
+                    .patch(&n, &apply, &Patch::Apply(vs))
+                    .await
+                    .map_err(err)?;
                 ctx.metrics.write("VirtualService", "apply");
             }
             for rs in &t.real_servers {
                 let n = rs.metadata.name.clone().unwrap_or_default();
-                let current = owned_rs.iter().find(|o| o.metadata.name.as_ref() == Some(&n));
+                let current = owned_rs
+                    .iter()
+                    .find(|o| o.metadata.name.as_ref() == Some(&n));
                 if current.is_some_and(|c| in_step(&c.metadata, &c.spec, &rs.metadata, &rs.spec)) {
                     continue;
                 }
-                rs_api.patch(&n, &apply, &Patch::Apply(rs)).await.map_err(err)?;
+                rs_api
+                    .patch(&n, &apply, &Patch::Apply(rs))
+                    .await
+                    .map_err(err)?;
                 ctx.metrics.write("RealServer", "apply");
             }
-            for vs in owned_vs.iter().filter(|v| !wanted_vs.contains(v.metadata.name.as_deref().unwrap_or_default())) {
+            for vs in owned_vs
+                .iter()
+                .filter(|v| !wanted_vs.contains(v.metadata.name.as_deref().unwrap_or_default()))
+            {
                 let n = vs.metadata.name.clone().unwrap_or_default();
                 delete(&vs_api, &n).await.map_err(err)?;
                 ctx.metrics.write("VirtualService", "delete");
             }
-            for rs in owned_rs.iter().filter(|r| !wanted_rs.contains(r.metadata.name.as_deref().unwrap_or_default())) {
+            for rs in owned_rs
+                .iter()
+                .filter(|r| !wanted_rs.contains(r.metadata.name.as_deref().unwrap_or_default()))
+            {
                 let n = rs.metadata.name.clone().unwrap_or_default();
                 delete(&rs_api, &n).await.map_err(err)?;
                 ctx.metrics.write("RealServer", "delete");
@@ -645,7 +676,7 @@ async fn reconcile_service_inner(svc: &Service, ctx: &ServiceContext) -> Result<
         .and_then(|s| s.ip_families.as_ref())
         .map_or(1, Vec::len);
     if ingress.len() < families {
-        Ok(Action::requeue(Duration::from_secs(1)))
+        Ok(Action::requeue(Duration::from_millis(200)))
     } else {
         Ok(Action::requeue(Duration::from_secs(300)))
     }
@@ -693,25 +724,28 @@ pub async fn run_controllers(
         events: events_tx,
     });
     let owned = watcher::Config::default().labels(SERVICE_NAME_LABEL);
-    Controller::new(Api::<Service>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<VirtualService>::all(client.clone()), owned.clone())
-        .owns(Api::<RealServer>::all(client.clone()), owned)
-        .watches(
-            Api::<EndpointSlice>::all(client.clone()),
-            watcher::Config::default().labels("kubernetes.io/service-name"),
-            |slice| {
-                let svc = slice
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get("kubernetes.io/service-name").cloned());
-                svc.zip(slice.metadata.namespace.clone())
-                    .map(|(name, ns)| ObjectRef::<Service>::new(&name).within(&ns))
-            },
-        )
-        .run(reconcile_service, service_error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
-        .await;
+    Controller::new(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<VirtualService>::all(client.clone()), owned.clone())
+    .owns(Api::<RealServer>::all(client.clone()), owned)
+    .watches(
+        Api::<EndpointSlice>::all(client.clone()),
+        watcher::Config::default().labels("kubernetes.io/service-name"),
+        |slice| {
+            let svc = slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/service-name").cloned());
+            svc.zip(slice.metadata.namespace.clone())
+                .map(|(name, ns)| ObjectRef::<Service>::new(&name).within(&ns))
+        },
+    )
+    .run(reconcile_service, service_error_policy, ctx)
+    .for_each(|_| futures::future::ready(()))
+    .await;
     metrics.ready.store(false, Ordering::Relaxed);
     anyhow::bail!("the Service controller stopped")
 }

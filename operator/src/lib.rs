@@ -4,9 +4,9 @@
 #![forbid(unsafe_code)]
 
 pub mod allocate;
+pub mod controller;
 pub mod lease;
+pub mod metrics;
 pub mod pass;
 pub mod rollup;
 pub mod service;
-pub mod metrics;
-pub mod controller;

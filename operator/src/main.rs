@@ -91,7 +91,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         &identity,
         duration,
     );
-    info!(identity, lease = format!("{}/{}", args.lease_namespace, args.lease_name), "waiting to lead");
+    info!(
+        identity,
+        lease = format!("{}/{}", args.lease_namespace, args.lease_name),
+        "waiting to lead"
+    );
     tokio::select! {
         _ = elector.acquire(Duration::from_secs(2)) => {}
         _ = shutdown() => return Ok(()),

@@ -14,7 +14,6 @@ use kubelvs_example_tests::{expected_field, repo_root, yaml_files};
 use kubelvs_test_cluster::{shared, Cluster};
 use serde::Deserialize;
 
-
 /// The CRDs, applied once per test binary with the real kubectl and Established.
 fn cluster_with_crds() -> &'static Cluster {
     static APPLIED: OnceLock<()> = OnceLock::new();
