@@ -476,7 +476,7 @@ fn endpointslice_and_namespace_controllers_run() {
 
 #[test]
 #[ignore = "needs the test control plane (Go toolchain); scripts/test runs it"]
-fn helm_installs_the_chart_and_its_agent_rbac_allows_status_only() {
+fn helm_installs_the_chart_and_its_rbac_is_least_privilege() {
     let cluster = cluster_with_crds();
     let chart = repo_root().join("charts/kube-lvs");
     let lint = cluster.helm().arg("lint").arg(&chart).output().unwrap();
@@ -495,6 +495,8 @@ fn helm_installs_the_chart_and_its_agent_rbac_allows_status_only() {
             ns.name(),
             "--set",
             "agent.serviceAccount.name=agent",
+            "--set",
+            "operator.serviceAccount.name=operator",
             "--wait",
         ])
         .output()
@@ -506,18 +508,20 @@ fn helm_installs_the_chart_and_its_agent_rbac_allows_status_only() {
         String::from_utf8_lossy(&install.stderr)
     );
     let agent = format!("system:serviceaccount:{}:agent", ns.name());
-    // `resource/subresource` asks about the subresource.
-    let can = |verb: &str, resource: &str| {
+    let operator = format!("system:serviceaccount:{}:operator", ns.name());
+    // `resource/subresource` asks about the subresource, as `who`, in `namespace`.
+    let can_as = |who: &str, verb: &str, resource: &str, namespace: &str| {
         let (resource, sub) = resource.split_once('/').unwrap_or((resource, ""));
         let mut c = cluster.kubectl();
         c.args([
-            "auth", "can-i", verb, resource, "--as", &agent, "-n", "default",
+            "auth", "can-i", verb, resource, "--as", who, "-n", namespace,
         ]);
         if !sub.is_empty() {
             c.arg(format!("--subresource={sub}"));
         }
         c.output().unwrap().stdout.starts_with(b"yes")
     };
+    let can = |verb: &str, resource: &str| can_as(&agent, verb, resource, "default");
     assert!(can("patch", "virtualservices.kubelvs.io/status"));
     assert!(can("patch", "realservers.kubelvs.io/status"));
     assert!(can("watch", "virtualservices.kubelvs.io"));
@@ -527,6 +531,30 @@ fn helm_installs_the_chart_and_its_agent_rbac_allows_status_only() {
     assert!(!can("update", "realservers.kubelvs.io"), "spec writes");
     assert!(!can("patch", "services/status"), "CVE-2020-8554");
     assert!(!can("create", "virtualservices.kubelvs.io"));
+    // Only the operator writes Service status; it holds its Lease in its own namespace.
+    let op = |verb: &str, resource: &str| can_as(&operator, verb, resource, "default");
+    assert!(op("patch", "services/status"));
+    assert!(op("create", "realservers.kubelvs.io"));
+    assert!(op("delete", "virtualservices.kubelvs.io"));
+    assert!(op("patch", "virtualservices.kubelvs.io/status"));
+    assert!(op("patch", "addresspools.kubelvs.io/status"));
+    assert!(op("watch", "endpointslices.discovery.k8s.io"));
+    assert!(!op("patch", "services"), "Service specs are the user's");
+    assert!(
+        !op("patch", "addresspools.kubelvs.io"),
+        "pools are the user's"
+    );
+    assert!(
+        !op("patch", "realservers.kubelvs.io/status"),
+        "health is the agents'"
+    );
+    assert!(can_as(
+        &operator,
+        "update",
+        "leases.coordination.k8s.io",
+        ns.name()
+    ));
+    assert!(!op("update", "leases.coordination.k8s.io"));
     let _ = cluster
         .helm()
         .args(["uninstall", "kube-lvs", "--namespace", ns.name()])
