@@ -112,7 +112,7 @@ spec:
     }
 
     fn operator(&self, identity: &str) -> Operator {
-        Operator::start(self, identity)
+        Operator::start(self, identity, "127.0.0.1:0")
     }
 
     fn lease_holder(&self) -> Option<String> {
@@ -156,7 +156,7 @@ struct Operator {
 }
 
 impl Operator {
-    fn start(s: &Setup, identity: &str) -> Self {
+    fn start(s: &Setup, identity: &str, metrics: &str) -> Self {
         let log =
             std::env::temp_dir().join(format!("kube-lvs-operator.{}.{identity}.log", s.name()));
         let file = std::fs::OpenOptions::new()
@@ -175,7 +175,7 @@ impl Operator {
                 "--lease-duration-seconds",
                 "4",
                 "--metrics-address",
-                "127.0.0.1:0",
+                metrics,
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -225,7 +225,12 @@ impl Drop for Operator {
 fn virtual_services_get_vips_conditions_roll_ups_and_release_on_delete() {
     let _turn = serial();
     let s = Setup::new("op-vs", "198.51.100.0/29");
-    let op = s.operator("op-a");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let op = Operator::start(&s, "op-a", &format!("127.0.0.1:{port}"));
     s.apply(&virtual_service("a", None, None));
     s.apply(
         "apiVersion: kubelvs.io/v1alpha1
@@ -363,12 +368,38 @@ spec: {address: 10.0.0.1}
         .cluster
         .kubectl_ok(&["get", "events", "-n", s.name(), "-o", "json"])
         .unwrap();
+    let metrics = eventually(WAIT, "/metrics", || scrape(port, "/metrics"));
+    let pool_line = format!(
+        "kubelvs_operator_pool_addresses{{pool=\"{}\",state=\"allocated\"}} 1",
+        s.pool
+    );
+    for want in [
+        "kubelvs_operator_leader 1",
+        "kubelvs_operator_reconciles_total{controller=\"virtualservice\",result=\"ok\"}",
+        "kubelvs_operator_writes_total{kind=\"VirtualService\",write=\"finalizer\"}",
+        "kubelvs_operator_writes_total{kind=\"AddressPool\",write=\"status\"}",
+        pool_line.as_str(),
+    ] {
+        assert!(metrics.contains(want), "{want} not in\n{metrics}");
+    }
+    assert_eq!(scrape(port, "/readyz").as_deref(), Some("ok\n"));
     for reason in ["VipAllocated", "VipTaken", "VipOutsidePool", "VipReleased"] {
         assert!(
             events.contains(&format!("\"reason\": \"{reason}\"")),
             "no {reason} Event: {events}"
         );
     }
+}
+
+/// The body of `GET path` on the operator's metrics port.
+fn scrape(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+    let mut text = String::new();
+    c.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
 }
 
 const ENDPOINTS: &str = "[
