@@ -159,6 +159,26 @@ pub fn allocate(
     pools: &[AddressPool],
     namespaces: &NamespaceLabels,
 ) -> Allocation {
+    let all: Vec<&VirtualService> = services.iter().collect();
+    allocate_with(&all, status_vip, pools, namespaces)
+}
+
+/// The address `status.vip` records.
+pub fn status_vip(vs: &VirtualService) -> Option<IpAddr> {
+    vs.status
+        .as_ref()
+        .and_then(|s| s.vip.as_deref())
+        .and_then(|v| v.parse().ok())
+}
+
+/// [`allocate`], with `allocated` saying what each VirtualService holds (its
+/// `status.vip`, or a VIP written but not yet seen by a watch).
+pub fn allocate_with(
+    services: &[&VirtualService],
+    allocated: impl Fn(&VirtualService) -> Option<IpAddr>,
+    pools: &[AddressPool],
+    namespaces: &NamespaceLabels,
+) -> Allocation {
     let mut pools: Vec<&AddressPool> = pools.iter().collect();
     pools.sort_by_key(|p| p.metadata.name.clone());
     let mut out = Allocation::default();
@@ -178,13 +198,22 @@ pub fn allocate(
         ranges.insert(name(p), rs);
     }
 
-    let mut order: Vec<&VirtualService> = services.iter().collect();
-    order.sort_by_key(|v| {
-        (
-            v.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            v.metadata.namespace.clone(),
-            v.metadata.name.clone(),
-        )
+    let mut order: Vec<&VirtualService> = services.to_vec();
+    order.sort_by(|a, b| {
+        fn k(
+            v: &VirtualService,
+        ) -> (
+            Option<k8s_openapi::jiff::Timestamp>,
+            Option<&str>,
+            Option<&str>,
+        ) {
+            (
+                v.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                v.metadata.namespace.as_deref(),
+                v.metadata.name.as_deref(),
+            )
+        }
+        k(a).cmp(&k(b))
     });
 
     let mut used: BTreeSet<IpAddr> = BTreeSet::new();
@@ -204,11 +233,7 @@ pub fn allocate(
     // kept, so a VIP never moves under traffic, whatever appears later.
     for vs in order.iter().filter(|v| v.spec.vip.is_none()) {
         let family = Family::of(vs).unwrap_or(Family::Any);
-        let still_valid = vs
-            .status
-            .as_ref()
-            .and_then(|s| s.vip.as_deref())
-            .and_then(|v| v.parse::<IpAddr>().ok())
+        let still_valid = allocated(vs)
             .filter(|v| family.admits(*v) && may_join(&holders, vs, *v).is_ok())
             .filter(|v| {
                 candidate_pools(vs, &pools, namespaces)

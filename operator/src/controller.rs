@@ -254,6 +254,7 @@ async fn allocation_loop(
     debounce: Duration,
 ) {
     let mut ledger = Ledger::new();
+    let mut validations = pass::Validations::new();
     let apply = PatchParams::apply(FIELD_MANAGER).force();
     loop {
         wake.notified().await;
@@ -274,6 +275,7 @@ async fn allocation_loop(
             &pools,
             &stores.namespace_labels(),
             &ledger,
+            &mut validations,
             &now,
         );
         let by_key: BTreeMap<VsKey, &VirtualService> = virtual_services

@@ -12,10 +12,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kubelvs_crds::selector::RealServerIndex;
 use kubelvs_crds::{AddressPool, RealServer, VirtualService};
 
-use crate::allocate::{allocate, NamespaceLabels, VsKey};
+use crate::allocate::{allocate_with, status_vip, NamespaceLabels, VsKey};
 use crate::rollup::{
-    address_pool_apply_body, address_pool_status, overlaps, virtual_service_status, ACCEPTED,
-    VIP_ALLOCATED,
+    address_pool_apply_body, address_pool_status, overlaps, validation, virtual_service_status,
+    ACCEPTED, VIP_ALLOCATED,
 };
 
 /// The finalizer that holds a deleted VirtualService until its VIP is released.
@@ -24,6 +24,9 @@ pub const FINALIZER: &str = "kubelvs.io/vip-release";
 /// VIPs this operator decided and wrote, by VirtualService (with its uid): a watch
 /// may not show a write yet, and the next pass must not hand the address out again.
 pub type Ledger = BTreeMap<VsKey, (String, IpAddr)>;
+
+/// Validation results by (uid, generation): a spec is validated once, not every pass.
+pub type Validations = std::collections::HashMap<(String, i64), Result<(), String>>;
 
 /// An Event to publish on an object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +101,7 @@ pub fn plan(
     pools: &[AddressPool],
     namespaces: &NamespaceLabels,
     ledger: &Ledger,
+    validations: &mut Validations,
     now: &Time,
 ) -> Writes {
     let mut out = Writes::default();
@@ -105,19 +109,11 @@ pub fn plan(
         .iter()
         .partition(|v| v.metadata.deletion_timestamp.is_some());
     // What the allocator sees: the store, with the VIPs it may not show yet.
-    let inputs: Vec<VirtualService> = live
-        .iter()
-        .map(|v| {
-            let mut v = (*v).clone();
-            if let Some((uid, ip)) = ledger.get(&key(&v)) {
-                if v.metadata.uid.as_ref() == Some(uid) {
-                    v.status.get_or_insert_with(Default::default).vip = Some(ip.to_string());
-                }
-            }
-            v
-        })
-        .collect();
-    let allocation = allocate(&inputs, pools, namespaces);
+    let allocated = |v: &VirtualService| match ledger.get(&key(v)) {
+        Some((uid, ip)) if v.metadata.uid.as_ref() == Some(uid) => Some(*ip),
+        _ => status_vip(v),
+    };
+    let allocation = allocate_with(&live, allocated, pools, namespaces);
     let index = RealServerIndex::new(real_servers);
 
     for vs in &live {
@@ -126,7 +122,14 @@ pub fn plan(
         let selected = index
             .select(&k.0, &vs.spec.real_server_selector)
             .unwrap_or_default();
-        let status = virtual_service_status(vs, result, &selected, now);
+        let valid = match (&vs.metadata.uid, vs.metadata.generation) {
+            (Some(uid), Some(generation)) => validations
+                .entry((uid.clone(), generation))
+                .or_insert_with(|| validation(vs))
+                .clone(),
+            _ => validation(vs),
+        };
+        let status = virtual_service_status(vs, &valid, result, &selected, now);
         if !status.is_shown_by(vs) {
             out.statuses
                 .push((k.clone(), status.apply_body(&k.0, &k.1)));
@@ -173,6 +176,12 @@ pub fn plan(
         ));
         out.remove_finalizer.push(key(vs));
     }
+
+    let live_uids: std::collections::HashSet<&str> = live
+        .iter()
+        .filter_map(|v| v.metadata.uid.as_deref())
+        .collect();
+    validations.retain(|(uid, _), _| live_uids.contains(uid.as_str()));
 
     let overlapping = overlaps(pools);
     for pool in pools {
@@ -250,6 +259,7 @@ mod tests {
             &pools,
             &BTreeMap::new(),
             &Ledger::new(),
+            &mut Validations::new(),
             &t(5),
         );
         assert_eq!(first.statuses.len(), 2);
@@ -258,7 +268,15 @@ mod tests {
         let reasons: Vec<&str> = first.notices.iter().map(|n| n.reason.as_str()).collect();
         assert_eq!(reasons, ["VipAllocated", "VipAllocated"]);
         apply(&mut objects, &first);
-        let second = plan(&objects, &[], &pools, &BTreeMap::new(), &first.vips, &t(9));
+        let second = plan(
+            &objects,
+            &[],
+            &pools,
+            &BTreeMap::new(),
+            &first.vips,
+            &mut Validations::new(),
+            &t(9),
+        );
         assert!(second.statuses.is_empty(), "{:?}", second.statuses);
         assert!(second.notices.is_empty());
     }
@@ -273,6 +291,7 @@ mod tests {
             &pools,
             &BTreeMap::new(),
             &Ledger::new(),
+            &mut Validations::new(),
             &t(5),
         );
         assert_eq!(
@@ -281,7 +300,15 @@ mod tests {
         );
         // An older service appears before the watch shows a's VIP: a keeps its address.
         let objects = vec![vs("a", "u1", 5), vs("older", "u0", 0)];
-        let second = plan(&objects, &[], &pools, &BTreeMap::new(), &first.vips, &t(6));
+        let second = plan(
+            &objects,
+            &[],
+            &pools,
+            &BTreeMap::new(),
+            &first.vips,
+            &mut Validations::new(),
+            &t(6),
+        );
         assert_eq!(
             second.vips[&("s".into(), "a".into())].1.to_string(),
             "203.0.113.10"
@@ -292,7 +319,15 @@ mod tests {
         );
         // A new object of the same name (another uid) does not inherit it.
         let objects = vec![vs("a", "u9", 7), vs("older", "u0", 0), vs("b", "u3", 6)];
-        let third = plan(&objects, &[], &pools, &BTreeMap::new(), &second.vips, &t(8));
+        let third = plan(
+            &objects,
+            &[],
+            &pools,
+            &BTreeMap::new(),
+            &second.vips,
+            &mut Validations::new(),
+            &t(8),
+        );
         let vip = |n: &str| third.vips[&("s".to_string(), n.to_string())].1.to_string();
         assert_eq!(vip("older"), "203.0.113.11");
         assert_eq!(vip("b"), "203.0.113.10", "older than the new a: first pick");
@@ -326,6 +361,7 @@ mod tests {
             &pools,
             &BTreeMap::new(),
             &Ledger::new(),
+            &mut Validations::new(),
             &t(5),
         );
         assert_eq!(w.remove_finalizer, [("s".to_string(), "gone".to_string())]);

@@ -97,10 +97,16 @@ fn condition(
     }
 }
 
-/// The operator's status for `vs`, given its allocation, the RealServers it selects and
-/// the time a changed condition is stamped with.
+/// Whether `vs` passes the API's rules, or every field that does not.
+pub fn validation(vs: &VirtualService) -> Result<(), String> {
+    kubelvs_crds::validate(vs).map_err(|e| e.to_string())
+}
+
+/// The operator's status for `vs`, given its [`validation`], its allocation, the
+/// RealServers it selects and the time a changed condition is stamped with.
 pub fn virtual_service_status(
     vs: &VirtualService,
+    validation: &Result<(), String>,
     allocation: Option<&Result<IpAddr, AllocationError>>,
     selected: &[&RealServer],
     now: &Time,
@@ -112,9 +118,9 @@ pub fn virtual_service_status(
     };
     let directors = vs.status.as_ref().map_or(&[][..], |s| &s.directors[..]);
 
-    let accepted = match kubelvs_crds::validate(vs) {
+    let accepted = match validation {
         Ok(()) => cond(ACCEPTED, true, "Valid", "the spec passes validation".into()),
-        Err(e) => cond(ACCEPTED, false, "Invalid", e.to_string()),
+        Err(e) => cond(ACCEPTED, false, "Invalid", e.clone()),
     };
     let vip = match allocation {
         Some(Ok(ip)) if vs.spec.vip.is_some() => cond(

@@ -53,6 +53,15 @@ fn cond<'a>(s: &'a OperatorStatus, t: &str) -> (&'a str, &'a str) {
     (c.status.as_str(), c.reason.as_str())
 }
 
+fn status_of(
+    vs: &VirtualService,
+    allocation: Option<&Result<IpAddr, AllocationError>>,
+    selected: &[&RealServer],
+    now: &Time,
+) -> OperatorStatus {
+    virtual_service_status(vs, &validation(vs), allocation, selected, now)
+}
+
 fn ok_vip() -> Result<IpAddr, AllocationError> {
     Ok("203.0.113.1".parse().unwrap())
 }
@@ -60,7 +69,7 @@ fn ok_vip() -> Result<IpAddr, AllocationError> {
 #[test]
 fn two_directors_all_healthy_is_ready() {
     let (a, b, c) = (rs("a", false), rs("b", false), rs("c", true));
-    let s = virtual_service_status(
+    let s = status_of(
         &vs(&[("n1", true, 2), ("n2", true, 2)]),
         Some(&ok_vip()),
         &[&a, &b, &c],
@@ -79,7 +88,7 @@ fn two_directors_all_healthy_is_ready() {
 #[test]
 fn the_director_seeing_fewest_healthy_sets_the_count_and_degrades() {
     let (a, b) = (rs("a", false), rs("b", false));
-    let s = virtual_service_status(
+    let s = status_of(
         &vs(&[("n1", true, 2), ("n2", true, 1)]),
         Some(&ok_vip()),
         &[&a, &b],
@@ -97,7 +106,7 @@ fn the_director_seeing_fewest_healthy_sets_the_count_and_degrades() {
 #[test]
 fn one_director_failing_is_not_programmed_and_degraded() {
     let a = rs("a", false);
-    let s = virtual_service_status(
+    let s = status_of(
         &vs(&[("n1", true, 1), ("n2", false, 0)]),
         Some(&ok_vip()),
         &[&a],
@@ -120,7 +129,7 @@ fn one_director_failing_is_not_programmed_and_degraded() {
 
 #[test]
 fn no_director_and_no_vip_say_why() {
-    let s = virtual_service_status(
+    let s = status_of(
         &vs(&[]),
         Some(&Err(AllocationError::PoolExhausted {
             pool: "public".into(),
@@ -149,7 +158,7 @@ fn no_director_and_no_vip_say_why() {
 fn an_invalid_spec_is_not_accepted_naming_the_field() {
     let mut v = vs(&[]);
     v.spec.scheduler = Scheduler::Maglev;
-    let s = virtual_service_status(&v, Some(&ok_vip()), &[], &t(0));
+    let s = status_of(&v, Some(&ok_vip()), &[], &t(0));
     assert_eq!(cond(&s, ACCEPTED), ("False", "Invalid"));
     let msg = &s
         .conditions
@@ -167,7 +176,7 @@ fn an_invalid_spec_is_not_accepted_naming_the_field() {
 fn transition_times_move_only_when_a_status_changes() {
     let a = rs("a", false);
     let mut v = vs(&[("n1", true, 1)]);
-    let first = virtual_service_status(&v, Some(&ok_vip()), &[&a], &t(0));
+    let first = status_of(&v, Some(&ok_vip()), &[&a], &t(0));
     v.status.as_mut().unwrap().conditions = first.conditions.clone();
     assert!(first.is_shown_by(&{
         let mut shown = v.clone();
@@ -179,7 +188,7 @@ fn transition_times_move_only_when_a_status_changes() {
     }));
     // Later, the real server fails on n1.
     v.status.as_mut().unwrap().directors[0].healthy_real_servers = 0;
-    let later = virtual_service_status(&v, Some(&ok_vip()), &[&a], &t(100));
+    let later = status_of(&v, Some(&ok_vip()), &[&a], &t(100));
     let at = |s: &OperatorStatus, ty: &str| {
         s.conditions
             .iter()
@@ -200,7 +209,7 @@ fn transition_times_move_only_when_a_status_changes() {
 #[test]
 fn the_apply_body_carries_only_the_operators_fields() {
     let a = rs("a", false);
-    let s = virtual_service_status(&vs(&[("n1", true, 1)]), Some(&ok_vip()), &[&a], &t(0));
+    let s = status_of(&vs(&[("n1", true, 1)]), Some(&ok_vip()), &[&a], &t(0));
     let body = s.apply_body("s", "web");
     let status = body["status"].as_object().unwrap();
     let mut keys: Vec<&str> = status.keys().map(String::as_str).collect();
