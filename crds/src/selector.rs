@@ -194,7 +194,7 @@ pub struct RealServerIndex<'a> {
 }
 
 impl<'a> RealServerIndex<'a> {
-    pub fn new(all: &'a [crate::RealServer]) -> Self {
+    pub fn new(all: impl IntoIterator<Item = &'a crate::RealServer>) -> Self {
         let mut by_namespace: HashMap<&str, Vec<&crate::RealServer>> = HashMap::new();
         let mut by_label: HashMap<&str, HashMap<String, Vec<&crate::RealServer>>> = HashMap::new();
         for rs in all {

@@ -76,6 +76,8 @@ fn bench(c: &mut Criterion) {
         })
         .collect();
     let now = Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap());
+    let services: Vec<&VirtualService> = services.iter().collect();
+    let real_servers: Vec<&RealServer> = real_servers.iter().collect();
     let first = plan(
         &services,
         &real_servers,
@@ -102,7 +104,7 @@ fn bench(c: &mut Criterion) {
         },
     );
     // Steady state: every status already shown, nothing to write.
-    let mut shown = services.clone();
+    let mut shown: Vec<VirtualService> = services.iter().map(|v| (*v).clone()).collect();
     for (v, (_, body)) in shown.iter_mut().zip(&first.statuses) {
         v.status = Some(serde_json::from_value(body["status"].clone()).unwrap());
         v.metadata.finalizers = Some(vec![kubelvs_operator::pass::FINALIZER.into()]);
@@ -113,7 +115,7 @@ fn bench(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 let w = plan(
-                    black_box(&shown),
+                    black_box(&shown.iter().collect::<Vec<_>>()),
                     &real_servers,
                     &pools,
                     &BTreeMap::new(),

@@ -54,8 +54,10 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let (reader, writer) = reflector::store();
+    // managedFields are most of an object with several status writers, and unused here.
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
+        .modify(|o| o.meta_mut().managed_fields = None)
         .reflect(writer);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -69,15 +71,18 @@ where
     reader
 }
 
+/// The objects of `store` that parse (shared, not copied); the others are counted
+/// and logged, and left out.
 fn usable<K: Clone + Resource<DynamicType = ()>>(
     store: &Store<DeserializeGuard<K>>,
     kind: &str,
     metrics: &Metrics,
-) -> Vec<K> {
-    let mut out = Vec::new();
-    for o in store.state() {
-        match &o.0 {
-            Ok(k) => out.push(k.clone()),
+) -> Vec<Arc<DeserializeGuard<K>>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|o| match &o.0 {
+            Ok(_) => true,
             Err(e) => {
                 metrics.error("malformed");
                 warn!(
@@ -89,10 +94,15 @@ fn usable<K: Clone + Resource<DynamicType = ()>>(
                     error = %e.error,
                     "object does not parse; left out"
                 );
+                false
             }
-        }
-    }
-    out
+        })
+        .collect()
+}
+
+/// Borrows the parsed objects of [`usable`]'s result.
+fn parsed<K>(objects: &[Arc<DeserializeGuard<K>>]) -> Vec<&K> {
+    objects.iter().filter_map(|o| o.0.as_ref().ok()).collect()
 }
 
 impl Stores {
@@ -260,9 +270,15 @@ async fn allocation_loop(
         wake.notified().await;
         tokio::time::sleep(debounce).await;
         let started = Instant::now();
-        let virtual_services = usable(&stores.virtual_services, "VirtualService", &metrics);
-        let real_servers = usable(&stores.real_servers, "RealServer", &metrics);
-        let pools = usable(&stores.address_pools, "AddressPool", &metrics);
+        let vs_objects = usable(&stores.virtual_services, "VirtualService", &metrics);
+        let rs_objects = usable(&stores.real_servers, "RealServer", &metrics);
+        let virtual_services = parsed(&vs_objects);
+        let real_servers = parsed(&rs_objects);
+        let pools: Vec<AddressPool> =
+            parsed(&usable(&stores.address_pools, "AddressPool", &metrics))
+                .into_iter()
+                .cloned()
+                .collect();
         let now = Time(
             k8s_openapi::jiff::Timestamp::from_second(
                 k8s_openapi::jiff::Timestamp::now().as_second(),
@@ -280,6 +296,7 @@ async fn allocation_loop(
         );
         let by_key: BTreeMap<VsKey, &VirtualService> = virtual_services
             .iter()
+            .copied()
             .map(|v| {
                 (
                     (
@@ -421,10 +438,16 @@ struct ServiceContext {
     events: mpsc::Sender<Notice>,
 }
 
-fn owned_by<'a, K: Resource>(objects: &'a [K], svc: &Service) -> Vec<&'a K> {
+/// The objects of `store` a Service owns (copies of those only).
+fn owned_by<K: Clone + Resource<DynamicType = ()>>(
+    store: &Store<DeserializeGuard<K>>,
+    svc: &Service,
+) -> Vec<K> {
     let uid = svc.metadata.uid.as_deref();
-    objects
+    store
+        .state()
         .iter()
+        .filter_map(|o| o.0.as_ref().ok())
         .filter(|o| o.meta().namespace == svc.metadata.namespace)
         .filter(|o| {
             o.meta()
@@ -433,6 +456,7 @@ fn owned_by<'a, K: Resource>(objects: &'a [K], svc: &Service) -> Vec<&'a K> {
                 .flatten()
                 .any(|r| r.kind == "Service" && Some(r.uid.as_str()) == uid)
         })
+        .cloned()
         .collect()
 }
 
@@ -504,10 +528,8 @@ async fn reconcile_service_inner(
         object: object.clone(),
         source,
     };
-    let all_vs = usable(&ctx.stores.virtual_services, "VirtualService", &ctx.metrics);
-    let all_rs = usable(&ctx.stores.real_servers, "RealServer", &ctx.metrics);
-    let owned_vs = owned_by(&all_vs, svc);
-    let owned_rs = owned_by(&all_rs, svc);
+    let owned_vs = owned_by(&ctx.stores.virtual_services, svc);
+    let owned_rs = owned_by(&ctx.stores.real_servers, svc);
     let vs_api = Api::<VirtualService>::namespaced(ctx.client.clone(), &namespace);
     let rs_api = Api::<RealServer>::namespaced(ctx.client.clone(), &namespace);
 
@@ -626,8 +648,7 @@ async fn reconcile_service_inner(
     };
 
     // The VIPs as the allocation pass wrote them on the owned VirtualServices.
-    let owned_now: Vec<VirtualService> = owned_vs.into_iter().cloned().collect();
-    let ingress = service::ingress(svc, &owned_now);
+    let ingress = service::ingress(svc, &owned_vs);
     let status = svc.status.clone().unwrap_or_default();
     let shown_ingress = status
         .load_balancer

@@ -96,8 +96,8 @@ fn notice(vs: &VirtualService, warning: bool, reason: &str, note: String) -> Not
 /// One pass. `now` stamps changed conditions; it must be whole seconds, as the API
 /// server stores it, or every pass would see a difference.
 pub fn plan(
-    virtual_services: &[VirtualService],
-    real_servers: &[RealServer],
+    virtual_services: &[&VirtualService],
+    real_servers: &[&RealServer],
     pools: &[AddressPool],
     namespaces: &NamespaceLabels,
     ledger: &Ledger,
@@ -107,6 +107,7 @@ pub fn plan(
     let mut out = Writes::default();
     let (deleting, live): (Vec<&VirtualService>, Vec<&VirtualService>) = virtual_services
         .iter()
+        .copied()
         .partition(|v| v.metadata.deletion_timestamp.is_some());
     // What the allocator sees: the store, with the VIPs it may not show yet.
     let allocated = |v: &VirtualService| match ledger.get(&key(v)) {
@@ -114,7 +115,7 @@ pub fn plan(
         _ => status_vip(v),
     };
     let allocation = allocate_with(&live, allocated, pools, namespaces);
-    let index = RealServerIndex::new(real_servers);
+    let index = RealServerIndex::new(real_servers.iter().copied());
 
     for vs in &live {
         let k = key(vs);
@@ -254,7 +255,7 @@ mod tests {
         let mut objects = vec![vs("a", "u1", 0), vs("b", "u2", 1)];
         let pools = [pool()];
         let first = plan(
-            &objects,
+            &objects.iter().collect::<Vec<_>>(),
             &[],
             &pools,
             &BTreeMap::new(),
@@ -269,7 +270,7 @@ mod tests {
         assert_eq!(reasons, ["VipAllocated", "VipAllocated"]);
         apply(&mut objects, &first);
         let second = plan(
-            &objects,
+            &objects.iter().collect::<Vec<_>>(),
             &[],
             &pools,
             &BTreeMap::new(),
@@ -286,7 +287,7 @@ mod tests {
         let pools = [pool()];
         let objects = vec![vs("a", "u1", 5)];
         let first = plan(
-            &objects,
+            &objects.iter().collect::<Vec<_>>(),
             &[],
             &pools,
             &BTreeMap::new(),
@@ -301,7 +302,7 @@ mod tests {
         // An older service appears before the watch shows a's VIP: a keeps its address.
         let objects = vec![vs("a", "u1", 5), vs("older", "u0", 0)];
         let second = plan(
-            &objects,
+            &objects.iter().collect::<Vec<_>>(),
             &[],
             &pools,
             &BTreeMap::new(),
@@ -320,7 +321,7 @@ mod tests {
         // A new object of the same name (another uid) does not inherit it.
         let objects = vec![vs("a", "u9", 7), vs("older", "u0", 0), vs("b", "u3", 6)];
         let third = plan(
-            &objects,
+            &objects.iter().collect::<Vec<_>>(),
             &[],
             &pools,
             &BTreeMap::new(),
@@ -356,7 +357,7 @@ mod tests {
             },
         ]);
         let w = plan(
-            &[gone, owned],
+            &[&gone, &owned],
             &[],
             &pools,
             &BTreeMap::new(),

@@ -1,0 +1,243 @@
+//! `kube-lvs-operator` at scale against the real API server of the test suite: N
+//! VirtualServices (no VIP, so each needs one from a /16 pool) x M RealServers each,
+//! created before the operator starts. Reports the time until every VirtualService
+//! shows its VIP and conditions (reconcile throughput), the operator's memory and
+//! idle CPU afterwards, and the time from a LoadBalancer Service created to its
+//! `status.loadBalancer.ingress`, with all of that loaded.
+//!
+//! Needs Go (the control plane is built from source, as in `scripts/test`).
+//! `cargo bench -p kubelvs-operator --bench operator_scale` (options: N M).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, ListParams, PostParams};
+use kubelvs_crds::{RealServer, VirtualService};
+use kubelvs_test_cluster::{spawn_tied, Cluster, ControlPlane, ControlPlaneOptions};
+
+const NS: &str = "scale";
+
+fn proc_field(pid: u32, file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+async fn create_all<K>(api: Api<K>, objects: Vec<K>) -> Duration
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let started = Instant::now();
+    let n = objects.len();
+    let results: Vec<bool> = futures::stream::iter(objects)
+        .map(|o| {
+            let api = api.clone();
+            async move { api.create(&PostParams::default(), &o).await.is_ok() }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let failed = results.iter().filter(|ok| !**ok).count();
+    assert_eq!(failed, 0, "{failed} of {n} creates failed");
+    started.elapsed()
+}
+
+/// How many VirtualServices show a VIP and an Accepted condition.
+async fn settled(api: &Api<VirtualService>) -> usize {
+    let mut n = 0;
+    let mut token: Option<String> = None;
+    loop {
+        let mut lp = ListParams::default().limit(2000);
+        if let Some(t) = &token {
+            lp = lp.continue_token(t);
+        }
+        let Ok(page) = api.list(&lp).await else {
+            return n;
+        };
+        n += page
+            .items
+            .iter()
+            .filter(|v| {
+                v.status.as_ref().is_some_and(|s| {
+                    s.vip.is_some() && s.conditions.iter().any(|c| c.type_ == "Accepted")
+                })
+            })
+            .count();
+        token = page.metadata.continue_.filter(|t| !t.is_empty());
+        if token.is_none() {
+            return n;
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let n = args.first().copied().unwrap_or(10_000);
+    let m = args.get(1).copied().unwrap_or(10);
+
+    let cp = ControlPlane::start(ControlPlaneOptions::default()).expect("control plane");
+    let cluster = Cluster::of(cp).expect("cluster");
+    cluster.install_crds().unwrap();
+    cluster.kubectl_ok(&["create", "namespace", NS]).unwrap();
+    cluster
+        .kubectl_ok(&["create", "namespace", "kube-lvs"])
+        .unwrap();
+    cluster
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            "apiVersion: kubelvs.io/v1alpha1\nkind: AddressPool\nmetadata: {name: scale}\nspec: {addresses: [10.0.0.0/16]}\n",
+        )
+        .unwrap();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = rt.block_on(async {
+        let config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(cluster.kubeconfig()).unwrap(),
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .unwrap();
+        kube::Client::try_from(config).unwrap()
+    });
+    let vs_api: Api<VirtualService> = Api::namespaced(client.clone(), NS);
+    let rs_api: Api<RealServer> = Api::namespaced(client.clone(), NS);
+    let virtual_services: Vec<VirtualService> = (0..n)
+        .map(|i| {
+            serde_yaml::from_str(&format!(
+                "apiVersion: kubelvs.io/v1alpha1\nkind: VirtualService\nmetadata: {{name: vs{i}}}\nspec: {{ports: [{{port: 80}}], forwarding: nat, realServerSelector: {{matchLabels: {{vs: vs{i}}}}}}}\n"
+            ))
+            .unwrap()
+        })
+        .collect();
+    let real_servers: Vec<RealServer> = (0..n * m)
+        .map(|j| {
+            serde_yaml::from_str(&format!(
+                "apiVersion: kubelvs.io/v1alpha1\nkind: RealServer\nmetadata: {{name: rs{j}, labels: {{vs: vs{}}}}}\nspec: {{address: 10.1.{}.{}}}\n",
+                j / m,
+                j / 250 % 250,
+                1 + j % 250
+            ))
+            .unwrap()
+        })
+        .collect();
+    let t_vs = rt.block_on(create_all(vs_api.clone(), virtual_services));
+    let t_rs = rt.block_on(create_all(rs_api, real_servers));
+    println!(
+        "created {n} VirtualServices in {:.1} s, {} RealServers in {:.1} s",
+        t_vs.as_secs_f64(),
+        n * m,
+        t_rs.as_secs_f64()
+    );
+
+    let log = std::env::temp_dir().join("kube-lvs-operator.scale.log");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kube-lvs-operator"));
+    cmd.env("KUBECONFIG", cluster.kubeconfig())
+        .args(["--metrics-address", "127.0.0.1:0", "--identity", "scale"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let started = Instant::now();
+    let mut child = spawn_tied(cmd).unwrap();
+    let pid = child.id();
+    let mut last = 0;
+    loop {
+        let done = rt.block_on(settled(&vs_api));
+        if done != last {
+            last = done;
+        }
+        if done == n {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "{done} of {n} settled after 30 min; log in {}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let took = started.elapsed();
+    println!(
+        "operator start -> {n} VirtualServices with VIP and conditions: {:.1} s ({:.0} per second)",
+        took.as_secs_f64(),
+        n as f64 / took.as_secs_f64()
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let ticks = cpu_ticks(pid);
+    let idle = Duration::from_secs(20);
+    std::thread::sleep(idle);
+    let hz = 100.0;
+    println!(
+        "operator idle CPU over {:?}: {:.1}% of one core; RSS {} MiB, peak {} MiB",
+        idle,
+        (cpu_ticks(pid) - ticks) as f64 / hz / idle.as_secs_f64() * 100.0,
+        proc_field(pid, "status", "VmRSS:") / 1024,
+        proc_field(pid, "status", "VmHWM:") / 1024
+    );
+
+    // Time from a Service created to its load balancer address, with all that loaded.
+    let svc_api: Api<Service> = Api::namespaced(client, NS);
+    let mut samples = Vec::new();
+    for i in 0..10 {
+        let svc: Service = serde_yaml::from_str(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: lb{i}}}\nspec: {{type: LoadBalancer, loadBalancerClass: kubelvs.io/lvs, ports: [{{port: 80}}]}}\n"
+        ))
+        .unwrap();
+        let t = Instant::now();
+        rt.block_on(svc_api.create(&PostParams::default(), &svc))
+            .unwrap();
+        loop {
+            let s = rt.block_on(svc_api.get(&format!("lb{i}"))).unwrap();
+            let has = s
+                .status
+                .and_then(|s| s.load_balancer)
+                .and_then(|l| l.ingress)
+                .is_some_and(|i| !i.is_empty());
+            if has {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "no ingress for lb{i}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    println!(
+        "Service created -> status.loadBalancer.ingress with {n} VirtualServices loaded: median {:.2} s, max {:.2} s (10 Services)",
+        samples[samples.len() / 2].as_secs_f64(),
+        samples[samples.len() - 1].as_secs_f64()
+    );
+    let mem: Vec<String> = cluster
+        .local()
+        .map(|cp| cp.memory())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(c, bytes)| format!("{c} {} MiB", bytes >> 20))
+        .collect();
+    println!("control plane: {}", mem.join(", "));
+    let _ = child.kill();
+    let _ = child.wait();
+}
