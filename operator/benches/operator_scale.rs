@@ -57,7 +57,7 @@ where
     started.elapsed()
 }
 
-/// How many VirtualServices show a VIP and an Accepted condition.
+/// How many VirtualServices show a VIP, an Accepted condition and the finalizer.
 async fn settled(api: &Api<VirtualService>) -> usize {
     let mut n = 0;
     let mut token: Option<String> = None;
@@ -73,15 +73,52 @@ async fn settled(api: &Api<VirtualService>) -> usize {
             .items
             .iter()
             .filter(|v| {
-                v.status.as_ref().is_some_and(|s| {
-                    s.vip.is_some() && s.conditions.iter().any(|c| c.type_ == "Accepted")
-                })
+                v.metadata
+                    .finalizers
+                    .as_ref()
+                    .is_some_and(|f| !f.is_empty())
+                    && v.status.as_ref().is_some_and(|s| {
+                        s.vip.is_some() && s.conditions.iter().any(|c| c.type_ == "Accepted")
+                    })
             })
             .count();
         token = page.metadata.continue_.filter(|t| !t.is_empty());
         if token.is_none() {
             return n;
         }
+    }
+}
+
+/// The operator's counters (reconciles, writes), as `name{labels} value` lines.
+fn counters() -> Vec<(String, f64)> {
+    use std::io::{Read, Write};
+    let Ok(mut c) = std::net::TcpStream::connect("127.0.0.1:19090") else {
+        return Vec::new();
+    };
+    let _ = write!(c, "GET /metrics HTTP/1.1\r\n\r\n");
+    let mut text = String::new();
+    let _ = c.read_to_string(&mut text);
+    text.lines()
+        .filter(|l| l.contains("_total{"))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+fn delta(before: &[(String, f64)], after: &[(String, f64)]) -> String {
+    let changed: Vec<String> = after
+        .iter()
+        .filter_map(|(k, v)| {
+            let was = before.iter().find(|(b, _)| b == k).map_or(0.0, |(_, b)| *b);
+            (*v != was).then(|| format!("{k} +{}", v - was))
+        })
+        .collect();
+    if changed.is_empty() {
+        "no reconcile or write".into()
+    } else {
+        changed.join(", ")
     }
 }
 
@@ -154,7 +191,12 @@ fn main() {
     let log = std::env::temp_dir().join("kube-lvs-operator.scale.log");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kube-lvs-operator"));
     cmd.env("KUBECONFIG", cluster.kubeconfig())
-        .args(["--metrics-address", "127.0.0.1:0", "--identity", "scale"])
+        .args([
+            "--metrics-address",
+            "127.0.0.1:19090",
+            "--identity",
+            "scale",
+        ])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap());
     let started = Instant::now();
@@ -178,11 +220,12 @@ fn main() {
     }
     let took = started.elapsed();
     println!(
-        "operator start -> {n} VirtualServices with VIP and conditions: {:.1} s ({:.0} per second)",
+        "operator start -> {n} VirtualServices with VIP, conditions and finalizer: {:.1} s ({:.0} per second)",
         took.as_secs_f64(),
         n as f64 / took.as_secs_f64()
     );
     std::thread::sleep(Duration::from_secs(5));
+    let before = counters();
     let ticks = cpu_ticks(pid);
     let idle = Duration::from_secs(20);
     std::thread::sleep(idle);
@@ -194,6 +237,7 @@ fn main() {
         proc_field(pid, "status", "VmRSS:") / 1024,
         proc_field(pid, "status", "VmHWM:") / 1024
     );
+    println!("while idle: {}", delta(&before, &counters()));
 
     // Time from a Service created to its load balancer address, with all that loaded.
     let svc_api: Api<Service> = Api::namespaced(client, NS);
@@ -223,6 +267,7 @@ fn main() {
             std::thread::sleep(Duration::from_millis(20));
         }
         samples.push(t.elapsed());
+        eprintln!("lb{i}: {:.2} s", t.elapsed().as_secs_f64());
     }
     samples.sort();
     println!(

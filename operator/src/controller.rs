@@ -237,21 +237,48 @@ fn announce(events: &mpsc::Sender<Notice>, n: Notice) {
 
 type Write = Pin<Box<dyn Future<Output = (Option<VsKey>, Result<(), kube::Error>)> + Send>>;
 
-fn finalizer_patch(vs: &VirtualService, add: bool) -> Patch<serde_json::Value> {
-    let mut list: Vec<String> = vs.metadata.finalizers.clone().unwrap_or_default();
+/// The field manager that adds the finalizer: its own, so the apply (of that one
+/// list entry) never drops fields the operator's main manager owns.
+const FINALIZER_MANAGER: &str = "kubelvs-operator/finalizer";
+
+/// Adds or removes [`FINALIZER`] without a resourceVersion precondition, so the
+/// status writes of the same pass do not make it fail: adding is a server-side apply
+/// of that one set entry; removing tests that the entry is still where it was seen.
+fn finalizer_write(
+    vs: &VirtualService,
+    add: bool,
+) -> Option<(PatchParams, Patch<serde_json::Value>)> {
     if add {
-        list.push(FINALIZER.into());
-    } else {
-        list.retain(|f| f != FINALIZER);
+        return Some((
+            PatchParams::apply(FINALIZER_MANAGER).force(),
+            Patch::Apply(serde_json::json!({
+                "apiVersion": "kubelvs.io/v1alpha1",
+                "kind": "VirtualService",
+                "metadata": {
+                    "name": vs.metadata.name,
+                    "namespace": vs.metadata.namespace,
+                    "finalizers": [FINALIZER],
+                },
+            })),
+        ));
     }
-    // The resourceVersion test makes this a no-op (422) if the list changed meanwhile.
-    Patch::Json(
-        serde_json::from_value(serde_json::json!([
-            {"op": "test", "path": "/metadata/resourceVersion", "value": vs.metadata.resource_version},
-            {"op": "add", "path": "/metadata/finalizers", "value": list},
-        ]))
-        .expect("a JSON patch"),
-    )
+    let i = vs
+        .metadata
+        .finalizers
+        .iter()
+        .flatten()
+        .position(|f| f == FINALIZER)?;
+    let path = format!("/metadata/finalizers/{i}");
+    Some((
+        PatchParams::default(),
+        Patch::Json(
+            serde_json::from_value(serde_json::json!([
+                {"op": "test", "path": path, "value": FINALIZER},
+                {"op": "remove", "path": path},
+            ]))
+            .expect("a JSON patch"),
+        ),
+    ))
 }
 
 /// The VirtualService and AddressPool controller: one pass per burst of changes.
@@ -339,12 +366,15 @@ async fn allocation_loop(
             .map(|k| (k, true))
             .chain(w.remove_finalizer.iter().map(|k| (k, false)))
         {
-            let Some(vs) = by_key.get(key) else { continue };
+            let Some((params, patch)) = by_key.get(key).and_then(|vs| finalizer_write(vs, add))
+            else {
+                continue;
+            };
             let api = Api::<VirtualService>::namespaced(client.clone(), &key.0);
-            let (name, patch, metrics) = (key.1.clone(), finalizer_patch(vs, add), metrics.clone());
+            let (name, metrics) = (key.1.clone(), metrics.clone());
             writes.push(Box::pin(async move {
                 let r = api
-                    .patch(&name, &PatchParams::default(), &patch)
+                    .patch(&name, &params, &patch)
                     .await
                     .map(|_| metrics.write("VirtualService", "finalizer"));
                 (None, r)
