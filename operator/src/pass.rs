@@ -285,7 +285,7 @@ mod tests {
     #[test]
     fn the_ledger_keeps_a_vip_the_watch_does_not_show_yet() {
         let pools = [pool()];
-        let objects = vec![vs("a", "u1", 5)];
+        let objects = [vs("a", "u1", 5)];
         let first = plan(
             &objects.iter().collect::<Vec<_>>(),
             &[],
@@ -300,7 +300,7 @@ mod tests {
             "203.0.113.10"
         );
         // An older service appears before the watch shows a's VIP: a keeps its address.
-        let objects = vec![vs("a", "u1", 5), vs("older", "u0", 0)];
+        let objects = [vs("a", "u1", 5), vs("older", "u0", 0)];
         let second = plan(
             &objects.iter().collect::<Vec<_>>(),
             &[],
@@ -319,7 +319,7 @@ mod tests {
             "203.0.113.11"
         );
         // A new object of the same name (another uid) does not inherit it.
-        let objects = vec![vs("a", "u9", 7), vs("older", "u0", 0), vs("b", "u3", 6)];
+        let objects = [vs("a", "u9", 7), vs("older", "u0", 0), vs("b", "u3", 6)];
         let third = plan(
             &objects.iter().collect::<Vec<_>>(),
             &[],
