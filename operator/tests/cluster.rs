@@ -643,12 +643,17 @@ fn a_standby_takes_over_when_the_leader_dies_and_nothing_is_allocated_twice() {
 fn restarting_the_operator_ten_times_while_services_are_created_keeps_every_vip_unique() {
     let _turn = serial();
     let s = Setup::new("op-restart", "198.51.100.32/27");
+    // Half LoadBalancer Services (each becomes a VirtualService), half VirtualServices.
     let names: Vec<String> = (0..24).map(|i| format!("vs{i}")).collect();
     std::thread::scope(|scope| {
         let creator = scope.spawn(|| {
             // Spread over most of the restarts.
-            for n in &names {
-                s.apply(&virtual_service(n, None, None));
+            for (i, n) in names.iter().enumerate() {
+                if i % 2 == 0 {
+                    s.apply(&load_balancer(n, Some("kubelvs.io/lvs")));
+                } else {
+                    s.apply(&virtual_service(n, None, None));
+                }
                 std::thread::sleep(Duration::from_millis(250));
             }
         });
@@ -669,6 +674,14 @@ fn restarting_the_operator_ten_times_while_services_are_created_keeps_every_vip_
         (vips(&s, &names).len() == names.len()).then_some(())
     });
     assert_unique(&vips(&s, &names));
+    // Each Service shows its VirtualService's VIP.
+    for n in names.iter().step_by(2) {
+        let vip = s.vip(n).unwrap();
+        eventually(WAIT, "the Service's ingress", || {
+            let svc = s.json(&["get", "service", n])?;
+            (svc["status"]["loadBalancer"]["ingress"][0]["ip"] == vip.as_str()).then_some(())
+        });
+    }
     drop(op);
 }
 
