@@ -57,6 +57,13 @@ fn nl_err(op: &str) -> impl Fn(rtnetlink::Error) -> NetError + '_ {
 }
 
 impl RtNetlink {
+    /// Sysctls under `root` instead of /proc/sys (in a container: the host's
+    /// /proc/sys/net mounted read-write below `root`).
+    pub fn with_proc_sys(mut self, root: impl Into<PathBuf>) -> Self {
+        self.proc_sys = root.into();
+        self
+    }
+
     pub fn new() -> Result<Self, NetError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()

@@ -89,6 +89,11 @@ struct Args {
     /// per service).
     #[arg(long, default_value_t = 15)]
     traffic_interval_seconds: u64,
+    /// Where network sysctls are written (arp_ignore, forwarding, IPVS): /proc/sys,
+    /// or in a container without privileges a directory whose `net` is the host's
+    /// /proc/sys/net mounted read-write (the chart's DaemonSet does that).
+    #[arg(long, default_value = "/proc/sys")]
+    proc_sys: PathBuf,
     /// Serve /metrics, /healthz and /readyz here.
     #[arg(long, default_value = "0.0.0.0:9641")]
     metrics_address: SocketAddr,
@@ -114,7 +119,9 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("--state-dir {}", args.state_dir.display()))?;
 
-    let mut kernel = RtNetlink::new().context("opening rtnetlink")?;
+    let mut kernel = RtNetlink::new()
+        .context("opening rtnetlink")?
+        .with_proc_sys(&args.proc_sys);
     let addresses = if args.node_addresses.is_empty() {
         kernel
             .addresses()
@@ -148,7 +155,7 @@ fn main() -> anyhow::Result<()> {
         table.set_drain_timeout(Duration::from_secs(args.drain_timeout_seconds));
         dataplanes.push(Box::new(kubelvs_ipvs::IpvsDirector::new(
             table,
-            kubelvs_ipvs::SystemHost::default(),
+            kubelvs_ipvs::SystemHost::with_root(&args.proc_sys),
         )));
     }
     if args.dataplanes.contains(&DataplaneFlag::Xdp) {
