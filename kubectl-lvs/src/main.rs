@@ -1,0 +1,90 @@
+//! `kubectl lvs` (the `kubectl-lvs` plugin): the cluster's LVS table, as `ipvsadm -Ln`
+//! prints one node's, from the API alone: every virtual service with its VIP,
+//! scheduler and forwarding, each director's programmed state, and every real server
+//! with its weight and its health as each director sees it.
+//!
+//! `kubectl lvs [-n NAMESPACE] [-o text|json|yaml]` (all namespaces by default).
+
+mod table;
+
+use anyhow::Context;
+use kube::api::{Api, ListParams};
+use kubelvs_crds::{RealServer, VirtualService};
+
+const USAGE: &str = "usage: kubectl lvs [-n NAMESPACE] [-o text|json|yaml]";
+
+enum Output {
+    Text,
+    Json,
+    Yaml,
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kubectl lvs: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let mut namespace: Option<String> = None;
+    let mut output = Output::Text;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "-n" | "--namespace" => namespace = Some(args.next().context(USAGE)?),
+            "-A" | "--all-namespaces" => namespace = None,
+            "-o" | "--output" => {
+                output = match args.next().as_deref() {
+                    Some("text") | Some("wide") => Output::Text,
+                    Some("json") => Output::Json,
+                    Some("yaml") => Output::Yaml,
+                    other => anyhow::bail!(
+                        "-o {}: one of text, json, yaml\n{USAGE}",
+                        other.unwrap_or("")
+                    ),
+                }
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            other => anyhow::bail!("unknown argument {other}\n{USAGE}"),
+        }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (virtual_services, real_servers) = rt.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .context("no usable kubeconfig (KUBECONFIG or ~/.kube/config)")?;
+        let (vs_api, rs_api): (Api<VirtualService>, Api<RealServer>) = match &namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client, ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client)),
+        };
+        let lp = ListParams::default();
+        let vs = vs_api
+            .list(&lp)
+            .await
+            .context("listing virtualservices.kubelvs.io (are the CRDs installed?)")?;
+        let rs = rs_api
+            .list(&lp)
+            .await
+            .context("listing realservers.kubelvs.io")?;
+        anyhow::Ok((vs.items, rs.items))
+    })?;
+    let rows = table::table(&virtual_services, &real_servers);
+    match output {
+        Output::Text => print!("{}", table::render(&rows)),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Output::Yaml => print!("{}", serde_yaml::to_string(&rows)?),
+    }
+    Ok(())
+}
