@@ -189,6 +189,7 @@ fn rendered_workloads_carry_the_documented_security_settings() {
         let c = &pod["containers"][0];
         let sc = &c["securityContext"];
         assert!(sc["privileged"].is_null() || sc["privileged"] == false);
+        assert_eq!(sc["runAsUser"], 0, "root's uid, capabilities limited");
         assert_eq!(sc["allowPrivilegeEscalation"], false);
         assert_eq!(sc["readOnlyRootFilesystem"], true);
         assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);

