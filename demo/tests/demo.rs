@@ -1,13 +1,63 @@
-//! `scripts/demo`, run as a person would (non-interactively): what it printed says every
-//! real server answered, the spread followed the weights, the stopped real server was
-//! taken out within fall x interval + 1 s and came back, the weight change was applied,
-//! and nothing was left behind; and the machine agrees.
+//! `scripts/demo` and `scripts/demo --cluster`, run as a person would
+//! (non-interactively): what they printed says every real server answered, the spread
+//! followed the weights, the stopped real server was taken out within
+//! fall x interval + 1 s and came back, the weight change was applied (and, through
+//! Kubernetes, `kubectl get` and `kubectl lvs` showed it); and nothing was left behind,
+//! which the machine confirms.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 fn repo() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// Runs `scripts/demo` with `args`; its stdout, and its pid (the script execs the demo).
+fn run_demo(args: &[&str]) -> (String, u32) {
+    let child = Command::new(repo().join("scripts/demo"))
+        .args(args)
+        .current_dir(repo())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}\n{err}");
+    (text, pid)
+}
+
+/// Nothing of run `pid` is left: namespaces, pinned maps, temporary directories,
+/// processes.
+fn assert_nothing_left(pid: u32) {
+    let prefix = format!("klab{pid}x");
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let listing = String::from_utf8_lossy(&netns.stdout);
+    assert!(!listing.contains(&prefix), "{prefix} left: {listing}");
+    for (dir, start) in [
+        ("/sys/fs/bpf", prefix.clone()),
+        ("/tmp", format!("kubelvs-demo-{prefix}")),
+        ("/tmp", format!("kubelvs-cluster-{pid}-")),
+    ] {
+        let left: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&start))
+            .collect();
+        assert!(left.is_empty(), "left in {dir}: {left:?}");
+    }
+    let procs = Command::new("pgrep")
+        .args(["-f", &format!("kube-lvs-.*{prefix}")])
+        .output()
+        .unwrap();
+    assert!(
+        procs.stdout.is_empty(),
+        "processes left: {}",
+        String::from_utf8_lossy(&procs.stdout)
+    );
 }
 
 /// The seconds printed after `prefix` on the line containing it.
@@ -38,33 +88,21 @@ fn rows(out: &str) -> Vec<(String, u32, usize)> {
         .collect()
 }
 
-#[test]
-#[ignore = "privileged: network namespaces and XDP; scripts/test runs it"]
-fn scripts_demo_balances_takes_out_brings_back_reweights_and_cleans_up() {
-    let out = Command::new(repo().join("scripts/demo"))
-        .args(["--requests", "200"])
-        .current_dir(repo())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}\n{err}");
-
-    // Four tables of three rows: all up, rs2 down, rs2 back, rs3 re-weighted.
-    let rows = rows(&text);
+/// Four tables of three rows: all up, rs2 down, rs2 back, rs3 re-weighted to 1.
+fn assert_tables(text: &str) {
+    let rows = rows(text);
     assert_eq!(rows.len(), 12, "{text}");
-    let table = |i: usize| &rows[i * 3..i * 3 + 3];
     assert!(
-        table(0).iter().all(|(_, _, n)| *n > 0),
+        rows[..3].iter().all(|(_, _, n)| *n > 0),
         "every real server answered: {text}"
     );
     assert_eq!(
-        table(1)[1],
+        rows[4],
         ("rs2".into(), 0, 0),
         "stopped rs2 answered nothing: {text}"
     );
-    assert!(table(2)[1].2 > 0, "rs2 came back: {text}");
-    assert_eq!(table(3)[2].1, 1, "rs3's new weight: {text}");
+    assert!(rows[7].2 > 0, "rs2 came back: {text}");
+    assert_eq!(rows[11].1, 1, "rs3's new weight: {text}");
     // The demo checks each row against its weight; every row passed.
     assert!(!text.contains('✗'), "{text}");
     assert_eq!(
@@ -72,46 +110,57 @@ fn scripts_demo_balances_takes_out_brings_back_reweights_and_cleans_up() {
             .count(),
         4
     );
-
-    let out_after = seconds_after(&text, "the health check took rs2 out in ");
+    let out_after = seconds_after(text, "the health check took rs2 out in ");
     assert!(
         out_after <= 2.0 * 1.0 + 1.0 + 0.5,
         "fall 2 x interval 1 s + 1 s: {out_after}"
     );
-    assert!(seconds_after(&text, "the director's agent applied it ") < 1.0);
     assert!(
         text.contains("rs1: VIP 203.0.113.10 on lo: yes, arp_ignore=1 arp_announce=2"),
         "{text}"
     );
     assert!(text.contains("✓ nothing left behind"), "{text}");
+}
 
-    // And the machine agrees: no lab namespace, pinned map or agent is left.
-    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    let pid_prefix = "kubelvs-demo-";
-    let listing = String::from_utf8_lossy(&netns.stdout);
-    let demo_line = text
-        .lines()
-        .find(|l| l.contains("namespaces klab"))
-        .unwrap_or_else(|| panic!("{text}"));
-    let prefix = demo_line
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .trim_end_matches("-*,");
-    assert!(!listing.contains(prefix), "{prefix} left: {listing}");
-    assert!(!Path::new("/sys/fs/bpf")
-        .join(format!("{prefix}-br"))
-        .exists());
-    assert!(!std::env::temp_dir()
-        .join(format!("{pid_prefix}{prefix}-br"))
-        .exists());
-    let agents = Command::new("pgrep")
-        .args(["-f", &format!("kube-lvs-agent.*{prefix}")])
-        .output()
-        .unwrap();
+#[test]
+#[ignore = "privileged: network namespaces and XDP; scripts/test runs it"]
+fn scripts_demo_balances_takes_out_brings_back_reweights_and_cleans_up() {
+    let (text, pid) = run_demo(&["--requests", "200"]);
+    assert_tables(&text);
+    assert!(seconds_after(&text, "the director's agent applied it ") < 1.0);
+    assert_nothing_left(pid);
+}
+
+#[test]
+#[ignore = "privileged, and needs the test control plane (Go toolchain); scripts/test runs it"]
+fn scripts_demo_cluster_runs_the_lab_through_kubernetes_and_the_plugin_shows_it() {
+    let (text, pid) = run_demo(&["--cluster", "--requests", "200"]);
+    assert_tables(&text);
     assert!(
-        agents.stdout.is_empty(),
-        "agents left: {}",
-        String::from_utf8_lossy(&agents.stdout)
+        text.contains("the operator allocated 203.0.113.10 from AddressPool lab"),
+        "{text}"
     );
+    // `kubectl get` followed the health: HEALTHY 3/3, then 2/3, then 3/3 again.
+    let healthy: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(" web ") || l.contains("virtualservice.kubelvs.io/web"))
+        .filter_map(|l| l.split_whitespace().find(|f| f.ends_with("/3")))
+        .collect();
+    assert_eq!(healthy, ["3/3", "2/3", "3/3"], "{text}");
+    // The plugin showed rs2 down at the director while it was stopped, and the new weight.
+    let step = |from: &str, to: &str| {
+        let a = text.find(from).unwrap();
+        text[a..a + text[a..].find(to).unwrap()].to_owned()
+    };
+    assert!(
+        step("[5/7]", "[6/7]")
+            .contains("-> 192.0.2.12:80                Route   2      director:down"),
+        "{text}"
+    );
+    assert!(
+        step("[7/7]", "cleaning up")
+            .contains("-> 192.0.2.13:80                Route   1      director:up"),
+        "{text}"
+    );
+    assert_nothing_left(pid);
 }

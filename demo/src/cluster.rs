@@ -1,0 +1,312 @@
+//! The demo through Kubernetes: the test suite's control plane (etcd, kube-apiserver,
+//! kube-controller-manager, built from pinned Go modules) on a host of the lab; the
+//! chart's CRDs and RBAC rendered by helm; the operator and one agent per node as
+//! processes with ServiceAccount tokens; the lab's objects applied with kubectl, the
+//! VIP allocated by the operator from an AddressPool; `kubectl get kubelvs` and
+//! `kubectl lvs` as things change.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kubelvs_test_cluster::{Cluster, ControlPlane, ControlPlaneOptions};
+use kubelvs_xdp_lab::topology::Host;
+
+use crate::lab::{applies, poll, weights_of, Agent, Result, Setup};
+
+/// The API server's address: a host of its own on the lab's bridge.
+const API_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+const NAMESPACE: &str = "lab";
+
+fn node_object(host: &Host, director: bool) -> String {
+    let labels = if director {
+        "{node-role.kubelvs.io/director: \"\"}"
+    } else {
+        "{}"
+    };
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: {}, labels: {labels}}}\nstatus:\n  addresses: [{{type: InternalIP, address: {}}}]\n",
+        host.role, host.addr
+    )
+}
+
+fn kubectl(cluster: &Cluster, args: &[&str]) -> Result<String> {
+    cluster.kubectl_ok(args).map_err(|e| e.to_string())
+}
+
+/// Prints `$ kubectl ...` and its output, indented.
+fn show(cluster: &Cluster, args: &[&str]) -> Result<()> {
+    let out = kubectl(cluster, args)?;
+    println!("      $ kubectl {}", args.join(" "));
+    for l in out.lines() {
+        println!("        {l}");
+    }
+    Ok(())
+}
+
+/// `kubectl lvs` through kubectl's plugin discovery, inside the API host's namespace.
+fn kubectl_lvs(cluster: &Cluster, api: &Host, plugin_dir: &Path) -> Result<()> {
+    let path = format!(
+        "{}:{}",
+        plugin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", api.netns.name()])
+        .arg(cluster.tool("kubectl"))
+        .args(["lvs", "-n", NAMESPACE])
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .env("PATH", path)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "kubectl lvs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    println!("      $ kubectl lvs -n {NAMESPACE}");
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("        {l}");
+    }
+    Ok(())
+}
+
+/// The VirtualService's HEALTHY column (`status.realServers`).
+fn healthy_column(cluster: &Cluster) -> Option<String> {
+    kubectl(
+        cluster,
+        &[
+            "get",
+            "lvs",
+            "web",
+            "-n",
+            NAMESPACE,
+            "-o",
+            "jsonpath={.status.realServers}",
+        ],
+    )
+    .ok()
+}
+
+pub fn run(agent: &Path, config_file: &Path, n: usize) -> Result<()> {
+    let bin_dir = agent.parent().unwrap_or(Path::new("."));
+    let operator = bin_dir.join("kube-lvs-operator");
+    for needed in [&operator, &bin_dir.join("kubectl-lvs")] {
+        if !needed.exists() {
+            return Err(format!(
+                "{} not found: build it (cargo build -p kubelvs-operator -p kubectl-lvs)",
+                needed.display()
+            ));
+        }
+    }
+    let config_text = std::fs::read_to_string(config_file)
+        .map_err(|e| format!("{}: {e}", config_file.display()))?;
+    // The operator allocates the VIP: the objects name no address, a pool holds it.
+    let objects: String = config_text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("vip:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+
+    println!("kube-lvs demo --cluster: the load balancer through Kubernetes, on this machine\n");
+    println!("[1/7] building the lab and a Kubernetes control plane on it");
+    let mut setup = Setup::build()?;
+    let api = setup
+        .lab
+        .add_host("api", API_ADDR, 0x30)
+        .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let cluster = Cluster::of(
+        ControlPlane::start(ControlPlaneOptions {
+            bind_address: API_ADDR.into(),
+            netns: Some(api.netns.name().to_owned()),
+        })
+        .map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    println!(
+        "      etcd, kube-apiserver ({API_ADDR}) and kube-controller-manager ready in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    println!("\n[2/7] the chart's CRDs and RBAC (helm), the operator and one agent per node");
+    cluster.install_crds().map_err(|e| e.to_string())?;
+    kubectl(&cluster, &["create", "namespace", "kube-lvs"])?;
+    kubectl(&cluster, &["create", "namespace", NAMESPACE])?;
+    cluster
+        .apply_chart_templates(
+            "kube-lvs",
+            "kube-lvs",
+            &["templates/agent-rbac.yaml", "templates/operator-rbac.yaml"],
+            &[],
+        )
+        .map_err(|e| e.to_string())?;
+    let nodes: String = std::iter::once(node_object(&setup.lab.director, true))
+        .chain(
+            setup
+                .lab
+                .real_servers
+                .iter()
+                .map(|rs| node_object(rs, false)),
+        )
+        .collect::<Vec<_>>()
+        .join("---\n");
+    cluster
+        .kubectl_stdin(&["apply", "-f", "-"], &nodes)
+        .map_err(|e| e.to_string())?;
+    let agent_kubeconfig = cluster
+        .service_account_kubeconfig("kube-lvs", "kube-lvs-agent")
+        .map_err(|e| e.to_string())?;
+    let operator_kubeconfig = cluster
+        .service_account_kubeconfig("kube-lvs", "kube-lvs-operator")
+        .map_err(|e| e.to_string())?;
+    let dir = setup.leftovers.dir.clone();
+    let mut processes = vec![Agent::start(
+        &operator,
+        &api,
+        &[
+            "--identity",
+            "demo",
+            "--lease-namespace",
+            "kube-lvs",
+            "--metrics-address",
+            "127.0.0.1:9090",
+        ]
+        .map(String::from),
+        &dir,
+        &[("KUBECONFIG", operator_kubeconfig.as_path())],
+    )?];
+    let env = [("KUBECONFIG", agent_kubeconfig.as_path())];
+    for rs in &setup.lab.real_servers {
+        processes.push(Agent::start(
+            agent,
+            rs,
+            &setup.real_server_args(rs, &[]),
+            &dir,
+            &env,
+        )?);
+    }
+    processes.push(Agent::start(
+        agent,
+        &setup.lab.director,
+        &setup.director_args(&[]),
+        &dir,
+        &env,
+    )?);
+    println!("      kube-lvs-operator on the API host; kube-lvs-agent on director, rs1, rs2, rs3 (cluster mode, ServiceAccount tokens)");
+
+    println!("\n[3/7] kubectl apply: an AddressPool and examples/lab.yaml without its vip");
+    let pool = format!(
+        "apiVersion: kubelvs.io/v1alpha1\nkind: AddressPool\nmetadata: {{name: lab}}\nspec: {{addresses: [{}/32]}}\n",
+        setup.lab.vip
+    );
+    cluster
+        .kubectl_stdin(&["apply", "-f", "-"], &pool)
+        .map_err(|e| e.to_string())?;
+    cluster
+        .kubectl_stdin(&["apply", "-n", NAMESPACE, "-f", "-"], &objects)
+        .map_err(|e| e.to_string())?;
+    let applied = Instant::now();
+    let vip = setup.lab.vip.to_string();
+    poll(
+        Duration::from_secs(60),
+        "the operator allocating the VIP",
+        || {
+            let got = kubectl(
+                &cluster,
+                &[
+                    "get",
+                    "lvs",
+                    "web",
+                    "-n",
+                    NAMESPACE,
+                    "-o",
+                    "jsonpath={.status.vip}",
+                ],
+            )
+            .ok()?;
+            (got == vip).then_some(())
+        },
+    )?;
+    println!(
+        "      the operator allocated {vip} from AddressPool lab {:.1} s after the apply",
+        applied.elapsed().as_secs_f64()
+    );
+    setup.wait_serving(applied, &processes, Duration::from_secs(60))?;
+    poll(
+        Duration::from_secs(30),
+        "every real server healthy in status",
+        || (healthy_column(&cluster)?.as_str() == "3/3").then_some(()),
+    )?;
+    show(&cluster, &["get", "kubelvs", "-n", NAMESPACE])?;
+    kubectl_lvs(&cluster, &api, bin_dir)?;
+
+    let weights = weights_of(&config_text);
+    println!("\n[4/7] {n} requests through the VIP");
+    setup.spread(n, &weights)?;
+
+    let victim = 1;
+    let name = setup.lab.real_servers[victim].role.clone();
+    println!("\n[5/7] stopping {name}'s HTTP server");
+    setup.take_out(victim, n, &weights)?;
+    poll(
+        Duration::from_secs(30),
+        "status showing 2/3 healthy",
+        || (healthy_column(&cluster)?.as_str() == "2/3").then_some(()),
+    )?;
+    show(&cluster, &["get", "lvs", "-n", NAMESPACE])?;
+    kubectl_lvs(&cluster, &api, bin_dir)?;
+
+    println!("\n[6/7] starting {name}'s HTTP server again");
+    setup.bring_back(victim, n, &weights)?;
+    poll(
+        Duration::from_secs(30),
+        "status showing 3/3 healthy",
+        || (healthy_column(&cluster)?.as_str() == "3/3").then_some(()),
+    )?;
+    show(&cluster, &["get", "lvs", "-n", NAMESPACE])?;
+
+    let (changed, to) = ("rs3", 1);
+    println!("\n[7/7] kubectl patch: {changed}'s weight -> {to}, live");
+    let before = applies(&setup.lab).unwrap_or(0.0);
+    let edit = Instant::now();
+    kubectl(
+        &cluster,
+        &[
+            "patch",
+            "lvsrs",
+            changed,
+            "-n",
+            NAMESPACE,
+            "--type",
+            "merge",
+            "-p",
+            &format!("{{\"spec\":{{\"weight\":{to}}}}}"),
+        ],
+    )?;
+    poll(
+        Duration::from_secs(10),
+        "the director's agent applying it",
+        || (applies(&setup.lab)? > before).then_some(()),
+    )?;
+    println!(
+        "      the director's agent applied it {:.2} s after the patch",
+        edit.elapsed().as_secs_f64()
+    );
+    let weights: Vec<(String, u32)> = weights
+        .into_iter()
+        .map(|(n, w)| if n == changed { (n, to) } else { (n, w) })
+        .collect();
+    setup.spread(n, &weights)?;
+    kubectl_lvs(&cluster, &api, bin_dir)?;
+    setup.print_counters();
+
+    println!("\ncleaning up");
+    drop(processes);
+    drop(cluster);
+    drop(api);
+    drop(setup);
+    Ok(())
+}
