@@ -20,15 +20,12 @@ const API_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
 const NAMESPACE: &str = "lab";
 
 fn node_object(host: &Host, director: bool) -> String {
-    let labels = if director {
-        "{node-role.kubelvs.io/director: \"\"}"
+    let labels: &[(&str, &str)] = if director {
+        &[("node-role.kubelvs.io/director", "")]
     } else {
-        "{}"
+        &[]
     };
-    format!(
-        "apiVersion: v1\nkind: Node\nmetadata: {{name: {}, labels: {labels}}}\nstatus:\n  addresses: [{{type: InternalIP, address: {}}}]\n",
-        host.role, host.addr
-    )
+    kubelvs_test_cluster::node_object(&host.role, host.addr.into(), labels)
 }
 
 fn kubectl(cluster: &Cluster, args: &[&str]) -> Result<String> {

@@ -2,8 +2,8 @@
 //! agents as processes in its namespaces, requests through the VIP and the table of
 //! who answered, and the steps that stop a real server and bring it back.
 
-use std::io::{IsTerminal, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -108,20 +108,7 @@ pub fn agent_args(host: &Host, dir: &Path, extra: &[&str]) -> Vec<String> {
 
 /// GET `path` from the agent's metrics port in `netns`.
 pub fn scrape(netns: &Netns, path: &str) -> Option<(u16, String)> {
-    let path = path.to_owned();
-    netns
-        .run(move || {
-            let mut s = TcpStream::connect(("127.0.0.1", METRICS_PORT)).ok()?;
-            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-                .ok()?;
-            let mut text = String::new();
-            s.read_to_string(&mut text).ok()?;
-            let status = text.split_whitespace().nth(1)?.parse().ok()?;
-            let body = text.split_once("\r\n\r\n")?.1.to_owned();
-            Some((status, body))
-        })
-        .ok()
-        .flatten()
+    netns.http_get(METRICS_PORT, path)
 }
 
 /// The value of the first metric line starting with `prefix` and containing `label`.

@@ -450,6 +450,43 @@ where
     }
 }
 
+/// Applies each object of `want` that `have` does not already show, and deletes the
+/// objects of `have` that `want` no longer has.
+async fn sync_owned<K, S: PartialEq>(
+    api: &Api<K>,
+    want: &[K],
+    have: &[K],
+    spec: impl Fn(&K) -> &S,
+    metrics: &Metrics,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let kind = K::kind(&());
+    let apply = PatchParams::apply(FIELD_MANAGER).force();
+    for w in want {
+        let name = w.meta().name.clone().unwrap_or_default();
+        let current = have.iter().find(|h| h.meta().name.as_ref() == Some(&name));
+        if current.is_some_and(|c| in_step(c.meta(), spec(c), w.meta(), spec(w))) {
+            continue;
+        }
+        api.patch(&name, &apply, &Patch::Apply(w)).await?;
+        metrics.write(&kind, "apply");
+    }
+    for h in have {
+        let name = h.meta().name.clone().unwrap_or_default();
+        if !want.iter().any(|w| w.meta().name.as_ref() == Some(&name)) {
+            delete(api, &name).await?;
+            metrics.write(&kind, "delete");
+        }
+    }
+    Ok(())
+}
+
 /// What a reconcile of one Service can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -565,14 +602,12 @@ async fn reconcile_service_inner(
 
     if !service::is_ours(svc) || svc.metadata.deletion_timestamp.is_some() {
         // Not (or no longer) ours: remove what we made for it, touch nothing else.
-        for vs in owned_vs {
-            let n = vs.metadata.name.clone().unwrap_or_default();
-            delete(&vs_api, &n).await.map_err(err)?;
-        }
-        for rs in owned_rs {
-            let n = rs.metadata.name.clone().unwrap_or_default();
-            delete(&rs_api, &n).await.map_err(err)?;
-        }
+        sync_owned(&vs_api, &[], &owned_vs, |v| &v.spec, &ctx.metrics)
+            .await
+            .map_err(err)?;
+        sync_owned(&rs_api, &[], &owned_rs, |r| &r.spec, &ctx.metrics)
+            .await
+            .map_err(err)?;
         return Ok(Action::await_change());
     }
 
@@ -610,68 +645,32 @@ async fn reconcile_service_inner(
             service_condition(svc, false, "InvalidConfiguration", message)
         }
         Ok(t) => {
-            let wanted_vs: BTreeSet<String> = t
+            let metrics = &ctx.metrics;
+            sync_owned(
+                &vs_api,
+                &t.virtual_services,
+                &owned_vs,
+                |v| &v.spec,
+                metrics,
+            )
+            .await
+            .map_err(err)?;
+            sync_owned(&rs_api, &t.real_servers, &owned_rs, |r| &r.spec, metrics)
+                .await
+                .map_err(err)?;
+            let wanted_vs: Vec<String> = t
                 .virtual_services
                 .iter()
                 .filter_map(|v| v.metadata.name.clone())
                 .collect();
-            let wanted_rs: BTreeSet<String> = t
-                .real_servers
-                .iter()
-                .filter_map(|r| r.metadata.name.clone())
-                .collect();
-            for vs in &t.virtual_services {
-                let n = vs.metadata.name.clone().unwrap_or_default();
-                let current = owned_vs
-                    .iter()
-                    .find(|o| o.metadata.name.as_ref() == Some(&n));
-                if current.is_some_and(|c| in_step(&c.metadata, &c.spec, &vs.metadata, &vs.spec)) {
-                    continue;
-                }
-                vs_api
-                    .patch(&n, &apply, &Patch::Apply(vs))
-                    .await
-                    .map_err(err)?;
-                ctx.metrics.write("VirtualService", "apply");
-            }
-            for rs in &t.real_servers {
-                let n = rs.metadata.name.clone().unwrap_or_default();
-                let current = owned_rs
-                    .iter()
-                    .find(|o| o.metadata.name.as_ref() == Some(&n));
-                if current.is_some_and(|c| in_step(&c.metadata, &c.spec, &rs.metadata, &rs.spec)) {
-                    continue;
-                }
-                rs_api
-                    .patch(&n, &apply, &Patch::Apply(rs))
-                    .await
-                    .map_err(err)?;
-                ctx.metrics.write("RealServer", "apply");
-            }
-            for vs in owned_vs
-                .iter()
-                .filter(|v| !wanted_vs.contains(v.metadata.name.as_deref().unwrap_or_default()))
-            {
-                let n = vs.metadata.name.clone().unwrap_or_default();
-                delete(&vs_api, &n).await.map_err(err)?;
-                ctx.metrics.write("VirtualService", "delete");
-            }
-            for rs in owned_rs
-                .iter()
-                .filter(|r| !wanted_rs.contains(r.metadata.name.as_deref().unwrap_or_default()))
-            {
-                let n = rs.metadata.name.clone().unwrap_or_default();
-                delete(&rs_api, &n).await.map_err(err)?;
-                ctx.metrics.write("RealServer", "delete");
-            }
             service_condition(
                 svc,
                 true,
                 "Translated",
                 format!(
                     "served by VirtualService(s) {} with {} RealServer(s)",
-                    wanted_vs.into_iter().collect::<Vec<_>>().join(", "),
-                    wanted_rs.len()
+                    wanted_vs.join(", "),
+                    t.real_servers.len()
                 ),
             )
         }

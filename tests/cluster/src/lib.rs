@@ -435,6 +435,19 @@ fn repo_root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
+/// A Node object (there is no kubelet to register one): its name, an InternalIP and
+/// labels, as YAML for `kubectl apply`.
+pub fn node_object(name: &str, address: std::net::IpAddr, labels: &[(&str, &str)]) -> String {
+    let labels: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{k}: \"{v}\""))
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {{{}}}}}\nstatus:\n  addresses: [{{type: InternalIP, address: {address}}}]\n",
+        labels.join(", ")
+    )
+}
+
 /// Spawns `cmd` (an operator or agent under test) so that it dies with the test
 /// binary, even when that is killed.
 pub fn spawn_tied(cmd: Command) -> std::io::Result<std::process::Child> {

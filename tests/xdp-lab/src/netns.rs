@@ -128,6 +128,24 @@ impl Netns {
         })
     }
 
+    /// `GET path` from `127.0.0.1:port` inside the namespace (an agent's /metrics,
+    /// /healthz, /readyz): the status code and the body, or `None` when nothing answers.
+    pub fn http_get(&self, port: u16, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let path = path.to_owned();
+        self.run(move || {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .ok()?;
+            let mut text = String::new();
+            s.read_to_string(&mut text).ok()?;
+            let status = text.split_whitespace().nth(1)?.parse().ok()?;
+            Some((status, text.split_once("\r\n\r\n")?.1.to_owned()))
+        })
+        .ok()
+        .flatten()
+    }
+
     /// Starts a thread inside the namespace running `f`.
     pub fn spawn<T: Send + 'static>(
         &self,

@@ -2,8 +2,7 @@
 //! its HTTP endpoints, polling, and connections through the VIP.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, SocketAddrV4, TcpStream};
+use std::net::{SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -71,21 +70,9 @@ impl Drop for Agent {
     }
 }
 
-/// GET `path` from the agent's metrics server inside `netns`.
+/// GET `path` from the agent's metrics server inside `netns`: status and body.
 pub fn http_get(netns: &Netns, path: &str) -> Option<(u16, String)> {
-    let path = path.to_owned();
-    netns
-        .run(move || {
-            let mut s = TcpStream::connect(("127.0.0.1", METRICS_PORT)).ok()?;
-            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-                .ok()?;
-            let mut text = String::new();
-            s.read_to_string(&mut text).ok()?;
-            let status = text.split_whitespace().nth(1)?.parse().ok()?;
-            Some((status, text))
-        })
-        .ok()
-        .flatten()
+    netns.http_get(METRICS_PORT, path)
 }
 
 pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
