@@ -164,3 +164,44 @@ fn scripts_demo_cluster_runs_the_lab_through_kubernetes_and_the_plugin_shows_it(
     );
     assert_nothing_left(pid);
 }
+
+#[test]
+#[ignore = "privileged: network namespaces and XDP; scripts/test runs it"]
+fn ctrl_c_in_the_middle_cleans_everything_up() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(repo().join("scripts/demo"))
+        .args(["--requests", "100000"])
+        .current_dir(repo())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // Wait until requests are flowing through the lab, then Ctrl-C.
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen += &line;
+        seen.push('\n');
+        if line.starts_with("[3/6]") {
+            break;
+        }
+    }
+    assert!(seen.contains("[3/6]"), "{seen}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) of our own child.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGINT);
+    }
+    let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{seen}{}", rest.join("\n"));
+    assert!(
+        rest.iter().any(|l| l.contains("✓ nothing left behind")),
+        "{}",
+        rest.join("\n")
+    );
+    assert_nothing_left(pid);
+}
