@@ -67,6 +67,41 @@ pub struct Settings {
     pub traffic_interval: Duration,
 }
 
+/// What a burst of events amounts to.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Burst {
+    pub reload: bool,
+    pub stop: bool,
+}
+
+/// Debounce: takes the events that keep arriving less than `quiet` apart, for at most
+/// `4 x quiet` (so a steady stream still gets applied), and says whether any asked for
+/// a reload (or `changed` saw the source change meanwhile) or a stop. A burst of
+/// edits becomes one apply.
+pub fn gather(
+    events: &mpsc::Receiver<Event>,
+    quiet: Duration,
+    mut changed: impl FnMut() -> bool,
+) -> Burst {
+    let mut burst = Burst::default();
+    let deadline = Instant::now() + quiet * 4;
+    while Instant::now() < deadline {
+        match events.recv_timeout(quiet) {
+            Ok(Event::Stop) => {
+                burst.stop = true;
+                return burst;
+            }
+            Ok(Event::Reload) => burst.reload = true,
+            Ok(Event::Health) => {}
+            Err(_) => break,
+        }
+        if changed() {
+            burst.reload = true;
+        }
+    }
+    burst
+}
+
 /// The file's identity for change detection (cluster mode: nothing to poll).
 fn stamp(source: &Source) -> Option<(SystemTime, u64)> {
     let Source::File(path) = source else {
@@ -165,22 +200,12 @@ pub fn run(
             );
             continue;
         }
-        // Debounce: take everything that arrives while it keeps arriving.
-        let deadline = Instant::now() + settings.debounce * 4;
-        while Instant::now() < deadline {
-            match events.recv_timeout(settings.debounce) {
-                Ok(Event::Stop) => {
-                    info!("stopping: the dataplanes stay as they are");
-                    return Ok(());
-                }
-                Ok(Event::Reload) => reload = true,
-                Ok(Event::Health) => {}
-                Err(_) => break,
-            }
-            if stamp(&source) != now_stamp {
-                reload = true;
-            }
+        let burst = gather(&events, settings.debounce, || stamp(&source) != now_stamp);
+        if burst.stop {
+            info!("stopping: the dataplanes stay as they are");
+            return Ok(());
         }
+        reload |= burst.reload;
         if reload || !have_config {
             seen_stamp = stamp(&source);
             let loaded = match &source {
@@ -311,5 +336,86 @@ pub fn run(
         );
         metrics.ready.store(true, Ordering::Relaxed);
         last_apply = Some(Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod debounce_tests {
+    use super::*;
+
+    const QUIET: Duration = Duration::from_millis(100);
+
+    #[test]
+    fn a_burst_of_events_is_taken_whole_and_becomes_one_reload() {
+        let (tx, rx) = mpsc::channel();
+        let sender = std::thread::spawn(move || {
+            for _ in 0..8 {
+                tx.send(Event::Reload).unwrap();
+                std::thread::sleep(QUIET / 4);
+            }
+            tx
+        });
+        let burst = gather(&rx, QUIET, || false);
+        let tx = sender.join().unwrap();
+        assert_eq!(
+            burst,
+            Burst {
+                reload: true,
+                stop: false
+            }
+        );
+        assert!(rx.try_recv().is_err(), "all eight taken by one gather");
+        drop(tx);
+    }
+
+    #[test]
+    fn a_steady_stream_is_cut_after_four_quiet_periods() {
+        let (tx, rx) = mpsc::channel();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let sender = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                let _ = tx.send(Event::Health);
+                std::thread::sleep(QUIET / 5);
+            }
+        });
+        let started = Instant::now();
+        let burst = gather(&rx, QUIET, || false);
+        let took = started.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        sender.join().unwrap();
+        assert_eq!(
+            burst,
+            Burst::default(),
+            "health events alone ask for no reload"
+        );
+        assert!(took >= QUIET * 4 && took < QUIET * 6, "{took:?}");
+    }
+
+    #[test]
+    fn stop_ends_the_burst_at_once_and_a_changed_source_reloads() {
+        let (tx, rx) = mpsc::channel();
+        tx.send(Event::Health).unwrap();
+        tx.send(Event::Stop).unwrap();
+        tx.send(Event::Reload).unwrap();
+        assert_eq!(
+            gather(&rx, QUIET, || false),
+            Burst {
+                reload: false,
+                stop: true
+            }
+        );
+        // The file changed while an event was being taken: reload.
+        assert_eq!(
+            gather(&rx, QUIET, || true),
+            Burst {
+                reload: true,
+                stop: false
+            }
+        );
+        // Nothing arrives: quiet at once.
+        let started = Instant::now();
+        assert_eq!(gather(&rx, QUIET, || true), Burst::default());
+        assert!(started.elapsed() < QUIET * 2);
     }
 }
