@@ -136,12 +136,14 @@ impl ClusterSource {
             for o in store.state() {
                 match &o.0 {
                     Ok(k) => out.push(k.clone()),
-                    Err(e) => rejected.push(Rejected(format!(
-                        "{kind} {}/{}: {}",
-                        e.metadata.namespace.clone().unwrap_or_default(),
-                        e.metadata.name.clone().unwrap_or_default(),
-                        e.error
-                    ))),
+                    Err(e) => {
+                        let namespace = e.metadata.namespace.clone().unwrap_or_default();
+                        let name = e.metadata.name.clone().unwrap_or_default();
+                        rejected.push(Rejected(
+                            format!("{kind} {namespace}/{name}: {}", e.error),
+                            Some(ObjectRef::new(kind, &namespace, &name)),
+                        ))
+                    }
                 }
             }
         }

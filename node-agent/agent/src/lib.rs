@@ -216,6 +216,18 @@ pub fn run(
                 Ok((o, r)) => {
                     for bad in r.iter().filter(|b| !rejected.contains(b)) {
                         warn!(error = %bad.0, "object rejected");
+                        // In a cluster, on the object too: `kubectl describe` shows it.
+                        if let (Source::Cluster { events, .. }, Some(object)) = (&source, &bad.1) {
+                            let _ = events.send(events::Notice {
+                                object: object.clone(),
+                                warning: true,
+                                reason: "Malformed",
+                                note: format!(
+                                    "node {}: {} (left out; the other objects apply)",
+                                    settings.node.name, bad.0
+                                ),
+                            });
+                        }
                     }
                     if reload {
                         info!(

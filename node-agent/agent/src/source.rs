@@ -26,9 +26,10 @@ impl Objects {
     }
 }
 
-/// A document or object that was not used, and why (naming the object and field).
+/// A document or object that was not used, and why (naming the object and field); in
+/// cluster mode, the object, for an Event on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejected(pub String);
+pub struct Rejected(pub String, pub Option<kubelvs_model::ObjectRef>);
 
 /// Parses and validates every document of `text`.
 pub fn parse(text: &str) -> (Objects, Vec<Rejected>) {
@@ -92,11 +93,14 @@ impl Cache {
                 Ok(Object::VirtualService(o)) => objects.virtual_services.push(o.clone()),
                 Ok(Object::RealServer(o)) => objects.real_servers.push(o.clone()),
                 Ok(Object::AddressPool(o)) => objects.address_pools.push(o.clone()),
-                Err(e) => rejected.push(Rejected(format!(
-                    "document {}: {}",
-                    i + 1,
-                    e.trim_start_matches("document 1: ")
-                ))),
+                Err(e) => rejected.push(Rejected(
+                    format!(
+                        "document {}: {}",
+                        i + 1,
+                        e.trim_start_matches("document 1: ")
+                    ),
+                    None,
+                )),
             }
             seen.insert(doc.to_owned(), result);
         }

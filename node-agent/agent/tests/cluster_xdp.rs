@@ -240,6 +240,61 @@ fn cluster_mode_agents_program_traffic_and_report_status() {
             .contains("director director"),
         "{event}"
     );
+
+    // A RealServer the agent cannot parse, as after a CRD downgrade: the schema is
+    // loosened, a bad object stored, the schema restored (stored objects are not
+    // re-validated). It is reported on that object and in the log; the rest applies.
+    cluster
+        .kubectl_ok(&[
+            "patch",
+            "crd",
+            "realservers.kubelvs.io",
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/versions/0/schema/openAPIV3Schema/properties/spec","value":{"type":"object","x-kubernetes-preserve-unknown-fields":true}}]"#,
+        ])
+        .unwrap();
+    eventually(
+        Duration::from_secs(15),
+        "the loosened schema served",
+        || {
+            cluster
+            .kubectl_stdin(
+                &["apply", "-f", "-"],
+                "apiVersion: kubelvs.io/v1alpha1\nkind: RealServer\nmetadata: {name: broken, namespace: lab, labels: {app: web}}\nspec: {address: 192.0.2.99, weight: heavy}\n",
+            )
+            .ok()
+        },
+    );
+    cluster.install_crds().unwrap();
+    let malformed = eventually(Duration::from_secs(30), "Malformed event", || {
+        let list = json(
+            &cluster,
+            &["get", "events.events.k8s.io", "-n", "lab", "-o", "json"],
+        );
+        list["items"]
+            .as_array()?
+            .iter()
+            .find(|e| e["reason"] == "Malformed" && e["regarding"]["name"] == "broken")
+            .cloned()
+    });
+    assert_eq!(malformed["type"], "Warning", "{malformed}");
+    assert!(
+        malformed["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("RealServer lab/broken"),
+        "{malformed}"
+    );
+    assert!(
+        director.log().contains("object rejected"),
+        "{}",
+        director.log()
+    );
+    let still = reached(&lab, 12);
+    assert!(still.iter().all(|r| !r.starts_with("error")), "{still:?}");
+
     assert!(!director.log().contains("panicked"), "{}", director.log());
     drop(director);
     let _ = std::fs::remove_dir_all(format!(
