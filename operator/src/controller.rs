@@ -1,5 +1,5 @@
-//! The operator against the API server: watches, the allocation pass, the Service
-//! controller, Events, all started once this replica leads. Decisions are in
+//! The operator against the API server: watches, the allocation pass, Events, and
+//! the Service controller (`service_controller`), all started once this replica leads. Decisions are in
 //! [`crate::pass`] and [`crate::service`]; this module reads and writes.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -10,14 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
-use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource};
 use kubelvs_crds::{AddressPool, RealServer, VirtualService};
@@ -27,7 +25,6 @@ use tracing::{info, warn};
 use crate::allocate::{NamespaceLabels, VsKey};
 use crate::metrics::{Metrics, PoolLabels};
 use crate::pass::{self, Ledger, Notice, FINALIZER};
-use crate::service::{self, ACCEPTED_CONDITION, SERVICE_NAME_LABEL};
 
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "kubelvs-operator";
@@ -35,8 +32,8 @@ pub const FIELD_MANAGER: &str = "kubelvs-operator";
 /// The watched objects, shared by the allocation pass and the Service controller.
 #[derive(Clone)]
 pub struct Stores {
-    virtual_services: Store<DeserializeGuard<VirtualService>>,
-    real_servers: Store<DeserializeGuard<RealServer>>,
+    pub(crate) virtual_services: Store<DeserializeGuard<VirtualService>>,
+    pub(crate) real_servers: Store<DeserializeGuard<RealServer>>,
     address_pools: Store<DeserializeGuard<AddressPool>>,
     namespaces: Store<Namespace>,
 }
@@ -224,7 +221,7 @@ async fn publish_events(client: Client, identity: String, mut rx: mpsc::Receiver
     }
 }
 
-fn announce(events: &mpsc::Sender<Notice>, n: Notice) {
+pub(crate) fn announce(events: &mpsc::Sender<Notice>, n: Notice) {
     info!(
         kind = n.kind,
         object = format!("{}/{}", n.namespace.clone().unwrap_or_default(), n.name),
@@ -438,316 +435,6 @@ async fn allocation_loop(
     }
 }
 
-/// Deletes `name`; already gone is fine.
-async fn delete<K>(api: &Api<K>, name: &str) -> Result<(), kube::Error>
-where
-    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// Applies each object of `want` that `have` does not already show, and deletes the
-/// objects of `have` that `want` no longer has.
-async fn sync_owned<K, S: PartialEq>(
-    api: &Api<K>,
-    want: &[K],
-    have: &[K],
-    spec: impl Fn(&K) -> &S,
-    metrics: &Metrics,
-) -> Result<(), kube::Error>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let kind = K::kind(&());
-    let apply = PatchParams::apply(FIELD_MANAGER).force();
-    for w in want {
-        let name = w.meta().name.clone().unwrap_or_default();
-        let current = have.iter().find(|h| h.meta().name.as_ref() == Some(&name));
-        if current.is_some_and(|c| in_step(c.meta(), spec(c), w.meta(), spec(w))) {
-            continue;
-        }
-        api.patch(&name, &apply, &Patch::Apply(w)).await?;
-        metrics.write(&kind, "apply");
-    }
-    for h in have {
-        let name = h.meta().name.clone().unwrap_or_default();
-        if !want.iter().any(|w| w.meta().name.as_ref() == Some(&name)) {
-            delete(api, &name).await?;
-            metrics.write(&kind, "delete");
-        }
-    }
-    Ok(())
-}
-
-/// What a reconcile of one Service can fail with.
-#[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
-    #[error("Service {object}: {source}")]
-    Api {
-        object: String,
-        #[source]
-        source: kube::Error,
-    },
-}
-
-struct ServiceContext {
-    client: Client,
-    stores: Stores,
-    metrics: Arc<Metrics>,
-    events: mpsc::Sender<Notice>,
-}
-
-/// The objects of `store` a Service owns (copies of those only).
-fn owned_by<K: Clone + Resource<DynamicType = ()>>(
-    store: &Store<DeserializeGuard<K>>,
-    svc: &Service,
-) -> Vec<K> {
-    let uid = svc.metadata.uid.as_deref();
-    store
-        .state()
-        .iter()
-        .filter_map(|o| o.0.as_ref().ok())
-        .filter(|o| o.meta().namespace == svc.metadata.namespace)
-        .filter(|o| {
-            o.meta()
-                .owner_references
-                .iter()
-                .flatten()
-                .any(|r| r.kind == "Service" && Some(r.uid.as_str()) == uid)
-        })
-        .cloned()
-        .collect()
-}
-
-/// Whether `have` already is what `want` asks (spec, our labels and annotations, owner).
-fn in_step<S: PartialEq>(
-    have: &kube::api::ObjectMeta,
-    have_spec: &S,
-    want: &kube::api::ObjectMeta,
-    want_spec: &S,
-) -> bool {
-    let contains = |a: &Option<BTreeMap<String, String>>, b: &Option<BTreeMap<String, String>>| {
-        b.iter()
-            .flatten()
-            .all(|(k, v)| a.as_ref().and_then(|a| a.get(k)) == Some(v))
-    };
-    have_spec == want_spec
-        && contains(&have.labels, &want.labels)
-        && contains(&have.annotations, &want.annotations)
-        && have.owner_references == want.owner_references
-}
-
-fn service_condition(svc: &Service, ok: bool, reason: &str, message: String) -> Condition {
-    let status = if ok { "True" } else { "False" };
-    let since = svc
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .into_iter()
-        .flatten()
-        .find(|c| c.type_ == ACCEPTED_CONDITION && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| {
-            Time(
-                k8s_openapi::jiff::Timestamp::from_second(
-                    k8s_openapi::jiff::Timestamp::now().as_second(),
-                )
-                .unwrap_or_default(),
-            )
-        });
-    Condition {
-        type_: ACCEPTED_CONDITION.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message,
-        observed_generation: svc.metadata.generation,
-        last_transition_time: since,
-    }
-}
-
-async fn reconcile_service(
-    svc: Arc<Service>,
-    ctx: Arc<ServiceContext>,
-) -> Result<Action, ReconcileError> {
-    let started = Instant::now();
-    let result = reconcile_service_inner(&svc, &ctx).await;
-    ctx.metrics
-        .reconciled("service", result.is_ok(), started.elapsed().as_secs_f64());
-    result
-}
-
-async fn reconcile_service_inner(
-    svc: &Service,
-    ctx: &ServiceContext,
-) -> Result<Action, ReconcileError> {
-    let namespace = svc.metadata.namespace.clone().unwrap_or_default();
-    let name = svc.metadata.name.clone().unwrap_or_default();
-    let object = format!("{namespace}/{name}");
-    let err = |source| ReconcileError::Api {
-        object: object.clone(),
-        source,
-    };
-    let owned_vs = owned_by(&ctx.stores.virtual_services, svc);
-    let owned_rs = owned_by(&ctx.stores.real_servers, svc);
-    let vs_api = Api::<VirtualService>::namespaced(ctx.client.clone(), &namespace);
-    let rs_api = Api::<RealServer>::namespaced(ctx.client.clone(), &namespace);
-
-    if !service::is_ours(svc) || svc.metadata.deletion_timestamp.is_some() {
-        // Not (or no longer) ours: remove what we made for it, touch nothing else.
-        sync_owned(&vs_api, &[], &owned_vs, |v| &v.spec, &ctx.metrics)
-            .await
-            .map_err(err)?;
-        sync_owned(&rs_api, &[], &owned_rs, |r| &r.spec, &ctx.metrics)
-            .await
-            .map_err(err)?;
-        return Ok(Action::await_change());
-    }
-
-    let slices = Api::<EndpointSlice>::namespaced(ctx.client.clone(), &namespace)
-        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={name}")))
-        .await
-        .map_err(err)?
-        .items;
-    let apply = PatchParams::apply(FIELD_MANAGER).force();
-    let condition = match service::translate(svc, &slices) {
-        Err(problems) => {
-            ctx.metrics.error("invalid");
-            let message = problems.join("; ");
-            let shown = svc
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .into_iter()
-                .flatten()
-                .any(|c| c.type_ == ACCEPTED_CONDITION && c.message == message);
-            if !shown {
-                announce(
-                    &ctx.events,
-                    Notice {
-                        kind: "Service",
-                        namespace: Some(namespace.clone()),
-                        name: name.clone(),
-                        uid: svc.metadata.uid.clone(),
-                        warning: true,
-                        reason: "InvalidConfiguration".into(),
-                        note: format!("{message} (what serves it now is left as it is)"),
-                    },
-                );
-            }
-            service_condition(svc, false, "InvalidConfiguration", message)
-        }
-        Ok(t) => {
-            let metrics = &ctx.metrics;
-            sync_owned(
-                &vs_api,
-                &t.virtual_services,
-                &owned_vs,
-                |v| &v.spec,
-                metrics,
-            )
-            .await
-            .map_err(err)?;
-            sync_owned(&rs_api, &t.real_servers, &owned_rs, |r| &r.spec, metrics)
-                .await
-                .map_err(err)?;
-            let wanted_vs: Vec<String> = t
-                .virtual_services
-                .iter()
-                .filter_map(|v| v.metadata.name.clone())
-                .collect();
-            service_condition(
-                svc,
-                true,
-                "Translated",
-                format!(
-                    "served by VirtualService(s) {} with {} RealServer(s)",
-                    wanted_vs.join(", "),
-                    t.real_servers.len()
-                ),
-            )
-        }
-    };
-
-    // The VIPs as the allocation pass wrote them on the owned VirtualServices.
-    let ingress = service::ingress(svc, &owned_vs);
-    let status = svc.status.clone().unwrap_or_default();
-    let shown_ingress = status
-        .load_balancer
-        .as_ref()
-        .and_then(|l| l.ingress.clone())
-        .unwrap_or_default();
-    let shown_condition = status
-        .conditions
-        .iter()
-        .flatten()
-        .find(|c| c.type_ == ACCEPTED_CONDITION);
-    if shown_ingress != ingress || shown_condition != Some(&condition) {
-        let body = serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": name, "namespace": namespace},
-            "status": {
-                "loadBalancer": {"ingress": ingress},
-                "conditions": [condition],
-            },
-        });
-        Api::<Service>::namespaced(ctx.client.clone(), &namespace)
-            .patch_status(&name, &apply, &Patch::Apply(&body))
-            .await
-            .map_err(err)?;
-        ctx.metrics.write("Service", "status");
-        if shown_ingress != ingress && !ingress.is_empty() {
-            let ips: Vec<String> = ingress.iter().filter_map(|i| i.ip.clone()).collect();
-            announce(
-                &ctx.events,
-                Notice {
-                    kind: "Service",
-                    namespace: Some(namespace.clone()),
-                    name: name.clone(),
-                    uid: svc.metadata.uid.clone(),
-                    warning: false,
-                    reason: "LoadBalancerAssigned".into(),
-                    note: format!("load balancer address {}", ips.join(", ")),
-                },
-            );
-        }
-    }
-    // The allocation pass writes the VIPs; the owned-object watch may wake us before
-    // the shared store shows them, so look again until every family has its address.
-    let families = svc
-        .spec
-        .as_ref()
-        .and_then(|s| s.ip_families.as_ref())
-        .map_or(1, Vec::len);
-    if ingress.len() < families {
-        Ok(Action::requeue(Duration::from_millis(200)))
-    } else {
-        Ok(Action::requeue(Duration::from_secs(300)))
-    }
-}
-
-fn service_error_policy(svc: Arc<Service>, e: &ReconcileError, ctx: Arc<ServiceContext>) -> Action {
-    ctx.metrics.error("api");
-    warn!(
-        service = format!(
-            "{}/{}",
-            svc.metadata.namespace.clone().unwrap_or_default(),
-            svc.metadata.name.clone().unwrap_or_default()
-        ),
-        error = %e,
-        "reconcile failed; retrying in 5 s"
-    );
-    Action::requeue(Duration::from_secs(5))
-}
-
 /// Runs both controllers until the process ends (the caller stops leading by exiting).
 pub async fn run_controllers(
     client: Client,
@@ -769,35 +456,7 @@ pub async fn run_controllers(
         events_tx.clone(),
         debounce,
     ));
-    let ctx = Arc::new(ServiceContext {
-        client: client.clone(),
-        stores,
-        metrics: metrics.clone(),
-        events: events_tx,
-    });
-    let owned = watcher::Config::default().labels(SERVICE_NAME_LABEL);
-    Controller::new(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(Api::<VirtualService>::all(client.clone()), owned.clone())
-    .owns(Api::<RealServer>::all(client.clone()), owned)
-    .watches(
-        Api::<EndpointSlice>::all(client.clone()),
-        watcher::Config::default().labels("kubernetes.io/service-name"),
-        |slice| {
-            let svc = slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get("kubernetes.io/service-name").cloned());
-            svc.zip(slice.metadata.namespace.clone())
-                .map(|(name, ns)| ObjectRef::<Service>::new(&name).within(&ns))
-        },
-    )
-    .run(reconcile_service, service_error_policy, ctx)
-    .for_each(|_| futures::future::ready(()))
-    .await;
+    crate::service_controller::run(client, stores, metrics.clone(), events_tx).await;
     metrics.ready.store(false, Ordering::Relaxed);
     anyhow::bail!("the Service controller stopped")
 }

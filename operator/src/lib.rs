@@ -10,3 +10,4 @@ pub mod metrics;
 pub mod pass;
 pub mod rollup;
 pub mod service;
+mod service_controller;
