@@ -61,9 +61,12 @@ impl<M: DirectorMaps> DirectorTable<M> {
         let reals = self.maps.read_reals()?;
         let config = self.maps.read_config()?;
         let mut state = state_from_maps(vips, reals, config, self.opts.max_vips);
-        // Not in the maps: what rings were built from, and drain deadlines.
+        // Not in the maps: what rings were built from, and drain deadlines. Without
+        // them (a restart) the next decision keeps what it no longer wants a while.
+        state.adopted = self.state.ring_inputs.is_empty() && !state.reals.is_empty();
         state.ring_inputs = std::mem::take(&mut self.state.ring_inputs);
         state.draining = std::mem::take(&mut self.state.draining);
+        state.orphans = std::mem::take(&mut self.state.orphans);
         self.state = state;
         self.stale = false;
         Ok(())

@@ -32,6 +32,12 @@ pub struct State {
     pub ring_inputs: HashMap<AnyVipKey, Vec<(RealKey, u32)>>,
     /// Real servers removed from a VIP, kept at weight 0 until their deadline.
     pub draining: BTreeMap<(AnyVipKey, RealKey), Instant>,
+    /// Adopted from a previous run's maps and not yet decided on: which of them were
+    /// draining, and until when, died with that run, so the first decision keeps every
+    /// real server the plan no longer wants for one more drain timeout.
+    pub adopted: bool,
+    /// Real servers kept that way, until their deadline: their connections continue.
+    pub orphans: BTreeMap<RealKey, Instant>,
     /// VIP entries read back with an id out of range: deleted (or rewritten with a
     /// valid id) by the next apply.
     pub stray: Vec<AnyVipKey>,
@@ -140,6 +146,18 @@ pub fn decide(
         want.insert(vk, w);
     }
     next.draining = draining;
+    next.orphans = state
+        .orphans
+        .iter()
+        .filter(|(_, deadline)| now < **deadline)
+        .map(|(k, d)| (*k, *d))
+        .collect();
+    if state.adopted {
+        for k in state.reals.keys() {
+            next.orphans.entry(*k).or_insert(now + opts.drain_timeout);
+        }
+        next.adopted = false;
+    }
 
     // 2. Global config.
     let nat = |v6: bool| {
@@ -315,7 +333,7 @@ pub fn decide(
     let gone: Vec<RealKey> = next
         .reals
         .keys()
-        .filter(|k| !wanted_reals.contains_key(k))
+        .filter(|k| !wanted_reals.contains_key(k) && !next.orphans.contains_key(k))
         .copied()
         .collect();
     for key in gone {

@@ -426,3 +426,37 @@ fn a_removed_udp_real_server_is_not_drained() {
         "dead: its flows reschedule"
     );
 }
+
+#[test]
+fn after_a_restart_a_real_server_the_plan_dropped_is_kept_for_one_drain_timeout() {
+    let o = opts();
+    let now = Instant::now();
+    let n = HashMap::new();
+    let both = [svc(
+        "203.0.113.1",
+        Forwarding::Nat,
+        &[("198.51.100.1", 1), ("198.51.100.2", 1)],
+    )];
+    let one = [svc("203.0.113.1", Forwarding::Nat, &[("198.51.100.1", 1)])];
+    let mut before = DirectorTable::new(FakeMaps::new(&o), o.clone()).unwrap();
+    before.apply_at(&both, &n, now).unwrap();
+    // The agent restarts (its drain deadlines die with it); the new plan drops .2.
+    let mut after = DirectorTable::new(before.maps().clone(), o.clone()).unwrap();
+    let dropped = "198.51.100.2".parse::<IpAddr>().unwrap();
+    let r = after.apply_at(&one, &n, now).unwrap();
+    assert_eq!(r.real_servers_removed, 0, "{r:?}");
+    assert!(
+        after.real_id(dropped, 80).is_some(),
+        "its connections continue"
+    );
+    let r = after.apply_at(&one, &n, now + o.drain_timeout / 2).unwrap();
+    assert_eq!(r.real_servers_removed, 0);
+    let r = after
+        .apply_at(&one, &n, now + o.drain_timeout + Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(r.real_servers_removed, 1, "then gone");
+    assert!(after.real_id(dropped, 80).is_none());
+    // Without a restart a dropped real server drains as before: the same deadline.
+    let r = before.apply_at(&one, &n, now).unwrap();
+    assert_eq!(r.draining.len(), 1);
+}
