@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
@@ -177,21 +177,6 @@ pub async fn check_crds(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn reference(n: &Notice) -> ObjectReference {
-    let api_version = match n.kind {
-        "Service" => "v1",
-        _ => "kubelvs.io/v1alpha1",
-    };
-    ObjectReference {
-        api_version: Some(api_version.into()),
-        kind: Some(n.kind.into()),
-        name: Some(n.name.clone()),
-        namespace: n.namespace.clone(),
-        uid: n.uid.clone(),
-        ..ObjectReference::default()
-    }
-}
-
 /// Publishes Events one at a time. Events are best effort: when the queue is full
 /// (an initial allocation of thousands of VIPs), the excess is dropped, not the
 /// status writes that carry the same facts.
@@ -215,16 +200,20 @@ async fn publish_events(client: Client, identity: String, mut rx: mpsc::Receiver
             action: "Reconcile".into(),
             secondary: None,
         };
-        if let Err(e) = recorder.publish(&ev, &reference(&n)).await {
-            warn!(object = %n.name, error = %e, "event not published");
+        if let Err(e) = recorder.publish(&ev, &n.object).await {
+            warn!(object = ?n.object.name, error = %e, "event not published");
         }
     }
 }
 
 pub(crate) fn announce(events: &mpsc::Sender<Notice>, n: Notice) {
     info!(
-        kind = n.kind,
-        object = format!("{}/{}", n.namespace.clone().unwrap_or_default(), n.name),
+        kind = n.object.kind.as_deref().unwrap_or_default(),
+        object = format!(
+            "{}/{}",
+            n.object.namespace.as_deref().unwrap_or_default(),
+            n.object.name.as_deref().unwrap_or_default()
+        ),
         reason = %n.reason,
         "{}",
         n.note

@@ -8,7 +8,9 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::Resource;
 use kubelvs_crds::selector::RealServerIndex;
 use kubelvs_crds::{AddressPool, RealServer, VirtualService};
 
@@ -29,15 +31,30 @@ pub type Ledger = BTreeMap<VsKey, (String, IpAddr)>;
 pub type Validations = std::collections::HashMap<(String, i64), Result<(), String>>;
 
 /// An Event to publish on an object.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Notice {
-    pub kind: &'static str,
-    pub namespace: Option<String>,
-    pub name: String,
-    pub uid: Option<String>,
+    /// The object the Event is about (apiVersion, kind, namespace, name, uid).
+    pub object: ObjectReference,
     pub warning: bool,
     pub reason: String,
     pub note: String,
+}
+
+impl Notice {
+    /// An Event on `object`.
+    pub fn on<K: Resource<DynamicType = ()>>(
+        object: &K,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) -> Self {
+        Self {
+            object: object.object_ref(&()),
+            warning,
+            reason: reason.into(),
+            note,
+        }
+    }
 }
 
 /// What one pass writes.
@@ -79,18 +96,6 @@ fn has_finalizer(vs: &VirtualService) -> bool {
         .iter()
         .flatten()
         .any(|f| f == FINALIZER)
-}
-
-fn notice(vs: &VirtualService, warning: bool, reason: &str, note: String) -> Notice {
-    Notice {
-        kind: "VirtualService",
-        namespace: vs.metadata.namespace.clone(),
-        name: vs.metadata.name.clone().unwrap_or_default(),
-        uid: vs.metadata.uid.clone(),
-        warning,
-        reason: reason.into(),
-        note,
-    }
 }
 
 /// One pass. `now` stamps changed conditions; it must be whole seconds, as the API
@@ -153,8 +158,12 @@ pub fn plan(
                 } else {
                     c.reason.clone()
                 };
-                out.notices
-                    .push(notice(vs, c.status == "False", &reason, c.message.clone()));
+                out.notices.push(Notice::on(
+                    *vs,
+                    c.status == "False",
+                    &reason,
+                    c.message.clone(),
+                ));
             }
         }
         if let (Some(Ok(ip)), Some(uid)) = (result, vs.metadata.uid.as_ref()) {
@@ -166,7 +175,7 @@ pub fn plan(
     }
     for vs in deleting.into_iter().filter(|v| has_finalizer(v)) {
         let vip = vs.status.as_ref().and_then(|s| s.vip.clone());
-        out.notices.push(notice(
+        out.notices.push(Notice::on(
             vs,
             false,
             "VipReleased",
@@ -211,6 +220,25 @@ pub fn plan(
 mod tests {
     use super::*;
 
+    /// One pass over `objects` and `pools`, no RealServers, fresh validations.
+    fn pass(
+        objects: &[VirtualService],
+        pools: &[AddressPool],
+        ledger: &Ledger,
+        now: &Time,
+    ) -> Writes {
+        let refs: Vec<&VirtualService> = objects.iter().collect();
+        plan(
+            &refs,
+            &[],
+            pools,
+            &BTreeMap::new(),
+            ledger,
+            &mut Validations::new(),
+            now,
+        )
+    }
+
     fn t(s: i64) -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000 + s).unwrap())
     }
@@ -254,30 +282,14 @@ mod tests {
     fn a_pass_over_its_own_writes_writes_nothing() {
         let mut objects = vec![vs("a", "u1", 0), vs("b", "u2", 1)];
         let pools = [pool()];
-        let first = plan(
-            &objects.iter().collect::<Vec<_>>(),
-            &[],
-            &pools,
-            &BTreeMap::new(),
-            &Ledger::new(),
-            &mut Validations::new(),
-            &t(5),
-        );
+        let first = pass(&objects, &pools, &Ledger::new(), &t(5));
         assert_eq!(first.statuses.len(), 2);
         assert_eq!(first.add_finalizer.len(), 2);
         assert_eq!(first.pool_statuses.len(), 1);
         let reasons: Vec<&str> = first.notices.iter().map(|n| n.reason.as_str()).collect();
         assert_eq!(reasons, ["VipAllocated", "VipAllocated"]);
         apply(&mut objects, &first);
-        let second = plan(
-            &objects.iter().collect::<Vec<_>>(),
-            &[],
-            &pools,
-            &BTreeMap::new(),
-            &first.vips,
-            &mut Validations::new(),
-            &t(9),
-        );
+        let second = pass(&objects, &pools, &first.vips, &t(9));
         assert!(second.statuses.is_empty(), "{:?}", second.statuses);
         assert!(second.notices.is_empty());
     }
@@ -286,30 +298,14 @@ mod tests {
     fn the_ledger_keeps_a_vip_the_watch_does_not_show_yet() {
         let pools = [pool()];
         let objects = [vs("a", "u1", 5)];
-        let first = plan(
-            &objects.iter().collect::<Vec<_>>(),
-            &[],
-            &pools,
-            &BTreeMap::new(),
-            &Ledger::new(),
-            &mut Validations::new(),
-            &t(5),
-        );
+        let first = pass(&objects, &pools, &Ledger::new(), &t(5));
         assert_eq!(
             first.vips[&("s".into(), "a".into())].1.to_string(),
             "203.0.113.10"
         );
         // An older service appears before the watch shows a's VIP: a keeps its address.
         let objects = [vs("a", "u1", 5), vs("older", "u0", 0)];
-        let second = plan(
-            &objects.iter().collect::<Vec<_>>(),
-            &[],
-            &pools,
-            &BTreeMap::new(),
-            &first.vips,
-            &mut Validations::new(),
-            &t(6),
-        );
+        let second = pass(&objects, &pools, &first.vips, &t(6));
         assert_eq!(
             second.vips[&("s".into(), "a".into())].1.to_string(),
             "203.0.113.10"
@@ -320,15 +316,7 @@ mod tests {
         );
         // A new object of the same name (another uid) does not inherit it.
         let objects = [vs("a", "u9", 7), vs("older", "u0", 0), vs("b", "u3", 6)];
-        let third = plan(
-            &objects.iter().collect::<Vec<_>>(),
-            &[],
-            &pools,
-            &BTreeMap::new(),
-            &second.vips,
-            &mut Validations::new(),
-            &t(8),
-        );
+        let third = pass(&objects, &pools, &second.vips, &t(8));
         let vip = |n: &str| third.vips[&("s".to_string(), n.to_string())].1.to_string();
         assert_eq!(vip("older"), "203.0.113.11");
         assert_eq!(vip("b"), "203.0.113.10", "older than the new a: first pick");
@@ -356,15 +344,7 @@ mod tests {
                 block_owner_deletion: Some(true),
             },
         ]);
-        let w = plan(
-            &[&gone, &owned],
-            &[],
-            &pools,
-            &BTreeMap::new(),
-            &Ledger::new(),
-            &mut Validations::new(),
-            &t(5),
-        );
+        let w = pass(&[gone, owned], &pools, &Ledger::new(), &t(5));
         assert_eq!(w.remove_finalizer, [("s".to_string(), "gone".to_string())]);
         assert!(w.add_finalizer.is_empty());
         assert_eq!(

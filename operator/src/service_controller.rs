@@ -218,15 +218,12 @@ async fn reconcile_service_inner(
             if !shown {
                 announce(
                     &ctx.events,
-                    Notice {
-                        kind: "Service",
-                        namespace: Some(namespace.clone()),
-                        name: name.clone(),
-                        uid: svc.metadata.uid.clone(),
-                        warning: true,
-                        reason: "InvalidConfiguration".into(),
-                        note: format!("{message} (what serves it now is left as it is)"),
-                    },
+                    Notice::on(
+                        svc,
+                        true,
+                        "InvalidConfiguration",
+                        format!("{message} (what serves it now is left as it is)"),
+                    ),
                 );
             }
             service_condition(svc, false, "InvalidConfiguration", message)
@@ -295,15 +292,12 @@ async fn reconcile_service_inner(
             let ips: Vec<String> = ingress.iter().filter_map(|i| i.ip.clone()).collect();
             announce(
                 &ctx.events,
-                Notice {
-                    kind: "Service",
-                    namespace: Some(namespace.clone()),
-                    name: name.clone(),
-                    uid: svc.metadata.uid.clone(),
-                    warning: false,
-                    reason: "LoadBalancerAssigned".into(),
-                    note: format!("load balancer address {}", ips.join(", ")),
-                },
+                Notice::on(
+                    svc,
+                    false,
+                    "LoadBalancerAssigned",
+                    format!("load balancer address {}", ips.join(", ")),
+                ),
             );
         }
     }
