@@ -20,12 +20,7 @@ const API_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
 const NAMESPACE: &str = "lab";
 
 fn node_object(host: &Host, director: bool) -> String {
-    let labels: &[(&str, &str)] = if director {
-        &[("node-role.kubelvs.io/director", "")]
-    } else {
-        &[]
-    };
-    kubelvs_test_cluster::node_object(&host.role, host.addr.into(), labels)
+    kubelvs_test_cluster::node_object(&host.role, host.addr.into(), director)
 }
 
 fn kubectl(cluster: &Cluster, args: &[&str]) -> Result<String> {
@@ -70,21 +65,28 @@ fn kubectl_lvs(cluster: &Cluster, api: &Host, plugin_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The VirtualService's HEALTHY column (`status.realServers`).
-fn healthy_column(cluster: &Cluster) -> Option<String> {
-    kubectl(
-        cluster,
-        &[
-            "get",
-            "lvs",
-            "web",
-            "-n",
-            NAMESPACE,
-            "-o",
-            "jsonpath={.status.realServers}",
-        ],
+/// Waits until the VirtualService's HEALTHY column (`status.realServers`) shows `want`.
+fn wait_healthy(cluster: &Cluster, want: &str) -> Result<()> {
+    poll(
+        Duration::from_secs(30),
+        &format!("status showing {want} healthy"),
+        || {
+            let shown = kubectl(
+                cluster,
+                &[
+                    "get",
+                    "lvs",
+                    "web",
+                    "-n",
+                    NAMESPACE,
+                    "-o",
+                    "jsonpath={.status.realServers}",
+                ],
+            )
+            .ok()?;
+            (shown == want).then_some(())
+        },
     )
-    .ok()
 }
 
 pub fn run(agent: &Path, config_file: &Path, n: usize) -> Result<()> {
@@ -232,11 +234,7 @@ pub fn run(agent: &Path, config_file: &Path, n: usize) -> Result<()> {
         applied.elapsed().as_secs_f64()
     );
     setup.wait_serving(applied, &processes, Duration::from_secs(60))?;
-    poll(
-        Duration::from_secs(30),
-        "every real server healthy in status",
-        || (healthy_column(&cluster)?.as_str() == "3/3").then_some(()),
-    )?;
+    wait_healthy(&cluster, "3/3")?;
     show(&cluster, &["get", "kubelvs", "-n", NAMESPACE])?;
     kubectl_lvs(&cluster, &api, bin_dir)?;
 
@@ -248,21 +246,13 @@ pub fn run(agent: &Path, config_file: &Path, n: usize) -> Result<()> {
     let name = setup.lab.real_servers[victim].role.clone();
     println!("\n[5/7] stopping {name}'s HTTP server");
     setup.take_out(victim, n, &weights)?;
-    poll(
-        Duration::from_secs(30),
-        "status showing 2/3 healthy",
-        || (healthy_column(&cluster)?.as_str() == "2/3").then_some(()),
-    )?;
+    wait_healthy(&cluster, "2/3")?;
     show(&cluster, &["get", "lvs", "-n", NAMESPACE])?;
     kubectl_lvs(&cluster, &api, bin_dir)?;
 
     println!("\n[6/7] starting {name}'s HTTP server again");
     setup.bring_back(victim, n, &weights)?;
-    poll(
-        Duration::from_secs(30),
-        "status showing 3/3 healthy",
-        || (healthy_column(&cluster)?.as_str() == "3/3").then_some(()),
-    )?;
+    wait_healthy(&cluster, "3/3")?;
     show(&cluster, &["get", "lvs", "-n", NAMESPACE])?;
 
     let (changed, to) = ("rs3", 1);

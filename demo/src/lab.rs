@@ -195,13 +195,13 @@ pub fn burst(lab: &Lab) -> Option<Vec<String>> {
 
 /// Prints how many requests each real server answered against its weight; checks the
 /// spread follows the weights (a weight of 0 must get nothing).
-pub fn table(answers: &[String], weights: &[(&str, u32)]) -> Result<()> {
+pub fn table(answers: &[String], weights: &[(String, u32)]) -> Result<()> {
     let failed: Vec<&String> = answers.iter().filter(|a| a.starts_with("error")).collect();
     let total_weight: u32 = weights.iter().map(|(_, w)| w).sum();
     println!("      real server  weight  answered   share  expected");
     let mut ok = true;
     for (name, w) in weights {
-        let got = answers.iter().filter(|a| a == name).count();
+        let got = answers.iter().filter(|a| *a == name).count();
         let share = 100.0 * got as f64 / answers.len().max(1) as f64;
         let expected = 100.0 * *w as f64 / total_weight as f64;
         let p = expected / 100.0;
@@ -259,11 +259,6 @@ impl Drop for Leftovers {
         let _ = std::fs::remove_dir_all(&self.pin);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-pub fn show(weights: &[(String, u32)], answers: &[String]) -> Result<()> {
-    let refs: Vec<(&str, u32)> = weights.iter().map(|(n, w)| (n.as_str(), *w)).collect();
-    table(answers, &refs)
 }
 
 /// `weights` with `name`'s at 0 (quiesced).
@@ -446,7 +441,7 @@ impl Setup {
     /// `n` requests through the VIP and the table of who answered against `weights`.
     pub fn spread(&self, n: usize, weights: &[(String, u32)]) -> Result<()> {
         let answers = requests(&self.lab, n)?;
-        show(weights, &answers)
+        table(&answers, weights)
     }
 
     /// Stops real server `i`'s HTTP server and waits until the health check took it

@@ -23,12 +23,7 @@ use kubelvs_xdp_lab::LabConfig;
 const API_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
 
 fn node_object(host: &Host, director: bool) -> String {
-    let labels: &[(&str, &str)] = if director {
-        &[("node-role.kubelvs.io/director", "")]
-    } else {
-        &[]
-    };
-    kubelvs_test_cluster::node_object(&host.role, host.addr.into(), labels)
+    kubelvs_test_cluster::node_object(&host.role, host.addr.into(), director)
 }
 
 fn cluster_agent_args(host: &Host, dir: &Path, director: bool) -> Vec<String> {
@@ -51,6 +46,19 @@ fn director_entry(cluster: &Cluster, node: &str) -> Option<serde_json::Value> {
         .as_array()?
         .iter()
         .find(|e| e["node"] == node)
+        .cloned()
+}
+
+/// The Event of `reason` about object `name` in namespace lab, if published.
+fn published_event(cluster: &Cluster, reason: &str, name: &str) -> Option<serde_json::Value> {
+    let list = json(
+        cluster,
+        &["get", "events.events.k8s.io", "-n", "lab", "-o", "json"],
+    );
+    list["items"]
+        .as_array()?
+        .iter()
+        .find(|e| e["reason"] == reason && e["regarding"]["name"] == name)
         .cloned()
 }
 
@@ -222,15 +230,7 @@ fn cluster_mode_agents_program_traffic_and_report_status() {
     });
     // The transition as an Event on the RealServer, published once the API is back.
     let event = eventually(Duration::from_secs(30), "RealServerDown event", || {
-        let list = json(
-            &cluster,
-            &["get", "events.events.k8s.io", "-n", "lab", "-o", "json"],
-        );
-        list["items"]
-            .as_array()?
-            .iter()
-            .find(|e| e["reason"] == "RealServerDown" && e["regarding"]["name"] == victim.as_str())
-            .cloned()
+        published_event(&cluster, "RealServerDown", &victim)
     });
     assert_eq!(event["reportingController"], "kube-lvs-agent", "{event}");
     assert!(
@@ -269,15 +269,7 @@ fn cluster_mode_agents_program_traffic_and_report_status() {
     );
     cluster.install_crds().unwrap();
     let malformed = eventually(Duration::from_secs(30), "Malformed event", || {
-        let list = json(
-            &cluster,
-            &["get", "events.events.k8s.io", "-n", "lab", "-o", "json"],
-        );
-        list["items"]
-            .as_array()?
-            .iter()
-            .find(|e| e["reason"] == "Malformed" && e["regarding"]["name"] == "broken")
-            .cloned()
+        published_event(&cluster, "Malformed", "broken")
     });
     assert_eq!(malformed["type"], "Warning", "{malformed}");
     assert!(

@@ -435,16 +435,17 @@ fn repo_root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
-/// A Node object (there is no kubelet to register one): its name, an InternalIP and
-/// labels, as YAML for `kubectl apply`.
-pub fn node_object(name: &str, address: std::net::IpAddr, labels: &[(&str, &str)]) -> String {
-    let labels: Vec<String> = labels
-        .iter()
-        .map(|(k, v)| format!("{k}: \"{v}\""))
-        .collect();
+/// A Node object (there is no kubelet to register one): its name and InternalIP, and
+/// when it directs traffic the label `node-role.kubelvs.io/director` that the lab's
+/// VirtualServices select directors by; as YAML for `kubectl apply`.
+pub fn node_object(name: &str, address: std::net::IpAddr, director: bool) -> String {
+    let labels = if director {
+        "{node-role.kubelvs.io/director: \"\"}"
+    } else {
+        "{}"
+    };
     format!(
-        "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {{{}}}}}\nstatus:\n  addresses: [{{type: InternalIP, address: {address}}}]\n",
-        labels.join(", ")
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {labels}}}\nstatus:\n  addresses: [{{type: InternalIP, address: {address}}}]\n"
     )
 }
 
