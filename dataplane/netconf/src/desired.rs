@@ -9,8 +9,8 @@
 //! - DR/TUN real servers carry the VIP on `lo` with ARP suppressed
 //!   (`arp_ignore=1`, `arp_announce=2` on `all` and on the interface), so only the
 //!   director answers ARP for it; TUN real servers also need the tunnel device up
-//!   and loose reverse-path filtering on it (decapsulated packets come from clients
-//!   the route does not point at the tunnel).
+//!   and reverse-path filtering off on it and on `all` (decapsulated packets arrive
+//!   on a device without an address, which any rp_filter mode rejects).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -181,7 +181,13 @@ pub fn desired(plan: &NodePlan, opts: &NetconfOptions, links: &BTreeSet<String>)
                 .or_default()
                 .insert(subject);
             if link == "tunl0" {
-                d.sysctl("net/ipv4/conf/tunl0/rp_filter".into(), "2", subject);
+                // tunl0 has no address, and the kernel's source validation drops
+                // everything arriving on an address-less device unless rp_filter is 0
+                // there, loose mode included; the value in force is the larger of
+                // `all` and the device's, so both.
+                for scope in ["all", "tunl0"] {
+                    d.sysctl(format!("net/ipv4/conf/{scope}/rp_filter"), "0", subject);
+                }
             }
         }
         d.address(LocalAddress::host("lo", rv.vip), subject);

@@ -1,6 +1,6 @@
 //! The node's network configuration for LVS, as a [`Dataplane`]: VIPs on directors,
 //! the real-server role for DR and TUN (VIP on `lo`, ARP suppressed, tunnel device
-//! up with loose reverse-path filtering), IP forwarding for XDP directors.
+//! up with reverse-path filtering off), IP forwarding for XDP directors.
 //!
 //! Layers, from pure to I/O:
 //! - [`desired()`]: plan + options + the node's links -> [`Desired`] (pure).

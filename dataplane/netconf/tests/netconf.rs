@@ -169,7 +169,8 @@ fn tun_real_server_brings_the_tunnel_up_or_says_why_not() {
     let r = apply(&mut n, &p);
     assert!(vip_outcome(&r, "203.0.113.10").is_programmed(), "{r:?}");
     assert!(n.kernel().links["tunl0"]);
-    assert_eq!(n.kernel().sysctls["net/ipv4/conf/tunl0/rp_filter"], "2");
+    assert_eq!(n.kernel().sysctls["net/ipv4/conf/tunl0/rp_filter"], "0");
+    assert_eq!(n.kernel().sysctls["net/ipv4/conf/all/rp_filter"], "0");
     match vip_outcome(&r, "203.0.113.11") {
         Outcome::Unsupported(reason) => assert_eq!(reason.field, "spec.tunnel.type"),
         o => panic!("{o:?}"),

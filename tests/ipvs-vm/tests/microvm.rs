@@ -43,6 +43,13 @@ const AGENT_CASES: &[&str] = &[
     "agent_health_restore",
     "agent_file_edit",
     "agent_restarts",
+    "agent_real_servers_prepared",
+    "agent_dr_traffic",
+    "agent_tun_traffic",
+    "agent_fullnat_traffic",
+    "agent_dr_arp_director_only",
+    "agent_dr_undone",
+    "agent_real_servers_restored",
     "agent_foreign_untouched",
 ];
 

@@ -2,7 +2,8 @@
 //! the image as /bin/kube-lvs-agent) directs the lab's NAT service from a YAML file;
 //! real TCP through the VIP, health checks that quiesce and restore, a file edit
 //! reaching the kernel, agent restarts that keep an open connection and the table,
-//! and an ipvsadm-made service left alone throughout.
+//! and an ipvsadm-made service left alone throughout. Then `agent_forwarding`'s
+//! DR, TUN and FullNAT services, with agents on the real servers too.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -16,10 +17,10 @@ use crate::Reporter;
 const VIP: &str = "203.0.113.40";
 const KEY: &str = "TCP 203.0.113.40:80";
 const FOREIGN: &str = "203.0.113.41";
-const AGENT: &str = "/bin/kube-lvs-agent";
-const CONFIG: &str = "/run/agent/lab.yaml";
+pub const AGENT: &str = "/bin/kube-lvs-agent";
+pub const CONFIG: &str = "/run/agent/lab.yaml";
 const HEALTH_PORT: u16 = 9000;
-const TIMEOUT: Duration = Duration::from_secs(3);
+pub const TIMEOUT: Duration = Duration::from_secs(3);
 
 fn yaml(weights: [u32; 3]) -> String {
     let mut y = format!(
@@ -49,7 +50,7 @@ spec: {{address: {addr}, weight: {w}, nodeName: {ns}}}
     y
 }
 
-fn write_config(text: &str) -> Result<(), String> {
+pub fn write_config(text: &str) -> Result<(), String> {
     std::fs::write("/run/agent/lab.tmp", text).map_err(|e| e.to_string())?;
     std::fs::rename("/run/agent/lab.tmp", CONFIG).map_err(|e| e.to_string())
 }
@@ -121,7 +122,7 @@ fn weight_of(addr: &str) -> Option<u32> {
         .map(|(_, w)| w)
 }
 
-fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Result<(T, Duration), String> {
+pub fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Result<(T, Duration), String> {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -135,7 +136,8 @@ fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Result<(T, Dura
 }
 
 pub fn run(r: &mut Reporter) {
-    let lab = match Lab::up(&[VIP, FOREIGN], &[]) {
+    // The agent puts the VIP on lvs0 itself; the foreign one ipvsadm's user adds.
+    let lab = match Lab::up_bare(&[FOREIGN]) {
         Ok(l) => l,
         Err(e) => {
             r.case("agent_topology", Err(e));
@@ -321,6 +323,7 @@ pub fn run(r: &mut Reporter) {
             l.get(&format!("TCP {FOREIGN}:80"))
                 .map(|s| s.scheduler == "wlc" && s.dests.is_empty())
         });
+    crate::agent_forwarding::run(r, &lab, &yaml([3, 1, 1]));
     r.case(
         "agent_foreign_untouched",
         if foreign_ok == Some(true) {

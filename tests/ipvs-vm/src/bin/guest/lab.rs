@@ -143,8 +143,19 @@ impl Drop for Lab {
 
 impl Lab {
     /// Builds the topology and starts one identity server per real server.
-    /// `vips` go on the director; `rs_vips` also on every real server's `lo` (DR/TUN).
+    /// `vips` go on the director; `rs_vips` also on every real server's `lo` (DR/TUN),
+    /// whose tunnels and ARP suppression are configured too.
     pub fn up(vips: &[&str], rs_vips: &[&str]) -> Result<Self, String> {
+        Self::build(vips, Some(rs_vips))
+    }
+
+    /// The same topology with the real servers left as a fresh host is: no VIP on
+    /// `lo`, no ARP suppression, tunnel devices down. The agents on them must do it.
+    pub fn up_bare(vips: &[&str]) -> Result<Self, String> {
+        Self::build(vips, None)
+    }
+
+    fn build(vips: &[&str], rs_vips: Option<&[&str]>) -> Result<Self, String> {
         let exe = std::env::current_exe()
             .map_err(|e| format!("current_exe: {e}"))?
             .display()
@@ -206,14 +217,20 @@ impl Lab {
                 format!("addr add {addr6}/64 dev eth0 nodad"),
                 "link set lo up".to_owned(),
                 "link set eth0 up".to_owned(),
+                format!("route add default via {DIRECTOR_LAN}"),
+                format!("route add ::/0 via {DIRECTOR_LAN6}"),
+            ];
+            let Some(rs_vips) = rs_vips else {
+                ip_batch(Some(ns), &rs)?;
+                continue;
+            };
+            rs.extend([
                 // tunl0 and gre0 appear in every namespace once ipip and ip_gre are
                 // loaded; they decapsulate TUN (IPIP, and GUE after fou) and GRE.
                 "link set tunl0 up".to_owned(),
                 "link set gre0 up".to_owned(),
                 format!("fou add port {GUE_PORT} gue"),
-                format!("route add default via {DIRECTOR_LAN}"),
-                format!("route add ::/0 via {DIRECTOR_LAN6}"),
-            ];
+            ]);
             for vip in rs_vips {
                 rs.push(host_address(vip, "lo"));
             }

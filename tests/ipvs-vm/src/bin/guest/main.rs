@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+mod agent_forwarding;
 mod bench;
 mod lab;
 mod reload;
