@@ -296,3 +296,18 @@ fn boot(
         timed_out,
     })
 }
+
+/// The `kube-lvs-agent` binary of the same build as `guest` (built when missing or
+/// stale: cargo builds only this package's binaries for its tests and benches), for
+/// `VmConfig::extra`.
+pub fn agent_binary(guest: &Path) -> PathBuf {
+    let dir = guest.parent().expect("the guest binary's directory");
+    let mut build = std::process::Command::new(env!("CARGO"));
+    build.args(["build", "-p", "kubelvs-agent", "--bin", "kube-lvs-agent"]);
+    if dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("run cargo build for the agent");
+    assert!(status.success(), "cargo build -p kubelvs-agent failed");
+    dir.join("kube-lvs-agent")
+}

@@ -152,24 +152,10 @@ fn ipvs_benchmark_in_microvm() {
     }
 }
 
-/// The `kube-lvs-agent` binary of this build (built here when missing or stale: cargo
-/// builds only this package's binaries for its tests).
-fn agent_binary() -> std::path::PathBuf {
-    let dir = Path::new(GUEST).parent().unwrap();
-    let mut build = std::process::Command::new(env!("CARGO"));
-    build.args(["build", "-p", "kubelvs-agent", "--bin", "kube-lvs-agent"]);
-    if dir.ends_with("release") {
-        build.arg("--release");
-    }
-    let status = build.status().expect("run cargo build for the agent");
-    assert!(status.success(), "cargo build -p kubelvs-agent failed");
-    dir.join("kube-lvs-agent")
-}
-
 #[test]
 #[ignore = "boots a microVM (qemu, root for nothing but speed); scripts/test runs it"]
 fn agent_standalone_in_microvm() {
-    let agent = agent_binary();
+    let agent = vm::agent_binary(Path::new(GUEST));
     let outcome = boot_with(
         "agent",
         Duration::from_secs(300),

@@ -56,26 +56,19 @@ pub fn write_config(text: &str) -> Result<(), String> {
 }
 
 fn start_agent() -> Result<Child, String> {
+    start_agent_with("info", &["--traffic-interval-seconds", "1"])
+}
+
+/// The director's agent on `CONFIG`, logging at `log`, with `extra` flags.
+pub fn start_agent_with(log: &str, extra: &[&str]) -> Result<Child, String> {
     Command::new(AGENT)
-        .args([
-            "--config",
-            CONFIG,
-            "--node",
-            "director",
-            "--node-label",
-            "node-role.kubelvs.io/director=",
-            "--interface",
-            "lvs0",
-            "--dataplane",
-            "ipvs",
-            "--state-dir",
-            "/run/agent/state",
-            "--metrics-address",
-            "127.0.0.1:9641",
-            "--traffic-interval-seconds",
-            "1",
-        ])
-        .env("RUST_LOG", "info")
+        .args(["--config", CONFIG, "--node", "director"])
+        .args(["--node-label", "node-role.kubelvs.io/director="])
+        .args(["--interface", "lvs0", "--dataplane", "ipvs"])
+        .args(["--state-dir", "/run/agent/state"])
+        .args(["--metrics-address", "127.0.0.1:9641"])
+        .args(extra)
+        .env("RUST_LOG", log)
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .spawn()
@@ -83,13 +76,13 @@ fn start_agent() -> Result<Child, String> {
 }
 
 /// SIGTERM, as a DaemonSet's rollout stops the agent, then reap it.
-fn stop_agent(mut child: Child) {
+pub fn stop_agent(mut child: Child) {
     let _ = cmd("kill", &["-TERM", &child.id().to_string()]);
     let _ = child.wait();
 }
 
 /// The agent's /metrics.
-fn metrics() -> Result<String, String> {
+pub fn metrics() -> Result<String, String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect("127.0.0.1:9641").map_err(|e| e.to_string())?;
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")

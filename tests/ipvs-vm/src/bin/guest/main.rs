@@ -10,6 +10,7 @@
 
 mod agent;
 mod agent_forwarding;
+mod agent_scale;
 mod bench;
 mod lab;
 mod reload;
@@ -102,6 +103,12 @@ fn main() -> ExitCode {
         ["agent"] => {
             let mut r = Reporter::default();
             agent::run(&mut r);
+            r.end();
+            Ok(())
+        }
+        [mode] if mode.starts_with("agent-scale-") => {
+            let mut r = Reporter::default();
+            agent_scale::run(&mut r, mode);
             r.end();
             Ok(())
         }
