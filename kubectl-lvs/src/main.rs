@@ -1,9 +1,11 @@
 //! `kubectl lvs` (the `kubectl-lvs` plugin): the cluster's LVS table, as `ipvsadm -Ln`
 //! prints one node's, from the API alone: every virtual service with its VIP,
 //! scheduler and forwarding, each director's programmed state, and every real server
-//! with its weight and its health as each director sees it.
+//! with its weight and its health as each director sees it; with `--stats`, as
+//! `ipvsadm -Ln --stats`, the traffic the agents report, summed over directors.
 //!
-//! `kubectl lvs [-n NAMESPACE] [-o text|json|yaml]` (all namespaces by default).
+//! `kubectl lvs [-n NAMESPACE] [--stats] [-o text|json|yaml]` (all namespaces by
+//! default; json and yaml always carry the traffic).
 
 mod table;
 
@@ -11,7 +13,7 @@ use anyhow::Context;
 use kube::api::{Api, ListParams};
 use kubelvs_crds::{RealServer, VirtualService};
 
-const USAGE: &str = "usage: kubectl lvs [-n NAMESPACE] [-o text|json|yaml]";
+const USAGE: &str = "usage: kubectl lvs [-n NAMESPACE] [--stats] [-o text|json|yaml]";
 
 enum Output {
     Text,
@@ -32,11 +34,13 @@ fn main() -> std::process::ExitCode {
 fn run() -> anyhow::Result<()> {
     let mut namespace: Option<String> = None;
     let mut output = Output::Text;
+    let mut stats = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "-n" | "--namespace" => namespace = Some(args.next().context(USAGE)?),
             "-A" | "--all-namespaces" => namespace = None,
+            "--stats" => stats = true,
             "-o" | "--output" => {
                 output = match args.next().as_deref() {
                     Some("text") | Some("wide") => Output::Text,
@@ -82,6 +86,7 @@ fn run() -> anyhow::Result<()> {
     })?;
     let rows = table::table(&virtual_services, &real_servers);
     match output {
+        Output::Text if stats => print!("{}", table::render_stats(&rows)),
         Output::Text => print!("{}", table::render(&rows)),
         Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
         Output::Yaml => print!("{}", serde_yaml::to_string(&rows)?),

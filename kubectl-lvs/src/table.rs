@@ -1,11 +1,14 @@
 //! Pure: the cluster's LVS table from VirtualServices and RealServers, as `ipvsadm -Ln`
 //! lays it out: one line per virtual service (VIP:port/protocol), one per real server,
-//! with each director's view (programmed, healthy) from the agents' status entries.
+//! with each director's view (programmed, healthy) from the agents' status entries,
+//! and, as `ipvsadm -Ln --stats`, their traffic summed over directors.
 
 use std::collections::BTreeMap;
 
 use kubelvs_crds::selector::RealServerIndex;
-use kubelvs_crds::{ForwardingMethod, Protocol, RealServer, SchedulerFlag, VirtualService};
+use kubelvs_crds::{
+    ForwardingMethod, Protocol, RealServer, SchedulerFlag, TrafficCounters, VirtualService,
+};
 use serde::Serialize;
 
 /// One LVS virtual service: a port of a VirtualService.
@@ -23,6 +26,9 @@ pub struct VirtualServiceRow {
     pub dataplane: String,
     /// Each director's report: node -> programmed, and its message when not.
     pub directors: BTreeMap<String, DirectorView>,
+    /// Summed over the directors that report it; absent when none does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<TrafficCounters>,
     pub real_servers: Vec<RealServerRow>,
 }
 
@@ -46,6 +52,9 @@ pub struct RealServerRow {
     pub draining: bool,
     /// Each director's health check: node -> healthy (absent: not checked there).
     pub health: BTreeMap<String, HealthView>,
+    /// Summed over the directors that report it; absent when none does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<TrafficCounters>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -89,12 +98,23 @@ fn lower<T: Serialize>(v: &T) -> String {
         .unwrap_or_default()
 }
 
+/// `ip:port` as the agents name it (an IPv6 address in its canonical form, bracketed).
 fn host_port(ip: &str, port: u16) -> String {
+    if let Ok(addr) = ip.parse::<std::net::IpAddr>() {
+        return std::net::SocketAddr::new(addr, port).to_string();
+    }
     if ip.contains(':') {
         format!("[{ip}]:{port}")
     } else {
         format!("{ip}:{port}")
     }
+}
+
+fn add(sum: &mut Option<TrafficCounters>, c: &TrafficCounters) {
+    let s = sum.get_or_insert_with(TrafficCounters::default);
+    s.connections += c.connections;
+    s.packets += c.packets;
+    s.bytes += c.bytes;
 }
 
 /// The table, ordered like ipvsadm's: by VIP, then port and protocol.
@@ -141,6 +161,18 @@ pub fn table(
             })
             .collect();
         for p in &vs.spec.ports {
+            let address = host_port(vip.as_deref().unwrap_or("<pending>"), p.port);
+            let service = format!("{address}/{}", protocol(p.protocol));
+            let ports: Vec<_> = status
+                .directors
+                .iter()
+                .flat_map(|d| &d.traffic)
+                .filter(|t| t.service == service)
+                .collect();
+            let mut traffic = None;
+            for t in &ports {
+                add(&mut traffic, &t.counters);
+            }
             let real_servers = selected
                 .iter()
                 .map(|rs| {
@@ -159,24 +191,33 @@ pub fn table(
                             )
                         })
                         .collect();
+                    let address = host_port(&rs.spec.address, port);
+                    let mut traffic = None;
+                    for t in ports.iter().flat_map(|t| &t.real_servers) {
+                        if t.address == address {
+                            add(&mut traffic, &t.counters);
+                        }
+                    }
                     RealServerRow {
                         real_server: key(&rs.metadata),
-                        address: host_port(&rs.spec.address, port),
+                        address,
                         weight: if rs.spec.drain { 0 } else { rs.spec.weight },
                         draining: rs.spec.drain,
                         health,
+                        traffic,
                     }
                 })
                 .collect();
             rows.push(VirtualServiceRow {
                 virtual_service: key(&vs.metadata),
                 protocol: protocol(p.protocol).into(),
-                address: host_port(vip.as_deref().unwrap_or("<pending>"), p.port),
+                address,
                 scheduler: lower(&vs.spec.scheduler),
                 flags: flags.clone(),
                 forwarding: forward(vs.spec.forwarding).into(),
                 dataplane: lower(&vs.spec.dataplane),
                 directors: directors.clone(),
+                traffic,
                 real_servers,
             });
         }
@@ -258,6 +299,35 @@ pub fn render(rows: &[VirtualServiceRow]) -> String {
     out
 }
 
+/// The traffic table, as `ipvsadm -Ln --stats` lays it out: connections, packets and
+/// bytes (in and out together) per virtual service and real server, summed over
+/// directors; `-` where no director reported.
+pub fn render_stats(rows: &[VirtualServiceRow]) -> String {
+    fn cols(t: &Option<TrafficCounters>) -> String {
+        match t {
+            Some(t) => format!("{:>8} {:>10} {:>12}", t.connections, t.packets, t.bytes),
+            None => format!("{:>8} {:>10} {:>12}", "-", "-", "-"),
+        }
+    }
+    let mut out = format!(
+        "kube-lvs virtual server table ({} virtual services), traffic summed over directors\n\
+         {:<4} {:<30} {:>8} {:>10} {:>12}\n  -> RemoteAddress:Port\n",
+        rows.len(),
+        "Prot",
+        "LocalAddress:Port",
+        "Conns",
+        "Packets",
+        "Bytes"
+    );
+    for r in rows {
+        out += &format!("{:<4} {:<30} {}\n", r.protocol, r.address, cols(&r.traffic));
+        for rs in &r.real_servers {
+            out += &format!("  -> {:<30} {}\n", rs.address, cols(&rs.traffic));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,5 +403,50 @@ status:
         let text = render(&table(&vs, &rs));
         assert!(text.contains("<pending>:80"), "{text}");
         assert!(text.contains("no director reported"), "{text}");
+    }
+
+    #[test]
+    fn stats_sum_each_port_and_real_server_over_directors() {
+        let (mut vs, rs) = objects();
+        let traffic = |c: u64| {
+            serde_json::from_value::<Vec<kubelvs_crds::PortTraffic>>(serde_json::json!([{
+                "service": "203.0.113.20:80/TCP", "connections": c, "packets": 2 * c, "bytes": 100 * c,
+                "realServers": [
+                    {"address": "10.0.0.1:8080", "connections": c, "packets": 2 * c, "bytes": 100 * c},
+                    {"address": "[fd00::2]:8080", "connections": 0, "packets": 0, "bytes": 0},
+                ],
+            }]))
+            .unwrap()
+        };
+        let status = vs[0].status.as_mut().unwrap();
+        status.directors[0].traffic = traffic(30);
+        status.directors[1].traffic = traffic(12);
+        let t = table(&vs, &rs);
+        let tcp = t.iter().find(|r| r.protocol == "TCP").unwrap();
+        let sum = tcp.traffic.unwrap();
+        assert_eq!((sum.connections, sum.packets, sum.bytes), (42, 84, 4200));
+        assert_eq!(tcp.real_servers[0].traffic.unwrap().connections, 42);
+        assert_eq!(tcp.real_servers[1].traffic.unwrap().connections, 0);
+        let udp = t.iter().find(|r| r.protocol == "UDP").unwrap();
+        assert_eq!(udp.traffic, None, "no director counted 53/UDP");
+        let text = render_stats(&t);
+        assert!(
+            text.contains("TCP  203.0.113.20:80                      42         84         4200"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  -> 10.0.0.1:8080                        42         84         4200"),
+            "{text}"
+        );
+        assert!(
+            text.contains("UDP  203.0.113.20:53                       -          -            -"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&t).unwrap();
+        assert!(json
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["traffic"]["connections"] == 42));
     }
 }

@@ -64,15 +64,15 @@ spec: {address: 198.51.100.2, drain: true}
 ",
         )
         .unwrap();
-    // What an agent on node lb1 reports (its own field manager, status only).
-    let report = |kind: &str, name: &str, status: &str| {
+    // What an agent on a node reports (its own field manager, status only).
+    let report_as = |node: &str, kind: &str, name: &str, status: &str| {
         cluster
             .kubectl_stdin(
                 &[
                     "apply",
                     "--server-side",
                     "--subresource=status",
-                    "--field-manager=kubelvs-agent/lb1",
+                    &format!("--field-manager=kubelvs-agent/{node}"),
                     "-n",
                     ns.name(),
                     "-f",
@@ -82,6 +82,7 @@ spec: {address: 198.51.100.2, drain: true}
             )
             .unwrap();
     };
+    let report = |kind: &str, name: &str, status: &str| report_as("lb1", kind, name, status);
     report(
         "VirtualService",
         "web",
@@ -125,4 +126,33 @@ spec: {address: 198.51.100.2, drain: true}
     );
     let yaml = kubectl_lvs(&["-n", ns.name(), "-o", "yaml"]);
     assert!(yaml.contains("scheduler: sh"), "{yaml}");
+
+    // Traffic from two directors' entries, summed as ipvsadm --stats would show the
+    // cluster's one table.
+    let traffic = |node: &str, c: u64| {
+        format!(
+            "{{directors: [{{node: {node}, programmed: true, healthyRealServers: 1, \
+             traffic: [{{service: 203.0.113.77:80/TCP, connections: {c}, packets: {}, bytes: {}, \
+             realServers: [{{address: '198.51.100.1:80', connections: {c}, packets: {}, bytes: {}}}]}}]}}]}}",
+            2 * c,
+            100 * c,
+            2 * c,
+            100 * c
+        )
+    };
+    report_as("lb1", "VirtualService", "web", &traffic("lb1", 30));
+    report_as("lb2", "VirtualService", "web", &traffic("lb2", 12));
+    let stats = kubectl_lvs(&["-n", ns.name(), "--stats"]);
+    assert!(
+        stats.contains("TCP  203.0.113.77:80                      42         84         4200"),
+        "{stats}"
+    );
+    assert!(
+        stats.contains("  -> 198.51.100.1:80                      42         84         4200"),
+        "{stats}"
+    );
+    assert!(
+        stats.contains("  -> 198.51.100.2:80                       -          -            -"),
+        "{stats}"
+    );
 }

@@ -194,8 +194,9 @@ impl ClusterSource {
 /// The status this node wants, per object: the apply body of its own entry.
 pub type Desired = BTreeMap<(String, ObjectRef), serde_json::Value>;
 
-/// Writes this node's status entries: only what changed (ignoring probe times, which
-/// are refreshed at most every `refresh`), at most one batch per `min_gap`, retrying
+/// Writes this node's status entries: only what changed (samples, i.e. probe times
+/// and traffic counters, go out with another change or at most every `refresh`), at
+/// most one batch per `min_gap`, retrying
 /// with backoff while the API server is unreachable. The dataplane never waits for
 /// it.
 pub async fn status_writer(
@@ -214,15 +215,8 @@ pub async fn status_writer(
         let now = tokio::time::Instant::now();
         let mut todo: Vec<((String, ObjectRef), serde_json::Value)> = Vec::new();
         for (key, body) in &want {
-            let due = match written.get(key) {
-                None => true,
-                Some((w, at)) => {
-                    crate::status::without_probe_time(w.clone())
-                        != crate::status::without_probe_time(body.clone())
-                        || now.duration_since(*at) >= refresh
-                }
-            };
-            if due {
+            let last = written.get(key).map(|(w, at)| (w, now.duration_since(*at)));
+            if crate::status::write_due(last, body, refresh) {
                 todo.push((key.clone(), body.clone()));
             }
         }

@@ -15,12 +15,13 @@ pub mod node;
 pub mod source;
 pub mod status;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
 
+use kubelvs_model::{NodePlan, ObjectRef};
 use kubelvs_planner::{plan_node, NodeIdentity};
 use tracing::{error, info, warn};
 
@@ -111,35 +112,70 @@ fn stamp(source: &Source) -> Option<(SystemTime, u64)> {
     Some((m.modified().ok()?, m.len()))
 }
 
-/// Reads the dataplanes' traffic counters into the metrics when `interval` has passed
-/// since the last read (whether or not anything was applied since).
+/// The dataplanes' traffic counters as last read, and when.
+#[derive(Default)]
+struct TrafficSample {
+    at: Option<(Instant, SystemTime)>,
+    reports: Vec<(&'static str, kubelvs_model::TrafficReport)>,
+}
+
+/// Reads the dataplanes' traffic counters into the metrics and `sample` when
+/// `interval` has passed since the last read (whether or not anything was applied
+/// since). True when it read.
 fn read_traffic(
     node: &mut Node,
     metrics: &Metrics,
-    last: &mut Option<Instant>,
+    sample: &mut TrafficSample,
     interval: Duration,
-) {
-    if last.is_some_and(|t| t.elapsed() < interval) {
-        return;
+) -> bool {
+    if sample.at.is_some_and(|(t, _)| t.elapsed() < interval) {
+        return false;
     }
-    *last = Some(Instant::now());
-    for (dataplane, t) in node.traffic() {
-        for (key, c) in t.services {
+    sample.at = Some((Instant::now(), SystemTime::now()));
+    sample.reports = node.traffic();
+    for (dataplane, t) in &sample.reports {
+        for (key, c) in &t.services {
             let labels = metrics::ServiceLabels {
-                dataplane: dataplane.to_owned(),
+                dataplane: (*dataplane).to_owned(),
                 service: key.to_string(),
             };
-            metrics.virtual_service.observe(labels, c);
+            metrics.virtual_service.observe(labels, *c);
         }
-        for (key, rs, c) in t.real_servers {
+        for (key, rs, c) in &t.real_servers {
             let labels = metrics::BackendLabels {
-                dataplane: dataplane.to_owned(),
+                dataplane: (*dataplane).to_owned(),
                 service: key.map(|k| k.to_string()).unwrap_or_default(),
                 real_server: rs.to_string(),
             };
-            metrics.real_server.observe(labels, c);
+            metrics.real_server.observe(labels, *c);
         }
     }
+    true
+}
+
+/// Sends this node's status entries (cluster mode) for `plan` with the latest traffic.
+fn publish_status(source: &Source, reported: &Reported, plan: &NodePlan, sample: &TrafficSample) {
+    let Source::Cluster { status, .. } = source else {
+        return;
+    };
+    let time = sample.at.map(|(_, wall)| {
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::try_from(wall).unwrap_or_default(),
+        )
+    });
+    status.send_replace(status::desired(
+        &reported.directors,
+        &reported.observations,
+        &status::traffic(plan, &sample.reports),
+        time.as_ref(),
+    ));
+}
+
+/// This node's status entries as of the last apply.
+#[derive(Default)]
+struct Reported {
+    directors: BTreeMap<ObjectRef, kubelvs_crds::DirectorStatus>,
+    observations: BTreeMap<ObjectRef, kubelvs_crds::HealthObservation>,
 }
 
 /// Runs the agent until `Event::Stop`. Applies on the calling thread (dataplanes
@@ -161,7 +197,8 @@ pub fn run(
     let mut docs = source::Cache::default();
     let mut plan_cache: Option<(NodeIdentity, kubelvs_model::NodePlan)> = None;
     let mut notices = events::Notices::default();
-    let mut last_traffic: Option<Instant> = None;
+    let mut sample = TrafficSample::default();
+    let mut reported = Reported::default();
     let mut rejected: Vec<source::Rejected> = Vec::new();
     let mut problems: BTreeSet<String> = BTreeSet::new();
     let mut have_config = false;
@@ -192,12 +229,11 @@ pub fn run(
         };
         let resync = last_apply.is_none_or(|t| t.elapsed() >= period);
         if !(reload || health || resync) {
-            read_traffic(
-                &mut node,
-                &metrics,
-                &mut last_traffic,
-                settings.traffic_interval,
-            );
+            if read_traffic(&mut node, &metrics, &mut sample, settings.traffic_interval) {
+                if let Some((_, planned)) = &plan_cache {
+                    publish_status(&source, &reported, planned, &sample);
+                }
+            }
             continue;
         }
         let burst = gather(&events, settings.debounce, || stamp(&source) != now_stamp);
@@ -306,46 +342,26 @@ pub fn run(
         if writes > 0 {
             info!(writes, took_ms = t.elapsed().as_millis() as u64, "applied");
         }
-        if let Source::Cluster { status, events, .. } = &source {
+        read_traffic(&mut node, &metrics, &mut sample, settings.traffic_interval);
+        if let Source::Cluster { events, .. } = &source {
             let node = &identity.name;
-            let mut desired = cluster::Desired::new();
             let states = checker.states();
             let directors = status::directors(node, planned, &reports, &unhealthy);
             for n in notices.update(node, planned, &unhealthy, &states, &directors) {
                 let _ = events.send(n);
             }
-            for (vs, entry) in directors {
-                let body = status::apply_body(
-                    "VirtualService",
-                    &vs,
-                    "directors",
-                    serde_json::to_value(entry).ok(),
-                );
-                desired.insert(("VirtualService".into(), vs), body);
-            }
             let now = Instant::now();
-            for (rs, obs) in status::observations(node, planned, &states, now, SystemTime::now()) {
-                let body = status::apply_body(
-                    "RealServer",
-                    &rs,
-                    "observations",
-                    serde_json::to_value(obs).ok(),
-                );
-                desired.insert(("RealServer".into(), rs), body);
-            }
-            status.send_replace(desired);
+            reported = Reported {
+                directors,
+                observations: status::observations(node, planned, &states, now, SystemTime::now()),
+            };
+            publish_status(&source, &reported, planned, &sample);
         }
         retry_soon = reports.iter().any(|r| {
             r.real_servers
                 .iter()
                 .any(|n| matches!(n.state, kubelvs_model::RealServerState::Unresolved(_)))
         });
-        read_traffic(
-            &mut node,
-            &metrics,
-            &mut last_traffic,
-            settings.traffic_interval,
-        );
         metrics.ready.store(true, Ordering::Relaxed);
         last_apply = Some(Instant::now());
     }

@@ -89,6 +89,10 @@ struct Args {
     /// per service).
     #[arg(long, default_value_t = 15)]
     traffic_interval_seconds: u64,
+    /// Cluster mode: probe times and traffic counters in status are rewritten at most
+    /// this often (other changes go out at once).
+    #[arg(long, default_value_t = 30)]
+    status_refresh_seconds: u64,
     /// Where network sysctls are written (arp_ignore, forwarding, IPVS): /proc/sys,
     /// or in a container without privileges a directory whose `net` is the host's
     /// /proc/sys/net mounted read-write (the chart's DaemonSet does that).
@@ -245,7 +249,7 @@ fn main() -> anyhow::Result<()> {
                 kubelvs_agent::status::field_manager(&args.node),
                 rx,
                 Duration::from_millis(200),
-                Duration::from_secs(30),
+                Duration::from_secs(args.status_refresh_seconds.max(1)),
             ));
             let (events, notices) = tokio::sync::mpsc::unbounded_channel();
             rt.spawn(kubelvs_agent::events::publisher(

@@ -5,15 +5,23 @@
 //! - `VirtualService.status.directors[node]` for every VirtualService it directs:
 //!   programmed (every port on its dataplane), the dataplane, how many real servers
 //!   pass their health check, and the first reason a port is not programmed;
+//!   and the traffic through it per port and real server;
 //! - `RealServer.status.observations[node]` for every RealServer it health-checks:
 //!   healthy, last probe, last transition, the probe's message.
+//!
+//! Probe times and traffic counters change all the time: they alone never make a
+//! write due (`without_samples`); they go out with the next other change or refresh.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Instant, SystemTime};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kubelvs_crds::{DirectorStatus, HealthObservation};
-use kubelvs_model::{DataplaneKind, DataplaneReport, NodePlan, ObjectRef, Outcome};
+use kubelvs_crds::{
+    DirectorStatus, HealthObservation, PortTraffic, RealServerTraffic, TrafficCounters,
+};
+use kubelvs_model::{
+    DataplaneKind, DataplaneReport, NodePlan, ObjectRef, Outcome, Traffic, TrafficReport,
+};
 
 use crate::health::{target_of, State, Target};
 
@@ -43,6 +51,8 @@ pub fn directors(
                 }),
                 healthy_real_servers: 0,
                 message: None,
+                traffic: Vec::new(),
+                traffic_time: None,
             });
         let outcome = reports
             .iter()
@@ -122,6 +132,88 @@ pub fn observations(
     out
 }
 
+fn counters(t: &Traffic) -> TrafficCounters {
+    TrafficCounters {
+        connections: t.connections,
+        packets: t.packets,
+        bytes: t.bytes,
+    }
+}
+
+/// The traffic of every VirtualService of `plan`, per port and real server, from the
+/// dataplanes' latest counters (`reports`: dataplane name and its report). A port its
+/// dataplane does not count is left out.
+pub fn traffic(
+    plan: &NodePlan,
+    reports: &[(&str, TrafficReport)],
+) -> BTreeMap<ObjectRef, Vec<PortTraffic>> {
+    let mut out: BTreeMap<ObjectRef, Vec<PortTraffic>> = BTreeMap::new();
+    for s in &plan.services {
+        let Some((_, report)) = reports.iter().find(|(d, _)| *d == s.dataplane.name()) else {
+            continue;
+        };
+        let Some((_, total)) = report.services.iter().find(|(k, _)| *k == s.key) else {
+            continue;
+        };
+        let real_servers = s
+            .real_servers
+            .iter()
+            .filter_map(|r| {
+                let addr = std::net::SocketAddr::new(r.address, r.port);
+                let (_, _, t) = report
+                    .real_servers
+                    .iter()
+                    .find(|(k, a, _)| *a == addr && k.is_none_or(|k| k == s.key))?;
+                Some(RealServerTraffic {
+                    address: addr.to_string(),
+                    counters: counters(t),
+                })
+            })
+            .collect();
+        out.entry(s.source.clone()).or_default().push(PortTraffic {
+            service: s.key.to_string(),
+            counters: counters(total),
+            real_servers,
+        });
+    }
+    out
+}
+
+/// What this node wants in status: every key is (kind, object) and every value the
+/// server-side apply body of this node's entry.
+pub fn desired(
+    directors: &BTreeMap<ObjectRef, DirectorStatus>,
+    observations: &BTreeMap<ObjectRef, HealthObservation>,
+    traffic: &BTreeMap<ObjectRef, Vec<PortTraffic>>,
+    traffic_time: Option<&Time>,
+) -> BTreeMap<(String, ObjectRef), serde_json::Value> {
+    let mut out = BTreeMap::new();
+    for (vs, entry) in directors {
+        let mut entry = entry.clone();
+        if let Some(t) = traffic.get(vs) {
+            entry.traffic = t.clone();
+            entry.traffic_time = traffic_time.cloned();
+        }
+        let body = apply_body(
+            "VirtualService",
+            vs,
+            "directors",
+            serde_json::to_value(entry).ok(),
+        );
+        out.insert(("VirtualService".into(), vs.clone()), body);
+    }
+    for (rs, obs) in observations {
+        let body = apply_body(
+            "RealServer",
+            rs,
+            "observations",
+            serde_json::to_value(obs).ok(),
+        );
+        out.insert(("RealServer".into(), rs.clone()), body);
+    }
+    out
+}
+
 /// The server-side apply body that sets this node's entry (`entry` None: removes it).
 pub fn apply_body(
     kind: &str,
@@ -137,16 +229,41 @@ pub fn apply_body(
     })
 }
 
-/// A body without what changes on every probe, to decide whether a write is due.
-pub fn without_probe_time(mut body: serde_json::Value) -> serde_json::Value {
-    if let Some(list) = body["status"]["observations"].as_array_mut() {
-        for e in list {
-            if let Some(m) = e.as_object_mut() {
-                m.remove("lastProbeTime");
+/// A body without its samples (probe times, traffic counters), to decide whether a
+/// write is due.
+pub fn without_samples(mut body: serde_json::Value) -> serde_json::Value {
+    for (list, fields) in [
+        ("observations", &["lastProbeTime"][..]),
+        ("directors", &["traffic", "trafficTime"][..]),
+    ] {
+        if let Some(entries) = body["status"][list].as_array_mut() {
+            for e in entries {
+                if let Some(m) = e.as_object_mut() {
+                    for f in fields {
+                        m.remove(*f);
+                    }
+                }
             }
         }
     }
     body
+}
+
+/// Whether `body` must be written, given what was last written and how long ago:
+/// a new entry or a change beyond samples at once; changed samples only once `refresh`
+/// has passed; an unchanged body never.
+pub fn write_due(
+    last: Option<(&serde_json::Value, std::time::Duration)>,
+    body: &serde_json::Value,
+    refresh: std::time::Duration,
+) -> bool {
+    match last {
+        None => true,
+        Some((w, age)) => {
+            without_samples(w.clone()) != without_samples(body.clone())
+                || (w != body && age >= refresh)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -240,8 +357,101 @@ mod tests {
             Some(serde_json::json!({"node": "n1", "healthy": true, "lastProbeTime": "x"})),
         );
         assert_eq!(
-            without_probe_time(b)["status"]["observations"][0],
+            without_samples(b)["status"]["observations"][0],
             serde_json::json!({"node": "n1", "healthy": true})
+        );
+    }
+
+    fn counted(connections: u64) -> Traffic {
+        Traffic {
+            connections,
+            packets: 2 * connections,
+            bytes: 100 * connections,
+        }
+    }
+
+    #[test]
+    fn traffic_per_port_and_real_server_from_the_dataplane_that_runs_it() {
+        let p = plan();
+        let (k80, k443) = (p.services[0].key, p.services[1].key);
+        let rs = |a: &str, port: u16| std::net::SocketAddr::new(a.parse().unwrap(), port);
+        let xdp = TrafficReport {
+            services: vec![(k80, counted(30))],
+            real_servers: vec![
+                // The XDP director counts per address:port across services.
+                (None, rs("192.0.2.11", 80), counted(10)),
+                (None, rs("192.0.2.12", 80), counted(20)),
+                (None, rs("192.0.2.12", 443), counted(7)),
+            ],
+        };
+        let ipvs = TrafficReport {
+            services: vec![(k443, counted(99))],
+            ..TrafficReport::default()
+        };
+        let t = traffic(&p, &[("ipvs", ipvs), ("xdp", xdp)]);
+        let web = &t[&ObjectRef::new("VirtualService", "lab", "web")];
+        assert_eq!(
+            web.len(),
+            1,
+            "443 is not counted by xdp, its dataplane: {web:?}"
+        );
+        assert_eq!(web[0].service, "203.0.113.1:80/TCP");
+        assert_eq!(web[0].counters.connections, 30);
+        assert_eq!(web[0].counters.packets, 60);
+        let per_rs: Vec<(&str, u64)> = web[0]
+            .real_servers
+            .iter()
+            .map(|r| (r.address.as_str(), r.counters.connections))
+            .collect();
+        assert_eq!(per_rs, [("192.0.2.11:80", 10), ("192.0.2.12:80", 20)]);
+        assert!(traffic(&p, &[]).is_empty());
+    }
+
+    #[test]
+    fn desired_puts_traffic_in_the_director_entry_and_samples_never_make_a_write_due_alone() {
+        let p = plan();
+        let d = directors("n1", &p, &[], &BTreeSet::new());
+        let web = ObjectRef::new("VirtualService", "lab", "web");
+        let traffic_of = |c: u64| {
+            [(
+                web.clone(),
+                vec![PortTraffic {
+                    service: "203.0.113.1:80/TCP".into(),
+                    counters: counters(&counted(c)),
+                    real_servers: vec![],
+                }],
+            )]
+            .into()
+        };
+        let time = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        let key = ("VirtualService".to_owned(), web.clone());
+        let one = &desired(&d, &BTreeMap::new(), &traffic_of(1), Some(&time))[&key];
+        let entry = &one["status"]["directors"][0];
+        assert_eq!(entry["node"], "n1");
+        assert_eq!(entry["traffic"][0]["connections"], 1);
+        assert_eq!(entry["traffic"][0]["service"], "203.0.113.1:80/TCP");
+        assert!(entry["trafficTime"].is_string());
+        let two = &desired(&d, &BTreeMap::new(), &traffic_of(2), Some(&time))[&key];
+
+        let refresh = std::time::Duration::from_secs(30);
+        let young = std::time::Duration::from_secs(1);
+        let old = std::time::Duration::from_secs(31);
+        assert!(write_due(None, one, refresh), "a new entry");
+        assert!(!write_due(Some((one, old)), one, refresh), "unchanged");
+        assert!(
+            !write_due(Some((one, young)), two, refresh),
+            "counters only, too soon"
+        );
+        assert!(
+            write_due(Some((one, old)), two, refresh),
+            "counters at the refresh"
+        );
+        let mut failed = d.clone();
+        failed.get_mut(&web).unwrap().healthy_real_servers += 1;
+        let three = &desired(&failed, &BTreeMap::new(), &traffic_of(1), Some(&time))[&key];
+        assert!(
+            write_due(Some((one, young)), three, refresh),
+            "a real change at once"
         );
     }
 }

@@ -29,7 +29,20 @@ fn node_object(host: &Host, director: bool) -> String {
 fn cluster_agent_args(host: &Host, dir: &Path, director: bool) -> Vec<String> {
     if director {
         let pin = format!("/sys/fs/bpf/{}", dir.file_name().unwrap().to_string_lossy());
-        agent_args(host, dir, &["--dataplane", "xdp", "--xdp-pin-dir", &pin])
+        agent_args(
+            host,
+            dir,
+            &[
+                "--dataplane",
+                "xdp",
+                "--xdp-pin-dir",
+                &pin,
+                "--traffic-interval-seconds",
+                "1",
+                "--status-refresh-seconds",
+                "2",
+            ],
+        )
     } else {
         agent_args(host, dir, &["--dataplane", "none"])
     }
@@ -166,6 +179,28 @@ fn cluster_mode_agents_program_traffic_and_report_status() {
             observation(&cluster, &rs.role, "director").filter(|o| o["lastProbeTime"].is_string())
         });
         assert_eq!(o["healthy"], true, "{o}");
+    }
+    // The director's traffic counters, per port and real server, reach its entry.
+    let traffic = eventually(Duration::from_secs(20), "traffic in status", || {
+        director_entry(&cluster, "director")
+            .map(|e| e["traffic"].clone())
+            .filter(|t| t[0]["connections"].as_u64().is_some_and(|c| c >= 30))
+    });
+    assert_eq!(
+        traffic[0]["service"],
+        format!("{}:{PORT}/TCP", lab.vip),
+        "{traffic}"
+    );
+    assert!(traffic[0]["packets"].as_u64().unwrap() >= 30, "{traffic}");
+    for rs in &lab.real_servers {
+        let address = format!("{}:{PORT}", rs.addr);
+        let counted = traffic[0]["realServers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["address"] == address.as_str())
+            .and_then(|r| r["connections"].as_u64());
+        assert!(counted.is_some_and(|c| c >= 1), "{address} in {traffic}");
     }
     let wide = cluster
         .kubectl_ok(&["get", "lvs", "-n", "lab", "-o", "wide"])
