@@ -39,6 +39,15 @@ fn show(cluster: &Cluster, args: &[&str]) -> Result<()> {
 
 /// `kubectl lvs` through kubectl's plugin discovery, inside the API host's namespace.
 fn kubectl_lvs(cluster: &Cluster, api: &Host, plugin_dir: &Path) -> Result<()> {
+    kubectl_lvs_with(cluster, api, plugin_dir, &[])
+}
+
+fn kubectl_lvs_with(
+    cluster: &Cluster,
+    api: &Host,
+    plugin_dir: &Path,
+    extra: &[&str],
+) -> Result<()> {
     let path = format!(
         "{}:{}",
         plugin_dir.display(),
@@ -48,6 +57,7 @@ fn kubectl_lvs(cluster: &Cluster, api: &Host, plugin_dir: &Path) -> Result<()> {
         .args(["netns", "exec", api.netns.name()])
         .arg(cluster.tool("kubectl"))
         .args(["lvs", "-n", NAMESPACE])
+        .args(extra)
         .env("KUBECONFIG", cluster.kubeconfig())
         .env("PATH", path)
         .output()
@@ -58,7 +68,10 @@ fn kubectl_lvs(cluster: &Cluster, api: &Host, plugin_dir: &Path) -> Result<()> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    println!("      $ kubectl lvs -n {NAMESPACE}");
+    println!(
+        "      $ kubectl lvs -n {NAMESPACE}{}",
+        extra.iter().map(|a| format!(" {a}")).collect::<String>()
+    );
     for l in String::from_utf8_lossy(&out.stdout).lines() {
         println!("        {l}");
     }
@@ -190,7 +203,8 @@ pub fn run(agent: &Path, config_file: &Path, n: usize) -> Result<()> {
     processes.push(Agent::start(
         agent,
         &setup.lab.director,
-        &setup.director_args(&[]),
+        // Traffic counters reach status every 2 s, so `kubectl lvs --stats` is live.
+        &setup.director_args(&["--status-refresh-seconds", "2"]),
         &dir,
         &env,
     )?);
@@ -288,6 +302,33 @@ pub fn run(agent: &Path, config_file: &Path, n: usize) -> Result<()> {
         .collect();
     setup.spread(n, &weights)?;
     kubectl_lvs(&cluster, &api, bin_dir)?;
+    // The director's counters as its agent reports them in status, once status has
+    // caught up with what the director counted (no traffic flows meanwhile).
+    let reported = || -> Option<u64> {
+        let out = kubectl(
+            &cluster,
+            &[
+                "get",
+                "lvs",
+                "web",
+                "-n",
+                NAMESPACE,
+                "-o",
+                "jsonpath={.status.directors[0].traffic[0].connections}",
+            ],
+        )
+        .ok()?;
+        out.trim().parse().ok()
+    };
+    poll(
+        Duration::from_secs(15),
+        "traffic counters in status",
+        || {
+            let counted = setup.director_connections()?;
+            reported().filter(|c| *c == counted && *c >= n as u64)
+        },
+    )?;
+    kubectl_lvs_with(&cluster, &api, bin_dir, &["--stats"])?;
     setup.print_counters();
 
     println!("\ncleaning up");

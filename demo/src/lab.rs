@@ -499,6 +499,12 @@ impl Setup {
     }
 
     /// The director's traffic counters (read from the XDP maps once a second).
+    /// The director's connection count for the VIP, as its /metrics has it.
+    pub fn director_connections(&self) -> Option<u64> {
+        let (_, body) = scrape(&self.lab.director.netns, "/metrics")?;
+        metric(&body, "kubelvs_virtual_service_connections_total{", "").map(|c| c as u64)
+    }
+
     pub fn print_counters(&self) {
         let counted = poll(Duration::from_secs(3), "traffic counters", || {
             let (_, body) = scrape(&self.lab.director.netns, "/metrics")?;

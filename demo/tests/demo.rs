@@ -157,11 +157,40 @@ fn scripts_demo_cluster_runs_the_lab_through_kubernetes_and_the_plugin_shows_it(
             .contains("-> 192.0.2.12:80                Route   2      director:down"),
         "{text}"
     );
+    let last = step("[7/7]", "cleaning up");
     assert!(
-        step("[7/7]", "cleaning up")
-            .contains("-> 192.0.2.13:80                Route   1      director:up"),
+        last.contains("-> 192.0.2.13:80                Route   1      director:up"),
         "{text}"
     );
+    // `kubectl lvs --stats`: the director's counters from status, every real server
+    // with connections, the virtual service with at least the last 200 requests.
+    let stats = &last[last
+        .find("kubectl lvs -n lab --stats")
+        .expect("--stats shown")..];
+    let conns = |prefix: &str| -> u64 {
+        let line = stats
+            .lines()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} row in {stats}"));
+        line.split_whitespace()
+            .rev()
+            .nth(2)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let total = conns("TCP  203.0.113.10:80");
+    assert!(total >= 200, "{stats}");
+    // The same count the director's /metrics printed afterwards.
+    assert!(
+        stats.contains(&format!(
+            "kubelvs_virtual_service_connections_total{{dataplane=\"xdp\",service=\"203.0.113.10:80/TCP\"}} {total}"
+        )),
+        "{stats}"
+    );
+    for rs in ["192.0.2.11:80", "192.0.2.12:80", "192.0.2.13:80"] {
+        assert!(conns(&format!("-> {rs}")) > 0, "{rs}: {stats}");
+    }
     assert_nothing_left(pid);
 }
 
