@@ -282,15 +282,21 @@ fn default_persistence_timeout() -> u32 {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("has(self.path) == (self.type != 'tcp')")
+    validation = Rule::new("has(self.path) == (self.type == 'http' || self.type == 'https')")
         .message("spec.healthCheck.path: required for http and https checks, and only allowed then")
         .field_path(".path"),
-    validation = Rule::new("!has(self.expectedStatus) || self.type != 'tcp'")
+    validation = Rule::new("!has(self.expectedStatus) || self.type == 'http' || self.type == 'https'")
         .message("spec.healthCheck.expectedStatus: only for http and https checks")
         .field_path(".expectedStatus"),
-    validation = Rule::new("!has(self.host) || self.type != 'tcp'")
+    validation = Rule::new("!has(self.host) || self.type == 'http' || self.type == 'https'")
         .message("spec.healthCheck.host: only for http and https checks")
         .field_path(".host"),
+    validation = Rule::new("!has(self.payload) || self.type == 'udp'")
+        .message("spec.healthCheck.payload: only for udp checks")
+        .field_path(".payload"),
+    validation = Rule::new("!has(self.requireReply) || self.type == 'udp'")
+        .message("spec.healthCheck.requireReply: only for udp checks")
+        .field_path(".requireReply"),
     validation = Rule::new("self.timeoutSeconds <= self.intervalSeconds")
         .message("spec.healthCheck.timeoutSeconds: must not exceed intervalSeconds")
         .field_path(".timeoutSeconds")
@@ -314,6 +320,16 @@ pub struct HealthCheckSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<u16>,
+    /// The datagram a udp check sends, in hex (keepalived's `payload`); empty by
+    /// default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 2048), regex(pattern = r"^([0-9a-fA-F]{2})+$"))]
+    pub payload: Option<String>,
+    /// A udp check passes only when the real server replies within the timeout
+    /// (keepalived's `require_reply`). Otherwise it fails only on an ICMP port
+    /// unreachable, and silence passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_reply: Option<bool>,
     #[serde(default = "default_interval")]
     #[schemars(range(min = 1, max = 3600))]
     pub interval_seconds: u32,
@@ -349,6 +365,9 @@ pub enum HealthCheckType {
     Tcp,
     Http,
     Https,
+    /// A datagram to the port: down on ICMP port unreachable, or on no reply with
+    /// `requireReply` (keepalived's UDP_CHECK).
+    Udp,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -233,18 +233,20 @@ fn choices(svc: &Service, problems: &mut Vec<String>) -> Choices {
         port: parse_number(&ann, a::TUNNEL_PORT, problems),
     });
     let health_check =
-        parse_enum::<HealthCheckType>(&ann, a::HEALTH_CHECK, "tcp, http, https", problems).map(
-            |check_type| {
+        parse_enum::<HealthCheckType>(&ann, a::HEALTH_CHECK, "tcp, http, https, udp", problems)
+            .map(|check_type| {
                 let defaults: HealthCheckSpec =
                     serde_json::from_value(serde_json::json!({"type": "tcp"})).expect("defaults");
                 HealthCheckSpec {
                     check_type,
-                    path: ann
-                        .get(a::HEALTH_CHECK_PATH)
-                        .cloned()
-                        .or_else(|| (check_type != HealthCheckType::Tcp).then(|| "/".to_owned())),
+                    path: ann.get(a::HEALTH_CHECK_PATH).cloned().or_else(|| {
+                        matches!(check_type, HealthCheckType::Http | HealthCheckType::Https)
+                            .then(|| "/".to_owned())
+                    }),
                     expected_status: None,
                     host: None,
+                    payload: None,
+                    require_reply: None,
                     port: parse_number(&ann, a::HEALTH_CHECK_PORT, problems),
                     interval_seconds: parse_number(&ann, a::HEALTH_CHECK_INTERVAL, problems)
                         .unwrap_or(defaults.interval_seconds),
@@ -255,8 +257,7 @@ fn choices(svc: &Service, problems: &mut Vec<String>) -> Choices {
                     fall: parse_number(&ann, a::HEALTH_CHECK_FALL, problems)
                         .unwrap_or(defaults.fall),
                 }
-            },
-        );
+            });
     for key in [
         a::HEALTH_CHECK_PATH,
         a::HEALTH_CHECK_PORT,

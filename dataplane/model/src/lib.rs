@@ -260,6 +260,13 @@ pub enum Probe {
         port: Option<u16>,
         host: Option<String>,
     },
+    /// A datagram (`payload`) to the real server's port (or `port`): unhealthy on an
+    /// ICMP port unreachable, or, with `require_reply`, on no reply within the timeout.
+    Udp {
+        port: Option<u16>,
+        payload: Vec<u8>,
+        require_reply: bool,
+    },
 }
 
 /// Identity of a virtual service in a dataplane: VIP, port and protocol.

@@ -8,7 +8,7 @@
 //! - [`quiesce`]: the health view applied to the plan: an unhealthy real server gets
 //!   weight 0 (open connections continue, new ones go elsewhere), a planning
 //!   decision made without I/O.
-//! - [`probe`]: one TCP connect or HTTP GET, with a timeout.
+//! - [`probe`]: one TCP connect, HTTP GET or UDP datagram, with a timeout.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -52,13 +52,28 @@ impl std::fmt::Display for Target {
 
 fn probe_port(check: &HealthCheck, real_port: u16) -> u16 {
     match &check.probe {
-        Probe::Tcp { port } | Probe::Http { port, .. } => port.unwrap_or(real_port),
+        Probe::Tcp { port } | Probe::Http { port, .. } | Probe::Udp { port, .. } => {
+            port.unwrap_or(real_port)
+        }
     }
 }
 
 fn describe(probe: &Probe) -> String {
     match probe {
         Probe::Tcp { .. } => "tcp".into(),
+        Probe::Udp {
+            payload,
+            require_reply,
+            ..
+        } => format!(
+            "udp {} bytes{}",
+            payload.len(),
+            if *require_reply {
+                ", reply required"
+            } else {
+                ""
+            }
+        ),
         Probe::Http {
             tls,
             path,
@@ -178,28 +193,56 @@ pub fn quiesce(plan: &mut NodePlan, unhealthy: &BTreeSet<Target>) {
     }
 }
 
+/// What an HTTP(S) check asks for.
+struct HttpGet<'a> {
+    tls: bool,
+    path: &'a str,
+    expected: u16,
+    host: &'a Option<String>,
+}
+
 /// One probe: `Ok(message)` when healthy, `Err(message)` otherwise.
 pub async fn probe(target: SocketAddr, check: &HealthCheck) -> Result<String, String> {
     let timeout = Duration::from_millis(u64::from(check.timeout_ms.max(1)));
-    match tokio::time::timeout(timeout, probe_inner(target, &check.probe)).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
-    }
-}
-
-async fn probe_inner(target: SocketAddr, probe: &Probe) -> Result<String, String> {
-    let stream = tokio::net::TcpStream::connect(target)
-        .await
-        .map_err(|e| format!("connect {target}: {e}"))?;
-    let (tls, path, expected, host) = match probe {
-        Probe::Tcp { .. } => return Ok(format!("connected to {target}")),
+    let http = match &check.probe {
+        Probe::Udp {
+            payload,
+            require_reply,
+            ..
+        } => return udp_probe(target, payload, *require_reply, timeout).await,
+        Probe::Tcp { .. } => None,
         Probe::Http {
             tls,
             path,
             expected_status,
             host,
             ..
-        } => (*tls, path, *expected_status, host),
+        } => Some(HttpGet {
+            tls: *tls,
+            path,
+            expected: *expected_status,
+            host,
+        }),
+    };
+    match tokio::time::timeout(timeout, stream_probe(target, http)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+    }
+}
+
+/// A TCP connect, then the HTTP(S) GET when there is one.
+async fn stream_probe(target: SocketAddr, http: Option<HttpGet<'_>>) -> Result<String, String> {
+    let stream = tokio::net::TcpStream::connect(target)
+        .await
+        .map_err(|e| format!("connect {target}: {e}"))?;
+    let Some(HttpGet {
+        tls,
+        path,
+        expected,
+        host,
+    }) = http
+    else {
+        return Ok(format!("connected to {target}"));
     };
     // The Host header names the port; the TLS server name does not.
     let header = host.clone().unwrap_or_else(|| target.to_string());
@@ -211,6 +254,50 @@ async fn probe_inner(target: SocketAddr, probe: &Probe) -> Result<String, String
         http_get(stream, target, &header, path, expected).await
     } else {
         http_get(stream, target, &header, path, expected).await
+    }
+}
+
+/// keepalived's UDP_CHECK: a datagram on a connected socket, then up to `timeout` for
+/// what comes back. An ICMP port unreachable surfaces as ECONNREFUSED on the socket:
+/// down. A reply: up. Silence: up, unless a reply is required (UDP services that
+/// answer nothing cannot be told from dead ones otherwise).
+async fn udp_probe(
+    target: SocketAddr,
+    payload: &[u8],
+    require_reply: bool,
+    timeout: Duration,
+) -> Result<String, String> {
+    let local: SocketAddr = if target.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = tokio::net::UdpSocket::bind(local)
+        .await
+        .map_err(|e| format!("udp socket: {e}"))?;
+    socket
+        .connect(target)
+        .await
+        .map_err(|e| format!("udp {target}: {e}"))?;
+    socket
+        .send(payload)
+        .await
+        .map_err(|e| format!("udp send to {target}: {e}"))?;
+    let mut buf = [0u8; 2048];
+    match tokio::time::timeout(timeout, socket.recv(&mut buf)).await {
+        Ok(Ok(n)) => Ok(format!("{n} bytes back from {target}")),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Err(format!("udp {target}: port unreachable"))
+        }
+        Ok(Err(e)) => Err(format!("udp {target}: {e}")),
+        Err(_) if require_reply => Err(format!(
+            "udp {target}: no reply within {} ms",
+            timeout.as_millis()
+        )),
+        Err(_) => Ok(format!(
+            "udp {target}: no port unreachable within {} ms",
+            timeout.as_millis()
+        )),
     }
 }
 

@@ -128,3 +128,59 @@ async fn tcp_http_and_https_probes_tell_healthy_from_not() {
     // Plain HTTP where TLS is expected: not healthy.
     assert!(probe(up, &http(true, 200)).await.is_err());
 }
+
+fn udp(payload: &[u8], require_reply: bool) -> HealthCheck {
+    let mut c = check(Probe::Udp {
+        port: None,
+        payload: payload.to_vec(),
+        require_reply,
+    });
+    c.timeout_ms = 300;
+    c
+}
+
+/// A UDP server that answers each datagram with `reply` (none when `None`), and
+/// records what it received.
+fn udp_server(reply: Option<&'static [u8]>) -> (SocketAddr, std::sync::mpsc::Receiver<Vec<u8>>) {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = s.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let _ = tx.send(buf[..n].to_vec());
+            if let Some(r) = reply {
+                let _ = s.send_to(r, from);
+            }
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn udp_probes_fail_on_port_unreachable_and_on_silence_when_a_reply_is_required() {
+    // A DNS-like exchange: the payload arrives as sent, the reply makes it healthy.
+    let (answering, got) = udp_server(Some(b"pong"));
+    let ok = probe(answering, &udp(&[0xde, 0xad, 0xbe, 0xef], true))
+        .await
+        .unwrap();
+    assert!(ok.contains("4 bytes back"), "{ok}");
+    assert_eq!(got.recv().unwrap(), [0xde, 0xad, 0xbe, 0xef]);
+
+    // Nothing listens: the kernel answers ICMP port unreachable.
+    let closed = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap()
+    };
+    for require_reply in [false, true] {
+        let e = probe(closed, &udp(b"", require_reply)).await.unwrap_err();
+        assert!(e.contains("port unreachable"), "{e}");
+    }
+
+    // Listening but silent: healthy, unless a reply is required.
+    let (silent, _got) = udp_server(None);
+    let quiet = probe(silent, &udp(b"x", false)).await.unwrap();
+    assert!(quiet.contains("no port unreachable"), "{quiet}");
+    let e = probe(silent, &udp(b"x", true)).await.unwrap_err();
+    assert!(e.contains("no reply within 300 ms"), "{e}");
+}

@@ -628,6 +628,11 @@ fn health_check(vs: &VirtualService) -> Option<HealthCheck> {
             port: h.port,
             host: h.host.clone(),
         },
+        HealthCheckType::Udp => Probe::Udp {
+            port: h.port,
+            payload: h.payload.as_deref().map(hex_bytes).unwrap_or_default(),
+            require_reply: h.require_reply.unwrap_or(false),
+        },
     };
     Some(HealthCheck {
         probe,
@@ -636,6 +641,15 @@ fn health_check(vs: &VirtualService) -> Option<HealthCheck> {
         rise: h.rise,
         fall: h.fall,
     })
+}
+
+/// `payload`'s bytes; the schema admits only pairs of hex digits (a stray character
+/// from an unvalidated source is skipped with its pair).
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    hex.as_bytes()
+        .chunks(2)
+        .filter_map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+        .collect()
 }
 
 fn object_ref_vs(vs: &VirtualService) -> ObjectRef {

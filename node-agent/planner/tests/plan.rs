@@ -749,3 +749,48 @@ fn examples_plan_without_problems() {
     );
     assert!(p.services.is_empty(), "every example names its directors");
 }
+
+#[test]
+fn health_checks_become_probes_udp_payload_decoded_from_hex() {
+    let check = |spec: serde_json::Value| {
+        let mut web = vs("shop", "web", Some("203.0.113.10"), 0);
+        web.spec.health_check = Some(serde_json::from_value(spec).unwrap());
+        let p = plan(
+            &node("n1"),
+            &[web],
+            &[rs("shop", "a", "web", "198.51.100.11")],
+            &[],
+        );
+        p.services[0].health_check.clone().unwrap()
+    };
+    let udp = check(
+        serde_json::json!({"type": "udp", "payload": "DEad01", "requireReply": true, "port": 5353}),
+    );
+    assert_eq!(
+        udp.probe,
+        kubelvs_model::Probe::Udp {
+            port: Some(5353),
+            payload: vec![0xde, 0xad, 0x01],
+            require_reply: true
+        }
+    );
+    let bare = check(serde_json::json!({"type": "udp"}));
+    assert_eq!(
+        bare.probe,
+        kubelvs_model::Probe::Udp {
+            port: None,
+            payload: vec![],
+            require_reply: false
+        }
+    );
+    let https = check(serde_json::json!({"type": "https", "path": "/ready", "intervalSeconds": 5}));
+    assert_eq!(https.interval_ms, 5000);
+    assert!(matches!(
+        https.probe,
+        kubelvs_model::Probe::Http {
+            tls: true,
+            expected_status: 200,
+            ..
+        }
+    ));
+}
