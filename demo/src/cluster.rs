@@ -102,7 +102,7 @@ fn wait_healthy(cluster: &Cluster, want: &str) -> Result<()> {
     )
 }
 
-pub fn run(agent: &Path, config_file: &Path, n: usize) -> Result<()> {
+pub fn run(agent: &Path, config: &crate::lab::Config, n: usize) -> Result<()> {
     let bin_dir = agent.parent().unwrap_or(Path::new("."));
     let operator = bin_dir.join("kube-lvs-operator");
     for needed in [&operator, &bin_dir.join("kubectl-lvs")] {
@@ -113,8 +113,7 @@ pub fn run(agent: &Path, config_file: &Path, n: usize) -> Result<()> {
             ));
         }
     }
-    let config_text = std::fs::read_to_string(config_file)
-        .map_err(|e| format!("{}: {e}", config_file.display()))?;
+    let config_text = config.text.clone();
     // The operator allocates the VIP: the objects name no address, a pool holds it.
     let objects: String = config_text
         .lines()
@@ -124,7 +123,7 @@ pub fn run(agent: &Path, config_file: &Path, n: usize) -> Result<()> {
 
     println!("kube-lvs demo --cluster: the load balancer through Kubernetes, on this machine\n");
     println!("[1/7] building the lab and a Kubernetes control plane on it");
-    let mut setup = Setup::build()?;
+    let mut setup = Setup::build(crate::lab::Dataplane::Xdp)?;
     let api = setup
         .lab
         .add_host("api", API_ADDR, 0x30)

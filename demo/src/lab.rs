@@ -26,6 +26,39 @@ pub const FALL: u32 = 2;
 /// maglev table's own unevenness.
 const SIGMAS: f64 = 4.0;
 
+/// The lab's objects and where they came from.
+pub struct Config {
+    pub text: String,
+    pub name: String,
+}
+
+/// What the director balances with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dataplane {
+    Xdp,
+    Ipvs,
+}
+
+impl Dataplane {
+    /// The lab's objects for this dataplane: examples/lab.yaml is written for XDP
+    /// with maglev, a scheduler IPVS does not have; on IPVS it runs wrr, by weight too.
+    pub fn adapt(self, text: &str) -> String {
+        match self {
+            Dataplane::Xdp => text.to_owned(),
+            Dataplane::Ipvs => text
+                .replace("dataplane: xdp", "dataplane: ipvs")
+                .replace("scheduler: maglev", "scheduler: wrr"),
+        }
+    }
+
+    pub fn adapted_note(self) -> &'static str {
+        match self {
+            Dataplane::Xdp => "",
+            Dataplane::Ipvs => ", with dataplane ipvs and scheduler wrr",
+        }
+    }
+}
+
 /// Set by Ctrl-C (see main): every wait and every step checks it.
 pub static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -317,13 +350,14 @@ pub fn weights_of(config: &str) -> Vec<(String, u32)> {
 /// Fields drop in order: servers, the bridge's XDP, the namespaces, then files.
 pub struct Setup {
     pub servers: Vec<Option<HttpServer>>,
-    _pass: Attached,
+    _pass: Option<Attached>,
+    dataplane: Dataplane,
     pub lab: Lab,
     pub leftovers: Leftovers,
 }
 
 impl Setup {
-    pub fn build() -> Result<Self> {
+    pub fn build(dataplane: Dataplane) -> Result<Self> {
         let lab = Lab::build(LabConfig {
             real_servers: 3,
             vip_on_real_servers: false,
@@ -336,8 +370,13 @@ impl Setup {
         };
         std::fs::create_dir_all(&leftovers.dir).map_err(|e| e.to_string())?;
         // The director's XDP_TX frames reach the bridge only if its veth peer runs XDP.
-        let pass = Attached::attach(&lab.bridge, &lab.director.bridge_port, "xdp_pass")
-            .map_err(|e| e.to_string())?;
+        let pass = match dataplane {
+            Dataplane::Xdp => Some(
+                Attached::attach(&lab.bridge, &lab.director.bridge_port, "xdp_pass")
+                    .map_err(|e| e.to_string())?,
+            ),
+            Dataplane::Ipvs => None,
+        };
         let servers = lab
             .real_servers
             .iter()
@@ -345,8 +384,14 @@ impl Setup {
             .collect::<std::io::Result<_>>()
             .map_err(|e| e.to_string())?;
         println!(
-            "      client {} --> VIP {}:{PORT} on director {} (XDP, maglev, direct routing)",
-            lab.client.addr, lab.vip, lab.director.addr
+            "      client {} --> VIP {}:{PORT} on director {} ({}, direct routing)",
+            lab.client.addr,
+            lab.vip,
+            lab.director.addr,
+            match dataplane {
+                Dataplane::Xdp => "XDP, maglev",
+                Dataplane::Ipvs => "kernel IPVS, wrr",
+            }
         );
         for rs in &lab.real_servers {
             println!(
@@ -361,6 +406,7 @@ impl Setup {
         Ok(Self {
             servers,
             _pass: pass,
+            dataplane,
             lab,
             leftovers,
         })
@@ -370,14 +416,11 @@ impl Setup {
     pub fn director_args(&self, source: &[&str]) -> Vec<String> {
         let pin = self.leftovers.pin.display().to_string();
         let mut extra: Vec<&str> = source.to_vec();
-        extra.extend([
-            "--dataplane",
-            "xdp",
-            "--xdp-pin-dir",
-            &pin,
-            "--traffic-interval-seconds",
-            "1",
-        ]);
+        match self.dataplane {
+            Dataplane::Xdp => extra.extend(["--dataplane", "xdp", "--xdp-pin-dir", &pin]),
+            Dataplane::Ipvs => extra.extend(["--dataplane", "ipvs"]),
+        }
+        extra.extend(["--traffic-interval-seconds", "1"]);
         agent_args(&self.lab.director, &self.leftovers.dir, &extra)
     }
 
@@ -413,7 +456,11 @@ impl Setup {
             return Err(format!("{e}\n{}", logs.join("\n")));
         }
         println!(
-            "      director: VIP programmed in XDP; the VIP answers after {:.1} s",
+            "      director: VIP programmed in {}; the VIP answers after {:.1} s",
+            match self.dataplane {
+                Dataplane::Xdp => "XDP",
+                Dataplane::Ipvs => "IPVS",
+            },
             started.elapsed().as_secs_f64()
         );
         for rs in &lab.real_servers {

@@ -9,29 +9,36 @@
 //! - a weight changed live in the file.
 //!
 //! Everything it made is removed on exit or Ctrl-C, and it checks that nothing was
-//! left behind.
+//! left behind. `--dataplane ipvs` directs with kernel IPVS instead (where the kernel
+//! has it); `--ipvs-vm` runs this same program that way inside the test suite's
+//! microVM, whose Debian kernel has IPVS.
 
 mod cluster;
 mod http;
 mod lab;
 mod standalone;
+mod vm;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 
-use lab::{Result, STOP};
+use lab::{Config, Dataplane, Result, STOP};
 
 struct Args {
     agent: PathBuf,
-    config: PathBuf,
+    /// The lab's objects; `examples/lab.yaml`, built in, by default.
+    config: Option<PathBuf>,
     requests: usize,
     /// Through the test suite's Kubernetes control plane: operator, agents, kubectl.
     cluster: bool,
+    dataplane: Dataplane,
+    /// The standalone demo on IPVS inside the microVM.
+    ipvs_vm: bool,
 }
 
 fn usage() -> String {
-    "usage: kubelvs-demo [--cluster] [--agent PATH] [--config examples/lab.yaml] [--requests N]"
+    "usage: kubelvs-demo [--cluster | --ipvs-vm] [--dataplane xdp|ipvs] [--agent PATH] [--config FILE] [--requests N]"
         .into()
 }
 
@@ -39,9 +46,11 @@ fn parse_args() -> Result<Args> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut a = Args {
         agent: exe.with_file_name("kube-lvs-agent"),
-        config: Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/lab.yaml"),
+        config: None,
         requests: 300,
         cluster: false,
+        dataplane: Dataplane::Xdp,
+        ipvs_vm: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -51,7 +60,15 @@ fn parse_args() -> Result<Args> {
         };
         match flag.as_str() {
             "--agent" => a.agent = value()?.into(),
-            "--config" => a.config = value()?.into(),
+            "--config" => a.config = Some(value()?.into()),
+            "--dataplane" => {
+                a.dataplane = match value()?.as_str() {
+                    "xdp" => Dataplane::Xdp,
+                    "ipvs" => Dataplane::Ipvs,
+                    other => return Err(format!("--dataplane {other}: xdp or ipvs\n{}", usage())),
+                }
+            }
+            "--ipvs-vm" => a.ipvs_vm = true,
             "--requests" => {
                 a.requests = value()?
                     .parse()
@@ -62,7 +79,30 @@ fn parse_args() -> Result<Args> {
             other => return Err(format!("unknown flag {other}\n{}", usage())),
         }
     }
+    if a.ipvs_vm && (a.cluster || a.config.is_some()) {
+        return Err(format!(
+            "--ipvs-vm runs the built-in lab standalone\n{}",
+            usage()
+        ));
+    }
+    if a.cluster && a.dataplane == Dataplane::Ipvs {
+        return Err(format!("--cluster runs the lab on XDP\n{}", usage()));
+    }
     Ok(a)
+}
+
+/// The lab's objects: `--config FILE`, or `examples/lab.yaml` as built in.
+fn config(path: &Option<PathBuf>) -> Result<Config> {
+    match path {
+        Some(p) => Ok(Config {
+            text: std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
+            name: p.canonicalize().unwrap_or(p.clone()).display().to_string(),
+        }),
+        None => Ok(Config {
+            text: include_str!("../../examples/lab.yaml").to_owned(),
+            name: "examples/lab.yaml (built in)".into(),
+        }),
+    }
 }
 
 extern "C" fn on_signal(_: libc::c_int) {
@@ -137,6 +177,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.ipvs_vm {
+        // Nothing on this host but qemu: no root needed, nothing to clean up here.
+        return match vm::run(&args.agent, args.requests) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("\nkubelvs-demo --ipvs-vm: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     #[allow(unsafe_code)]
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -151,10 +201,14 @@ fn main() -> ExitCode {
             "{} not found: build it (cargo build -p kubelvs-agent) or pass --agent",
             args.agent.display()
         ))
-    } else if args.cluster {
-        cluster::run(&args.agent, &args.config, args.requests)
     } else {
-        standalone::run(&args.agent, &args.config, args.requests)
+        config(&args.config).and_then(|c| {
+            if args.cluster {
+                cluster::run(&args.agent, &c, args.requests)
+            } else {
+                standalone::run(&args.agent, &c, args.requests, args.dataplane)
+            }
+        })
     };
     let left = leftovers_check();
     if left.is_empty() {
@@ -164,9 +218,13 @@ fn main() -> ExitCode {
     }
     match result {
         Ok(()) if left.is_empty() => {
+            let again = match (args.cluster, args.dataplane) {
+                (true, _) => " --cluster",
+                (false, Dataplane::Ipvs) => " --dataplane ipvs",
+                (false, Dataplane::Xdp) => "",
+            };
             println!(
-                "\ndone. Run it again with `scripts/demo{}`; the agent's flags are in docs/agent.md.",
-                if args.cluster { " --cluster" } else { "" }
+                "\ndone. Run it again with `scripts/demo{again}`; the agent's flags are in docs/agent.md."
             );
             ExitCode::SUCCESS
         }

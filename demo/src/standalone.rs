@@ -4,23 +4,18 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::lab::{applies, poll, set_weight, weights_of, Agent, Result, Setup, DIRECTOR_LABEL};
+use crate::lab::{
+    applies, poll, set_weight, weights_of, Agent, Config, Dataplane, Result, Setup, DIRECTOR_LABEL,
+};
 
-pub fn run(agent: &Path, config_file: &Path, n: usize) -> Result<()> {
-    let config_text = std::fs::read_to_string(config_file)
-        .map_err(|e| format!("{}: {e}", config_file.display()))?;
+pub fn run(agent: &Path, source: &Config, n: usize, dataplane: Dataplane) -> Result<()> {
+    let config_text = dataplane.adapt(&source.text);
     println!("kube-lvs demo: a load balancer in network namespaces on this machine\n");
     println!("[1/6] building the lab");
-    let mut setup = Setup::build()?;
+    let mut setup = Setup::build(dataplane)?;
     let config = setup.leftovers.dir.join("lab.yaml");
     std::fs::write(&config, &config_text).map_err(|e| e.to_string())?;
-    println!(
-        "      config {}",
-        config_file
-            .canonicalize()
-            .unwrap_or(config_file.to_owned())
-            .display()
-    );
+    println!("      config {}{}", source.name, dataplane.adapted_note());
 
     println!("\n[2/6] starting kube-lvs-agent, standalone, on each host");
     let started = Instant::now();

@@ -1,4 +1,5 @@
-//! `scripts/demo` and `scripts/demo --cluster`, run as a person would
+//! `scripts/demo`, `scripts/demo --cluster` and `scripts/demo --ipvs-vm`, run as a
+//! person would
 //! (non-interactively): what they printed says every real server answered, the spread
 //! followed the weights, the stopped real server was taken out within
 //! fall x interval + 1 s and came back, the weight change was applied (and, through
@@ -192,6 +193,26 @@ fn scripts_demo_cluster_runs_the_lab_through_kubernetes_and_the_plugin_shows_it(
         assert!(conns(&format!("-> {rs}")) > 0, "{rs}: {stats}");
     }
     assert_nothing_left(pid);
+}
+
+#[test]
+#[ignore = "boots a microVM (qemu); scripts/test runs it"]
+fn scripts_demo_ipvs_vm_runs_the_same_demo_on_kernel_ipvs_in_the_microvm() {
+    let (text, _) = run_demo(&["--ipvs-vm", "--requests", "100"]);
+    // The guest's console ends lines with \r\n.
+    let text = text.replace('\r', "");
+    assert_tables(&text);
+    assert!(
+        text.contains("(kernel IPVS, wrr, direct routing)"),
+        "{text}"
+    );
+    assert!(text.contains("director: VIP programmed in IPVS"), "{text}");
+    assert!(
+        text.contains("kubelvs_virtual_service_connections_total{dataplane=\"ipvs\""),
+        "{text}"
+    );
+    assert!(text.contains("✓ nothing left behind"), "{text}");
+    assert!(text.contains("KUBELVS PASS demo"), "{text}");
 }
 
 #[test]

@@ -27,6 +27,7 @@ fn main() {
         cpus: 1,
         cpu: std::env::var("KUBELVS_VM_CPU").unwrap_or_else(|_| "max".into()),
         extra: vec![("/bin/kube-lvs-agent".into(), agent)],
+        echo: false,
     };
     let outcome = vm::run(Path::new(GUEST), &config).expect("boot the microVM");
     let problems = outcome.problems(&["agent_scale_first_apply", "agent_scale_edit"]);

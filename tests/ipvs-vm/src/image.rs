@@ -65,6 +65,8 @@ const TOOL_PACKAGES: &[&str] = &[
     "nftables",
     "libnftables1",
     "iproute2",
+    // The demo's lab turns checksum offload off on its veths.
+    "ethtool",
 ];
 
 /// Executables copied into the guest: (path inside the packages, guest path).
@@ -72,6 +74,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("sbin/ipvsadm", "/sbin/ipvsadm"),
     ("usr/sbin/nft", "/sbin/nft"),
     ("bin/ip", "/sbin/ip"),
+    ("sbin/ethtool", "/sbin/ethtool"),
 ];
 
 /// Directory the guest's dynamic loader searches (set as LD_LIBRARY_PATH by init).

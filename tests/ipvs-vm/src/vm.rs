@@ -41,6 +41,8 @@ pub struct VmConfig {
     /// More executables for the guest: (path in the guest, path on the host). They
     /// are stripped, and their shared libraries come along.
     pub extra: Vec<(String, PathBuf)>,
+    /// Print the console to stdout as it comes (a person is watching).
+    pub echo: bool,
 }
 
 /// What one VM run produced.
@@ -270,6 +272,10 @@ fn boot(
         match rx.recv_timeout(left) {
             Ok(line) => {
                 let _ = log.write_all(line.as_bytes());
+                if config.echo {
+                    print!("{line}");
+                    let _ = std::io::stdout().flush();
+                }
                 console.push_str(&line);
                 if let Some(event) = parse_line(&line) {
                     boot_time.get_or_insert_with(|| start.elapsed());

@@ -75,6 +75,7 @@ fn boot_with(mode: &str, timeout: Duration, extra: Vec<(String, std::path::PathB
         cpus: 1,
         cpu: std::env::var("KUBELVS_VM_CPU").unwrap_or_else(|_| "max".into()),
         extra,
+        echo: false,
     };
     let outcome = vm::run(Path::new(GUEST), &config).expect("boot the microVM");
     println!("{}", outcome.console);

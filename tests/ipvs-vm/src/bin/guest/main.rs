@@ -106,6 +106,12 @@ fn main() -> ExitCode {
             r.end();
             Ok(())
         }
+        [mode] if mode.starts_with("demo-") => {
+            let mut r = Reporter::default();
+            demo(&mut r, mode);
+            r.end();
+            Ok(())
+        }
         [mode] if mode.starts_with("agent-scale-") => {
             let mut r = Reporter::default();
             agent_scale::run(&mut r, mode);
@@ -136,6 +142,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `scripts/demo --ipvs-vm`: the demo binary (put in the image as /bin/kubelvs-demo)
+/// on this kernel's IPVS, its output straight to the console. Mode `demo-N`: N
+/// requests a round.
+fn demo(r: &mut Reporter, mode: &str) {
+    let requests = mode.trim_start_matches("demo-");
+    let status = std::process::Command::new("/bin/kubelvs-demo")
+        .args(["--agent", "/bin/kube-lvs-agent", "--dataplane", "ipvs"])
+        .args(["--requests", requests])
+        .status();
+    r.case(
+        "demo",
+        match status {
+            Ok(s) if s.success() => Ok("the demo passed".into()),
+            Ok(s) => Err(format!("the demo exited with {s}")),
+            Err(e) => Err(format!("/bin/kubelvs-demo: {e}")),
+        },
+    );
 }
 
 /// `COUNT` sequential connections, source addresses taken in turn; one output line each:
