@@ -78,25 +78,29 @@ fn kubectl_lvs_with(
     Ok(())
 }
 
+/// A field of the lab's VirtualService, by kubectl jsonpath (`{.status.vip}`).
+fn web_field(cluster: &Cluster, path: &str) -> Result<String> {
+    kubectl(
+        cluster,
+        &[
+            "get",
+            "lvs",
+            "web",
+            "-n",
+            NAMESPACE,
+            "-o",
+            &format!("jsonpath={path}"),
+        ],
+    )
+}
+
 /// Waits until the VirtualService's HEALTHY column (`status.realServers`) shows `want`.
 fn wait_healthy(cluster: &Cluster, want: &str) -> Result<()> {
     poll(
         Duration::from_secs(30),
         &format!("status showing {want} healthy"),
         || {
-            let shown = kubectl(
-                cluster,
-                &[
-                    "get",
-                    "lvs",
-                    "web",
-                    "-n",
-                    NAMESPACE,
-                    "-o",
-                    "jsonpath={.status.realServers}",
-                ],
-            )
-            .ok()?;
+            let shown = web_field(cluster, "{.status.realServers}").ok()?;
             (shown == want).then_some(())
         },
     )
@@ -226,19 +230,7 @@ pub fn run(agent: &Path, config: &crate::lab::Config, n: usize) -> Result<()> {
         Duration::from_secs(60),
         "the operator allocating the VIP",
         || {
-            let got = kubectl(
-                &cluster,
-                &[
-                    "get",
-                    "lvs",
-                    "web",
-                    "-n",
-                    NAMESPACE,
-                    "-o",
-                    "jsonpath={.status.vip}",
-                ],
-            )
-            .ok()?;
+            let got = web_field(&cluster, "{.status.vip}").ok()?;
             (got == vip).then_some(())
         },
     )?;
@@ -304,19 +296,7 @@ pub fn run(agent: &Path, config: &crate::lab::Config, n: usize) -> Result<()> {
     // The director's counters as its agent reports them in status, once status has
     // caught up with what the director counted (no traffic flows meanwhile).
     let reported = || -> Option<u64> {
-        let out = kubectl(
-            &cluster,
-            &[
-                "get",
-                "lvs",
-                "web",
-                "-n",
-                NAMESPACE,
-                "-o",
-                "jsonpath={.status.directors[0].traffic[0].connections}",
-            ],
-        )
-        .ok()?;
+        let out = web_field(&cluster, "{.status.directors[0].traffic[0].connections}").ok()?;
         out.trim().parse().ok()
     };
     poll(

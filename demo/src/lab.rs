@@ -144,13 +144,6 @@ pub fn scrape(netns: &Netns, path: &str) -> Option<(u16, String)> {
     netns.http_get(METRICS_PORT, path)
 }
 
-/// The value of the first metric line starting with `prefix` and containing `label`.
-pub fn metric(body: &str, prefix: &str, label: &str) -> Option<f64> {
-    body.lines()
-        .find(|l| l.starts_with(prefix) && l.contains(label))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
 /// Polls `f` every 50 ms until it gives a value, `limit` passes, or Ctrl-C.
 pub fn poll<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T> {
     let deadline = Instant::now() + limit;
@@ -267,7 +260,7 @@ pub fn table(answers: &[String], weights: &[(String, u32)]) -> Result<()> {
 /// `real_server="192.0.2.12:80"` health gauge on the director: 1 healthy, 0 quiesced.
 pub fn healthy(lab: &Lab, rs: &Host) -> Option<bool> {
     let (_, body) = scrape(&lab.director.netns, "/metrics")?;
-    metric(
+    kubelvs_measure::sample(
         &body,
         "kubelvs_real_server_healthy{",
         &format!("real_server=\"{}:{PORT}\"", rs.addr),
@@ -277,7 +270,7 @@ pub fn healthy(lab: &Lab, rs: &Host) -> Option<bool> {
 
 pub fn applies(lab: &Lab) -> Option<f64> {
     let (_, body) = scrape(&lab.director.netns, "/metrics")?;
-    metric(&body, "kubelvs_apply_duration_seconds_count", "")
+    kubelvs_measure::sample(&body, "kubelvs_apply_duration_seconds_count", "")
 }
 
 /// Removes what the lab's agents leave for the next start (pinned maps), and the
@@ -549,13 +542,14 @@ impl Setup {
     /// The director's connection count for the VIP, as its /metrics has it.
     pub fn director_connections(&self) -> Option<u64> {
         let (_, body) = scrape(&self.lab.director.netns, "/metrics")?;
-        metric(&body, "kubelvs_virtual_service_connections_total{", "").map(|c| c as u64)
+        kubelvs_measure::sample(&body, "kubelvs_virtual_service_connections_total{", "")
+            .map(|c| c as u64)
     }
 
     pub fn print_counters(&self) {
         let counted = poll(Duration::from_secs(3), "traffic counters", || {
             let (_, body) = scrape(&self.lab.director.netns, "/metrics")?;
-            metric(&body, "kubelvs_virtual_service_connections_total{", "")
+            kubelvs_measure::sample(&body, "kubelvs_virtual_service_connections_total{", "")
                 .filter(|n| *n > 0.0)
                 .map(|_| body)
         });

@@ -19,25 +19,6 @@ use kubelvs_test_cluster::{spawn_tied, Cluster, ControlPlane, ControlPlaneOption
 
 const NS: &str = "scale";
 
-fn proc_field(pid: u32, file: &str, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// utime + stime of `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = after.split_whitespace().collect();
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-}
-
 async fn create_all<K>(api: Api<K>, objects: Vec<K>) -> Duration
 where
     K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
@@ -226,16 +207,15 @@ fn main() {
     );
     std::thread::sleep(Duration::from_secs(5));
     let before = counters();
-    let ticks = cpu_ticks(pid);
+    let cpu = kubelvs_measure::cpu_seconds(pid);
     let idle = Duration::from_secs(20);
     std::thread::sleep(idle);
-    let hz = 100.0;
     println!(
         "operator idle CPU over {:?}: {:.1}% of one core; RSS {} MiB, peak {} MiB",
         idle,
-        (cpu_ticks(pid) - ticks) as f64 / hz / idle.as_secs_f64() * 100.0,
-        proc_field(pid, "status", "VmRSS:") / 1024,
-        proc_field(pid, "status", "VmHWM:") / 1024
+        (kubelvs_measure::cpu_seconds(pid) - cpu) / idle.as_secs_f64() * 100.0,
+        kubelvs_measure::rss_kib(pid) / 1024,
+        kubelvs_measure::status_kib(pid, "VmHWM") / 1024
     );
     println!("while idle: {}", delta(&before, &counters()));
 

@@ -49,32 +49,6 @@ fn metrics(ns: &Netns) -> String {
     .unwrap_or_default()
 }
 
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name) && !l.starts_with('#'))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-fn proc_stat(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let cpu = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
-    (cpu / 100.0, rss)
-}
-
 /// The agent process, stopped even when the bench panics (its namespace goes first,
 /// and a process left in a deleted namespace would run on unnoticed).
 struct Running(std::process::Child);
@@ -89,12 +63,7 @@ impl Drop for Running {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let n: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(10_000);
-    let m: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10);
+    let (n, m) = kubelvs_measure::bench_size((10_000, 10));
     let ns = Netns::create(&format!("klscale{}", std::process::id())).unwrap();
     ns.ip(&[
         "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
@@ -163,16 +132,20 @@ fn main() {
     }
     let first = started.elapsed();
     println!("first complete apply after {:.1} s", first.as_secs_f64());
-    let (cpu0, _) = proc_stat(pid);
+    let cpu0 = kubelvs_measure::cpu_seconds(pid);
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(65));
-    let (cpu1, rss) = proc_stat(pid);
+    let cpu1 = kubelvs_measure::cpu_seconds(pid);
+    let rss = kubelvs_measure::rss_kib(pid);
     let idle = (cpu1 - cpu0) / t0.elapsed().as_secs_f64();
     let m0 = metrics(&ns);
-    let count = metric(&m0, "kubelvs_apply_duration_seconds_count").unwrap_or(0.0);
-    let sum = metric(&m0, "kubelvs_apply_duration_seconds_sum").unwrap_or(0.0);
-    let writes =
-        |t: &str| metric(t, "kubelvs_kernel_writes_total{dataplane=\"xdp\"}").unwrap_or(0.0);
+    let count =
+        kubelvs_measure::sample(&m0, "kubelvs_apply_duration_seconds_count", "").unwrap_or(0.0);
+    let sum = kubelvs_measure::sample(&m0, "kubelvs_apply_duration_seconds_sum", "").unwrap_or(0.0);
+    let writes = |t: &str| {
+        kubelvs_measure::sample(t, "kubelvs_kernel_writes_total{dataplane=\"xdp\"}", "")
+            .unwrap_or(0.0)
+    };
     let w0 = writes(&m0);
     // One weight changes in the file: time until the maps are written.
     let edited = Instant::now();

@@ -368,16 +368,7 @@ impl ControlPlane {
             .lock()
             .unwrap()
             .iter()
-            .map(|(name, c)| {
-                let status =
-                    std::fs::read_to_string(format!("/proc/{}/status", c.id())).unwrap_or_default();
-                let kib = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                    .unwrap_or(0);
-                (*name, kib * 1024)
-            })
+            .map(|(name, c)| (*name, kubelvs_measure::rss_kib(c.id()) * 1024))
             .collect()
     }
 

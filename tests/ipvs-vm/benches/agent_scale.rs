@@ -13,12 +13,7 @@ use kubelvs_ipvs_vm::vm::{self, VmConfig};
 const GUEST: &str = env!("CARGO_BIN_EXE_kubelvs-ipvs-vm-guest");
 
 fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let n: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(10_000);
-    let m: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10);
+    let (n, m) = kubelvs_measure::bench_size((10_000, 10));
     let agent = vm::agent_binary(Path::new(GUEST));
     let config = VmConfig {
         mode: format!("agent-scale-{n}x{m}"),

@@ -35,32 +35,6 @@ fn yaml(n: usize, m: usize, weight_of_first: u32) -> String {
     y
 }
 
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-/// CPU seconds (user + system) and resident KiB of `pid`.
-fn proc_stat(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
-    ((ticks(11) + ticks(12)) / 100.0, rss)
-}
-
 /// `mode` is `agent-scale-NxM`.
 pub fn run(r: &mut Reporter, mode: &str) {
     let size = mode
@@ -126,10 +100,11 @@ pub fn run(r: &mut Reporter, mode: &str) {
             ))
         },
     );
-    let (cpu0, _) = proc_stat(pid);
+    let cpu0 = kubelvs_measure::cpu_seconds(pid);
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(65));
-    let (cpu1, rss) = proc_stat(pid);
+    let cpu1 = kubelvs_measure::cpu_seconds(pid);
+    let rss = kubelvs_measure::rss_kib(pid);
     r.measure(
         "agent_scale_idle_cpu",
         100.0 * (cpu1 - cpu0) / t0.elapsed().as_secs_f64(),
@@ -137,8 +112,9 @@ pub fn run(r: &mut Reporter, mode: &str) {
     );
     r.measure("agent_scale_rss", rss as f64 / 1024.0, "MiB");
     let m0 = metrics().unwrap_or_default();
-    let count = metric(&m0, "kubelvs_apply_duration_seconds_count").unwrap_or(0.0);
-    let sum = metric(&m0, "kubelvs_apply_duration_seconds_sum").unwrap_or(0.0);
+    let count =
+        kubelvs_measure::sample(&m0, "kubelvs_apply_duration_seconds_count", "").unwrap_or(0.0);
+    let sum = kubelvs_measure::sample(&m0, "kubelvs_apply_duration_seconds_sum", "").unwrap_or(0.0);
     r.measure(
         "agent_scale_mean_apply",
         1000.0 * sum / count.max(1.0),
