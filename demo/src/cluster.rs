@@ -1,6 +1,6 @@
 //! The demo through Kubernetes: the test suite's control plane (etcd, kube-apiserver,
 //! kube-controller-manager, built from pinned Go modules) on a host of the lab; the
-//! chart's CRDs and RBAC rendered by helm; the operator and one agent per node as
+//! chart installed with helm (CRDs, RBAC); the operator and one agent per node as
 //! processes with ServiceAccount tokens; the lab's objects applied with kubectl, the
 //! VIP allocated by the operator from an AddressPool; `kubectl get kubelvs` and
 //! `kubectl lvs` as things change.
@@ -146,18 +146,26 @@ pub fn run(agent: &Path, config: &crate::lab::Config, n: usize) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    println!("\n[2/7] the chart's CRDs and RBAC (helm), the operator and one agent per node");
-    cluster.install_crds().map_err(|e| e.to_string())?;
-    kubectl(&cluster, &["create", "namespace", "kube-lvs"])?;
+    println!("\n[2/7] helm install of the chart, the operator and one agent per node");
+    let install = cluster
+        .helm()
+        .args(["install", "kube-lvs"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/kube-lvs"))
+        .args(["--namespace", "kube-lvs", "--create-namespace"])
+        .output()
+        .map_err(|e| format!("helm: {e}"))?;
+    if !install.status.success() {
+        return Err(format!(
+            "helm install: {}",
+            String::from_utf8_lossy(&install.stderr)
+        ));
+    }
+    println!(
+        "      $ helm install kube-lvs charts/kube-lvs -n kube-lvs --create-namespace: CRDs, RBAC,\n      \
+         Services; its Deployment and DaemonSet never run (no kubelet here), so the\n      \
+         operator and agents run as processes with the chart's ServiceAccount tokens"
+    );
     kubectl(&cluster, &["create", "namespace", NAMESPACE])?;
-    cluster
-        .apply_chart_templates(
-            "kube-lvs",
-            "kube-lvs",
-            &["templates/agent-rbac.yaml", "templates/operator-rbac.yaml"],
-            &[],
-        )
-        .map_err(|e| e.to_string())?;
     let nodes: String = std::iter::once(node_object(&setup.lab.director, true))
         .chain(
             setup

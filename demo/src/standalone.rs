@@ -33,7 +33,9 @@ pub fn run(agent: &Path, source: &Config, n: usize, dataplane: Dataplane) -> Res
         &setup.leftovers.dir,
         &[],
     )?);
-    setup.wait_serving(started, &agents, Duration::from_secs(30))?;
+    // About a second on a host; under the microVM's emulated CPU (`--ipvs-vm`) four
+    // agents building their validation programs on one vCPU take tens of seconds.
+    setup.wait_serving(started, &agents, Duration::from_secs(120))?;
 
     let weights = weights_of(&config_text);
     println!("\n[3/6] {n} requests through the VIP");

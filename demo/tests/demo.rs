@@ -141,6 +141,10 @@ fn scripts_demo_cluster_runs_the_lab_through_kubernetes_and_the_plugin_shows_it(
         text.contains("the operator allocated 203.0.113.10 from AddressPool lab"),
         "{text}"
     );
+    assert!(
+        text.contains("$ helm install kube-lvs charts/kube-lvs -n kube-lvs"),
+        "{text}"
+    );
     // `kubectl get` followed the health: HEALTHY 3/3, then 2/3, then 3/3 again.
     let healthy: Vec<&str> = text
         .lines()
