@@ -155,6 +155,22 @@ static __always_inline struct klvs_real *bound_real(struct klvs_conn *conn, __u3
 	return real;
 }
 
+/*
+ * A TCP SYN without ACK opens a new connection. A binding left by an earlier one on
+ * the same ports must not carry it: clients reuse ports at once when the real server
+ * closed first (the TIME_WAIT is on its side), and the old binding may name a real
+ * server quiesced since. So a SYN is always scheduled from the ring, as Katran does
+ * (IPVS reschedules the same case with conn_reuse_mode). A retransmitted SYN gets the
+ * same real server while the ring is unchanged: the hash covers the 5-tuple.
+ * The caller has checked that the whole TCP header is in the packet.
+ */
+static __always_inline int opens_connection(void *l4, __u8 proto)
+{
+	struct tcphdr *th = l4;
+
+	return proto == IPPROTO_TCP && th->syn && !th->ack;
+}
+
 static __always_inline void count(__u32 idx)
 {
 	__u64 *c = bpf_map_lookup_elem(&counters, &idx);
@@ -300,7 +316,8 @@ static __always_inline int director6(struct xdp_md *ctx, struct ethhdr *eth, voi
 	struct klvs_real *real = NULL;
 	__u32 real_id = 0;
 	int new_conn = 0;
-	struct klvs_conn *conn = bpf_map_lookup_elem(&conns6, &fk);
+	struct klvs_conn *conn =
+		opens_connection(l4, proto) ? NULL : bpf_map_lookup_elem(&conns6, &fk);
 
 	real = bound_real(conn, vip_id, &real_id);
 	if (!real) {
@@ -470,7 +487,8 @@ static __always_inline int director(struct xdp_md *ctx)
 	struct klvs_real *real = NULL;
 	__u32 real_id = 0;
 	int new_conn = 0;
-	struct klvs_conn *conn = bpf_map_lookup_elem(&conns, &fk);
+	struct klvs_conn *conn =
+		opens_connection(l4, proto) ? NULL : bpf_map_lookup_elem(&conns, &fk);
 
 	real = bound_real(conn, vip_id, &real_id);
 	if (!real) {

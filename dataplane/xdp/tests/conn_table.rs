@@ -2,7 +2,8 @@
 //! through BPF_PROG_TEST_RUN: a flow bound to a real server id that was freed and
 //! given to another service's real server is rescheduled, not sent there; NAT
 //! replies of two services mapping to one real server port restore the right VIP
-//! port.
+//! port; a SYN reusing the ports of a flow bound to a quiesced real server is
+//! scheduled from the ring.
 
 mod common;
 
@@ -135,4 +136,44 @@ fn nat_replies_restore_the_port_of_the_newest_flow_sharing_their_key() {
         assert_eq!(verdict, XDP_TX);
         assert_eq!(reply_port(&d), vport, "reply of the flow to port {vport}");
     }
+}
+
+#[test]
+#[ignore = "privileged: loads BPF"]
+fn a_syn_reusing_the_ports_of_a_flow_to_a_quiesced_real_server_goes_by_the_ring() {
+    let (x, w) = ("198.51.100.11", "198.51.100.12");
+    let neigh: HashMap<IpAddr, Mac> = [x, w].iter().map(|a| mac_of(a)).collect();
+    let mut d = XdpDirector::load(opts()).unwrap();
+    let vip = "203.0.113.1";
+    let svc =
+        |weight_of_x: u32| service(vip, 80, Forwarding::Dr, &[(x, 80, weight_of_x), (w, 80, 1)]);
+    let t0 = Instant::now();
+    d.apply_at(&[svc(1)], &neigh, t0).unwrap();
+    let sport = (40000..41000)
+        .find(|p| dr_to(&d, vip, *p, TCP_SYN) == mac_of(x).1)
+        .unwrap();
+
+    // x quiesced (weight 0, as a failed health check does): out of the ring, and its
+    // open connection carries on.
+    d.apply_at(&[svc(0)], &neigh, t0).unwrap();
+    assert_eq!(
+        dr_to(&d, vip, sport, TCP_ACK),
+        mac_of(x).1,
+        "the open connection"
+    );
+    assert_eq!(
+        dr_to(&d, vip, sport, TCP_SYN | TCP_ACK),
+        mac_of(x).1,
+        "SYN+ACK is not a client opening a connection"
+    );
+
+    // The client opens a new connection from the same port (the real server closed
+    // the last one, so the client may reuse it at once): the ring decides, and the
+    // binding follows the new connection.
+    assert_eq!(
+        dr_to(&d, vip, sport, TCP_SYN),
+        mac_of(w).1,
+        "a new connection to a quiesced real server"
+    );
+    assert_eq!(dr_to(&d, vip, sport, TCP_ACK), mac_of(w).1);
 }
