@@ -159,7 +159,7 @@ fn agent_standalone_in_microvm() {
     let agent = vm::agent_binary(Path::new(GUEST));
     let outcome = boot_with(
         "agent",
-        Duration::from_secs(300),
+        Duration::from_secs(420),
         vec![("/bin/kube-lvs-agent".into(), agent)],
     );
     assert_passed(&outcome, AGENT_CASES);

@@ -229,7 +229,9 @@ pub fn run(r: &mut Reporter, lab: &Lab, config_base: &str) {
         r.case("agent_forwarding_config", Err(e));
         return;
     }
-    let ready = poll(Duration::from_secs(30), || {
+    // Generous: three agents start at once and each builds its CRD schemas and CEL
+    // programs before the first plan, on one emulated vCPU (25-35 s seen).
+    let ready = poll(Duration::from_secs(120), || {
         REAL_SERVERS
             .iter()
             .all(|(ns, _)| prepared(ns).is_ok())
