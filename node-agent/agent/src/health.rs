@@ -65,15 +65,19 @@ fn describe(probe: &Probe) -> String {
             payload,
             require_reply,
             ..
-        } => format!(
-            "udp {} bytes{}",
-            payload.len(),
-            if *require_reply {
-                ", reply required"
-            } else {
-                ""
-            }
-        ),
+        } => {
+            // The payload itself, not its length: two checks sending different
+            // datagrams are two probes.
+            let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
+            format!(
+                "udp [{hex}]{}",
+                if *require_reply {
+                    ", reply required"
+                } else {
+                    ""
+                }
+            )
+        }
         Probe::Http {
             tls,
             path,
@@ -467,5 +471,32 @@ mod tests {
         let mut s = State::default();
         assert_eq!(observe_all(&mut s, &[false], 0, 0), [Transition::Down]);
         assert_eq!(observe_all(&mut s, &[true], 0, 0), [Transition::Up]);
+    }
+
+    #[test]
+    fn udp_checks_with_different_payloads_are_different_probes() {
+        let udp = |payload: &[u8], require_reply: bool| HealthCheck {
+            probe: Probe::Udp {
+                port: None,
+                payload: payload.to_vec(),
+                require_reply,
+            },
+            interval_ms: 1000,
+            timeout_ms: 1000,
+            rise: 1,
+            fall: 1,
+        };
+        let at = |c: &HealthCheck| target_of(c, "192.0.2.11".parse().unwrap(), 53);
+        assert_ne!(
+            at(&udp(&[1, 2], true)),
+            at(&udp(&[3, 4], true)),
+            "same length"
+        );
+        assert_ne!(at(&udp(&[1, 2], true)), at(&udp(&[1, 2], false)));
+        assert_eq!(at(&udp(&[1, 2], true)), at(&udp(&[1, 2], true)));
+        assert_eq!(
+            at(&udp(&[0xde, 0xad], true)).check.probe,
+            "udp [dead], reply required"
+        );
     }
 }

@@ -158,16 +158,11 @@ fn publish_status(source: &Source, reported: &Reported, plan: &NodePlan, sample:
     let Source::Cluster { status, .. } = source else {
         return;
     };
-    let time = sample.at.map(|(_, wall)| {
-        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            k8s_openapi::jiff::Timestamp::try_from(wall).unwrap_or_default(),
-        )
-    });
     status.send_replace(status::desired(
         &reported.directors,
         &reported.observations,
         &status::traffic(plan, &sample.reports),
-        time.as_ref(),
+        sample.at.map(|(_, wall)| wall),
     ));
 }
 

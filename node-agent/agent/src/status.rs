@@ -12,7 +12,8 @@
 //! Probe times and traffic counters change all the time: they alone never make a
 //! write due (`without_samples`); they go out with the next other change or refresh.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -20,7 +21,8 @@ use kubelvs_crds::{
     DirectorStatus, HealthObservation, PortTraffic, RealServerTraffic, TrafficCounters,
 };
 use kubelvs_model::{
-    DataplaneKind, DataplaneReport, NodePlan, ObjectRef, Outcome, Traffic, TrafficReport,
+    DataplaneKind, DataplaneReport, NodePlan, ObjectRef, Outcome, ServiceKey, Traffic,
+    TrafficReport,
 };
 
 use crate::health::{target_of, State, Target};
@@ -95,11 +97,16 @@ pub fn directors(
     out
 }
 
-fn wall(t: Instant, now: Instant, wall_now: SystemTime) -> Time {
-    let at = wall_now
-        .checked_sub(now.saturating_duration_since(t))
-        .unwrap_or(wall_now);
+fn time(at: SystemTime) -> Time {
     Time(k8s_openapi::jiff::Timestamp::try_from(at).unwrap_or_default())
+}
+
+fn wall(t: Instant, now: Instant, wall_now: SystemTime) -> Time {
+    time(
+        wall_now
+            .checked_sub(now.saturating_duration_since(t))
+            .unwrap_or(wall_now),
+    )
 }
 
 /// This node's observation of every RealServer it health-checks.
@@ -147,23 +154,34 @@ pub fn traffic(
     plan: &NodePlan,
     reports: &[(&str, TrafficReport)],
 ) -> BTreeMap<ObjectRef, Vec<PortTraffic>> {
+    // Indexed once: a plan of 10,000 services x 10 real servers is looked up 110,000
+    // times per read. The first entry of a key wins, as a scan in report order would.
+    let mut services: HashMap<(&str, ServiceKey), &Traffic> = HashMap::new();
+    let mut real_servers: HashMap<(&str, Option<ServiceKey>, SocketAddr), &Traffic> =
+        HashMap::new();
+    for (dataplane, report) in reports {
+        for (key, t) in &report.services {
+            services.entry((*dataplane, *key)).or_insert(t);
+        }
+        for (key, addr, t) in &report.real_servers {
+            real_servers.entry((*dataplane, *key, *addr)).or_insert(t);
+        }
+    }
     let mut out: BTreeMap<ObjectRef, Vec<PortTraffic>> = BTreeMap::new();
     for s in &plan.services {
-        let Some((_, report)) = reports.iter().find(|(d, _)| *d == s.dataplane.name()) else {
-            continue;
-        };
-        let Some((_, total)) = report.services.iter().find(|(k, _)| *k == s.key) else {
+        let dataplane = s.dataplane.name();
+        let Some(total) = services.get(&(dataplane, s.key)) else {
             continue;
         };
         let real_servers = s
             .real_servers
             .iter()
             .filter_map(|r| {
-                let addr = std::net::SocketAddr::new(r.address, r.port);
-                let (_, _, t) = report
-                    .real_servers
-                    .iter()
-                    .find(|(k, a, _)| *a == addr && k.is_none_or(|k| k == s.key))?;
+                let addr = SocketAddr::new(r.address, r.port);
+                // Per service (IPVS), or per address:port across services (XDP).
+                let t = real_servers
+                    .get(&(dataplane, Some(s.key), addr))
+                    .or_else(|| real_servers.get(&(dataplane, None, addr)))?;
                 Some(RealServerTraffic {
                     address: addr.to_string(),
                     counters: counters(t),
@@ -185,14 +203,15 @@ pub fn desired(
     directors: &BTreeMap<ObjectRef, DirectorStatus>,
     observations: &BTreeMap<ObjectRef, HealthObservation>,
     traffic: &BTreeMap<ObjectRef, Vec<PortTraffic>>,
-    traffic_time: Option<&Time>,
+    traffic_time: Option<SystemTime>,
 ) -> BTreeMap<(String, ObjectRef), serde_json::Value> {
+    let traffic_time = traffic_time.map(time);
     let mut out = BTreeMap::new();
     for (vs, entry) in directors {
         let mut entry = entry.clone();
         if let Some(t) = traffic.get(vs) {
             entry.traffic = t.clone();
-            entry.traffic_time = traffic_time.cloned();
+            entry.traffic_time = traffic_time.clone();
         }
         let body = apply_body(
             "VirtualService",
@@ -423,15 +442,15 @@ mod tests {
             )]
             .into()
         };
-        let time = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        let at = SystemTime::UNIX_EPOCH;
         let key = ("VirtualService".to_owned(), web.clone());
-        let one = &desired(&d, &BTreeMap::new(), &traffic_of(1), Some(&time))[&key];
+        let one = &desired(&d, &BTreeMap::new(), &traffic_of(1), Some(at))[&key];
         let entry = &one["status"]["directors"][0];
         assert_eq!(entry["node"], "n1");
         assert_eq!(entry["traffic"][0]["connections"], 1);
         assert_eq!(entry["traffic"][0]["service"], "203.0.113.1:80/TCP");
         assert!(entry["trafficTime"].is_string());
-        let two = &desired(&d, &BTreeMap::new(), &traffic_of(2), Some(&time))[&key];
+        let two = &desired(&d, &BTreeMap::new(), &traffic_of(2), Some(at))[&key];
 
         let refresh = std::time::Duration::from_secs(30);
         let young = std::time::Duration::from_secs(1);
@@ -448,7 +467,7 @@ mod tests {
         );
         let mut failed = d.clone();
         failed.get_mut(&web).unwrap().healthy_real_servers += 1;
-        let three = &desired(&failed, &BTreeMap::new(), &traffic_of(1), Some(&time))[&key];
+        let three = &desired(&failed, &BTreeMap::new(), &traffic_of(1), Some(at))[&key];
         assert!(
             write_due(Some((one, young)), three, refresh),
             "a real change at once"
