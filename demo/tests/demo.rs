@@ -7,21 +7,27 @@
 //! which the machine confirms.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 fn repo() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
-/// Runs `scripts/demo` with `args`; its stdout, and its pid (the script execs the demo).
-fn run_demo(args: &[&str]) -> (String, u32) {
-    let child = Command::new(repo().join("scripts/demo"))
+/// Starts `scripts/demo` with `args`, its output piped. Its pid is the demo's (the
+/// script execs it).
+fn spawn_demo(args: &[&str]) -> Child {
+    Command::new(repo().join("scripts/demo"))
         .args(args)
         .current_dir(repo())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs `scripts/demo` with `args`; its stdout, and its pid.
+fn run_demo(args: &[&str]) -> (String, u32) {
+    let child = spawn_demo(args);
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -223,13 +229,7 @@ fn scripts_demo_ipvs_vm_runs_the_same_demo_on_kernel_ipvs_in_the_microvm() {
 #[ignore = "privileged: network namespaces and XDP; scripts/test runs it"]
 fn ctrl_c_in_the_middle_cleans_everything_up() {
     use std::io::{BufRead, BufReader};
-    let mut child = Command::new(repo().join("scripts/demo"))
-        .args(["--requests", "100000"])
-        .current_dir(repo())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_demo(&["--requests", "100000"]);
     let pid = child.id();
     // Wait until requests are flowing through the lab, then Ctrl-C.
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();

@@ -67,19 +67,7 @@ spec: {address: 198.51.100.2, drain: true}
     // What an agent on a node reports (its own field manager, status only).
     let report_as = |node: &str, kind: &str, name: &str, status: &str| {
         cluster
-            .kubectl_stdin(
-                &[
-                    "apply",
-                    "--server-side",
-                    "--subresource=status",
-                    &format!("--field-manager=kubelvs-agent/{node}"),
-                    "-n",
-                    ns.name(),
-                    "-f",
-                    "-",
-                ],
-                &format!("apiVersion: kubelvs.io/v1alpha1\nkind: {kind}\nmetadata: {{name: {name}}}\nstatus: {status}\n"),
-            )
+            .apply_status_as_agent(node, ns.name(), kind, name, status)
             .unwrap();
     };
     let report = |kind: &str, name: &str, status: &str| report_as("lb1", kind, name, status);

@@ -303,19 +303,13 @@ spec: {address: 10.0.0.1}
     // and leaves both entries alone.
     let report = |node: &str, healthy: u32| {
         s.cluster
-            .kubectl_stdin(
-                &[
-                    "apply",
-                    "--server-side",
-                    "--subresource=status",
-                    &format!("--field-manager=kubelvs-agent/{node}"),
-                    "-n",
-                    s.name(),
-                    "-f",
-                    "-",
-                ],
+            .apply_status_as_agent(
+                node,
+                s.name(),
+                "VirtualService",
+                "a",
                 &format!(
-                    "apiVersion: kubelvs.io/v1alpha1\nkind: VirtualService\nmetadata: {{name: a}}\nstatus:\n  directors: [{{node: {node}, programmed: true, dataplane: ipvs, healthyRealServers: {healthy}}}]\n"
+                    "{{directors: [{{node: {node}, programmed: true, dataplane: ipvs, healthyRealServers: {healthy}}}]}}"
                 ),
             )
             .unwrap();

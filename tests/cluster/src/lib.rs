@@ -535,6 +535,34 @@ impl Cluster {
         run(self.kubectl().args(args), Some(input))
     }
 
+    /// What node `node`'s agent writes: a server-side apply of `status` (a flow-style
+    /// YAML value) on the kubelvs.io object `kind`/`name` in `namespace`, status
+    /// subresource only, under the agent's field manager `kubelvs-agent/<node>`.
+    pub fn apply_status_as_agent(
+        &self,
+        node: &str,
+        namespace: &str,
+        kind: &str,
+        name: &str,
+        status: &str,
+    ) -> Result<String, Error> {
+        self.kubectl_stdin(
+            &[
+                "apply",
+                "--server-side",
+                "--subresource=status",
+                &format!("--field-manager=kubelvs-agent/{node}"),
+                "-n",
+                namespace,
+                "-f",
+                "-",
+            ],
+            &format!(
+                "apiVersion: kubelvs.io/v1alpha1\nkind: {kind}\nmetadata: {{name: {name}}}\nstatus: {status}\n"
+            ),
+        )
+    }
+
     /// Installs the chart's CRDs (server-side apply, so it is idempotent) and waits
     /// until they are served.
     pub fn install_crds(&self) -> Result<(), Error> {

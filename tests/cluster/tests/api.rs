@@ -202,20 +202,15 @@ fn names_field_matches_whole_paths_only() {
 
 /// Server-side apply of a VirtualService's status by one node's field manager.
 fn apply_director_status(cluster: &Cluster, ns: &str, node: &str, healthy: u32) {
-    let body = format!(
-        "apiVersion: kubelvs.io/v1alpha1\nkind: VirtualService\nmetadata: {{name: web-dr, namespace: {ns}}}\nstatus:\n  directors:\n  - {{node: {node}, programmed: true, dataplane: ipvs, healthyRealServers: {healthy}}}\n"
-    );
     cluster
-        .kubectl_stdin(
-            &[
-                "apply",
-                "--server-side",
-                "--subresource=status",
-                &format!("--field-manager=kubelvs-agent/{node}"),
-                "-f",
-                "-",
-            ],
-            &body,
+        .apply_status_as_agent(
+            node,
+            ns,
+            "VirtualService",
+            "web-dr",
+            &format!(
+                "{{directors: [{{node: {node}, programmed: true, dataplane: ipvs, healthyRealServers: {healthy}}}]}}"
+            ),
         )
         .unwrap_or_else(|e| panic!("status apply by {node}: {e}"));
 }
