@@ -4,20 +4,56 @@
 
 #![forbid(unsafe_code)]
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use prometheus_client::encoding::text::encode;
+use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// What the endpoint shows.
-pub trait Observed: Send + Sync + 'static {
+/// What the endpoint shows: a binary's registered metrics and whether it is ready.
+#[derive(Debug)]
+pub struct Observed {
+    registry: Registry,
+    ready: AtomicBool,
+    /// The /readyz body until [`Observed::set_ready`].
+    not_ready: &'static str,
+}
+
+impl Observed {
+    /// Not ready until told; `not_ready` says what is awaited.
+    pub fn new(registry: Registry, not_ready: &'static str) -> Self {
+        Self {
+            registry,
+            ready: AtomicBool::new(false),
+            not_ready,
+        }
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
     /// The OpenMetrics text of every metric.
-    fn metrics(&self) -> String;
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
     /// `Ok` when ready to serve, else why not (the /readyz body).
-    fn ready(&self) -> Result<(), String>;
+    fn ready(&self) -> Result<(), &'static str> {
+        if self.ready.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err(self.not_ready)
+        }
+    }
 }
 
 /// Serves `observed` on `listener` until the runtime stops.
-pub async fn serve(listener: tokio::net::TcpListener, observed: Arc<dyn Observed>) {
+pub async fn serve(listener: tokio::net::TcpListener, observed: Arc<Observed>) {
     loop {
         let Ok((mut conn, _)) = listener.accept().await else {
             continue;
@@ -32,7 +68,7 @@ pub async fn serve(listener: tokio::net::TcpListener, observed: Arc<dyn Observed
                 "/metrics" => (
                     "200 OK",
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    observed.metrics(),
+                    observed.render(),
                 ),
                 "/healthz" => ("200 OK", "text/plain", "ok\n".to_owned()),
                 "/readyz" => match observed.ready() {

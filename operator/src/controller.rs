@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -446,6 +445,6 @@ pub async fn run_controllers(
         debounce,
     ));
     crate::service_controller::run(client, stores, metrics.clone(), events_tx).await;
-    metrics.ready.store(false, Ordering::Relaxed);
+    metrics.observed.set_ready(false);
     anyhow::bail!("the Service controller stopped")
 }

@@ -2,7 +2,6 @@
 //! controller, one active replica at a time (Lease leader election).
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -79,9 +78,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.metrics_address)
         .await
         .with_context(|| format!("--metrics-address {}", args.metrics_address))?;
-    tokio::spawn(kubelvs_observe::serve(listener, metrics.clone()));
+    tokio::spawn(kubelvs_observe::serve(listener, metrics.observed.clone()));
     // A standby is ready too: it serves its purpose by waiting.
-    metrics.ready.store(true, Ordering::Relaxed);
+    metrics.observed.set_ready(true);
 
     let duration = Duration::from_secs(args.lease_duration_seconds.max(3));
     let mut elector = Elector::new(

@@ -1,9 +1,8 @@
 //! The operator's Prometheus metrics (`kubelvs_operator_` prefix, see docs/operator.md).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use prometheus_client::encoding::text::encode;
+use kubelvs_observe::Observed;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -37,62 +36,65 @@ pub struct PoolLabels {
 /// Every metric the operator exports.
 #[derive(Debug)]
 pub struct Metrics {
-    registry: Mutex<Registry>,
+    /// What /metrics and /readyz show: ready once the watches have listed (leader) or
+    /// the candidate is waiting (standby).
+    pub observed: Arc<Observed>,
     pub reconciles: Family<ControllerLabels, Counter>,
     pub reconcile_duration: Histogram,
     pub writes: Family<WriteLabels, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
     pub pool_addresses: Family<PoolLabels, Gauge>,
     pub leader: Gauge,
-    /// Set once the watches have listed (leader) or the candidate is waiting (standby).
-    pub ready: AtomicBool,
 }
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
         let mut registry = Registry::with_prefix("kubelvs_operator");
-        let m = Self {
-            registry: Mutex::new(Registry::default()),
-            reconciles: Family::default(),
-            reconcile_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
-            writes: Family::default(),
-            errors: Family::default(),
-            pool_addresses: Family::default(),
-            leader: Gauge::default(),
-            ready: AtomicBool::new(false),
-        };
+        let reconciles = Family::default();
+        let reconcile_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 18));
+        let writes = Family::default();
+        let errors = Family::default();
+        let pool_addresses = Family::default();
+        let leader = Gauge::default();
         registry.register(
             "reconciles",
             "Reconciles by controller (virtualservice: one pass over all VirtualServices and AddressPools; service: one Service) and result",
-            m.reconciles.clone(),
+            reconciles.clone(),
         );
         registry.register(
             "reconcile_duration_seconds",
             "Time of one reconcile, writes included",
-            m.reconcile_duration.clone(),
+            reconcile_duration.clone(),
         );
         registry.register(
             "writes",
             "API writes by kind and write (status, apply, delete, finalizer)",
-            m.writes.clone(),
+            writes.clone(),
         );
         registry.register(
             "errors",
             "Errors by kind (api, conflict, malformed, invalid)",
-            m.errors.clone(),
+            errors.clone(),
         );
         registry.register(
             "pool_addresses",
             "Addresses of each AddressPool by state (allocated, available)",
-            m.pool_addresses.clone(),
+            pool_addresses.clone(),
         );
         registry.register(
             "leader",
             "1 while this replica holds the leader Lease",
-            m.leader.clone(),
+            leader.clone(),
         );
-        *m.registry.lock().unwrap() = registry;
-        Arc::new(m)
+        Arc::new(Self {
+            observed: Arc::new(Observed::new(registry, "the watches have not listed yet")),
+            reconciles,
+            reconcile_duration,
+            writes,
+            errors,
+            pool_addresses,
+            leader,
+        })
     }
 
     pub fn write(&self, kind: &str, write: &str) {
@@ -118,25 +120,5 @@ impl Metrics {
             })
             .inc();
         self.reconcile_duration.observe(seconds);
-    }
-
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let _ = encode(&mut out, &self.registry.lock().unwrap());
-        out
-    }
-}
-
-impl kubelvs_observe::Observed for Metrics {
-    fn metrics(&self) -> String {
-        self.render()
-    }
-
-    fn ready(&self) -> Result<(), String> {
-        if self.ready.load(Ordering::Relaxed) {
-            Ok(())
-        } else {
-            Err("the watches have not listed yet".into())
-        }
     }
 }

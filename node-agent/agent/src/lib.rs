@@ -17,7 +17,6 @@ pub mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -357,7 +356,7 @@ pub fn run(
                 .iter()
                 .any(|n| matches!(n.state, kubelvs_model::RealServerState::Unresolved(_)))
         });
-        metrics.ready.store(true, Ordering::Relaxed);
+        metrics.observed.set_ready(true);
         last_apply = Some(Instant::now());
     }
 }
@@ -397,7 +396,7 @@ mod debounce_tests {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let sender = std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
                 let _ = tx.send(Event::Health);
                 std::thread::sleep(QUIET / 5);
             }
@@ -405,7 +404,7 @@ mod debounce_tests {
         let started = Instant::now();
         let burst = gather(&rx, QUIET, || false);
         let took = started.elapsed();
-        stop.store(true, Ordering::Relaxed);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
         sender.join().unwrap();
         assert_eq!(
             burst,

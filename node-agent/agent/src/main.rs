@@ -212,7 +212,7 @@ fn main() -> anyhow::Result<()> {
         let listener = rt
             .block_on(tokio::net::TcpListener::bind(args.metrics_address))
             .with_context(|| format!("--metrics-address {}", args.metrics_address))?;
-        rt.spawn(kubelvs_observe::serve(listener, metrics.clone()));
+        rt.spawn(kubelvs_observe::serve(listener, metrics.observed.clone()));
         let wake = wake.clone();
         rt.spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};

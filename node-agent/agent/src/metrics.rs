@@ -1,10 +1,9 @@
 //! Prometheus metrics (`kubelvs_` prefix, see docs/metrics.md) and the /metrics,
 //! /healthz and /readyz answers (served by `kubelvs-observe`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use prometheus_client::encoding::text::encode;
+use kubelvs_observe::Observed;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -104,7 +103,8 @@ where
 /// Every metric the agent exports.
 #[derive(Debug)]
 pub struct Metrics {
-    pub registry: Mutex<Registry>,
+    /// What /metrics and /readyz show: ready once the first apply has finished.
+    pub observed: Arc<Observed>,
     pub apply_duration: Histogram,
     pub kernel_writes: Family<DataplaneLabels, Counter>,
     pub outcomes: Family<OutcomeLabels, Gauge>,
@@ -113,7 +113,6 @@ pub struct Metrics {
     pub health_transitions: Counter,
     pub virtual_service: TrafficFamilies<ServiceLabels>,
     pub real_server: TrafficFamilies<BackendLabels>,
-    pub ready: AtomicBool,
 }
 
 impl Metrics {
@@ -160,7 +159,7 @@ impl Metrics {
         let real_server = TrafficFamilies::new();
         real_server.register(&mut registry, "real_server");
         Arc::new(Self {
-            registry: Mutex::new(registry),
+            observed: Arc::new(Observed::new(registry, "the first apply has not finished")),
             virtual_service,
             real_server,
             apply_duration,
@@ -169,28 +168,7 @@ impl Metrics {
             real_server_healthy,
             rejected_objects,
             health_transitions,
-            ready: AtomicBool::new(false),
         })
-    }
-
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let _ = encode(&mut out, &self.registry.lock().unwrap());
-        out
-    }
-}
-
-impl kubelvs_observe::Observed for Metrics {
-    fn metrics(&self) -> String {
-        self.render()
-    }
-
-    fn ready(&self) -> Result<(), String> {
-        if self.ready.load(Ordering::Relaxed) {
-            Ok(())
-        } else {
-            Err("the first apply has not finished".into())
-        }
     }
 }
 
@@ -218,7 +196,7 @@ mod tests {
         m.virtual_service.observe(l.clone(), t(2));
         assert_eq!(m.virtual_service.connections.get_or_create(&l).get(), 10);
         assert_eq!(m.virtual_service.bytes.get_or_create(&l).get(), 1000);
-        let text = m.render();
+        let text = m.observed.render();
         assert!(text.contains("kubelvs_virtual_service_connections_total{dataplane=\"ipvs\",service=\"203.0.113.1:80/TCP\"} 10"), "{text}");
     }
 }
