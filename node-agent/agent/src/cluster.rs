@@ -134,12 +134,12 @@ impl ClusterSource {
         fn take<K: Clone + Resource<DynamicType = ()>>(
             store: &Store<DeserializeGuard<K>>,
             kind: &str,
-            out: &mut Vec<K>,
+            out: &mut Vec<Arc<K>>,
             rejected: &mut Vec<Rejected>,
         ) {
             for o in store.state() {
                 match &o.0 {
-                    Ok(k) => out.push(k.clone()),
+                    Ok(k) => out.push(Arc::new(k.clone())),
                     Err(e) => {
                         let namespace = e.metadata.namespace.clone().unwrap_or_default();
                         let name = e.metadata.name.clone().unwrap_or_default();

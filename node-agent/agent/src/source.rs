@@ -4,25 +4,27 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use kubelvs_crds::validate::Object;
 use kubelvs_crds::{AddressPool, RealServer, VirtualService};
 
-/// The objects the planner takes.
+/// The objects the planner takes, shared with whatever keeps them between reloads
+/// (the parse cache, a watch cache): one copy of each object, not one per holder.
 #[derive(Debug, Clone, Default)]
 pub struct Objects {
-    pub virtual_services: Vec<VirtualService>,
-    pub real_servers: Vec<RealServer>,
-    pub address_pools: Vec<AddressPool>,
+    pub virtual_services: Vec<Arc<VirtualService>>,
+    pub real_servers: Vec<Arc<RealServer>>,
+    pub address_pools: Vec<Arc<AddressPool>>,
 }
 
 impl Objects {
     pub fn planner(&self) -> kubelvs_planner::Objects<'_> {
-        kubelvs_planner::Objects {
-            virtual_services: &self.virtual_services,
-            real_servers: &self.real_servers,
-            address_pools: &self.address_pools,
-        }
+        kubelvs_planner::Objects::of(
+            self.virtual_services.iter().map(|o| &**o),
+            self.real_servers.iter().map(|o| &**o),
+            self.address_pools.iter().map(|o| &**o),
+        )
     }
 }
 
@@ -37,7 +39,15 @@ pub fn parse(text: &str) -> (Objects, Vec<Rejected>) {
 }
 
 /// What one document gave: an object that passed validation, or why not.
-type Parsed = Result<Object, String>;
+type Parsed = Result<Shared, String>;
+
+/// A validated object, shared between the cache and the [`Objects`] of a parse.
+#[derive(Debug, Clone)]
+enum Shared {
+    VirtualService(Arc<VirtualService>),
+    RealServer(Arc<RealServer>),
+    AddressPool(Arc<AddressPool>),
+}
 
 /// [`parse`] that remembers each document's result by its text, so a reload after
 /// an edit parses and validates only the documents that changed (validation is the
@@ -76,23 +86,31 @@ fn parse_one(doc: &str) -> Parsed {
         _ => return Err("not one YAML document".into()),
     };
     obj.validate().map_err(|e| e.to_string())?;
-    Ok(obj)
+    Ok(match obj {
+        Object::VirtualService(o) => Shared::VirtualService(Arc::new(o)),
+        Object::RealServer(o) => Shared::RealServer(Arc::new(o)),
+        Object::AddressPool(o) => Shared::AddressPool(Arc::new(o)),
+    })
 }
 
 impl Cache {
     pub fn parse(&mut self, text: &str) -> (Objects, Vec<Rejected>) {
         let mut objects = Objects::default();
         let mut rejected = Vec::new();
-        let mut seen: HashMap<String, Parsed> = HashMap::new();
+        let mut seen: HashMap<String, Parsed> = HashMap::with_capacity(self.docs.len());
         for (i, doc) in documents(text).into_iter().enumerate() {
-            let result = match self.docs.remove(doc).or_else(|| seen.get(doc).cloned()) {
-                Some(r) => r,
-                None => parse_one(doc),
+            // A document seen last time keeps its key; a repeated one is parsed once.
+            let (key, result) = match self.docs.remove_entry(doc) {
+                Some(kept) => kept,
+                None => match seen.get(doc) {
+                    Some(r) => (doc.to_owned(), r.clone()),
+                    None => (doc.to_owned(), parse_one(doc)),
+                },
             };
             match &result {
-                Ok(Object::VirtualService(o)) => objects.virtual_services.push(o.clone()),
-                Ok(Object::RealServer(o)) => objects.real_servers.push(o.clone()),
-                Ok(Object::AddressPool(o)) => objects.address_pools.push(o.clone()),
+                Ok(Shared::VirtualService(o)) => objects.virtual_services.push(o.clone()),
+                Ok(Shared::RealServer(o)) => objects.real_servers.push(o.clone()),
+                Ok(Shared::AddressPool(o)) => objects.address_pools.push(o.clone()),
                 Err(e) => rejected.push(Rejected(
                     format!(
                         "document {}: {}",
@@ -102,7 +120,7 @@ impl Cache {
                     None,
                 )),
             }
-            seen.insert(doc.to_owned(), result);
+            seen.insert(key, result);
         }
         self.docs = seen;
         (objects, rejected)

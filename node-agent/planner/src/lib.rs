@@ -47,12 +47,29 @@ pub struct NodeIdentity {
     pub addresses: Vec<IpAddr>,
 }
 
-/// Every object the plan depends on.
-#[derive(Debug, Clone, Copy, Default)]
+/// Every object the plan depends on, borrowed from wherever the caller keeps them
+/// (shared with a watch cache or a file's parse cache: at 100,000 objects a copy
+/// for planning is hundreds of megabytes).
+#[derive(Debug, Clone, Default)]
 pub struct Objects<'a> {
-    pub virtual_services: &'a [VirtualService],
-    pub real_servers: &'a [RealServerObject],
-    pub address_pools: &'a [AddressPool],
+    pub virtual_services: Vec<&'a VirtualService>,
+    pub real_servers: Vec<&'a RealServerObject>,
+    pub address_pools: Vec<&'a AddressPool>,
+}
+
+impl<'a> Objects<'a> {
+    /// Borrows every object of the three lists.
+    pub fn of(
+        virtual_services: impl IntoIterator<Item = &'a VirtualService>,
+        real_servers: impl IntoIterator<Item = &'a RealServerObject>,
+        address_pools: impl IntoIterator<Item = &'a AddressPool>,
+    ) -> Self {
+        Self {
+            virtual_services: virtual_services.into_iter().collect(),
+            real_servers: real_servers.into_iter().collect(),
+            address_pools: address_pools.into_iter().collect(),
+        }
+    }
 }
 
 /// Computes what `node` must program.
@@ -68,7 +85,7 @@ pub fn plan_node(node: &NodeIdentity, objects: Objects<'_>) -> NodePlan {
         .collect();
     resolved.sort_by_key(Resolved::age_key);
 
-    let index = RealServerIndex::new(objects.real_servers);
+    let index = RealServerIndex::new(objects.real_servers.iter().copied());
     let mut claimed: BTreeMap<ServiceKey, ObjectRef> = BTreeMap::new();
     let mut services = Vec::new();
     let mut vips: BTreeMap<(IpAddr, Option<TunnelKind>), BTreeSet<ObjectRef>> = BTreeMap::new();
@@ -181,18 +198,20 @@ pub fn plan_node(node: &NodeIdentity, objects: Objects<'_>) -> NodePlan {
             continue;
         }
         let source_address = match forwarding {
-            Forwarding::FullNat => match fullnat_source(node, r.vs, r.vip, objects.address_pools) {
-                Ok(a) => Some(a),
-                Err(message) => {
-                    problems.push(Problem {
-                        object: vs_ref.clone(),
-                        field: "spec.sourceAddressPool".into(),
-                        reason: ProblemReason::Unresolved,
-                        message,
-                    });
-                    continue;
+            Forwarding::FullNat => {
+                match fullnat_source(node, r.vs, r.vip, &objects.address_pools) {
+                    Ok(a) => Some(a),
+                    Err(message) => {
+                        problems.push(Problem {
+                            object: vs_ref.clone(),
+                            field: "spec.sourceAddressPool".into(),
+                            reason: ProblemReason::Unresolved,
+                            message,
+                        });
+                        continue;
+                    }
                 }
-            },
+            }
             _ => None,
         };
         // `drain: true`: out of the director's plan, so the dataplane drains it (weight
@@ -496,7 +515,7 @@ fn fullnat_source(
     node: &NodeIdentity,
     vs: &VirtualService,
     vip: IpAddr,
-    pools: &[AddressPool],
+    pools: &[&AddressPool],
 ) -> Result<IpAddr, String> {
     let pool_name = vs.spec.source_address_pool.as_deref().unwrap_or_default();
     let pool = pools

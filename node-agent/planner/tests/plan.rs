@@ -85,14 +85,7 @@ fn plan(
     rss: &[RealServer],
     pools: &[AddressPool],
 ) -> NodePlan {
-    plan_node(
-        n,
-        Objects {
-            virtual_services: vss,
-            real_servers: rss,
-            address_pools: pools,
-        },
-    )
+    plan_node(n, Objects::of(vss, rss, pools))
 }
 
 fn ip(s: &str) -> IpAddr {

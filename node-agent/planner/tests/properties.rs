@@ -99,14 +99,14 @@ proptest! {
         rot in 0..8usize,
     ) {
         let (vss, rss) = (unique_names(vss), unique_names(rss));
-        let forward = plan_node(&node, Objects { virtual_services: &vss, real_servers: &rss, address_pools: &[] });
+        let forward = plan_node(&node, Objects::of(&vss, &rss, []));
         let (mut rv, mut rr) = (vss.clone(), rss.clone());
         // Rotations and reversal: cheap permutations that move every element.
         let (nv, nr) = (rv.len().max(1), rr.len().max(1));
         rv.rotate_left(rot % nv);
         rr.reverse();
         rr.rotate_left(rot % nr);
-        let backward = plan_node(&node, Objects { virtual_services: &rv, real_servers: &rr, address_pools: &[] });
+        let backward = plan_node(&node, Objects::of(&rv, &rr, []));
         prop_assert_eq!(forward, backward);
     }
 
@@ -117,7 +117,7 @@ proptest! {
         rss in prop::collection::vec(arb_rs(), 0..8),
     ) {
         let (vss, rss) = (unique_names(vss), unique_names(rss));
-        let plan = plan_node(&node, Objects { virtual_services: &vss, real_servers: &rss, address_pools: &[] });
+        let plan = plan_node(&node, Objects::of(&vss, &rss, []));
 
         // One service per VIP:port/protocol.
         let keys: HashSet<_> = plan.services.iter().map(|s| s.key).collect();
