@@ -20,7 +20,7 @@ use kubelvs_model::ObjectRef;
 use kubelvs_planner::NodeIdentity;
 use tracing::{info, warn};
 
-use crate::source::{Objects, Rejected};
+use crate::source::{Held, Objects, Rejected};
 use crate::Event;
 
 /// The watched objects.
@@ -134,12 +134,12 @@ impl ClusterSource {
         fn take<K: Clone + Resource<DynamicType = ()>>(
             store: &Store<DeserializeGuard<K>>,
             kind: &str,
-            out: &mut Vec<Arc<K>>,
+            out: &mut Vec<Held<K>>,
             rejected: &mut Vec<Rejected>,
         ) {
             for o in store.state() {
                 match &o.0 {
-                    Ok(k) => out.push(Arc::new(k.clone())),
+                    Ok(_) => out.push(o.clone()),
                     Err(e) => {
                         let namespace = e.metadata.namespace.clone().unwrap_or_default();
                         let name = e.metadata.name.clone().unwrap_or_default();
