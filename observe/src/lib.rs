@@ -52,6 +52,26 @@ impl Observed {
     }
 }
 
+/// Reads a request up to the end of its head: a client may send it in several
+/// segments, and the request line's path can arrive after the first read.
+async fn request_head(conn: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    // A client that never finishes its request does not hold a task forever.
+    tokio::time::timeout(std::time::Duration::from_secs(10), read)
+        .await
+        .ok()?;
+    Some(head)
+}
+
 /// Serves `observed` on `listener` until the runtime stops.
 pub async fn serve(listener: tokio::net::TcpListener, observed: Arc<Observed>) {
     loop {
@@ -60,9 +80,10 @@ pub async fn serve(listener: tokio::net::TcpListener, observed: Arc<Observed>) {
         };
         let observed = observed.clone();
         tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let n = conn.read(&mut buf).await.unwrap_or(0);
-            let request = String::from_utf8_lossy(&buf[..n]);
+            let Some(head) = request_head(&mut conn).await else {
+                return;
+            };
+            let request = String::from_utf8_lossy(&head);
             let path = request.split_whitespace().nth(1).unwrap_or("/");
             let (status, ctype, body) = match path {
                 "/metrics" => (
@@ -84,5 +105,65 @@ pub async fn serve(listener: tokio::net::TcpListener, observed: Arc<Observed>) {
             let _ = conn.write_all(head.as_bytes()).await;
             let _ = conn.write_all(body.as_bytes()).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn started(ready: bool) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let observed = Arc::new(Observed::new(Registry::default(), "not yet"));
+        observed.set_ready(ready);
+        tokio::spawn(serve(listener, observed));
+        addr
+    }
+
+    /// Sends `parts` with a pause between them and returns the whole answer.
+    async fn ask(addr: std::net::SocketAddr, parts: &[&str]) -> String {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        for p in parts {
+            c.write_all(p.as_bytes()).await.unwrap();
+            c.flush().await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).await.unwrap();
+        answer
+    }
+
+    #[tokio::test]
+    async fn a_request_sent_in_segments_gets_its_own_answer() {
+        let addr = started(true).await;
+        let a = ask(
+            addr,
+            &["GET ", "/readyz", " HTTP/1.1\r\nHost: x\r\n", "\r\n"],
+        )
+        .await;
+        assert!(
+            a.starts_with("HTTP/1.1 200 OK\r\n") && a.ends_with("\r\n\r\nok\n"),
+            "{a}"
+        );
+    }
+
+    #[tokio::test]
+    async fn readiness_metrics_and_unknown_paths() {
+        let addr = started(false).await;
+        let a = ask(addr, &["GET /readyz HTTP/1.1\r\n\r\n"]).await;
+        assert!(
+            a.starts_with("HTTP/1.1 503 ") && a.ends_with("not yet\n"),
+            "{a}"
+        );
+        let a = ask(addr, &["GET /healthz HTTP/1.1\r\n\r\n"]).await;
+        assert!(a.starts_with("HTTP/1.1 200 OK\r\n"), "{a}");
+        let a = ask(addr, &["GET /metrics HTTP/1.1\r\n\r\n"]).await;
+        assert!(
+            a.contains("application/openmetrics-text") && a.ends_with("# EOF\n"),
+            "{a}"
+        );
+        let a = ask(addr, &["GET /other HTTP/1.1\r\n\r\n"]).await;
+        assert!(a.starts_with("HTTP/1.1 404 "), "{a}");
     }
 }
