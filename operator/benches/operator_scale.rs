@@ -3,7 +3,8 @@
 //! created before the operator starts. Reports the time until every VirtualService
 //! shows its VIP and conditions (reconcile throughput), the operator's memory and
 //! idle CPU afterwards, and the time from a LoadBalancer Service created to its
-//! `status.loadBalancer.ingress`, with all of that loaded.
+//! `status.loadBalancer.ingress`, with all of that loaded; then the operator's CPU
+//! while a director reports traffic on every VirtualService, as agents do.
 //!
 //! Needs Go (the control plane is built from source, as in `scripts/test`).
 //! `cargo bench -p kubelvs-operator --bench operator_scale` (options: N M).
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kubelvs_crds::{RealServer, VirtualService};
 use kubelvs_test_cluster::{spawn_tied, Cluster, ControlPlane, ControlPlaneOptions};
 
@@ -68,6 +69,53 @@ async fn settled(api: &Api<VirtualService>) -> usize {
             return n;
         }
     }
+}
+
+/// Writes director `d1`'s entry on vs0..vsN as its agent would after a traffic read:
+/// programmed, with `wave` connections so far. Returns how long the writes took.
+async fn report_traffic(api: &Api<VirtualService>, n: usize, wave: u64) -> Duration {
+    let started = Instant::now();
+    let now =
+        k8s_openapi::jiff::Timestamp::from_second(k8s_openapi::jiff::Timestamp::now().as_second())
+            .unwrap()
+            .to_string();
+    let failed = futures::stream::iter(0..n)
+        .map(|i| {
+            let body = serde_json::json!({
+                "apiVersion": "kubelvs.io/v1alpha1",
+                "kind": "VirtualService",
+                "metadata": {"name": format!("vs{i}")},
+                "status": {"directors": [{
+                    "node": "d1",
+                    "programmed": true,
+                    "dataplane": "xdp",
+                    "healthyRealServers": 10,
+                    "traffic": [{
+                        "service": "10.0.0.1:80/TCP",
+                        "connections": wave,
+                        "packets": 10 * wave,
+                        "bytes": 1000 * wave,
+                    }],
+                    "trafficTime": now,
+                }]},
+            });
+            let api = api.clone();
+            async move {
+                api.patch_status(
+                    &format!("vs{i}"),
+                    &PatchParams::apply("kubelvs-agent/d1").force(),
+                    &Patch::Apply(body),
+                )
+                .await
+                .is_err()
+            }
+        })
+        .buffer_unordered(32)
+        .filter(|failed| std::future::ready(*failed))
+        .count()
+        .await;
+    assert_eq!(failed, 0, "{failed} of {n} status writes failed");
+    started.elapsed()
 }
 
 /// The operator's counters (reconciles, writes), as `name{labels} value` lines.
@@ -255,6 +303,35 @@ fn main() {
         samples[samples.len() / 2].as_secs_f64(),
         samples[samples.len() - 1].as_secs_f64()
     );
+    // A director reports on every VirtualService: the first wave programs them (the
+    // roll-up changes), later waves change only traffic counters (nothing to write).
+    let t = rt.block_on(report_traffic(&vs_api, n, 1));
+    println!(
+        "director entries written on {n} VirtualServices in {:.1} s",
+        t.as_secs_f64()
+    );
+    let mut stable = counters();
+    loop {
+        std::thread::sleep(Duration::from_secs(3));
+        let now = counters();
+        if now == stable {
+            break;
+        }
+        stable = now;
+    }
+    let cpu = kubelvs_measure::cpu_seconds(pid);
+    let t = Instant::now();
+    for wave in 2..5 {
+        rt.block_on(report_traffic(&vs_api, n, wave));
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let window = t.elapsed().as_secs_f64();
+    println!(
+        "operator CPU while a director reports traffic on every VirtualService (3 waves of {n} writes, {window:.1} s): {:.1}% of one core; {}",
+        (kubelvs_measure::cpu_seconds(pid) - cpu) / window * 100.0,
+        delta(&stable, &counters())
+    );
+
     let mem: Vec<String> = cluster
         .local()
         .map(|cp| cp.memory())

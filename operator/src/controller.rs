@@ -43,24 +43,110 @@ impl std::fmt::Debug for Stores {
     }
 }
 
-/// A reflector whose every change wakes the allocation pass.
+/// What a pass reads of a watched object, so that an event changing nothing of it
+/// does not wake one: agents rewrite their traffic counters on every VirtualService
+/// each status refresh, and at 10,000 services the passes those woke ran back to back.
+trait Watched: Resource<DynamicType = ()> + Clone + Sized {
+    /// Clears what no pass and no Service reconcile reads (never cached either).
+    fn clear_unread(&mut self) {
+        self.meta_mut().managed_fields = None;
+    }
+    /// Alike for every decision: equal but for the resourceVersion.
+    fn alike(&self, other: &Self) -> bool;
+}
+
+/// `a == b` but for the resourceVersion.
+fn equal_but_version<K: Resource + Clone + PartialEq>(a: &K, b: &K) -> bool {
+    if a.meta().resource_version == b.meta().resource_version {
+        return a == b;
+    }
+    let mut b = b.clone();
+    b.meta_mut().resource_version = a.meta().resource_version.clone();
+    *a == b
+}
+
+fn guarded_alike<K: Resource + Clone + PartialEq>(
+    a: &DeserializeGuard<K>,
+    b: &DeserializeGuard<K>,
+) -> bool {
+    match (&a.0, &b.0) {
+        (Ok(a), Ok(b)) => equal_but_version(a, b),
+        _ => false,
+    }
+}
+
+impl Watched for DeserializeGuard<VirtualService> {
+    fn clear_unread(&mut self) {
+        self.meta_mut().managed_fields = None;
+        // The roll-up reads each director's programmed state, never its counters.
+        if let Ok(vs) = &mut self.0 {
+            for d in vs.status.iter_mut().flat_map(|s| s.directors.iter_mut()) {
+                d.traffic.clear();
+                d.traffic_time = None;
+            }
+        }
+    }
+    fn alike(&self, other: &Self) -> bool {
+        guarded_alike(self, other)
+    }
+}
+
+impl Watched for DeserializeGuard<RealServer> {
+    fn clear_unread(&mut self) {
+        self.meta_mut().managed_fields = None;
+        // The directors' health observations are theirs; selection reads spec and labels.
+        if let Ok(rs) = &mut self.0 {
+            rs.status = None;
+        }
+    }
+    fn alike(&self, other: &Self) -> bool {
+        guarded_alike(self, other)
+    }
+}
+
+impl Watched for DeserializeGuard<AddressPool> {
+    fn alike(&self, other: &Self) -> bool {
+        guarded_alike(self, other)
+    }
+}
+
+impl Watched for Namespace {
+    fn alike(&self, other: &Self) -> bool {
+        equal_but_version(self, other)
+    }
+}
+
+/// A reflector whose every change of what a pass reads wakes the allocation pass.
 fn reflect<K>(api: Api<K>, wake: Arc<Notify>) -> Store<K>
 where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    K: Watched + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
-    let (reader, writer) = reflector::store();
-    // managedFields are most of an object with several status writers, and unused here.
+    let (reader, mut writer) = reflector::store();
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
-        .modify(|o| o.meta_mut().managed_fields = None)
-        .reflect(writer);
+        .modify(K::clear_unread);
+    let store = reader.clone();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(_) => wake.notify_one(),
-                Err(e) => warn!(error = %e, "watch failed; retrying with backoff"),
+            let ev = match ev {
+                Ok(ev) => ev,
+                Err(e) => {
+                    warn!(error = %e, "watch failed; retrying with backoff");
+                    continue;
+                }
+            };
+            let changed = match &ev {
+                watcher::Event::Apply(o) => store
+                    .get(&reflector::ObjectRef::from_obj(o))
+                    .is_none_or(|old| !old.alike(o)),
+                // A relist lands in the store at InitDone, which wakes.
+                watcher::Event::InitApply(_) => false,
+                watcher::Event::Delete(_) | watcher::Event::Init | watcher::Event::InitDone => true,
+            };
+            writer.apply_watcher_event(&ev);
+            if changed {
+                wake.notify_one();
             }
         }
     });
@@ -447,4 +533,60 @@ pub async fn run_controllers(
     crate::service_controller::run(client, stores, metrics.clone(), events_tx).await;
     metrics.observed.set_ready(false);
     anyhow::bail!("the Service controller stopped")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watched<K: serde::de::DeserializeOwned + Watched>(yaml: &str) -> K {
+        let mut k: K = serde_yaml::from_str(yaml).unwrap();
+        k.clear_unread();
+        k
+    }
+
+    fn vs(version: &str, programmed: bool, connections: u64) -> DeserializeGuard<VirtualService> {
+        watched(&format!(
+            "apiVersion: kubelvs.io/v1alpha1\nkind: VirtualService\nmetadata: {{name: web, namespace: lab, resourceVersion: '{version}'}}\nspec: {{ports: [{{port: 80}}], forwarding: dr, realServerSelector: {{}}}}\nstatus:\n  directors:\n  - node: d1\n    programmed: {programmed}\n    healthyRealServers: 2\n    traffic: [{{service: '203.0.113.1:80/TCP', connections: {connections}, packets: 1, bytes: 1}}]\n    trafficTime: '2026-12-02T10:00:{:02}Z'\n",
+            connections % 60
+        ))
+    }
+
+    fn rs(version: &str, label: &str, healthy: bool) -> DeserializeGuard<RealServer> {
+        watched(&format!(
+            "apiVersion: kubelvs.io/v1alpha1\nkind: RealServer\nmetadata: {{name: rs1, namespace: lab, resourceVersion: '{version}', labels: {{app: {label}}}}}\nspec: {{address: 192.0.2.11}}\nstatus: {{observations: [{{node: d1, healthy: {healthy}}}]}}\n"
+        ))
+    }
+
+    #[test]
+    fn a_directors_traffic_report_alone_does_not_wake_a_pass() {
+        let before = vs("1", true, 5);
+        assert!(
+            before.alike(&vs("2", true, 6)),
+            "counters and trafficTime only"
+        );
+        assert!(!before.alike(&vs("2", false, 6)), "programmed is read");
+        let Ok(v) = &before.0 else {
+            panic!("{before:?}")
+        };
+        let d = &v.status.as_ref().unwrap().directors[0];
+        assert!(d.traffic.is_empty() && d.traffic_time.is_none(), "{d:?}");
+    }
+
+    #[test]
+    fn a_real_servers_health_observations_do_not_wake_a_pass_but_its_labels_do() {
+        let before = rs("1", "web", true);
+        assert!(before.alike(&rs("2", "web", false)));
+        assert!(!before.alike(&rs("2", "db", true)));
+    }
+
+    #[test]
+    fn an_object_that_does_not_parse_always_wakes() {
+        let bad: DeserializeGuard<RealServer> = serde_yaml::from_str(
+            "apiVersion: kubelvs.io/v1alpha1\nkind: RealServer\nmetadata: {name: rs1, namespace: lab}\nspec: {address: 7}\n",
+        )
+        .unwrap();
+        assert!(bad.0.is_err());
+        assert!(!bad.alike(&bad.clone()));
+    }
 }

@@ -376,7 +376,12 @@ spec: {address: 10.0.0.1}
     ] {
         assert!(metrics.contains(want), "{want} not in\n{metrics}");
     }
-    assert_eq!(scrape(port, "/readyz").as_deref(), Some("ok\n"));
+    assert_eq!(
+        scrape(port, "/readyz").as_deref(),
+        Some("ok\n"),
+        "{}",
+        op.log()
+    );
     for reason in ["VipAllocated", "VipTaken", "VipOutsidePool", "VipReleased"] {
         assert!(
             events.contains(&format!("\"reason\": \"{reason}\"")),
