@@ -45,7 +45,7 @@ impl std::fmt::Debug for Stores {
 
 /// What a pass reads of a watched object, so that an event changing nothing of it
 /// does not wake one: agents rewrite their traffic counters on every VirtualService
-/// each status refresh, and at 10,000 services the passes those woke ran back to back.
+/// each status refresh, and each write woke a pass over every object.
 trait Watched: Resource<DynamicType = ()> + Clone + Sized {
     /// Clears what no pass and no Service reconcile reads (never cached either).
     fn clear_unread(&mut self) {
