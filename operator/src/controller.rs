@@ -14,8 +14,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Client, Resource};
 use kubelvs_crds::{AddressPool, RealServer, VirtualService};
 use tokio::sync::{mpsc, Notify};
@@ -43,114 +43,35 @@ impl std::fmt::Debug for Stores {
     }
 }
 
-/// What a pass reads of a watched object, so that an event changing nothing of it
-/// does not wake one: agents rewrite their traffic counters on every VirtualService
-/// each status refresh, and each write woke a pass over every object.
-trait Watched: Resource<DynamicType = ()> + Clone + Sized {
-    /// Clears what no pass and no Service reconcile reads (never cached either).
-    fn clear_unread(&mut self) {
-        self.meta_mut().managed_fields = None;
-    }
-    /// Alike for every decision: equal but for the resourceVersion.
-    fn alike(&self, other: &Self) -> bool;
-}
-
-/// `a == b` but for the resourceVersion.
-fn equal_but_version<K: Resource + Clone + PartialEq>(a: &K, b: &K) -> bool {
-    if a.meta().resource_version == b.meta().resource_version {
-        return a == b;
-    }
-    let mut b = b.clone();
-    b.meta_mut().resource_version = a.meta().resource_version.clone();
-    *a == b
-}
-
-fn guarded_alike<K: Resource + Clone + PartialEq>(
-    a: &DeserializeGuard<K>,
-    b: &DeserializeGuard<K>,
-) -> bool {
-    match (&a.0, &b.0) {
-        (Ok(a), Ok(b)) => equal_but_version(a, b),
-        _ => false,
-    }
-}
-
-impl Watched for DeserializeGuard<VirtualService> {
-    fn clear_unread(&mut self) {
-        self.meta_mut().managed_fields = None;
-        // The roll-up reads each director's programmed state, never its counters.
-        if let Ok(vs) = &mut self.0 {
-            for d in vs.status.iter_mut().flat_map(|s| s.directors.iter_mut()) {
-                d.traffic.clear();
-                d.traffic_time = None;
-            }
+/// What no pass and no Service reconcile reads of a VirtualService: the directors'
+/// traffic counters (the roll-up reads their programmed state).
+fn virtual_service_unread(vs: &mut DeserializeGuard<VirtualService>) {
+    if let Ok(vs) = &mut vs.0 {
+        for d in vs.status.iter_mut().flat_map(|s| s.directors.iter_mut()) {
+            d.traffic.clear();
+            d.traffic_time = None;
         }
     }
-    fn alike(&self, other: &Self) -> bool {
-        guarded_alike(self, other)
+}
+
+/// What no pass reads of a RealServer: its status (the directors' health
+/// observations); selection reads spec and labels.
+fn real_server_unread(rs: &mut DeserializeGuard<RealServer>) {
+    if let Ok(rs) = &mut rs.0 {
+        rs.status = None;
     }
 }
 
-impl Watched for DeserializeGuard<RealServer> {
-    fn clear_unread(&mut self) {
-        self.meta_mut().managed_fields = None;
-        // The directors' health observations are theirs; selection reads spec and labels.
-        if let Ok(rs) = &mut self.0 {
-            rs.status = None;
-        }
-    }
-    fn alike(&self, other: &Self) -> bool {
-        guarded_alike(self, other)
-    }
-}
-
-impl Watched for DeserializeGuard<AddressPool> {
-    fn alike(&self, other: &Self) -> bool {
-        guarded_alike(self, other)
-    }
-}
-
-impl Watched for Namespace {
-    fn alike(&self, other: &Self) -> bool {
-        equal_but_version(self, other)
-    }
-}
-
-/// A reflector whose every change of what a pass reads wakes the allocation pass.
-fn reflect<K>(api: Api<K>, wake: Arc<Notify>) -> Store<K>
+/// A watch whose every change of what a pass reads wakes the allocation pass.
+fn reflect<K>(api: Api<K>, unread: fn(&mut K), wake: Arc<Notify>) -> Store<K>
 where
-    K: Watched + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()> + kubelvs_watch::Alike + Clone + serde::de::DeserializeOwned,
+    K: std::fmt::Debug + Send + Sync + 'static,
 {
-    let (reader, mut writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .modify(K::clear_unread);
-    let store = reader.clone();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(ev) = stream.next().await {
-            let ev = match ev {
-                Ok(ev) => ev,
-                Err(e) => {
-                    warn!(error = %e, "watch failed; retrying with backoff");
-                    continue;
-                }
-            };
-            let changed = match &ev {
-                watcher::Event::Apply(o) => store
-                    .get(&reflector::ObjectRef::from_obj(o))
-                    .is_none_or(|old| !old.alike(o)),
-                // A relist lands in the store at InitDone, which wakes.
-                watcher::Event::InitApply(_) => false,
-                watcher::Event::Delete(_) | watcher::Event::Init | watcher::Event::InitDone => true,
-            };
-            writer.apply_watcher_event(&ev);
-            if changed {
-                wake.notify_one();
-            }
-        }
-    });
-    reader
+    kubelvs_watch::reflect(api, watcher::Config::default(), unread, move || {
+        wake.notify_one();
+        true
+    })
 }
 
 /// The objects of `store` that parse (shared, not copied); the others are counted
@@ -192,10 +113,14 @@ impl Stores {
     /// partial view could hand out an address another object holds.
     pub async fn start(client: &Client, wake: Arc<Notify>) -> anyhow::Result<Self> {
         let s = Self {
-            virtual_services: reflect(Api::all(client.clone()), wake.clone()),
-            real_servers: reflect(Api::all(client.clone()), wake.clone()),
-            address_pools: reflect(Api::all(client.clone()), wake.clone()),
-            namespaces: reflect(Api::all(client.clone()), wake),
+            virtual_services: reflect(
+                Api::all(client.clone()),
+                virtual_service_unread,
+                wake.clone(),
+            ),
+            real_servers: reflect(Api::all(client.clone()), real_server_unread, wake.clone()),
+            address_pools: reflect(Api::all(client.clone()), |_| {}, wake.clone()),
+            namespaces: reflect(Api::all(client.clone()), |_| {}, wake),
         };
         tokio::time::timeout(Duration::from_secs(60), async {
             s.virtual_services.wait_until_ready().await?;
@@ -538,24 +463,25 @@ pub async fn run_controllers(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn watched<K: serde::de::DeserializeOwned + Watched>(yaml: &str) -> K {
-        let mut k: K = serde_yaml::from_str(yaml).unwrap();
-        k.clear_unread();
-        k
-    }
+    use kubelvs_watch::Alike;
 
     fn vs(version: &str, programmed: bool, connections: u64) -> DeserializeGuard<VirtualService> {
-        watched(&format!(
+        let mut v: DeserializeGuard<VirtualService> = serde_yaml::from_str(&format!(
             "apiVersion: kubelvs.io/v1alpha1\nkind: VirtualService\nmetadata: {{name: web, namespace: lab, resourceVersion: '{version}'}}\nspec: {{ports: [{{port: 80}}], forwarding: dr, realServerSelector: {{}}}}\nstatus:\n  directors:\n  - node: d1\n    programmed: {programmed}\n    healthyRealServers: 2\n    traffic: [{{service: '203.0.113.1:80/TCP', connections: {connections}, packets: 1, bytes: 1}}]\n    trafficTime: '2026-12-02T10:00:{:02}Z'\n",
             connections % 60
         ))
+        .unwrap();
+        virtual_service_unread(&mut v);
+        v
     }
 
     fn rs(version: &str, label: &str, healthy: bool) -> DeserializeGuard<RealServer> {
-        watched(&format!(
+        let mut r: DeserializeGuard<RealServer> = serde_yaml::from_str(&format!(
             "apiVersion: kubelvs.io/v1alpha1\nkind: RealServer\nmetadata: {{name: rs1, namespace: lab, resourceVersion: '{version}', labels: {{app: {label}}}}}\nspec: {{address: 192.0.2.11}}\nstatus: {{observations: [{{node: d1, healthy: {healthy}}}]}}\n"
         ))
+        .unwrap();
+        real_server_unread(&mut r);
+        r
     }
 
     #[test]
@@ -576,17 +502,8 @@ mod tests {
     #[test]
     fn a_real_servers_health_observations_do_not_wake_a_pass_but_its_labels_do() {
         let before = rs("1", "web", true);
+        assert!(before.0.is_ok());
         assert!(before.alike(&rs("2", "web", false)));
         assert!(!before.alike(&rs("2", "db", true)));
-    }
-
-    #[test]
-    fn an_object_that_does_not_parse_always_wakes() {
-        let bad: DeserializeGuard<RealServer> = serde_yaml::from_str(
-            "apiVersion: kubelvs.io/v1alpha1\nkind: RealServer\nmetadata: {name: rs1, namespace: lab}\nspec: {address: 7}\n",
-        )
-        .unwrap();
-        assert!(bad.0.is_err());
-        assert!(!bad.alike(&bad.clone()));
     }
 }

@@ -8,16 +8,16 @@ use std::collections::BTreeMap;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, NodeStatus};
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::DeserializeGuard;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Client, Resource};
-use kubelvs_crds::{AddressPool, RealServer, VirtualService};
+use kubelvs_crds::{AddressPool, RealServer, VirtualService, VirtualServiceStatus};
 use kubelvs_model::ObjectRef;
 use kubelvs_planner::NodeIdentity;
+use kubelvs_watch::Alike;
 use tracing::{info, warn};
 
 use crate::source::{Held, Objects, Rejected};
@@ -41,35 +41,54 @@ impl std::fmt::Debug for ClusterSource {
     }
 }
 
+/// What the planner never reads of a VirtualService: its status but the VIP (the
+/// directors' entries, this agent's own included, and the operator's conditions).
+fn virtual_service_unread(vs: &mut DeserializeGuard<VirtualService>) {
+    if let Ok(vs) = &mut vs.0 {
+        if let Some(status) = &mut vs.status {
+            *status = VirtualServiceStatus {
+                vip: status.vip.take(),
+                ..Default::default()
+            };
+        }
+    }
+}
+
+/// A RealServer's status: the directors' health observations, this agent's included
+/// (what it reports comes from its own probes, never from there).
+fn real_server_unread(rs: &mut DeserializeGuard<RealServer>) {
+    if let Ok(rs) = &mut rs.0 {
+        rs.status = None;
+    }
+}
+
+/// Of its Node, the agent reads labels and addresses; the kubelet rewrites the rest of
+/// the status (conditions, heartbeats) all the time.
+fn node_unread(node: &mut Node) {
+    if let Some(status) = &mut node.status {
+        *status = NodeStatus {
+            addresses: status.addresses.take(),
+            ..Default::default()
+        };
+    }
+}
+
+/// A watch whose every change of what the planner reads wakes a reload.
 fn watch<K>(
     rt: &tokio::runtime::Handle,
     api: Api<K>,
     config: watcher::Config,
+    unread: fn(&mut K),
     wake: mpsc::Sender<Event>,
 ) -> Store<K>
 where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    K: Resource<DynamicType = ()> + Alike + Clone + serde::de::DeserializeOwned,
+    K: std::fmt::Debug + Send + Sync + 'static,
 {
-    let (reader, writer) = reflector::store();
-    // managedFields grow with every director writing status, and are unused here.
-    let stream = watcher(api, config)
-        .default_backoff()
-        .modify(|o| o.meta_mut().managed_fields = None)
-        .reflect(writer);
-    rt.spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(ev) = stream.next().await {
-            if let Err(e) = ev {
-                warn!(error = %e, "watch failed; retrying with backoff");
-                continue;
-            }
-            if wake.send(Event::Reload).is_err() {
-                return;
-            }
-        }
-    });
-    reader
+    let _in_runtime = rt.enter();
+    kubelvs_watch::reflect(api, config, unread, move || {
+        wake.send(Event::Reload).is_ok()
+    })
 }
 
 impl ClusterSource {
@@ -85,24 +104,28 @@ impl ClusterSource {
                 rt,
                 Api::all(client.clone()),
                 watcher::Config::default(),
+                virtual_service_unread,
                 wake.clone(),
             ),
             real_servers: watch(
                 rt,
                 Api::all(client.clone()),
                 watcher::Config::default(),
+                real_server_unread,
                 wake.clone(),
             ),
             address_pools: watch(
                 rt,
                 Api::all(client.clone()),
                 watcher::Config::default(),
+                |_| {},
                 wake.clone(),
             ),
             nodes: watch(
                 rt,
                 Api::all(client),
                 watcher::Config::default().fields(&format!("metadata.name={node_name}")),
+                node_unread,
                 wake,
             ),
             node_name: node_name.to_owned(),
@@ -283,3 +306,75 @@ pub async fn status_writer(
 
 /// Shared handle to publish the desired status.
 pub type StatusSender = Arc<tokio::sync::watch::Sender<Desired>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vs(version: &str, vip: &str, programmed: bool) -> DeserializeGuard<VirtualService> {
+        let mut v: DeserializeGuard<VirtualService> = serde_json::from_value(serde_json::json!({
+            "apiVersion": "kubelvs.io/v1alpha1",
+            "kind": "VirtualService",
+            "metadata": {"name": "web", "namespace": "lab", "resourceVersion": version},
+            "spec": {"ports": [{"port": 80}], "forwarding": "dr", "realServerSelector": {}},
+            "status": {
+                "vip": vip,
+                "directors": [{"node": "d1", "programmed": programmed, "healthyRealServers": 1}],
+            },
+        }))
+        .unwrap();
+        virtual_service_unread(&mut v);
+        v
+    }
+
+    #[test]
+    fn status_writes_wake_no_reload_but_an_allocated_vip_does() {
+        let before = vs("1", "203.0.113.1", true);
+        let Ok(v) = &before.0 else {
+            panic!("{before:?}")
+        };
+        let status = v.status.as_ref().unwrap();
+        assert_eq!(status.vip.as_deref(), Some("203.0.113.1"));
+        assert!(status.directors.is_empty(), "{status:?}");
+        assert!(before.alike(&vs("2", "203.0.113.1", false)));
+        assert!(!before.alike(&vs("2", "203.0.113.2", true)));
+    }
+
+    #[test]
+    fn a_node_is_read_for_its_labels_and_addresses_only() {
+        let node = |version: &str, heartbeat: &str, address: &str| {
+            let mut n: Node = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "d1", "resourceVersion": version, "labels": {"role": "director"}},
+                "status": {
+                    "addresses": [{"type": "InternalIP", "address": address}],
+                    "conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": heartbeat}],
+                },
+            }))
+            .unwrap();
+            node_unread(&mut n);
+            n
+        };
+        let before = node("1", "2026-12-02T10:00:00Z", "192.0.2.1");
+        assert!(before.alike(&node("2", "2026-12-02T10:00:10Z", "192.0.2.1")));
+        assert!(!before.alike(&node("2", "2026-12-02T10:00:10Z", "192.0.2.9")));
+    }
+
+    #[test]
+    fn a_real_servers_observations_wake_no_reload() {
+        let rs = |version: &str, healthy: bool| {
+            let mut r: DeserializeGuard<RealServer> = serde_json::from_value(serde_json::json!({
+                "apiVersion": "kubelvs.io/v1alpha1",
+                "kind": "RealServer",
+                "metadata": {"name": "rs1", "namespace": "lab", "resourceVersion": version},
+                "spec": {"address": "192.0.2.11"},
+                "status": {"observations": [{"node": "d1", "healthy": healthy}]},
+            }))
+            .unwrap();
+            real_server_unread(&mut r);
+            r
+        };
+        let before = rs("1", true);
+        assert!(before.0.is_ok());
+        assert!(before.alike(&rs("2", false)));
+    }
+}
