@@ -58,7 +58,7 @@ fn virtual_service_unread(vs: &mut DeserializeGuard<VirtualService>) {
 /// observations); selection reads spec and labels.
 fn real_server_unread(rs: &mut DeserializeGuard<RealServer>) {
     if let Ok(rs) = &mut rs.0 {
-        rs.status = None;
+        kubelvs_watch::no_status(rs);
     }
 }
 

@@ -347,8 +347,18 @@ pub(crate) async fn run(
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(Api::<VirtualService>::all(client.clone()), owned.clone())
-    .owns(Api::<RealServer>::all(client.clone()), owned)
+    // A Service's reconcile reads its VirtualServices' VIP and the specs and metadata
+    // of both; the agents' status writes (traffic, health) trigger nothing.
+    .owns_stream(kubelvs_watch::changes(
+        Api::<VirtualService>::all(client.clone()),
+        owned.clone(),
+        kubelvs_watch::status_but_vip,
+    ))
+    .owns_stream(kubelvs_watch::changes(
+        Api::<RealServer>::all(client.clone()),
+        owned,
+        kubelvs_watch::no_status,
+    ))
     .watches(
         Api::<EndpointSlice>::all(client),
         watcher::Config::default().labels("kubernetes.io/service-name"),

@@ -7,12 +7,15 @@
 
 #![forbid(unsafe_code)]
 
-use futures::StreamExt;
+use std::collections::HashMap;
+
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Resource};
+use kubelvs_crds::{RealServer, VirtualService, VirtualServiceStatus};
 use tracing::warn;
 
 /// Objects a watch can tell apart: alike when equal but for the resourceVersion.
@@ -38,6 +41,34 @@ impl<K: Resource + Clone + PartialEq> Alike for DeserializeGuard<K> {
             _ => false,
         }
     }
+}
+
+impl Alike for VirtualService {
+    fn alike(&self, other: &Self) -> bool {
+        equal_but_version(self, other)
+    }
+}
+
+impl Alike for RealServer {
+    fn alike(&self, other: &Self) -> bool {
+        equal_but_version(self, other)
+    }
+}
+
+/// Clears a VirtualService's status but its VIP: what the agents write there (their
+/// entries, counters included) and the operator's conditions.
+pub fn status_but_vip(vs: &mut VirtualService) {
+    if let Some(status) = &mut vs.status {
+        *status = VirtualServiceStatus {
+            vip: status.vip.take(),
+            ..Default::default()
+        };
+    }
+}
+
+/// Clears a RealServer's status: the directors' health observations.
+pub fn no_status(rs: &mut RealServer) {
+    rs.status = None;
 }
 
 impl Alike for Namespace {
@@ -92,6 +123,57 @@ where
     reader
 }
 
+/// The objects of a watch that changed in what their owner reads (after `unread`,
+/// as [`Alike`] tells), and the deleted ones: what should trigger a controller's
+/// reconcile of their owner, without the status writes that change nothing of it.
+pub fn changes<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    unread: fn(&mut K),
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send
+where
+    K: Resource<DynamicType = ()> + Alike + Clone + serde::de::DeserializeOwned,
+    K: std::fmt::Debug + Send + Sync + 'static,
+{
+    let mut seen = HashMap::new();
+    watcher(api, config)
+        .default_backoff()
+        .modify(move |o| {
+            o.meta_mut().managed_fields = None;
+            unread(o);
+        })
+        .flat_map(move |ev| {
+            let out: Vec<Result<K, watcher::Error>> = match ev {
+                Ok(ev) => sift(&mut seen, ev).into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            };
+            futures::stream::iter(out)
+        })
+}
+
+/// The objects of `ev` that are new or changed against `seen` (which it updates), or
+/// deleted.
+fn sift<K>(seen: &mut HashMap<ObjectRef<K>, K>, ev: watcher::Event<K>) -> Option<K>
+where
+    K: Resource<DynamicType = ()> + Alike + Clone,
+{
+    match ev {
+        watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+            let key = ObjectRef::from_obj(&o);
+            if seen.get(&key).is_some_and(|old| old.alike(&o)) {
+                return None;
+            }
+            seen.insert(key, o.clone());
+            Some(o)
+        }
+        watcher::Event::Delete(o) => {
+            seen.remove(&ObjectRef::from_obj(&o));
+            Some(o)
+        }
+        watcher::Event::Init | watcher::Event::InitDone => None,
+    }
+}
+
 /// Whether `ev` changes what `store` holds (as far as [`Alike`] tells).
 fn is_change<K>(store: &Store<K>, ev: &watcher::Event<K>) -> bool
 where
@@ -102,15 +184,14 @@ where
             .get(&ObjectRef::from_obj(o))
             .is_none_or(|old| !old.alike(o)),
         // A relist lands in the store at InitDone, which is a change.
-        watcher::Event::InitApply(_) => false,
-        watcher::Event::Delete(_) | watcher::Event::Init | watcher::Event::InitDone => true,
+        watcher::Event::Init | watcher::Event::InitApply(_) => false,
+        watcher::Event::Delete(_) | watcher::Event::InitDone => true,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kubelvs_crds::RealServer;
 
     fn rs(version: &str, label: &str, healthy: bool) -> DeserializeGuard<RealServer> {
         serde_yaml::from_str(&format!(
@@ -161,5 +242,51 @@ mod tests {
             &store,
             &watcher::Event::Delete(rs("3", "web", true))
         ));
+    }
+
+    #[test]
+    fn an_owned_object_triggers_its_owner_when_what_it_reads_changes_or_it_goes() {
+        let owned = |version: &str, address: &str, healthy: bool| {
+            let mut r: RealServer = serde_yaml::from_str(&format!(
+                "apiVersion: kubelvs.io/v1alpha1\nkind: RealServer\nmetadata: {{name: rs1, namespace: lab, resourceVersion: '{version}'}}\nspec: {{address: {address}}}\nstatus: {{observations: [{{node: d1, healthy: {healthy}}}]}}\n"
+            ))
+            .unwrap();
+            no_status(&mut r);
+            r
+        };
+        let mut seen = HashMap::new();
+        let first = watcher::Event::InitApply(owned("1", "192.0.2.11", true));
+        assert!(sift(&mut seen, first).is_some(), "new");
+        assert!(sift(&mut seen, watcher::Event::InitDone).is_none());
+        let observed = watcher::Event::Apply(owned("2", "192.0.2.11", false));
+        assert!(
+            sift(&mut seen, observed).is_none(),
+            "a director's observation only"
+        );
+        let edited = watcher::Event::Apply(owned("3", "192.0.2.12", false));
+        assert!(sift(&mut seen, edited).is_some(), "spec edited");
+        let relisted = watcher::Event::InitApply(owned("4", "192.0.2.12", true));
+        assert!(sift(&mut seen, relisted).is_none(), "relisted as it was");
+        let gone = watcher::Event::Delete(owned("5", "192.0.2.12", true));
+        assert!(sift(&mut seen, gone).is_some(), "deleted");
+        assert!(seen.is_empty());
+    }
+
+    #[test]
+    fn of_a_virtual_service_status_only_the_vip_is_kept() {
+        let mut vs: VirtualService = serde_yaml::from_str(
+            "apiVersion: kubelvs.io/v1alpha1\nkind: VirtualService\nmetadata: {name: web, namespace: lab}\nspec: {ports: [{port: 80}], forwarding: dr, realServerSelector: {}}\nstatus: {vip: 203.0.113.1, directors: [{node: d1, programmed: true}]}\n",
+        )
+        .unwrap();
+        status_but_vip(&mut vs);
+        let status = vs.status.unwrap();
+        assert_eq!(status.vip.as_deref(), Some("203.0.113.1"));
+        assert_eq!(
+            status,
+            VirtualServiceStatus {
+                vip: status.vip.clone(),
+                ..Default::default()
+            }
+        );
     }
 }

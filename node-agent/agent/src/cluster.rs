@@ -14,7 +14,7 @@ use kube::core::DeserializeGuard;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, Resource};
-use kubelvs_crds::{AddressPool, RealServer, VirtualService, VirtualServiceStatus};
+use kubelvs_crds::{AddressPool, RealServer, VirtualService};
 use kubelvs_model::ObjectRef;
 use kubelvs_planner::NodeIdentity;
 use kubelvs_watch::Alike;
@@ -45,12 +45,7 @@ impl std::fmt::Debug for ClusterSource {
 /// directors' entries, this agent's own included, and the operator's conditions).
 fn virtual_service_unread(vs: &mut DeserializeGuard<VirtualService>) {
     if let Ok(vs) = &mut vs.0 {
-        if let Some(status) = &mut vs.status {
-            *status = VirtualServiceStatus {
-                vip: status.vip.take(),
-                ..Default::default()
-            };
-        }
+        kubelvs_watch::status_but_vip(vs);
     }
 }
 
@@ -58,7 +53,7 @@ fn virtual_service_unread(vs: &mut DeserializeGuard<VirtualService>) {
 /// (what it reports comes from its own probes, never from there).
 fn real_server_unread(rs: &mut DeserializeGuard<RealServer>) {
     if let Ok(rs) = &mut rs.0 {
-        rs.status = None;
+        kubelvs_watch::no_status(rs);
     }
 }
 
