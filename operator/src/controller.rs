@@ -54,14 +54,6 @@ fn virtual_service_unread(vs: &mut DeserializeGuard<VirtualService>) {
     }
 }
 
-/// What no pass reads of a RealServer: its status (the directors' health
-/// observations); selection reads spec and labels.
-fn real_server_unread(rs: &mut DeserializeGuard<RealServer>) {
-    if let Ok(rs) = &mut rs.0 {
-        kubelvs_watch::no_status(rs);
-    }
-}
-
 /// A watch whose every change of what a pass reads wakes the allocation pass.
 fn reflect<K>(api: Api<K>, unread: fn(&mut K), wake: Arc<Notify>) -> Store<K>
 where
@@ -118,7 +110,12 @@ impl Stores {
                 virtual_service_unread,
                 wake.clone(),
             ),
-            real_servers: reflect(Api::all(client.clone()), real_server_unread, wake.clone()),
+            // Selection reads a RealServer's spec and labels, never its status.
+            real_servers: reflect(
+                Api::all(client.clone()),
+                kubelvs_watch::no_status,
+                wake.clone(),
+            ),
             address_pools: reflect(Api::all(client.clone()), |_| {}, wake.clone()),
             namespaces: reflect(Api::all(client.clone()), |_| {}, wake),
         };
@@ -480,7 +477,7 @@ mod tests {
             "apiVersion: kubelvs.io/v1alpha1\nkind: RealServer\nmetadata: {{name: rs1, namespace: lab, resourceVersion: '{version}', labels: {{app: {label}}}}}\nspec: {{address: 192.0.2.11}}\nstatus: {{observations: [{{node: d1, healthy: {healthy}}}]}}\n"
         ))
         .unwrap();
-        real_server_unread(&mut r);
+        kubelvs_watch::no_status(&mut r);
         r
     }
 

@@ -55,10 +55,34 @@ impl Alike for RealServer {
     }
 }
 
+/// An object as a watch holds it: the object itself, or a [`DeserializeGuard`] of it
+/// (which holds objects that did not parse too), so one `unread` serves both.
+pub trait Parsed<T> {
+    fn parsed_mut(&mut self) -> Option<&mut T>;
+}
+
+impl<T> Parsed<T> for DeserializeGuard<T> {
+    fn parsed_mut(&mut self) -> Option<&mut T> {
+        self.0.as_mut().ok()
+    }
+}
+
+impl Parsed<VirtualService> for VirtualService {
+    fn parsed_mut(&mut self) -> Option<&mut VirtualService> {
+        Some(self)
+    }
+}
+
+impl Parsed<RealServer> for RealServer {
+    fn parsed_mut(&mut self) -> Option<&mut RealServer> {
+        Some(self)
+    }
+}
+
 /// Clears a VirtualService's status but its VIP: what the agents write there (their
 /// entries, counters included) and the operator's conditions.
-pub fn status_but_vip(vs: &mut VirtualService) {
-    if let Some(status) = &mut vs.status {
+pub fn status_but_vip<V: Parsed<VirtualService>>(vs: &mut V) {
+    if let Some(status) = vs.parsed_mut().and_then(|vs| vs.status.as_mut()) {
         *status = VirtualServiceStatus {
             vip: status.vip.take(),
             ..Default::default()
@@ -67,8 +91,10 @@ pub fn status_but_vip(vs: &mut VirtualService) {
 }
 
 /// Clears a RealServer's status: the directors' health observations.
-pub fn no_status(rs: &mut RealServer) {
-    rs.status = None;
+pub fn no_status<R: Parsed<RealServer>>(rs: &mut R) {
+    if let Some(rs) = rs.parsed_mut() {
+        rs.status = None;
+    }
 }
 
 impl Alike for Namespace {
@@ -98,10 +124,7 @@ where
     K: std::fmt::Debug + Send + Sync + 'static,
 {
     let (reader, mut writer) = reflector::store();
-    let stream = watcher(api, config).default_backoff().modify(move |o| {
-        o.meta_mut().managed_fields = None;
-        unread(o);
-    });
+    let stream = events(api, config, unread);
     let store = reader.clone();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -136,19 +159,29 @@ where
     K: std::fmt::Debug + Send + Sync + 'static,
 {
     let mut seen = HashMap::new();
-    watcher(api, config)
-        .default_backoff()
-        .modify(move |o| {
-            o.meta_mut().managed_fields = None;
-            unread(o);
+    events(api, config, unread).filter_map(move |ev| {
+        std::future::ready(match ev {
+            Ok(ev) => sift(&mut seen, ev).map(Ok),
+            Err(e) => Some(Err(e)),
         })
-        .flat_map(move |ev| {
-            let out: Vec<Result<K, watcher::Error>> = match ev {
-                Ok(ev) => sift(&mut seen, ev).into_iter().map(Ok).collect(),
-                Err(e) => vec![Err(e)],
-            };
-            futures::stream::iter(out)
-        })
+    })
+}
+
+/// The events of a watch of `api`, retried with backoff, each object without its
+/// managedFields and what `unread` clears.
+fn events<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    unread: fn(&mut K),
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned,
+    K: std::fmt::Debug + Send + 'static,
+{
+    watcher(api, config).default_backoff().modify(move |o| {
+        o.meta_mut().managed_fields = None;
+        unread(o);
+    })
 }
 
 /// The objects of `ev` that are new or changed against `seen` (which it updates), or

@@ -41,22 +41,6 @@ impl std::fmt::Debug for ClusterSource {
     }
 }
 
-/// What the planner never reads of a VirtualService: its status but the VIP (the
-/// directors' entries, this agent's own included, and the operator's conditions).
-fn virtual_service_unread(vs: &mut DeserializeGuard<VirtualService>) {
-    if let Ok(vs) = &mut vs.0 {
-        kubelvs_watch::status_but_vip(vs);
-    }
-}
-
-/// A RealServer's status: the directors' health observations, this agent's included
-/// (what it reports comes from its own probes, never from there).
-fn real_server_unread(rs: &mut DeserializeGuard<RealServer>) {
-    if let Ok(rs) = &mut rs.0 {
-        kubelvs_watch::no_status(rs);
-    }
-}
-
 /// Of its Node, the agent reads labels and addresses; the kubelet rewrites the rest of
 /// the status (conditions, heartbeats) all the time.
 fn node_unread(node: &mut Node) {
@@ -99,14 +83,16 @@ impl ClusterSource {
                 rt,
                 Api::all(client.clone()),
                 watcher::Config::default(),
-                virtual_service_unread,
+                // The planner reads the VIP of the status; the directors' entries (this
+                // agent's own included: it reports from its own state) wake nothing.
+                kubelvs_watch::status_but_vip,
                 wake.clone(),
             ),
             real_servers: watch(
                 rt,
                 Api::all(client.clone()),
                 watcher::Config::default(),
-                real_server_unread,
+                kubelvs_watch::no_status,
                 wake.clone(),
             ),
             address_pools: watch(
@@ -318,7 +304,7 @@ mod tests {
             },
         }))
         .unwrap();
-        virtual_service_unread(&mut v);
+        kubelvs_watch::status_but_vip(&mut v);
         v
     }
 
@@ -365,7 +351,7 @@ mod tests {
                 "status": {"observations": [{"node": "d1", "healthy": healthy}]},
             }))
             .unwrap();
-            real_server_unread(&mut r);
+            kubelvs_watch::no_status(&mut r);
             r
         };
         let before = rs("1", true);
