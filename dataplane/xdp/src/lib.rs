@@ -68,6 +68,7 @@ pub mod fake;
 pub mod maps;
 mod neigh;
 mod plan;
+pub mod preflight;
 pub mod sys;
 #[cfg(feature = "testing")]
 mod test_run;

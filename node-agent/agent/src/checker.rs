@@ -1,7 +1,8 @@
 //! Runs the health probes: one tokio task per target on a shared runtime (not a
 //! thread each), at most `concurrency` probes in flight, each target's first probe
 //! at a jittered offset within its interval so probes spread out. Transitions wake
-//! the agent's loop through `wake`.
+//! the agent's loop through `wake`. A new target starts from what was known of its
+//! real server ([`crate::remembered`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
@@ -14,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::health::{probe, State, Target, Transition};
 use crate::metrics::{Metrics, RealServerLabels};
+use crate::remembered::{self, DownStore, ProbeId};
 use crate::Event;
 
 #[derive(Debug)]
@@ -22,6 +24,26 @@ struct Shared {
     limit: Semaphore,
     wake: Mutex<mpsc::Sender<Event>>,
     metrics: Arc<Metrics>,
+    /// Where the down probes are kept across restarts, and what was last written.
+    store: Option<(DownStore, Mutex<BTreeSet<ProbeId>>)>,
+}
+
+impl Shared {
+    /// Writes the down probes when they changed since the last write.
+    fn remember(&self) {
+        let Some((store, written)) = &self.store else {
+            return;
+        };
+        let down = remembered::down(&self.states.lock().unwrap());
+        let mut written = written.lock().unwrap();
+        if *written == down {
+            return;
+        }
+        match store.save(&down) {
+            Ok(()) => *written = down,
+            Err(e) => warn!(error = %e, "cannot keep the health view for a restart"),
+        }
+    }
 }
 
 /// The probes of the current plan.
@@ -30,6 +52,8 @@ pub struct Checker {
     rt: tokio::runtime::Handle,
     tasks: HashMap<Target, tokio::task::JoinHandle<()>>,
     shared: Arc<Shared>,
+    /// Probes that were down when the agent last ran; used by the first plan.
+    down_before_restart: BTreeSet<ProbeId>,
 }
 
 fn jitter(target: &Target, interval: Duration) -> Duration {
@@ -54,12 +78,34 @@ impl Checker {
                 limit: Semaphore::new(concurrency.max(1)),
                 wake: Mutex::new(wake),
                 metrics,
+                store: None,
             }),
+            down_before_restart: BTreeSet::new(),
         }
     }
 
-    /// Probes exactly `targets` from now on: new ones start (healthy until proven
-    /// otherwise), gone ones stop and are forgotten.
+    /// Keeps the down probes in `store` and starts from those it holds (call before
+    /// the first [`Checker::set_targets`]). A store that cannot be read is reported
+    /// and started afresh: every real server healthy until proven otherwise.
+    pub fn remembering(mut self, store: DownStore) -> Self {
+        let known = store.load().unwrap_or_else(|e| {
+            warn!(error = %e, "starting without the previous health view");
+            BTreeSet::new()
+        });
+        if !known.is_empty() {
+            info!(
+                down = known.len(),
+                "real servers down when the agent last ran start down"
+            );
+        }
+        let shared = Arc::get_mut(&mut self.shared).expect("no probe runs yet");
+        shared.store = Some((store, Mutex::new(known.clone())));
+        self.down_before_restart = known;
+        self
+    }
+
+    /// Probes exactly `targets` from now on: gone ones stop, new ones start from what
+    /// is known of their real server ([`remembered::initial_state`]).
     pub fn set_targets(&mut self, targets: &BTreeMap<Target, HealthCheck>) {
         self.tasks.retain(|t, task| {
             let keep = targets.contains_key(t);
@@ -68,9 +114,16 @@ impl Checker {
             }
             keep
         });
+        let mut going = BTreeMap::new();
         {
             let mut states = self.shared.states.lock().unwrap();
-            states.retain(|t, _| targets.contains_key(t));
+            states.retain(|t, s| {
+                let keep = targets.contains_key(t);
+                if !keep {
+                    going.insert(t.id(), s.clone());
+                }
+                keep
+            });
         }
         for (t, check) in targets {
             if self.tasks.contains_key(t) {
@@ -78,20 +131,20 @@ impl Checker {
             }
             let shared = self.shared.clone();
             let (t2, check) = (t.clone(), check.clone());
-            self.shared
-                .states
-                .lock()
-                .unwrap()
-                .entry(t.clone())
-                .or_default();
+            let state = remembered::initial_state(t, &going, &self.down_before_restart);
             shared
                 .metrics
                 .real_server_healthy
                 .get_or_create(&labels(t))
-                .set(1);
+                .set(i64::from(state.healthy));
+            self.shared.states.lock().unwrap().insert(t.clone(), state);
             let task = self.rt.spawn(run(t2, check, shared));
             self.tasks.insert(t.clone(), task);
         }
+        // What was down before the restart seeds the first plan only: a real server
+        // that leaves the plan and comes back later starts afresh.
+        self.down_before_restart.clear();
+        self.shared.remember();
     }
 
     /// Targets currently failing their check.
@@ -163,6 +216,7 @@ async fn run(target: Target, check: HealthCheck, shared: Arc<Shared>) {
                     info!(real_server = %target.socket(), probe = %target.check.probe, "real server up: restoring its weight");
                 }
             }
+            shared.remember();
             let _ = shared.wake.lock().unwrap().send(Event::Health);
         }
     }

@@ -2,9 +2,11 @@
 //!
 //! - [`Target`]: what is probed (address, port, probe); one per real server and
 //!   health check, shared by every service that checks it the same way.
-//! - [`State::observe`]: the rise/fall state machine. A real server starts healthy
-//!   (an agent restart must not quiesce everything), goes down after `fall`
-//!   consecutive failures and up after `rise` consecutive successes.
+//! - [`State::observe`]: the rise/fall state machine. A real server nothing is known
+//!   of starts healthy (an agent's first start must not quiesce everything); one known
+//!   to be down (before a restart, or under the check's previous timing) starts down
+//!   ([`crate::remembered`]). It goes down after `fall` consecutive failures and up
+//!   after `rise` consecutive successes.
 //! - [`quiesce`]: the health view applied to the plan: an unhealthy real server gets
 //!   weight 0 (open connections continue, new ones go elsewhere), a planning
 //!   decision made without I/O.

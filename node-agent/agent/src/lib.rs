@@ -12,6 +12,7 @@ pub mod events;
 pub mod health;
 pub mod metrics;
 pub mod node;
+pub mod remembered;
 pub mod source;
 pub mod status;
 
@@ -65,6 +66,8 @@ pub struct Settings {
     pub health_concurrency: usize,
     /// How often traffic counters are read from the dataplanes into /metrics.
     pub traffic_interval: Duration,
+    /// Where the agent keeps what must survive a restart (the health view).
+    pub state_dir: Option<PathBuf>,
 }
 
 /// What a burst of events amounts to.
@@ -185,6 +188,9 @@ pub fn run(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
     let mut checker = Checker::new(rt, wake, metrics.clone(), settings.health_concurrency);
+    if let Some(dir) = &settings.state_dir {
+        checker = checker.remembering(remembered::DownStore::in_dir(dir));
+    }
     let mut seen_stamp = None;
     let mut last_apply: Option<Instant> = None;
     let mut objects = source::Objects::default();
@@ -274,9 +280,11 @@ pub fn run(
                     have_config = true;
                 }
                 Err((file, e)) => {
-                    // Keep programming what we had: a missing or unreadable file never
-                    // empties the dataplanes.
-                    error!(%file, error = %e, "cannot read the configuration; keeping the current plan");
+                    // Keep programming what we had: a missing, unreadable, empty or
+                    // truncated file never empties the dataplanes, also at start (a
+                    // restarted agent leaves what its predecessor programmed).
+                    error!(%file, error = %e, "configuration not applied");
+                    metrics.config_refused.inc();
                     if !have_config {
                         continue;
                     }

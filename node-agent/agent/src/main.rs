@@ -14,7 +14,7 @@ use kubelvs_agent::{run, Event, Settings, Source};
 use kubelvs_model::Dataplane;
 use kubelvs_netconf::{NetKernel, Netconf, NetconfOptions, RtNetlink};
 use kubelvs_planner::NodeIdentity;
-use tracing::info;
+use tracing::{info, warn};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum DataplaneFlag {
@@ -185,6 +185,10 @@ fn main() -> anyhow::Result<()> {
         opts.ring_size = args.xdp_ring_size;
         let director = kubelvs_xdp::XdpDirector::attach_with(&ifname, opts)
             .with_context(|| format!("attaching the XDP director to {ifname}"))?;
+        // Forwarding must outlive this process: say now if it will not.
+        for caveat in kubelvs_xdp::preflight::caveats(&ifname, Some(&args.xdp_pin_dir)) {
+            warn!(%caveat, "XDP forwarding will stop with the agent");
+        }
         dataplanes.push(Box::new(kubelvs_xdp::XdpDataplane::new(
             director,
             kubelvs_xdp::KernelNeighbours {
@@ -271,6 +275,7 @@ fn main() -> anyhow::Result<()> {
         resync: Duration::from_secs(args.resync_seconds),
         health_concurrency: args.health_concurrency,
         traffic_interval: Duration::from_secs(args.traffic_interval_seconds),
+        state_dir: Some(args.state_dir.clone()),
     };
     let handle = rt.handle().clone();
     run(

@@ -110,6 +110,9 @@ pub struct Metrics {
     pub outcomes: Family<OutcomeLabels, Gauge>,
     pub real_server_healthy: Family<RealServerLabels, Gauge>,
     pub rejected_objects: Gauge,
+    /// Standalone: reads of the file that were not applied (unreadable, or nothing
+    /// in it to apply).
+    pub config_refused: Counter,
     pub health_transitions: Counter,
     pub virtual_service: TrafficFamilies<ServiceLabels>,
     pub real_server: TrafficFamilies<BackendLabels>,
@@ -124,6 +127,7 @@ impl Metrics {
         let real_server_healthy = Family::<RealServerLabels, Gauge>::default();
         let rejected_objects = Gauge::default();
         let health_transitions = Counter::default();
+        let config_refused = Counter::default();
         registry.register(
             "apply_duration_seconds",
             "Time to apply the node's plan on every dataplane",
@@ -150,6 +154,11 @@ impl Metrics {
             rejected_objects.clone(),
         );
         registry.register(
+            "config_refused",
+            "Standalone: reads of the configuration file not applied (unreadable, or no object in it)",
+            config_refused.clone(),
+        );
+        registry.register(
             "health_transitions",
             "Real servers going down or up",
             health_transitions.clone(),
@@ -167,6 +176,7 @@ impl Metrics {
             outcomes,
             real_server_healthy,
             rejected_objects,
+            config_refused,
             health_transitions,
         })
     }

@@ -135,10 +135,71 @@ impl Cache {
         (objects, rejected)
     }
 
-    /// [`Cache::parse`] of the file at `path`.
-    pub fn load(&mut self, path: &Path) -> std::io::Result<(Objects, Vec<Rejected>)> {
-        Ok(self.parse(&std::fs::read_to_string(path)?))
+    /// [`Cache::parse`] of the file at `path`, refusing a file with nothing to apply
+    /// (see [`LoadError::Nothing`]).
+    pub fn load(&mut self, path: &Path) -> Result<(Objects, Vec<Rejected>), LoadError> {
+        let text = std::fs::read_to_string(path).map_err(LoadError::Read)?;
+        let deliberately_empty = is_deliberately_empty(&text);
+        let (objects, rejected) = self.parse(if deliberately_empty { "" } else { &text });
+        if deliberately_empty || objects.any() {
+            return Ok((objects, rejected));
+        }
+        Err(LoadError::Nothing {
+            first_rejected: rejected.into_iter().next().map(|r| r.0),
+        })
     }
+}
+
+/// Why a configuration file was not applied. The agent keeps programming what it had.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read it: {0}")]
+    Read(std::io::Error),
+    /// No object passed: an empty file (truncated by `>` before a rewrite), or a file
+    /// cut short in its first object. Applying it would remove every VIP, so it takes
+    /// a deliberate file to do that.
+    #[error(
+        "no object to apply{}; keeping the current plan (to remove everything on purpose, \
+         the file must be an empty List: `apiVersion: v1`, `kind: List`, `items: []`)",
+        first_rejected.as_ref().map_or(String::new(), |r| format!(" ({r})"))
+    )]
+    Nothing { first_rejected: Option<String> },
+}
+
+impl Objects {
+    /// Whether any object passed validation.
+    pub fn any(&self) -> bool {
+        !(self.virtual_services.is_empty()
+            && self.real_servers.is_empty()
+            && self.address_pools.is_empty())
+    }
+}
+
+/// Whether `text` is exactly one document, a Kubernetes `List` (`apiVersion: v1`) with
+/// no items: what `kubectl get ... -o yaml` prints for nothing, and the one way to ask
+/// for an empty configuration.
+fn is_deliberately_empty(text: &str) -> bool {
+    let [doc] = documents(text)[..] else {
+        return false;
+    };
+    let Ok(serde_yaml::Value::Mapping(m)) = serde_yaml::from_str::<serde_yaml::Value>(doc) else {
+        return false;
+    };
+    let field = |k: &str| m.get(k);
+    let empty_items = match field("items") {
+        Some(serde_yaml::Value::Sequence(items)) => items.is_empty(),
+        Some(serde_yaml::Value::Null) | None => true,
+        _ => false,
+    };
+    field("apiVersion").and_then(|v| v.as_str()) == Some("v1")
+        && field("kind").and_then(|v| v.as_str()) == Some("List")
+        && empty_items
+        && m.keys().all(|k| {
+            matches!(
+                k.as_str(),
+                Some("apiVersion" | "kind" | "items" | "metadata")
+            )
+        })
 }
 
 #[cfg(test)]
@@ -199,6 +260,73 @@ mod cache_tests {
         // Same result as a parse from scratch.
         let (o2, r2) = parse(&edited);
         assert_eq!((o2.real_servers.len(), r2), (1, r));
+    }
+
+    fn load(text: &str) -> Result<(Objects, Vec<Rejected>), LoadError> {
+        let dir = std::env::temp_dir().join(format!("kubelvs-source-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(format!(
+            "{:x}.yaml",
+            text.len() * 31 + text.bytes().map(usize::from).sum::<usize>()
+        ));
+        std::fs::write(&file, text).unwrap();
+        let r = Cache::default().load(&file);
+        let _ = std::fs::remove_file(&file);
+        r
+    }
+
+    #[test]
+    fn a_file_with_nothing_to_apply_is_refused_naming_the_way_to_empty_it() {
+        for text in ["", "\n\n", "# generated\n---\n", "---\n---\n"] {
+            let e = load(text).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    LoadError::Nothing {
+                        first_rejected: None
+                    }
+                ),
+                "{text:?}: {e}"
+            );
+            assert!(e.to_string().contains("kind: List"), "{e}");
+        }
+        // Cut short inside its first object: refused, saying what was wrong.
+        let cut = &rs("a", "192.0.2.1")[..60];
+        let e = load(cut).unwrap_err();
+        assert!(e.to_string().contains("document 1"), "{e}");
+        // Missing file: a read error, not "nothing".
+        let e = Cache::default()
+            .load(Path::new("/nonexistent/kubelvs.yaml"))
+            .unwrap_err();
+        assert!(matches!(e, LoadError::Read(_)), "{e}");
+    }
+
+    #[test]
+    fn an_empty_list_is_the_deliberate_empty_configuration() {
+        for text in [
+            "apiVersion: v1\nkind: List\nitems: []\n",
+            "# nothing on purpose\n---\napiVersion: v1\nkind: List\nmetadata: {}\nitems:\n",
+            "{apiVersion: v1, kind: List}\n",
+        ] {
+            let (o, r) = load(text).unwrap();
+            assert!(!o.any() && r.is_empty(), "{text:?}");
+        }
+        // A List with items, of another version, or next to other documents is not.
+        for text in [
+            "apiVersion: v1\nkind: List\nitems: [{a: 1}]\n",
+            "apiVersion: v2\nkind: List\nitems: []\n",
+            "apiVersion: v1\nkind: List\nitems: []\nspec: {}\n",
+        ] {
+            assert!(!is_deliberately_empty(text), "{text:?}");
+            assert!(load(text).is_err(), "{text:?}");
+        }
+        let with_object = format!(
+            "apiVersion: v1\nkind: List\nitems: []\n---\n{}",
+            rs("a", "192.0.2.1")
+        );
+        assert!(!is_deliberately_empty(&with_object));
+        let (o, r) = load(&with_object).unwrap();
+        assert_eq!((o.real_servers.len(), r.len()), (1, 1), "{r:?}");
     }
 
     #[test]

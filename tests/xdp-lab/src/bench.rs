@@ -1,5 +1,6 @@
-//! Datapath throughput: a live-frames generator in the client sends UDP to the VIP;
-//! real servers count (and drop) what reaches them with an XDP counter.
+//! Datapath throughput: a generator in the client ([`crate::generator`]: live frames,
+//! or an AF_PACKET socket where the kernel refuses them) sends UDP to the VIP; real
+//! servers count (and drop) what reaches them with an XDP counter.
 //!
 //! The same lab, generator and counters serve every director under test, so the
 //! ratio of two measurements made one after the other in one run compares the
@@ -11,15 +12,16 @@ use kubelvs_model::{Forwarding, Protocol, Tunnel};
 use kubelvs_xdp::{DirectorOptions, XdpDirector};
 
 use crate::actor::NsActor;
-use crate::bpf::{Attached, GenConfig, Generator, BENCH_PORT};
+use crate::bpf::{Attached, GenConfig, BENCH_PORT};
 use crate::director::neighbours;
+use crate::generator::{GeneratorChoice, TrafficGenerator};
 use crate::nft::{self, L4};
 use crate::packet::{udp_headers, MIN_FRAME};
 use crate::plan::service;
 use crate::topology::{Lab, LabConfig};
 use crate::{LabError, Result};
 
-/// Frames per BPF_PROG_RUN call: long enough to amortise the syscall, short enough to
+/// Frames per generator call: long enough to amortise the syscall, short enough to
 /// stop close to the requested duration.
 const FRAMES_PER_RUN: u32 = 8_192;
 /// First UDP source port of the generated flows.
@@ -71,14 +73,20 @@ pub struct BenchLab {
     // Dropped before the lab: programs detach while their interfaces still exist.
     counters: Vec<Attached>,
     _ports: Vec<Attached>,
-    generator: Generator,
+    pub generator: TrafficGenerator,
     pub switch: Switch,
     pub lab: Lab,
 }
 
 impl BenchLab {
-    /// `flows` distinct UDP flows (source ports), frames of `frame_len` bytes.
-    pub fn build(flows: u16, frame_len: usize, switch: Switch) -> Result<Self> {
+    /// `flows` distinct UDP flows (source ports), frames of `frame_len` bytes, sent by
+    /// the generator `choice` gives.
+    pub fn build(
+        flows: u16,
+        frame_len: usize,
+        switch: Switch,
+        choice: GeneratorChoice,
+    ) -> Result<Self> {
         let lab = Lab::build(LabConfig::default())?;
         // Frames sent with XDP (the generator's, the director's XDP_TX) are received
         // by a veth peer only if that peer runs an XDP program.
@@ -120,7 +128,13 @@ impl BenchLab {
             flows: flows.max(1),
             _pad: 0,
         };
-        let generator = Generator::load(config, frame_len.max(MIN_FRAME))?;
+        let generator = TrafficGenerator::new(
+            choice,
+            config,
+            frame_len.max(MIN_FRAME),
+            &lab.client.netns,
+            lab.client.ifindex,
+        )?;
         Ok(Self {
             counters,
             _ports: ports,
@@ -153,12 +167,11 @@ impl BenchLab {
     pub fn measure(&self, duration: Duration) -> Result<Throughput> {
         let before = self.counts()?;
         let sent_before = self.generator.sent()?;
-        let ifindex = self.lab.client.ifindex;
         let generator = &self.generator;
         let seconds = self.lab.client.netns.run(|| -> Result<f64> {
             let start = Instant::now();
             while start.elapsed() < duration {
-                generator.send(ifindex, FRAMES_PER_RUN)?;
+                generator.send(FRAMES_PER_RUN)?;
             }
             Ok(start.elapsed().as_secs_f64())
         })??;

@@ -135,12 +135,12 @@ fn program_name(what: &str) -> &str {
 
 /// The live-frames traffic generator (`xdp_generate`), loaded but not attached.
 #[derive(Debug)]
-pub struct Generator {
+pub struct LiveFramesGenerator {
     ebpf: Ebpf,
     frame: Vec<u8>,
 }
 
-impl Generator {
+impl LiveFramesGenerator {
     /// Loads the generator for frames whose headers are `config.headers`, padded with
     /// zeros to `frame_len` bytes.
     pub fn load(config: GenConfig, frame_len: usize) -> Result<Self> {
@@ -166,8 +166,10 @@ impl Generator {
     }
 
     /// Sends `repeat` frames out of `ifindex`. Call it from a thread inside the
-    /// interface's namespace.
-    pub fn send(&self, ifindex: u32, repeat: u32) -> Result<()> {
+    /// interface's namespace. The outer error is the lab's, the inner one what
+    /// BPF_PROG_RUN answered (a kernel may refuse live frames: see
+    /// [`crate::generator`]).
+    pub fn send(&self, ifindex: u32, repeat: u32) -> Result<std::io::Result<()>> {
         let prog: &Xdp = self
             .ebpf
             .program("xdp_generate")
@@ -175,8 +177,13 @@ impl Generator {
             .try_into()
             .map_err(|e| bpf_err("xdp_generate", e))?;
         let fd = prog.fd().map_err(|e| bpf_err("xdp_generate", e))?;
-        prog_run::run_live_frames(fd.as_fd(), ifindex, &self.frame, repeat, 0)
-            .map_err(|e| bpf_err(format!("BPF_PROG_RUN live frames on ifindex {ifindex}"), e))
+        Ok(prog_run::run_live_frames(
+            fd.as_fd(),
+            ifindex,
+            &self.frame,
+            repeat,
+            0,
+        ))
     }
 
     /// Frames the program handed to the kernel for transmission so far.

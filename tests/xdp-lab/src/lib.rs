@@ -9,8 +9,9 @@
 //! client that records which real server answered ([`client`]), the nftables DNAT load
 //! balancer LVS is compared with ([`nft`]), the XDP director of `kubelvs-xdp` attached
 //! to the director host ([`director`]), and a datapath throughput harness
-//! ([`mod@bench`]): a live-frames traffic generator ([`prog_run`], BPF in
-//! `bpf/lab.bpf.c`) and XDP counters on the real servers.
+//! ([`mod@bench`]): a traffic generator ([`generator`]: live frames through
+//! [`prog_run`] and BPF in `bpf/lab.bpf.c`, or an AF_PACKET socket where the kernel
+//! refuses live frames) and XDP counters on the real servers.
 //!
 //! A network namespace belongs to a thread: everything that must run inside one goes
 //! through [`Netns::run`], [`Netns::spawn`] or an [`actor::NsActor`].
@@ -27,9 +28,11 @@ pub mod bpf;
 pub mod client;
 pub mod cmd;
 pub mod director;
+pub mod generator;
 pub mod netns;
 pub mod nft;
 pub mod packet;
+pub mod packet_socket;
 pub mod plan;
 pub mod prog_run;
 pub mod server;

@@ -180,3 +180,59 @@ pub fn agent_args(host: &Host, dir: &Path, extra: &[&str]) -> Vec<String> {
     a.extend(extra.iter().map(|s| s.to_string()));
     a
 }
+
+/// Real servers `n` new connections reach, one attempt each (no retry): a refused or
+/// timed-out connection is an `error: ...` entry.
+pub fn reached_at_once(lab: &Lab, n: usize) -> Vec<String> {
+    let to = SocketAddr::V4(SocketAddrV4::new(lab.vip, PORT));
+    lab.client
+        .netns
+        .run(move || {
+            (0..n)
+                .map(|_| match Conn::open(to, Duration::from_secs(1)) {
+                    Ok(c) => {
+                        let rs = c.real_server().to_owned();
+                        c.reset();
+                        rs
+                    }
+                    Err(e) => format!("error: {e}"),
+                })
+                .collect()
+        })
+        .unwrap()
+}
+
+/// A bpffs mounted on the host (outside /sys, so `ip netns exec` keeps it), for pins
+/// that outlive an agent process as they do on a node; unmounted on drop.
+pub struct HostBpffs {
+    pub dir: PathBuf,
+}
+
+impl HostBpffs {
+    pub fn mount(name: &str) -> Self {
+        let dir = PathBuf::from("/run").join(format!("kubelvs-bpffs-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount -t bpf bpf {}", dir.display());
+        Self { dir }
+    }
+}
+
+impl Drop for HostBpffs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// The value of the metric line that starts with `series`, from `host`'s agent.
+pub fn metric(host: &Host, series: &str) -> Option<f64> {
+    let (_, m) = http_get(&host.netns, "/metrics")?;
+    m.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}

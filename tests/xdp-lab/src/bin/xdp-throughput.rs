@@ -2,9 +2,10 @@
 //! nftables DNAT load balancer, same topology, same generator, one run.
 //!
 //! ```text
-//! cargo run --release -p kubelvs-xdp-lab --bin xdp-throughput -- [--seconds S] [--rounds R] [--flows F] [--frame-len B] [--switch xdp|bridge]
+//! cargo run --release -p kubelvs-xdp-lab --bin xdp-throughput -- [--seconds S] [--rounds R] [--flows F] [--frame-len B] [--switch xdp|bridge] [--generator auto|live-frames|packet-socket]
 //! ```
-//! Needs root (network namespaces, XDP, BPF_PROG_RUN). Rounds alternate the two
+//! Needs root (network namespaces, XDP, BPF_PROG_RUN). The generator is live frames
+//! where the kernel runs them, else an AF_PACKET socket; the first line says which. Rounds alternate the two
 //! directors, one short measurement each, so that load from elsewhere on the machine
 //! hits both alike; the headline ratio is the median of the per-round ratios.
 
@@ -12,6 +13,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use kubelvs_xdp_lab::bench::{BenchLab, Director, Switch, Throughput};
+use kubelvs_xdp_lab::generator::GeneratorChoice;
 
 struct Args {
     seconds: f64,
@@ -19,6 +21,7 @@ struct Args {
     flows: u16,
     frame_len: usize,
     switch: Switch,
+    generator: GeneratorChoice,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -28,6 +31,7 @@ fn parse_args() -> Result<Args, String> {
         flows: 256,
         frame_len: 64,
         switch: Switch::Xdp,
+        generator: GeneratorChoice::Auto,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -44,6 +48,11 @@ fn parse_args() -> Result<Args, String> {
                     "bridge" => Switch::Bridge,
                     _ => return Err(format!("--switch {value}: xdp or bridge")),
                 }
+            }
+            "--generator" => {
+                a.generator = GeneratorChoice::parse(&value).ok_or_else(|| {
+                    format!("--generator {value}: auto, live-frames or packet-socket")
+                })?
             }
             _ => return Err(format!("unknown argument {flag}")),
         }
@@ -83,13 +92,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let bench = match BenchLab::build(args.flows, args.frame_len, args.switch) {
+    let bench = match BenchLab::build(args.flows, args.frame_len, args.switch, args.generator) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("xdp-throughput: building the lab: {e}");
             return ExitCode::FAILURE;
         }
     };
+    println!(
+        "generator: {}{}",
+        bench.generator.kind(),
+        bench
+            .generator
+            .fallback_reason
+            .as_ref()
+            .map_or(String::new(), |r| format!(" (live frames refused: {r})"))
+    );
     let warmup = Duration::from_millis(300);
     let duration = Duration::from_secs_f64(args.seconds);
     println!(
