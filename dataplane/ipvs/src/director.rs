@@ -259,6 +259,34 @@ where
             .collect();
         report
     }
+
+    /// An empty plan removes every owned service; FullNAT's nftables table goes too
+    /// (a fresh process does not know whether an earlier one loaded it, and the script
+    /// deletes it only if present). The director's forwarding sysctls stay: other
+    /// software on a director relies on forwarding as much as IPVS did.
+    fn remove_all(&mut self, ctx: &ApplyContext) -> Result<u64, String> {
+        let report = self.apply(&NodePlan::default(), ctx);
+        let mut writes = report.writes;
+        let mut left = Vec::new();
+        if !self.table.owned().is_empty() {
+            let ids: Vec<String> = self.table.owned().iter().map(|id| id.to_string()).collect();
+            left.push(format!("IPVS services {}", ids.join(", ")));
+        }
+        match self.host.load_nft(&fullnat_ruleset(&[])) {
+            Ok(()) => {
+                writes += 1;
+                self.nft_loaded = None;
+            }
+            // Without nft no agent here could have loaded the table either.
+            Err(Error::Nft { detail, .. }) if detail.starts_with("cannot run nft") => {}
+            Err(e) => left.push(format!("nftables table: {e}")),
+        }
+        if left.is_empty() {
+            Ok(writes)
+        } else {
+            Err(format!("could not remove: {}", left.join("; ")))
+        }
+    }
 }
 
 /// A service's key, its VirtualService and its outcome so far.

@@ -404,3 +404,61 @@ fn a_removed_real_server_is_reported_draining() {
     assert_eq!(r.real_servers[0].real_server.to_string(), "192.0.2.9:8080");
     assert_eq!(weight(&mut d, "203.0.113.1", "192.0.2.9"), 0);
 }
+
+/// `--cleanup`: every owned service goes and so does FullNAT's table, even from a
+/// process that never loaded it; a service another tool made stays.
+#[test]
+fn remove_all_takes_what_is_owned_and_leaves_the_rest() {
+    let mut fake = FakeIpvs::new();
+    fake.insert(KernelService {
+        id: id("198.51.100.9"),
+        config: ServiceConfig {
+            scheduler: "rr".into(),
+            flags: 0,
+            timeout: 0,
+            netmask: Netmask::host(libc_af_inet()),
+        },
+        dests: Vec::new(),
+        stats: Default::default(),
+    });
+    let dir = TempDir::new("remove-all");
+    let owned = dir.0.join("owned");
+    let mut d = IpvsDirector::new(
+        IpvsDataplane::with_client(FaultyIpvs::new(fake), &owned).unwrap(),
+        FakeHost::default(),
+    );
+    assert!(d.apply(&plan(three()), &now()).problems().next().is_none());
+    let kernel = d.table().client().inner.clone();
+    // A fresh process (the cleanup run) on the same kernel and state file.
+    let mut fresh = IpvsDirector::new(
+        IpvsDataplane::with_client(FaultyIpvs::new(kernel), &owned).unwrap(),
+        FakeHost::default(),
+    );
+    let writes = fresh.remove_all(&now()).unwrap();
+    assert_eq!(writes, 3 + 1, "three services and the nft table");
+    let left: Vec<ServiceId> = fresh
+        .table()
+        .client()
+        .inner
+        .services
+        .keys()
+        .copied()
+        .collect();
+    assert_eq!(left, vec![id("198.51.100.9")]);
+    let script = fresh.host().nft_script.clone().unwrap();
+    assert!(
+        script.contains("delete table inet kubelvs_fullnat"),
+        "{script}"
+    );
+    assert!(!script.contains("chain"), "{script}");
+    assert!(fresh.table().owned().is_empty());
+}
+
+#[test]
+fn remove_all_names_what_it_could_not_remove() {
+    let (mut d, _dir) = director("remove-all-nft", FaultyIpvs::default());
+    assert!(d.apply(&plan(three()), &now()).problems().next().is_none());
+    d.host().fail_nft = true;
+    let e = d.remove_all(&now()).unwrap_err();
+    assert!(e.contains("nftables table"), "{e}");
+}

@@ -208,4 +208,12 @@ pub trait Dataplane: Send {
     fn traffic(&mut self) -> TrafficReport {
         TrafficReport::default()
     }
+
+    /// Removes, for good, everything this dataplane owns on the node and restores what
+    /// it changed (`kube-lvs-agent --cleanup`, on uninstall); what others made stays.
+    /// An empty plan does most of it; a dataplane overrides this for what an empty plan
+    /// keeps. Returns the kernel writes, or what was left and why.
+    fn remove_all(&mut self, ctx: &ApplyContext) -> Result<u64, String> {
+        Ok(self.apply(&NodePlan::default(), ctx).writes)
+    }
 }

@@ -272,4 +272,22 @@ impl<K: NetKernel> Dataplane for Netconf<K> {
         outcomes.into_report(&mut report);
         report
     }
+
+    /// An empty plan undoes every owned address, sysctl and link; whatever is still
+    /// owned afterwards could not be undone.
+    fn remove_all(&mut self, ctx: &ApplyContext) -> Result<u64, String> {
+        let writes = self.apply(&NodePlan::default(), ctx).writes;
+        let o = &self.owned;
+        if o.addresses.is_empty() && o.sysctls.is_empty() && o.links.is_empty() {
+            return Ok(writes);
+        }
+        let mut left: Vec<String> = o
+            .addresses
+            .iter()
+            .map(|a| format!("address {a:?}"))
+            .collect();
+        left.extend(o.sysctls.keys().map(|p| format!("sysctl {p}")));
+        left.extend(o.links.iter().map(|l| format!("link {l} up")));
+        Err(format!("could not undo: {}", left.join(", ")))
+    }
 }

@@ -352,3 +352,32 @@ fn without_tunl0_the_xdp_decap_option_still_gives_the_vip_and_arp_suppression() 
     assert_eq!(n.kernel().sysctls["net/ipv4/conf/all/arp_ignore"], "1");
     assert!(!n.kernel().links.contains_key("tunl0"));
 }
+
+/// `--cleanup`: a fresh process undoes what an earlier one owned; a sysctl it cannot
+/// restore is named and stays owned, so a second run can finish the job.
+#[test]
+fn remove_all_undoes_what_was_owned_and_names_what_it_could_not() {
+    let t = TempDir::new("remove-all");
+    let mut n = Netconf::new(FakeNet::node(), eth0(), t.state()).unwrap();
+    apply(&mut n, &plan(vec![], vec![rs_vip("203.0.113.10", None)]));
+    let node = n.kernel().clone();
+    drop(n);
+
+    let stuck = "net/ipv4/conf/all/arp_ignore";
+    let kernel = FaultyNet {
+        inner: node,
+        faults: vec![NetFault::WriteSysctl(stuck.into())],
+    };
+    let mut n = Netconf::new(kernel, eth0(), t.state()).unwrap();
+    let e = n.remove_all(&ApplyContext::at(Instant::now())).unwrap_err();
+    assert!(e.contains(stuck), "{e}");
+    assert!(n.kernel().inner.addresses.is_empty(), "the VIP went");
+    let node = n.kernel().inner.clone();
+    drop(n);
+
+    let mut n = Netconf::new(node, eth0(), t.state()).unwrap();
+    let writes = n.remove_all(&ApplyContext::at(Instant::now())).unwrap();
+    assert_eq!(writes, 1, "only what was left");
+    assert_eq!(n.kernel().sysctls[stuck], "0");
+    assert_eq!(n.owned(), &Default::default());
+}

@@ -13,7 +13,7 @@ use kubelvs_model::{
 use std::time::Instant;
 
 use crate::backend::{DirectorMaps, DirectorTable};
-use crate::{read_neighbours, read_neighbours6, ApplyReport, Neighbours, XdpDirector};
+use crate::{read_neighbours, ApplyReport, Neighbours, XdpDirector};
 
 /// Where the director learns real servers' MACs (DR rewrites only the MAC).
 pub trait NeighbourProvider: Send {
@@ -34,11 +34,7 @@ pub struct KernelNeighbours {
 
 impl NeighbourProvider for KernelNeighbours {
     fn resolve(&mut self, addrs: &[IpAddr]) -> Neighbours {
-        let ifname = self.ifname.as_deref();
-        let mut known = read_neighbours(ifname).unwrap_or_default();
-        if addrs.iter().any(IpAddr::is_ipv6) {
-            known.extend(read_neighbours6(ifname).unwrap_or_default());
-        }
+        let known = read_neighbours(self.ifname.as_deref()).unwrap_or_default();
         for a in addrs.iter().filter(|a| !known.contains_key(a)) {
             solicit(*a);
         }

@@ -26,7 +26,7 @@
 //! - [`XdpDirector::apply`] takes the plan's services (those whose dataplane is
 //!   `Xdp`; others are ignored), builds maglev rings and writes only the map
 //!   entries that differ. DR needs each real server's MAC: pass the neighbour
-//!   table (see [`read_neighbours`], [`read_neighbours6`]); TUN and NAT use a
+//!   table (see [`read_neighbours`], [`watch_neighbours`]); TUN and NAT use a
 //!   given MAC as the next hop (no lookup) and otherwise ask `bpf_fib_lookup`
 //!   (which answers only where IP forwarding is on).
 //! - [`XdpDirector::stats`] sums the per-CPU counters per VIP and real server.
@@ -73,7 +73,7 @@ pub mod sys;
 #[cfg(feature = "testing")]
 mod test_run;
 
-pub use neigh::{parse_ip_neigh, parse_mac, parse_proc_net_arp, read_neighbours, read_neighbours6};
+pub use neigh::{parse_messages, read_neighbours, watch_neighbours, NeighMessage};
 pub use sys::{enter_netns, ifindex};
 #[cfg(feature = "testing")]
 pub use test_run::{test_run, TestRun, TestRunResult, XdpMd, TEST_XDP_LIVE_FRAMES};
@@ -740,6 +740,34 @@ pub(crate) fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a 
             program: name,
             source,
         })
+}
+
+/// Removes the director's pins from `dir` (the link of each interface and the maps:
+/// nothing else, so a directory shared with other programs keeps theirs) and the
+/// directory if that empties it. With no process holding the link, its program
+/// detaches as its pin goes. For `kube-lvs-agent --cleanup`; returns what it removed.
+pub fn remove_director_pins(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(XdpError::PinDir {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("link_") || DIRECTOR_MAPS.contains(&name.as_ref()) {
+            remove_pin(&entry.path())?;
+            removed.push(entry.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+    Ok(removed)
 }
 
 fn remove_pin(path: &Path) -> Result<()> {

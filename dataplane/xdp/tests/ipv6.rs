@@ -249,7 +249,7 @@ fn ipv6_tun_with_route_lookup() {
     let ns = fib6_lab();
     ns.run(|| {
         let ifindex = kubelvs_xdp::ifindex("v0").unwrap();
-        let neigh = kubelvs_xdp::read_neighbours6(Some("v0")).unwrap();
+        let neigh = kubelvs_xdp::read_neighbours(Some("v0")).unwrap();
         assert_eq!(
             neigh.get(&IpAddr::V6(ip6("2001:db8::20"))),
             Some(&mac6_of("2001:db8::20").1)

@@ -7,6 +7,7 @@
 //! planner and the same `Vec<Box<dyn Dataplane>>`.
 
 pub mod checker;
+pub mod cleanup;
 pub mod cluster;
 pub mod events;
 pub mod health;
@@ -36,6 +37,8 @@ pub enum Event {
     Reload,
     /// A real server went down or up.
     Health,
+    /// A neighbour's MAC on the director's interface appeared, changed or went.
+    Neighbours,
     /// SIGTERM or SIGINT: stop, leaving the dataplanes as they are.
     Stop,
 }
@@ -95,7 +98,7 @@ pub fn gather(
                 return burst;
             }
             Ok(Event::Reload) => burst.reload = true,
-            Ok(Event::Health) => {}
+            Ok(Event::Health | Event::Neighbours) => {}
             Err(_) => break,
         }
         if changed() {
@@ -202,8 +205,6 @@ pub fn run(
     let mut rejected: Vec<source::Rejected> = Vec::new();
     let mut problems: BTreeSet<String> = BTreeSet::new();
     let mut have_config = false;
-    // Soon again while a DR real server's MAC is being resolved.
-    let mut retry_soon = false;
     loop {
         // Wait for something to do.
         let mut reload = false;
@@ -214,7 +215,7 @@ pub fn run(
                 return Ok(());
             }
             Ok(Event::Reload) => reload = true,
-            Ok(Event::Health) => health = true,
+            Ok(Event::Health | Event::Neighbours) => health = true,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
         }
@@ -222,12 +223,9 @@ pub fn run(
         if now_stamp != seen_stamp {
             reload = true;
         }
-        let period = if retry_soon {
-            settings.poll * 5
-        } else {
-            settings.resync
-        };
-        let resync = last_apply.is_none_or(|t| t.elapsed() >= period);
+        // A DR real server's MAC being resolved wakes the loop through the neighbour
+        // watch (`Event::Neighbours`); the resync solicits unresolved ones again.
+        let resync = last_apply.is_none_or(|t| t.elapsed() >= settings.resync);
         if !(reload || health || resync) {
             if read_traffic(&mut node, &metrics, &mut sample, settings.traffic_interval) {
                 if let Some((_, planned)) = &plan_cache {
@@ -359,11 +357,6 @@ pub fn run(
             };
             publish_status(&source, &reported, planned, &sample);
         }
-        retry_soon = reports.iter().any(|r| {
-            r.real_servers
-                .iter()
-                .any(|n| matches!(n.state, kubelvs_model::RealServerState::Unresolved(_)))
-        });
         metrics.observed.set_ready(true);
         last_apply = Some(Instant::now());
     }

@@ -101,6 +101,49 @@ struct Args {
     /// Serve /metrics, /healthz and /readyz here.
     #[arg(long, default_value = "0.0.0.0:9641")]
     metrics_address: SocketAddr,
+    /// Remove everything kube-lvs owns on this node and restore what it changed, then
+    /// exit (uninstall; run it with the flags the agent ran with, once it has
+    /// stopped). Exits non-zero if anything could not be undone.
+    #[arg(long)]
+    cleanup: bool,
+}
+
+/// `--cleanup`: the dataplanes that own something here remove it.
+fn cleanup(args: &Args, kernel: RtNetlink) -> anyhow::Result<()> {
+    let mut dataplanes: Vec<Box<dyn Dataplane>> = vec![Box::new(Netconf::new(
+        kernel,
+        NetconfOptions {
+            interface: args.interface.clone(),
+            xdp_decap: args.xdp_decap,
+        },
+        args.state_dir.join("netconf-owned"),
+    )?)];
+    // IPVS owns something only if an agent recorded it (the FullNAT table included).
+    let ipvs_owned = args.state_dir.join("ipvs-owned");
+    if ipvs_owned.exists() {
+        let table = kubelvs_ipvs::IpvsDataplane::new(ipvs_owned)
+            .context("opening kernel IPVS to remove kube-lvs's services")?;
+        dataplanes.push(Box::new(kubelvs_ipvs::IpvsDirector::new(
+            table,
+            kubelvs_ipvs::SystemHost::with_root(&args.proc_sys),
+        )));
+    }
+    let pins = Some(args.xdp_pin_dir.as_path()).filter(|d| d.exists());
+    let c = kubelvs_agent::cleanup::cleanup(&mut dataplanes, pins, &args.state_dir);
+    for line in &c.done {
+        info!("cleanup: {line}");
+    }
+    for line in &c.failed {
+        tracing::error!("cleanup: {line}");
+    }
+    if !c.failed.is_empty() {
+        bail!(
+            "cleanup left {} things behind (see above); run it again once fixed",
+            c.failed.len()
+        );
+    }
+    info!("cleanup: kube-lvs left nothing on this node");
+    Ok(())
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -117,7 +160,11 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    if let Some(c) = args.config.as_ref().filter(|c| !c.exists()) {
+    if let Some(c) = args
+        .config
+        .as_ref()
+        .filter(|c| !args.cleanup && !c.exists())
+    {
         bail!("--config {}: no such file", c.display());
     }
     std::fs::create_dir_all(&args.state_dir)
@@ -143,6 +190,11 @@ fn main() -> anyhow::Result<()> {
         addresses: addresses.clone(),
     };
 
+    if args.cleanup {
+        return cleanup(&args, kernel);
+    }
+
+    let (wake, events) = mpsc::channel::<Event>();
     let mut dataplanes: Vec<Box<dyn Dataplane>> = Vec::new();
     let netconf = Netconf::new(
         kernel,
@@ -189,6 +241,10 @@ fn main() -> anyhow::Result<()> {
         for caveat in kubelvs_xdp::preflight::caveats(&ifname, Some(&args.xdp_pin_dir)) {
             warn!(%caveat, "XDP forwarding will stop with the agent");
         }
+        // DR needs each real server's MAC: a change is applied when the kernel learns it.
+        let wake = wake.clone();
+        kubelvs_xdp::watch_neighbours(&ifname, move || wake.send(Event::Neighbours).is_ok())
+            .with_context(|| format!("following the neighbour table of {ifname}"))?;
         dataplanes.push(Box::new(kubelvs_xdp::XdpDataplane::new(
             director,
             kubelvs_xdp::KernelNeighbours {
@@ -211,7 +267,6 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let metrics = Metrics::new();
-    let (wake, events) = mpsc::channel::<Event>();
     {
         let listener = rt
             .block_on(tokio::net::TcpListener::bind(args.metrics_address))

@@ -81,11 +81,17 @@ struct Setup {
 
 impl Setup {
     fn new() -> Self {
+        Self::prepared(|_| {})
+    }
+
+    /// With `others` run on the lab before any agent starts (what other software made).
+    fn prepared(others: impl FnOnce(&Lab)) -> Self {
         let lab = Lab::build(LabConfig {
             vip_on_real_servers: false,
             ..LabConfig::default()
         })
         .unwrap();
+        others(&lab);
         // The director's XDP_TX frames are received by the bridge only if its veth
         // peer runs XDP (the agent says so at start: see `stopped_agent...`).
         let pass = Attached::attach(&lab.bridge, &lab.director.bridge_port, "xdp_pass").unwrap();
@@ -345,4 +351,177 @@ fn check_edits_restarts_and_truncated_files_put_nothing_back_and_remove_nothing(
     assert!(!director.log().contains("panicked"), "{}", director.log());
     drop(director);
     let _ = std::fs::remove_dir_all(s.pin());
+}
+
+/// `kube-lvs-agent ARGS --cleanup` on `host`, to the end: success and its log.
+fn cleanup(host: &Host, args: &[String]) -> (bool, String) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", host.netns.name(), AGENT])
+        .args(args)
+        .arg("--cleanup")
+        .output()
+        .unwrap();
+    let log =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), log)
+}
+
+fn addresses(host: &Host, dev: &str) -> String {
+    host.netns.ip(&["-o", "addr", "show", "dev", dev]).unwrap()
+}
+
+#[test]
+#[ignore = "privileged: netns + XDP + bpffs"]
+fn cleanup_removes_what_kube_lvs_owns_and_restores_what_it_changed() {
+    const OTHERS: &str = "198.51.100.77";
+    let s = Setup::prepared(|lab| {
+        // Made by others before kube-lvs came: an address on the director's interface
+        // and on a real server's lo, and a real server's own ARP announce policy.
+        lab.director
+            .netns
+            .ip(&[
+                "addr",
+                "add",
+                &format!("{OTHERS}/32"),
+                "dev",
+                &lab.director.ifname,
+            ])
+            .unwrap();
+        let rs1 = &lab.real_servers[0];
+        rs1.netns
+            .ip(&["addr", "add", &format!("{OTHERS}/32"), "dev", "lo"])
+            .unwrap();
+        rs1.netns
+            .sysctl("net.ipv4.conf.all.arp_announce", "1")
+            .unwrap();
+    });
+    let mut director = s.start_director();
+    s.wait_ready(&director);
+    s.every_real_server_answers();
+    let vip = format!(" {}/32 ", s.lab.vip);
+    assert!(addresses(&s.lab.director, &s.lab.director.ifname).contains(&vip));
+    for rs in &s.lab.real_servers {
+        assert!(addresses(rs, "lo").contains(&vip), "{}", rs.role);
+        assert_eq!(
+            rs.netns
+                .sysctl_get("net.ipv4.conf.all.arp_announce")
+                .unwrap(),
+            "2"
+        );
+    }
+
+    // Uninstall: the agents stop, then each runs --cleanup with its own flags.
+    director.stop();
+    let mut s = s;
+    s.rs_agents.clear();
+    let (ok, log) = cleanup(
+        &s.lab.director,
+        &director_args(&s.lab, &s.file, &s.dir, &s.pin()),
+    );
+    assert!(ok, "{log}");
+    assert!(log.contains("left nothing"), "{log}");
+    for rs in &s.lab.real_servers {
+        let (ok, log) = cleanup(rs, &real_server_args(rs, &s.file, &s.dir));
+        assert!(ok, "{}: {log}", rs.role);
+    }
+
+    // Nothing of kube-lvs is left: VIPs, the XDP program and its pins, sysctls,
+    // state files; what others made is there as it was.
+    let director_addrs = addresses(&s.lab.director, &s.lab.director.ifname);
+    assert!(!director_addrs.contains(&vip), "{director_addrs}");
+    assert!(
+        director_addrs.contains(&format!(" {OTHERS}/32 ")),
+        "{director_addrs}"
+    );
+    let link = s
+        .lab
+        .director
+        .netns
+        .ip(&["-d", "link", "show", "dev", &s.lab.director.ifname])
+        .unwrap();
+    assert!(!link.contains("prog/xdp"), "{link}");
+    assert!(!s.pin().exists(), "{}", s.pin().display());
+    for rs in &s.lab.real_servers {
+        let lo = addresses(rs, "lo");
+        assert!(!lo.contains(&vip), "{}: {lo}", rs.role);
+        for iface in ["all", kubelvs_xdp_lab::topology::HOST_IFNAME] {
+            let key = format!("net.ipv4.conf.{iface}.arp_ignore");
+            assert_eq!(
+                rs.netns.sysctl_get(&key).unwrap(),
+                "0",
+                "{}: {key}",
+                rs.role
+            );
+        }
+        let announce = rs
+            .netns
+            .sysctl_get("net.ipv4.conf.all.arp_announce")
+            .unwrap();
+        let before = if rs.role == "rs1" { "1" } else { "0" };
+        assert_eq!(announce, before, "{}", rs.role);
+    }
+    assert!(addresses(&s.lab.real_servers[0], "lo").contains(&format!(" {OTHERS}/32 ")));
+    for host in std::iter::once(&s.lab.director).chain(&s.lab.real_servers) {
+        let state = s.dir.join(format!("state-{}", host.role));
+        for f in ["netconf-owned", "ipvs-owned", "health-down"] {
+            assert!(!state.join(f).exists(), "{}: {f}", host.role);
+        }
+    }
+    let r = reached_at_once(&s.lab, 3);
+    assert!(r.iter().all(|x| x.starts_with("error")), "{r:?}");
+
+    // Again: nothing to do, and it says so.
+    let (ok, log) = cleanup(
+        &s.lab.director,
+        &director_args(&s.lab, &s.file, &s.dir, &s.pin()),
+    );
+    assert!(ok && log.contains("left nothing"), "{log}");
+}
+
+#[test]
+#[ignore = "privileged: netns + XDP + bpffs"]
+fn a_real_servers_new_mac_is_programmed_as_soon_as_the_director_learns_it() {
+    let s = Setup::new();
+    // No health check: its probes' results would wake the agent too, and only the
+    // neighbour table may here.
+    write_config(&s.file, &lab_objects(&s.lab, "dr", PORT, false, &[0, 1, 2]));
+    let director = s.start_director();
+    s.wait_ready(&director);
+    s.every_real_server_answers();
+
+    // rs2 gets a new MAC (a replaced NIC, a VM moved): DR frames to the old one are
+    // lost until the director's XDP maps have the new one.
+    let rs2 = &s.lab.real_servers[1];
+    let mac = [0x02, 0x6b, 0x6c, 0x76, 0x73, 0x12];
+    let text = mac.map(|b| format!("{b:02x}")).join(":");
+    rs2.netns
+        .ip(&["link", "set", "dev", &rs2.ifname, "address", &text])
+        .unwrap();
+    // It announces itself (an ARP request to the director, as a gratuitous ARP would):
+    // the director's kernel updates its neighbour entry.
+    let (ifindex, addr, to) = (rs2.ifindex, rs2.addr, s.lab.director.addr);
+    let applies = || metric(&s.lab.director, "kubelvs_apply_duration_seconds_count");
+    let before = applies();
+    rs2.netns
+        .run(|| kubelvs_xdp_lab::arp::who_has(ifindex, mac, addr, to, Duration::ZERO))
+        .unwrap()
+        .unwrap();
+    let learnt = Instant::now();
+    // The apply it causes (nothing else wakes this agent: no check, no edit).
+    let applied = eventually(Duration::from_secs(5), "an apply", || {
+        (applies() > before).then(|| learnt.elapsed())
+    });
+    let neigh = s
+        .lab
+        .director
+        .netns
+        .ip(&["neigh", "show", &addr.to_string()])
+        .unwrap();
+    assert!(neigh.contains(&text), "{neigh}");
+    eprintln!("applied {applied:?} after the director learnt the new MAC");
+    assert!(applied < Duration::from_millis(500), "{applied:?}");
+    let r = reached_at_once(&s.lab, 30);
+    assert!(r.iter().any(|x| x == "rs2"), "{r:?}");
+    assert!(r.iter().all(|x| !x.starts_with("error")), "{r:?}");
+    assert!(!director.log().contains("panicked"), "{}", director.log());
 }
