@@ -51,6 +51,7 @@ const AGENT_CASES: &[&str] = &[
     "agent_dr_undone",
     "agent_real_servers_restored",
     "agent_foreign_untouched",
+    "agent_cleanup",
 ];
 
 const BENCH_CASES: &[&str] = &[

@@ -325,8 +325,62 @@ pub fn run(r: &mut Reporter) {
             Err("the ipvsadm-made service was changed or removed".into())
         },
     );
-    stop_agent(agent);
+    r.case("agent_cleanup", cleanup(agent));
     for c in health.iter_mut().flatten() {
         let _ = c.kill();
     }
+}
+
+/// Uninstall: with NAT, DR, TUN and FullNAT programmed, the agent stops and
+/// `--cleanup` runs with its flags. kube-lvs's services, VIPs, FullNAT table and state
+/// files go; the ipvsadm-made service and the foreign VIP stay.
+fn cleanup(agent: Child) -> Result<String, String> {
+    use crate::agent_forwarding::{services, DR_VIP, FULLNAT_VIP, TUN_VIP};
+    const FULLNAT_TABLE: &str = "kubelvs_fullnat";
+    let ours = [VIP, DR_VIP, TUN_VIP, FULLNAT_VIP];
+    write_config(&(yaml([3, 1, 1]) + &services(true)))?;
+    let listed = || ipvsadm::parse_list(&cmd("ipvsadm", &["-Ln"]).unwrap_or_default()).ok();
+    poll(Duration::from_secs(30), || {
+        let l = listed()?;
+        let all = ours.iter().all(|v| l.contains_key(&format!("TCP {v}:80")));
+        (all && cmd("nft", &["list", "table", "inet", FULLNAT_TABLE]).is_ok()).then_some(())
+    })
+    .map_err(|e| format!("programming the four services and the FullNAT table: {e}"))?;
+    stop_agent(agent);
+    let out = Command::new(AGENT)
+        .args(["--config", CONFIG, "--node", "director"])
+        .args(["--node-label", "node-role.kubelvs.io/director="])
+        .args(["--interface", "lvs0", "--dataplane", "ipvs"])
+        .args(["--state-dir", "/run/agent/state"])
+        .args(["--metrics-address", "127.0.0.1:9641", "--cleanup"])
+        .output()
+        .map_err(|e| format!("{AGENT} --cleanup: {e}"))?;
+    let log =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        return Err(format!("--cleanup failed: {log}"));
+    }
+    let l = listed().ok_or("ipvsadm -Ln")?;
+    let left: Vec<&String> = l.keys().collect();
+    if left != [&format!("TCP {FOREIGN}:80")] {
+        return Err(format!("IPVS services after cleanup: {left:?}"));
+    }
+    if cmd("nft", &["list", "table", "inet", FULLNAT_TABLE]).is_ok() {
+        return Err(format!("nftables table {FULLNAT_TABLE} left"));
+    }
+    let addrs = cmd("ip", &["-o", "addr", "show", "dev", "lvs0"])?;
+    if let Some(v) = ours.iter().find(|v| addrs.contains(&format!(" {v}/"))) {
+        return Err(format!("{v} left on lvs0: {addrs}"));
+    }
+    if !addrs.contains(&format!(" {FOREIGN}/")) {
+        return Err(format!("the foreign VIP {FOREIGN} was removed: {addrs}"));
+    }
+    for f in ["ipvs-owned", "netconf-owned", "health-down"] {
+        if std::path::Path::new("/run/agent/state").join(f).exists() {
+            return Err(format!("state file {f} left"));
+        }
+    }
+    Ok(format!(
+        "4 services, their VIPs, the FullNAT table and the state files removed; TCP {FOREIGN}:80 and its VIP kept"
+    ))
 }

@@ -12,16 +12,16 @@ use crate::agent::{poll, write_config, AGENT, TIMEOUT};
 use crate::lab::{cmd, peers, tally, Lab, CLIENT, DIRECTOR_LAN, REAL_SERVERS};
 use crate::Reporter;
 
-const DR_VIP: &str = "203.0.113.42";
-const TUN_VIP: &str = "203.0.113.43";
-const FULLNAT_VIP: &str = "203.0.113.44";
+pub const DR_VIP: &str = "203.0.113.42";
+pub const TUN_VIP: &str = "203.0.113.43";
+pub const FULLNAT_VIP: &str = "203.0.113.44";
 /// A host on the real servers' segment that asks ARP for the DR VIP.
 const ASKER_NS: &str = "asker";
 const ASKER: &str = "192.0.2.50";
 
 /// The DR, TUN and FullNAT virtual services over the same real servers, which
 /// listen on port 80 (no port mapping in DR/TUN).
-fn services(with_dr: bool) -> String {
+pub fn services(with_dr: bool) -> String {
     let vs = |name: &str, vip: &str, forwarding: &str, extra: &str| {
         format!(
             "---
