@@ -359,3 +359,128 @@ mod tests {
         assert!(before.alike(&rs("2", false)));
     }
 }
+
+/// The chart's uninstall marker: a ConfigMap its `pre-delete` hook creates before
+/// helm deletes anything. Followed from the agent's start, so that the SIGTERM of the
+/// uninstall (which may come after helm has deleted the agent's RBAC) needs no API
+/// call to tell an uninstall from a rollout: an uninstall began when a marker exists
+/// that was not there, with that uid, when the agent started (one left by an earlier
+/// uninstall of a reinstalled release is not).
+#[derive(Debug, Clone, Default)]
+pub struct UninstallMarker {
+    state: Arc<std::sync::Mutex<MarkerState>>,
+}
+
+#[derive(Debug, Default)]
+struct MarkerState {
+    /// The marker's uid when the first listing finished (`Some(None)`: none).
+    at_start: Option<Option<String>>,
+    /// Its uid now, as of the listing under way or the last event.
+    now: Option<String>,
+}
+
+impl MarkerState {
+    fn uninstalling(&self) -> bool {
+        matches!(&self.at_start, Some(start) if self.now.is_some() && self.now != *start)
+    }
+
+    fn observe(&mut self, ev: watcher::Event<k8s_openapi::api::core::v1::ConfigMap>) {
+        match ev {
+            watcher::Event::Init => self.now = None,
+            watcher::Event::InitApply(cm) | watcher::Event::Apply(cm) => {
+                self.now = cm.metadata.uid;
+            }
+            watcher::Event::Delete(_) => self.now = None,
+            watcher::Event::InitDone => {
+                if self.at_start.is_none() {
+                    self.at_start = Some(self.now.clone());
+                }
+            }
+        }
+    }
+}
+
+impl UninstallMarker {
+    /// Follows the ConfigMap `name` in `namespace` on `rt`.
+    pub fn follow(
+        rt: &tokio::runtime::Handle,
+        client: Client,
+        namespace: &str,
+        name: &str,
+    ) -> Self {
+        use futures::StreamExt;
+        let marker = Self::default();
+        let state = marker.state.clone();
+        let api: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client, namespace);
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let what = format!("{namespace}/{name}");
+        rt.spawn(async move {
+            let mut events = std::pin::pin!(
+                kube::runtime::WatchStreamExt::default_backoff(watcher(api, config))
+            );
+            while let Some(ev) = events.next().await {
+                match ev {
+                    Ok(ev) => {
+                        let mut s = state.lock().unwrap();
+                        s.observe(ev);
+                        if s.uninstalling() {
+                            info!(marker = %what, "uninstall begun: kube-lvs will be removed from this node when the agent stops");
+                        }
+                    }
+                    Err(e) => warn!(marker = %what, error = %e, "watching the uninstall marker"),
+                }
+            }
+        });
+        marker
+    }
+
+    /// Whether an uninstall began since the agent started.
+    pub fn uninstalling(&self) -> bool {
+        self.state.lock().unwrap().uninstalling()
+    }
+}
+
+#[cfg(test)]
+mod marker_tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    fn cm(uid: &str) -> ConfigMap {
+        let mut c = ConfigMap::default();
+        c.metadata.uid = Some(uid.into());
+        c
+    }
+
+    fn listed(s: &mut MarkerState, uid: Option<&str>) {
+        s.observe(watcher::Event::Init);
+        if let Some(u) = uid {
+            s.observe(watcher::Event::InitApply(cm(u)));
+        }
+        s.observe(watcher::Event::InitDone);
+    }
+
+    #[test]
+    fn an_uninstall_is_a_marker_the_agent_did_not_start_with() {
+        let mut s = MarkerState::default();
+        assert!(!s.uninstalling(), "nothing listed yet");
+        listed(&mut s, None);
+        assert!(!s.uninstalling());
+        s.observe(watcher::Event::Apply(cm("u1")));
+        assert!(s.uninstalling());
+        // A relist sees the same marker: still uninstalling.
+        listed(&mut s, Some("u1"));
+        assert!(s.uninstalling());
+    }
+
+    #[test]
+    fn a_marker_left_by_an_earlier_uninstall_is_not_one_until_recreated() {
+        let mut s = MarkerState::default();
+        listed(&mut s, Some("old"));
+        assert!(!s.uninstalling(), "a reinstalled release's rollout");
+        // The hook's before-hook-creation policy deletes and recreates it.
+        s.observe(watcher::Event::Delete(cm("old")));
+        assert!(!s.uninstalling());
+        s.observe(watcher::Event::Apply(cm("new")));
+        assert!(s.uninstalling());
+    }
+}

@@ -178,7 +178,8 @@ struct Reported {
     observations: BTreeMap<ObjectRef, kubelvs_crds::HealthObservation>,
 }
 
-/// Runs the agent until `Event::Stop`. Applies on the calling thread (dataplanes
+/// Runs the agent until `Event::Stop`, and gives the dataplanes back (as they are:
+/// stopping flushes nothing). Applies on the calling thread (dataplanes
 /// belong to the network namespace of the thread that opened them); health checks
 /// and the metrics server run on `rt`.
 pub fn run(
@@ -189,7 +190,7 @@ pub fn run(
     events: mpsc::Receiver<Event>,
     wake: mpsc::Sender<Event>,
     metrics: Arc<Metrics>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Node> {
     let mut checker = Checker::new(rt, wake, metrics.clone(), settings.health_concurrency);
     if let Some(dir) = &settings.state_dir {
         checker = checker.remembering(remembered::DownStore::in_dir(dir));
@@ -211,13 +212,13 @@ pub fn run(
         let mut health = false;
         match events.recv_timeout(settings.poll) {
             Ok(Event::Stop) => {
-                info!("stopping: the dataplanes stay as they are");
-                return Ok(());
+                info!("stopping");
+                return Ok(node);
             }
             Ok(Event::Reload) => reload = true,
             Ok(Event::Health | Event::Neighbours) => health = true,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(node),
         }
         let now_stamp = stamp(&source);
         if now_stamp != seen_stamp {
@@ -236,8 +237,8 @@ pub fn run(
         }
         let burst = gather(&events, settings.debounce, || stamp(&source) != now_stamp);
         if burst.stop {
-            info!("stopping: the dataplanes stay as they are");
-            return Ok(());
+            info!("stopping");
+            return Ok(node);
         }
         reload |= burst.reload;
         if reload || !have_config {

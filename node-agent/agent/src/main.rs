@@ -106,6 +106,11 @@ struct Args {
     /// stopped). Exits non-zero if anything could not be undone.
     #[arg(long)]
     cleanup: bool,
+    /// Cluster mode: `NAMESPACE/NAME` of the ConfigMap the chart's pre-delete hook
+    /// creates. If it appears while the agent runs, stopping is an uninstall: the agent
+    /// removes what kube-lvs owns on this node, as `--cleanup` does, before it exits.
+    #[arg(long, value_parser = parse_marker)]
+    uninstall_marker: Option<(String, String)>,
 }
 
 /// `--cleanup`: the dataplanes that own something here remove it.
@@ -129,21 +134,20 @@ fn cleanup(args: &Args, kernel: RtNetlink) -> anyhow::Result<()> {
         )));
     }
     let pins = Some(args.xdp_pin_dir.as_path()).filter(|d| d.exists());
-    let c = kubelvs_agent::cleanup::cleanup(&mut dataplanes, pins, &args.state_dir);
-    for line in &c.done {
-        info!("cleanup: {line}");
+    report_cleanup(kubelvs_agent::cleanup::cleanup(
+        &mut dataplanes,
+        pins,
+        &args.state_dir,
+    ))
+}
+
+fn parse_marker(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() => {
+            Ok((ns.to_owned(), name.to_owned()))
+        }
+        _ => Err(format!("{s:?}: expected NAMESPACE/NAME")),
     }
-    for line in &c.failed {
-        tracing::error!("cleanup: {line}");
-    }
-    if !c.failed.is_empty() {
-        bail!(
-            "cleanup left {} things behind (see above); run it again once fixed",
-            c.failed.len()
-        );
-    }
-    info!("cleanup: kube-lvs left nothing on this node");
-    Ok(())
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -294,6 +298,7 @@ fn main() -> anyhow::Result<()> {
             }
         });
     }
+    let mut marker = None;
     let source = match &args.config {
         Some(path) => Source::File(path.clone()),
         None => {
@@ -302,6 +307,14 @@ fn main() -> anyhow::Result<()> {
                 .context("cluster mode: no usable kubeconfig or in-cluster ServiceAccount (or pass --config FILE)")?;
             let watches =
                 ClusterSource::start(rt.handle(), client.clone(), &args.node, wake.clone())?;
+            marker = args.uninstall_marker.as_ref().map(|(ns, name)| {
+                kubelvs_agent::cluster::UninstallMarker::follow(
+                    rt.handle(),
+                    client.clone(),
+                    ns,
+                    name,
+                )
+            });
             let (tx, rx) = tokio::sync::watch::channel(Default::default());
             rt.spawn(status_writer(
                 client.clone(),
@@ -333,7 +346,7 @@ fn main() -> anyhow::Result<()> {
         state_dir: Some(args.state_dir.clone()),
     };
     let handle = rt.handle().clone();
-    run(
+    let mut node = run(
         settings,
         source,
         node_dataplanes,
@@ -341,5 +354,37 @@ fn main() -> anyhow::Result<()> {
         events,
         wake,
         metrics,
-    )
+    )?;
+    if !marker.is_some_and(|m| m.uninstalling()) {
+        info!("stopped: the dataplanes stay as they are");
+        return Ok(());
+    }
+    info!("stopped for an uninstall: removing what kube-lvs owns on this node");
+    let pins = args
+        .dataplanes
+        .contains(&DataplaneFlag::Xdp)
+        .then_some(args.xdp_pin_dir.as_path());
+    report_cleanup(kubelvs_agent::cleanup::cleanup(
+        node.dataplanes_mut(),
+        pins,
+        &args.state_dir,
+    ))
+}
+
+/// Logs what a cleanup did; an error if it left something.
+fn report_cleanup(c: kubelvs_agent::cleanup::Cleanup) -> anyhow::Result<()> {
+    for line in &c.done {
+        info!("cleanup: {line}");
+    }
+    for line in &c.failed {
+        tracing::error!("cleanup: {line}");
+    }
+    if !c.failed.is_empty() {
+        bail!(
+            "cleanup left {} things behind (see above); run kube-lvs-agent --cleanup once fixed",
+            c.failed.len()
+        );
+    }
+    info!("cleanup: kube-lvs left nothing on this node");
+    Ok(())
 }

@@ -31,6 +31,11 @@ impl Node {
         }
     }
 
+    /// The dataplanes, in apply order (for `--cleanup` on uninstall).
+    pub fn dataplanes_mut(&mut self) -> &mut [Box<dyn Dataplane>] {
+        &mut self.dataplanes
+    }
+
     /// Traffic counters of every dataplane, by dataplane name.
     pub fn traffic(&mut self) -> Vec<(&'static str, kubelvs_model::TrafficReport)> {
         self.dataplanes

@@ -4,7 +4,9 @@
 //! objects created with kubectl. Real traffic through the VIP; each node's entries
 //! in `kubectl get` status; a spec write with the agent's token is forbidden; the API
 //! server frozen for 30 s: traffic flows throughout, a health change is still acted
-//! on, and status catches up once it is back.
+//! on, and status catches up once it is back. Then the uninstall: the chart's
+//! pre-delete marker appears, and each agent, stopped, removes what kube-lvs owns on
+//! its node.
 
 mod common;
 
@@ -26,7 +28,16 @@ fn node_object(host: &Host, director: bool) -> String {
     kubelvs_test_cluster::node_object(&host.role, host.addr.into(), director)
 }
 
+/// The chart's uninstall marker (release `kube-lvs` in namespace `kube-lvs`).
+const MARKER: &str = "kube-lvs/kube-lvs-uninstalling";
+
 fn cluster_agent_args(host: &Host, dir: &Path, director: bool) -> Vec<String> {
+    let mut args = cluster_dataplane_args(host, dir, director);
+    args.extend(["--uninstall-marker".to_owned(), MARKER.to_owned()]);
+    args
+}
+
+fn cluster_dataplane_args(host: &Host, dir: &Path, director: bool) -> Vec<String> {
     if director {
         let pin = format!("/sys/fs/bpf/{}", dir.file_name().unwrap().to_string_lossy());
         agent_args(
@@ -143,7 +154,7 @@ fn cluster_mode_agents_program_traffic_and_report_status() {
         .map(|rs| Some(TcpServer::start(&rs.netns, HEALTH_PORT, &rs.role).unwrap()))
         .collect();
     let env = [("KUBECONFIG", kubeconfig.as_path())];
-    let _rs_agents: Vec<Agent> = lab
+    let mut rs_agents: Vec<Agent> = lab
         .real_servers
         .iter()
         .map(|rs| Agent::start_with_env(rs, &cluster_agent_args(rs, &dir, false), &dir, &env))
@@ -323,10 +334,59 @@ fn cluster_mode_agents_program_traffic_and_report_status() {
     assert!(still.iter().all(|r| !r.starts_with("error")), "{still:?}");
 
     assert!(!director.log().contains("panicked"), "{}", director.log());
+
+    // helm uninstall: its pre-delete hook creates the marker before anything is
+    // deleted; every agent sees it, and stopping (as the DaemonSet's deletion stops
+    // it) removes what kube-lvs owns on its node.
+    let logged = [director.log().len()]
+        .into_iter()
+        .chain(rs_agents.iter().map(|a| a.log().len()))
+        .collect::<Vec<_>>();
+    cluster
+        .apply_chart_templates(
+            "kube-lvs",
+            "kube-lvs",
+            &["templates/uninstall-marker.yaml"],
+            &[],
+        )
+        .unwrap();
+    for (agent, from) in std::iter::once(&director).chain(&rs_agents).zip(&logged) {
+        eventually(Duration::from_secs(10), "the uninstall seen", || {
+            agent.log()[*from..]
+                .contains("uninstall begun")
+                .then_some(())
+        });
+    }
+    let mut director = director;
+    director.stop();
+    rs_agents.iter_mut().for_each(Agent::stop);
+    let log = director.log()[logged[0]..].to_owned();
+    assert!(log.contains("kube-lvs left nothing"), "{log}");
+    let vip = format!(" {}/32 ", lab.vip);
+    let on_if = lab
+        .director
+        .netns
+        .ip(&["-o", "addr", "show", "dev", &lab.director.ifname])
+        .unwrap();
+    assert!(!on_if.contains(&vip), "{on_if}");
+    // (The pins here are in the agent's own bpffs, gone with it in any case: the XDP
+    // side of the cleanup is proven with host pins in tests/restarts_xdp.rs.)
+    assert!(log.contains("pins removed"), "{log}");
+    for (rs, agent) in lab.real_servers.iter().zip(&rs_agents) {
+        let lo = rs.netns.ip(&["-o", "addr", "show", "dev", "lo"]).unwrap();
+        assert!(!lo.contains(&vip), "{}: {lo}", rs.role);
+        assert_eq!(
+            rs.netns.sysctl_get("net.ipv4.conf.all.arp_ignore").unwrap(),
+            "0",
+            "{}",
+            rs.role
+        );
+        assert!(
+            agent.log().contains("kube-lvs left nothing"),
+            "{}",
+            agent.log()
+        );
+    }
     drop(director);
-    let _ = std::fs::remove_dir_all(format!(
-        "/sys/fs/bpf/{}",
-        dir.file_name().unwrap().to_string_lossy()
-    ));
     let _ = std::fs::remove_dir_all(&dir);
 }

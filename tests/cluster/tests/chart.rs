@@ -306,8 +306,35 @@ fn helm_installs_the_chart_and_its_rbac_is_least_privilege() {
         ns.name()
     ));
     assert!(!op("update", "leases.coordination.k8s.io"));
-    let _ = cluster
+    // In its own namespace the agent reads the uninstall marker and no other ConfigMap.
+    let configmap = |name: &str| {
+        cluster
+            .kubectl()
+            .args(["auth", "can-i", "watch", &format!("configmaps/{name}")])
+            .args(["--as", &agent, "-n", ns.name()])
+            .output()
+            .unwrap()
+            .stdout
+            .starts_with(b"yes")
+    };
+    assert!(configmap("kube-lvs-uninstalling"));
+    assert!(!configmap("kube-root-ca.crt"));
+    // Not there until an uninstall begins; then its pre-delete hook creates it
+    // before anything is deleted, and it stays for agents still stopping.
+    let marker = ["get", "configmap", "kube-lvs-uninstalling", "-n", ns.name()];
+    assert!(cluster.kubectl_ok(&marker).is_err());
+    let uninstall = cluster
         .helm()
         .args(["uninstall", "kube-lvs", "--namespace", ns.name()])
-        .output();
+        .output()
+        .unwrap();
+    assert!(
+        uninstall.status.success(),
+        "{}",
+        String::from_utf8_lossy(&uninstall.stderr)
+    );
+    cluster.kubectl_ok(&marker).unwrap();
+    assert!(cluster
+        .kubectl_ok(&["get", "daemonset/kube-lvs-agent", "-n", ns.name()])
+        .is_err());
 }
