@@ -6,9 +6,8 @@
 #     --set image.repository=kube-lvs --set image.tag=dev
 #
 # Stages: `build` compiles the Rust binaries and the BPF objects (clang, libbpf
-# headers); `tools` gathers the two programs the agent runs (nft for FullNAT on IPVS,
-# ip for IPv6 neighbours) with their libraries; the final image is distroless: no
-# shell, no package manager.
+# headers); `tools` gathers the one program the agent runs (nft, for FullNAT on IPVS)
+# with its libraries; the final image is distroless: no shell, no package manager.
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN=bookworm
@@ -29,13 +28,12 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM debian:${DEBIAN}-slim AS tools
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN apt-get update \
- && apt-get install -y --no-install-recommends nftables iproute2 \
+ && apt-get install -y --no-install-recommends nftables \
  && rm -rf /var/lib/apt/lists/*
-# The two programs and every library they load, at the same paths.
-RUN mkdir -p /rootfs/usr/sbin /rootfs/bin \
+# The program and every library it loads, at the same paths.
+RUN mkdir -p /rootfs/usr/sbin \
  && cp /usr/sbin/nft /rootfs/usr/sbin/ \
- && cp /bin/ip /rootfs/bin/ \
- && for lib in $(ldd /usr/sbin/nft /bin/ip | awk '/=> \//{print $3}' | sort -u); do \
+ && for lib in $(ldd /usr/sbin/nft | awk '/=> \//{print $3}' | sort -u); do \
       mkdir -p "/rootfs$(dirname "$lib")" && cp -L "$lib" "/rootfs$lib"; \
     done
 
