@@ -113,7 +113,10 @@ fn the_stages_build_with_clang_and_ship_distroless_with_the_three_binaries() {
     // reads neighbours over rtnetlink, not with `ip`.
     let tools = stages[1].1.join("\n");
     assert!(tools.contains("cp /usr/sbin/nft "), "{tools}");
-    assert!(!tools.contains("iproute2") && !tools.contains("/bin/ip "), "{tools}");
+    assert!(
+        !tools.contains("iproute2") && !tools.contains("/bin/ip "),
+        "{tools}"
+    );
     assert!(
         fin.iter().any(|i| i == "COPY --from=tools /rootfs/ /"),
         "{fin:?}"
