@@ -79,12 +79,15 @@ impl Parsed<RealServer> for RealServer {
     }
 }
 
-/// Clears a VirtualService's status but its VIP: what the agents write there (their
-/// entries, counters included) and the operator's conditions.
+/// Clears a VirtualService's status but its VIP and the generation it was written for
+/// (together, the operator's grant): what the agents write there (their entries,
+/// counters included) and the operator's conditions.
 pub fn status_but_vip<V: Parsed<VirtualService>>(vs: &mut V) {
     if let Some(status) = vs.parsed_mut().and_then(|vs| vs.status.as_mut()) {
         *status = VirtualServiceStatus {
             vip: status.vip.take(),
+            // The grant is status.vip of a status written for the current generation.
+            observed_generation: status.observed_generation,
             ..Default::default()
         };
     }
@@ -306,9 +309,9 @@ mod tests {
     }
 
     #[test]
-    fn of_a_virtual_service_status_only_the_vip_is_kept() {
+    fn of_a_virtual_service_status_only_the_grant_is_kept() {
         let mut vs: VirtualService = serde_yaml::from_str(
-            "apiVersion: kubelvs.io/v1alpha1\nkind: VirtualService\nmetadata: {name: web, namespace: lab}\nspec: {ports: [{port: 80}], forwarding: dr, realServerSelector: {}}\nstatus: {vip: 203.0.113.1, directors: [{node: d1, programmed: true}]}\n",
+            "apiVersion: kubelvs.io/v1alpha1\nkind: VirtualService\nmetadata: {name: web, namespace: lab}\nspec: {ports: [{port: 80}], forwarding: dr, realServerSelector: {}}\nstatus: {vip: 203.0.113.1, observedGeneration: 4, directors: [{node: d1, programmed: true}]}\n",
         )
         .unwrap();
         status_but_vip(&mut vs);
@@ -318,6 +321,7 @@ mod tests {
             status,
             VirtualServiceStatus {
                 vip: status.vip.clone(),
+                observed_generation: Some(4),
                 ..Default::default()
             }
         );

@@ -179,9 +179,14 @@ impl ClusterSource {
     /// This node as its Node object says (labels, addresses), over `fallback`.
     pub fn node(&self, fallback: &NodeIdentity) -> NodeIdentity {
         let Some(n) = self.nodes.state().into_iter().next() else {
-            return fallback.clone();
+            return NodeIdentity {
+                vip_source: kubelvs_planner::VipSource::Granted,
+                ..fallback.clone()
+            };
         };
         let mut id = fallback.clone();
+        // In a cluster a VIP is the operator's grant, never a tenant's spec.vip as written.
+        id.vip_source = kubelvs_planner::VipSource::Granted;
         id.labels = n.metadata.labels.clone().unwrap_or_default();
         let addrs: Vec<std::net::IpAddr> = n
             .status

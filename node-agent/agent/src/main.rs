@@ -192,6 +192,7 @@ fn main() -> anyhow::Result<()> {
         name: args.node.clone(),
         labels: args.node_labels.iter().cloned().collect(),
         addresses: addresses.clone(),
+        ..Default::default()
     };
 
     if args.cleanup {

@@ -140,11 +140,45 @@ fn cluster_mode_agents_program_traffic_and_report_status() {
             .kubectl_stdin(&["apply", "-f", "-"], &node_object(rs, false))
             .unwrap();
     }
+    // Another tenant's VirtualService, older than the lab's, on an address nobody
+    // granted it; its one RealServer is rs1.
+    cluster
+        .kubectl_ok(&["create", "namespace", "thief"])
+        .unwrap();
+    cluster
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            &format!(
+                "apiVersion: kubelvs.io/v1alpha1
+kind: VirtualService
+metadata: {{name: thief, namespace: thief}}
+spec:
+  vip: 203.0.113.99
+  ports: [{{port: {PORT}}}]
+  forwarding: dr
+  dataplane: xdp
+  scheduler: maglev
+  realServerSelector: {{matchLabels: {{app: thief}}}}
+  directors: {{nodeSelector: {{matchLabels: {{node-role.kubelvs.io/director: \"\"}}}}}}
+---
+apiVersion: kubelvs.io/v1alpha1
+kind: RealServer
+metadata: {{name: loot, namespace: thief, labels: {{app: thief}}}}
+spec: {{address: {}, nodeName: rs1}}
+",
+                lab.real_servers[0].addr
+            ),
+        )
+        .unwrap();
     cluster
         .kubectl_stdin(
             &["apply", "-f", "-"],
             &lab_objects(&lab, "dr", PORT, true, &[0, 1, 2]),
         )
+        .unwrap();
+    // In a cluster agents program only the operator's grant, never spec.vip as written.
+    cluster
+        .grant_vip_as_operator("lab", "web", &lab.vip.to_string())
         .unwrap();
 
     let _app: Vec<TcpServer> = lab.start_servers(PORT).unwrap();
@@ -217,6 +251,31 @@ fn cluster_mode_agents_program_traffic_and_report_status() {
         .kubectl_ok(&["get", "lvs", "-n", "lab", "-o", "wide"])
         .unwrap();
     eprintln!("{wide}");
+
+    // The older tenant points its spec.vip at the lab's VIP. Nothing granted it that
+    // address (the operator would refuse it: VipTaken), so no agent programs it: for
+    // 3 s of connections, every real server of the lab still answers, never only rs1.
+    cluster
+        .kubectl_ok(&[
+            "patch",
+            "lvs",
+            "thief",
+            "-n",
+            "thief",
+            "--type",
+            "merge",
+            "-p",
+            &format!(r#"{{"spec":{{"vip":"{}"}}}}"#, lab.vip),
+        ])
+        .unwrap();
+    let patched = std::time::Instant::now();
+    while patched.elapsed() < Duration::from_secs(3) {
+        let r = reached(&lab, 30);
+        assert!(
+            ["rs2", "rs3"].iter().all(|rs| r.iter().any(|x| x == rs)),
+            "the lab's VIP was taken by another tenant's spec.vip: {r:?}"
+        );
+    }
 
     // The agent's token may write status, not spec.
     let spec_write = cluster

@@ -5,8 +5,12 @@
 //! conflicts without talking to the others.
 //!
 //! Rules:
-//! - A VirtualService's VIP is `spec.vip`, else the one the operator allocated
-//!   (`status.vip`); without either it is pending and not programmed.
+//! - A VirtualService's VIP: standalone ([`VipSource::Spec`]), `spec.vip`, else
+//!   `status.vip`. In a cluster ([`VipSource::Granted`]) only what the operator granted:
+//!   `status.vip` of a status that has seen the current generation (the operator writes
+//!   `status.vip` only when it allocated or admitted the address for that spec, and
+//!   removes it when it refuses), so a tenant's `spec.vip` is never programmed as
+//!   written. Without one it is pending and not programmed.
 //! - This node directs a VirtualService when `spec.directors.nodeSelector` matches its labels
 //!   (no `directors`: every node directs).
 //! - Each port is one LVS service VIP:port/protocol. When two VirtualServices claim the same
@@ -45,6 +49,19 @@ pub struct NodeIdentity {
     pub labels: BTreeMap<String, String>,
     /// The node's own addresses (InternalIP, ExternalIP, or the host's interfaces).
     pub addresses: Vec<IpAddr>,
+    /// Whose word a VIP is.
+    pub vip_source: VipSource,
+}
+
+/// Where a VirtualService's VIP comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum VipSource {
+    /// Standalone: the file's author is the administrator; `spec.vip` as written.
+    #[default]
+    Spec,
+    /// In a cluster: only the operator's grant (`status.vip` for the current
+    /// generation). Tenants write `spec.vip`; the operator checks it against the pools.
+    Granted,
 }
 
 /// Every object the plan depends on, borrowed from wherever the caller keeps them
@@ -81,7 +98,7 @@ pub fn plan_node(node: &NodeIdentity, objects: Objects<'_>) -> NodePlan {
     let mut resolved: Vec<Resolved<'_>> = objects
         .virtual_services
         .iter()
-        .filter_map(|vs| resolve(vs, &mut problems))
+        .filter_map(|vs| resolve(vs, node.vip_source, &mut problems))
         .collect();
     resolved.sort_by_key(Resolved::age_key);
 
@@ -303,15 +320,47 @@ impl Resolved<'_> {
     }
 }
 
-fn resolve<'a>(vs: &'a VirtualService, problems: &mut Vec<Problem>) -> Option<Resolved<'a>> {
+/// The operator's grant: `status.vip` of a status written for the current generation.
+fn granted(vs: &VirtualService) -> Option<&String> {
+    let status = vs.status.as_ref()?;
+    let current = status.observed_generation.is_some()
+        && status.observed_generation == vs.metadata.generation;
+    status.vip.as_ref().filter(|_| current)
+}
+
+fn resolve<'a>(
+    vs: &'a VirtualService,
+    source: VipSource,
+    problems: &mut Vec<Problem>,
+) -> Option<Resolved<'a>> {
     let obj = object_ref_vs(vs);
-    let (field, text) = match (
-        &vs.spec.vip,
-        vs.status.as_ref().and_then(|s| s.vip.as_ref()),
-    ) {
-        (Some(v), _) => ("spec.vip", v),
-        (None, Some(v)) => ("status.vip", v),
-        (None, None) => {
+    let found = match source {
+        VipSource::Spec => match (
+            &vs.spec.vip,
+            vs.status.as_ref().and_then(|s| s.vip.as_ref()),
+        ) {
+            (Some(v), _) => Some(("spec.vip", v)),
+            (None, Some(v)) => Some(("status.vip", v)),
+            (None, None) => None,
+        },
+        VipSource::Granted => match granted(vs) {
+            Some(v) => Some(("status.vip", v)),
+            None => {
+                problems.push(Problem {
+                    object: obj,
+                    field: "spec.vip".into(),
+                    reason: ProblemReason::VipPending,
+                    message: "no VIP granted: the operator has not allocated or admitted one \
+                              for this generation (see the VipAllocated condition)"
+                        .into(),
+                });
+                return None;
+            }
+        },
+    };
+    let (field, text) = match found {
+        Some(found) => found,
+        None => {
             problems.push(Problem {
                 object: obj,
                 field: "spec.vip".into(),

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use kubelvs_crds::*;
 use kubelvs_model::{Forwarding, NodePlan, ProblemReason, Tunnel, TunnelKind};
-use kubelvs_planner::{plan_node, NodeIdentity, Objects};
+use kubelvs_planner::{plan_node, NodeIdentity, Objects, VipSource};
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
@@ -76,6 +76,7 @@ fn node(name: &str) -> NodeIdentity {
         name: name.into(),
         labels: labels(&[("kubernetes.io/hostname", name)]),
         addresses: vec!["192.0.2.1".parse().unwrap()],
+        ..Default::default()
     }
 }
 
@@ -186,6 +187,87 @@ fn pending_vip_is_reported_and_status_vip_is_used() {
     assert_eq!(p.problems[0].reason, ProblemReason::VipPending);
     assert_eq!(p.problems[0].object.name, "pending");
     assert_eq!(p.problems[0].field, "spec.vip");
+}
+
+/// `v` as the operator left it: `status.vip` (its grant) for generation `seen` of a
+/// spec now at generation `generation`.
+fn granted(mut v: VirtualService, vip: Option<&str>, generation: i64, seen: i64) -> VirtualService {
+    v.metadata.generation = Some(generation);
+    v.status = Some(VirtualServiceStatus {
+        vip: vip.map(String::from),
+        observed_generation: Some(seen),
+        ..Default::default()
+    });
+    v
+}
+
+fn in_cluster(name: &str) -> NodeIdentity {
+    NodeIdentity {
+        vip_source: VipSource::Granted,
+        ..node(name)
+    }
+}
+
+#[test]
+fn in_a_cluster_only_the_operators_grant_is_programmed() {
+    // The victim's VIP, granted. An older VirtualService of another tenant patched its
+    // spec.vip to the same address: the operator refused it (no status.vip), so no
+    // agent programs it, and the victim keeps its port (no conflict by age).
+    let victim = granted(vs("b", "victim", None, 100), Some("203.0.113.10"), 1, 1);
+    let thief = granted(vs("a", "thief", Some("203.0.113.10"), 0), None, 2, 2);
+    let rss = [
+        rs("a", "ra", "thief", "198.51.100.1"),
+        rs("b", "rb", "victim", "198.51.100.2"),
+    ];
+    let p = plan(
+        &in_cluster("n1"),
+        &[thief.clone(), victim.clone()],
+        &rss,
+        &[],
+    );
+    assert_eq!(p.services.len(), 1, "{p:#?}");
+    assert_eq!(p.services[0].source.name, "victim");
+    assert_eq!(p.services[0].real_servers[0].address, ip("198.51.100.2"));
+    assert_eq!(p.problems.len(), 1, "{:?}", p.problems);
+    assert_eq!(
+        (p.problems[0].reason, p.problems[0].object.name.as_str()),
+        (ProblemReason::VipPending, "thief")
+    );
+    assert!(
+        p.problems[0].message.contains("granted"),
+        "{}",
+        p.problems[0].message
+    );
+    // Standalone, the file's author is the administrator: spec.vip as written, and
+    // the older claim wins.
+    let p = plan(&node("n1"), &[thief, victim], &rss, &[]);
+    assert_eq!(p.services[0].source.name, "thief");
+}
+
+#[test]
+fn a_grant_for_an_older_generation_is_not_programmed() {
+    // spec edited (generation 3); the operator has not looked at it yet.
+    let stale = granted(vs("a", "web", None, 0), Some("203.0.113.10"), 3, 2);
+    let p = plan(&in_cluster("n1"), &[stale], &[], &[]);
+    assert!(p.services.is_empty());
+    assert_eq!(p.problems[0].reason, ProblemReason::VipPending);
+    // Once it has, the grant holds; a grant without a generation never does.
+    let fresh = granted(vs("a", "web", None, 0), Some("203.0.113.10"), 3, 3);
+    let p = plan(
+        &in_cluster("n1"),
+        &[fresh],
+        &[rs("a", "r", "web", "198.51.100.1")],
+        &[],
+    );
+    assert_eq!(p.services.len(), 1);
+    let mut unstamped = vs("a", "web", None, 0);
+    unstamped.status = Some(VirtualServiceStatus {
+        vip: Some("203.0.113.10".into()),
+        ..Default::default()
+    });
+    assert!(plan(&in_cluster("n1"), &[unstamped], &[], &[])
+        .services
+        .is_empty());
 }
 
 #[test]
@@ -713,6 +795,7 @@ fn examples_plan_without_problems() {
             ("kubelvs.io/xdp", "true"),
         ]),
         addresses: vec![ip("192.0.2.241")],
+        ..Default::default()
     };
     let p = plan(&director, &vss, &rss, &pools);
     assert_eq!(p.problems, vec![]);
@@ -732,6 +815,7 @@ fn examples_plan_without_problems() {
         name: "worker-1".into(),
         labels: BTreeMap::new(),
         addresses: vec![ip("192.0.2.11")],
+        ..Default::default()
     };
     let p = plan(&worker, &vss, &rss, &pools);
     assert_eq!(p.problems, vec![]);

@@ -77,6 +77,7 @@ fn arb_node() -> impl Strategy<Value = NodeIdentity> {
             BTreeMap::new()
         },
         addresses: vec!["192.0.2.1".parse().unwrap()],
+        ..Default::default()
     })
 }
 

@@ -563,6 +563,44 @@ impl Cluster {
         )
     }
 
+    /// What the operator writes when it grants VirtualService `namespace`/`name` the
+    /// VIP `vip` (allocated, or `spec.vip` admitted by a pool): `status.vip` with the
+    /// generation it decided for, under its field manager. For tests of the agents
+    /// without an operator process; the operator's own decisions are tested in
+    /// operator/tests/cluster.rs.
+    pub fn grant_vip_as_operator(
+        &self,
+        namespace: &str,
+        name: &str,
+        vip: &str,
+    ) -> Result<String, Error> {
+        let generation = self.kubectl_ok(&[
+            "get",
+            "virtualservices.kubelvs.io",
+            name,
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.metadata.generation}",
+        ])?;
+        self.kubectl_stdin(
+            &[
+                "apply",
+                "--server-side",
+                "--subresource=status",
+                "--field-manager=kubelvs-operator",
+                "-n",
+                namespace,
+                "-f",
+                "-",
+            ],
+            &format!(
+                "apiVersion: kubelvs.io/v1alpha1\nkind: VirtualService\nmetadata: {{name: {name}}}\nstatus: {{vip: {vip}, observedGeneration: {}}}\n",
+                generation.trim()
+            ),
+        )
+    }
+
     /// Installs the chart's CRDs (server-side apply, so it is idempotent) and waits
     /// until they are served.
     pub fn install_crds(&self) -> Result<(), Error> {
