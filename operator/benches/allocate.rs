@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kubelvs_crds::{
     AddressPool, AddressPoolSpec, RealServer, RealServerSpec, VirtualService, VirtualServiceStatus,
 };
-use kubelvs_operator::allocate::allocate;
+use kubelvs_operator::allocate::{allocate, Reserved};
 use kubelvs_operator::pass::{plan, Ledger, Validations};
 
 fn virtual_service(i: usize, taken: bool) -> VirtualService {
@@ -83,6 +83,7 @@ fn bench(c: &mut Criterion) {
         &real_servers,
         &pools,
         &BTreeMap::new(),
+        &Reserved::default(),
         &Ledger::new(),
         &mut Validations::new(),
         &now,
@@ -96,6 +97,7 @@ fn bench(c: &mut Criterion) {
                     &real_servers,
                     &pools,
                     &BTreeMap::new(),
+                    &Reserved::default(),
                     &Ledger::new(),
                     &mut Validations::new(),
                     &now,

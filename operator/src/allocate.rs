@@ -4,15 +4,19 @@
 //! - An address already allocated (`status.vip`) is kept while it is still valid, so VIPs
 //!   never move under running traffic when pools or other services change; a `spec.vip`
 //!   naming it is refused.
-//! - `spec.vip` is used as given; with `spec.addressPool` it must lie in that pool, and the
-//!   pool must admit the namespace.
+//! - `spec.vip` must lie in an AddressPool that admits the namespace (`spec.addressPool`,
+//!   or any pool): a tenant gets only addresses an administrator put in a pool for it.
+//! - No VIP is ever a [`Reserved`] address (a node's own, the cluster's Service or Pod
+//!   ranges, loopback, link-local, multicast, unspecified), requested or allocated, even
+//!   inside a pool; an allocation that becomes reserved is given up.
 //! - Others, oldest first, get the lowest free address of `spec.addressPool`, else of the
 //!   first auto-assign pool (by name) that admits their namespace.
 //! - In IPv4 CIDRs shorter than /31 the network and broadcast addresses are skipped.
-//! - Several VirtualServices may share a VIP when they set it in `spec.vip` (different
-//!   ports on one VIP is normal LVS), or when they carry the same sharing key
-//!   ([`SHARING_KEY`]) in one namespace: the first of them takes an address, the others
-//!   join it. Otherwise allocation never hands out a used address.
+//! - Several VirtualServices of one namespace may share a VIP when they set it in
+//!   `spec.vip` (different ports on one VIP is normal LVS), or when they carry the same
+//!   sharing key ([`SHARING_KEY`]): the first of them takes an address, the others join
+//!   it. Another namespace's `spec.vip` naming it is refused. Otherwise allocation never
+//!   hands out a used address.
 //! - VirtualServices on one VIP may not serve the same port and protocol: the younger
 //!   one is refused.
 //! - [`IP_FAMILY`] (`IPv4` or `IPv6`) restricts allocation to that family (a dual-stack
@@ -23,6 +27,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use kubelvs_crds::{AddressPool, AddressRange, Protocol, VirtualService};
+
+pub use crate::reserved::Reserved;
 
 /// Annotation: VirtualServices of one namespace with the same value may share a VIP
 /// (MetalLB's `allow-shared-ip`). Their ports must not collide.
@@ -43,6 +49,10 @@ pub enum AllocationError {
     UnknownPool { pool: String },
     #[error("spec.vip: {vip} is not in AddressPool {pool}")]
     VipOutsidePool { vip: IpAddr, pool: String },
+    #[error("spec.vip: {vip} is in no AddressPool that admits namespace {namespace}")]
+    VipOutsidePools { vip: IpAddr, namespace: String },
+    #[error("spec.vip: {vip} may not be a VIP: {why}")]
+    VipReserved { vip: IpAddr, why: String },
     #[error("spec.addressPool: AddressPool {pool} does not admit namespace {namespace}")]
     NamespaceNotAdmitted { pool: String, namespace: String },
     #[error("spec.vip: {vip} is already allocated to VirtualService {owner}")]
@@ -70,7 +80,8 @@ impl AllocationError {
         match self {
             Self::InvalidVip { .. } => "InvalidVip",
             Self::UnknownPool { .. } => "UnknownPool",
-            Self::VipOutsidePool { .. } => "VipOutsidePool",
+            Self::VipOutsidePool { .. } | Self::VipOutsidePools { .. } => "VipOutsidePool",
+            Self::VipReserved { .. } => "VipReserved",
             Self::NamespaceNotAdmitted { .. } => "NamespaceNotAdmitted",
             Self::VipAllocatedElsewhere { .. } => "VipTaken",
             Self::PoolExhausted { .. } => "PoolExhausted",
@@ -160,7 +171,7 @@ pub fn allocate(
     namespaces: &NamespaceLabels,
 ) -> Allocation {
     let all: Vec<&VirtualService> = services.iter().collect();
-    allocate_with(&all, status_vip, pools, namespaces)
+    allocate_with(&all, status_vip, pools, namespaces, &Reserved::default())
 }
 
 /// The address `status.vip` records.
@@ -178,6 +189,7 @@ pub fn allocate_with(
     allocated: impl Fn(&VirtualService) -> Option<IpAddr>,
     pools: &[AddressPool],
     namespaces: &NamespaceLabels,
+    reserved: &Reserved,
 ) -> Allocation {
     let mut pools: Vec<&AddressPool> = pools.iter().collect();
     pools.sort_by_key(|p| p.metadata.name.clone());
@@ -228,6 +240,13 @@ pub fn allocate_with(
             owner: format!("{ns}/{name}"),
         }),
     };
+    // Any pool that admits the namespace of `vs` and holds `vip`.
+    let in_admitting_pool = |vs: &VirtualService, vip: IpAddr| {
+        let namespace = vs.metadata.namespace.clone().unwrap_or_default();
+        pools.iter().any(|p| {
+            admits(p, &namespace, namespaces) && ranges[&name(p)].iter().any(|r| r.contains(vip))
+        })
+    };
 
     // Pass 1: allocations still valid (status.vip inside a pool the service may use) are
     // kept, so a VIP never moves under traffic, whatever appears later.
@@ -235,6 +254,7 @@ pub fn allocate_with(
         let family = Family::of(vs).unwrap_or(Family::Any);
         let still_valid = allocated(vs)
             .filter(|v| family.admits(*v) && may_join(&holders, vs, *v).is_ok())
+            .filter(|v| reserved.why(*v).is_none())
             .filter(|v| {
                 candidate_pools(vs, &pools, namespaces)
                     .is_ok_and(|ps| ps.iter().any(|p| ranges[*p].iter().any(|r| r.contains(*v))))
@@ -249,8 +269,9 @@ pub fn allocate_with(
     }
     used.extend(holders.keys());
 
-    // Pass 2: fixed VIPs (spec.vip). They may share an address with each other (several
+    // Pass 2: fixed VIPs (spec.vip). Those of one namespace may share an address (several
     // ports on one VIP), but not take one allocated to another service.
+    let mut fixed: BTreeMap<IpAddr, VsKey> = BTreeMap::new();
     for vs in order.iter().filter(|v| v.spec.vip.is_some()) {
         let text = vs.spec.vip.as_deref().unwrap_or_default();
         let result = match (text.parse::<IpAddr>(), Family::of(vs)) {
@@ -260,22 +281,32 @@ pub fn allocate_with(
                 vip,
                 family: if vip.is_ipv4() { "IPv4" } else { "IPv6" },
             }),
-            (Ok(vip), Ok(_)) => {
-                may_join(&holders, vs, vip).and_then(|()| match vs.spec.address_pool.as_deref() {
-                    Some(p) => candidate_pools(vs, &pools, namespaces).and_then(|_| {
-                        if ranges[p].iter().any(|r| r.contains(vip)) {
-                            Ok(vip)
-                        } else {
-                            Err(AllocationError::VipOutsidePool {
-                                vip,
-                                pool: p.into(),
-                            })
-                        }
+            (Ok(vip), Ok(_)) => match reserved.why(vip) {
+                Some(why) => Err(AllocationError::VipReserved { vip, why }),
+                None => may_join(&holders, vs, vip)
+                    .and_then(|()| fixed_holder(&fixed, vs, vip))
+                    .and_then(|()| match vs.spec.address_pool.as_deref() {
+                        Some(p) => candidate_pools(vs, &pools, namespaces).and_then(|_| {
+                            if ranges[p].iter().any(|r| r.contains(vip)) {
+                                Ok(vip)
+                            } else {
+                                Err(AllocationError::VipOutsidePool {
+                                    vip,
+                                    pool: p.into(),
+                                })
+                            }
+                        }),
+                        None if in_admitting_pool(vs, vip) => Ok(vip),
+                        None => Err(AllocationError::VipOutsidePools {
+                            vip,
+                            namespace: vs.metadata.namespace.clone().unwrap_or_default(),
+                        }),
                     }),
-                    None => Ok(vip),
-                })
-            }
+            },
         };
+        if let Ok(v) = result {
+            fixed.entry(v).or_insert_with(|| vs_key(vs));
+        }
         if let Ok(v) = result {
             used.insert(v);
         }
@@ -309,7 +340,7 @@ pub fn allocate_with(
                             ranges[*p]
                                 .iter()
                                 .filter(|r| family.admits(r.first))
-                                .find_map(|r| first_free(r, &used))
+                                .find_map(|r| first_free_outside(r, &used, reserved))
                         })
                     })
                     .ok_or_else(|| AllocationError::PoolExhausted {
@@ -376,12 +407,7 @@ fn candidate_pools<'a>(
     namespaces: &NamespaceLabels,
 ) -> Result<Vec<&'a str>, AllocationError> {
     let namespace = vs.metadata.namespace.clone().unwrap_or_default();
-    let admits = |p: &AddressPool| match &p.spec.namespace_selector {
-        None => true,
-        Some(sel) => namespaces
-            .get(&namespace)
-            .is_some_and(|labels| kubelvs_crds::selector::matches(sel, labels).unwrap_or(false)),
-    };
+    let admits = |p: &AddressPool| admits(p, &namespace, namespaces);
     match vs.spec.address_pool.as_deref() {
         Some(wanted) => {
             let p = pools.iter().find(|p| name(p) == wanted).ok_or_else(|| {
@@ -409,6 +435,16 @@ fn candidate_pools<'a>(
                 Ok(auto)
             }
         }
+    }
+}
+
+/// Whether pool `p` admits VirtualServices of `namespace`.
+fn admits(p: &AddressPool, namespace: &str, namespaces: &NamespaceLabels) -> bool {
+    match &p.spec.namespace_selector {
+        None => true,
+        Some(sel) => namespaces
+            .get(namespace)
+            .is_some_and(|labels| kubelvs_crds::selector::matches(sel, labels).unwrap_or(false)),
     }
 }
 
@@ -452,6 +488,43 @@ fn parse(entry: &str) -> Option<AddressRange> {
 
 fn size(r: &AddressRange) -> u64 {
     u64::try_from(to_u128(r.last) - to_u128(r.first) + 1).unwrap_or(u64::MAX)
+}
+
+/// [`first_free`], skipping what is reserved.
+fn first_free_outside(
+    r: &AddressRange,
+    used: &BTreeSet<IpAddr>,
+    reserved: &Reserved,
+) -> Option<IpAddr> {
+    let mut from = *r;
+    loop {
+        let candidate = first_free(&from, used)?;
+        let Some(end) = reserved.end_of(candidate) else {
+            return Some(candidate);
+        };
+        let next = to_u128(end).checked_add(1)?;
+        if next > to_u128(r.last) {
+            return None;
+        }
+        from.first = from_u128(next, r.first.is_ipv4());
+    }
+}
+
+/// A `spec.vip` held by another namespace's `spec.vip` is not shared across tenants.
+fn fixed_holder(
+    fixed: &BTreeMap<IpAddr, VsKey>,
+    vs: &VirtualService,
+    vip: IpAddr,
+) -> Result<(), AllocationError> {
+    match fixed.get(&vip) {
+        Some((ns, name)) if Some(ns) != vs.metadata.namespace.as_ref() => {
+            Err(AllocationError::VipAllocatedElsewhere {
+                vip,
+                owner: format!("{ns}/{name}"),
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 fn first_free(r: &AddressRange, used: &BTreeSet<IpAddr>) -> Option<IpAddr> {

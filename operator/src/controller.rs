@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Node};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
@@ -21,7 +21,7 @@ use kubelvs_crds::{AddressPool, RealServer, VirtualService};
 use tokio::sync::{mpsc, Notify};
 use tracing::{info, warn};
 
-use crate::allocate::{NamespaceLabels, VsKey};
+use crate::allocate::{NamespaceLabels, Reserved, VsKey};
 use crate::metrics::{Metrics, PoolLabels};
 use crate::pass::{self, Ledger, Notice, FINALIZER};
 
@@ -35,6 +35,8 @@ pub struct Stores {
     pub(crate) real_servers: Store<DeserializeGuard<RealServer>>,
     address_pools: Store<DeserializeGuard<AddressPool>>,
     namespaces: Store<Namespace>,
+    /// Their addresses are never VIPs.
+    nodes: Store<Node>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -117,21 +119,40 @@ impl Stores {
                 wake.clone(),
             ),
             address_pools: reflect(Api::all(client.clone()), |_| {}, wake.clone()),
-            namespaces: reflect(Api::all(client.clone()), |_| {}, wake),
+            namespaces: reflect(Api::all(client.clone()), |_| {}, wake.clone()),
+            nodes: reflect(
+                Api::all(client.clone()),
+                kubelvs_watch::node_but_addresses,
+                wake,
+            ),
         };
         tokio::time::timeout(Duration::from_secs(60), async {
             s.virtual_services.wait_until_ready().await?;
             s.real_servers.wait_until_ready().await?;
             s.address_pools.wait_until_ready().await?;
-            s.namespaces.wait_until_ready().await
+            s.namespaces.wait_until_ready().await?;
+            s.nodes.wait_until_ready().await
         })
         .await
         .map_err(|_| {
             anyhow::anyhow!(
-                "the watches of VirtualServices, RealServers, AddressPools and Namespaces did not list within 60 s (may this account list them?)"
+                "the watches of VirtualServices, RealServers, AddressPools, Namespaces and Nodes did not list within 60 s (may this account list them?)"
             )
         })??;
         Ok(s)
+    }
+
+    /// What no VIP may be: the nodes' addresses as the store has them, and `ranges`.
+    fn reserved(&self, ranges: &[ipnet::IpNet]) -> Reserved {
+        Reserved {
+            node_addresses: self
+                .nodes
+                .state()
+                .iter()
+                .flat_map(|n| kubelvs_watch::node_addresses(n).collect::<Vec<_>>())
+                .collect(),
+            cluster_ranges: ranges.to_vec(),
+        }
     }
 
     fn namespace_labels(&self) -> NamespaceLabels {
@@ -282,6 +303,7 @@ async fn allocation_loop(
     metrics: Arc<Metrics>,
     events: mpsc::Sender<Notice>,
     debounce: Duration,
+    cluster_ranges: Vec<ipnet::IpNet>,
 ) {
     let mut ledger = Ledger::new();
     let mut validations = pass::Validations::new();
@@ -310,6 +332,7 @@ async fn allocation_loop(
             &real_servers,
             &pools,
             &stores.namespace_labels(),
+            &stores.reserved(&cluster_ranges),
             &ledger,
             &mut validations,
             &now,
@@ -437,6 +460,7 @@ pub async fn run_controllers(
     identity: String,
     metrics: Arc<Metrics>,
     debounce: Duration,
+    cluster_ranges: Vec<ipnet::IpNet>,
 ) -> anyhow::Result<()> {
     let wake = Arc::new(Notify::new());
     let stores = Stores::start(&client, wake.clone()).await?;
@@ -451,6 +475,7 @@ pub async fn run_controllers(
         metrics.clone(),
         events_tx.clone(),
         debounce,
+        cluster_ranges,
     ));
     crate::service_controller::run(client, stores, metrics.clone(), events_tx).await;
     metrics.observed.set_ready(false);

@@ -8,6 +8,7 @@ pub mod controller;
 pub mod lease;
 pub mod metrics;
 pub mod pass;
+pub mod reserved;
 pub mod rollup;
 pub mod service;
 mod service_controller;

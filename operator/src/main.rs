@@ -31,6 +31,12 @@ struct Args {
     /// How long a burst of changes is gathered before one allocation pass.
     #[arg(long, default_value_t = 100)]
     debounce_ms: u64,
+    /// The cluster's Service range (repeatable): no VIP is ever inside it.
+    #[arg(long = "service-cidr")]
+    service_cidrs: Vec<ipnet::IpNet>,
+    /// The cluster's Pod range (repeatable): no VIP is ever inside it.
+    #[arg(long = "pod-cidr")]
+    pod_cidrs: Vec<ipnet::IpNet>,
 }
 
 fn hostname() -> String {
@@ -106,6 +112,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         identity.clone(),
         metrics.clone(),
         Duration::from_millis(args.debounce_ms),
+        args.service_cidrs
+            .iter()
+            .chain(&args.pod_cidrs)
+            .copied()
+            .collect(),
     );
     tokio::select! {
         lost = elector.hold() => {

@@ -14,7 +14,7 @@ use kube::Resource;
 use kubelvs_crds::selector::RealServerIndex;
 use kubelvs_crds::{AddressPool, RealServer, VirtualService};
 
-use crate::allocate::{allocate_with, status_vip, NamespaceLabels, VsKey};
+use crate::allocate::{allocate_with, status_vip, NamespaceLabels, Reserved, VsKey};
 use crate::rollup::{
     address_pool_apply_body, address_pool_status, overlaps, validation, virtual_service_status,
     ACCEPTED, VIP_ALLOCATED,
@@ -105,6 +105,7 @@ pub fn plan(
     real_servers: &[&RealServer],
     pools: &[AddressPool],
     namespaces: &NamespaceLabels,
+    reserved: &Reserved,
     ledger: &Ledger,
     validations: &mut Validations,
     now: &Time,
@@ -119,7 +120,7 @@ pub fn plan(
         Some((uid, ip)) if v.metadata.uid.as_ref() == Some(uid) => Some(*ip),
         _ => status_vip(v),
     };
-    let allocation = allocate_with(&live, allocated, pools, namespaces);
+    let allocation = allocate_with(&live, allocated, pools, namespaces, reserved);
     let index = RealServerIndex::new(real_servers.iter().copied());
 
     for vs in &live {
@@ -233,6 +234,7 @@ mod tests {
             &[],
             pools,
             &BTreeMap::new(),
+            &Reserved::default(),
             ledger,
             &mut Validations::new(),
             now,

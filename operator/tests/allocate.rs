@@ -275,35 +275,122 @@ fn reversed_ranges_are_reported_on_the_pool() {
 }
 
 #[test]
-fn the_top_of_the_address_space_in_use_does_not_overflow() {
-    let pools = [pool(
-        "top",
+fn the_top_of_the_address_space_is_reserved_and_skipping_it_does_not_overflow() {
+    // IPv4: the broadcast address is the last one; skipping it must not wrap to 0.0.0.0.
+    let v4 = [pool("top4", &["255.255.255.253-255.255.255.255"], true)];
+    let a = allocate(
+        &[
+            vs("s", "fixed", Some("255.255.255.255"), None, 0),
+            vs("s", "a", None, None, 1),
+            vs("s", "b", None, None, 2),
+            vs("s", "c", None, None, 3),
+        ],
+        &v4,
+        &BTreeMap::new(),
+    );
+    assert_eq!(get(&a, "s", "fixed").unwrap_err().reason(), "VipReserved");
+    assert_eq!(get(&a, "s", "a"), Ok(ip("255.255.255.253")));
+    assert_eq!(get(&a, "s", "b"), Ok(ip("255.255.255.254")));
+    assert!(matches!(
+        get(&a, "s", "c"),
+        Err(AllocationError::PoolExhausted { .. })
+    ));
+    // IPv6: the top of the space is multicast (ff00::/8), all of it skipped.
+    let v6 = [pool(
+        "top6",
         &["ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"],
         true,
     )];
-    let a = allocate(
-        &[
-            vs(
-                "s",
-                "fixed",
-                Some("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"),
-                None,
-                0,
-            ),
-            vs("s", "a", None, None, 1),
-            vs("s", "b", None, None, 2),
-        ],
-        &pools,
-        &BTreeMap::new(),
-    );
-    assert_eq!(
-        get(&a, "s", "a"),
-        Ok(ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe"))
-    );
+    let a = allocate(&[vs("s", "a", None, None, 1)], &v6, &BTreeMap::new());
     assert!(matches!(
-        get(&a, "s", "b"),
+        get(&a, "s", "a"),
         Err(AllocationError::PoolExhausted { .. })
     ));
+}
+
+/// A tenant asks for an address: it must be in a pool that admits its namespace, never a
+/// node's, never in the cluster's ranges or a special one, and never another
+/// namespace's fixed VIP.
+#[test]
+fn a_requested_vip_is_granted_only_from_an_admitting_pool() {
+    let mut team = pool("team", &["203.0.113.0/28"], false);
+    team.spec.namespace_selector = Some(LabelSelector {
+        match_labels: Some([("team".to_string(), "web".to_string())].into()),
+        match_expressions: None,
+    });
+    let pools = [team, pool("shared", &["198.51.100.0/28"], false)];
+    let namespaces: NamespaceLabels = [
+        (
+            "web".to_string(),
+            [("team".to_string(), "web".to_string())].into(),
+        ),
+        ("db".to_string(), BTreeMap::new()),
+    ]
+    .into();
+    let a = allocate(
+        &[
+            vs("web", "in-pool", Some("203.0.113.5"), None, 0),
+            vs("db", "not-admitted", Some("203.0.113.6"), None, 1),
+            vs("db", "no-pool", Some("192.0.2.77"), None, 2),
+            vs("db", "shared", Some("198.51.100.5"), None, 3),
+            port(
+                vs("web", "other-tenant", Some("198.51.100.5"), None, 4),
+                443,
+            ),
+            port(vs("db", "same-tenant", Some("198.51.100.5"), None, 5), 443),
+        ],
+        &pools,
+        &namespaces,
+    );
+    assert_eq!(get(&a, "web", "in-pool"), Ok(ip("203.0.113.5")));
+    for name in ["not-admitted", "no-pool"] {
+        let e = get(&a, "db", name).unwrap_err();
+        assert_eq!(e.reason(), "VipOutsidePool", "{name}");
+        assert!(e.to_string().contains("namespace db"), "{e}");
+    }
+    assert_eq!(get(&a, "db", "shared"), Ok(ip("198.51.100.5")));
+    let e = get(&a, "web", "other-tenant").unwrap_err();
+    assert_eq!(e.reason(), "VipTaken", "{e}");
+    assert_eq!(get(&a, "db", "same-tenant"), Ok(ip("198.51.100.5")));
+}
+
+#[test]
+fn node_addresses_and_the_clusters_ranges_are_never_vips() {
+    use kubelvs_operator::allocate::{allocate_with, status_vip, Reserved};
+    let pools = [pool("wide", &["10.0.0.0/24", "203.0.113.0/29"], true)];
+    let reserved = Reserved {
+        node_addresses: [ip("203.0.113.1"), ip("203.0.113.3")].into(),
+        cluster_ranges: vec!["10.0.0.0/16".parse().unwrap()],
+    };
+    let mut held = vs("s", "held", None, None, 0);
+    // Allocated before the node took the address: given up, another one allocated.
+    held.status = Some(VirtualServiceStatus {
+        vip: Some("203.0.113.3".into()),
+        ..Default::default()
+    });
+    let services = [
+        held,
+        vs("s", "node", Some("203.0.113.1"), None, 1),
+        vs("s", "service-range", Some("10.0.0.10"), None, 2),
+        vs("s", "metadata", Some("169.254.169.254"), None, 3),
+        vs("s", "loopback", Some("127.0.0.1"), None, 4),
+        vs("s", "auto", None, None, 5),
+    ];
+    let refs: Vec<&VirtualService> = services.iter().collect();
+    let a = allocate_with(&refs, status_vip, &pools, &BTreeMap::new(), &reserved);
+    for (name, why) in [
+        ("node", "a node's own address"),
+        ("service-range", "10.0.0.0/16"),
+        ("metadata", "link-local"),
+        ("loopback", "loopback"),
+    ] {
+        let e = get(&a, "s", name).unwrap_err();
+        assert_eq!(e.reason(), "VipReserved", "{name}: {e}");
+        assert!(e.to_string().contains(why), "{name}: {e}");
+    }
+    // Allocation skips the cluster range and the node addresses of the pool.
+    assert_eq!(get(&a, "s", "held"), Ok(ip("203.0.113.2")));
+    assert_eq!(get(&a, "s", "auto"), Ok(ip("203.0.113.4")));
 }
 
 #[test]

@@ -282,6 +282,32 @@ spec: {address: 10.0.0.1}
             format!("spec.vip: 203.0.113.99 is not in AddressPool {}", s.pool).as_str()
         )
     );
+    // Refused means not granted: no status.vip, so no agent programs b or c (agents
+    // program only the grant). a keeps its VIP.
+    assert_eq!(s.vip("b"), None);
+    assert_eq!(s.vip("c"), None);
+    assert_eq!(s.vip("a").as_deref(), Some(vip.as_str()));
+    // A node's own address is never a VIP, even inside the pool: it would put the
+    // node's own ports (kubelet, API server) behind a tenant's real servers.
+    let node = format!("{}-node", s.name());
+    s.cluster
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            &kubelvs_test_cluster::node_object(&node, "198.51.100.6".parse().unwrap(), false),
+        )
+        .unwrap();
+    s.apply(&virtual_service("at-node", Some("198.51.100.6"), None));
+    let n = eventually(WAIT, "at-node condition", || {
+        s.condition("at-node", "VipAllocated")
+            .filter(|c| c.0 == "False")
+    });
+    assert_eq!(n.1, "VipReserved", "{n:?}");
+    assert!(n.2.contains("a node's own address"), "{n:?}");
+    assert_eq!(s.vip("at-node"), None);
+    s.cluster
+        .kubectl_ok(&["delete", "lvs", "at-node", "-n", s.name()])
+        .unwrap();
+    s.cluster.kubectl_ok(&["delete", "node", &node]).unwrap();
     let pool = eventually(WAIT, "pool status", || {
         let p: serde_json::Value = serde_json::from_str(
             &s.cluster

@@ -93,6 +93,28 @@ pub fn status_but_vip<V: Parsed<VirtualService>>(vs: &mut V) {
     }
 }
 
+/// Clears a Node's status but its addresses: its labels and addresses are all either
+/// binary reads, and the kubelet rewrites the rest (conditions, heartbeats) all the time.
+pub fn node_but_addresses(node: &mut Node) {
+    if let Some(status) = &mut node.status {
+        *status = k8s_openapi::api::core::v1::NodeStatus {
+            addresses: status.addresses.take(),
+            ..Default::default()
+        };
+    }
+}
+
+/// The InternalIP and ExternalIP addresses of a Node.
+pub fn node_addresses(node: &Node) -> impl Iterator<Item = std::net::IpAddr> + '_ {
+    node.status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+        .filter_map(|a| a.address.parse().ok())
+}
+
 /// Clears a RealServer's status: the directors' health observations.
 pub fn no_status<R: Parsed<RealServer>>(rs: &mut R) {
     if let Some(rs) = rs.parsed_mut() {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, NodeStatus};
+use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::Store;
@@ -38,17 +38,6 @@ impl std::fmt::Debug for ClusterSource {
         f.debug_struct("ClusterSource")
             .field("node", &self.node_name)
             .finish_non_exhaustive()
-    }
-}
-
-/// Of its Node, the agent reads labels and addresses; the kubelet rewrites the rest of
-/// the status (conditions, heartbeats) all the time.
-fn node_unread(node: &mut Node) {
-    if let Some(status) = &mut node.status {
-        *status = NodeStatus {
-            addresses: status.addresses.take(),
-            ..Default::default()
-        };
     }
 }
 
@@ -106,7 +95,7 @@ impl ClusterSource {
                 rt,
                 Api::all(client),
                 watcher::Config::default().fields(&format!("metadata.name={node_name}")),
-                node_unread,
+                kubelvs_watch::node_but_addresses,
                 wake,
             ),
             node_name: node_name.to_owned(),
@@ -188,15 +177,7 @@ impl ClusterSource {
         // In a cluster a VIP is the operator's grant, never a tenant's spec.vip as written.
         id.vip_source = kubelvs_planner::VipSource::Granted;
         id.labels = n.metadata.labels.clone().unwrap_or_default();
-        let addrs: Vec<std::net::IpAddr> = n
-            .status
-            .as_ref()
-            .and_then(|s| s.addresses.as_ref())
-            .into_iter()
-            .flatten()
-            .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
-            .filter_map(|a| a.address.parse().ok())
-            .collect();
+        let addrs: Vec<std::net::IpAddr> = kubelvs_watch::node_addresses(&n).collect();
         if !addrs.is_empty() {
             id.addresses = addrs;
         }
@@ -337,7 +318,7 @@ mod tests {
                 },
             }))
             .unwrap();
-            node_unread(&mut n);
+            kubelvs_watch::node_but_addresses(&mut n);
             n
         };
         let before = node("1", "2026-12-02T10:00:00Z", "192.0.2.1");
