@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kubelvs_crds::{
     AddressPool, AddressPoolSpec, RealServer, RealServerSpec, VirtualService, VirtualServiceStatus,
 };
-use kubelvs_operator::allocate::{allocate, Reserved};
+use kubelvs_operator::allocate::{allocate, AddressSpace, Reserved};
 use kubelvs_operator::pass::{plan, Ledger, Validations};
 
 fn virtual_service(i: usize, taken: bool) -> VirtualService {
@@ -78,12 +78,16 @@ fn bench(c: &mut Criterion) {
     let now = Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap());
     let services: Vec<&VirtualService> = services.iter().collect();
     let real_servers: Vec<&RealServer> = real_servers.iter().collect();
+    let (namespaces, reserved) = (BTreeMap::new(), Reserved::default());
+    let space = AddressSpace {
+        pools: &pools,
+        namespaces: &namespaces,
+        reserved: &reserved,
+    };
     let first = plan(
         &services,
         &real_servers,
-        &pools,
-        &BTreeMap::new(),
-        &Reserved::default(),
+        space,
         &Ledger::new(),
         &mut Validations::new(),
         &now,
@@ -95,9 +99,7 @@ fn bench(c: &mut Criterion) {
                 plan(
                     black_box(&services),
                     &real_servers,
-                    &pools,
-                    &BTreeMap::new(),
-                    &Reserved::default(),
+                    space,
                     &Ledger::new(),
                     &mut Validations::new(),
                     &now,
@@ -119,8 +121,7 @@ fn bench(c: &mut Criterion) {
                 let w = plan(
                     black_box(&shown.iter().collect::<Vec<_>>()),
                     &real_servers,
-                    &pools,
-                    &BTreeMap::new(),
+                    space,
                     &first.vips,
                     &mut validations,
                     &now,

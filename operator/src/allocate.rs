@@ -164,6 +164,15 @@ pub struct Allocation {
     pub pool_problems: BTreeMap<String, Vec<String>>,
 }
 
+/// What addresses there are to give and to whom: the pools, the labels of the
+/// namespaces their selectors match, and what is never given.
+#[derive(Debug, Clone, Copy)]
+pub struct AddressSpace<'a> {
+    pub pools: &'a [AddressPool],
+    pub namespaces: &'a NamespaceLabels,
+    pub reserved: &'a Reserved,
+}
+
 /// Allocates VIPs for all `services` from `pools`.
 pub fn allocate(
     services: &[VirtualService],
@@ -171,7 +180,12 @@ pub fn allocate(
     namespaces: &NamespaceLabels,
 ) -> Allocation {
     let all: Vec<&VirtualService> = services.iter().collect();
-    allocate_with(&all, status_vip, pools, namespaces, &Reserved::default())
+    let space = AddressSpace {
+        pools,
+        namespaces,
+        reserved: &Reserved::default(),
+    };
+    allocate_with(&all, status_vip, space)
 }
 
 /// The address `status.vip` records.
@@ -187,10 +201,13 @@ pub fn status_vip(vs: &VirtualService) -> Option<IpAddr> {
 pub fn allocate_with(
     services: &[&VirtualService],
     allocated: impl Fn(&VirtualService) -> Option<IpAddr>,
-    pools: &[AddressPool],
-    namespaces: &NamespaceLabels,
-    reserved: &Reserved,
+    space: AddressSpace<'_>,
 ) -> Allocation {
+    let AddressSpace {
+        pools,
+        namespaces,
+        reserved,
+    } = space;
     let mut pools: Vec<&AddressPool> = pools.iter().collect();
     pools.sort_by_key(|p| p.metadata.name.clone());
     let mut out = Allocation::default();

@@ -21,7 +21,7 @@ use kubelvs_crds::{AddressPool, RealServer, VirtualService};
 use tokio::sync::{mpsc, Notify};
 use tracing::{info, warn};
 
-use crate::allocate::{NamespaceLabels, Reserved, VsKey};
+use crate::allocate::{AddressSpace, NamespaceLabels, Reserved, VsKey};
 use crate::metrics::{Metrics, PoolLabels};
 use crate::pass::{self, Ledger, Notice, FINALIZER};
 
@@ -330,9 +330,11 @@ async fn allocation_loop(
         let w = pass::plan(
             &virtual_services,
             &real_servers,
-            &pools,
-            &stores.namespace_labels(),
-            &stores.reserved(&cluster_ranges),
+            AddressSpace {
+                pools: &pools,
+                namespaces: &stores.namespace_labels(),
+                reserved: &stores.reserved(&cluster_ranges),
+            },
             &ledger,
             &mut validations,
             &now,

@@ -12,9 +12,9 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Resource;
 use kubelvs_crds::selector::RealServerIndex;
-use kubelvs_crds::{AddressPool, RealServer, VirtualService};
+use kubelvs_crds::{RealServer, VirtualService};
 
-use crate::allocate::{allocate_with, status_vip, NamespaceLabels, Reserved, VsKey};
+use crate::allocate::{allocate_with, status_vip, AddressSpace, VsKey};
 use crate::rollup::{
     address_pool_apply_body, address_pool_status, overlaps, validation, virtual_service_status,
     ACCEPTED, VIP_ALLOCATED,
@@ -103,9 +103,7 @@ fn has_finalizer(vs: &VirtualService) -> bool {
 pub fn plan(
     virtual_services: &[&VirtualService],
     real_servers: &[&RealServer],
-    pools: &[AddressPool],
-    namespaces: &NamespaceLabels,
-    reserved: &Reserved,
+    space: AddressSpace<'_>,
     ledger: &Ledger,
     validations: &mut Validations,
     now: &Time,
@@ -120,7 +118,8 @@ pub fn plan(
         Some((uid, ip)) if v.metadata.uid.as_ref() == Some(uid) => Some(*ip),
         _ => status_vip(v),
     };
-    let allocation = allocate_with(&live, allocated, pools, namespaces, reserved);
+    let allocation = allocate_with(&live, allocated, space);
+    let pools = space.pools;
     let index = RealServerIndex::new(real_servers.iter().copied());
 
     for vs in &live {
@@ -220,6 +219,7 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kubelvs_crds::AddressPool;
 
     /// One pass over `objects` and `pools`, no RealServers, fresh validations.
     fn pass(
@@ -232,9 +232,11 @@ mod tests {
         plan(
             &refs,
             &[],
-            pools,
-            &BTreeMap::new(),
-            &Reserved::default(),
+            AddressSpace {
+                pools,
+                namespaces: &BTreeMap::new(),
+                reserved: &Default::default(),
+            },
             ledger,
             &mut Validations::new(),
             now,

@@ -356,7 +356,7 @@ fn a_requested_vip_is_granted_only_from_an_admitting_pool() {
 
 #[test]
 fn node_addresses_and_the_clusters_ranges_are_never_vips() {
-    use kubelvs_operator::allocate::{allocate_with, status_vip, Reserved};
+    use kubelvs_operator::allocate::{allocate_with, status_vip, AddressSpace, Reserved};
     let pools = [pool("wide", &["10.0.0.0/24", "203.0.113.0/29"], true)];
     let reserved = Reserved {
         node_addresses: [ip("203.0.113.1"), ip("203.0.113.3")].into(),
@@ -377,7 +377,12 @@ fn node_addresses_and_the_clusters_ranges_are_never_vips() {
         vs("s", "auto", None, None, 5),
     ];
     let refs: Vec<&VirtualService> = services.iter().collect();
-    let a = allocate_with(&refs, status_vip, &pools, &BTreeMap::new(), &reserved);
+    let space = AddressSpace {
+        pools: &pools,
+        namespaces: &BTreeMap::new(),
+        reserved: &reserved,
+    };
+    let a = allocate_with(&refs, status_vip, space);
     for (name, why) in [
         ("node", "a node's own address"),
         ("service-range", "10.0.0.0/16"),
