@@ -27,9 +27,13 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RealServerSpec {
-    /// IPv4 or IPv6 address of the real server.
+    /// IPv4 or IPv6 address of the real server: a unicast address, not loopback,
+    /// link-local or unspecified (every director probes it from the host network).
     #[schemars(length(max = 45))]
-    #[x_kube(validation = Rule::new("isIP(self)").message("spec.address: must be an IPv4 or IPv6 address"))]
+    #[x_kube(
+        validation = Rule::new("isIP(self)").message("spec.address: must be an IPv4 or IPv6 address"),
+        validation = Rule::new("!isIP(self) || ip(self).isGlobalUnicast()").message("spec.address: must be a unicast address, not loopback, link-local (169.254.0.0/16 holds metadata services), multicast, broadcast or unspecified: directors probe it from their host network")
+    )]
     pub address: String,
     /// The port it listens on, for virtual ports without a targetPort. Absent: the virtual port.
     #[serde(default, skip_serializing_if = "Option::is_none")]

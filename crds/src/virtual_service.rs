@@ -75,7 +75,10 @@ pub struct VirtualServiceSpec {
     /// pool with autoAssign) and records it in status.vip.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 45))]
-    #[x_kube(validation = Rule::new("isIP(self)").message("spec.vip: must be an IPv4 or IPv6 address"))]
+    #[x_kube(
+        validation = Rule::new("isIP(self)").message("spec.vip: must be an IPv4 or IPv6 address"),
+        validation = Rule::new("!isIP(self) || ip(self).isGlobalUnicast()").message("spec.vip: must be a unicast address, not loopback, link-local, multicast, broadcast or unspecified")
+    )]
     pub vip: Option<String>,
 
     /// The AddressPool to allocate the VIP from.
@@ -306,15 +309,21 @@ pub struct HealthCheckSpec {
     pub check_type: HealthCheckType,
     /// Request path for http and https checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^/[^\s]*$"))]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^/[!-~]*$"))]
     pub path: Option<String>,
     /// HTTP status that means healthy (default 200).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 100, max = 599))]
     pub expected_status: Option<u16>,
-    /// Host header for http and https checks.
+    /// Host header (and TLS server name) for http and https checks: a DNS name or an
+    /// address, optionally with a port; nothing else reaches the request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(
+            pattern = r"^([A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?$"
+        )
+    )]
     pub host: Option<String>,
     /// Port to probe instead of the real server's port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
