@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod address;
 pub mod address_pool;
 pub mod real_server;
 pub mod selector;

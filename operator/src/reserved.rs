@@ -21,27 +21,6 @@ pub struct Reserved {
     pub cluster_ranges: Vec<IpNet>,
 }
 
-/// Special ranges, by what they are.
-fn special(ip: IpAddr) -> Option<&'static str> {
-    let link_local = match ip {
-        IpAddr::V4(v) => v.is_link_local(),
-        IpAddr::V6(v) => v.is_unicast_link_local(),
-    };
-    if ip.is_unspecified() {
-        Some("the unspecified address")
-    } else if ip.is_loopback() {
-        Some("a loopback address")
-    } else if link_local {
-        Some("a link-local address (169.254.0.0/16 holds cloud metadata services)")
-    } else if ip.is_multicast() {
-        Some("a multicast address")
-    } else if matches!(ip, IpAddr::V4(v) if v.is_broadcast()) {
-        Some("the broadcast address")
-    } else {
-        None
-    }
-}
-
 /// The special ranges as networks, for skipping them while allocating.
 fn special_nets() -> [IpNet; 7] {
     [
@@ -59,7 +38,7 @@ fn special_nets() -> [IpNet; 7] {
 impl Reserved {
     /// Why `ip` may not be a VIP, if it may not.
     pub fn why(&self, ip: IpAddr) -> Option<String> {
-        if let Some(what) = special(ip) {
+        if let Some(what) = kubelvs_crds::address::not_unicast(ip) {
             return Some(what.into());
         }
         if self.node_addresses.contains(&ip) {

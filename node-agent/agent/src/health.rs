@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use kubelvs_model::{HealthCheck, NodePlan, Probe};
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
 /// One probe of one real server.
@@ -236,31 +236,55 @@ pub async fn probe(target: SocketAddr, check: &HealthCheck) -> Result<String, St
     }
 }
 
-/// A TCP connect, then the HTTP(S) GET when there is one.
+/// A TCP connect, then the HTTP(S) GET when there is one (its request checked first:
+/// an invalid one is not even connected for).
 async fn stream_probe(target: SocketAddr, http: Option<HttpGet<'_>>) -> Result<String, String> {
+    let get = match &http {
+        // The Host header names the port; the TLS server name does not.
+        Some(h) => {
+            let header = h.host.clone().unwrap_or_else(|| target.to_string());
+            Some(get_request(&header, h.path)?)
+        }
+        None => None,
+    };
     let stream = tokio::net::TcpStream::connect(target)
         .await
         .map_err(|e| format!("connect {target}: {e}"))?;
-    let Some(HttpGet {
-        tls,
-        path,
-        expected,
-        host,
-    }) = http
+    let (
+        Some(HttpGet {
+            tls,
+            path,
+            expected,
+            host,
+        }),
+        Some(request),
+    ) = (http, get)
     else {
         return Ok(format!("connected to {target}"));
     };
-    // The Host header names the port; the TLS server name does not.
-    let header = host.clone().unwrap_or_else(|| target.to_string());
     if tls {
         let sni = host.clone().unwrap_or_else(|| target.ip().to_string());
         let stream = tls_connect(stream, &sni)
             .await
             .map_err(|e| format!("TLS with {target}: {e}"))?;
-        http_get(stream, target, &header, path, expected).await
+        http_get(stream, target, request, path, expected).await
     } else {
-        http_get(stream, target, &header, path, expected).await
+        http_get(stream, target, request, path, expected).await
     }
+}
+
+type GetRequest = http::Request<http_body_util::Empty<bytes::Bytes>>;
+
+/// The check's GET, if its path is a valid origin-form target and its host a valid
+/// header value (the CRD says so too; an object stored before that rule is refused
+/// here): nothing a tenant writes adds a header or a second request.
+fn get_request(host: &str, path: &str) -> Result<GetRequest, String> {
+    http::Request::get(path)
+        .header(http::header::HOST, host)
+        .header(http::header::USER_AGENT, "kube-lvs-agent")
+        .header(http::header::CONNECTION, "close")
+        .body(http_body_util::Empty::new())
+        .map_err(|e| format!("GET {}: not a valid request: {e}", printable(path)))
 }
 
 /// keepalived's UDP_CHECK: a datagram on a connected socket, then up to `timeout` for
@@ -391,44 +415,39 @@ async fn tls_connect(
     tls_connector().connect(name, stream).await
 }
 
-async fn http_get<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
+/// `request` over `stream` with hyper; only the status is read, and the message never
+/// carries response content (it goes into status and Events).
+async fn http_get<S>(
+    stream: S,
     target: SocketAddr,
-    host: &str,
+    request: GetRequest,
     path: &str,
     expected: u16,
-) -> Result<String, String> {
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: kube-lvs-agent\r\nConnection: close\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("send to {target}: {e}"))?;
-    let mut head = Vec::with_capacity(64);
-    let mut buf = [0u8; 256];
-    while !head.contains(&b'\n') && head.len() < 1024 {
-        let n = stream
-            .read(&mut buf)
+) -> Result<String, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
-            .map_err(|e| format!("read from {target}: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let line = String::from_utf8_lossy(&head);
-    let status = line
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| format!("{target}: not an HTTP response"))?;
+            .map_err(|e| format!("{target}: {e}"))?;
+    let driver = tokio::spawn(connection);
+    let response = sender.send_request(request).await;
+    driver.abort();
+    let status = response
+        .map_err(|e| format!("{target}: not an HTTP response ({e})"))?
+        .status()
+        .as_u16();
     if status == expected {
         Ok(format!("GET {path}: {status}"))
     } else {
         Err(format!("GET {path}: {status}, expected {expected}"))
     }
+}
+
+/// `s` with anything but printable ASCII escaped, for a message.
+fn printable(s: &str) -> String {
+    s.chars().take(128).flat_map(char::escape_default).collect()
 }
 
 #[cfg(test)]

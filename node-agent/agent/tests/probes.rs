@@ -184,3 +184,47 @@ async fn udp_probes_fail_on_port_unreachable_and_on_silence_when_a_reply_is_requ
     let e = probe(silent, &udp(b"x", true)).await.unwrap_err();
     assert!(e.contains("no reply within 300 ms"), "{e}");
 }
+
+/// A server recording the head of every request it gets, answering `answer`.
+fn recording_server(answer: &'static str) -> (SocketAddr, std::sync::mpsc::Receiver<String>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let mut buf = [0u8; 2048];
+            let n = c.read(&mut buf).unwrap_or(0);
+            let _ = tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+            let _ = c.write_all(answer.as_bytes());
+        }
+    });
+    (addr, rx)
+}
+
+/// A check's host and path (from a tenant's VirtualService) never add headers or a
+/// second request, and what the real server answers never reaches the message (which
+/// goes into status and Events).
+#[tokio::test]
+async fn http_checks_send_only_what_the_check_says_and_report_no_response_content() {
+    let (addr, heads) = recording_server(
+        "HTTP/1.1 500 secret-token-in-the-reason\r\nContent-Length: 6\r\n\r\nsecret",
+    );
+    let mut injected = http(false, 200);
+    if let Probe::Http { host, path, .. } = &mut injected.probe {
+        *host = Some("web.shop\r\nX-Injected: 1".into());
+        *path = "/healthz HTTP/1.1\r\nX-Also: 1\r\n\r\nGET /admin".into();
+    }
+    let e = probe(addr, &injected).await.unwrap_err();
+    assert!(e.contains("not a valid request"), "{e}");
+    assert!(
+        heads.try_recv().is_err(),
+        "nothing may be sent for an invalid check"
+    );
+
+    let e = probe(addr, &http(false, 200)).await.unwrap_err();
+    assert_eq!(e, "GET /healthz: 500, expected 200");
+    let head = heads.recv().unwrap();
+    assert!(head.starts_with("GET /healthz HTTP/1.1\r\n"), "{head}");
+    assert_eq!(head.matches("HTTP/1.1").count(), 1, "one request: {head}");
+    assert!(!head.contains("X-Injected"), "{head}");
+}

@@ -462,7 +462,20 @@ fn select_real_servers<'a>(
     };
     let mut out = Vec::new();
     for rs in selected {
-        match rs.spec.address.parse() {
+        match rs.spec.address.parse::<IpAddr>() {
+            // Stored before the CRD said so, or standalone: directors would probe (and
+            // forward to) their own host or a metadata service.
+            Ok(address) if kubelvs_crds::address::not_unicast(address).is_some() => {
+                problems.push(Problem {
+                    object: object_ref_rs(rs),
+                    field: "spec.address".into(),
+                    reason: ProblemReason::Invalid,
+                    message: format!(
+                        "{address} is {}: no director probes or forwards to it",
+                        kubelvs_crds::address::not_unicast(address).unwrap_or_default()
+                    ),
+                });
+            }
             Ok(address) => out.push(Selected {
                 object: rs,
                 address,

@@ -871,3 +871,44 @@ fn health_checks_become_probes_udp_payload_decoded_from_hex() {
         }
     ));
 }
+
+#[test]
+fn real_servers_on_special_addresses_are_never_probed_or_forwarded_to() {
+    // Stored before the CRD refused them (or written by hand): left out, named.
+    let web = vs("shop", "web", Some("203.0.113.10"), 0);
+    let p = plan(
+        &node("n1"),
+        &[web],
+        &[
+            rs("shop", "ok", "web", "198.51.100.11"),
+            rs("shop", "self", "web", "127.0.0.1"),
+            rs("shop", "metadata", "web", "169.254.169.254"),
+            rs("shop", "v6-link", "web", "fe80::1"),
+        ],
+        &[],
+    );
+    let addrs: Vec<_> = p.services[0]
+        .real_servers
+        .iter()
+        .map(|r| r.address)
+        .collect();
+    assert_eq!(addrs, vec![ip("198.51.100.11")]);
+    let named: Vec<(&str, &str)> = p
+        .problems
+        .iter()
+        .map(|p| (p.object.name.as_str(), p.field.as_str()))
+        .collect();
+    assert_eq!(
+        named,
+        vec![
+            ("metadata", "spec.address"),
+            ("self", "spec.address"),
+            ("v6-link", "spec.address")
+        ]
+    );
+    assert!(
+        p.problems[0].message.contains("link-local"),
+        "{:?}",
+        p.problems
+    );
+}
