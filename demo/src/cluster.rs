@@ -179,9 +179,6 @@ pub fn run(agent: &Path, config: &crate::lab::Config, n: usize) -> Result<()> {
     cluster
         .kubectl_stdin(&["apply", "-f", "-"], &nodes)
         .map_err(|e| e.to_string())?;
-    let agent_kubeconfig = cluster
-        .service_account_kubeconfig("kube-lvs", "kube-lvs-agent")
-        .map_err(|e| e.to_string())?;
     let operator_kubeconfig = cluster
         .service_account_kubeconfig("kube-lvs", "kube-lvs-operator")
         .map_err(|e| e.to_string())?;
@@ -201,25 +198,38 @@ pub fn run(agent: &Path, config: &crate::lab::Config, n: usize) -> Result<()> {
         &dir,
         &[("KUBECONFIG", operator_kubeconfig.as_path())],
     )?];
-    let env = [("KUBECONFIG", agent_kubeconfig.as_path())];
+    // Each agent's token is bound to a Pod on its Node, as the DaemonSet's Pods get: the
+    // chart's admission policy lets it write only that node's status entries.
+    let agent_kubeconfig = |host: &kubelvs_xdp_lab::Host| {
+        cluster
+            .pod_bound_kubeconfig(
+                "kube-lvs",
+                "kube-lvs-agent",
+                &format!("agent-{}", host.role),
+                &host.role,
+            )
+            .map_err(|e| e.to_string())
+    };
     for rs in &setup.lab.real_servers {
+        let kc = agent_kubeconfig(rs)?;
         processes.push(Agent::start(
             agent,
             rs,
             &setup.real_server_args(rs, &[]),
             &dir,
-            &env,
+            &[("KUBECONFIG", kc.as_path())],
         )?);
     }
+    let kc = agent_kubeconfig(&setup.lab.director)?;
     processes.push(Agent::start(
         agent,
         &setup.lab.director,
         // Traffic counters reach status every 2 s, so `kubectl lvs --stats` is live.
         &setup.director_args(&["--status-refresh-seconds", "2"]),
         &dir,
-        &env,
+        &[("KUBECONFIG", kc.as_path())],
     )?);
-    println!("      kube-lvs-operator on the API host; kube-lvs-agent on director, rs1, rs2, rs3 (cluster mode, ServiceAccount tokens)");
+    println!("      kube-lvs-operator on the API host; kube-lvs-agent on director, rs1, rs2, rs3 (cluster mode, tokens bound to each node's Pod)");
 
     println!("\n[3/7] kubectl apply: an AddressPool and examples/lab.yaml without its vip");
     let pool = format!(

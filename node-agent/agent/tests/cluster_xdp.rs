@@ -126,10 +126,15 @@ fn cluster_mode_agents_program_traffic_and_report_status() {
         .unwrap();
     cluster.kubectl_ok(&["create", "namespace", "lab"]).unwrap();
     cluster
-        .apply_chart_templates("kube-lvs", "kube-lvs", &["templates/agent-rbac.yaml"], &[])
-        .unwrap();
-    let kubeconfig = cluster
-        .service_account_kubeconfig("kube-lvs", "kube-lvs-agent")
+        .apply_chart_templates(
+            "kube-lvs",
+            "kube-lvs",
+            &[
+                "templates/agent-rbac.yaml",
+                "templates/agent-admission.yaml",
+            ],
+            &[],
+        )
         .unwrap();
 
     cluster
@@ -187,17 +192,33 @@ spec: {{address: {}, nodeName: rs1}}
         .iter()
         .map(|rs| Some(TcpServer::start(&rs.netns, HEALTH_PORT, &rs.role).unwrap()))
         .collect();
-    let env = [("KUBECONFIG", kubeconfig.as_path())];
+    // Each agent's token is bound to its Pod on its Node, as a DaemonSet's Pod gets:
+    // the chart's admission policy lets it write that node's entries only.
+    let kubeconfig = |host: &Host| {
+        cluster
+            .pod_bound_kubeconfig(
+                "kube-lvs",
+                "kube-lvs-agent",
+                &format!("agent-{}", host.role),
+                &host.role,
+            )
+            .unwrap()
+    };
     let mut rs_agents: Vec<Agent> = lab
         .real_servers
         .iter()
-        .map(|rs| Agent::start_with_env(rs, &cluster_agent_args(rs, &dir, false), &dir, &env))
+        .map(|rs| {
+            let kc = kubeconfig(rs);
+            let env = [("KUBECONFIG", kc.as_path())];
+            Agent::start_with_env(rs, &cluster_agent_args(rs, &dir, false), &dir, &env)
+        })
         .collect();
+    let director_kubeconfig = kubeconfig(&lab.director);
     let director = Agent::start_with_env(
         &lab.director,
         &cluster_agent_args(&lab.director, &dir, true),
         &dir,
-        &env,
+        &[("KUBECONFIG", director_kubeconfig.as_path())],
     );
     eventually(Duration::from_secs(60), "director agent ready", || {
         http_get(&lab.director.netns, "/readyz").filter(|(s, _)| *s == 200)
@@ -281,7 +302,7 @@ spec: {{address: {}, nodeName: rs1}}
     let spec_write = cluster
         .kubectl()
         .arg("--kubeconfig")
-        .arg(&kubeconfig)
+        .arg(&director_kubeconfig)
         .args([
             "patch",
             "lvs",

@@ -679,6 +679,54 @@ impl Cluster {
         name: &str,
     ) -> Result<PathBuf, Error> {
         let token = self.token(namespace, name)?;
+        self.token_kubeconfig(namespace, name, &token, name)
+    }
+
+    /// A kubeconfig for ServiceAccount `namespace/name` with a token bound to a Pod
+    /// `pod` on Node `node` (both created here if missing; no kubelet runs the Pod), as
+    /// a DaemonSet's Pod gets: the token carries the node's name
+    /// (`authentication.kubernetes.io/node-name`).
+    pub fn pod_bound_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+        pod: &str,
+        node: &str,
+    ) -> Result<PathBuf, Error> {
+        let _ = self.kubectl_ok(&["create", "serviceaccount", name, "-n", namespace]);
+        if self.kubectl_ok(&["get", "node", node]).is_err() {
+            self.kubectl_stdin(
+                &["apply", "-f", "-"],
+                &node_object(node, std::net::Ipv4Addr::new(192, 0, 2, 250).into(), false),
+            )?;
+        }
+        self.kubectl_stdin(
+            &["apply", "-n", namespace, "-f", "-"],
+            &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}}}\nspec:\n  serviceAccountName: {name}\n  nodeName: {node}\n  containers: [{{name: agent, image: docker.io/local/kube-lvs:unused}}]\n"
+            ),
+        )?;
+        let token = self.kubectl_ok(&[
+            "create",
+            "token",
+            name,
+            "-n",
+            namespace,
+            "--duration=2h",
+            "--bound-object-kind=Pod",
+            &format!("--bound-object-name={pod}"),
+        ])?;
+        self.token_kubeconfig(namespace, name, token.trim(), pod)
+    }
+
+    /// A kubeconfig authenticating with `token`, written under `file`'s name.
+    fn token_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+        token: &str,
+        file: &str,
+    ) -> Result<PathBuf, Error> {
         let view: serde_json::Value = serde_json::from_str(&self.kubectl_ok(&[
             "config",
             "view",
@@ -703,7 +751,7 @@ impl Cluster {
         text += &format!(
             "users:\n- name: {name}\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context: {{cluster: c, user: {name}, namespace: {namespace}}}\ncurrent-context: c\n"
         );
-        let path = self.scratch.join(format!("{namespace}.{name}.kubeconfig"));
+        let path = self.scratch.join(format!("{namespace}.{file}.kubeconfig"));
         std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
         Ok(path)
     }

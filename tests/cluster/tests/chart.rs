@@ -338,3 +338,173 @@ fn helm_installs_the_chart_and_its_rbac_is_least_privilege() {
         .kubectl_ok(&["get", "daemonset/kube-lvs-agent", "-n", ns.name()])
         .is_err());
 }
+
+/// `kubectl apply --server-side` of `status` (flow-style YAML) on `kind`/`name` in
+/// `namespace`, as `kubeconfig`'s user under field manager `kubelvs-agent/<node>`.
+fn apply_status_with(
+    cluster: &Cluster,
+    kubeconfig: &std::path::Path,
+    node: &str,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+    status: &str,
+) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = cluster
+        .kubectl()
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args([
+            "apply",
+            "--server-side",
+            "--subresource=status",
+            &format!("--field-manager=kubelvs-agent/{node}"),
+            "-n",
+            namespace,
+            "-f",
+            "-",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    write!(
+        child.stdin.take().unwrap(),
+        "apiVersion: kubelvs.io/v1alpha1\nkind: {kind}\nmetadata: {{name: {name}}}\nstatus: {status}\n"
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The chart's admission policy against the real API server: an agent, with a token
+/// bound to its Pod on a Node as a DaemonSet's Pod gets, writes its own node's entries
+/// and nothing else; a token bound to no node writes nothing.
+#[test]
+#[ignore = "needs the test control plane (Go toolchain)"]
+fn an_agents_token_writes_only_its_own_nodes_entries() {
+    let cluster = cluster_with_crds();
+    let system = cluster.namespace("lvs-sys");
+    let tenant = cluster.namespace("lvs-tenant");
+    // The release is named after its namespace: its cluster-scoped objects are its own.
+    let release = system.name();
+    cluster
+        .apply_chart_templates(
+            release,
+            system.name(),
+            &[
+                "templates/agent-rbac.yaml",
+                "templates/agent-admission.yaml",
+            ],
+            &[],
+        )
+        .unwrap();
+    let (n1, n2) = (format!("{release}-n1"), format!("{release}-n2"));
+    cluster
+        .kubectl_stdin(
+            &["apply", "-n", tenant.name(), "-f", "-"],
+            "apiVersion: kubelvs.io/v1alpha1
+kind: VirtualService
+metadata: {name: web}
+spec: {ports: [{port: 80}], forwarding: nat, realServerSelector: {}}
+---
+apiVersion: kubelvs.io/v1alpha1
+kind: RealServer
+metadata: {name: rs1}
+spec: {address: 198.51.100.11}
+",
+        )
+        .unwrap();
+    // What the operator and another node wrote before (as the administrator).
+    cluster
+        .apply_status_as_agent(
+            &n2,
+            tenant.name(),
+            "VirtualService",
+            "web",
+            &format!("{{vip: 203.0.113.10, directors: [{{node: {n2}, programmed: true}}]}}"),
+        )
+        .unwrap();
+    let agent_n1 = cluster
+        .pod_bound_kubeconfig(system.name(), "kube-lvs-agent", "agent-n1", &n1)
+        .unwrap();
+    let as_n1 = |node: &str, kind: &str, name: &str, status: &str| {
+        apply_status_with(cluster, &agent_n1, node, tenant.name(), kind, name, status)
+    };
+
+    // Its own entries: allowed.
+    as_n1(
+        &n1,
+        "VirtualService",
+        "web",
+        &format!("{{directors: [{{node: {n1}, programmed: true}}]}}"),
+    )
+    .unwrap();
+    as_n1(
+        &n1,
+        "RealServer",
+        "rs1",
+        &format!("{{observations: [{{node: {n1}, healthy: true}}]}}"),
+    )
+    .unwrap();
+    // Another node's entry, the VIP every planner programs: refused, each named.
+    let e = as_n1(
+        &n2,
+        "VirtualService",
+        "web",
+        &format!("{{directors: [{{node: {n2}, programmed: false}}]}}"),
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("may write only its own entry of status.directors"),
+        "{e}"
+    );
+    let e = as_n1(
+        &n2,
+        "RealServer",
+        "rs1",
+        &format!("{{observations: [{{node: {n2}, healthy: false}}]}}"),
+    )
+    .unwrap_err();
+    assert!(e.contains("status.observations"), "{e}");
+    let e = as_n1(&n1, "VirtualService", "web", "{vip: 203.0.113.66}").unwrap_err();
+    assert!(e.contains("status.vip"), "{e}");
+    let vs: serde_json::Value = serde_json::from_str(
+        &cluster
+            .kubectl_ok(&["get", "lvs", "web", "-n", tenant.name(), "-o", "json"])
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(vs["status"]["vip"], "203.0.113.10", "{vs}");
+    let directors = vs["status"]["directors"].as_array().unwrap();
+    assert!(
+        directors
+            .iter()
+            .any(|d| d["node"] == n2.as_str() && d["programmed"] == true),
+        "{vs}"
+    );
+    assert!(directors.iter().any(|d| d["node"] == n1.as_str()), "{vs}");
+
+    // A token bound to no Pod (so to no node) writes nothing.
+    let unbound = cluster
+        .service_account_kubeconfig(system.name(), "kube-lvs-agent")
+        .unwrap();
+    let e = apply_status_with(
+        cluster,
+        &unbound,
+        &n1,
+        tenant.name(),
+        "VirtualService",
+        "web",
+        &format!("{{directors: [{{node: {n1}, programmed: false}}]}}"),
+    )
+    .unwrap_err();
+    assert!(e.contains("bound to a Pod on a Node"), "{e}");
+    let _ = cluster.kubectl_ok(&["delete", "node", &n1]);
+}
