@@ -47,6 +47,26 @@ struct {
 } vips SEC(".maps");
 
 /*
+ * Every VIP address, whatever its ports (value unused). A packet to one of them on a
+ * port and protocol no `vips` entry has is dropped: the VIP is a local address of the
+ * director, and its own listeners (sshd, the kubelet, the agent's metrics) must not be
+ * reachable on it. ICMP (ping, path MTU) still reaches the host.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, KLVS_MAX_VIPS);
+	__type(key, __be32);
+	__type(value, __u32);
+} vip_addrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, KLVS_MAX_VIPS);
+	__type(key, struct klvs_addr6);
+	__type(value, __u32);
+} vip_addrs6 SEC(".maps");
+
+/*
  * Ring of VIP v is rings[v * ring_size .. (v + 1) * ring_size]: real ids.
  * Mmapable so the loader diffs and writes slots in memory, not one syscall each.
  */
@@ -271,7 +291,7 @@ static __always_inline int director6(struct xdp_md *ctx, struct ethhdr *eth, voi
 	if (proto == IPPROTO_ICMPV6)
 		return icmp6_to_real(ctx, eth, ip6, end, in_if);
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
-		goto pass;
+		goto unserved6;
 	void *l4 = ip6 + 1;
 	__be16 *ports = l4;
 
@@ -293,6 +313,8 @@ static __always_inline int director6(struct xdp_md *ctx, struct ethhdr *eth, voi
 	struct klvs_vip_meta *vip = bpf_map_lookup_elem(&vips6, &vk);
 
 	if (!vip) {
+		if (bpf_map_lookup_elem(&vip_addrs6, &ip6->daddr))
+			return XDP_DROP;
 		if (cfg->flags & KLVS_CFG_F_NAT6)
 			return nat_reply6(in_if, eth, ip6, l4, end, proto, &ports[0], &ports[1]);
 		goto pass;
@@ -407,6 +429,9 @@ no_real:
 	count(KLVS_CNT_NO_REAL);
 	account_drop(&vip_stats, vip_id);
 	return XDP_DROP;
+unserved6:
+	if (bpf_map_lookup_elem(&vip_addrs6, &ip6->daddr))
+		return XDP_DROP;
 pass:
 	count(KLVS_CNT_PASS);
 	return XDP_PASS;
@@ -442,7 +467,7 @@ static __always_inline int director(struct xdp_md *ctx)
 	if (proto == IPPROTO_ICMP)
 		return icmp_to_real(ctx, eth, iph, end, in_if);
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
-		goto pass;
+		goto unserved4;
 
 	void *l4 = (void *)iph + (iph->ihl & 0xf) * 4;
 	__be16 *ports = l4;
@@ -464,6 +489,8 @@ static __always_inline int director(struct xdp_md *ctx)
 	struct klvs_vip_meta *vip = bpf_map_lookup_elem(&vips, &vk);
 
 	if (!vip) {
+		if (bpf_map_lookup_elem(&vip_addrs, &iph->daddr))
+			return XDP_DROP;
 		if (cfg->flags & KLVS_CFG_F_NAT)
 			return nat_reply(in_if, eth, iph, l4, end, proto, &ports[0], &ports[1]);
 		goto pass;
@@ -585,6 +612,10 @@ no_real:
 	count(KLVS_CNT_NO_REAL);
 	account_drop(&vip_stats, vip_id);
 	return XDP_DROP;
+unserved4:
+	/* Another protocol to a VIP address: nothing of ours, and not the host's either. */
+	if (bpf_map_lookup_elem(&vip_addrs, &iph->daddr))
+		return XDP_DROP;
 pass:
 	count(KLVS_CNT_PASS);
 	return XDP_PASS;

@@ -64,6 +64,11 @@ struct klvs_vip_meta {
 	__be32 src_mask6[4]; /* the same for an IPv6 VIP */
 };
 
+/* vip_addrs6: an IPv6 VIP address (BPF_MAP_TYPE_HASH; vip_addrs keys a __be32). */
+struct klvs_addr6 {
+	__u8 addr[16];
+};
+
 /* vips6: IPv6 VIP:port/protocol -> meta (BPF_MAP_TYPE_HASH). */
 struct klvs_vip6_key {
 	__u8 addr[16];

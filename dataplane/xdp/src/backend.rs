@@ -3,6 +3,7 @@
 //! and `FaultyMaps` fails chosen writes. [`DirectorTable`] runs the pure
 //! [`decide`](crate::decide::decide) and sends its writes through one of them.
 
+use std::net::IpAddr;
 use std::time::Instant;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues};
@@ -30,6 +31,12 @@ pub trait DirectorMaps: Send {
     /// Every real server entry, dead or alive, by id (1..max_reals).
     fn read_reals(&mut self) -> Result<Vec<(u32, Real)>>;
     fn read_config(&mut self) -> Result<Config>;
+    /// Marks `addr` a VIP address: the program drops what reaches it on a port no VIP
+    /// entry has.
+    fn insert_vip_addr(&mut self, addr: IpAddr) -> Result<()>;
+    /// Removing an address that is not there succeeds.
+    fn remove_vip_addr(&mut self, addr: IpAddr) -> Result<()>;
+    fn read_vip_addrs(&mut self) -> Result<Vec<IpAddr>>;
 }
 
 /// The director's VIPs, real servers and rings as its maps hold them, kept in step
@@ -61,6 +68,7 @@ impl<M: DirectorMaps> DirectorTable<M> {
         let reals = self.maps.read_reals()?;
         let config = self.maps.read_config()?;
         let mut state = state_from_maps(vips, reals, config, self.opts.max_vips);
+        state.vip_addrs = self.maps.read_vip_addrs()?.into_iter().collect();
         // Not in the maps: what rings were built from, and drain deadlines. Without
         // them (a restart) the next decision keeps what it no longer wants a while.
         state.adopted = self.state.ring_inputs.is_empty() && !state.reals.is_empty();
@@ -130,6 +138,8 @@ impl<M: DirectorMaps> DirectorTable<M> {
             }
             MapWrite::ZeroVipStats(id) => self.maps.zero_vip_stats(*id).map(|()| 0),
             MapWrite::InsertVip(k, m) => self.maps.insert_vip(k, m).map(|()| 0),
+            MapWrite::InsertVipAddr(a) => self.maps.insert_vip_addr(*a).map(|()| 0),
+            MapWrite::RemoveVipAddr(a) => self.maps.remove_vip_addr(*a).map(|()| 0),
         }
     }
 
@@ -177,6 +187,8 @@ pub struct AyaMaps {
     pub(crate) vip_stats: PerCpuArray<MapData, Stats>,
     pub(crate) real_stats: PerCpuArray<MapData, Stats>,
     pub(crate) config: Array<MapData, Config>,
+    pub(crate) vip_addrs: BpfHashMap<MapData, u32, u32>,
+    pub(crate) vip_addrs6: BpfHashMap<MapData, [u8; 16], u32>,
     pub(crate) ring_size: u32,
     pub(crate) max_reals: u32,
 }
@@ -278,5 +290,51 @@ impl DirectorMaps for AyaMaps {
 
     fn read_config(&mut self) -> Result<Config> {
         self.config.get(&0, 0).map_err(map_err("config"))
+    }
+
+    fn insert_vip_addr(&mut self, addr: IpAddr) -> Result<()> {
+        match addr {
+            IpAddr::V4(a) => self
+                .vip_addrs
+                .insert(u32::from_ne_bytes(a.octets()), 1, 0)
+                .map_err(map_err("vip_addrs")),
+            IpAddr::V6(a) => self
+                .vip_addrs6
+                .insert(a.octets(), 1, 0)
+                .map_err(map_err("vip_addrs6")),
+        }
+    }
+
+    fn remove_vip_addr(&mut self, addr: IpAddr) -> Result<()> {
+        let r = match addr {
+            IpAddr::V4(a) => self
+                .vip_addrs
+                .remove(&u32::from_ne_bytes(a.octets()))
+                .map_err(map_err("vip_addrs")),
+            IpAddr::V6(a) => self
+                .vip_addrs6
+                .remove(&a.octets())
+                .map_err(map_err("vip_addrs6")),
+        };
+        match r {
+            Err(XdpError::Map {
+                source: aya::maps::MapError::KeyNotFound,
+                ..
+            }) => Ok(()),
+            other => other,
+        }
+    }
+
+    fn read_vip_addrs(&mut self) -> Result<Vec<IpAddr>> {
+        let mut out = Vec::new();
+        for k in self.vip_addrs.keys() {
+            let k = k.map_err(map_err("vip_addrs"))?;
+            out.push(IpAddr::V4(k.to_ne_bytes().into()));
+        }
+        for k in self.vip_addrs6.keys() {
+            let k = k.map_err(map_err("vip_addrs6"))?;
+            out.push(IpAddr::V6(k.into()));
+        }
+        Ok(out)
     }
 }

@@ -7,10 +7,11 @@
 //! first (the ring size must be there before any VIP is), then real servers (before
 //! any ring refers to them), then removed VIPs (entry deleted, then ring cleared, so
 //! their ids are free), then each VIP's ring before its `vips` entry (a new VIP
-//! never meets an empty ring), and real servers no one uses last (marked dead, so
-//! flows bound to them are rescheduled).
+//! never meets an empty ring), then the VIP addresses (whose unserved ports the
+//! program drops) after their entries, and real servers no one uses last (marked dead,
+//! so flows bound to them are rescheduled).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
@@ -43,6 +44,8 @@ pub struct State {
     pub stray: Vec<AnyVipKey>,
     pub next_real: u32,
     pub config: Config,
+    /// Addresses in `vip_addrs`/`vip_addrs6`: those of the VIP entries.
+    pub vip_addrs: BTreeSet<IpAddr>,
 }
 
 /// One write to the director's maps.
@@ -63,6 +66,9 @@ pub enum MapWrite {
     },
     ZeroVipStats(u32),
     InsertVip(AnyVipKey, VipMeta),
+    /// A VIP address whose unserved ports the program drops.
+    InsertVipAddr(IpAddr),
+    RemoveVipAddr(IpAddr),
 }
 
 /// The outcome of [`decide`].
@@ -328,7 +334,22 @@ pub fn decide(
         }
     }
 
-    // 5. Real servers no one uses any more (drains over): dead, keeping their
+    // 5. The addresses of the VIP entries: added after their entries (a port being
+    //    programmed is never dropped), removed after theirs went.
+    let addrs: BTreeSet<IpAddr> = next
+        .vips
+        .keys()
+        .filter_map(|k| k.service_key().map(|s| s.vip))
+        .collect();
+    for a in addrs.difference(&state.vip_addrs) {
+        writes.push(MapWrite::InsertVipAddr(*a));
+    }
+    for a in state.vip_addrs.difference(&addrs) {
+        writes.push(MapWrite::RemoveVipAddr(*a));
+    }
+    next.vip_addrs = addrs;
+
+    // 6. Real servers no one uses any more (drains over): dead, keeping their
     //    generation for the id's next owner to bump.
     let gone: Vec<RealKey> = next
         .reals

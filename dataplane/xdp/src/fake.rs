@@ -1,7 +1,8 @@
 //! Test doubles of [`DirectorMaps`] (feature `testing`): [`FakeMaps`] keeps the
 //! director's maps in memory; [`FaultyMaps`] fails chosen writes or reads.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use crate::backend::DirectorMaps;
 use crate::maps::*;
@@ -18,6 +19,8 @@ pub struct FakeMaps {
     pub rings: Vec<u32>,
     pub config: Config,
     pub ring_size: u32,
+    /// `vip_addrs` and `vip_addrs6`.
+    pub vip_addrs: BTreeSet<IpAddr>,
     /// Map writes received (ring slots counted one by one).
     pub writes: u64,
 }
@@ -30,6 +33,7 @@ impl FakeMaps {
             rings: vec![REAL_NONE; (opts.max_vips * opts.ring_size) as usize],
             config: Config::default(),
             ring_size: opts.ring_size,
+            vip_addrs: BTreeSet::new(),
             writes: 0,
         }
     }
@@ -110,6 +114,19 @@ impl DirectorMaps for FakeMaps {
     fn read_config(&mut self) -> Result<Config> {
         Ok(self.config)
     }
+    fn insert_vip_addr(&mut self, addr: IpAddr) -> Result<()> {
+        self.vip_addrs.insert(addr);
+        self.writes += 1;
+        Ok(())
+    }
+    fn remove_vip_addr(&mut self, addr: IpAddr) -> Result<()> {
+        self.vip_addrs.remove(&addr);
+        self.writes += 1;
+        Ok(())
+    }
+    fn read_vip_addrs(&mut self) -> Result<Vec<IpAddr>> {
+        Ok(self.vip_addrs.iter().copied().collect())
+    }
 }
 
 /// A fault to inject into [`FaultyMaps`].
@@ -176,5 +193,14 @@ impl DirectorMaps for FaultyMaps {
     }
     fn read_config(&mut self) -> Result<Config> {
         self.inner.read_config()
+    }
+    fn insert_vip_addr(&mut self, addr: IpAddr) -> Result<()> {
+        self.inner.insert_vip_addr(addr)
+    }
+    fn remove_vip_addr(&mut self, addr: IpAddr) -> Result<()> {
+        self.inner.remove_vip_addr(addr)
+    }
+    fn read_vip_addrs(&mut self) -> Result<Vec<IpAddr>> {
+        self.inner.read_vip_addrs()
     }
 }

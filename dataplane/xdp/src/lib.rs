@@ -117,9 +117,11 @@ pub(crate) const DECAP_PROG: &str = "klvs_decap";
 pub(crate) const PASS_PROG: &str = "klvs_pass";
 
 /// Every map of the director object, pinned under the pin directory by these names.
-pub const DIRECTOR_MAPS: [&str; 12] = [
+pub const DIRECTOR_MAPS: [&str; 14] = [
     "vips",
     "vips6",
+    "vip_addrs",
+    "vip_addrs6",
     "rings",
     "reals",
     "conns",
@@ -383,9 +385,11 @@ impl XdpDirector {
                     field: "conns_per_cpu",
                     reason: "conns_per_cpu * possible CPUs overflows u32".into(),
                 })?;
-        let wanted: [(&'static str, MapShape); 12] = [
+        let wanted: [(&'static str, MapShape); 14] = [
             ("vips", shape::<VipKey, VipMeta>(opts.max_vips)),
             ("vips6", shape::<Vip6Key, VipMeta>(opts.max_vips)),
+            ("vip_addrs", shape::<u32, u32>(opts.max_vips)),
+            ("vip_addrs6", shape::<[u8; 16], u32>(opts.max_vips)),
             ("rings", shape::<u32, u32>(rings_len)),
             ("reals", shape::<u32, Real>(opts.max_reals)),
             ("conns", shape::<FlowKey, Conn>(conns)),
@@ -458,6 +462,8 @@ impl XdpDirector {
             vip_stats: typed(&mut ebpf, "vip_stats")?,
             real_stats: typed(&mut ebpf, "real_stats")?,
             config: typed(&mut ebpf, "config")?,
+            vip_addrs: typed(&mut ebpf, "vip_addrs")?,
+            vip_addrs6: typed(&mut ebpf, "vip_addrs6")?,
             ring_size: opts.ring_size,
             max_reals: opts.max_reals,
         };

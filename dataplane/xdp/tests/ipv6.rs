@@ -83,12 +83,19 @@ fn ipv6_dr_and_pass_through() {
         (XDP_TX, with_mac(syn.clone(), rmac, DIRECTOR_MAC))
     );
 
-    // Not the service, or not something we parse: passed untouched.
+    // Not for a VIP: passed untouched.
     let other = tcp6_frame(ip6(CLIENT6), 40000, ip6("2001:db8::99"), 80, TCP_SYN);
     assert_eq!(run(&d, &other, None), (XDP_PASS, other.clone()));
-    let mut hop_by_hop = syn.clone();
+    let mut hop_by_hop = other.clone();
     hop_by_hop[14 + 6] = 0; // next header: hop-by-hop options
     assert_eq!(run(&d, &hop_by_hop, None), (XDP_PASS, hop_by_hop.clone()));
+    // For the VIP but not a service of it (another port, or a header we do not parse):
+    // dropped, so the director's own listeners never answer on the VIP.
+    let unserved = tcp6_frame(ip6(CLIENT6), 40000, ip6(VIP6), 22, TCP_SYN);
+    assert_eq!(run(&d, &unserved, None).0, XDP_DROP);
+    let mut hop_by_hop = syn.clone();
+    hop_by_hop[14 + 6] = 0;
+    assert_eq!(run(&d, &hop_by_hop, None).0, XDP_DROP);
     let icmp6 = eth(
         DIRECTOR_MAC,
         CLIENT_MAC,

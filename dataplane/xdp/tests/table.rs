@@ -460,3 +460,58 @@ fn after_a_restart_a_real_server_the_plan_dropped_is_kept_for_one_drain_timeout(
     let r = before.apply_at(&one, &n, now).unwrap();
     assert_eq!(r.draining.len(), 1);
 }
+
+/// The VIP addresses whose unserved ports the program drops follow the VIP entries:
+/// one per address whatever its ports, added after its first entry, removed after its
+/// last, and read back after a restart.
+#[test]
+fn vip_addresses_follow_their_entries() {
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let mut on_443 = svc("203.0.113.1", Forwarding::Dr, &[("198.51.100.1", 1)]);
+    on_443.key.port = 443;
+    let services = vec![
+        svc("203.0.113.1", Forwarding::Dr, &[("198.51.100.1", 1)]),
+        on_443.clone(),
+        svc("2001:db8::1", Forwarding::Dr, &[("2001:db8:1::1", 1)]),
+    ];
+    let mut dp = dataplane(&services);
+    let ctx = ApplyContext::at(Instant::now());
+    dp.apply(&plan(services.clone()), &ctx);
+    let addrs = |dp: &mut FakeDataplane| dp.director().maps().vip_addrs.clone();
+    assert_eq!(
+        addrs(&mut dp),
+        BTreeSet::from([ip("203.0.113.1"), ip("2001:db8::1")])
+    );
+    let o = opts();
+    let d = decide(
+        &Default::default(),
+        &o,
+        &services[..1],
+        &HashMap::new(),
+        Instant::now(),
+    );
+    let entry = d
+        .writes
+        .iter()
+        .position(|w| matches!(w, MapWrite::InsertVip(..)));
+    let addr = d
+        .writes
+        .iter()
+        .position(|w| matches!(w, MapWrite::InsertVipAddr(_)));
+    assert!(entry.unwrap() < addr.unwrap(), "{:?}", d.writes);
+
+    // Port 80 goes, 443 stays: the address stays. Then the last port goes.
+    dp.apply(&plan(vec![on_443, services[2].clone()]), &ctx);
+    assert!(addrs(&mut dp).contains(&ip("203.0.113.1")));
+    dp.apply(&plan(vec![services[2].clone()]), &ctx);
+    assert_eq!(addrs(&mut dp), BTreeSet::from([ip("2001:db8::1")]));
+
+    // A restarted agent reads them back: nothing to write for the same plan.
+    let maps = dp.director().maps().clone();
+    let mut again = XdpDataplane::new(
+        DirectorTable::new(maps, opts()).unwrap(),
+        all_known(&services),
+    );
+    let r = again.apply(&plan(vec![services[2].clone()]), &ctx);
+    assert_eq!(r.writes, 0, "{r:?}");
+}

@@ -98,8 +98,10 @@ struct Args {
     /// /proc/sys/net mounted read-write (the chart's DaemonSet does that).
     #[arg(long, default_value = "/proc/sys")]
     proc_sys: PathBuf,
-    /// Serve /metrics, /healthz and /readyz here.
-    #[arg(long, default_value = "0.0.0.0:9641")]
+    /// Serve /metrics, /healthz and /readyz here: `IP:PORT` (an IPv6 address with or
+    /// without brackets). The chart passes the node's address: on 0.0.0.0 the
+    /// endpoint also answers on every VIP this node carries.
+    #[arg(long, default_value = "0.0.0.0:9641", value_parser = parse_listen)]
     metrics_address: SocketAddr,
     /// Remove everything kube-lvs owns on this node and restore what it changed, then
     /// exit (uninstall; run it with the flags the agent ran with, once it has
@@ -139,6 +141,20 @@ fn cleanup(args: &Args, kernel: RtNetlink) -> anyhow::Result<()> {
         pins,
         &args.state_dir,
     ))
+}
+
+/// `IP:PORT`, also an IPv6 address without brackets (`2001:db8::1:9641`, as a
+/// Kubernetes downward-API address followed by `:PORT` gives it).
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    let (ip, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?}: expected IP:PORT"))?;
+    let ip: IpAddr = ip.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    let port: u16 = port.parse().map_err(|e| format!("{s:?}: port: {e}"))?;
+    Ok(SocketAddr::new(ip, port))
 }
 
 fn parse_marker(s: &str) -> Result<(String, String), String> {
@@ -388,4 +404,24 @@ fn report_cleanup(c: kubelvs_agent::cleanup::Cleanup) -> anyhow::Result<()> {
     }
     info!("cleanup: kube-lvs left nothing on this node");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_with_or_without_ipv6_brackets() {
+        for (text, want) in [
+            ("0.0.0.0:9641", "0.0.0.0:9641"),
+            ("192.0.2.7:9641", "192.0.2.7:9641"),
+            ("[2001:db8::1]:9641", "[2001:db8::1]:9641"),
+            ("2001:db8::1:9641", "[2001:db8::1]:9641"),
+        ] {
+            assert_eq!(parse_listen(text).unwrap(), want.parse().unwrap(), "{text}");
+        }
+        for bad in ["9641", "node:9641", "192.0.2.7:port", "192.0.2.7"] {
+            assert!(parse_listen(bad).is_err(), "{bad}");
+        }
+    }
 }

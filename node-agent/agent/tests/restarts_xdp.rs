@@ -525,3 +525,36 @@ fn a_real_servers_new_mac_is_programmed_as_soon_as_the_director_learns_it() {
     assert!(r.iter().all(|x| !x.starts_with("error")), "{r:?}");
     assert!(!director.log().contains("panicked"), "{}", director.log());
 }
+
+/// The VIP is a local address of the director: without a rule, every listener of the
+/// director host (sshd, the kubelet, the agent's metrics) answers on it. The XDP
+/// program drops what reaches a VIP on a port no virtual service has.
+#[test]
+#[ignore = "privileged: netns + XDP + bpffs"]
+fn the_directors_own_listeners_do_not_answer_on_the_vip() {
+    let s = Setup::new();
+    let director = s.start_director();
+    s.wait_ready(&director);
+    s.every_real_server_answers();
+    const SSH: u16 = 2222;
+    let _own = TcpServer::start(&s.lab.director.netns, SSH, "director").unwrap();
+    let connect = |addr: std::net::Ipv4Addr| {
+        let to = std::net::SocketAddr::from((addr, SSH));
+        s.lab
+            .client
+            .netns
+            .run(move || {
+                kubelvs_xdp_lab::client::Conn::open(to, Duration::from_secs(1))
+                    .map(|c| c.real_server().to_owned())
+            })
+            .unwrap()
+    };
+    // The listener is there, on the director's own address.
+    assert_eq!(connect(s.lab.director.addr).unwrap(), "director");
+    // Not on the VIP.
+    let e = connect(s.lab.vip).unwrap_err().to_string();
+    assert!(e.contains("connect"), "{e}");
+    // The served port still is.
+    let r = reached_at_once(&s.lab, 10);
+    assert!(r.iter().all(|x| !x.starts_with("error")), "{r:?}");
+}

@@ -207,6 +207,15 @@ fn rendered_workloads_carry_the_documented_security_settings() {
         );
         assert!(mounts.contains(&"/host/proc/sys/net".to_owned()));
         assert!(strings(&c["args"]).contains(&"--proc-sys=/host/proc/sys".to_owned()));
+        // Metrics on the node's address: on 0.0.0.0 they would answer on every VIP.
+        assert!(
+            strings(&c["args"]).contains(&"--metrics-address=$(NODE_IP):9641".to_owned()),
+            "{:?}",
+            c["args"]
+        );
+        let env = c["env"].as_sequence().unwrap();
+        assert!(env.iter().any(|e| e["name"] == "NODE_IP"
+            && e["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"));
     }
     let pod = &find(&xdp, "DaemonSet")["spec"]["template"]["spec"];
     assert_eq!(pod["nodeSelector"]["kubelvs.io/role"], "director");
