@@ -456,7 +456,9 @@ async fn allocation_loop(
     }
 }
 
-/// Runs both controllers until the process ends (the caller stops leading by exiting).
+/// Runs both controllers until one stops. Everything runs inside the returned future
+/// (nothing is spawned): the caller stops every write by dropping it, before it gives
+/// the Lease up or once it may no longer lead.
 pub async fn run_controllers(
     client: Client,
     identity: String,
@@ -468,9 +470,9 @@ pub async fn run_controllers(
     let stores = Stores::start(&client, wake.clone()).await?;
     info!("watches listed; reconciling");
     let (events_tx, events_rx) = mpsc::channel(1024);
-    tokio::spawn(publish_events(client.clone(), identity, events_rx));
     wake.notify_one();
-    tokio::spawn(allocation_loop(
+    let events = publish_events(client.clone(), identity, events_rx);
+    let allocation = allocation_loop(
         client.clone(),
         stores.clone(),
         wake,
@@ -478,10 +480,15 @@ pub async fn run_controllers(
         events_tx.clone(),
         debounce,
         cluster_ranges,
-    ));
-    crate::service_controller::run(client, stores, metrics.clone(), events_tx).await;
+    );
+    let services = crate::service_controller::run(client, stores, metrics.clone(), events_tx);
+    let stopped = tokio::select! {
+        () = allocation => "the allocation loop",
+        () = events => "the Event publisher",
+        () = services => "the Service controller",
+    };
     metrics.observed.set_ready(false);
-    anyhow::bail!("the Service controller stopped")
+    anyhow::bail!("{stopped} stopped")
 }
 
 #[cfg(test)]

@@ -2,7 +2,10 @@
 //! holder renews every `duration / 3`; a candidate takes the Lease over once it has
 //! seen the same record, unrenewed, for a whole `duration` on its own clock (so
 //! clocks of different machines never need to agree). A leader that cannot renew
-//! within `2/3 duration` stops leading before anyone else may start.
+//! within `2/3 duration` stops leading before anyone else may start: every call of
+//! the renewal is bounded by what is left of that deadline, so a connection that
+//! hangs (half-open, or an API server that stopped answering this replica only) does
+//! not keep a leader leading past it.
 //!
 //! [`decide`] is the pure rule; [`Elector`] does the reads and writes, with the
 //! API server's optimistic concurrency (a replace carries the resourceVersion it
@@ -217,13 +220,22 @@ impl Elector {
     }
 
     /// Renews every `duration / 3` for as long as it can; returns why it stopped
-    /// leading (taken over, or not renewed within `2/3 duration`).
+    /// leading (taken over, or not renewed within `2/3 duration`, however long a
+    /// call to the API server would have taken).
     pub async fn hold(&mut self) -> LeaseError {
         let deadline = self.duration * 2 / 3;
         let mut last_renewed = Instant::now();
         loop {
             tokio::time::sleep(self.duration / 3).await;
-            match self.try_hold().await {
+            let left = deadline.saturating_sub(last_renewed.elapsed());
+            let Ok(round) = tokio::time::timeout(left, self.try_hold()).await else {
+                return LeaseError::NotRenewed {
+                    namespace: self.namespace.clone(),
+                    name: self.name.clone(),
+                    deadline,
+                };
+            };
+            match round {
                 Ok(true) => last_renewed = Instant::now(),
                 Ok(false) => {
                     if let Some(holder) = self.observed.as_ref().and_then(|o| o.holder.clone()) {
@@ -248,8 +260,14 @@ impl Elector {
         }
     }
 
-    /// Gives the Lease up (on shutdown), so another replica takes over at once.
+    /// Gives the Lease up (on shutdown), so another replica takes over at once. Bounded
+    /// by a third of the duration: an API server that does not answer lets the Lease
+    /// expire instead.
     pub async fn release(&mut self) {
+        let _ = tokio::time::timeout(self.duration / 3, self.release_now()).await;
+    }
+
+    async fn release_now(&mut self) {
         if let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await {
             let mine = lease
                 .spec

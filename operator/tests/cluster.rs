@@ -157,6 +157,11 @@ struct Operator {
 
 impl Operator {
     fn start(s: &Setup, identity: &str, metrics: &str) -> Self {
+        Self::start_with(s, identity, metrics, &s.kubeconfig)
+    }
+
+    /// With its own kubeconfig (a proxy in front of the API server, say).
+    fn start_with(s: &Setup, identity: &str, metrics: &str, kubeconfig: &std::path::Path) -> Self {
         let log =
             std::env::temp_dir().join(format!("kube-lvs-operator.{}.{identity}.log", s.name()));
         let file = std::fs::OpenOptions::new()
@@ -165,7 +170,7 @@ impl Operator {
             .open(&log)
             .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kube-lvs-operator"));
-        cmd.env("KUBECONFIG", &s.kubeconfig)
+        cmd.env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .args([
                 "--identity",
@@ -727,4 +732,114 @@ fn without_the_crds_the_operator_says_so_and_exits_non_zero() {
         stderr.contains("the CRD virtualservices.kubelvs.io is not installed: install the chart"),
         "{stderr}"
     );
+}
+
+/// A TCP relay in front of the API server whose connections can be frozen: bytes stop
+/// moving both ways while the sockets stay open, as a half-open connection or a
+/// partition of one replica looks.
+struct FreezableProxy {
+    addr: std::net::SocketAddr,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FreezableProxy {
+    fn start(upstream: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = frozen.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(upstream) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let flag = flag.clone();
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let mut buf = [0u8; 16384];
+                        loop {
+                            let Ok(n) = from.read(&mut buf) else { return };
+                            if n == 0 {
+                                return;
+                            }
+                            while flag.load(Ordering::Relaxed) {
+                                std::thread::sleep(Duration::from_millis(20));
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Self { addr, frozen }
+    }
+
+    fn freeze(&self) {
+        self.frozen
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A leader whose connection to the API server hangs (the API server itself fine, so
+/// a standby takes the Lease over once it expires) must have stopped leading, and
+/// writing, before that: every call of its renewal is bounded by the renew deadline.
+/// Without the bound it kept running, its controllers live, while the standby led.
+#[test]
+#[ignore = "needs the test control plane (Go toolchain); scripts/test runs it"]
+fn a_leader_cut_off_from_the_api_server_stops_before_a_standby_leads() {
+    let _turn = serial();
+    let s = Setup::new("op-cut", "198.51.100.32/28");
+    // The leader talks to the API server through the proxy; the standby directly.
+    let text = std::fs::read_to_string(&s.kubeconfig).unwrap();
+    let server = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .unwrap()
+        .to_owned();
+    let upstream: std::net::SocketAddr = server.trim_start_matches("https://").parse().unwrap();
+    let proxy = FreezableProxy::start(upstream);
+    let proxied = s.kubeconfig.with_extension("proxied");
+    std::fs::write(
+        &proxied,
+        text.replace(&server, &format!("https://{}", proxy.addr)),
+    )
+    .unwrap();
+    let mut leader = Operator::start_with(&s, "op-cut-a", "127.0.0.1:0", &proxied);
+    eventually(WAIT, "op-cut-a leading", || {
+        (s.lease_holder()? == "op-cut-a").then_some(())
+    });
+    let mut standby = s.operator("op-cut-b");
+    s.apply(&virtual_service("before", None, None));
+    eventually(WAIT, "a VIP from the leader", || s.vip("before"));
+
+    proxy.freeze();
+    let frozen = Instant::now();
+    eventually(Duration::from_secs(30), "the standby leading", || {
+        (s.lease_holder()? == "op-cut-b").then_some(())
+    });
+    let took_over = frozen.elapsed();
+    // The leader gave up at 2/3 of its 4 s Lease, before the Lease could expire.
+    let exited = leader.child.try_wait().unwrap();
+    assert!(
+        exited.is_some(),
+        "the cut-off leader still runs while the standby leads ({took_over:?} after the cut)\n{}",
+        leader.log()
+    );
+    assert!(
+        leader.log().contains("not renewed within"),
+        "{}",
+        leader.log()
+    );
+    s.apply(&virtual_service("after", None, None));
+    eventually(WAIT, "a VIP from the new leader", || s.vip("after"));
+    eprintln!("leader cut off -> standby leading after {took_over:?}");
+    standby.stop();
+    leader.kill();
 }
