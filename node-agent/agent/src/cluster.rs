@@ -31,6 +31,10 @@ pub struct ClusterSource {
     address_pools: Store<DeserializeGuard<AddressPool>>,
     nodes: Store<Node>,
     node_name: String,
+    /// This node as last seen: a Node object that goes (deleted and re-registered, a
+    /// relist under way) must not make the agent forget its labels and withdraw every
+    /// VIP a directors selector gave it.
+    last_seen: Arc<std::sync::Mutex<Option<NodeIdentity>>>,
 }
 
 impl std::fmt::Debug for ClusterSource {
@@ -99,6 +103,7 @@ impl ClusterSource {
                 wake,
             ),
             node_name: node_name.to_owned(),
+            last_seen: Arc::default(),
         };
         rt.block_on(async {
             tokio::time::timeout(Duration::from_secs(60), async {
@@ -167,22 +172,36 @@ impl ClusterSource {
 
     /// This node as its Node object says (labels, addresses), over `fallback`.
     pub fn node(&self, fallback: &NodeIdentity) -> NodeIdentity {
-        let Some(n) = self.nodes.state().into_iter().next() else {
-            return NodeIdentity {
-                vip_source: kubelvs_planner::VipSource::Granted,
-                ..fallback.clone()
-            };
-        };
-        let mut id = fallback.clone();
-        // In a cluster a VIP is the operator's grant, never a tenant's spec.vip as written.
-        id.vip_source = kubelvs_planner::VipSource::Granted;
-        id.labels = n.metadata.labels.clone().unwrap_or_default();
-        let addrs: Vec<std::net::IpAddr> = kubelvs_watch::node_addresses(&n).collect();
-        if !addrs.is_empty() {
-            id.addresses = addrs;
-        }
-        id
+        let mut last_seen = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+        let node = self.nodes.state().into_iter().next();
+        identity(node.as_deref(), fallback, &mut last_seen)
     }
+}
+
+/// This node's identity from its Node object: its labels and addresses over
+/// `fallback` (the flags). Without the object, the identity last seen (kept in
+/// `last_seen`), else `fallback`. In a cluster a VIP is the operator's grant, never
+/// a tenant's spec.vip as written.
+fn identity(
+    node: Option<&Node>,
+    fallback: &NodeIdentity,
+    last_seen: &mut Option<NodeIdentity>,
+) -> NodeIdentity {
+    let Some(n) = node else {
+        return last_seen.clone().unwrap_or_else(|| NodeIdentity {
+            vip_source: kubelvs_planner::VipSource::Granted,
+            ..fallback.clone()
+        });
+    };
+    let mut id = fallback.clone();
+    id.vip_source = kubelvs_planner::VipSource::Granted;
+    id.labels = n.metadata.labels.clone().unwrap_or_default();
+    let addrs: Vec<std::net::IpAddr> = kubelvs_watch::node_addresses(n).collect();
+    if !addrs.is_empty() {
+        id.addresses = addrs;
+    }
+    *last_seen = Some(id.clone());
+    id
 }
 
 /// The status this node wants, per object: the apply body of its own entry.
@@ -190,9 +209,10 @@ pub type Desired = BTreeMap<(String, ObjectRef), serde_json::Value>;
 
 /// Writes this node's status entries: only what changed (samples, i.e. probe times
 /// and traffic counters, go out with another change or at most every `refresh`), at
-/// most one batch per `min_gap`, retrying
-/// with backoff while the API server is unreachable. The dataplane never waits for
-/// it.
+/// most one batch per `min_gap`. An object the API server refuses (too large, refused
+/// by admission, invalid) is retried on its own backoff and never holds up the
+/// others; an unreachable API server holds up everything, retried with backoff. The
+/// dataplane never waits for it.
 pub async fn status_writer(
     client: Client,
     manager: String,
@@ -202,6 +222,9 @@ pub async fn status_writer(
 ) {
     let params = PatchParams::apply(&manager).force();
     let mut written: BTreeMap<(String, ObjectRef), (serde_json::Value, tokio::time::Instant)> =
+        BTreeMap::new();
+    // Objects the API server refused: when to try again, and the next backoff.
+    let mut refused: BTreeMap<(String, ObjectRef), (tokio::time::Instant, Duration)> =
         BTreeMap::new();
     let mut backoff = Duration::from_millis(500);
     loop {
@@ -226,7 +249,9 @@ pub async fn status_writer(
                 crate::status::apply_body(&key.0, &key.1, list, None),
             ));
         }
-        let mut failed = false;
+        refused.retain(|k, _| want.contains_key(k) || written.contains_key(k));
+        todo.retain(|(k, _)| refused.get(k).is_none_or(|(at, _)| *at <= now));
+        let mut unreachable = false;
         for ((kind, obj), body) in todo {
             let result = if kind == "VirtualService" {
                 Api::<VirtualService>::namespaced(client.clone(), &obj.namespace)
@@ -239,9 +264,10 @@ pub async fn status_writer(
                     .await
                     .map(|_| ())
             };
+            let key = (kind, obj);
             match result {
                 Ok(()) => {
-                    let key = (kind, obj);
+                    refused.remove(&key);
                     if want.contains_key(&key) {
                         written.insert(key, (body, tokio::time::Instant::now()));
                     } else {
@@ -250,26 +276,43 @@ pub async fn status_writer(
                 }
                 Err(kube::Error::Api(e)) if e.code == 404 => {
                     // The object is gone: nothing to report on.
-                    written.remove(&(kind, obj));
+                    refused.remove(&key);
+                    written.remove(&key);
+                }
+                Err(kube::Error::Api(e)) => {
+                    // This object only: the others still go out.
+                    let next = refused
+                        .get(&key)
+                        .map_or(Duration::from_secs(1), |(_, b)| (*b * 2).min(MAX_BACKOFF));
+                    warn!(object = %key.1, code = e.code, error = %e.message, retry_in_s = next.as_secs(), "status write refused; the other objects go on");
+                    refused.insert(key, (tokio::time::Instant::now() + next, next));
                 }
                 Err(e) => {
-                    warn!(object = %obj, error = %e, "status write failed; will retry");
-                    failed = true;
+                    warn!(object = %key.1, error = %e, "status write failed; will retry");
+                    unreachable = true;
                     break;
                 }
             }
         }
-        if failed {
+        if unreachable {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(10));
             continue;
         }
         backoff = Duration::from_millis(500);
         tokio::time::sleep(min_gap).await;
-        // Wait for a change, or for the next probe-time refresh.
-        let _ = tokio::time::timeout(refresh, desired.changed()).await;
+        // Wait for a change, the next probe-time refresh, or the next retry due.
+        let wait = refused
+            .values()
+            .map(|(at, _)| at.saturating_duration_since(tokio::time::Instant::now()))
+            .min()
+            .map_or(refresh, |d| d.min(refresh));
+        let _ = tokio::time::timeout(wait, desired.changed()).await;
     }
 }
+
+/// The longest an object the API server refused waits for its next try.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Shared handle to publish the desired status.
 pub type StatusSender = Arc<tokio::sync::watch::Sender<Desired>>;
@@ -277,6 +320,32 @@ pub type StatusSender = Arc<tokio::sync::watch::Sender<Desired>>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_object_that_goes_leaves_its_labels_in_place() {
+        let fallback = NodeIdentity {
+            name: "d1".into(),
+            ..Default::default()
+        };
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "d1", "labels": {"node-role.kubelvs.io/director": ""}},
+            "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.1"}]},
+        }))
+        .unwrap();
+        let mut last = None;
+        // Never seen: the flags, as a cluster identity.
+        let id = identity(None, &fallback, &mut last);
+        assert!(id.labels.is_empty());
+        assert_eq!(id.vip_source, kubelvs_planner::VipSource::Granted);
+        let seen = identity(Some(&node), &fallback, &mut last);
+        assert!(seen.labels.contains_key("node-role.kubelvs.io/director"));
+        assert_eq!(
+            seen.addresses,
+            vec!["192.0.2.1".parse::<std::net::IpAddr>().unwrap()]
+        );
+        // Deleted (or relisting): the last identity, not the flags.
+        assert_eq!(identity(None, &fallback, &mut last), seen);
+    }
 
     fn vs(version: &str, vip: &str, programmed: bool) -> DeserializeGuard<VirtualService> {
         let mut v: DeserializeGuard<VirtualService> = serde_json::from_value(serde_json::json!({

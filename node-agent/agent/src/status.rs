@@ -41,6 +41,24 @@ pub fn directors(
 ) -> BTreeMap<ObjectRef, DirectorStatus> {
     let mut out: BTreeMap<ObjectRef, DirectorStatus> = BTreeMap::new();
     let mut healthy: BTreeMap<ObjectRef, BTreeSet<ObjectRef>> = BTreeMap::new();
+    // Indexed once: looking each service up in every report was quadratic per apply.
+    let outcomes: std::collections::HashMap<(&str, &kubelvs_model::ServiceKey), &Outcome> = reports
+        .iter()
+        .flat_map(|r| {
+            r.services
+                .iter()
+                .map(move |s| ((r.dataplane.as_str(), &s.key), &s.outcome))
+        })
+        .collect();
+    // A real server the dataplane cannot reach yet (a DR one without a MAC) gets no
+    // connections: it is not healthy, whatever its check says.
+    let unresolved: std::collections::HashSet<(&kubelvs_model::ServiceKey, std::net::SocketAddr)> =
+        reports
+            .iter()
+            .flat_map(|r| &r.real_servers)
+            .filter(|n| matches!(n.state, kubelvs_model::RealServerState::Unresolved(_)))
+            .map(|n| (&n.service, n.real_server))
+            .collect();
     for s in &plan.services {
         let entry = out
             .entry(s.source.clone())
@@ -56,10 +74,7 @@ pub fn directors(
                 traffic: Vec::new(),
                 traffic_time: None,
             });
-        let outcome = reports
-            .iter()
-            .filter(|r| r.dataplane == s.dataplane.name())
-            .find_map(|r| r.service(&s.key));
+        let outcome = outcomes.get(&(s.dataplane.name(), &s.key)).copied();
         match outcome {
             Some(Outcome::Programmed) => {}
             Some(o) => {
@@ -85,7 +100,8 @@ pub fn directors(
             let ok = s
                 .health_check
                 .as_ref()
-                .is_none_or(|c| !unhealthy.contains(&target_of(c, r.address, r.port)));
+                .is_none_or(|c| !unhealthy.contains(&target_of(c, r.address, r.port)))
+                && !unresolved.contains(&(&s.key, std::net::SocketAddr::new(r.address, r.port)));
             if ok {
                 set.insert(r.source.clone());
             }
@@ -362,6 +378,29 @@ mod tests {
         let none = directors("n1", &p, &[], &BTreeSet::new());
         let web = &none[&ObjectRef::new("VirtualService", "lab", "web")];
         assert!(web.message.as_ref().unwrap().contains("no xdp dataplane"));
+    }
+
+    #[test]
+    fn an_unresolved_real_server_is_not_healthy() {
+        // DR without a MAC for 192.0.2.12: no connection reaches it, on either port.
+        let p = plan();
+        let mut report = DataplaneReport::new("xdp");
+        for s in &p.services {
+            report.services.push(ServiceOutcome {
+                key: s.key,
+                source: s.source.clone(),
+                outcome: Outcome::Programmed,
+            });
+            report.real_servers.push(kubelvs_model::RealServerNote {
+                service: s.key,
+                real_server: std::net::SocketAddr::new("192.0.2.12".parse().unwrap(), s.key.port),
+                state: kubelvs_model::RealServerState::Unresolved("no neighbour entry".into()),
+            });
+        }
+        let d = directors("n1", &p, &[report], &BTreeSet::new());
+        let web = &d[&ObjectRef::new("VirtualService", "lab", "web")];
+        assert!(web.programmed);
+        assert_eq!(web.healthy_real_servers, 1, "{web:?}");
     }
 
     #[test]
