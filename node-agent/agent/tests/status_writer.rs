@@ -3,7 +3,6 @@
 //! cluster, `request is too large` or a validation failure) is retried on its own
 //! backoff and never holds up the others.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use kubelvs_agent::cluster::{status_writer, Desired};
