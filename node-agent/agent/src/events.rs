@@ -1,7 +1,8 @@
 //! Kubernetes Events for the transitions a person wants to see in `kubectl describe`:
 //! a real server down or up (on the RealServer), a virtual service programmed or not
 //! (on the VirtualService). Deciding them is pure ([`Notices::update`]); publishing
-//! is a task that retries while the API server is unreachable.
+//! is a task that retries while the API server is unreachable, and gives an Event up
+//! after a few refusals so that one bad Event never holds up the others.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -104,15 +105,72 @@ impl Notices {
     }
 }
 
-fn reference(o: &ObjectRef) -> ObjectReference {
+fn reference(o: &ObjectRef, uid: Option<String>) -> ObjectReference {
     ObjectReference {
         api_version: Some("kubelvs.io/v1alpha1".into()),
         kind: Some(o.kind.clone()),
         name: Some(o.name.clone()),
         namespace: (!o.namespace.is_empty()).then(|| o.namespace.clone()),
+        // `kubectl describe` lists the Events whose reference carries the object's uid.
+        uid,
         ..ObjectReference::default()
     }
 }
+
+/// Why an Event did not go out.
+enum NotPublished {
+    /// The API server answered no (or the object is gone): try a few times, then drop.
+    Refused(String),
+    /// No answer: everything waits.
+    Unreachable(String),
+}
+
+fn classify(e: kube::Error) -> NotPublished {
+    match e {
+        kube::Error::Api(s) => NotPublished::Refused(format!("{} {}", s.code, s.message)),
+        e => NotPublished::Unreachable(e.to_string()),
+    }
+}
+
+/// The uid of the object `n` is about, then the Event on it.
+async fn publish(
+    client: &kube::Client,
+    recorder: &Recorder,
+    n: &Notice,
+) -> Result<(), NotPublished> {
+    let meta = if n.object.kind == "VirtualService" {
+        kube::Api::<kubelvs_crds::VirtualService>::namespaced(client.clone(), &n.object.namespace)
+            .get_metadata_opt(&n.object.name)
+            .await
+            .map(|m| m.map(|m| m.metadata))
+    } else {
+        kube::Api::<kubelvs_crds::RealServer>::namespaced(client.clone(), &n.object.namespace)
+            .get_metadata_opt(&n.object.name)
+            .await
+            .map(|m| m.map(|m| m.metadata))
+    };
+    let Some(meta) = meta.map_err(classify)? else {
+        return Err(NotPublished::Refused("the object is gone".into()));
+    };
+    let ev = Event {
+        type_: if n.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: n.reason.into(),
+        note: Some(n.note.clone()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    recorder
+        .publish(&ev, &reference(&n.object, meta.uid))
+        .await
+        .map_err(classify)
+}
+
+/// Tries an API server refuses an Event before it is given up.
+const REFUSALS: u32 = 3;
 
 /// Publishes notices as they come, as `kube-lvs-agent` on `node`; keeps up to 1,000
 /// unpublished ones while the API server is unreachable and retries them.
@@ -122,13 +180,14 @@ pub async fn publisher(
     mut notices: tokio::sync::mpsc::UnboundedReceiver<Notice>,
 ) {
     let recorder = Recorder::new(
-        client,
+        client.clone(),
         Reporter {
             controller: "kube-lvs-agent".into(),
             instance: Some(node),
         },
     );
     let mut queue: VecDeque<Notice> = VecDeque::new();
+    let mut refusals = 0;
     loop {
         if queue.is_empty() {
             match notices.recv().await {
@@ -143,22 +202,22 @@ pub async fn publisher(
             queue.push_back(n);
         }
         while let Some(n) = queue.front() {
-            let ev = Event {
-                type_: if n.warning {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                },
-                reason: n.reason.into(),
-                note: Some(n.note.clone()),
-                action: "Reconcile".into(),
-                secondary: None,
-            };
-            match recorder.publish(&ev, &reference(&n.object)).await {
+            match publish(&client, &recorder, n).await {
                 Ok(()) => {
                     queue.pop_front();
+                    refusals = 0;
                 }
-                Err(e) => {
+                Err(NotPublished::Refused(e)) => {
+                    refusals += 1;
+                    if refusals >= REFUSALS {
+                        warn!(object = %n.object, reason = n.reason, error = %e, "event refused {REFUSALS} times; dropped");
+                        queue.pop_front();
+                        refusals = 0;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+                Err(NotPublished::Unreachable(e)) => {
                     warn!(object = %n.object, error = %e, "event not published; will retry");
                     tokio::time::sleep(Duration::from_secs(2)).await;
                     break;

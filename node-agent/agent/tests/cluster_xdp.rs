@@ -359,6 +359,17 @@ spec: {{address: {}, nodeName: rs1}}
         published_event(&cluster, "RealServerDown", &victim)
     });
     assert_eq!(event["reportingController"], "kube-lvs-agent", "{event}");
+    // With the object's uid, so `kubectl describe` lists it.
+    let rs_uid = json(
+        &cluster,
+        &["get", "lvsrs", &victim, "-n", "lab", "-o", "json"],
+    )["metadata"]["uid"]
+        .clone();
+    assert_eq!(event["regarding"]["uid"], rs_uid, "{event}");
+    let described = cluster
+        .kubectl_ok(&["describe", "lvsrs", &victim, "-n", "lab"])
+        .unwrap();
+    assert!(described.contains("RealServerDown"), "{described}");
     assert!(
         event["note"]
             .as_str()
