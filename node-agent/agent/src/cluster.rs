@@ -212,17 +212,28 @@ pub type Desired = BTreeMap<(String, ObjectRef), serde_json::Value>;
 /// most one batch per `min_gap`. An object the API server refuses (too large, refused
 /// by admission, invalid) is retried on its own backoff and never holds up the
 /// others; an unreachable API server holds up everything, retried with backoff. The
-/// dataplane never waits for it.
+/// dataplane never waits for it. `found` are the objects that held an entry of this
+/// node when the agent started (see [`own_entries`]): those the first plan does not
+/// want any more lose it.
 pub async fn status_writer(
     client: Client,
     manager: String,
     mut desired: tokio::sync::watch::Receiver<Desired>,
     min_gap: Duration,
     refresh: Duration,
+    found: Vec<(String, ObjectRef)>,
 ) {
     let params = PatchParams::apply(&manager).force();
     let mut written: BTreeMap<(String, ObjectRef), (serde_json::Value, tokio::time::Instant)> =
         BTreeMap::new();
+    // Nothing is written before the first plan: an empty want would remove every
+    // entry found, only for the plan to write them back.
+    if desired.changed().await.is_err() {
+        return;
+    }
+    for key in found {
+        written.insert(key, (serde_json::Value::Null, tokio::time::Instant::now()));
+    }
     // Objects the API server refused: when to try again, and the next backoff.
     let mut refused: BTreeMap<(String, ObjectRef), (tokio::time::Instant, Duration)> =
         BTreeMap::new();
@@ -309,6 +320,52 @@ pub async fn status_writer(
             .map_or(refresh, |d| d.min(refresh));
         let _ = tokio::time::timeout(wait, desired.changed()).await;
     }
+}
+
+/// The objects holding an entry of `node` (VirtualServices' `directors`, RealServers'
+/// `observations`), as a previous run of this agent left them: one list of each kind,
+/// at start.
+pub async fn own_entries(client: &Client, node: &str) -> Vec<(String, ObjectRef)> {
+    let params = kube::api::ListParams::default();
+    let mut out = Vec::new();
+    match Api::<VirtualService>::all(client.clone())
+        .list(&params)
+        .await
+    {
+        Ok(list) => out.extend(
+            list.items
+                .iter()
+                .filter(|v| {
+                    v.status
+                        .as_ref()
+                        .is_some_and(|s| s.directors.iter().any(|d| d.node == node))
+                })
+                .map(|v| ("VirtualService".to_owned(), object_ref(v, "VirtualService"))),
+        ),
+        Err(e) => warn!(error = %e, "listing VirtualServices for this node's old entries"),
+    }
+    match Api::<RealServer>::all(client.clone()).list(&params).await {
+        Ok(list) => out.extend(
+            list.items
+                .iter()
+                .filter(|r| {
+                    r.status
+                        .as_ref()
+                        .is_some_and(|s| s.observations.iter().any(|o| o.node == node))
+                })
+                .map(|r| ("RealServer".to_owned(), object_ref(r, "RealServer"))),
+        ),
+        Err(e) => warn!(error = %e, "listing RealServers for this node's old entries"),
+    }
+    out
+}
+
+fn object_ref<K: Resource>(o: &K, kind: &str) -> ObjectRef {
+    ObjectRef::new(
+        kind,
+        o.meta().namespace.as_deref().unwrap_or_default(),
+        o.meta().name.as_deref().unwrap_or_default(),
+    )
 }
 
 /// The longest an object the API server refused waits for its next try.

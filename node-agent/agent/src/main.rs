@@ -333,12 +333,16 @@ fn main() -> anyhow::Result<()> {
                 )
             });
             let (tx, rx) = tokio::sync::watch::channel(Default::default());
+            // What a previous run of this agent left: entries the first plan no longer
+            // wants are removed.
+            let found = rt.block_on(kubelvs_agent::cluster::own_entries(&client, &args.node));
             rt.spawn(status_writer(
                 client.clone(),
                 kubelvs_agent::status::field_manager(&args.node),
                 rx,
                 Duration::from_millis(200),
                 Duration::from_secs(args.status_refresh_seconds.max(1)),
+                found,
             ));
             let (events, notices) = tokio::sync::mpsc::unbounded_channel();
             rt.spawn(kubelvs_agent::events::publisher(

@@ -1,11 +1,12 @@
 //! The agent's status writer against the real API server of the test suite: an object
 //! whose status write the API server refuses (here, by an admission policy; in a
 //! cluster, `request is too large` or a validation failure) is retried on its own
-//! backoff and never holds up the others.
+//! backoff and never holds up the others; an entry a previous run left on an object
+//! the agent no longer serves is removed.
 
 use std::time::{Duration, Instant};
 
-use kubelvs_agent::cluster::{status_writer, Desired};
+use kubelvs_agent::cluster::{own_entries, status_writer, Desired};
 use kubelvs_agent::status::apply_body;
 use kubelvs_model::ObjectRef;
 use kubelvs_test_cluster::shared;
@@ -40,6 +41,11 @@ spec: {ports: [{port: 80}], forwarding: nat, realServerSelector: {}}
 apiVersion: kubelvs.io/v1alpha1
 kind: VirtualService
 metadata: {name: b-ok}
+spec: {ports: [{port: 80}], forwarding: nat, realServerSelector: {}}
+---
+apiVersion: kubelvs.io/v1alpha1
+kind: VirtualService
+metadata: {name: c-stale}
 spec: {ports: [{port: 80}], forwarding: nat, realServerSelector: {}}
 ",
         )
@@ -98,6 +104,18 @@ spec: {{policyName: {policy}, validationActions: [Deny]}}
             .then_some(())
     });
 
+    // What an earlier run of node n1's agent wrote on an object it no longer directs.
+    cluster
+        .apply_status_as_agent(
+            "n1",
+            ns.name(),
+            "VirtualService",
+            "c-stale",
+            "{directors: [{node: n1, programmed: true}]}",
+        )
+        .unwrap();
+    assert!(status_of("c-stale").is_some());
+
     let rt = tokio::runtime::Runtime::new().unwrap();
     let config = rt
         .block_on(kube::Config::from_custom_kubeconfig(
@@ -118,14 +136,18 @@ spec: {{policyName: {policy}, validationActions: [Deny]}}
             apply_body("VirtualService", &obj, "directors", Some(entry)),
         );
     }
-    let (tx, rx) = tokio::sync::watch::channel(desired);
+    let found = rt.block_on(own_entries(&client, "n1"));
+    assert!(found.iter().any(|(_, o)| o.name == "c-stale"), "{found:?}");
+    let (tx, rx) = tokio::sync::watch::channel(Desired::new());
     let _writer = rt.spawn(status_writer(
         client,
         "kubelvs-agent/n1".into(),
         rx,
         Duration::from_millis(100),
         Duration::from_secs(30),
+        found,
     ));
+    tx.send_replace(desired);
     eventually(Duration::from_secs(10), "b-ok written", || {
         status_of("b-ok")
     });
