@@ -111,6 +111,8 @@ impl Checker {
             let keep = targets.contains_key(t);
             if !keep {
                 task.abort();
+                // Its series goes with it (one with the same labels may come back below).
+                self.shared.metrics.real_server_healthy.remove(&labels(t));
             }
             keep
         });
@@ -165,10 +167,15 @@ impl Checker {
     }
 }
 
+/// The series of a target: the probe is named by its kind and a short hash of what it
+/// sends and expects, not by that text (a tenant's path or host, up to 2 KB).
 fn labels(t: &Target) -> RealServerLabels {
+    let kind = t.check.probe.split([' ', '[']).next().unwrap_or_default();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    t.check.probe.hash(&mut h);
     RealServerLabels {
         real_server: t.socket().to_string(),
-        probe: t.check.probe.clone(),
+        probe: format!("{kind}-{:06x}", h.finish() & 0xff_ffff),
     }
 }
 
@@ -219,5 +226,36 @@ async fn run(target: Target, check: HealthCheck, shared: Arc<Shared>) {
             shared.remember();
             let _ = shared.wake.lock().unwrap().send(Event::Health);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::CheckKey;
+
+    #[test]
+    fn a_probe_is_labelled_by_kind_and_hash_never_by_its_text() {
+        let target = |probe: &str| Target {
+            address: "192.0.2.11".parse().unwrap(),
+            port: 80,
+            check: CheckKey {
+                probe: probe.into(),
+                interval_ms: 1000,
+                timeout_ms: 1000,
+                rise: 1,
+                fall: 1,
+            },
+        };
+        let long = format!("http GET /{} -> 200", "x".repeat(1000));
+        let l = labels(&target(&long));
+        assert!(
+            l.probe.starts_with("http-") && l.probe.len() == 11,
+            "{}",
+            l.probe
+        );
+        assert_ne!(l.probe, labels(&target("http GET /other -> 200")).probe);
+        assert_eq!(labels(&target("tcp")).probe.split('-').next(), Some("tcp"));
+        assert!(labels(&target("udp [dead]")).probe.starts_with("udp-"));
     }
 }

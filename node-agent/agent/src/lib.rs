@@ -138,12 +138,15 @@ fn read_traffic(
     }
     sample.at = Some((Instant::now(), SystemTime::now()));
     sample.reports = node.traffic();
+    let mut services = std::collections::HashSet::new();
+    let mut real_servers = std::collections::HashSet::new();
     for (dataplane, t) in &sample.reports {
         for (key, c) in &t.services {
             let labels = metrics::ServiceLabels {
                 dataplane: (*dataplane).to_owned(),
                 service: key.to_string(),
             };
+            services.insert(labels.clone());
             metrics.virtual_service.observe(labels, *c);
         }
         for (key, rs, c) in &t.real_servers {
@@ -152,9 +155,13 @@ fn read_traffic(
                 service: key.map(|k| k.to_string()).unwrap_or_default(),
                 real_server: rs.to_string(),
             };
+            real_servers.insert(labels.clone());
             metrics.real_server.observe(labels, *c);
         }
     }
+    // Series of what left the dataplanes go with it.
+    metrics.virtual_service.retain(&services);
+    metrics.real_server.retain(&real_servers);
     true
 }
 

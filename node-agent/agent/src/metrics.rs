@@ -82,6 +82,22 @@ where
         );
     }
 
+    /// Removes the series of everything not in `present` (virtual services and real
+    /// servers that left the dataplane): a label set per object ever seen would grow
+    /// without bound.
+    pub fn retain(&self, present: &std::collections::HashSet<L>) {
+        let mut last = self.last.lock().unwrap();
+        last.retain(|labels, _| {
+            let keep = present.contains(labels);
+            if !keep {
+                self.connections.remove(labels);
+                self.packets.remove(labels);
+                self.bytes.remove(labels);
+            }
+            keep
+        });
+    }
+
     /// Advances the counters to the kernel's totals (a total that went down means the
     /// kernel entry was recreated: counted from zero again).
     pub fn observe(&self, labels: L, now: kubelvs_model::Traffic) {
@@ -206,6 +222,10 @@ mod tests {
         m.virtual_service.observe(l.clone(), t(2));
         assert_eq!(m.virtual_service.connections.get_or_create(&l).get(), 10);
         assert_eq!(m.virtual_service.bytes.get_or_create(&l).get(), 1000);
+        // Gone from the dataplane: its series goes.
+        m.virtual_service.retain(&Default::default());
+        assert!(!m.observed.render().contains("203.0.113.1:80/TCP"));
+        m.virtual_service.observe(l.clone(), t(10));
         let text = m.observed.render();
         assert!(text.contains("kubelvs_virtual_service_connections_total{dataplane=\"ipvs\",service=\"203.0.113.1:80/TCP\"} 10"), "{text}");
     }
