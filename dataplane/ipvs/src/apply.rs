@@ -144,6 +144,12 @@ impl<K: IpvsKernel> IpvsDataplane<K> {
     }
 
     /// Services we created and still own.
+    /// The kernel's services as the last complete apply left them (ours and others'),
+    /// if it completed.
+    pub fn kernel_services(&self) -> impl Iterator<Item = &ServiceId> {
+        self.cache.iter().flat_map(|c| c.keys())
+    }
+
     pub fn owned(&self) -> &BTreeSet<ServiceId> {
         self.owned.ids()
     }

@@ -17,6 +17,7 @@ use kubelvs_model::{
 use crate::apply::{IpvsDataplane, IpvsKernel};
 use crate::error::Error;
 use crate::fullnat::{apply_nft_script, fullnat_ruleset};
+use crate::guard::guard_ruleset;
 use crate::sysctl::{director_sysctls_for, Sysctl};
 use crate::table::{DesiredService, PlanError, ServiceId};
 
@@ -81,6 +82,8 @@ pub struct IpvsDirector<K: IpvsKernel = crate::IpvsClient, H: DirectorHost = Sys
     host: H,
     /// The FullNAT script last loaded, so an unchanged plan runs no nft.
     nft_loaded: Option<String>,
+    /// The VIP guard script last loaded.
+    guard_loaded: Option<String>,
     /// Services of the last apply that are programmed, for traffic counters.
     programmed: BTreeMap<ServiceId, model::ServiceKey>,
 }
@@ -91,6 +94,7 @@ impl<K: IpvsKernel, H: DirectorHost> IpvsDirector<K, H> {
             table,
             host,
             nft_loaded: None,
+            guard_loaded: None,
             programmed: BTreeMap::new(),
         }
     }
@@ -232,6 +236,32 @@ where
                 }
             }
         }
+        // The VIP guard (unserved ports of our VIPs dropped) in a table of its own.
+        // It protects the node rather than forwards: a failure to load it fails no
+        // service, and it is tried again at the next apply.
+        let others: Vec<(std::net::IpAddr, u16, u16)> = self
+            .table
+            .kernel_services()
+            .filter(|id| !self.table.owned().contains(id))
+            .filter_map(|id| match *id {
+                ServiceId::Inet {
+                    protocol,
+                    addr,
+                    port,
+                } => Some((addr, protocol, port)),
+                _ => None,
+            })
+            .collect();
+        let guard = guard_ruleset(&planned, &others);
+        if self.guard_loaded.as_deref() != Some(guard.as_str())
+            && (self.guard_loaded.is_some() || !planned.is_empty())
+        {
+            self.guard_loaded = None;
+            if self.host.load_nft(&guard).is_ok() {
+                report.writes += 1;
+                self.guard_loaded = Some(guard);
+            }
+        }
 
         for (service, dest) in self.table.draining().keys() {
             if let ServiceId::Inet { .. } = service {
@@ -272,10 +302,14 @@ where
             let ids: Vec<String> = self.table.owned().iter().map(|id| id.to_string()).collect();
             left.push(format!("IPVS services {}", ids.join(", ")));
         }
-        match self.host.load_nft(&fullnat_ruleset(&[])) {
+        match self
+            .host
+            .load_nft(&(fullnat_ruleset(&[]) + &guard_ruleset(&[], &[])))
+        {
             Ok(()) => {
                 writes += 1;
                 self.nft_loaded = None;
+                self.guard_loaded = None;
             }
             // Without nft no agent here could have loaded the table either.
             Err(Error::Nft { detail, .. }) if detail.starts_with("cannot run nft") => {}

@@ -55,6 +55,7 @@ pub mod error;
 #[cfg(feature = "testing")]
 pub mod fake;
 pub mod fullnat;
+pub mod guard;
 pub mod nl;
 pub mod ownership;
 #[cfg(feature = "testing")]

@@ -148,8 +148,8 @@ fn programs_every_service_and_reapply_writes_nothing() {
     assert_eq!(r.dataplane, "ipvs");
     assert_eq!(r.services.len(), 3);
     assert!(r.problems().next().is_none(), "{r:?}");
-    // 3 services + 3 destinations + 4 sysctls + 1 nft load.
-    assert_eq!(r.writes, 3 + 3 + 4 + 1);
+    // 3 services + 3 destinations + 4 sysctls + 2 nft loads (FullNAT, the VIP guard).
+    assert_eq!(r.writes, 3 + 3 + 4 + 2);
     assert_eq!(d.host().sysctls["net/ipv4/ip_forward"], "1");
     assert!(d
         .host()
@@ -160,7 +160,7 @@ fn programs_every_service_and_reapply_writes_nothing() {
 
     let again = d.apply(&p, &now());
     assert_eq!(again.writes, 0, "{again:?}");
-    assert_eq!(d.host().nft_loads, 1);
+    assert_eq!(d.host().nft_loads, 2);
     assert!(again.problems().next().is_none());
 }
 
@@ -362,15 +362,18 @@ fn an_nft_failure_fails_only_fullnat_services_and_is_retried() {
     let r = d.apply(&plan(three()), &now());
     assert_eq!(outcome(&r, "203.0.113.3").name(), "Failed");
     assert!(outcome(&r, "203.0.113.1").is_programmed());
+    // A VIP guard that cannot be loaded fails no service: it protects, not forwards.
+    assert!(outcome(&r, "203.0.113.2").is_programmed());
     d.host().fail_nft = false;
     let r = d.apply(&plan(three()), &now());
     assert!(outcome(&r, "203.0.113.3").is_programmed());
-    assert_eq!(d.host().nft_loads, 1);
+    assert_eq!(d.host().nft_loads, 2, "FullNAT and the guard, both retried");
 
-    // The last FullNAT service gone: the table is removed once, then no more nft runs.
+    // The last FullNAT service gone: the table is removed once (and the guard loses
+    // the VIP), then no more nft runs.
     let two: Vec<Service> = three().into_iter().take(2).collect();
     d.apply(&plan(two.clone()), &now());
-    assert_eq!(d.host().nft_loads, 2);
+    assert_eq!(d.host().nft_loads, 4);
     assert!(!d
         .host()
         .nft_script
@@ -378,7 +381,7 @@ fn an_nft_failure_fails_only_fullnat_services_and_is_retried() {
         .unwrap()
         .contains("203.0.113.3"));
     d.apply(&plan(two), &now());
-    assert_eq!(d.host().nft_loads, 2);
+    assert_eq!(d.host().nft_loads, 4);
 }
 
 #[test]
@@ -461,4 +464,39 @@ fn remove_all_names_what_it_could_not_remove() {
     d.host().fail_nft = true;
     let e = d.remove_all(&now()).unwrap_err();
     assert!(e.contains("nftables table"), "{e}");
+}
+
+/// The VIP guard (unserved ports of our VIPs dropped) is loaded with the services,
+/// and keeps open a port another tool's IPVS service serves on one of our VIPs.
+#[test]
+fn the_vip_guard_keeps_other_tools_ports_on_our_vips_open() {
+    let mut fake = FakeIpvs::new();
+    fake.insert(KernelService {
+        id: ServiceId::Inet {
+            protocol: 6,
+            addr: "203.0.113.1".parse().unwrap(),
+            port: 8080,
+        },
+        config: ServiceConfig {
+            scheduler: "rr".into(),
+            flags: 0,
+            timeout: 0,
+            netmask: Netmask::host(libc_af_inet()),
+        },
+        dests: Vec::new(),
+        stats: Default::default(),
+    });
+    let (mut d, _dir) = director("guard", FaultyIpvs::new(fake));
+    let only_nat = three().into_iter().take(2).collect();
+    assert!(d.apply(&plan(only_nat), &now()).problems().next().is_none());
+    // Once the kernel's table is known (after the first complete apply).
+    d.apply(&plan(three().into_iter().take(2).collect()), &now());
+    let script = d.host().nft_script.clone().unwrap();
+    assert!(script.contains("table inet kubelvs_vips"), "{script}");
+    assert!(script.contains("203.0.113.1 . 6 . 80"), "{script}");
+    assert!(script.contains("203.0.113.1 . 6 . 8080"), "{script}");
+    assert!(
+        script.contains("elements = { 203.0.113.1, 203.0.113.2 }"),
+        "{script}"
+    );
 }

@@ -38,6 +38,7 @@ const AGENT_CASES: &[&str] = &[
     "agent_foreign_service",
     "agent_programs_ipvs",
     "agent_traffic",
+    "agent_vip_guard",
     "agent_traffic_metrics",
     "agent_health_quiesce",
     "agent_health_restore",

@@ -190,6 +190,8 @@ pub fn run(r: &mut Reporter) {
         }),
     );
 
+    r.case("agent_vip_guard", vip_guard(&lab));
+
     // IPVS STATS64 in /metrics.
     r.case(
         "agent_traffic_metrics",
@@ -331,6 +333,57 @@ pub fn run(r: &mut Reporter) {
     }
 }
 
+/// A listener of the director host (as sshd or the kubelet would be) answers on the
+/// director's own address but not on the VIP, a local address of the director too:
+/// the agent's nftables guard drops the VIP's unserved ports; the served one works.
+fn vip_guard(lab: &Lab) -> Result<String, String> {
+    const OWN_PORT: u16 = 2222;
+    let mut own = Command::new(&lab.exe)
+        .args(["serve", "director", &OWN_PORT.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("serve on the director: {e}"))?;
+    let ready = {
+        use std::io::BufRead;
+        let mut line = String::new();
+        let out = own.stdout.take().ok_or("no stdout")?;
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+        line
+    };
+    let result = (|| {
+        if ready.trim() != "READY" {
+            return Err(format!("the director's own server: {ready:?}"));
+        }
+        let to = |ip: &str| -> SocketAddr { format!("{ip}:{OWN_PORT}").parse().unwrap() };
+        let direct = lab.connect(to(crate::lab::DIRECTOR_CLIENT_SIDE), 1, TIMEOUT, &[])?;
+        let (counts, errors) = tally(&direct);
+        if !errors.is_empty() || counts.is_empty() {
+            return Err(format!(
+                "the director's own port on its address: {errors:?}"
+            ));
+        }
+        let via_vip = lab.connect(to(VIP), 1, Duration::from_secs(1), &[])?;
+        let (counts, _) = tally(&via_vip);
+        if !counts.is_empty() {
+            return Err(format!(
+                "the director's own port answered on the VIP: {counts:?}"
+            ));
+        }
+        let served = lab.connect(format!("{VIP}:80").parse().unwrap(), 6, TIMEOUT, &[])?;
+        let (_, errors) = tally(&served);
+        if !errors.is_empty() {
+            return Err(format!("the VIP's served port: {errors:?}"));
+        }
+        Ok(format!(
+            "port {OWN_PORT} of the director answers on {} but not on {VIP}; {VIP}:80 served",
+            crate::lab::DIRECTOR_CLIENT_SIDE
+        ))
+    })();
+    let _ = own.kill();
+    let _ = own.wait();
+    result
+}
+
 /// Uninstall: with NAT, DR, TUN and FullNAT programmed, the agent stops and
 /// `--cleanup` runs with its flags. kube-lvs's services, VIPs, FullNAT table and state
 /// files go; the ipvsadm-made service and the foreign VIP stay.
@@ -365,8 +418,10 @@ fn cleanup(agent: Child) -> Result<String, String> {
     if left != [&format!("TCP {FOREIGN}:80")] {
         return Err(format!("IPVS services after cleanup: {left:?}"));
     }
-    if cmd("nft", &["list", "table", "inet", FULLNAT_TABLE]).is_ok() {
-        return Err(format!("nftables table {FULLNAT_TABLE} left"));
+    for table in [FULLNAT_TABLE, "kubelvs_vips"] {
+        if cmd("nft", &["list", "table", "inet", table]).is_ok() {
+            return Err(format!("nftables table {table} left"));
+        }
     }
     let addrs = cmd("ip", &["-o", "addr", "show", "dev", "lvs0"])?;
     if let Some(v) = ours.iter().find(|v| addrs.contains(&format!(" {v}/"))) {
@@ -381,6 +436,6 @@ fn cleanup(agent: Child) -> Result<String, String> {
         }
     }
     Ok(format!(
-        "4 services, their VIPs, the FullNAT table and the state files removed; TCP {FOREIGN}:80 and its VIP kept"
+        "4 services, their VIPs, the FullNAT and VIP guard tables and the state files removed; TCP {FOREIGN}:80 and its VIP kept"
     ))
 }

@@ -129,7 +129,7 @@ fn sysctls(ns: Option<&str>, list: &[(&str, &str)]) -> Result<(), String> {
 #[derive(Debug)]
 pub struct Lab {
     servers: Vec<Child>,
-    exe: String,
+    pub exe: String,
 }
 
 impl Drop for Lab {

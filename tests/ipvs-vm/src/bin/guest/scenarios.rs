@@ -807,9 +807,10 @@ fn through_the_trait(lab: &Lab) -> Result<String, String> {
     foreign_untouched()?;
     let answered = all_servers_answer(lab, TRAIT_VIP, CLIENT)?;
     // The refused service leaves the plan: its service (created, with the
-    // destinations the kernel took) is deleted, one write; then nothing to do.
+    // destinations the kernel took) is deleted, and its VIP leaves the VIP guard: two
+    // writes; then nothing to do.
     let dropped = d.apply(&plan(vec![good.clone(), foreign.clone()]), &ctx);
-    if dropped.writes != 1 || listing()?.contains_key(&format!("TCP {TRAIT_REFUSED_VIP}:80")) {
+    if dropped.writes != 2 || listing()?.contains_key(&format!("TCP {TRAIT_REFUSED_VIP}:80")) {
         return Err(format!("dropping {TRAIT_REFUSED_VIP}: {dropped:?}"));
     }
     let again = d.apply(&plan(vec![good, foreign]), &ctx);
