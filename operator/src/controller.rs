@@ -314,7 +314,40 @@ async fn allocation_loop(
         let started = Instant::now();
         let vs_objects = usable(&stores.virtual_services, "VirtualService", &metrics);
         let rs_objects = usable(&stores.real_servers, "RealServer", &metrics);
-        let virtual_services = parsed(&vs_objects);
+        let parsed_vs = parsed(&vs_objects);
+        // Entries of nodes that are gone: removed, and not rolled up meanwhile.
+        let nodes: BTreeSet<String> = stores
+            .nodes
+            .state()
+            .iter()
+            .filter_map(|n| n.metadata.name.clone())
+            .collect();
+        let mut stale: Vec<(VsKey, Vec<(usize, String)>)> = Vec::new();
+        let mut pruned: Vec<VirtualService> = Vec::new();
+        for vs in &parsed_vs {
+            let entries = crate::rollup::stale_directors(vs, &nodes);
+            if entries.is_empty() {
+                continue;
+            }
+            let mut copy = (*vs).clone();
+            if let Some(s) = copy.status.as_mut() {
+                s.directors.retain(|d| nodes.contains(&d.node));
+            }
+            stale.push((
+                (
+                    vs.metadata.namespace.clone().unwrap_or_default(),
+                    vs.metadata.name.clone().unwrap_or_default(),
+                ),
+                entries,
+            ));
+            pruned.push(copy);
+        }
+        let virtual_services: Vec<&VirtualService> = parsed_vs
+            .iter()
+            .copied()
+            .filter(|vs| crate::rollup::stale_directors(vs, &nodes).is_empty())
+            .chain(pruned.iter())
+            .collect();
         let real_servers = parsed(&rs_objects);
         let pools: Vec<AddressPool> =
             parsed(&usable(&stores.address_pools, "AddressPool", &metrics))
@@ -395,6 +428,19 @@ async fn allocation_loop(
                     .patch(&name, &params, &patch)
                     .await
                     .map(|_| metrics.write("VirtualService", "finalizer"));
+                (None, r)
+            }));
+        }
+        for (key, entries) in &stale {
+            let api = Api::<VirtualService>::namespaced(client.clone(), &key.0);
+            let patch = crate::rollup::remove_entries_patch("directors", entries);
+            let (name, metrics) = (key.1.clone(), metrics.clone());
+            writes.push(Box::pin(async move {
+                let patch = Patch::Json::<()>(serde_json::from_value(patch).expect("a JSON patch"));
+                let r = api
+                    .patch_status(&name, &PatchParams::default(), &patch)
+                    .await
+                    .map(|_| metrics.write("VirtualService", "stale-entries"));
                 (None, r)
             }));
         }

@@ -244,6 +244,43 @@ pub fn virtual_service_status(
     }
 }
 
+/// Entries of `status.directors` whose node is not in `nodes` (deleted, or never
+/// registered), as (index, node), highest index first: the order a JSON patch removes
+/// them in. An agent that no longer exists cannot remove its own entry, and the
+/// roll-up must not count it.
+pub fn stale_directors(
+    vs: &VirtualService,
+    nodes: &std::collections::BTreeSet<String>,
+) -> Vec<(usize, String)> {
+    let mut out: Vec<(usize, String)> = vs
+        .status
+        .iter()
+        .flat_map(|s| s.directors.iter().enumerate())
+        .filter(|(_, d)| !nodes.contains(&d.node))
+        .map(|(i, d)| (i, d.node.clone()))
+        .collect();
+    out.reverse();
+    out
+}
+
+/// The JSON patch of the status subresource removing `stale` entries of `list`, each
+/// removal guarded by a test of its node: if the list changed since it was read, the
+/// patch fails whole rather than remove another node's entry.
+pub fn remove_entries_patch(list: &str, stale: &[(usize, String)]) -> serde_json::Value {
+    serde_json::Value::Array(
+        stale
+            .iter()
+            .flat_map(|(i, node)| {
+                let path = format!("/status/{list}/{i}");
+                [
+                    serde_json::json!({"op": "test", "path": format!("{path}/node"), "value": node}),
+                    serde_json::json!({"op": "remove", "path": path}),
+                ]
+            })
+            .collect(),
+    )
+}
+
 /// For each pool, the other pools whose addresses overlap its own.
 pub fn overlaps(pools: &[AddressPool]) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -341,4 +378,43 @@ pub fn address_pool_apply_body(name: &str, status: &AddressPoolStatus) -> serde_
         "metadata": {"name": name},
         "status": status,
     })
+}
+
+#[cfg(test)]
+mod stale_tests {
+    use super::*;
+
+    #[test]
+    fn entries_of_nodes_that_are_gone_are_found_and_removed_last_first() {
+        let vs: VirtualService = serde_json::from_value(serde_json::json!({
+            "apiVersion": "kubelvs.io/v1alpha1",
+            "kind": "VirtualService",
+            "metadata": {"name": "web", "namespace": "lab"},
+            "spec": {"ports": [{"port": 80}], "forwarding": "nat", "realServerSelector": {}},
+            "status": {"directors": [
+                {"node": "gone-a", "programmed": true},
+                {"node": "here", "programmed": true},
+                {"node": "gone-b", "programmed": false},
+            ]},
+        }))
+        .unwrap();
+        let nodes = std::collections::BTreeSet::from(["here".to_string()]);
+        let stale = stale_directors(&vs, &nodes);
+        assert_eq!(
+            stale,
+            vec![(2, "gone-b".to_string()), (0, "gone-a".to_string())]
+        );
+        let patch = remove_entries_patch("directors", &stale);
+        assert_eq!(
+            patch,
+            serde_json::json!([
+                {"op": "test", "path": "/status/directors/2/node", "value": "gone-b"},
+                {"op": "remove", "path": "/status/directors/2"},
+                {"op": "test", "path": "/status/directors/0/node", "value": "gone-a"},
+                {"op": "remove", "path": "/status/directors/0"},
+            ])
+        );
+        let all = ["gone-a", "here", "gone-b"].map(String::from).into();
+        assert!(stale_directors(&vs, &all).is_empty());
+    }
 }

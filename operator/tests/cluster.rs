@@ -331,7 +331,15 @@ spec: {address: 10.0.0.1}
     );
 
     // Two agents report, each under its own field manager; the operator rolls them up
-    // and leaves both entries alone.
+    // and leaves both entries alone. Their nodes exist.
+    for node in ["n1", "n2"] {
+        s.cluster
+            .kubectl_stdin(
+                &["apply", "-f", "-"],
+                &kubelvs_test_cluster::node_object(node, "192.0.2.251".parse().unwrap(), true),
+            )
+            .unwrap();
+    }
     let report = |node: &str, healthy: u32| {
         s.cluster
             .apply_status_as_agent(
@@ -373,6 +381,29 @@ spec: {address: 10.0.0.1}
         .filter_map(|d| d["node"].as_str())
         .collect();
     assert_eq!(nodes, ["n1", "n2"], "the agents' entries stay theirs");
+    // n2's node is deleted: its agent cannot remove its entry, the operator does, and
+    // the roll-up no longer counts it.
+    s.cluster.kubectl_ok(&["delete", "node", "n2"]).unwrap();
+    eventually(WAIT, "n2's entry removed", || {
+        let a = s.json(&["get", "lvs", "a"])?;
+        let nodes: Vec<String> = a["status"]["directors"]
+            .as_array()?
+            .iter()
+            .filter_map(|d| d["node"].as_str().map(String::from))
+            .collect();
+        (nodes == ["n1"]).then_some(())
+    });
+    report("n2-gone", 0);
+    eventually(
+        WAIT,
+        "an entry of a node that never existed removed too",
+        || {
+            let a = s.json(&["get", "lvs", "a"])?;
+            (a["status"]["directors"].as_array()?.len() == 1).then_some(())
+        },
+    );
+    assert_eq!(s.condition("a", "Ready").unwrap().0, "True");
+    s.cluster.kubectl_ok(&["delete", "node", "n1"]).unwrap();
     let table = s
         .cluster
         .kubectl_ok(&["get", "lvs", "a", "-n", s.name()])
