@@ -12,7 +12,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -20,52 +19,6 @@ use kubelvs_xdp_lab::bpf::Attached;
 use kubelvs_xdp_lab::server::TcpServer;
 use kubelvs_xdp_lab::topology::{Host, Lab};
 use kubelvs_xdp_lab::LabConfig;
-
-fn write_config(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-fn director_args(lab: &Lab, file: &Path, dir: &Path, pin: &Path) -> Vec<String> {
-    let (file, pin, addr) = (
-        file.display().to_string(),
-        pin.display().to_string(),
-        lab.director.addr.to_string(),
-    );
-    agent_args(
-        &lab.director,
-        dir,
-        &[
-            "--config",
-            &file,
-            "--node-label",
-            "node-role.kubelvs.io/director=",
-            "--dataplane",
-            "xdp",
-            "--xdp-pin-dir",
-            &pin,
-            "--node-address",
-            &addr,
-        ],
-    )
-}
-
-fn real_server_args(rs: &Host, file: &Path, dir: &Path) -> Vec<String> {
-    let (file, addr) = (file.display().to_string(), rs.addr.to_string());
-    agent_args(
-        rs,
-        dir,
-        &[
-            "--config",
-            &file,
-            "--dataplane",
-            "none",
-            "--node-address",
-            &addr,
-        ],
-    )
-}
 
 /// The lab with its servers and real-server agents, a file, and a host bpffs.
 struct Setup {
@@ -128,7 +81,7 @@ impl Setup {
     }
 
     fn start_director(&self) -> Agent {
-        let args = director_args(&self.lab, &self.file, &self.dir, &self.pin());
+        let args = director_args(&self.lab, &self.file, &self.dir, &self.pin(), &[]);
         Agent::start(&self.lab.director, &args, &self.dir)
     }
 
@@ -213,7 +166,7 @@ fn a_stopped_or_restarted_director_agent_loses_no_connection() {
     // the agent says its pins will not outlive it.
     let private_pin = std::path::PathBuf::from("/sys/fs/bpf").join(s.lab.bridge.name());
     let before = director.log().len();
-    let args = director_args(&s.lab, &s.file, &s.dir, &private_pin);
+    let args = director_args(&s.lab, &s.file, &s.dir, &private_pin, &[]);
     // The host-pinned director is still attached through its pinned link: unpinned,
     // it detaches.
     std::fs::remove_dir_all(s.pin()).unwrap();
@@ -416,7 +369,7 @@ fn cleanup_removes_what_kube_lvs_owns_and_restores_what_it_changed() {
     s.rs_agents.clear();
     let (ok, log) = cleanup(
         &s.lab.director,
-        &director_args(&s.lab, &s.file, &s.dir, &s.pin()),
+        &director_args(&s.lab, &s.file, &s.dir, &s.pin(), &[]),
     );
     assert!(ok, "{log}");
     assert!(log.contains("left nothing"), "{log}");
@@ -473,7 +426,7 @@ fn cleanup_removes_what_kube_lvs_owns_and_restores_what_it_changed() {
     // Again: nothing to do, and it says so.
     let (ok, log) = cleanup(
         &s.lab.director,
-        &director_args(&s.lab, &s.file, &s.dir, &s.pin()),
+        &director_args(&s.lab, &s.file, &s.dir, &s.pin(), &[]),
     );
     assert!(ok && log.contains("left nothing"), "{log}");
 }

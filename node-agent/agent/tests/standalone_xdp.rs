@@ -8,66 +8,20 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
+
+/// Traffic counters read every second: the test waits for them.
+const TRAFFIC: &[&str] = &["--traffic-interval-seconds", "1"];
 use kubelvs_xdp_lab::bpf::Attached;
 use kubelvs_xdp_lab::server::TcpServer;
-use kubelvs_xdp_lab::topology::{Host, Lab};
+use kubelvs_xdp_lab::topology::Lab;
 use kubelvs_xdp_lab::LabConfig;
 
 fn config(lab: &Lab, real_servers: &[usize], extra: &str) -> String {
     lab_objects(lab, "dr", PORT, true, real_servers) + extra
-}
-
-fn write_config(path: &Path, text: &str) {
-    // Write then rename: the agent never reads half a file.
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-fn director_args(lab: &Lab, file: &Path, dir: &Path, pin: &Path) -> Vec<String> {
-    let (file, pin, addr) = (
-        file.display().to_string(),
-        pin.display().to_string(),
-        lab.director.addr.to_string(),
-    );
-    agent_args(
-        &lab.director,
-        dir,
-        &[
-            "--config",
-            &file,
-            "--node-label",
-            "node-role.kubelvs.io/director=",
-            "--dataplane",
-            "xdp",
-            "--xdp-pin-dir",
-            &pin,
-            "--node-address",
-            &addr,
-            "--traffic-interval-seconds",
-            "1",
-        ],
-    )
-}
-
-fn real_server_args(rs: &Host, file: &Path, dir: &Path) -> Vec<String> {
-    let (file, addr) = (file.display().to_string(), rs.addr.to_string());
-    agent_args(
-        rs,
-        dir,
-        &[
-            "--config",
-            &file,
-            "--dataplane",
-            "none",
-            "--node-address",
-            &addr,
-        ],
-    )
 }
 
 #[test]
@@ -97,7 +51,11 @@ fn standalone_agents_direct_real_traffic_and_health_check_it() {
         .iter()
         .map(|rs| Agent::start(rs, &real_server_args(rs, &file, &dir), &dir))
         .collect();
-    let mut director = Agent::start(&lab.director, &director_args(&lab, &file, &dir, &pin), &dir);
+    let mut director = Agent::start(
+        &lab.director,
+        &director_args(&lab, &file, &dir, &pin, TRAFFIC),
+        &dir,
+    );
     eventually(Duration::from_secs(20), "director ready", || {
         http_get(&lab.director.netns, "/readyz").filter(|(s, _)| *s == 200)
     });
@@ -201,7 +159,11 @@ fn standalone_agents_direct_real_traffic_and_health_check_it() {
     let rs = long.real_server().to_owned();
     for i in 0..20 {
         director.stop();
-        director = Agent::start(&lab.director, &director_args(&lab, &file, &dir, &pin), &dir);
+        director = Agent::start(
+            &lab.director,
+            &director_args(&lab, &file, &dir, &pin, TRAFFIC),
+            &dir,
+        );
         eventually(Duration::from_secs(20), "director ready again", || {
             http_get(&lab.director.netns, "/readyz").filter(|(s, _)| *s == 200)
         });

@@ -4,23 +4,16 @@
 //! backoff and never holds up the others; an entry a previous run left on an object
 //! the agent no longer serves is removed.
 
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
+
+use common::eventually;
 
 use kubelvs_agent::cluster::{own_entries, status_writer, Desired};
 use kubelvs_agent::status::apply_body;
 use kubelvs_model::ObjectRef;
 use kubelvs_test_cluster::shared;
-
-fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[test]
 #[ignore = "needs the test control plane (Go toolchain)"]

@@ -546,20 +546,40 @@ impl Cluster {
         name: &str,
         status: &str,
     ) -> Result<String, Error> {
-        self.kubectl_stdin(
-            &[
-                "apply",
-                "--server-side",
-                "--subresource=status",
-                &format!("--field-manager=kubelvs-agent/{node}"),
-                "-n",
-                namespace,
-                "-f",
-                "-",
-            ],
-            &format!(
+        self.apply_status_as_agent_with(None, node, namespace, kind, name, status)
+    }
+
+    /// [`Cluster::apply_status_as_agent`] authenticated by `kubeconfig` (an agent's
+    /// token) instead of the administrator's.
+    pub fn apply_status_as_agent_with(
+        &self,
+        kubeconfig: Option<&Path>,
+        node: &str,
+        namespace: &str,
+        kind: &str,
+        name: &str,
+        status: &str,
+    ) -> Result<String, Error> {
+        let mut kubectl = self.kubectl();
+        if let Some(k) = kubeconfig {
+            // The last --kubeconfig wins.
+            kubectl.arg("--kubeconfig").arg(k);
+        }
+        kubectl.args([
+            "apply",
+            "--server-side",
+            "--subresource=status",
+            &format!("--field-manager=kubelvs-agent/{node}"),
+            "-n",
+            namespace,
+            "-f",
+            "-",
+        ]);
+        run(
+            &mut kubectl,
+            Some(&format!(
                 "apiVersion: kubelvs.io/v1alpha1\nkind: {kind}\nmetadata: {{name: {name}}}\nstatus: {status}\n"
-            ),
+            )),
         )
     }
 

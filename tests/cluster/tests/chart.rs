@@ -348,8 +348,7 @@ fn helm_installs_the_chart_and_its_rbac_is_least_privilege() {
         .is_err());
 }
 
-/// `kubectl apply --server-side` of `status` (flow-style YAML) on `kind`/`name` in
-/// `namespace`, as `kubeconfig`'s user under field manager `kubelvs-agent/<node>`.
+/// What an agent with `kubeconfig`'s token writes; the API server's refusal as text.
 fn apply_status_with(
     cluster: &Cluster,
     kubeconfig: &std::path::Path,
@@ -359,37 +358,10 @@ fn apply_status_with(
     name: &str,
     status: &str,
 ) -> Result<(), String> {
-    use std::io::Write;
-    let mut child = cluster
-        .kubectl()
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args([
-            "apply",
-            "--server-side",
-            "--subresource=status",
-            &format!("--field-manager=kubelvs-agent/{node}"),
-            "-n",
-            namespace,
-            "-f",
-            "-",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    write!(
-        child.stdin.take().unwrap(),
-        "apiVersion: kubelvs.io/v1alpha1\nkind: {kind}\nmetadata: {{name: {name}}}\nstatus: {status}\n"
-    )
-    .unwrap();
-    let out = child.wait_with_output().unwrap();
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    cluster
+        .apply_status_as_agent_with(Some(kubeconfig), node, namespace, kind, name, status)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// The chart's admission policy against the real API server: an agent, with a token

@@ -236,3 +236,58 @@ pub fn metric(host: &Host, series: &str) -> Option<f64> {
         .find(|l| l.starts_with(series))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
+
+/// Writes the standalone agents' file atomically (write, then rename): an agent never
+/// reads half of it.
+pub fn write_config(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The director's agent standalone on `file`: XDP, pins under `pin`, the director
+/// label; then `extra`.
+pub fn director_args(
+    lab: &Lab,
+    file: &Path,
+    dir: &Path,
+    pin: &Path,
+    extra: &[&str],
+) -> Vec<String> {
+    let (file, pin, addr) = (
+        file.display().to_string(),
+        pin.display().to_string(),
+        lab.director.addr.to_string(),
+    );
+    let mut args = vec![
+        "--config",
+        &file,
+        "--node-label",
+        "node-role.kubelvs.io/director=",
+        "--dataplane",
+        "xdp",
+        "--xdp-pin-dir",
+        &pin,
+        "--node-address",
+        &addr,
+    ];
+    args.extend_from_slice(extra);
+    agent_args(&lab.director, dir, &args)
+}
+
+/// A real server's agent standalone on `file` (`--dataplane none`).
+pub fn real_server_args(rs: &Host, file: &Path, dir: &Path) -> Vec<String> {
+    let (file, addr) = (file.display().to_string(), rs.addr.to_string());
+    agent_args(
+        rs,
+        dir,
+        &[
+            "--config",
+            &file,
+            "--dataplane",
+            "none",
+            "--node-address",
+            &addr,
+        ],
+    )
+}
