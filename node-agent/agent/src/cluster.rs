@@ -241,11 +241,12 @@ pub async fn status_writer(
     loop {
         let want = desired.borrow_and_update().clone();
         let now = tokio::time::Instant::now();
-        let mut todo: Vec<((String, ObjectRef), serde_json::Value)> = Vec::new();
+        let mut due: Vec<(crate::status::Due, (String, ObjectRef), serde_json::Value)> = Vec::new();
         for (key, body) in &want {
             let last = written.get(key).map(|(w, at)| (w, now.duration_since(*at)));
-            if crate::status::write_due(last, body, refresh) {
-                todo.push((key.clone(), body.clone()));
+            match crate::status::write_due(last, body, refresh) {
+                crate::status::Due::No => {}
+                d => due.push((d, key.clone(), body.clone())),
             }
         }
         // Entries of objects this node no longer directs or checks: remove ours.
@@ -255,15 +256,26 @@ pub async fn status_writer(
             } else {
                 "observations"
             };
-            todo.push((
+            due.push((
+                crate::status::Due::Change,
                 key.clone(),
                 crate::status::apply_body(&key.0, &key.1, list, None),
             ));
         }
+        // Changes (a health transition, programmed or not, a removal) before
+        // refreshes, however many refreshes are due.
+        due.sort_by_key(|(d, _, _)| *d);
+        let mut todo: Vec<((String, ObjectRef), serde_json::Value)> =
+            due.into_iter().map(|(_, k, b)| (k, b)).collect();
         refused.retain(|k, _| want.contains_key(k) || written.contains_key(k));
         todo.retain(|(k, _)| refused.get(k).is_none_or(|(at, _)| *at <= now));
         let mut unreachable = false;
         for ((kind, obj), body) in todo {
+            // A new change (a transition) does not wait for the rest of a backlog: the
+            // next round puts it first.
+            if desired.has_changed().unwrap_or(false) {
+                break;
+            }
             let result = if kind == "VirtualService" {
                 Api::<VirtualService>::namespaced(client.clone(), &obj.namespace)
                     .patch_status(&obj.name, &params, &Patch::Apply(&body))

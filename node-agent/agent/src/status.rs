@@ -284,6 +284,17 @@ pub fn without_samples(mut body: serde_json::Value) -> serde_json::Value {
     body
 }
 
+/// Whether a write is due, and how urgent it is. Ordered: a change goes out before
+/// any refresh, so a health transition is not queued behind a backlog of counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Due {
+    /// A new entry, or a change beyond samples (programmed, health, a transition).
+    Change,
+    /// Samples only (probe times, traffic), once `refresh` has passed.
+    Refresh,
+    No,
+}
+
 /// Whether `body` must be written, given what was last written and how long ago:
 /// a new entry or a change beyond samples at once; changed samples only once `refresh`
 /// has passed; an unchanged body never.
@@ -291,13 +302,12 @@ pub fn write_due(
     last: Option<(&serde_json::Value, std::time::Duration)>,
     body: &serde_json::Value,
     refresh: std::time::Duration,
-) -> bool {
+) -> Due {
     match last {
-        None => true,
-        Some((w, age)) => {
-            without_samples(w.clone()) != without_samples(body.clone())
-                || (w != body && age >= refresh)
-        }
+        None => Due::Change,
+        Some((w, _)) if without_samples(w.clone()) != without_samples(body.clone()) => Due::Change,
+        Some((w, age)) if w != body && age >= refresh => Due::Refresh,
+        Some(_) => Due::No,
     }
 }
 
@@ -494,22 +504,30 @@ mod tests {
         let refresh = std::time::Duration::from_secs(30);
         let young = std::time::Duration::from_secs(1);
         let old = std::time::Duration::from_secs(31);
-        assert!(write_due(None, one, refresh), "a new entry");
-        assert!(!write_due(Some((one, old)), one, refresh), "unchanged");
-        assert!(
-            !write_due(Some((one, young)), two, refresh),
+        assert_eq!(write_due(None, one, refresh), Due::Change, "a new entry");
+        assert_eq!(
+            write_due(Some((one, old)), one, refresh),
+            Due::No,
+            "unchanged"
+        );
+        assert_eq!(
+            write_due(Some((one, young)), two, refresh),
+            Due::No,
             "counters only, too soon"
         );
-        assert!(
+        assert_eq!(
             write_due(Some((one, old)), two, refresh),
+            Due::Refresh,
             "counters at the refresh"
         );
         let mut failed = d.clone();
         failed.get_mut(&web).unwrap().healthy_real_servers += 1;
         let three = &desired(&failed, &BTreeMap::new(), &traffic_of(1), Some(at))[&key];
-        assert!(
+        assert_eq!(
             write_due(Some((one, young)), three, refresh),
+            Due::Change,
             "a real change at once"
         );
+        assert!(Due::Change < Due::Refresh, "changes go out first");
     }
 }
