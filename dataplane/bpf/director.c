@@ -191,6 +191,22 @@ static __always_inline int opens_connection(void *l4, __u8 proto)
 	return proto == IPPROTO_TCP && th->syn && !th->ack;
 }
 
+/*
+ * A packet to a VIP on a port no virtual service has: dropped, so the host's own
+ * listeners never answer on a VIP, unless it is TCP that opens nothing (no SYN without
+ * ACK). That much the host may take: it resets what is not one of its connections, and
+ * it may be a reply to a connection the node opened from the VIP as its source address
+ * (IPv6 source selection can pick a VIP).
+ */
+static __always_inline int unserved_verdict(void *l4, void *end, __u8 proto)
+{
+	struct tcphdr *th = l4;
+
+	if (proto == IPPROTO_TCP && (void *)(th + 1) <= end && !opens_connection(l4, proto))
+		return XDP_PASS;
+	return XDP_DROP;
+}
+
 static __always_inline void count(__u32 idx)
 {
 	__u64 *c = bpf_map_lookup_elem(&counters, &idx);
@@ -314,7 +330,7 @@ static __always_inline int director6(struct xdp_md *ctx, struct ethhdr *eth, voi
 
 	if (!vip) {
 		if (bpf_map_lookup_elem(&vip_addrs6, &ip6->daddr))
-			return XDP_DROP;
+			return unserved_verdict(l4, end, proto);
 		if (cfg->flags & KLVS_CFG_F_NAT6)
 			return nat_reply6(in_if, eth, ip6, l4, end, proto, &ports[0], &ports[1]);
 		goto pass;
@@ -462,8 +478,10 @@ static __always_inline int director(struct xdp_md *ctx)
 	__u8 proto = iph->protocol;
 
 	/* Fragments carry no ports (or not all of them): the kernel reassembles. */
+	/* Not reassembled here: for a VIP, the host would reassemble and deliver it to
+	 * its own listeners. */
 	if (iph->frag_off & bpf_htons(0x3fff))
-		goto pass;
+		goto unserved4;
 	if (proto == IPPROTO_ICMP)
 		return icmp_to_real(ctx, eth, iph, end, in_if);
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
@@ -490,7 +508,7 @@ static __always_inline int director(struct xdp_md *ctx)
 
 	if (!vip) {
 		if (bpf_map_lookup_elem(&vip_addrs, &iph->daddr))
-			return XDP_DROP;
+			return unserved_verdict(l4, end, proto);
 		if (cfg->flags & KLVS_CFG_F_NAT)
 			return nat_reply(in_if, eth, iph, l4, end, proto, &ports[0], &ports[1]);
 		goto pass;

@@ -402,8 +402,9 @@ spec: {address: 10.0.0.1}
             (a["status"]["directors"].as_array()?.len() == 1).then_some(())
         },
     );
-    assert_eq!(s.condition("a", "Ready").unwrap().0, "True");
-    s.cluster.kubectl_ok(&["delete", "node", "n1"]).unwrap();
+    eventually(WAIT, "Ready from n1 alone", || {
+        s.condition("a", "Ready").filter(|c| c.0 == "True")
+    });
     let table = s
         .cluster
         .kubectl_ok(&["get", "lvs", "a", "-n", s.name()])
@@ -411,6 +412,7 @@ spec: {address: 10.0.0.1}
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(&row[..2], ["a", vip.as_str()], "{table}");
     assert!(row.contains(&"1/1") && row.contains(&"True"), "{table}");
+    s.cluster.kubectl_ok(&["delete", "node", "n1"]).unwrap();
 
     // Deleting a releases its VIP through the finalizer; b, which asked for it, gets it.
     s.cluster

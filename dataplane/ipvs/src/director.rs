@@ -260,6 +260,10 @@ where
             if self.host.load_nft(&guard).is_ok() {
                 report.writes += 1;
                 self.guard_loaded = Some(guard);
+            } else {
+                // Fail open: an older guard must not go on dropping a port just
+                // programmed.
+                let _ = self.host.load_nft(&guard_ruleset(&[], &[]));
             }
         }
 

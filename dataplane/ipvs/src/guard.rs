@@ -74,6 +74,9 @@ pub fn guard_ruleset(services: &[model::Service], others: &[(IpAddr, u16, u16)])
         out,
         "\t\ttype filter hook input priority filter - 10; policy accept;"
     );
+    // Replies to connections the node opened itself (IPv6 source selection can pick a
+    // VIP as the source) are not new traffic to the VIP.
+    let _ = writeln!(out, "\t\tct state established,related accept");
     for (l3, n, icmp) in [("ip", "4", 1), ("ip6", "6", 58)] {
         let _ = writeln!(
             out,
@@ -158,6 +161,10 @@ mod tests {
             "{script}"
         );
         assert!(script.contains("type filter hook input priority filter - 10"));
+        assert!(
+            script.contains("ct state established,related accept"),
+            "{script}"
+        );
     }
 
     #[test]

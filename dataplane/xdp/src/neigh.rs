@@ -251,9 +251,14 @@ pub fn watch_neighbours(
             loop {
                 let n = match recv(&events, &mut buf) {
                     Ok(n) => n,
-                    // ENOBUFS: notifications were lost; report a change so the
-                    // caller reads the table afresh.
+                    // ENOBUFS: notifications were lost. Read the table afresh (the
+                    // old one could hide a change back to a value it holds) and
+                    // report a change so the caller reads it too.
                     Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                        if let Ok(fresh) = route_socket(0).and_then(|s| dump(&s)) {
+                            table.clear();
+                            update(&mut table, &fresh, Some(ifindex));
+                        }
                         if !changed() {
                             return;
                         }

@@ -79,6 +79,7 @@ fn dr_rewrites_macs_and_passes_everything_else() {
     let ack = tcp_frame(ip(CLIENT), 40000, ip(VIP), 80, TCP_ACK);
     let other_vip = tcp_frame(ip(CLIENT), 40000, ip("203.0.113.99"), 80, TCP_SYN);
     let other_port = tcp_frame(ip(CLIENT), 40000, ip(VIP), 81, TCP_SYN);
+    let other_port_ack = tcp_frame(ip(CLIENT), 40000, ip(VIP), 81, TCP_ACK);
     let udp_same_port = eth(
         DIRECTOR_MAC,
         CLIENT_MAC,
@@ -129,6 +130,13 @@ fn dr_rewrites_macs_and_passes_everything_else() {
                 output: None,
             },
             Case {
+                what: "TCP that opens nothing on the VIP's other port: the host may reset \
+                       it (or it answers a connection the node opened from the VIP)",
+                input: other_port_ack,
+                verdict: XDP_PASS,
+                output: None,
+            },
+            Case {
                 what: "UDP to the VIP's TCP port is not the service: dropped too",
                 input: udp_same_port,
                 verdict: XDP_DROP,
@@ -162,7 +170,10 @@ fn dr_rewrites_macs_and_passes_everything_else() {
     assert_eq!(vip.bytes, 2 * ack.len() as u64);
     let rs = s.real_servers[&"198.51.100.11:80".parse().unwrap()];
     assert_eq!((rs.packets, rs.new_conns), (2, 1));
-    assert_eq!(s.counters.passed, 4);
+    assert_eq!(
+        s.counters.passed, 4,
+        "the ACK went by unserved_verdict, uncounted"
+    );
     let flow = FlowKey {
         src: u32::from_ne_bytes(ip(CLIENT).octets()),
         dst: u32::from_ne_bytes(ip(VIP).octets()),
@@ -206,6 +217,8 @@ fn truncated_and_malformed_frames_are_handled() {
     bad_ihl[14] = 0x43;
     let mut fragment = syn.clone();
     fragment[20] = 0x20; // more fragments
+    let mut other_fragment = tcp_frame(ip(CLIENT), 40001, ip("203.0.113.99"), 80, TCP_SYN);
+    other_fragment[20] = 0x20;
     let mut options = syn.clone();
     options[14] = 0x4f; // ihl 15 claims 40 bytes of options: ports would be past the frame
 
@@ -245,8 +258,15 @@ fn truncated_and_malformed_frames_are_handled() {
                 output: None,
             },
             Case {
-                what: "an IPv4 fragment to the VIP passes for reassembly",
+                what: "an IPv4 fragment to the VIP is dropped: reassembled, it would go to \
+                       the host's own listeners, never to a real server",
                 input: fragment,
+                verdict: XDP_DROP,
+                output: None,
+            },
+            Case {
+                what: "an IPv4 fragment to another address passes for reassembly",
+                input: other_fragment,
                 verdict: XDP_PASS,
                 output: None,
             },

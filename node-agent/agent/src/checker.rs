@@ -34,8 +34,9 @@ impl Shared {
         let Some((store, written)) = &self.store else {
             return;
         };
-        let down = remembered::down(&self.states.lock().unwrap());
+        // Under the written lock: two savers never write an older view last.
         let mut written = written.lock().unwrap();
+        let down = remembered::down(&self.states.lock().unwrap());
         if *written == down {
             return;
         }

@@ -265,15 +265,16 @@ pub async fn status_writer(
         // Changes (a health transition, programmed or not, a removal) before
         // refreshes, however many refreshes are due.
         due.sort_by_key(|(d, _, _)| *d);
-        let mut todo: Vec<((String, ObjectRef), serde_json::Value)> =
-            due.into_iter().map(|(_, k, b)| (k, b)).collect();
-        refused.retain(|k, _| want.contains_key(k) || written.contains_key(k));
-        todo.retain(|(k, _)| refused.get(k).is_none_or(|(at, _)| *at <= now));
+        // A refused object whose write is no longer due needs no retry (nor a wake-up).
+        let due_keys: std::collections::HashSet<&(String, ObjectRef)> =
+            due.iter().map(|(_, k, _)| k).collect();
+        refused.retain(|k, _| due_keys.contains(k));
+        due.retain(|(_, k, _)| refused.get(k).is_none_or(|(at, _)| *at <= now));
         let mut unreachable = false;
-        for ((kind, obj), body) in todo {
-            // A new change (a transition) does not wait for the rest of a backlog: the
-            // next round puts it first.
-            if desired.has_changed().unwrap_or(false) {
+        for (urgency, (kind, obj), body) in due {
+            // A new change (a transition) does not wait behind refreshes: the next
+            // round puts it first. Changes already due are all written.
+            if urgency == crate::status::Due::Refresh && desired.has_changed().unwrap_or(false) {
                 break;
             }
             let result = if kind == "VirtualService" {
