@@ -502,9 +502,20 @@ async fn allocation_loop(
     }
 }
 
-/// Runs both controllers until one stops. Everything runs inside the returned future
-/// (nothing is spawned): the caller stops every write by dropping it, before it gives
-/// the Lease up or once it may no longer lead.
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs both controllers until one stops. The allocation pass and the Event publisher
+/// run as tasks of their own (a long pass must not hold up the Lease renewal, which
+/// shares the caller's task), aborted when the returned future is dropped: the caller
+/// stops every write by dropping it, before it gives the Lease up or once it may no
+/// longer lead.
 pub async fn run_controllers(
     client: Client,
     identity: String,
@@ -517,8 +528,12 @@ pub async fn run_controllers(
     info!("watches listed; reconciling");
     let (events_tx, events_rx) = mpsc::channel(1024);
     wake.notify_one();
-    let events = publish_events(client.clone(), identity, events_rx);
-    let allocation = allocation_loop(
+    let mut events = AbortOnDrop(tokio::spawn(publish_events(
+        client.clone(),
+        identity,
+        events_rx,
+    )));
+    let mut allocation = AbortOnDrop(tokio::spawn(allocation_loop(
         client.clone(),
         stores.clone(),
         wake,
@@ -526,11 +541,11 @@ pub async fn run_controllers(
         events_tx.clone(),
         debounce,
         cluster_ranges,
-    );
+    )));
     let services = crate::service_controller::run(client, stores, metrics.clone(), events_tx);
     let stopped = tokio::select! {
-        () = allocation => "the allocation loop",
-        () = events => "the Event publisher",
+        _ = &mut allocation.0 => "the allocation loop",
+        _ = &mut events.0 => "the Event publisher",
         () = services => "the Service controller",
     };
     metrics.observed.set_ready(false);
