@@ -44,6 +44,28 @@ fn pool(name: &str, addresses: &[&str], auto: bool) -> AddressPool {
     )
 }
 
+/// A pool admitting only namespaces labelled `team=web`.
+fn team_web_pool(name: &str, addresses: &[&str], auto: bool) -> AddressPool {
+    let mut p = pool(name, addresses, auto);
+    p.spec.namespace_selector = Some(LabelSelector {
+        match_labels: Some([("team".to_string(), "web".to_string())].into()),
+        match_expressions: None,
+    });
+    p
+}
+
+/// Namespace `web` labelled `team=web`, namespace `db` unlabelled.
+fn web_and_db() -> NamespaceLabels {
+    [
+        (
+            "web".to_string(),
+            [("team".to_string(), "web".to_string())].into(),
+        ),
+        ("db".to_string(), BTreeMap::new()),
+    ]
+    .into()
+}
+
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
@@ -177,19 +199,8 @@ fn named_pool_rules() {
 
 #[test]
 fn namespace_selector_admits_only_matching_namespaces() {
-    let mut p = pool("team", &["203.0.113.0/29"], true);
-    p.spec.namespace_selector = Some(LabelSelector {
-        match_labels: Some([("team".to_string(), "web".to_string())].into()),
-        match_expressions: None,
-    });
-    let namespaces: NamespaceLabels = [
-        (
-            "web".to_string(),
-            [("team".to_string(), "web".to_string())].into(),
-        ),
-        ("db".to_string(), BTreeMap::new()),
-    ]
-    .into();
+    let p = team_web_pool("team", &["203.0.113.0/29"], true);
+    let namespaces = web_and_db();
     let a = allocate(
         &[
             vs("web", "a", None, None, 0),
@@ -242,11 +253,7 @@ fn a_fixed_vip_cannot_take_an_address_allocated_to_another_service() {
 
 #[test]
 fn a_fixed_vip_in_a_named_pool_respects_its_namespace_selector() {
-    let mut p = pool("team", &["203.0.113.0/29"], false);
-    p.spec.namespace_selector = Some(LabelSelector {
-        match_labels: Some([("team".to_string(), "web".to_string())].into()),
-        match_expressions: None,
-    });
+    let p = team_web_pool("team", &["203.0.113.0/29"], false);
     let a = allocate(
         &[vs("db", "x", Some("203.0.113.2"), Some("team"), 0)],
         &[p],
@@ -313,20 +320,9 @@ fn the_top_of_the_address_space_is_reserved_and_skipping_it_does_not_overflow() 
 /// namespace's fixed VIP.
 #[test]
 fn a_requested_vip_is_granted_only_from_an_admitting_pool() {
-    let mut team = pool("team", &["203.0.113.0/28"], false);
-    team.spec.namespace_selector = Some(LabelSelector {
-        match_labels: Some([("team".to_string(), "web".to_string())].into()),
-        match_expressions: None,
-    });
+    let team = team_web_pool("team", &["203.0.113.0/28"], false);
     let pools = [team, pool("shared", &["198.51.100.0/28"], false)];
-    let namespaces: NamespaceLabels = [
-        (
-            "web".to_string(),
-            [("team".to_string(), "web".to_string())].into(),
-        ),
-        ("db".to_string(), BTreeMap::new()),
-    ]
-    .into();
+    let namespaces = web_and_db();
     let a = allocate(
         &[
             vs("web", "in-pool", Some("203.0.113.5"), None, 0),

@@ -204,17 +204,7 @@ fn a_scheduler_the_kernel_lacks_is_unsupported_and_the_rest_programmed() {
 #[test]
 fn a_service_made_by_another_tool_is_a_conflict_left_alone() {
     let mut fake = FakeIpvs::new();
-    fake.insert(KernelService {
-        id: id("203.0.113.2"),
-        config: ServiceConfig {
-            scheduler: "rr".into(),
-            flags: 0,
-            timeout: 0,
-            netmask: Netmask::host(libc_af_inet()),
-        },
-        dests: Vec::new(),
-        stats: Default::default(),
-    });
+    fake.insert(foreign_service(id("203.0.113.2")));
     let (mut d, _dir) = director("conflict", FaultyIpvs::new(fake));
     let r = d.apply(&plan(three()), &now());
     match outcome(&r, "203.0.113.2") {
@@ -229,6 +219,21 @@ fn a_service_made_by_another_tool_is_a_conflict_left_alone() {
 
 fn libc_af_inet() -> u16 {
     2
+}
+
+/// A service another tool made: round robin, no destinations.
+fn foreign_service(id: ServiceId) -> KernelService {
+    KernelService {
+        id,
+        config: ServiceConfig {
+            scheduler: "rr".into(),
+            flags: 0,
+            timeout: 0,
+            netmask: Netmask::host(libc_af_inet()),
+        },
+        dests: Vec::new(),
+        stats: Default::default(),
+    }
 }
 
 #[test]
@@ -413,17 +418,7 @@ fn a_removed_real_server_is_reported_draining() {
 #[test]
 fn remove_all_takes_what_is_owned_and_leaves_the_rest() {
     let mut fake = FakeIpvs::new();
-    fake.insert(KernelService {
-        id: id("198.51.100.9"),
-        config: ServiceConfig {
-            scheduler: "rr".into(),
-            flags: 0,
-            timeout: 0,
-            netmask: Netmask::host(libc_af_inet()),
-        },
-        dests: Vec::new(),
-        stats: Default::default(),
-    });
+    fake.insert(foreign_service(id("198.51.100.9")));
     let dir = TempDir::new("remove-all");
     let owned = dir.0.join("owned");
     let mut d = IpvsDirector::new(
@@ -471,21 +466,11 @@ fn remove_all_names_what_it_could_not_remove() {
 #[test]
 fn the_vip_guard_keeps_other_tools_ports_on_our_vips_open() {
     let mut fake = FakeIpvs::new();
-    fake.insert(KernelService {
-        id: ServiceId::Inet {
-            protocol: 6,
-            addr: "203.0.113.1".parse().unwrap(),
-            port: 8080,
-        },
-        config: ServiceConfig {
-            scheduler: "rr".into(),
-            flags: 0,
-            timeout: 0,
-            netmask: Netmask::host(libc_af_inet()),
-        },
-        dests: Vec::new(),
-        stats: Default::default(),
-    });
+    fake.insert(foreign_service(ServiceId::Inet {
+        protocol: 6,
+        addr: "203.0.113.1".parse().unwrap(),
+        port: 8080,
+    }));
     let (mut d, _dir) = director("guard", FaultyIpvs::new(fake));
     let only_nat = three().into_iter().take(2).collect();
     assert!(d.apply(&plan(only_nat), &now()).problems().next().is_none());
