@@ -202,12 +202,7 @@ pub fn run(agent: &Path, config: &crate::lab::Config, n: usize) -> Result<()> {
     // chart's admission policy lets it write only that node's status entries.
     let agent_kubeconfig = |host: &kubelvs_xdp_lab::Host| {
         cluster
-            .pod_bound_kubeconfig(
-                "kube-lvs",
-                "kube-lvs-agent",
-                &format!("agent-{}", host.role),
-                &host.role,
-            )
+            .agent_kubeconfig(&host.role)
             .map_err(|e| e.to_string())
     };
     for rs in &setup.lab.real_servers {

@@ -194,16 +194,7 @@ spec: {{address: {}, nodeName: rs1}}
         .collect();
     // Each agent's token is bound to its Pod on its Node, as a DaemonSet's Pod gets:
     // the chart's admission policy lets it write that node's entries only.
-    let kubeconfig = |host: &Host| {
-        cluster
-            .pod_bound_kubeconfig(
-                "kube-lvs",
-                "kube-lvs-agent",
-                &format!("agent-{}", host.role),
-                &host.role,
-            )
-            .unwrap()
-    };
+    let kubeconfig = |host: &Host| cluster.agent_kubeconfig(&host.role).unwrap();
     let mut rs_agents: Vec<Agent> = lab
         .real_servers
         .iter()

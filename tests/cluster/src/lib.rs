@@ -702,6 +702,12 @@ impl Cluster {
         self.token_kubeconfig(namespace, name, &token, name)
     }
 
+    /// The kubeconfig the chart's agent on `node` gets: ServiceAccount
+    /// `kube-lvs/kube-lvs-agent`, token bound to Pod `agent-<node>` on that Node.
+    pub fn agent_kubeconfig(&self, node: &str) -> Result<PathBuf, Error> {
+        self.pod_bound_kubeconfig("kube-lvs", "kube-lvs-agent", &format!("agent-{node}"), node)
+    }
+
     /// A kubeconfig for ServiceAccount `namespace/name` with a token bound to a Pod
     /// `pod` on Node `node` (both created here if missing; no kubelet runs the Pod), as
     /// a DaemonSet's Pod gets: the token carries the node's name
