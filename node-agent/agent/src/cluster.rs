@@ -339,38 +339,47 @@ pub async fn status_writer(
 /// `observations`), as a previous run of this agent left them: one list of each kind,
 /// at start.
 pub async fn own_entries(client: &Client, node: &str) -> Vec<(String, ObjectRef)> {
-    let params = kube::api::ListParams::default();
-    let mut out = Vec::new();
-    match Api::<VirtualService>::all(client.clone())
-        .list(&params)
+    let mut out = holding_entry::<VirtualService>(client, "VirtualService", |v| {
+        v.status
+            .as_ref()
+            .is_some_and(|s| s.directors.iter().any(|d| d.node == node))
+    })
+    .await;
+    out.extend(
+        holding_entry::<RealServer>(client, "RealServer", |r| {
+            r.status
+                .as_ref()
+                .is_some_and(|s| s.observations.iter().any(|o| o.node == node))
+        })
+        .await,
+    );
+    out
+}
+
+/// The objects of `kind` for which `has_entry` holds; none if they cannot be listed.
+async fn holding_entry<K>(
+    client: &Client,
+    kind: &str,
+    has_entry: impl Fn(&K) -> bool,
+) -> Vec<(String, ObjectRef)>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match Api::<K>::all(client.clone())
+        .list(&kube::api::ListParams::default())
         .await
     {
-        Ok(list) => out.extend(
-            list.items
-                .iter()
-                .filter(|v| {
-                    v.status
-                        .as_ref()
-                        .is_some_and(|s| s.directors.iter().any(|d| d.node == node))
-                })
-                .map(|v| ("VirtualService".to_owned(), object_ref(v, "VirtualService"))),
-        ),
-        Err(e) => warn!(error = %e, "listing VirtualServices for this node's old entries"),
+        Ok(list) => list
+            .items
+            .iter()
+            .filter(|o| has_entry(o))
+            .map(|o| (kind.to_owned(), object_ref(o, kind)))
+            .collect(),
+        Err(e) => {
+            warn!(error = %e, "listing {kind}s for this node's old entries");
+            Vec::new()
+        }
     }
-    match Api::<RealServer>::all(client.clone()).list(&params).await {
-        Ok(list) => out.extend(
-            list.items
-                .iter()
-                .filter(|r| {
-                    r.status
-                        .as_ref()
-                        .is_some_and(|s| s.observations.iter().any(|o| o.node == node))
-                })
-                .map(|r| ("RealServer".to_owned(), object_ref(r, "RealServer"))),
-        ),
-        Err(e) => warn!(error = %e, "listing RealServers for this node's old entries"),
-    }
-    out
 }
 
 fn object_ref<K: Resource>(o: &K, kind: &str) -> ObjectRef {
