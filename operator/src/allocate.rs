@@ -323,8 +323,6 @@ pub fn allocate_with(
         };
         if let Ok(v) = result {
             fixed.entry(v).or_insert_with(|| vs_key(vs));
-        }
-        if let Ok(v) = result {
             used.insert(v);
         }
         out.vips.insert(vs_key(vs), result);

@@ -22,7 +22,7 @@ pub struct Reserved {
 }
 
 /// The special ranges as networks, for skipping them while allocating.
-fn special_nets() -> [IpNet; 7] {
+fn special_nets() -> [IpNet; 8] {
     [
         "0.0.0.0/32",
         "127.0.0.0/8",
@@ -31,6 +31,7 @@ fn special_nets() -> [IpNet; 7] {
         "255.255.255.255/32",
         "::/127",
         "fe80::/10",
+        "ff00::/8",
     ]
     .map(|n| n.parse().expect("constant network"))
 }
@@ -56,10 +57,8 @@ impl Reserved {
         if self.node_addresses.contains(&ip) {
             return Some(ip);
         }
-        let v6_multicast: IpNet = "ff00::/8".parse().expect("constant network");
         special_nets()
             .into_iter()
-            .chain(std::iter::once(v6_multicast))
             .chain(self.cluster_ranges.iter().copied())
             .find(|n| n.contains(&ip))
             .map(|n| n.broadcast())
