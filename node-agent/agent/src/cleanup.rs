@@ -18,9 +18,6 @@ pub struct Cleanup {
     pub failed: Vec<String>,
 }
 
-/// The agent's own files in its state directory.
-const STATE_FILES: [&str; 3] = ["netconf-owned", "ipvs-owned", "health-down"];
-
 pub fn cleanup(
     dataplanes: &mut [Box<dyn Dataplane>],
     xdp_pin_dir: Option<&Path>,
@@ -50,7 +47,7 @@ pub fn cleanup(
     // State files last, and only when everything went: a failed cleanup can be run
     // again and still knows what is ours.
     if c.failed.is_empty() {
-        for f in STATE_FILES {
+        for f in crate::state_files::ALL {
             let path = state_dir.join(f);
             match std::fs::remove_file(&path) {
                 Ok(()) => c.done.push(format!("removed {}", path.display())),

@@ -17,6 +17,15 @@ pub mod remembered;
 pub mod source;
 pub mod status;
 
+/// The agent's files in `--state-dir`: what each dataplane owns, and the real servers
+/// last found down.
+pub mod state_files {
+    pub const NETCONF_OWNED: &str = "netconf-owned";
+    pub const IPVS_OWNED: &str = "ipvs-owned";
+    pub const HEALTH_DOWN: &str = "health-down";
+    pub const ALL: [&str; 3] = [NETCONF_OWNED, IPVS_OWNED, HEALTH_DOWN];
+}
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};

@@ -10,7 +10,7 @@ use clap::{Parser, ValueEnum};
 use kubelvs_agent::cluster::{status_writer, ClusterSource};
 use kubelvs_agent::metrics::Metrics;
 use kubelvs_agent::node::Node;
-use kubelvs_agent::{run, Event, Settings, Source};
+use kubelvs_agent::{run, state_files, Event, Settings, Source};
 use kubelvs_model::Dataplane;
 use kubelvs_netconf::{NetKernel, Netconf, NetconfOptions, RtNetlink};
 use kubelvs_planner::NodeIdentity;
@@ -115,18 +115,24 @@ struct Args {
     uninstall_marker: Option<(String, String)>,
 }
 
-/// `--cleanup`: the dataplanes that own something here remove it.
-fn cleanup(args: &Args, kernel: RtNetlink) -> anyhow::Result<()> {
-    let mut dataplanes: Vec<Box<dyn Dataplane>> = vec![Box::new(Netconf::new(
+/// The host's network configuration (VIPs, ARP suppression, tunnels), owned as
+/// recorded in the state directory.
+fn netconf(args: &Args, kernel: RtNetlink) -> anyhow::Result<Netconf<RtNetlink>> {
+    Ok(Netconf::new(
         kernel,
         NetconfOptions {
             interface: args.interface.clone(),
             xdp_decap: args.xdp_decap,
         },
-        args.state_dir.join("netconf-owned"),
-    )?)];
+        args.state_dir.join(state_files::NETCONF_OWNED),
+    )?)
+}
+
+/// `--cleanup`: the dataplanes that own something here remove it.
+fn cleanup(args: &Args, kernel: RtNetlink) -> anyhow::Result<()> {
+    let mut dataplanes: Vec<Box<dyn Dataplane>> = vec![Box::new(netconf(args, kernel)?)];
     // IPVS owns something only if an agent recorded it (the FullNAT table included).
-    let ipvs_owned = args.state_dir.join("ipvs-owned");
+    let ipvs_owned = args.state_dir.join(state_files::IPVS_OWNED);
     if ipvs_owned.exists() {
         let table = kubelvs_ipvs::IpvsDataplane::new(ipvs_owned)
             .context("opening kernel IPVS to remove kube-lvs's services")?;
@@ -216,19 +222,11 @@ fn main() -> anyhow::Result<()> {
     }
 
     let (wake, events) = mpsc::channel::<Event>();
-    let mut dataplanes: Vec<Box<dyn Dataplane>> = Vec::new();
-    let netconf = Netconf::new(
-        kernel,
-        NetconfOptions {
-            interface: args.interface.clone(),
-            xdp_decap: args.xdp_decap,
-        },
-        args.state_dir.join("netconf-owned"),
-    )?;
-    dataplanes.push(Box::new(netconf));
+    let mut dataplanes: Vec<Box<dyn Dataplane>> = vec![Box::new(netconf(&args, kernel)?)];
     if args.dataplanes.contains(&DataplaneFlag::Ipvs) {
-        let mut table = kubelvs_ipvs::IpvsDataplane::new(args.state_dir.join("ipvs-owned"))
-            .context("opening kernel IPVS (is the ip_vs module available?)")?;
+        let mut table =
+            kubelvs_ipvs::IpvsDataplane::new(args.state_dir.join(state_files::IPVS_OWNED))
+                .context("opening kernel IPVS (is the ip_vs module available?)")?;
         table.set_drain_timeout(Duration::from_secs(args.drain_timeout_seconds));
         dataplanes.push(Box::new(kubelvs_ipvs::IpvsDirector::new(
             table,

@@ -89,7 +89,7 @@ pub enum StoreError {
 impl DownStore {
     pub fn in_dir(state_dir: &Path) -> Self {
         Self {
-            path: state_dir.join("health-down"),
+            path: state_dir.join(crate::state_files::HEALTH_DOWN),
         }
     }
 
