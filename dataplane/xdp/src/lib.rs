@@ -43,7 +43,6 @@
 //! (persistence hashes the masked client address).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
@@ -51,7 +50,6 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::xdp::XdpLink;
 use aya::programs::{Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use kubelvs_model::{Service, ServiceKey};
@@ -67,6 +65,7 @@ mod error;
 pub mod fake;
 pub mod maps;
 mod neigh;
+mod pins;
 mod plan;
 pub mod preflight;
 pub mod sys;
@@ -74,6 +73,8 @@ pub mod sys;
 mod test_run;
 
 pub use neigh::{parse_messages, read_neighbours, watch_neighbours, NeighMessage};
+pub use pins::{ensure_pin_dir, remove_director_pins};
+use pins::{remove_pin, replace_pinned};
 pub use sys::{enter_netns, ifindex};
 #[cfg(feature = "testing")]
 pub use test_run::{test_run, TestRun, TestRunResult, XdpMd, TEST_XDP_LIVE_FRAMES};
@@ -692,25 +693,6 @@ impl XdpDirector {
     }
 }
 
-/// Swaps `prog` in behind the link pinned at `path` (bpf_link_update): the
-/// interface never runs without a program, and the pin stays, so the link
-/// outlives this process again.
-fn replace_pinned(prog: &mut Xdp, path: &Path) -> Result<()> {
-    let link_err = |source| XdpError::Link {
-        path: path.to_path_buf(),
-        source,
-    };
-    let pinned = PinnedLink::from_pin(path).map_err(link_err)?;
-    let fd_link: FdLink = pinned.into();
-    let xdp_link = XdpLink::try_from(fd_link).map_err(link_err)?;
-    prog.attach_to_link(xdp_link)
-        .map_err(|source| XdpError::Program {
-            program: DIRECTOR_PROG,
-            source,
-        })?;
-    Ok(())
-}
-
 fn map_data(map: &Map) -> Option<&MapData> {
     match map {
         Map::Array(m)
@@ -746,80 +728,6 @@ pub(crate) fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a 
             program: name,
             source,
         })
-}
-
-/// Removes the director's pins from `dir` (the link of each interface and the maps:
-/// nothing else, so a directory shared with other programs keeps theirs) and the
-/// directory if that empties it. With no process holding the link, its program
-/// detaches as its pin goes. For `kube-lvs-agent --cleanup`; returns what it removed.
-pub fn remove_director_pins(dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(XdpError::PinDir {
-                path: dir.to_path_buf(),
-                source,
-            })
-        }
-    };
-    let mut removed = Vec::new();
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with("link_") || DIRECTOR_MAPS.contains(&name.as_ref()) {
-            remove_pin(&entry.path())?;
-            removed.push(entry.path());
-        }
-    }
-    let _ = std::fs::remove_dir(dir);
-    Ok(removed)
-}
-
-fn remove_pin(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(XdpError::PinDir {
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
-}
-
-/// Creates `dir`, mounting bpffs on /sys/fs/bpf first if nothing bpffs covers it
-/// (fresh CI machines and containers often have it unmounted).
-pub fn ensure_pin_dir(dir: &Path) -> Result<()> {
-    let pin_err = |source| XdpError::PinDir {
-        path: dir.to_path_buf(),
-        source,
-    };
-    // Threads (parallel tests) must not each mount a bpffs over the other's.
-    static MOUNT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = MOUNT.lock().unwrap_or_else(|p| p.into_inner());
-    let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(pin_err)?;
-    let covered = mounts.lines().any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.len() > 2 && f[2] == "bpf" && dir.starts_with(f[1])
-    });
-    if !covered {
-        let root = Path::new("/sys/fs/bpf");
-        if dir.starts_with(root) {
-            std::fs::create_dir_all(root).map_err(pin_err)?;
-            let st = std::process::Command::new("mount")
-                .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
-                .status()
-                .map_err(pin_err)?;
-            if !st.success() {
-                return Err(pin_err(io::Error::other(
-                    "mount -t bpf bpf /sys/fs/bpf failed",
-                )));
-            }
-        } else {
-            return Err(pin_err(io::Error::other("not on a bpf filesystem")));
-        }
-    }
-    std::fs::create_dir_all(dir).map_err(pin_err)
 }
 
 pub(crate) fn prog_fd<'a>(ebpf: &'a Ebpf, name: &str) -> BorrowedFd<'a> {
