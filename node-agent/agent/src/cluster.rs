@@ -520,11 +520,10 @@ impl MarkerState {
 
     fn observe(&mut self, ev: watcher::Event<k8s_openapi::api::core::v1::ConfigMap>) {
         match ev {
-            watcher::Event::Init => self.now = None,
+            watcher::Event::Init | watcher::Event::Delete(_) => self.now = None,
             watcher::Event::InitApply(cm) | watcher::Event::Apply(cm) => {
                 self.now = cm.metadata.uid;
             }
-            watcher::Event::Delete(_) => self.now = None,
             watcher::Event::InitDone => {
                 if self.at_start.is_none() {
                     self.at_start = Some(self.now.clone());
