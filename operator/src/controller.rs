@@ -323,31 +323,28 @@ async fn allocation_loop(
             .filter_map(|n| n.metadata.name.clone())
             .collect();
         let mut stale: Vec<(VsKey, Vec<(usize, String)>)> = Vec::new();
-        let mut pruned: Vec<VirtualService> = Vec::new();
-        for vs in &parsed_vs {
-            let entries = crate::rollup::stale_directors(vs, &nodes);
-            if entries.is_empty() {
-                continue;
-            }
-            let mut copy = (*vs).clone();
-            if let Some(s) = copy.status.as_mut() {
-                s.directors.retain(|d| nodes.contains(&d.node));
-            }
-            stale.push((
-                (
-                    vs.metadata.namespace.clone().unwrap_or_default(),
-                    vs.metadata.name.clone().unwrap_or_default(),
-                ),
-                entries,
-            ));
-            pruned.push(copy);
-        }
-        let virtual_services: Vec<&VirtualService> = parsed_vs
+        let views: Vec<std::borrow::Cow<VirtualService>> = parsed_vs
             .iter()
-            .copied()
-            .filter(|vs| crate::rollup::stale_directors(vs, &nodes).is_empty())
-            .chain(pruned.iter())
+            .map(|vs| {
+                let entries = crate::rollup::stale_directors(vs, &nodes);
+                if entries.is_empty() {
+                    return std::borrow::Cow::Borrowed(*vs);
+                }
+                stale.push((
+                    (
+                        vs.metadata.namespace.clone().unwrap_or_default(),
+                        vs.metadata.name.clone().unwrap_or_default(),
+                    ),
+                    entries,
+                ));
+                let mut pruned = (*vs).clone();
+                if let Some(s) = pruned.status.as_mut() {
+                    s.directors.retain(|d| nodes.contains(&d.node));
+                }
+                std::borrow::Cow::Owned(pruned)
+            })
             .collect();
+        let virtual_services: Vec<&VirtualService> = views.iter().map(|v| &**v).collect();
         let real_servers = parsed(&rs_objects);
         let pools: Vec<AddressPool> =
             parsed(&usable(&stores.address_pools, "AddressPool", &metrics))
