@@ -239,26 +239,27 @@ pub async fn probe(target: SocketAddr, check: &HealthCheck) -> Result<String, St
 /// A TCP connect, then the HTTP(S) GET when there is one (its request checked first:
 /// an invalid one is not even connected for).
 async fn stream_probe(target: SocketAddr, http: Option<HttpGet<'_>>) -> Result<String, String> {
-    let get = match &http {
+    let http = match http {
         // The Host header names the port; the TLS server name does not.
         Some(h) => {
             let header = h.host.clone().unwrap_or_else(|| target.to_string());
-            Some(get_request(&header, h.path)?)
+            let request = get_request(&header, h.path)?;
+            Some((h, request))
         }
         None => None,
     };
     let stream = tokio::net::TcpStream::connect(target)
         .await
         .map_err(|e| format!("connect {target}: {e}"))?;
-    let (
-        Some(HttpGet {
+    let Some((
+        HttpGet {
             tls,
             path,
             expected,
             host,
-        }),
-        Some(request),
-    ) = (http, get)
+        },
+        request,
+    )) = http
     else {
         return Ok(format!("connected to {target}"));
     };
