@@ -18,9 +18,8 @@ pub use real_server::{HealthObservation, RealServer, RealServerSpec, RealServerS
 pub use validate::{validate, FieldError, Object, ValidationErrors};
 pub use virtual_service::{
     Dataplane, DirectorStatus, DirectorsSpec, ForwardingMethod, HealthCheckSpec, HealthCheckType,
-    PersistenceSpec, PortTraffic, Protocol, RealServerTraffic, Scheduler, SchedulerFlag,
-    ServicePort, TrafficCounters, TunnelSpec, TunnelType, VirtualService, VirtualServiceSpec,
-    VirtualServiceStatus,
+    PersistenceSpec, Protocol, Scheduler, SchedulerFlag, ServicePort, TunnelSpec, TunnelType,
+    VirtualService, VirtualServiceSpec, VirtualServiceStatus,
 };
 
 /// The API group.

@@ -77,11 +77,11 @@ pub struct HealthObservation {
     /// The director node that probed.
     pub node: String,
     pub healthy: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_probe_time: Option<Time>,
-    /// When `healthy` last changed.
+    /// When `healthy` last changed. Probe times and counts are metrics, not status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,
+    /// The latest probe's result, in a few words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
     pub message: Option<String>,
 }

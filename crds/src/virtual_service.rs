@@ -1,6 +1,6 @@
 //! `VirtualService`: a VIP with ports, directed to the RealServers its selector picks.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -420,54 +420,17 @@ pub struct VirtualServiceStatus {
 #[serde(rename_all = "camelCase")]
 pub struct DirectorStatus {
     pub node: String,
+    /// Every port is on its dataplane on this node.
     pub programmed: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataplane: Option<Dataplane>,
+    /// Selected real servers this director sends connections to: passing their health
+    /// check and reachable by its dataplane.
     #[serde(default)]
     pub healthy_real_servers: u32,
+    /// The first reason a port is not programmed. Only state lives here; traffic
+    /// counters are in the agent's metrics (`kubectl lvs --stats` reads them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
     pub message: Option<String>,
-    /// Traffic through this director, per port (`VIP:port/PROTOCOL`) and real server,
-    /// as its dataplane counts it: totals since programmed, sampled at `trafficTime`
-    /// and written at most once per status refresh.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["service"]))]
-    pub traffic: Vec<PortTraffic>,
-    /// When `traffic` was read from the dataplane.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub traffic_time: Option<Time>,
-}
-
-/// Counters of one port of a VirtualService on one director.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PortTraffic {
-    /// `VIP:port/PROTOCOL`, as `ipvsadm -Ln` names the virtual service.
-    pub service: String,
-    #[serde(flatten)]
-    pub counters: TrafficCounters,
-    /// Per real server (`address:port`). On the XDP dataplane a real server's
-    /// counters cover every port that forwards to the same address:port.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["address"]))]
-    pub real_servers: Vec<RealServerTraffic>,
-}
-
-/// Counters of one real server (`address:port`) of a port on one director.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RealServerTraffic {
-    pub address: String,
-    #[serde(flatten)]
-    pub counters: TrafficCounters,
-}
-
-/// What `ipvsadm -Ln --stats` counts, in and out together.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TrafficCounters {
-    /// Connections scheduled (IPVS) or new flows (XDP).
-    pub connections: u64,
-    pub packets: u64,
-    pub bytes: u64,
 }

@@ -37,7 +37,8 @@ fn show(cluster: &Cluster, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// `kubectl lvs` through kubectl's plugin discovery, inside the API host's namespace.
+/// `kubectl lvs` through kubectl's plugin discovery, inside a lab host's namespace (the
+/// API host's, or the director's to read its agent's /metrics).
 fn kubectl_lvs(cluster: &Cluster, api: &Host, plugin_dir: &Path) -> Result<()> {
     kubectl_lvs_with(cluster, api, plugin_dir, &[])
 }
@@ -219,8 +220,7 @@ pub fn run(agent: &Path, config: &crate::lab::Config, n: usize) -> Result<()> {
     processes.push(Agent::start(
         agent,
         &setup.lab.director,
-        // Traffic counters reach status every 2 s, so `kubectl lvs --stats` is live.
-        &setup.director_args(&["--status-refresh-seconds", "2"]),
+        &setup.director_args(&[]),
         &dir,
         &[("KUBECONFIG", kc.as_path())],
     )?);
@@ -306,21 +306,20 @@ pub fn run(agent: &Path, config: &crate::lab::Config, n: usize) -> Result<()> {
         .collect();
     setup.spread(n, &weights)?;
     kubectl_lvs(&cluster, &api, bin_dir)?;
-    // The director's counters as its agent reports them in status, once status has
-    // caught up with what the director counted (no traffic flows meanwhile).
-    let reported = || -> Option<u64> {
-        let out = web_field(&cluster, "{.status.directors[0].traffic[0].connections}").ok()?;
-        out.trim().parse().ok()
-    };
-    poll(
-        Duration::from_secs(15),
-        "traffic counters in status",
-        || {
-            let counted = setup.director_connections()?;
-            reported().filter(|c| *c == counted && *c >= n as u64)
-        },
+    // Once the director's counters (read from its dataplane every few seconds) hold
+    // the requests above.
+    poll(Duration::from_secs(20), "the director's counters", || {
+        setup.director_connections().filter(|c| *c >= n as u64)
+    })?;
+    // Traffic is not status: `--stats` reads the director agent's /metrics. Its agent
+    // runs outside a pod, on 127.0.0.1 of its namespace: kubectl runs there.
+    let agent_url = format!("http://127.0.0.1:{}", crate::lab::METRICS_PORT);
+    kubectl_lvs_with(
+        &cluster,
+        &setup.lab.director,
+        bin_dir,
+        &["--stats", "--agent", &agent_url],
     )?;
-    kubectl_lvs_with(&cluster, &api, bin_dir, &["--stats"])?;
     setup.print_counters();
 
     println!("\ncleaning up");

@@ -538,7 +538,6 @@ impl Setup {
         Ok(())
     }
 
-    /// The director's traffic counters (read from the XDP maps once a second).
     /// The director's connection count for the VIP, as its /metrics has it.
     pub fn director_connections(&self) -> Option<u64> {
         let (_, body) = scrape(&self.lab.director.netns, "/metrics")?;

@@ -173,7 +173,7 @@ fn scripts_demo_cluster_runs_the_lab_through_kubernetes_and_the_plugin_shows_it(
         last.contains("-> 192.0.2.13:80                Route   1      director:up"),
         "{text}"
     );
-    // `kubectl lvs --stats`: the director's counters from status, every real server
+    // `kubectl lvs --stats`: the director agent's /metrics, every real server
     // with connections, the virtual service with at least the last 200 requests.
     let stats = &last[last
         .find("kubectl lvs -n lab --stats")

@@ -1,14 +1,15 @@
 //! Pure: the cluster's LVS table from VirtualServices and RealServers, as `ipvsadm -Ln`
 //! lays it out: one line per virtual service (VIP:port/protocol), one per real server,
 //! with each director's view (programmed, healthy) from the agents' status entries,
-//! and, as `ipvsadm -Ln --stats`, their traffic summed over directors.
+//! and, as `ipvsadm -Ln --stats`, the traffic the agents' metrics count, summed over
+//! directors.
 
 use std::collections::BTreeMap;
 
 use kubelvs_crds::selector::RealServerIndex;
-use kubelvs_crds::{
-    ForwardingMethod, Protocol, RealServer, SchedulerFlag, TrafficCounters, VirtualService,
-};
+use kubelvs_crds::{ForwardingMethod, Protocol, RealServer, SchedulerFlag, VirtualService};
+
+use crate::agents::{Traffic, TrafficCounters};
 use serde::Serialize;
 
 /// One LVS virtual service: a port of a VirtualService.
@@ -110,17 +111,12 @@ fn host_port(ip: &str, port: u16) -> String {
     }
 }
 
-fn add(sum: &mut Option<TrafficCounters>, c: &TrafficCounters) {
-    let s = sum.get_or_insert_with(TrafficCounters::default);
-    s.connections += c.connections;
-    s.packets += c.packets;
-    s.bytes += c.bytes;
-}
-
 /// The table, ordered like ipvsadm's: by VIP, then port and protocol.
+/// `traffic`: the agents' counters (`--stats`), or none.
 pub fn table(
     virtual_services: &[VirtualService],
     real_servers: &[RealServer],
+    traffic: Option<&Traffic>,
 ) -> Vec<VirtualServiceRow> {
     let index = RealServerIndex::new(real_servers);
     let mut rows = Vec::new();
@@ -163,16 +159,7 @@ pub fn table(
         for p in &vs.spec.ports {
             let address = host_port(vip.as_deref().unwrap_or("<pending>"), p.port);
             let service = format!("{address}/{}", protocol(p.protocol));
-            let ports: Vec<_> = status
-                .directors
-                .iter()
-                .flat_map(|d| &d.traffic)
-                .filter(|t| t.service == service)
-                .collect();
-            let mut traffic = None;
-            for t in &ports {
-                add(&mut traffic, &t.counters);
-            }
+            let service_traffic = traffic.and_then(|t| t.service(&service));
             let real_servers = selected
                 .iter()
                 .map(|rs| {
@@ -192,12 +179,7 @@ pub fn table(
                         })
                         .collect();
                     let address = host_port(&rs.spec.address, port);
-                    let mut traffic = None;
-                    for t in ports.iter().flat_map(|t| &t.real_servers) {
-                        if t.address == address {
-                            add(&mut traffic, &t.counters);
-                        }
-                    }
+                    let traffic = traffic.and_then(|t| t.real_server(&service, &address));
                     RealServerRow {
                         real_server: key(&rs.metadata),
                         address,
@@ -217,7 +199,7 @@ pub fn table(
                 forwarding: forward(vs.spec.forwarding).into(),
                 dataplane: lower(&vs.spec.dataplane),
                 directors: directors.clone(),
-                traffic,
+                traffic: service_traffic,
                 real_servers,
             });
         }
@@ -373,7 +355,7 @@ status:
     #[test]
     fn one_row_per_port_with_each_real_server_and_each_directors_view() {
         let (vs, rs) = objects();
-        let t = table(&vs, &rs);
+        let t = table(&vs, &rs, None);
         assert_eq!(t.len(), 2);
         let tcp = t.iter().find(|r| r.protocol == "TCP").unwrap();
         assert_eq!(tcp.address, "203.0.113.20:80");
@@ -400,28 +382,42 @@ status:
     fn a_pending_vip_and_no_director_say_so() {
         let (mut vs, rs) = objects();
         vs[0].status = None;
-        let text = render(&table(&vs, &rs));
+        let text = render(&table(&vs, &rs, None));
         assert!(text.contains("<pending>:80"), "{text}");
         assert!(text.contains("no director reported"), "{text}");
     }
 
     #[test]
     fn stats_sum_each_port_and_real_server_over_directors() {
-        let (mut vs, rs) = objects();
-        let traffic = |c: u64| {
-            serde_json::from_value::<Vec<kubelvs_crds::PortTraffic>>(serde_json::json!([{
-                "service": "203.0.113.20:80/TCP", "connections": c, "packets": 2 * c, "bytes": 100 * c,
-                "realServers": [
-                    {"address": "10.0.0.1:8080", "connections": c, "packets": 2 * c, "bytes": 100 * c},
-                    {"address": "[fd00::2]:8080", "connections": 0, "packets": 0, "bytes": 0},
-                ],
-            }]))
-            .unwrap()
+        let (vs, rs) = objects();
+        // Two directors' /metrics (IPVS: per service and real server).
+        let agent = |c: u64| {
+            let series = |what: &str, labels: &str, c: u64| {
+                format!(
+                    "kubelvs_{what}_connections_total{{dataplane=\"ipvs\",{labels}}} {c}\n\
+                     kubelvs_{what}_packets_total{{dataplane=\"ipvs\",{labels}}} {}\n\
+                     kubelvs_{what}_bytes_total{{dataplane=\"ipvs\",{labels}}} {}\n",
+                    2 * c,
+                    100 * c
+                )
+            };
+            let service = "service=\"203.0.113.20:80/TCP\"";
+            series("virtual_service", service, c)
+                + &series(
+                    "real_server",
+                    &format!("{service},real_server=\"10.0.0.1:8080\""),
+                    c,
+                )
+                + &series(
+                    "real_server",
+                    &format!("{service},real_server=\"[fd00::2]:8080\""),
+                    0,
+                )
         };
-        let status = vs[0].status.as_mut().unwrap();
-        status.directors[0].traffic = traffic(30);
-        status.directors[1].traffic = traffic(12);
-        let t = table(&vs, &rs);
+        let mut traffic = Traffic::default();
+        traffic.add_scrape(&agent(30));
+        traffic.add_scrape(&agent(12));
+        let t = table(&vs, &rs, Some(&traffic));
         let tcp = t.iter().find(|r| r.protocol == "TCP").unwrap();
         let sum = tcp.traffic.unwrap();
         assert_eq!((sum.connections, sum.packets, sum.bytes), (42, 84, 4200));

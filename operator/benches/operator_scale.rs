@@ -4,7 +4,7 @@
 //! shows its VIP and conditions (reconcile throughput), the operator's memory and
 //! idle CPU afterwards, and the time from a LoadBalancer Service created to its
 //! `status.loadBalancer.ingress`, with all of that loaded; then the operator's CPU
-//! while a director reports traffic on every VirtualService, as agents do.
+//! while a director writes its entry on every VirtualService, as an agent's start does.
 //!
 //! Needs Go (the control plane is built from source, as in `scripts/test`).
 //! `cargo bench -p kubelvs-operator --bench operator_scale` (options: N M).
@@ -71,14 +71,10 @@ async fn settled(api: &Api<VirtualService>) -> usize {
     }
 }
 
-/// Writes director `d1`'s entry on vs0..vsN as its agent would after a traffic read:
-/// programmed, with `wave` connections so far. Returns how long the writes took.
-async fn report_traffic(api: &Api<VirtualService>, n: usize, wave: u64) -> Duration {
+/// Writes director `d1`'s entry on vs0..vsN as its agent does at its start:
+/// programmed, every real server healthy. Returns how long the writes took.
+async fn report_directors(api: &Api<VirtualService>, n: usize) -> Duration {
     let started = Instant::now();
-    let now =
-        k8s_openapi::jiff::Timestamp::from_second(k8s_openapi::jiff::Timestamp::now().as_second())
-            .unwrap()
-            .to_string();
     let failed = futures::stream::iter(0..n)
         .map(|i| {
             let body = serde_json::json!({
@@ -90,13 +86,6 @@ async fn report_traffic(api: &Api<VirtualService>, n: usize, wave: u64) -> Durat
                     "programmed": true,
                     "dataplane": "xdp",
                     "healthyRealServers": 10,
-                    "traffic": [{
-                        "service": "10.0.0.1:80/TCP",
-                        "connections": wave,
-                        "packets": 10 * wave,
-                        "bytes": 1000 * wave,
-                    }],
-                    "trafficTime": now,
                 }]},
             });
             let api = api.clone();
@@ -303,14 +292,16 @@ fn main() {
         samples[samples.len() / 2].as_secs_f64(),
         samples[samples.len() - 1].as_secs_f64()
     );
-    // A director reports on every VirtualService: the first wave programs them (the
-    // roll-up changes), later waves change only traffic counters (nothing to write).
-    let t = rt.block_on(report_traffic(&vs_api, n, 1));
+    // A director starts: its entry on every VirtualService (the roll-up changes).
+    let before = counters();
+    let mut stable = before.clone();
+    let cpu = kubelvs_measure::cpu_seconds(pid);
+    let started = Instant::now();
+    let t = rt.block_on(report_directors(&vs_api, n));
     println!(
         "director entries written on {n} VirtualServices in {:.1} s",
         t.as_secs_f64()
     );
-    let mut stable = counters();
     loop {
         std::thread::sleep(Duration::from_secs(3));
         let now = counters();
@@ -319,17 +310,11 @@ fn main() {
         }
         stable = now;
     }
-    let cpu = kubelvs_measure::cpu_seconds(pid);
-    let t = Instant::now();
-    for wave in 2..5 {
-        rt.block_on(report_traffic(&vs_api, n, wave));
-    }
-    std::thread::sleep(Duration::from_secs(5));
-    let window = t.elapsed().as_secs_f64();
+    let window = started.elapsed().as_secs_f64();
     println!(
-        "operator CPU while a director reports traffic on every VirtualService (3 waves of {n} writes, {window:.1} s): {:.1}% of one core; {}",
+        "operator CPU from a director's start until its roll-ups are written ({window:.1} s): {:.1}% of one core; {}",
         (kubelvs_measure::cpu_seconds(pid) - cpu) / window * 100.0,
-        delta(&stable, &counters())
+        delta(&before, &stable)
     );
 
     let mem: Vec<String> = cluster

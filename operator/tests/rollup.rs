@@ -26,7 +26,6 @@ fn vs(directors: &[(&str, bool, u32)]) -> VirtualService {
                 dataplane: Some(Dataplane::Ipvs),
                 healthy_real_servers: *healthy,
                 message: (!programmed).then(|| "203.0.113.1:80/TCP failed: EEXIST".into()),
-                ..DirectorStatus::default()
             })
             .collect(),
         ..Default::default()

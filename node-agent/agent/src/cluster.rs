@@ -207,76 +207,60 @@ fn identity(
 /// The status this node wants, per object: the apply body of its own entry.
 pub type Desired = BTreeMap<(String, ObjectRef), serde_json::Value>;
 
-/// Writes this node's status entries: only what changed (samples, i.e. probe times
-/// and traffic counters, go out with another change or at most every `refresh`), at
-/// most one batch per `min_gap`. An object the API server refuses (too large, refused
-/// by admission, invalid) is retried on its own backoff and never holds up the
-/// others; an unreachable API server holds up everything, retried with backoff. The
-/// dataplane never waits for it. `found` are the objects that held an entry of this
-/// node when the agent started (see [`own_entries`]): those the first plan does not
-/// want any more lose it.
+/// Writes this node's status entries: only those that changed, changes of entries
+/// already written before new ones, at most one batch per `min_gap`. An object the
+/// API server refuses (too large, refused by admission, invalid) is retried on its
+/// own backoff and never holds up the others; an unreachable API server holds up
+/// everything, retried with backoff. The dataplane never waits for it. `found` is
+/// what the API server held of this node's entries when the agent started (see
+/// [`own_entries`]): what is the same is not written again, and entries the first
+/// plan does not want are removed.
 pub async fn status_writer(
     client: Client,
     manager: String,
-    mut desired: tokio::sync::watch::Receiver<Desired>,
+    mut desired: tokio::sync::watch::Receiver<Arc<Desired>>,
     min_gap: Duration,
-    refresh: Duration,
-    found: Vec<(String, ObjectRef)>,
+    found: Desired,
 ) {
+    use crate::status::{apply_body, entry_list, write_due, Due};
     let params = PatchParams::apply(&manager).force();
-    let mut written: BTreeMap<(String, ObjectRef), (serde_json::Value, tokio::time::Instant)> =
-        BTreeMap::new();
-    // Nothing is written before the first plan: an empty want would remove every
-    // entry found, only for the plan to write them back.
+    let mut written = found;
+    // Nothing is decided before the first plan: what a previous run left is only
+    // removed once this run knows what it wants.
     if desired.changed().await.is_err() {
         return;
     }
-    for key in found {
-        written.insert(key, (serde_json::Value::Null, tokio::time::Instant::now()));
-    }
-    // Objects the API server refused: when to try again, and the next backoff.
     let mut refused: BTreeMap<(String, ObjectRef), (tokio::time::Instant, Duration)> =
         BTreeMap::new();
     let mut backoff = Duration::from_millis(500);
     loop {
         let want = desired.borrow_and_update().clone();
         let now = tokio::time::Instant::now();
-        let mut due: Vec<(crate::status::Due, (String, ObjectRef), serde_json::Value)> = Vec::new();
-        for (key, body) in &want {
-            let last = written.get(key).map(|(w, at)| (w, now.duration_since(*at)));
-            match crate::status::write_due(last, body, refresh) {
-                crate::status::Due::No => {}
-                d => due.push((d, key.clone(), body.clone())),
-            }
+        let mut due: Vec<(Due, (String, ObjectRef), serde_json::Value)> = want
+            .iter()
+            .filter_map(|(key, body)| match write_due(written.get(key), body) {
+                Due::No => None,
+                d => Some((d, key.clone(), body.clone())),
+            })
+            .collect();
+        // Entries of objects this node no longer serves are removed.
+        for key in written.keys().filter(|k| !want.contains_key(*k)) {
+            let body = apply_body(&key.0, &key.1, entry_list(&key.0), None);
+            due.push((Due::Change, key.clone(), body));
         }
-        // Entries of objects this node no longer directs or checks: remove ours.
-        for (key, _) in written.iter().filter(|(k, _)| !want.contains_key(*k)) {
-            let list = if key.0 == "VirtualService" {
-                "directors"
-            } else {
-                "observations"
-            };
-            due.push((
-                crate::status::Due::Change,
-                key.clone(),
-                crate::status::apply_body(&key.0, &key.1, list, None),
-            ));
-        }
-        // Changes (a health transition, programmed or not, a removal) before
-        // refreshes, however many refreshes are due.
         due.sort_by_key(|(d, _, _)| *d);
-        // A refused object whose write is no longer due needs no retry (nor a wake-up).
         let due_keys: std::collections::HashSet<&(String, ObjectRef)> =
             due.iter().map(|(_, k, _)| k).collect();
         refused.retain(|k, _| due_keys.contains(k));
         due.retain(|(_, k, _)| refused.get(k).is_none_or(|(at, _)| *at <= now));
         let mut unreachable = false;
-        for (urgency, (kind, obj), body) in due {
-            // A new change (a transition) does not wait behind refreshes: the next
-            // round puts it first. Changes already due are all written.
-            if urgency == crate::status::Due::Refresh && desired.has_changed().unwrap_or(false) {
+        for (urgency, key, body) in due {
+            // A newer plan may hold transitions: they go before the rest of a wave of
+            // new entries (a start, a thousand services created).
+            if urgency == Due::New && desired.has_changed().unwrap_or(false) {
                 break;
             }
+            let (kind, obj) = &key;
             let result = if kind == "VirtualService" {
                 Api::<VirtualService>::namespaced(client.clone(), &obj.namespace)
                     .patch_status(&obj.name, &params, &Patch::Apply(&body))
@@ -288,23 +272,22 @@ pub async fn status_writer(
                     .await
                     .map(|_| ())
             };
-            let key = (kind, obj);
             match result {
                 Ok(()) => {
                     refused.remove(&key);
                     if want.contains_key(&key) {
-                        written.insert(key, (body, tokio::time::Instant::now()));
+                        written.insert(key, body);
                     } else {
                         written.remove(&key);
                     }
                 }
                 Err(kube::Error::Api(e)) if e.code == 404 => {
-                    // The object is gone: nothing to report on.
+                    // The object is gone, and its status with it.
                     refused.remove(&key);
                     written.remove(&key);
                 }
                 Err(kube::Error::Api(e)) => {
-                    // This object only: the others still go out.
+                    // This object only: the API server answers, and refuses it.
                     let next = refused
                         .get(&key)
                         .map_or(Duration::from_secs(1), |(_, b)| (*b * 2).min(MAX_BACKOFF));
@@ -325,59 +308,87 @@ pub async fn status_writer(
         }
         backoff = Duration::from_millis(500);
         tokio::time::sleep(min_gap).await;
-        // Wait for a change, the next probe-time refresh, or the next retry due.
-        let wait = refused
+        // Sleep until the plan changes or a refused object's retry is due.
+        let retry = refused
             .values()
             .map(|(at, _)| at.saturating_duration_since(tokio::time::Instant::now()))
-            .min()
-            .map_or(refresh, |d| d.min(refresh));
-        let _ = tokio::time::timeout(wait, desired.changed()).await;
+            .min();
+        match retry {
+            Some(wait) => {
+                if let Ok(Err(_)) = tokio::time::timeout(wait, desired.changed()).await {
+                    return;
+                }
+            }
+            None => {
+                if desired.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
     }
 }
 
-/// The objects holding an entry of `node` (VirtualServices' `directors`, RealServers'
-/// `observations`), as a previous run of this agent left them: one list of each kind,
-/// at start.
-pub async fn own_entries(client: &Client, node: &str) -> Vec<(String, ObjectRef)> {
+/// What the API server holds of `node`'s own status entries, as the apply bodies
+/// that would write them (a previous run's; an upgrade's fields this version does not
+/// know are left out, so they go with the next write).
+pub async fn own_entries(client: &Client, node: &str) -> Desired {
     let mut out = holding_entry::<VirtualService>(client, "VirtualService", |v| {
-        v.status
-            .as_ref()
-            .is_some_and(|s| s.directors.iter().any(|d| d.node == node))
+        let entry = v
+            .status
+            .as_ref()?
+            .directors
+            .iter()
+            .find(|d| d.node == node)?;
+        serde_json::to_value(entry).ok()
     })
     .await;
     out.extend(
         holding_entry::<RealServer>(client, "RealServer", |r| {
-            r.status
-                .as_ref()
-                .is_some_and(|s| s.observations.iter().any(|o| o.node == node))
+            let entry = r
+                .status
+                .as_ref()?
+                .observations
+                .iter()
+                .find(|o| o.node == node)?;
+            serde_json::to_value(entry).ok()
         })
         .await,
     );
     out
 }
 
-/// The objects of `kind` for which `has_entry` holds; none if they cannot be listed.
+/// The objects of `kind` that hold an entry (`entry`), with it as an apply body. An
+/// object that does not parse is left out; it does not hide the others.
 async fn holding_entry<K>(
     client: &Client,
     kind: &str,
-    has_entry: impl Fn(&K) -> bool,
-) -> Vec<(String, ObjectRef)>
+    entry: impl Fn(&K) -> Option<serde_json::Value>,
+) -> Desired
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    match Api::<K>::all(client.clone())
+    match Api::<DeserializeGuard<K>>::all(client.clone())
         .list(&kube::api::ListParams::default())
         .await
     {
         Ok(list) => list
             .items
             .iter()
-            .filter(|o| has_entry(o))
-            .map(|o| (kind.to_owned(), object_ref(o, kind)))
+            .filter_map(|o| o.0.as_ref().ok())
+            .filter_map(|o| {
+                let object = object_ref(o, kind);
+                let body = crate::status::apply_body(
+                    kind,
+                    &object,
+                    crate::status::entry_list(kind),
+                    Some(entry(o)?),
+                );
+                Some(((kind.to_owned(), object), body))
+            })
             .collect(),
         Err(e) => {
             warn!(error = %e, "listing {kind}s for this node's old entries");
-            Vec::new()
+            Desired::new()
         }
     }
 }
@@ -394,7 +405,7 @@ fn object_ref<K: Resource>(o: &K, kind: &str) -> ObjectRef {
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Shared handle to publish the desired status.
-pub type StatusSender = Arc<tokio::sync::watch::Sender<Desired>>;
+pub type StatusSender = Arc<tokio::sync::watch::Sender<Arc<Desired>>>;
 
 #[cfg(test)]
 mod tests {

@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use kubelvs_model::{HealthCheck, NodePlan, Probe};
 use std::sync::Arc;
@@ -131,7 +131,10 @@ pub struct State {
     /// Consecutive results against the current state.
     pub streak: u32,
     pub last_probe: Option<Instant>,
-    pub last_transition: Option<Instant>,
+    /// Wall-clock time of the last change of `healthy` (status shows it as it is).
+    pub last_transition: Option<SystemTime>,
+    /// The result of the probe that set `healthy` (the first, or the one that made it
+    /// change): later results that change nothing leave status alone.
     pub message: String,
 }
 
@@ -164,8 +167,9 @@ impl State {
         fall: u32,
         now: Instant,
     ) -> Option<Transition> {
-        self.last_probe = Some(now);
-        self.message = message;
+        if self.last_probe.replace(now).is_none() {
+            self.message = message.clone();
+        }
         if ok == self.healthy {
             self.streak = 0;
             return None;
@@ -177,7 +181,8 @@ impl State {
         }
         self.healthy = ok;
         self.streak = 0;
-        self.last_transition = Some(now);
+        self.message = message;
+        self.last_transition = Some(SystemTime::now());
         Some(if ok { Transition::Up } else { Transition::Down })
     }
 }

@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
 
-use kubelvs_model::{NodePlan, ObjectRef};
+use kubelvs_model::ObjectRef;
 use kubelvs_planner::{plan_node, NodeIdentity};
 use tracing::{error, info, warn};
 
@@ -126,30 +126,22 @@ fn stamp(source: &Source) -> Option<(SystemTime, u64)> {
     Some((m.modified().ok()?, m.len()))
 }
 
-/// The dataplanes' traffic counters as last read, and when.
-#[derive(Default)]
-struct TrafficSample {
-    at: Option<(Instant, SystemTime)>,
-    reports: Vec<(&'static str, kubelvs_model::TrafficReport)>,
-}
-
-/// Reads the dataplanes' traffic counters into the metrics and `sample` when
-/// `interval` has passed since the last read (whether or not anything was applied
-/// since). True when it read.
+/// Reads the dataplanes' traffic counters into the metrics when `interval` has passed
+/// since the last read (`last_read`), whether or not anything was applied since.
 fn read_traffic(
     node: &mut Node,
     metrics: &Metrics,
-    sample: &mut TrafficSample,
+    last_read: &mut Option<Instant>,
     interval: Duration,
-) -> bool {
-    if sample.at.is_some_and(|(t, _)| t.elapsed() < interval) {
-        return false;
+) {
+    if last_read.is_some_and(|t| t.elapsed() < interval) {
+        return;
     }
-    sample.at = Some((Instant::now(), SystemTime::now()));
-    sample.reports = node.traffic();
+    *last_read = Some(Instant::now());
+    let reports = node.traffic();
     let mut services = std::collections::HashSet::new();
     let mut real_servers = std::collections::HashSet::new();
-    for (dataplane, t) in &sample.reports {
+    for (dataplane, t) in &reports {
         for (key, c) in &t.services {
             let labels = metrics::ServiceLabels {
                 dataplane: (*dataplane).to_owned(),
@@ -171,27 +163,26 @@ fn read_traffic(
     // Series of what left the dataplanes go with it.
     metrics.virtual_service.retain(&services);
     metrics.real_server.retain(&real_servers);
-    true
 }
 
-/// Sends this node's status entries (cluster mode) for `plan` with the latest traffic.
-fn publish_status(source: &Source, reported: &Reported, plan: &NodePlan, sample: &TrafficSample) {
+/// Sends this node's status entries (cluster mode).
+fn publish_status(
+    source: &Source,
+    directors: &BTreeMap<ObjectRef, kubelvs_crds::DirectorStatus>,
+    observations: &BTreeMap<ObjectRef, kubelvs_crds::HealthObservation>,
+) {
     let Source::Cluster { status, .. } = source else {
         return;
     };
-    status.send_replace(status::desired(
-        &reported.directors,
-        &reported.observations,
-        &status::traffic(plan, &sample.reports),
-        sample.at.map(|(_, wall)| wall),
-    ));
-}
-
-/// This node's status entries as of the last apply.
-#[derive(Default)]
-struct Reported {
-    directors: BTreeMap<ObjectRef, kubelvs_crds::DirectorStatus>,
-    observations: BTreeMap<ObjectRef, kubelvs_crds::HealthObservation>,
+    let desired = status::desired(directors, observations);
+    // Unchanged: the writer is not woken for nothing.
+    status.send_if_modified(|d| {
+        let changed = **d != desired;
+        if changed {
+            *d = Arc::new(desired);
+        }
+        changed
+    });
 }
 
 /// Runs the agent until `Event::Stop`, and gives the dataplanes back (as they are:
@@ -217,8 +208,7 @@ pub fn run(
     let mut docs = source::Cache::default();
     let mut plan_cache: Option<(NodeIdentity, kubelvs_model::NodePlan)> = None;
     let mut notices = events::Notices::default();
-    let mut sample = TrafficSample::default();
-    let mut reported = Reported::default();
+    let mut traffic_read: Option<Instant> = None;
     let mut rejected: Vec<source::Rejected> = Vec::new();
     let mut problems: BTreeSet<String> = BTreeSet::new();
     let mut have_config = false;
@@ -244,11 +234,12 @@ pub fn run(
         // watch (`Event::Neighbours`); the resync solicits unresolved ones again.
         let resync = last_apply.is_none_or(|t| t.elapsed() >= settings.resync);
         if !(reload || health || resync) {
-            if read_traffic(&mut node, &metrics, &mut sample, settings.traffic_interval) {
-                if let Some((_, planned)) = &plan_cache {
-                    publish_status(&source, &reported, planned, &sample);
-                }
-            }
+            read_traffic(
+                &mut node,
+                &metrics,
+                &mut traffic_read,
+                settings.traffic_interval,
+            );
             continue;
         }
         let burst = gather(&events, settings.debounce, || stamp(&source) != now_stamp);
@@ -359,7 +350,12 @@ pub fn run(
         if writes > 0 {
             info!(writes, took_ms = t.elapsed().as_millis() as u64, "applied");
         }
-        read_traffic(&mut node, &metrics, &mut sample, settings.traffic_interval);
+        read_traffic(
+            &mut node,
+            &metrics,
+            &mut traffic_read,
+            settings.traffic_interval,
+        );
         if let Source::Cluster { events, .. } = &source {
             let node = &identity.name;
             let states = checker.states();
@@ -367,12 +363,8 @@ pub fn run(
             for n in notices.update(node, planned, &unhealthy, &states, &directors) {
                 let _ = events.send(n);
             }
-            let now = Instant::now();
-            reported = Reported {
-                directors,
-                observations: status::observations(node, planned, &states, now, SystemTime::now()),
-            };
-            publish_status(&source, &reported, planned, &sample);
+            let observations = status::observations(node, planned, &states);
+            publish_status(&source, &directors, &observations);
         }
         metrics.observed.set_ready(true);
         last_apply = Some(Instant::now());

@@ -89,10 +89,6 @@ struct Args {
     /// per service).
     #[arg(long, default_value_t = 15)]
     traffic_interval_seconds: u64,
-    /// Cluster mode: probe times and traffic counters in status are rewritten at most
-    /// this often (other changes go out at once).
-    #[arg(long, default_value_t = 30)]
-    status_refresh_seconds: u64,
     /// Where network sysctls are written (arp_ignore, forwarding, IPVS): /proc/sys,
     /// or in a container without privileges a directory whose `net` is the host's
     /// /proc/sys/net mounted read-write (the chart's DaemonSet does that).
@@ -331,15 +327,14 @@ fn main() -> anyhow::Result<()> {
                 )
             });
             let (tx, rx) = tokio::sync::watch::channel(Default::default());
-            // What a previous run of this agent left: entries the first plan no longer
-            // wants are removed.
+            // What a previous run of this agent left: what is unchanged is not written
+            // again, and entries the first plan no longer wants are removed.
             let found = rt.block_on(kubelvs_agent::cluster::own_entries(&client, &args.node));
             rt.spawn(status_writer(
                 client.clone(),
                 kubelvs_agent::status::field_manager(&args.node),
                 rx,
                 Duration::from_millis(200),
-                Duration::from_secs(args.status_refresh_seconds.max(1)),
                 found,
             ));
             let (events, notices) = tokio::sync::mpsc::unbounded_channel();

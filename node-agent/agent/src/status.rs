@@ -4,26 +4,19 @@
 //!
 //! - `VirtualService.status.directors[node]` for every VirtualService it directs:
 //!   programmed (every port on its dataplane), the dataplane, how many real servers
-//!   pass their health check, and the first reason a port is not programmed;
-//!   and the traffic through it per port and real server;
+//!   it sends connections to, and the first reason a port is not programmed;
 //! - `RealServer.status.observations[node]` for every RealServer it health-checks:
-//!   healthy, last probe, last transition, the probe's message.
+//!   healthy, when that last changed, and the result that decided it.
 //!
-//! Probe times and traffic counters change all the time: they alone never make a
-//! write due (`without_samples`); they go out with the next other change or refresh.
+//! Only state: an entry changes when something a user acts on changes, so an idle
+//! cluster costs no writes. Probe times and traffic counters are metrics.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::SocketAddr;
-use std::time::{Instant, SystemTime};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::SystemTime;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kubelvs_crds::{
-    DirectorStatus, HealthObservation, PortTraffic, RealServerTraffic, TrafficCounters,
-};
-use kubelvs_model::{
-    DataplaneKind, DataplaneReport, NodePlan, ObjectRef, Outcome, ServiceKey, Traffic,
-    TrafficReport,
-};
+use kubelvs_crds::{DirectorStatus, HealthObservation};
+use kubelvs_model::{DataplaneKind, DataplaneReport, NodePlan, ObjectRef, Outcome};
 
 use crate::health::{target_of, State, Target};
 
@@ -71,8 +64,6 @@ pub fn directors(
                 }),
                 healthy_real_servers: 0,
                 message: None,
-                traffic: Vec::new(),
-                traffic_time: None,
             });
         let outcome = outcomes.get(&(s.dataplane.name(), &s.key)).copied();
         match outcome {
@@ -81,7 +72,7 @@ pub fn directors(
                 entry.programmed = false;
                 if entry.message.is_none() {
                     let reason = o.reason().map(|r| r.to_string()).unwrap_or_default();
-                    entry.message = Some(format!("{} {}: {reason}", s.key, o.name()));
+                    entry.message = Some(bounded(format!("{} {}: {reason}", s.key, o.name())));
                 }
             }
             None => {
@@ -117,12 +108,16 @@ fn time(at: SystemTime) -> Time {
     Time(k8s_openapi::jiff::Timestamp::try_from(at).unwrap_or_default())
 }
 
-fn wall(t: Instant, now: Instant, wall_now: SystemTime) -> Time {
-    time(
-        wall_now
-            .checked_sub(now.saturating_duration_since(t))
-            .unwrap_or(wall_now),
-    )
+/// The longest message status carries (the CRDs allow 512 characters).
+const MESSAGE_CHARS: usize = 256;
+
+/// `message` cut to `MESSAGE_CHARS`: a reason can quote what a user wrote, and an
+/// entry must stay small whatever it says.
+fn bounded(message: String) -> String {
+    match message.char_indices().nth(MESSAGE_CHARS) {
+        Some((at, _)) => format!("{}...", &message[..at]),
+        None => message,
+    }
 }
 
 /// This node's observation of every RealServer it health-checks.
@@ -130,8 +125,6 @@ pub fn observations(
     node: &str,
     plan: &NodePlan,
     states: &BTreeMap<Target, State>,
-    now: Instant,
-    wall_now: SystemTime,
 ) -> BTreeMap<ObjectRef, HealthObservation> {
     let mut out = BTreeMap::new();
     for s in &plan.services {
@@ -142,73 +135,19 @@ pub fn observations(
             let Some(state) = states.get(&target_of(check, r.address, r.port)) else {
                 continue;
             };
+            // Nothing to say before the first result (unless it was down when the
+            // agent last ran): a start writes each entry once, not twice.
+            if state.last_probe.is_none() && state.healthy {
+                continue;
+            }
             out.entry(r.source.clone())
                 .or_insert_with(|| HealthObservation {
                     node: node.to_owned(),
                     healthy: state.healthy,
-                    last_probe_time: state.last_probe.map(|t| wall(t, now, wall_now)),
-                    last_transition_time: state.last_transition.map(|t| wall(t, now, wall_now)),
-                    message: Some(state.message.clone()),
+                    last_transition_time: state.last_transition.map(time),
+                    message: Some(bounded(state.message.clone())),
                 });
         }
-    }
-    out
-}
-
-fn counters(t: &Traffic) -> TrafficCounters {
-    TrafficCounters {
-        connections: t.connections,
-        packets: t.packets,
-        bytes: t.bytes,
-    }
-}
-
-/// The traffic of every VirtualService of `plan`, per port and real server, from the
-/// dataplanes' latest counters (`reports`: dataplane name and its report). A port its
-/// dataplane does not count is left out.
-pub fn traffic(
-    plan: &NodePlan,
-    reports: &[(&str, TrafficReport)],
-) -> BTreeMap<ObjectRef, Vec<PortTraffic>> {
-    // Indexed once: a plan of 10,000 services x 10 real servers is looked up 110,000
-    // times per read. The first entry of a key wins, as a scan in report order would.
-    let mut services: HashMap<(&str, ServiceKey), &Traffic> = HashMap::new();
-    let mut real_servers: HashMap<(&str, Option<ServiceKey>, SocketAddr), &Traffic> =
-        HashMap::new();
-    for (dataplane, report) in reports {
-        for (key, t) in &report.services {
-            services.entry((*dataplane, *key)).or_insert(t);
-        }
-        for (key, addr, t) in &report.real_servers {
-            real_servers.entry((*dataplane, *key, *addr)).or_insert(t);
-        }
-    }
-    let mut out: BTreeMap<ObjectRef, Vec<PortTraffic>> = BTreeMap::new();
-    for s in &plan.services {
-        let dataplane = s.dataplane.name();
-        let Some(total) = services.get(&(dataplane, s.key)) else {
-            continue;
-        };
-        let real_servers = s
-            .real_servers
-            .iter()
-            .filter_map(|r| {
-                let addr = SocketAddr::new(r.address, r.port);
-                // Per service (IPVS), or per address:port across services (XDP).
-                let t = real_servers
-                    .get(&(dataplane, Some(s.key), addr))
-                    .or_else(|| real_servers.get(&(dataplane, None, addr)))?;
-                Some(RealServerTraffic {
-                    address: addr.to_string(),
-                    counters: counters(t),
-                })
-            })
-            .collect();
-        out.entry(s.source.clone()).or_default().push(PortTraffic {
-            service: s.key.to_string(),
-            counters: counters(total),
-            real_servers,
-        });
     }
     out
 }
@@ -218,17 +157,9 @@ pub fn traffic(
 pub fn desired(
     directors: &BTreeMap<ObjectRef, DirectorStatus>,
     observations: &BTreeMap<ObjectRef, HealthObservation>,
-    traffic: &BTreeMap<ObjectRef, Vec<PortTraffic>>,
-    traffic_time: Option<SystemTime>,
 ) -> BTreeMap<(String, ObjectRef), serde_json::Value> {
-    let traffic_time = traffic_time.map(time);
     let mut out = BTreeMap::new();
     for (vs, entry) in directors {
-        let mut entry = entry.clone();
-        if let Some(t) = traffic.get(vs) {
-            entry.traffic = t.clone();
-            entry.traffic_time = traffic_time.clone();
-        }
         let body = apply_body(
             "VirtualService",
             vs,
@@ -264,49 +195,32 @@ pub fn apply_body(
     })
 }
 
-/// A body without its samples (probe times, traffic counters), to decide whether a
-/// write is due.
-pub fn without_samples(mut body: serde_json::Value) -> serde_json::Value {
-    for (list, fields) in [
-        ("observations", &["lastProbeTime"][..]),
-        ("directors", &["traffic", "trafficTime"][..]),
-    ] {
-        if let Some(entries) = body["status"][list].as_array_mut() {
-            for e in entries {
-                if let Some(m) = e.as_object_mut() {
-                    for f in fields {
-                        m.remove(*f);
-                    }
-                }
-            }
-        }
+/// Which list of `kind`'s status holds the agents' entries.
+pub fn entry_list(kind: &str) -> &'static str {
+    if kind == "VirtualService" {
+        "directors"
+    } else {
+        "observations"
     }
-    body
 }
 
-/// Whether a write is due, and how urgent it is. Ordered: a change goes out before
-/// any refresh, so a health transition is not queued behind a backlog of counters.
+/// Whether a write is due, and how urgent it is. Ordered: a change of an entry the
+/// API server already has (a health transition, a port failing) goes out before new
+/// entries, so it is not queued behind the wave of a start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Due {
-    /// A new entry, or a change beyond samples (programmed, health, a transition).
+    /// An entry written before, now different (or to be removed).
     Change,
-    /// Samples only (probe times, traffic), once `refresh` has passed.
-    Refresh,
+    /// An entry not written yet.
+    New,
     No,
 }
 
-/// Whether `body` must be written, given what was last written and how long ago:
-/// a new entry or a change beyond samples at once; changed samples only once `refresh`
-/// has passed; an unchanged body never.
-pub fn write_due(
-    last: Option<(&serde_json::Value, std::time::Duration)>,
-    body: &serde_json::Value,
-    refresh: std::time::Duration,
-) -> Due {
+/// Whether `body` must be written, given what was last written.
+pub fn write_due(last: Option<&serde_json::Value>, body: &serde_json::Value) -> Due {
     match last {
-        None => Due::Change,
-        Some((w, _)) if without_samples(w.clone()) != without_samples(body.clone()) => Due::Change,
-        Some((w, age)) if w != body && age >= refresh => Due::Refresh,
+        None => Due::New,
+        Some(w) if w != body => Due::Change,
         Some(_) => Due::No,
     }
 }
@@ -416,118 +330,126 @@ mod tests {
     #[test]
     fn apply_bodies_name_only_this_nodes_entry() {
         let o = ObjectRef::new("RealServer", "lab", "rs1");
-        let b = apply_body("RealServer", &o, "observations", None);
+        let b = apply_body("RealServer", &o, entry_list("RealServer"), None);
         assert_eq!(b["status"]["observations"], serde_json::json!([]));
+        assert_eq!(b["metadata"]["name"], "rs1");
         let b = apply_body(
-            "RealServer",
+            "VirtualService",
             &o,
-            "observations",
-            Some(serde_json::json!({"node": "n1", "healthy": true, "lastProbeTime": "x"})),
+            entry_list("VirtualService"),
+            Some(serde_json::json!({"node": "n1", "programmed": true})),
         );
-        assert_eq!(
-            without_samples(b)["status"]["observations"][0],
-            serde_json::json!({"node": "n1", "healthy": true})
-        );
+        assert_eq!(b["status"]["directors"][0]["node"], "n1");
     }
 
-    fn counted(connections: u64) -> Traffic {
-        Traffic {
-            connections,
-            packets: 2 * connections,
-            bytes: 100 * connections,
+    fn probed(states: &mut BTreeMap<Target, State>, p: &NodePlan, results: &[(&str, bool)]) {
+        let check = p.services[0].health_check.clone().unwrap();
+        for (addr, ok) in results {
+            for port in [80, 443] {
+                let t = target_of(&check, addr.parse().unwrap(), port);
+                let msg = if *ok {
+                    "connected"
+                } else {
+                    "connection refused"
+                };
+                states.entry(t).or_default().observe(
+                    *ok,
+                    format!("{msg} at {:?}", std::time::Instant::now()),
+                    check.rise,
+                    check.fall,
+                    std::time::Instant::now(),
+                );
+            }
         }
     }
 
     #[test]
-    fn traffic_per_port_and_real_server_from_the_dataplane_that_runs_it() {
+    fn status_holds_state_so_probes_that_change_nothing_make_no_write() {
         let p = plan();
-        let (k80, k443) = (p.services[0].key, p.services[1].key);
-        let rs = |a: &str, port: u16| std::net::SocketAddr::new(a.parse().unwrap(), port);
-        let xdp = TrafficReport {
-            services: vec![(k80, counted(30))],
-            real_servers: vec![
-                // The XDP director counts per address:port across services.
-                (None, rs("192.0.2.11", 80), counted(10)),
-                (None, rs("192.0.2.12", 80), counted(20)),
-                (None, rs("192.0.2.12", 443), counted(7)),
-            ],
-        };
-        let ipvs = TrafficReport {
-            services: vec![(k443, counted(99))],
-            ..TrafficReport::default()
-        };
-        let t = traffic(&p, &[("ipvs", ipvs), ("xdp", xdp)]);
-        let web = &t[&ObjectRef::new("VirtualService", "lab", "web")];
-        assert_eq!(
-            web.len(),
-            1,
-            "443 is not counted by xdp, its dataplane: {web:?}"
+        let mut states = BTreeMap::new();
+        probed(
+            &mut states,
+            &p,
+            &[("192.0.2.11", true), ("192.0.2.12", true)],
         );
-        assert_eq!(web[0].service, "203.0.113.1:80/TCP");
-        assert_eq!(web[0].counters.connections, 30);
-        assert_eq!(web[0].counters.packets, 60);
-        let per_rs: Vec<(&str, u64)> = web[0]
-            .real_servers
-            .iter()
-            .map(|r| (r.address.as_str(), r.counters.connections))
-            .collect();
-        assert_eq!(per_rs, [("192.0.2.11:80", 10), ("192.0.2.12:80", 20)]);
-        assert!(traffic(&p, &[]).is_empty());
+        let unhealthy = BTreeSet::new();
+        let body = |states: &BTreeMap<Target, State>| {
+            desired(
+                &directors("n1", &p, &[], &unhealthy),
+                &observations("n1", &p, states),
+            )
+        };
+        let first = body(&states);
+        let rs = (
+            "RealServer".to_owned(),
+            ObjectRef::new("RealServer", "lab", "192.0.2.12"),
+        );
+        let entry = &first[&rs]["status"]["observations"][0];
+        assert_eq!(entry["healthy"], true);
+        assert!(entry.get("lastProbeTime").is_none(), "{entry}");
+        assert!(entry["message"].as_str().unwrap().starts_with("connected"));
+
+        // More passing probes, and one failure short of `fall`: the same state.
+        probed(
+            &mut states,
+            &p,
+            &[("192.0.2.11", true), ("192.0.2.12", true)],
+        );
+        probed(&mut states, &p, &[("192.0.2.12", false)]);
+        let again = body(&states);
+        for (key, b) in &again {
+            assert_eq!(write_due(first.get(key), b), Due::No, "{key:?}");
+        }
+        // The second failure is a transition: a change, ahead of new entries.
+        probed(&mut states, &p, &[("192.0.2.12", false)]);
+        let down = body(&states);
+        let entry = &down[&rs]["status"]["observations"][0];
+        assert_eq!(entry["healthy"], false);
+        assert!(entry["lastTransitionTime"].is_string());
+        assert!(entry["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("connection refused"));
+        assert_eq!(write_due(first.get(&rs), &down[&rs]), Due::Change);
+        assert_eq!(write_due(None, &down[&rs]), Due::New);
+        assert!(Due::Change < Due::New, "changes go out first");
     }
 
     #[test]
-    fn desired_puts_traffic_in_the_director_entry_and_samples_never_make_a_write_due_alone() {
-        let p = plan();
-        let d = directors("n1", &p, &[], &BTreeSet::new());
+    fn an_entry_stays_small_however_many_real_servers_and_whatever_a_reason_says() {
+        // 5,000 real servers on two ports, three directors' entries on one object.
+        let mut p = plan();
+        for s in &mut p.services {
+            let template = s.real_servers[0].clone();
+            s.real_servers = (0..5_000u32)
+                .map(|i| RealServer {
+                    address: std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)),
+                    source: ObjectRef::new("RealServer", "lab", &format!("rs-{i}")),
+                    ..template.clone()
+                })
+                .collect();
+        }
+        let mut report = DataplaneReport::new("xdp");
+        for s in &p.services {
+            report.services.push(ServiceOutcome {
+                key: s.key,
+                source: s.source.clone(),
+                outcome: Outcome::Failed(Reason::new(&s.source, "", "x".repeat(10_000))),
+            });
+        }
         let web = ObjectRef::new("VirtualService", "lab", "web");
-        let traffic_of = |c: u64| {
-            [(
-                web.clone(),
-                vec![PortTraffic {
-                    service: "203.0.113.1:80/TCP".into(),
-                    counters: counters(&counted(c)),
-                    real_servers: vec![],
-                }],
-            )]
-            .into()
-        };
-        let at = SystemTime::UNIX_EPOCH;
-        let key = ("VirtualService".to_owned(), web.clone());
-        let one = &desired(&d, &BTreeMap::new(), &traffic_of(1), Some(at))[&key];
-        let entry = &one["status"]["directors"][0];
-        assert_eq!(entry["node"], "n1");
-        assert_eq!(entry["traffic"][0]["connections"], 1);
-        assert_eq!(entry["traffic"][0]["service"], "203.0.113.1:80/TCP");
-        assert!(entry["trafficTime"].is_string());
-        let two = &desired(&d, &BTreeMap::new(), &traffic_of(2), Some(at))[&key];
-
-        let refresh = std::time::Duration::from_secs(30);
-        let young = std::time::Duration::from_secs(1);
-        let old = std::time::Duration::from_secs(31);
-        assert_eq!(write_due(None, one, refresh), Due::Change, "a new entry");
-        assert_eq!(
-            write_due(Some((one, old)), one, refresh),
-            Due::No,
-            "unchanged"
-        );
-        assert_eq!(
-            write_due(Some((one, young)), two, refresh),
-            Due::No,
-            "counters only, too soon"
-        );
-        assert_eq!(
-            write_due(Some((one, old)), two, refresh),
-            Due::Refresh,
-            "counters at the refresh"
-        );
-        let mut failed = d.clone();
-        failed.get_mut(&web).unwrap().healthy_real_servers += 1;
-        let three = &desired(&failed, &BTreeMap::new(), &traffic_of(1), Some(at))[&key];
-        assert_eq!(
-            write_due(Some((one, young)), three, refresh),
-            Due::Change,
-            "a real change at once"
-        );
-        assert!(Due::Change < Due::Refresh, "changes go out first");
+        let entries: Vec<serde_json::Value> = ["n1", "n2", "n3"]
+            .iter()
+            .map(|n| {
+                let d = directors(n, &p, std::slice::from_ref(&report), &BTreeSet::new());
+                assert_eq!(d[&web].healthy_real_servers, 5_000);
+                serde_json::to_value(&d[&web]).unwrap()
+            })
+            .collect();
+        let status = serde_json::json!({"directors": entries});
+        let size = serde_json::to_string(&status).unwrap().len();
+        assert!(size < 1_500, "{size} bytes: {status}");
+        let message = entries[0]["message"].as_str().unwrap();
+        assert!(message.chars().count() <= MESSAGE_CHARS + 3, "{message}");
     }
 }

@@ -1,8 +1,10 @@
-//! The agent's status writer against the real API server of the test suite: an object
+//! The agent's status writer. Against the real API server of the test suite: an object
 //! whose status write the API server refuses (here, by an admission policy; in a
 //! cluster, `request is too large` or a validation failure) is retried on its own
 //! backoff and never holds up the others; an entry a previous run left on an object
-//! the agent no longer serves is removed.
+//! the agent no longer serves is removed. Against a fake API server that records the
+//! order of writes: a transition goes out ahead of a wave of new entries, and a
+//! restart writes only what changed.
 
 mod common;
 
@@ -130,21 +132,30 @@ spec: {{policyName: {policy}, validationActions: [Deny]}}
         );
     }
     let found = rt.block_on(own_entries(&client, "n1"));
-    assert!(found.iter().any(|(_, o)| o.name == "c-stale"), "{found:?}");
-    let (tx, rx) = tokio::sync::watch::channel(Desired::new());
+    let stale = ObjectRef::new("VirtualService", ns.name(), "c-stale");
+    assert_eq!(
+        found[&("VirtualService".to_owned(), stale)]["status"]["directors"][0]["node"],
+        "n1",
+        "{found:?}"
+    );
+    let (tx, rx) = tokio::sync::watch::channel(Default::default());
     let _writer = rt.spawn(status_writer(
         client,
         "kubelvs-agent/n1".into(),
         rx,
         Duration::from_millis(100),
-        Duration::from_secs(30),
         found,
     ));
-    tx.send_replace(desired);
+    tx.send_replace(std::sync::Arc::new(desired));
     eventually(Duration::from_secs(10), "b-ok written", || {
         status_of("b-ok")
     });
     assert_eq!(status_of("a-refused"), None);
+    eventually(
+        Duration::from_secs(10),
+        "c-stale's old entry removed",
+        || status_of("c-stale").is_none().then_some(()),
+    );
 
     // Admitted again: the refused object's own retry writes it.
     cluster
@@ -157,4 +168,178 @@ spec: {{policyName: {policy}, validationActions: [Deny]}}
     );
     let _ = cluster.kubectl_ok(&["delete", "validatingadmissionpolicy", &policy]);
     drop(tx);
+}
+
+/// A fake API server: answers every status apply as applied after `latency` and
+/// records, in order, the object and the entries it set.
+#[derive(Clone, Default)]
+struct FakeApi {
+    writes: std::sync::Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
+}
+
+impl FakeApi {
+    fn client(&self, latency: Duration) -> kube::Client {
+        use http_body_util::BodyExt;
+        let writes = self.writes.clone();
+        let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let writes = writes.clone();
+            async move {
+                assert_eq!(req.method(), http::Method::PATCH, "{}", req.uri());
+                let body = req.into_body().collect().await?.to_bytes();
+                tokio::time::sleep(latency).await;
+                let mut object: serde_json::Value = serde_json::from_slice(&body)?;
+                let name = object["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                writes
+                    .lock()
+                    .unwrap()
+                    .push((name, object["status"].clone()));
+                object["spec"] = if object["kind"] == "VirtualService" {
+                    serde_json::json!({"ports": [{"port": 80}], "forwarding": "nat", "realServerSelector": {}})
+                } else {
+                    serde_json::json!({"address": "192.0.2.1"})
+                };
+                let answer = bytes::Bytes::from(serde_json::to_vec(&object)?);
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(http::Response::new(
+                    http_body_util::Full::new(answer),
+                ))
+            }
+        });
+        kube::Client::new(service, "default")
+    }
+
+    fn written(&self) -> Vec<(String, serde_json::Value)> {
+        self.writes.lock().unwrap().clone()
+    }
+}
+
+/// Node n1's observation of rs-0..rs-N, healthy but for `down`.
+fn observations(n: usize, down: &[usize]) -> Desired {
+    (0..n)
+        .map(|i| {
+            let obj = ObjectRef::new("RealServer", "lab", &format!("rs-{i}"));
+            let entry = serde_json::json!({"node": "n1", "healthy": !down.contains(&i)});
+            let body = apply_body("RealServer", &obj, "observations", Some(entry));
+            (("RealServer".to_owned(), obj), body)
+        })
+        .collect()
+}
+
+#[test]
+fn a_transition_goes_out_ahead_of_a_wave_of_new_entries_and_a_restart_writes_only_changes() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = FakeApi::default();
+    let client = {
+        let _in = rt.enter();
+        api.client(Duration::from_millis(2))
+    };
+    let (tx, rx) = tokio::sync::watch::channel(Default::default());
+    let writer = rt.spawn(status_writer(
+        client,
+        "kubelvs-agent/n1".into(),
+        rx,
+        Duration::from_millis(10),
+        Desired::new(),
+    ));
+    // A start: 2,000 new entries, about 4 s of writes.
+    const N: usize = 2_000;
+    tx.send_replace(std::sync::Arc::new(observations(N, &[])));
+    eventually(Duration::from_secs(10), "the wave under way", || {
+        (api.written().len() >= 100).then_some(())
+    });
+    // rs-0 went down: its entry was written at the start of the wave.
+    let published = std::time::Instant::now();
+    tx.send_replace(std::sync::Arc::new(observations(N, &[0])));
+    let (at, took) = eventually(Duration::from_secs(5), "rs-0's transition written", || {
+        api.written()
+            .iter()
+            .position(|(name, status)| {
+                name == "rs-0" && status["observations"][0]["healthy"] == false
+            })
+            .map(|at| (at, published.elapsed()))
+    });
+    assert!(
+        at < N,
+        "written after the whole wave ({at} writes before it)"
+    );
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    eventually(Duration::from_secs(20), "the wave written", || {
+        (api.written().len() > N).then_some(())
+    });
+    let mut per_object = std::collections::BTreeMap::<String, usize>::new();
+    for (name, _) in api.written() {
+        *per_object.entry(name).or_default() += 1;
+    }
+    assert_eq!(per_object.len(), N);
+    assert_eq!(per_object["rs-0"], 2, "once new, once down");
+    assert!(
+        per_object.values().all(|n| *n <= 2),
+        "written twice: {per_object:?}"
+    );
+    writer.abort();
+    drop(tx);
+
+    // A restart: the API server holds the entries above, and one of a RealServer this
+    // node no longer checks. The new run writes only what differs.
+    let mut found = observations(N, &[0]);
+    let gone = ObjectRef::new("RealServer", "lab", "rs-gone");
+    found.insert(
+        ("RealServer".to_owned(), gone.clone()),
+        apply_body(
+            "RealServer",
+            &gone,
+            "observations",
+            Some(serde_json::json!({"node": "n1", "healthy": true})),
+        ),
+    );
+    let api = FakeApi::default();
+    let client = {
+        let _in = rt.enter();
+        api.client(Duration::ZERO)
+    };
+    let (tx, rx) = tokio::sync::watch::channel(Default::default());
+    let _writer = rt.spawn(status_writer(
+        client,
+        "kubelvs-agent/n1".into(),
+        rx,
+        Duration::from_millis(10),
+        found,
+    ));
+    tx.send_replace(std::sync::Arc::new(observations(N, &[0])));
+    eventually(Duration::from_secs(5), "the old entry removed", || {
+        (!api.written().is_empty()).then_some(())
+    });
+    // rs-0 is back up.
+    tx.send_replace(std::sync::Arc::new(observations(N, &[])));
+    eventually(Duration::from_secs(5), "rs-0's transition written", || {
+        (api.written().len() >= 2).then_some(())
+    });
+    let written = api.written();
+    assert_eq!(written[0].0, "rs-gone");
+    assert_eq!(written[0].1["observations"], serde_json::json!([]));
+    assert_eq!(written[1].0, "rs-0");
+    assert_eq!(written[1].1["observations"][0]["healthy"], true);
+    // A further plan with nothing new is not written either.
+    tx.send_replace(std::sync::Arc::new(observations(N, &[])));
+    let marker = ObjectRef::new("RealServer", "lab", "rs-new");
+    let mut with_new = observations(N, &[]);
+    with_new.insert(
+        ("RealServer".to_owned(), marker.clone()),
+        apply_body(
+            "RealServer",
+            &marker,
+            "observations",
+            Some(serde_json::json!({"node": "n1", "healthy": true})),
+        ),
+    );
+    tx.send_replace(std::sync::Arc::new(with_new));
+    eventually(Duration::from_secs(5), "rs-new written", || {
+        api.written()
+            .iter()
+            .any(|(n, _)| n == "rs-new")
+            .then_some(())
+    });
+    assert_eq!(api.written().len(), 3, "{:?}", api.written());
 }
