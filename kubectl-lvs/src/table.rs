@@ -66,6 +66,15 @@ pub struct HealthView {
     pub message: Option<String>,
 }
 
+impl HealthView {
+    fn passing() -> Self {
+        Self {
+            healthy: true,
+            message: None,
+        }
+    }
+}
+
 fn key(meta: &kube::api::ObjectMeta) -> String {
     format!(
         "{}/{}",
@@ -160,24 +169,30 @@ pub fn table(
             let address = host_port(vip.as_deref().unwrap_or("<pending>"), p.port);
             let service = format!("{address}/{}", protocol(p.protocol));
             let service_traffic = traffic.and_then(|t| t.service(&service));
+            let checked_by: Vec<String> = if vs.spec.health_check.is_some() {
+                directors.keys().cloned().collect()
+            } else {
+                Vec::new()
+            };
             let real_servers = selected
                 .iter()
                 .map(|rs| {
                     let port = p.target_port.or(rs.spec.port).unwrap_or(p.port);
-                    let health = rs
-                        .status
+                    // A director that checks health reports a real server only once it
+                    // went down: no entry from it means passing.
+                    let mut health: BTreeMap<String, HealthView> = checked_by
                         .iter()
-                        .flat_map(|s| &s.observations)
-                        .map(|o| {
-                            (
-                                o.node.clone(),
-                                HealthView {
-                                    healthy: o.healthy,
-                                    message: o.message.clone(),
-                                },
-                            )
-                        })
+                        .map(|node| (node.clone(), HealthView::passing()))
                         .collect();
+                    for o in rs.status.iter().flat_map(|s| &s.observations) {
+                        health.insert(
+                            o.node.clone(),
+                            HealthView {
+                                healthy: o.healthy,
+                                message: o.message.clone(),
+                            },
+                        );
+                    }
                     let address = host_port(&rs.spec.address, port);
                     let traffic = traffic.and_then(|t| t.real_server(&service, &address));
                     RealServerRow {
@@ -375,6 +390,27 @@ status:
         assert!(
             text.contains("  -> [fd00::2]:8080               Masq    0 (draining) n1:down"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_checking_director_without_an_observation_reports_the_real_server_passing() {
+        let (mut vs, rs) = objects();
+        vs[0].spec.health_check = serde_json::from_value(serde_json::json!({"type": "tcp"})).ok();
+        assert!(vs[0].spec.health_check.is_some());
+        let t = table(&vs, &rs, None);
+        let tcp = t.iter().find(|r| r.protocol == "TCP").unwrap();
+        let text = |h: &BTreeMap<String, HealthView>| health_text(h);
+        // rs1: n1 observed it down once and up again; n2 never saw it fail.
+        assert_eq!(text(&tcp.real_servers[0].health), "n1:up,n2:up");
+        assert_eq!(text(&tcp.real_servers[1].health), "n1:down,n2:up");
+        let (vs, rs) = objects();
+        let t = table(&vs, &rs, None);
+        let tcp = t.iter().find(|r| r.protocol == "TCP").unwrap();
+        assert_eq!(
+            text(&tcp.real_servers[0].health),
+            "n1:up",
+            "no health check: only what was observed"
         );
     }
 

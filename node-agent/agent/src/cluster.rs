@@ -207,8 +207,8 @@ fn identity(
 /// The status this node wants, per object: the apply body of its own entry.
 pub type Desired = BTreeMap<(String, ObjectRef), serde_json::Value>;
 
-/// Writes this node's status entries: only those that changed, changes of entries
-/// already written before new ones, at most one batch per `min_gap`. An object the
+/// Writes this node's status entries: only those that changed, urgent ones first (see
+/// [`crate::status::Due`]), at most one batch per `min_gap`. An object the
 /// API server refuses (too large, refused by admission, invalid) is retried on its
 /// own backoff and never holds up the others; an unreachable API server holds up
 /// everything, retried with backoff. The dataplane never waits for it. `found` is
@@ -246,7 +246,7 @@ pub async fn status_writer(
         // Entries of objects this node no longer serves are removed.
         for key in written.keys().filter(|k| !want.contains_key(*k)) {
             let body = apply_body(&key.0, &key.1, entry_list(&key.0), None);
-            due.push((Due::Change, key.clone(), body));
+            due.push((Due::Urgent, key.clone(), body));
         }
         due.sort_by_key(|(d, _, _)| *d);
         let due_keys: std::collections::HashSet<&(String, ObjectRef)> =
@@ -257,7 +257,7 @@ pub async fn status_writer(
         for (urgency, key, body) in due {
             // A newer plan may hold transitions: they go before the rest of a wave of
             // new entries (a start, a thousand services created).
-            if urgency == Due::New && desired.has_changed().unwrap_or(false) {
+            if urgency == Due::Routine && desired.has_changed().unwrap_or(false) {
                 break;
             }
             let (kind, obj) = &key;

@@ -5,8 +5,9 @@
 //! - `VirtualService.status.directors[node]` for every VirtualService it directs:
 //!   programmed (every port on its dataplane), the dataplane, how many real servers
 //!   it sends connections to, and the first reason a port is not programmed;
-//! - `RealServer.status.observations[node]` for every RealServer it health-checks:
-//!   healthy, when that last changed, and the result that decided it.
+//! - `RealServer.status.observations[node]` for every RealServer it health-checks and
+//!   found down at least once: healthy, when that last changed, and the result that
+//!   decided it (no entry: passing since this agent first probed it).
 //!
 //! Only state: an entry changes when something a user acts on changes, so an idle
 //! cluster costs no writes. Probe times and traffic counters are metrics.
@@ -135,9 +136,10 @@ pub fn observations(
             let Some(state) = states.get(&target_of(check, r.address, r.port)) else {
                 continue;
             };
-            // Nothing to say before the first result (unless it was down when the
-            // agent last ran): a start writes each entry once, not twice.
-            if state.last_probe.is_none() && state.healthy {
+            // A real server healthy since this agent first probed it has nothing to
+            // report: an entry says it is down, or since when it is up again. So a
+            // start of a healthy cluster writes no observation at all.
+            if state.healthy && state.last_transition.is_none() {
                 continue;
             }
             out.entry(r.source.clone())
@@ -204,25 +206,36 @@ pub fn entry_list(kind: &str) -> &'static str {
     }
 }
 
-/// Whether a write is due, and how urgent it is. Ordered: a change of an entry the
-/// API server already has (a health transition, a port failing) goes out before new
-/// entries, so it is not queued behind the wave of a start.
+/// Whether a write is due, and how urgent it is. Ordered: what a user must see soon
+/// (a change of an entry already written, a removal, a new entry that reports a
+/// fault) goes out before new entries that say all is well, so a health transition is
+/// not queued behind the wave of a start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Due {
-    /// An entry written before, now different (or to be removed).
-    Change,
-    /// An entry not written yet.
-    New,
+    Urgent,
+    Routine,
     No,
 }
 
 /// Whether `body` must be written, given what was last written.
 pub fn write_due(last: Option<&serde_json::Value>, body: &serde_json::Value) -> Due {
     match last {
-        None => Due::New,
-        Some(w) if w != body => Due::Change,
+        None if reports_fault(body) => Due::Urgent,
+        None => Due::Routine,
+        Some(w) if w != body => Due::Urgent,
         Some(_) => Due::No,
     }
+}
+
+/// Whether an apply body's entry says something is wrong: not programmed, not healthy.
+fn reports_fault(body: &serde_json::Value) -> bool {
+    body["status"]
+        .as_object()
+        .into_iter()
+        .flat_map(|s| s.values())
+        .filter_map(|list| list.as_array())
+        .flatten()
+        .any(|e| e["programmed"] == false || e["healthy"] == false)
 }
 
 #[cfg(test)]
@@ -373,9 +386,18 @@ mod tests {
             &[("192.0.2.11", true), ("192.0.2.12", true)],
         );
         let unhealthy = BTreeSet::new();
+        let mut report = DataplaneReport::new("xdp");
+        for s in &p.services {
+            report.services.push(ServiceOutcome {
+                key: s.key,
+                source: s.source.clone(),
+                outcome: Outcome::Programmed,
+            });
+        }
+        let reports = [report];
         let body = |states: &BTreeMap<Target, State>| {
             desired(
-                &directors("n1", &p, &[], &unhealthy),
+                &directors("n1", &p, &reports, &unhealthy),
                 &observations("n1", &p, states),
             )
         };
@@ -384,10 +406,15 @@ mod tests {
             "RealServer".to_owned(),
             ObjectRef::new("RealServer", "lab", "192.0.2.12"),
         );
-        let entry = &first[&rs]["status"]["observations"][0];
-        assert_eq!(entry["healthy"], true);
-        assert!(entry.get("lastProbeTime").is_none(), "{entry}");
-        assert!(entry["message"].as_str().unwrap().starts_with("connected"));
+        assert!(
+            !first.contains_key(&rs),
+            "healthy since the first probe: nothing to report"
+        );
+        let vs = (
+            "VirtualService".to_owned(),
+            ObjectRef::new("VirtualService", "lab", "web"),
+        );
+        assert_eq!(write_due(None, &first[&vs]), Due::Routine, "all is well");
 
         // More passing probes, and one failure short of `fall`: the same state.
         probed(
@@ -397,22 +424,29 @@ mod tests {
         );
         probed(&mut states, &p, &[("192.0.2.12", false)]);
         let again = body(&states);
-        for (key, b) in &again {
-            assert_eq!(write_due(first.get(key), b), Due::No, "{key:?}");
-        }
-        // The second failure is a transition: a change, ahead of new entries.
+        assert_eq!(again, first);
+        // The second failure is a transition: an entry that says so, urgent.
         probed(&mut states, &p, &[("192.0.2.12", false)]);
         let down = body(&states);
         let entry = &down[&rs]["status"]["observations"][0];
         assert_eq!(entry["healthy"], false);
+        assert!(entry.get("lastProbeTime").is_none(), "{entry}");
         assert!(entry["lastTransitionTime"].is_string());
         assert!(entry["message"]
             .as_str()
             .unwrap()
             .starts_with("connection refused"));
-        assert_eq!(write_due(first.get(&rs), &down[&rs]), Due::Change);
-        assert_eq!(write_due(None, &down[&rs]), Due::New);
-        assert!(Due::Change < Due::New, "changes go out first");
+        assert_eq!(write_due(None, &down[&rs]), Due::Urgent, "a new fault");
+        // Back up: the entry stays, saying since when.
+        probed(&mut states, &p, &[("192.0.2.12", true)]);
+        let up = body(&states);
+        assert_eq!(up[&rs]["status"]["observations"][0]["healthy"], true);
+        assert_eq!(write_due(Some(&down[&rs]), &up[&rs]), Due::Urgent);
+        assert_eq!(write_due(Some(&up[&rs]), &up[&rs]), Due::No);
+        assert!(
+            Due::Urgent < Due::Routine,
+            "faults and changes go out first"
+        );
     }
 
     #[test]
