@@ -16,28 +16,10 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kubelvs_crds::{RealServer, VirtualService};
+use kubelvs_test_cluster::bulk::create_all;
 use kubelvs_test_cluster::{spawn_tied, Cluster, ControlPlane, ControlPlaneOptions};
 
 const NS: &str = "scale";
-
-async fn create_all<K>(api: Api<K>, objects: Vec<K>) -> Duration
-where
-    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let started = Instant::now();
-    let n = objects.len();
-    let results: Vec<bool> = futures::stream::iter(objects)
-        .map(|o| {
-            let api = api.clone();
-            async move { api.create(&PostParams::default(), &o).await.is_ok() }
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await;
-    let failed = results.iter().filter(|ok| !**ok).count();
-    assert_eq!(failed, 0, "{failed} of {n} creates failed");
-    started.elapsed()
-}
 
 /// How many VirtualServices show a VIP, an Accepted condition and the finalizer.
 async fn settled(api: &Api<VirtualService>) -> usize {
@@ -167,15 +149,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let client = rt.block_on(async {
-        let config = kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(cluster.kubeconfig()).unwrap(),
-            &kube::config::KubeConfigOptions::default(),
-        )
-        .await
-        .unwrap();
-        kube::Client::try_from(config).unwrap()
-    });
+    let client = rt.block_on(kubelvs_test_cluster::bulk::client(cluster.kubeconfig()));
     let vs_api: Api<VirtualService> = Api::namespaced(client.clone(), NS);
     let rs_api: Api<RealServer> = Api::namespaced(client.clone(), NS);
     let virtual_services: Vec<VirtualService> = (0..n)

@@ -1,4 +1,10 @@
 //! [`IpvsDataplane::apply`]: dump once, diff (pure, [`crate::diff()`]), send only the changes.
+//!
+//! A full apply dumps the services (one dump) every time, but the destinations of each
+//! service cost a dump of their own: 10,000 of them for 10,000 services. So it reads
+//! them only where the cache (what the last complete apply read and wrote) cannot be
+//! trusted, plus a rotating slice of the rest ([`dests_to_read`]): what another tool
+//! changed is still repaired, within [`VERIFY_ROUNDS`] applies.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -12,6 +18,14 @@ use crate::diff::{diff, owned_after, Draining, Op, OpKind};
 use crate::error::Error;
 use crate::ownership::OwnedServices;
 use crate::table::{DesiredService, KernelDest, KernelService, ServiceId};
+
+/// Every destination list the cache holds is read again at least once per this many
+/// full applies.
+pub const VERIFY_ROUNDS: usize = 16;
+
+/// A full apply reads at least this many trusted services' destinations (all of a
+/// small table, every time).
+pub const VERIFY_MIN: usize = 64;
 
 /// Default time a removed real server is given to finish its connections.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
@@ -33,6 +47,8 @@ pub struct ApplyReport {
     pub draining: usize,
     /// Time reading the kernel table.
     pub dump_time: Duration,
+    /// Services whose destinations were read from the kernel (the rest from the cache).
+    pub dest_dumps: usize,
     /// Netlink time of the writes (send + acknowledgements).
     pub write_time: Duration,
     /// Operations the kernel refused (other than convergence: EEXIST on add,
@@ -110,9 +126,12 @@ pub struct IpvsDataplane<K: IpvsKernel = IpvsClient> {
     owned: OwnedServices,
     draining: Draining,
     drain_timeout: Duration,
-    /// The table as last dumped plus what we wrote since, for [`IpvsDataplane::apply_incremental`].
-    /// Dropped whenever a write fails, so the next apply reads the kernel again.
+    /// The table as last dumped plus what we wrote since, for [`IpvsDataplane::apply_incremental`]
+    /// and the destinations a full apply trusts. Dropped whenever a write fails, so the
+    /// next apply reads the kernel again.
     cache: Option<BTreeMap<ServiceId, KernelService>>,
+    /// The last service whose destinations the rotating verification read.
+    verified_to: Option<ServiceId>,
 }
 
 impl IpvsDataplane<IpvsClient> {
@@ -131,6 +150,7 @@ impl<K: IpvsKernel> IpvsDataplane<K> {
             draining: Draining::new(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             cache: None,
+            verified_to: None,
         })
     }
 
@@ -204,18 +224,30 @@ impl<K: IpvsKernel> IpvsDataplane<K> {
         let t = Instant::now();
         // Taken whatever happens next: a full apply that fails part-way must not leave
         // an older cache for the next incremental apply to diff against.
-        let cached = self.cache.take().filter(|_| use_cache);
+        let cached = self.cache.take();
         let kernel: Vec<KernelService> = match cached {
-            Some(c) => c.into_values().collect(),
-            None => {
+            Some(c) if use_cache => c.into_values().collect(),
+            cached => {
                 let wanted: BTreeSet<ServiceId> = desired.iter().map(|d| d.id).collect();
                 let mut kernel = self.client.dump_services()?;
                 // Destinations only matter for services we own and keep.
-                for s in &mut kernel {
-                    if self.owned.ids().contains(&s.id) && wanted.contains(&s.id) {
+                let ours =
+                    |s: &KernelService| self.owned.ids().contains(&s.id) && wanted.contains(&s.id);
+                let read = dests_to_read(
+                    kernel.iter().filter(|s| ours(s)),
+                    cached.as_ref(),
+                    &self.draining,
+                    &mut self.verified_to,
+                );
+                let cached = cached.unwrap_or_default();
+                for s in kernel.iter_mut() {
+                    if read.contains(&s.id) {
                         s.dests = self.client.dump_dests(&s.id)?;
+                    } else if let Some(c) = cached.get(&s.id) {
+                        s.dests = c.dests.clone();
                     }
                 }
+                report.dest_dumps = read.len();
                 kernel
             }
         };
@@ -359,4 +391,126 @@ fn ipvs_services(services: &[model::Service]) -> Result<Vec<DesiredService>, Err
         .map(DesiredService::from_model)
         .collect::<Result<_, _>>()
         .map_err(Error::from)
+}
+
+/// Which of `ours` (the kernel's services we own and want) get their destinations read
+/// from the kernel in a full apply. Without a cache: all. With one: those the cache
+/// lacks, those whose configuration the services dump shows changed (someone else
+/// edited the service), those with a destination draining (its connection counters
+/// decide when it goes), and of the rest the next `max(VERIFY_MIN, n / VERIFY_ROUNDS)`
+/// after `cursor` in order, wrapping (so every one is read at least once per
+/// `VERIFY_ROUNDS` applies). Moves `cursor` past the slice.
+fn dests_to_read<'a>(
+    ours: impl Iterator<Item = &'a KernelService>,
+    cache: Option<&BTreeMap<ServiceId, KernelService>>,
+    draining: &Draining,
+    cursor: &mut Option<ServiceId>,
+) -> BTreeSet<ServiceId> {
+    let Some(cache) = cache else {
+        return ours.map(|s| s.id).collect();
+    };
+    let draining: BTreeSet<ServiceId> = draining.keys().map(|(s, _)| *s).collect();
+    let mut read = BTreeSet::new();
+    let mut trusted = BTreeSet::new();
+    for s in ours {
+        match cache.get(&s.id) {
+            Some(c) if c.config == s.config && !draining.contains(&s.id) => {
+                trusted.insert(s.id);
+            }
+            _ => {
+                read.insert(s.id);
+            }
+        }
+    }
+    let n = trusted.len() + read.len();
+    let budget = VERIFY_MIN.max(n.div_ceil(VERIFY_ROUNDS)).min(trusted.len());
+    let after = match cursor {
+        Some(c) => trusted.range((std::ops::Bound::Excluded(*c), std::ops::Bound::Unbounded)),
+        None => trusted.range(..),
+    };
+    let slice: Vec<ServiceId> = after.chain(trusted.iter()).take(budget).copied().collect();
+    if let Some(last) = slice.last() {
+        *cursor = Some(*last);
+    }
+    read.extend(slice);
+    read
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::{DestId, ServiceConfig};
+
+    fn svc(i: u16, scheduler: &str) -> KernelService {
+        KernelService {
+            id: ServiceId::from_key(&model::ServiceKey {
+                vip: "203.0.113.1".parse().unwrap(),
+                port: i,
+                protocol: model::Protocol::Tcp,
+            }),
+            config: ServiceConfig {
+                scheduler: scheduler.into(),
+                flags: 0,
+                timeout: 0,
+                netmask: crate::codec::Netmask::host(crate::codec::AF_INET),
+            },
+            dests: Vec::new(),
+            stats: Default::default(),
+        }
+    }
+
+    #[test]
+    fn without_a_cache_every_service_is_read() {
+        let kernel: Vec<KernelService> = (1..=100).map(|i| svc(i, "wrr")).collect();
+        let mut cursor = None;
+        let read = dests_to_read(kernel.iter(), None, &Draining::new(), &mut cursor);
+        assert_eq!(read.len(), 100);
+    }
+
+    #[test]
+    fn a_slice_rotates_over_the_trusted_and_the_untrusted_are_always_read() {
+        let n = 1_000u16;
+        let kernel: Vec<KernelService> = (1..=n).map(|i| svc(i, "wrr")).collect();
+        let mut cache: BTreeMap<ServiceId, KernelService> =
+            kernel.iter().map(|s| (s.id, s.clone())).collect();
+        // Not in the cache; configuration changed behind our back; a destination draining.
+        cache.remove(&kernel[10].id);
+        cache.get_mut(&kernel[20].id).unwrap().config.scheduler = "rr".into();
+        let mut draining = Draining::new();
+        let dest = DestId {
+            addr: "192.0.2.1".parse().unwrap(),
+            port: 80,
+        };
+        draining.insert((kernel[30].id, dest), Instant::now());
+        let always = [kernel[10].id, kernel[20].id, kernel[30].id];
+
+        let mut cursor = None;
+        let mut seen: BTreeMap<ServiceId, usize> = BTreeMap::new();
+        let budget = VERIFY_MIN.max((n as usize).div_ceil(VERIFY_ROUNDS));
+        for round in 0..VERIFY_ROUNDS {
+            let read = dests_to_read(kernel.iter(), Some(&cache), &draining, &mut cursor);
+            assert!(always.iter().all(|id| read.contains(id)), "round {round}");
+            assert!(read.len() <= budget + always.len(), "{}", read.len());
+            for id in read {
+                *seen.entry(id).or_default() += 1;
+            }
+        }
+        assert_eq!(
+            seen.len(),
+            n as usize,
+            "every service read within the rounds"
+        );
+    }
+
+    #[test]
+    fn a_small_table_is_read_whole_every_time() {
+        let kernel: Vec<KernelService> = (1..=VERIFY_MIN as u16).map(|i| svc(i, "wrr")).collect();
+        let cache: BTreeMap<ServiceId, KernelService> =
+            kernel.iter().map(|s| (s.id, s.clone())).collect();
+        let mut cursor = None;
+        for _ in 0..3 {
+            let read = dests_to_read(kernel.iter(), Some(&cache), &Draining::new(), &mut cursor);
+            assert_eq!(read.len(), VERIFY_MIN);
+        }
+    }
 }

@@ -63,7 +63,9 @@ pub mod selftest;
 pub mod sysctl;
 pub mod table;
 
-pub use apply::{ApplyReport, IpvsDataplane, IpvsKernel, DEFAULT_DRAIN_TIMEOUT};
+pub use apply::{
+    ApplyReport, IpvsDataplane, IpvsKernel, DEFAULT_DRAIN_TIMEOUT, VERIFY_MIN, VERIFY_ROUNDS,
+};
 pub use client::IpvsClient;
 pub use codec::{
     Command, DaemonAttrs, DestAttrs, Flags, Info, IpvsMessage, Netmask, ServiceAttrs, Stats,

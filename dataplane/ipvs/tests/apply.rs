@@ -494,6 +494,60 @@ fn ten_thousand_services_then_one_weight_is_one_write() {
     assert_eq!((r.writes, r.updated_dests, r.ops()), (1, 1, 1));
 }
 
+#[test]
+fn a_full_apply_reads_a_slice_of_the_destinations_and_still_repairs_what_others_changed() {
+    let dir = TempDir::new("verify");
+    let mut dp = IpvsDataplane::with_client(FakeIpvs::new(), dir.state()).unwrap();
+    let plan: Vec<Service> = (0..1_000u32)
+        .map(|i| {
+            service(
+                &format!("203.0.113.{}", 1 + i / 100),
+                10_000 + (i % 100) as u16,
+                Forwarding::Nat,
+                vec![rs("198.51.100.21", 8080, 1), rs("198.51.100.22", 8080, 2)],
+            )
+        })
+        .collect();
+    let now = Instant::now();
+    let first = dp.apply(&plan, now).unwrap();
+    assert_eq!(first.dest_dumps, 0, "nothing there yet: nothing to read");
+    let budget = kubelvs_ipvs::VERIFY_MIN.max(1_000usize.div_ceil(kubelvs_ipvs::VERIFY_ROUNDS));
+    // Nothing to change: one services dump and a slice of destination dumps.
+    let dumps = dp.client().dumps;
+    let r = dp.apply(&plan, now).unwrap();
+    assert_eq!(r.writes, 0);
+    assert_eq!(r.dest_dumps, budget);
+    assert_eq!(dp.client().dumps - dumps, 1 + budget as u64);
+
+    // `ipvsadm -e` of one of our destinations, and `ipvsadm -E` of another service.
+    let (a, b) = (
+        ServiceId::from_key(&plan[500].key),
+        ServiceId::from_key(&plan[900].key),
+    );
+    dp.client().services.get_mut(&a).unwrap().dests[0]
+        .config
+        .weight = 99;
+    dp.client().services.get_mut(&b).unwrap().config.scheduler = "rr".into();
+    let mut repaired_after = None;
+    for round in 1..=kubelvs_ipvs::VERIFY_ROUNDS {
+        let r = dp.apply(&plan, now).unwrap();
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        if round == 1 {
+            // A changed service configuration shows in the services dump: at once.
+            assert_eq!(dp.client().services[&b].config.scheduler, "wrr");
+        }
+        if dp.client().services[&a].dests[0].config.weight == 1 {
+            repaired_after = Some(round);
+            break;
+        }
+    }
+    assert!(
+        repaired_after.is_some(),
+        "a destination changed behind our back was not repaired within {} applies",
+        kubelvs_ipvs::VERIFY_ROUNDS
+    );
+}
+
 mod sequences {
     //! Random sequences of plans through the whole apply (conversion, diff, batches,
     //! state file) against FakeIpvs with a foreign service present.

@@ -18,6 +18,8 @@
 //! # let _ = agent;
 //! ```
 
+#[cfg(feature = "bulk")]
+pub mod bulk;
 mod certs;
 mod process;
 
@@ -370,6 +372,16 @@ impl ControlPlane {
             .iter()
             .map(|(name, c)| (*name, kubelvs_measure::rss_kib(c.id()) * 1024))
             .collect()
+    }
+
+    /// The process id of `component` (`kube-apiserver`, `etcd`, ...).
+    pub fn pid(&self, component: &str) -> Option<u32> {
+        self.children
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(name, _)| *name == component)
+            .map(|(_, c)| c.id())
     }
 
     /// Freezes `component` (`kube-apiserver`, `etcd`, ...) with SIGSTOP: its port
