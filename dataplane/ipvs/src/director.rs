@@ -193,6 +193,7 @@ where
         match self.table.apply_desired(&desired, ctx.now) {
             Ok(r) => {
                 report.writes += r.writes;
+                report.read_time += r.dump_time;
                 for id in &r.conflicts {
                     if let Some((_, source, o)) = outcomes.get_mut(id) {
                         *o = Outcome::Conflict(Reason::new(

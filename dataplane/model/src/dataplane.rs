@@ -146,6 +146,8 @@ pub struct DataplaneReport {
     /// Kernel write operations (netlink messages, map updates, sysctl writes): 0 when
     /// the kernel already matched the plan.
     pub writes: u64,
+    /// Time spent reading the kernel's table to diff against (IPVS dumps).
+    pub read_time: std::time::Duration,
 }
 
 impl DataplaneReport {

@@ -325,12 +325,19 @@ pub fn run(
         metrics.apply_duration.observe(t.elapsed().as_secs_f64());
         metrics.outcomes.clear();
         for r in &reports {
+            let dataplane = DataplaneLabels {
+                dataplane: r.dataplane.clone(),
+            };
             metrics
                 .kernel_writes
-                .get_or_create(&DataplaneLabels {
-                    dataplane: r.dataplane.clone(),
-                })
+                .get_or_create(&dataplane)
                 .inc_by(r.writes);
+            if !r.read_time.is_zero() {
+                metrics
+                    .kernel_read_duration
+                    .get_or_create(&dataplane)
+                    .observe(r.read_time.as_secs_f64());
+            }
             let outcomes = r
                 .services
                 .iter()

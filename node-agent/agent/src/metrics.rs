@@ -122,6 +122,7 @@ pub struct Metrics {
     /// What /metrics and /readyz show: ready once the first apply has finished.
     pub observed: Arc<Observed>,
     pub apply_duration: Histogram,
+    pub kernel_read_duration: Family<DataplaneLabels, Histogram>,
     pub kernel_writes: Family<DataplaneLabels, Counter>,
     pub outcomes: Family<OutcomeLabels, Gauge>,
     pub real_server_healthy: Family<RealServerLabels, Gauge>,
@@ -134,11 +135,17 @@ pub struct Metrics {
     pub real_server: TrafficFamilies<BackendLabels>,
 }
 
+fn read_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
 impl Metrics {
     pub fn new() -> Arc<Self> {
         let mut registry = Registry::with_prefix("kubelvs");
         let apply_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let kernel_writes = Family::<DataplaneLabels, Counter>::default();
+        let kernel_read_duration =
+            Family::<DataplaneLabels, Histogram>::new_with_constructor(read_buckets as fn() -> _);
         let outcomes = Family::<OutcomeLabels, Gauge>::default();
         let real_server_healthy = Family::<RealServerLabels, Gauge>::default();
         let rejected_objects = Gauge::default();
@@ -148,6 +155,11 @@ impl Metrics {
             "apply_duration_seconds",
             "Time to apply the node's plan on every dataplane",
             apply_duration.clone(),
+        );
+        registry.register(
+            "kernel_read_duration_seconds",
+            "Time an apply spent reading the kernel's table (IPVS dumps) by dataplane",
+            kernel_read_duration.clone(),
         );
         registry.register(
             "kernel_writes",
@@ -188,6 +200,7 @@ impl Metrics {
             virtual_service,
             real_server,
             apply_duration,
+            kernel_read_duration,
             kernel_writes,
             outcomes,
             real_server_healthy,

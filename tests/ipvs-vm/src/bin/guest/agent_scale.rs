@@ -120,6 +120,16 @@ pub fn run(r: &mut Reporter, mode: &str) {
         1000.0 * sum / count.max(1.0),
         "ms",
     );
+    // Of which reading the kernel's table (the services dump and the destination
+    // dumps of a slice), over the same applies: a resync with nothing to change.
+    let series = "kubelvs_kernel_read_duration_seconds";
+    let reads = kubelvs_measure::sample(&m0, &format!("{series}_count"), "").unwrap_or(0.0);
+    let read = kubelvs_measure::sample(&m0, &format!("{series}_sum"), "").unwrap_or(0.0);
+    r.measure(
+        "agent_scale_mean_kernel_read",
+        1000.0 * read / reads.max(1.0),
+        "ms",
+    );
     // One weight changes in the file: time until the kernel has it.
     let edited = Instant::now();
     let edit = write_config(&yaml(n, m, 3)).and_then(|()| {
