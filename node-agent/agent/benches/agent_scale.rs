@@ -5,6 +5,7 @@
 //! duration of a full apply, and the time from a one-line file change to the maps.
 //!
 //! Needs root. `cargo bench -p kubelvs-agent --bench agent_scale` (options: N M).
+//! `KUBELVS_AGENT_WRAPPER="heaptrack -o /tmp/agent"` runs the agent under a profiler.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -81,8 +82,11 @@ fn main() {
     std::fs::write(&file, &text).unwrap();
     let pin = format!("/sys/fs/bpf/klscale{}", std::process::id());
     let started = Instant::now();
+    let wrapper = std::env::var("KUBELVS_AGENT_WRAPPER").unwrap_or_default();
     let agent = Command::new("ip")
-        .args(["netns", "exec", ns.name(), AGENT])
+        .args(["netns", "exec", ns.name()])
+        .args(wrapper.split_whitespace())
+        .arg(AGENT)
         .args([
             "--config",
             &file.display().to_string(),
