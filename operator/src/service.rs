@@ -564,9 +564,11 @@ pub fn translate(svc: &Service, slices: &[EndpointSlice]) -> Result<Translation,
 }
 
 /// `status.loadBalancer.ingress` from the VIPs of the Service's VirtualServices, in
-/// the Service's family order. `ipMode` is `VIP` (packets reach the endpoints with
-/// the client's address, so kube-proxy may short-cut in-cluster traffic to the VIP),
-/// except for fullnat, which rewrites the client's address: `Proxy`.
+/// the Service's family order, each with `ipMode: Proxy`: kube-proxy must leave the
+/// address to the load balancer. With `VIP` it DNATs the address in PREROUTING on
+/// every node, directors included, before IPVS sees the packet (and short-cuts
+/// in-cluster clients to the endpoints): kube-lvs's scheduler, weights, health checks
+/// and drain would be bypassed while its status says Programmed.
 pub fn ingress(svc: &Service, virtual_services: &[VirtualService]) -> Vec<LoadBalancerIngress> {
     let mut out: Vec<LoadBalancerIngress> = Vec::new();
     for family in families(svc) {
@@ -585,14 +587,7 @@ pub fn ingress(svc: &Service, virtual_services: &[VirtualService]) -> Vec<LoadBa
         }
         out.push(LoadBalancerIngress {
             ip: Some(vip),
-            ip_mode: Some(
-                if vs.spec.forwarding == ForwardingMethod::Fullnat {
-                    "Proxy"
-                } else {
-                    "VIP"
-                }
-                .into(),
-            ),
+            ip_mode: Some("Proxy".into()),
             ..Default::default()
         });
     }

@@ -554,7 +554,7 @@ fn load_balancer_services_follow_their_endpoint_slices_and_are_cleaned_up_withou
         to_ingress.as_secs_f64()
     );
     assert_eq!(ingress["ip"], "198.51.100.9", "{}", op.log());
-    assert_eq!(ingress["ipMode"], "VIP");
+    assert_eq!(ingress["ipMode"], "Proxy");
     let vs = s.json(&["get", "lvs", "web"]).unwrap();
     assert_eq!(vs["spec"]["scheduler"], "wlc");
     assert_eq!(vs["spec"]["ports"][0]["targetPort"], 8080);

@@ -213,14 +213,14 @@ fn dual_stack_gets_one_virtual_service_per_family() {
     assert_eq!(
         got,
         [
-            ("203.0.113.1".to_string(), "VIP".to_string()),
-            ("2001:db8::7".to_string(), "VIP".to_string())
+            ("203.0.113.1".to_string(), "Proxy".to_string()),
+            ("2001:db8::7".to_string(), "Proxy".to_string())
         ]
     );
 }
 
 #[test]
-fn fullnat_reports_ip_mode_proxy() {
+fn fullnat_reports_ip_mode_proxy_too() {
     let svc = service(
         "  annotations: {kubelvs.io/forwarding: fullnat, kubelvs.io/source-address-pool: snat}",
         "",
