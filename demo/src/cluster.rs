@@ -167,6 +167,17 @@ pub fn run(agent: &Path, config: &crate::lab::Config, n: usize) -> Result<()> {
          operator and agents run as processes with the chart's ServiceAccount tokens"
     );
     kubectl(&cluster, &["create", "namespace", NAMESPACE])?;
+    // The lab's real servers are nodes (each runs an agent): RealServers may name a
+    // node's address only where an administrator allows it.
+    kubectl(
+        &cluster,
+        &[
+            "label",
+            "namespace",
+            NAMESPACE,
+            "kubelvs.io/node-real-servers=allowed",
+        ],
+    )?;
     let nodes: String = std::iter::once(node_object(&setup.lab.director, true))
         .chain(
             setup

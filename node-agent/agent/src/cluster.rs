@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::Store;
@@ -29,7 +29,11 @@ pub struct ClusterSource {
     virtual_services: Store<DeserializeGuard<VirtualService>>,
     real_servers: Store<DeserializeGuard<RealServer>>,
     address_pools: Store<DeserializeGuard<AddressPool>>,
+    /// Every Node (labels and addresses): this node's identity, and the addresses no
+    /// RealServer may name without an administrator's leave.
     nodes: Store<Node>,
+    /// Namespaces' labels: where that leave is given.
+    namespaces: Store<Namespace>,
     node_name: String,
     /// This node as last seen: a Node object that goes (deleted and re-registered, a
     /// relist under way) must not make the agent forget its labels and withdraw every
@@ -97,9 +101,19 @@ impl ClusterSource {
             ),
             nodes: watch(
                 rt,
-                Api::all(client),
-                watcher::Config::default().fields(&format!("metadata.name={node_name}")),
+                Api::all(client.clone()),
+                watcher::Config::default(),
                 kubelvs_watch::node_but_addresses,
+                wake.clone(),
+            ),
+            namespaces: watch(
+                rt,
+                Api::all(client),
+                watcher::Config::default(),
+                |ns: &mut Namespace| {
+                    ns.spec = None;
+                    ns.status = None;
+                },
                 wake,
             ),
             node_name: node_name.to_owned(),
@@ -110,15 +124,16 @@ impl ClusterSource {
                 s.virtual_services.wait_until_ready().await?;
                 s.real_servers.wait_until_ready().await?;
                 s.address_pools.wait_until_ready().await?;
+                s.namespaces.wait_until_ready().await?;
                 s.nodes.wait_until_ready().await
             })
             .await
         })
         .map_err(|_| {
             anyhow::anyhow!(
-                "the watches of VirtualServices, RealServers, AddressPools and Node {node_name} \
-                 did not list within 60 s (are the kubelvs.io CRDs installed, and may this \
-                 account list them?)"
+                "the watches of VirtualServices, RealServers, AddressPools, Nodes and \
+                 Namespaces did not list within 60 s (are the kubelvs.io CRDs installed, and \
+                 may this account list them?)"
             )
         })??;
         info!(node = node_name, "watches listed");
@@ -167,13 +182,43 @@ impl ClusterSource {
             &mut objects.address_pools,
             &mut rejected,
         );
+        objects.node_real_servers = self.node_real_servers();
         (objects, rejected)
+    }
+
+    /// Every Node's addresses, and the namespaces an administrator labelled to allow
+    /// RealServers at them.
+    fn node_real_servers(&self) -> kubelvs_planner::NodeRealServers {
+        let mut policy = kubelvs_planner::NodeRealServers::default();
+        for n in self.nodes.state() {
+            let name = n.metadata.name.clone().unwrap_or_default();
+            for a in kubelvs_watch::node_addresses(&n) {
+                policy.addresses.insert(a, name.clone());
+            }
+        }
+        for ns in self.namespaces.state() {
+            let allowed = ns
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(kubelvs_planner::NODE_REAL_SERVERS_LABEL));
+            if allowed.map(String::as_str) == Some("allowed") {
+                policy
+                    .allowed
+                    .insert(ns.metadata.name.clone().unwrap_or_default());
+            }
+        }
+        policy
     }
 
     /// This node as its Node object says (labels, addresses), over `fallback`.
     pub fn node(&self, fallback: &NodeIdentity) -> NodeIdentity {
         let mut last_seen = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
-        let node = self.nodes.state().into_iter().next();
+        let node = self
+            .nodes
+            .state()
+            .into_iter()
+            .find(|n| n.metadata.name.as_deref() == Some(self.node_name.as_str()));
         identity(node.as_deref(), fallback, &mut last_seen)
     }
 }

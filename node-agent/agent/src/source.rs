@@ -21,6 +21,8 @@ pub struct Objects {
     pub virtual_services: Vec<Held<VirtualService>>,
     pub real_servers: Vec<Held<RealServer>>,
     pub address_pools: Vec<Held<AddressPool>>,
+    /// In a cluster: the nodes' addresses and where RealServers may name them.
+    pub node_real_servers: kubelvs_planner::NodeRealServers,
 }
 
 fn parsed<K>(held: &[Held<K>]) -> impl Iterator<Item = &K> {
@@ -34,6 +36,7 @@ impl Objects {
             parsed(&self.real_servers),
             parsed(&self.address_pools),
         )
+        .with_node_real_servers(self.node_real_servers.clone())
     }
 }
 

@@ -123,6 +123,15 @@ fn cluster_mode_agents_program_traffic_and_report_status() {
         .kubectl_ok(&["create", "namespace", "kube-lvs"])
         .unwrap();
     cluster.kubectl_ok(&["create", "namespace", "lab"]).unwrap();
+    // The lab's real servers are nodes (each runs an agent): an administrator's leave.
+    cluster
+        .kubectl_ok(&[
+            "label",
+            "namespace",
+            "lab",
+            "kubelvs.io/node-real-servers=allowed",
+        ])
+        .unwrap();
     cluster
         .apply_chart_templates(
             "kube-lvs",

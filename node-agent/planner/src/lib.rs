@@ -72,6 +72,37 @@ pub struct Objects<'a> {
     pub virtual_services: Vec<&'a VirtualService>,
     pub real_servers: Vec<&'a RealServerObject>,
     pub address_pools: Vec<&'a AddressPool>,
+    /// In a cluster: the nodes' addresses, and where a RealServer may name one.
+    pub node_real_servers: NodeRealServers,
+}
+
+/// The label an administrator puts on a Namespace whose RealServers may name a node's
+/// address (hostNetwork backends, a node that is a real server).
+pub const NODE_REAL_SERVERS_LABEL: &str = "kubelvs.io/node-real-servers";
+
+/// A RealServer at a node's address sends a VIP's traffic, and every director's
+/// health checks, to that node's own services (the kubelet, the API server). Only
+/// an administrator can allow it, per namespace (standalone: no restriction, the
+/// file's author is the administrator).
+#[derive(Debug, Clone, Default)]
+pub struct NodeRealServers {
+    /// Every Node's InternalIP and ExternalIP addresses, with the node's name.
+    pub addresses: std::collections::HashMap<IpAddr, String>,
+    /// Namespaces labelled [`NODE_REAL_SERVERS_LABEL`]`=allowed`.
+    pub allowed: std::collections::HashSet<String>,
+}
+
+impl NodeRealServers {
+    /// Why `address` may not be a real server of `namespace`, if it may not.
+    fn refusal(&self, namespace: &str, address: IpAddr) -> Option<String> {
+        let node = self.addresses.get(&address)?;
+        (!self.allowed.contains(namespace)).then(|| {
+            format!(
+                "{address} is node {node}'s address: a RealServer may name a node only in a \
+                 namespace labelled {NODE_REAL_SERVERS_LABEL}=allowed by an administrator"
+            )
+        })
+    }
 }
 
 impl<'a> Objects<'a> {
@@ -85,7 +116,14 @@ impl<'a> Objects<'a> {
             virtual_services: virtual_services.into_iter().collect(),
             real_servers: real_servers.into_iter().collect(),
             address_pools: address_pools.into_iter().collect(),
+            node_real_servers: NodeRealServers::default(),
         }
+    }
+
+    /// With a cluster's node addresses and the namespaces allowed to name them.
+    pub fn with_node_real_servers(mut self, policy: NodeRealServers) -> Self {
+        self.node_real_servers = policy;
+        self
     }
 }
 
@@ -132,7 +170,7 @@ pub fn plan_node(node: &NodeIdentity, objects: Objects<'_>) -> NodePlan {
             continue;
         }
 
-        let backends = select_real_servers(r.vs, &index, &mut problems);
+        let backends = select_real_servers(r.vs, &index, &objects.node_real_servers, &mut problems);
         let forwarding = forwarding(r.vs);
         let dataplane = match r.vs.spec.dataplane {
             kubelvs_crds::Dataplane::Ipvs => DataplaneKind::Ipvs,
@@ -445,6 +483,7 @@ struct Selected<'a> {
 fn select_real_servers<'a>(
     vs: &VirtualService,
     index: &RealServerIndex<'a>,
+    node_real_servers: &NodeRealServers,
     problems: &mut Vec<Problem>,
 ) -> Vec<Selected<'a>> {
     let namespace = vs.namespace().unwrap_or_default();
@@ -476,10 +515,18 @@ fn select_real_servers<'a>(
                     ),
                 });
             }
-            Ok(address) => out.push(Selected {
-                object: rs,
-                address,
-            }),
+            Ok(address) => match node_real_servers.refusal(&namespace, address) {
+                Some(message) => problems.push(Problem {
+                    object: object_ref_rs(rs),
+                    field: "spec.address".into(),
+                    reason: ProblemReason::Invalid,
+                    message,
+                }),
+                None => out.push(Selected {
+                    object: rs,
+                    address,
+                }),
+            },
             Err(_) => problems.push(Problem {
                 object: object_ref_rs(rs),
                 field: "spec.address".into(),

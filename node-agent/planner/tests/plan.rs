@@ -1,97 +1,14 @@
 //! The planner's rules, one scenario each, over plain objects built in code.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use common::*;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kubelvs_crds::*;
-use kubelvs_model::{Forwarding, NodePlan, ProblemReason, Tunnel, TunnelKind};
-use kubelvs_planner::{plan_node, NodeIdentity, Objects, VipSource};
-
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-fn selector(pairs: &[(&str, &str)]) -> LabelSelector {
-    LabelSelector {
-        match_labels: Some(labels(pairs)),
-        match_expressions: None,
-    }
-}
-
-/// A VirtualService `ns/name` on `vip` (None: pending) port 80/TCP, nat, selecting app=`name`,
-/// created at `created` seconds.
-fn vs(ns: &str, name: &str, vip: Option<&str>, created: i64) -> VirtualService {
-    let mut v = VirtualService::new(
-        name,
-        VirtualServiceSpec {
-            vip: vip.map(String::from),
-            address_pool: None,
-            ports: vec![ServicePort {
-                name: Some("http".into()),
-                port: 80,
-                protocol: Protocol::Tcp,
-                target_port: None,
-            }],
-            scheduler: Scheduler::Wrr,
-            scheduler_flags: vec![],
-            forwarding: ForwardingMethod::Nat,
-            tunnel: None,
-            source_address_pool: None,
-            persistence: None,
-            real_server_selector: selector(&[("app", name)]),
-            health_check: None,
-            directors: None,
-            dataplane: Dataplane::Ipvs,
-        },
-    );
-    v.metadata.namespace = Some(ns.into());
-    v.metadata.creation_timestamp = Some(Time(
-        k8s_openapi::jiff::Timestamp::from_second(1_700_000_000 + created).unwrap(),
-    ));
-    v
-}
-
-fn rs(ns: &str, name: &str, app: &str, address: &str) -> RealServer {
-    let mut r = RealServer::new(
-        name,
-        RealServerSpec {
-            address: address.into(),
-            port: None,
-            weight: 1,
-            node_name: None,
-            drain: false,
-        },
-    );
-    r.metadata.namespace = Some(ns.into());
-    r.metadata.labels = Some(labels(&[("app", app)]));
-    r
-}
-
-fn node(name: &str) -> NodeIdentity {
-    NodeIdentity {
-        name: name.into(),
-        labels: labels(&[("kubernetes.io/hostname", name)]),
-        addresses: vec!["192.0.2.1".parse().unwrap()],
-        ..Default::default()
-    }
-}
-
-fn plan(
-    n: &NodeIdentity,
-    vss: &[VirtualService],
-    rss: &[RealServer],
-    pools: &[AddressPool],
-) -> NodePlan {
-    plan_node(n, Objects::of(vss, rss, pools))
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
+use kubelvs_model::{Forwarding, ProblemReason, Tunnel, TunnelKind};
+use kubelvs_planner::NodeIdentity;
 
 #[test]
 fn nat_service_gets_its_selected_real_servers_sorted() {
@@ -187,87 +104,6 @@ fn pending_vip_is_reported_and_status_vip_is_used() {
     assert_eq!(p.problems[0].reason, ProblemReason::VipPending);
     assert_eq!(p.problems[0].object.name, "pending");
     assert_eq!(p.problems[0].field, "spec.vip");
-}
-
-/// `v` as the operator left it: `status.vip` (its grant) for generation `seen` of a
-/// spec now at generation `generation`.
-fn granted(mut v: VirtualService, vip: Option<&str>, generation: i64, seen: i64) -> VirtualService {
-    v.metadata.generation = Some(generation);
-    v.status = Some(VirtualServiceStatus {
-        vip: vip.map(String::from),
-        observed_generation: Some(seen),
-        ..Default::default()
-    });
-    v
-}
-
-fn in_cluster(name: &str) -> NodeIdentity {
-    NodeIdentity {
-        vip_source: VipSource::Granted,
-        ..node(name)
-    }
-}
-
-#[test]
-fn in_a_cluster_only_the_operators_grant_is_programmed() {
-    // The victim's VIP, granted. An older VirtualService of another tenant patched its
-    // spec.vip to the same address: the operator refused it (no status.vip), so no
-    // agent programs it, and the victim keeps its port (no conflict by age).
-    let victim = granted(vs("b", "victim", None, 100), Some("203.0.113.10"), 1, 1);
-    let thief = granted(vs("a", "thief", Some("203.0.113.10"), 0), None, 2, 2);
-    let rss = [
-        rs("a", "ra", "thief", "198.51.100.1"),
-        rs("b", "rb", "victim", "198.51.100.2"),
-    ];
-    let p = plan(
-        &in_cluster("n1"),
-        &[thief.clone(), victim.clone()],
-        &rss,
-        &[],
-    );
-    assert_eq!(p.services.len(), 1, "{p:#?}");
-    assert_eq!(p.services[0].source.name, "victim");
-    assert_eq!(p.services[0].real_servers[0].address, ip("198.51.100.2"));
-    assert_eq!(p.problems.len(), 1, "{:?}", p.problems);
-    assert_eq!(
-        (p.problems[0].reason, p.problems[0].object.name.as_str()),
-        (ProblemReason::VipPending, "thief")
-    );
-    assert!(
-        p.problems[0].message.contains("granted"),
-        "{}",
-        p.problems[0].message
-    );
-    // Standalone, the file's author is the administrator: spec.vip as written, and
-    // the older claim wins.
-    let p = plan(&node("n1"), &[thief, victim], &rss, &[]);
-    assert_eq!(p.services[0].source.name, "thief");
-}
-
-#[test]
-fn a_grant_for_an_older_generation_is_not_programmed() {
-    // spec edited (generation 3); the operator has not looked at it yet.
-    let stale = granted(vs("a", "web", None, 0), Some("203.0.113.10"), 3, 2);
-    let p = plan(&in_cluster("n1"), &[stale], &[], &[]);
-    assert!(p.services.is_empty());
-    assert_eq!(p.problems[0].reason, ProblemReason::VipPending);
-    // Once it has, the grant holds; a grant without a generation never does.
-    let fresh = granted(vs("a", "web", None, 0), Some("203.0.113.10"), 3, 3);
-    let p = plan(
-        &in_cluster("n1"),
-        &[fresh],
-        &[rs("a", "r", "web", "198.51.100.1")],
-        &[],
-    );
-    assert_eq!(p.services.len(), 1);
-    let mut unstamped = vs("a", "web", None, 0);
-    unstamped.status = Some(VirtualServiceStatus {
-        vip: Some("203.0.113.10".into()),
-        ..Default::default()
-    });
-    assert!(plan(&in_cluster("n1"), &[unstamped], &[], &[])
-        .services
-        .is_empty());
 }
 
 #[test]
@@ -870,45 +706,4 @@ fn health_checks_become_probes_udp_payload_decoded_from_hex() {
             ..
         }
     ));
-}
-
-#[test]
-fn real_servers_on_special_addresses_are_never_probed_or_forwarded_to() {
-    // Stored before the CRD refused them (or written by hand): left out, named.
-    let web = vs("shop", "web", Some("203.0.113.10"), 0);
-    let p = plan(
-        &node("n1"),
-        &[web],
-        &[
-            rs("shop", "ok", "web", "198.51.100.11"),
-            rs("shop", "self", "web", "127.0.0.1"),
-            rs("shop", "metadata", "web", "169.254.169.254"),
-            rs("shop", "v6-link", "web", "fe80::1"),
-        ],
-        &[],
-    );
-    let addrs: Vec<_> = p.services[0]
-        .real_servers
-        .iter()
-        .map(|r| r.address)
-        .collect();
-    assert_eq!(addrs, vec![ip("198.51.100.11")]);
-    let named: Vec<(&str, &str)> = p
-        .problems
-        .iter()
-        .map(|p| (p.object.name.as_str(), p.field.as_str()))
-        .collect();
-    assert_eq!(
-        named,
-        vec![
-            ("metadata", "spec.address"),
-            ("self", "spec.address"),
-            ("v6-link", "spec.address")
-        ]
-    );
-    assert!(
-        p.problems[0].message.contains("link-local"),
-        "{:?}",
-        p.problems
-    );
 }

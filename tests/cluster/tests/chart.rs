@@ -286,6 +286,14 @@ fn helm_installs_the_chart_and_its_rbac_is_least_privilege() {
     assert!(can("patch", "realservers.kubelvs.io/status"));
     assert!(can("watch", "virtualservices.kubelvs.io"));
     assert!(can("list", "nodes"));
+    assert!(
+        can("watch", "namespaces"),
+        "where node real servers are allowed"
+    );
+    assert!(
+        !can("patch", "namespaces"),
+        "the leave is an administrator's"
+    );
     assert!(can("create", "events.events.k8s.io"));
     assert!(!can("patch", "virtualservices.kubelvs.io"), "spec writes");
     assert!(!can("update", "realservers.kubelvs.io"), "spec writes");
