@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use futures_util::TryStreamExt;
-use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, CacheInfo,
+};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
 use rtnetlink::LinkUnspec;
 
@@ -168,7 +170,13 @@ impl NetKernel for RtNetlink {
         let handle = self.handle.clone();
         let (addr, len) = (a.addr, a.prefix_len);
         self.rt
-            .block_on(async move { handle.address().add(index, addr, len).execute().await })
+            .block_on(async move {
+                let mut request = handle.address().add(index, addr, len);
+                if addr.is_ipv6() {
+                    shared_vip_v6(request.message_mut());
+                }
+                request.execute().await
+            })
             .map_err(nl_err(&format!("add address {a}")))
     }
 
@@ -233,4 +241,19 @@ impl NetKernel for RtNetlink {
             }
         })
     }
+}
+
+/// An IPv6 VIP is shared by design (every director of it, every DR real server):
+/// duplicate address detection would fail it on all but the first node (`dadfailed`,
+/// never usable), so it is added without DAD. And deprecated (preferred lifetime 0,
+/// valid forever): the node never picks it as the source of its own connections,
+/// whose replies would go to whichever node the network sends the VIP to.
+fn shared_vip_v6(m: &mut AddressMessage) {
+    m.header.flags |= AddressHeaderFlags::Nodad;
+    m.attributes
+        .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    let mut lifetimes = CacheInfo::default();
+    lifetimes.ifa_preferred = 0;
+    lifetimes.ifa_valid = u32::MAX;
+    m.attributes.push(AddressAttribute::CacheInfo(lifetimes));
 }

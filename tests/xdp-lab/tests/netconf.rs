@@ -277,3 +277,64 @@ fn tun_real_servers_without_ipip_get_the_vip_and_xdp_decapsulation() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `host`'s line for `addr` in `ip -6 addr show dev eth`, if it has it.
+fn ip6_line(host: &Host, addr: &str) -> Option<String> {
+    host.netns
+        .ip(&["-o", "-6", "addr", "show", "dev", HOST_IFNAME])
+        .unwrap()
+        .lines()
+        .find(|l| l.contains(&format!(" {addr}/128 ")))
+        .map(str::to_owned)
+}
+
+#[test]
+#[ignore = "privileged: netns"]
+fn two_directors_on_one_segment_both_carry_an_ipv6_vip_without_duplicate_address_detection() {
+    // Two directors of one IPv6 VIP on the same L2 segment: with DAD, the second one's
+    // copy fails it (`dadfailed`, never usable) while the agent says Programmed.
+    let x = XdpLab::build(LabConfig::default()).unwrap();
+    let lab = &x.lab;
+    let vip = kubelvs_xdp_lab::topology::VIP6.to_string();
+    let dir = std::env::temp_dir().join(format!("kubelvs-netconf-dad-{}", std::process::id()));
+    let second = &lab.real_servers[0];
+    // The second director joins once the first carries the VIP (its DAD, if any, done).
+    let mut lines = Vec::new();
+    for host in [&lab.director, second] {
+        let plan = NodePlan {
+            node: host.role.clone(),
+            services: vec![kubelvs_xdp_lab::plan::service6(
+                lab,
+                PORT,
+                Protocol::Tcp,
+                Forwarding::Dr,
+                &[1, 1, 1],
+                PORT,
+            )],
+            ..NodePlan::default()
+        };
+        let r = netconf(host, &dir.join(&host.role), plan);
+        assert!(r.problems().next().is_none(), "{r:?}");
+        let deadline = Instant::now() + TIMEOUT;
+        let line = loop {
+            let l = ip6_line(host, &vip).expect("the VIP on the interface");
+            if !l.contains("tentative") || l.contains("dadfailed") || Instant::now() > deadline {
+                break l;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        lines.push(line);
+    }
+    for l in &lines {
+        assert!(!l.contains("dadfailed") && !l.contains("tentative"), "{l}");
+    }
+    for l in &lines {
+        assert!(l.contains("nodad"), "{l}");
+        // Never the source of the node's own connections.
+        assert!(
+            l.contains("deprecated") || l.contains("preferred_lft 0sec"),
+            "{l}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
