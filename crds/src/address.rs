@@ -11,7 +11,11 @@ pub fn not_unicast(ip: IpAddr) -> Option<&'static str> {
         IpAddr::V4(v) => v.is_link_local(),
         IpAddr::V6(v) => v.is_unicast_link_local(),
     };
-    if ip.is_unspecified() {
+    // `::ffff:127.0.0.1` reaches 127.0.0.1 through a dual-stack socket: every check
+    // below would see an ordinary IPv6 address.
+    if matches!(ip, IpAddr::V6(v) if v.to_ipv4_mapped().is_some()) {
+        Some("an IPv4-mapped IPv6 address (write the IPv4 address)")
+    } else if ip.is_unspecified() {
         Some("the unspecified address")
     } else if ip.is_loopback() {
         Some("a loopback address")
@@ -42,6 +46,8 @@ mod tests {
             ("224.0.0.1", "multicast"),
             ("ff02::1", "multicast"),
             ("255.255.255.255", "broadcast"),
+            ("::ffff:127.0.0.1", "IPv4-mapped"),
+            ("::ffff:192.0.2.2", "IPv4-mapped"),
         ] {
             let why = not_unicast(a.parse().unwrap()).unwrap_or_else(|| panic!("{a}"));
             assert!(why.contains(what), "{a}: {why}");

@@ -92,7 +92,10 @@ impl Traffic {
                     .or_default(),
                 _ => continue,
             };
-            let value = value as u64;
+            // Counters are integers: read them as such (an f64 loses them past 2^53).
+            let value = value
+                .parse::<u64>()
+                .unwrap_or_else(|_| value.parse::<f64>().map_or(0, |v| v as u64));
             match field {
                 "connections" => counters.connections += value,
                 "packets" => counters.packets += value,
@@ -113,7 +116,7 @@ pub fn add(sum: &mut TrafficCounters, c: &TrafficCounters) {
 type Labels = Vec<(String, String)>;
 
 /// One sample line: `name{label="value",...} value [timestamp]`.
-fn sample(line: &str) -> Option<(&str, Labels, f64)> {
+fn sample(line: &str) -> Option<(&str, Labels, &str)> {
     let line = line.trim();
     let name_end = line.find(['{', ' '])?;
     let name = &line[..name_end];
@@ -153,32 +156,37 @@ fn sample(line: &str) -> Option<(&str, Labels, f64)> {
         }
         rest = &inner[end?..];
     }
-    let value = rest.split_whitespace().next()?.parse().ok()?;
+    let value = rest.split_whitespace().next()?;
+    value.parse::<f64>().ok()?;
     Some((name, labels, value))
 }
 
-/// Reads every running agent pod's metrics through the API server's proxy. A pod
-/// that cannot be read is named in the returned warnings; the others still count.
-pub async fn from_pods(
-    client: &kube::Client,
-    namespace: Option<&str>,
-) -> anyhow::Result<(Traffic, usize, Vec<String>)> {
-    let pods: Api<Pod> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let list = pods
-        .list(&ListParams::default().labels(AGENT_SELECTOR))
-        .await
-        .with_context(|| {
-            format!(
-                "listing the agents' pods ({AGENT_SELECTOR}) for --stats; \
-                 --agents-namespace NS narrows the search to the release's namespace"
-            )
-        })?;
+/// Where the chart is installed unless told otherwise (`--agents-namespace`).
+pub const DEFAULT_AGENTS_NAMESPACE: &str = "kube-lvs";
+
+/// Reads the metrics of every running agent pod in `namespace` (the release's: pods
+/// anywhere else that carry the same labels are a tenant's, not agents) through the
+/// API server's proxy. What cannot be read is named in the returned warnings; the
+/// rest still counts, and the table is shown either way.
+pub async fn from_pods(client: &kube::Client, namespace: &str) -> (Traffic, usize, Vec<String>) {
     let mut traffic = Traffic::default();
     let mut read = 0;
     let mut warnings = Vec::new();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let list = match pods
+        .list(&ListParams::default().labels(AGENT_SELECTOR))
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            warnings.push(format!(
+                "the agents' pods in namespace {namespace} ({AGENT_SELECTOR}) not listed \
+                 (needs list on pods there; --agents-namespace names the release's \
+                 namespace): {e}"
+            ));
+            return (traffic, read, warnings);
+        }
+    };
     for pod in &list.items {
         let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
         let name = pod.metadata.name.as_deref().unwrap_or_default();
@@ -200,8 +208,12 @@ pub async fn from_pods(
         let request = http::Request::get(format!(
             "/api/v1/namespaces/{ns}/pods/{name}:{port}/proxy/metrics"
         ))
-        .body(Vec::new())?;
-        match client.request_text(request).await {
+        .body(Vec::new());
+        let answer = match request {
+            Ok(r) => client.request_text(r).await,
+            Err(e) => Err(kube::Error::HttpError(e)),
+        };
+        match answer {
             Ok(text) => {
                 traffic.add_scrape(&text);
                 read += 1;
@@ -212,11 +224,17 @@ pub async fn from_pods(
             )),
         }
     }
-    Ok((traffic, read, warnings))
+    (traffic, read, warnings)
 }
 
 /// Reads an agent's metrics endpoint directly: `http://HOST:PORT[/metrics]`.
 pub async fn from_url(url: &str) -> anyhow::Result<String> {
+    tokio::time::timeout(std::time::Duration::from_secs(10), read_url(url))
+        .await
+        .with_context(|| format!("--agent {url}: no answer within 10 s"))?
+}
+
+async fn read_url(url: &str) -> anyhow::Result<String> {
     use http_body_util::BodyExt;
     let uri: http::Uri = url
         .parse()
@@ -281,8 +299,8 @@ mod tests {
             labels,
             vec![("a".into(), "1".into()), ("b".into(), "q\"u\\o,te}".into())]
         );
-        assert_eq!(v, 42.0);
-        assert_eq!(sample("up 1").unwrap().2, 1.0);
+        assert_eq!(v, "42");
+        assert_eq!(sample("up 1").unwrap().2, "1");
         assert!(sample(r#"broken{a="1" 2"#).is_none());
         assert!(sample("").is_none());
     }

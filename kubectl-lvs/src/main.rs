@@ -8,7 +8,8 @@
 //!
 //! `kubectl lvs [-n NAMESPACE] [--stats [--agents-namespace NS | --agent URL ...]]
 //! [-o text|json|yaml]` (all namespaces by default; json and yaml carry the traffic
-//! with `--stats`).
+//! with `--stats`; the agents' pods are looked for in `kube-lvs` unless
+//! `--agents-namespace` names the release's namespace).
 
 mod agents;
 mod table;
@@ -95,12 +96,17 @@ fn run() -> anyhow::Result<()> {
         } else if !agent_urls.is_empty() {
             let mut t = agents::Traffic::default();
             for url in &agent_urls {
-                t.add_scrape(&agents::from_url(url).await?);
+                match agents::from_url(url).await {
+                    Ok(text) => t.add_scrape(&text),
+                    Err(e) => eprintln!("kubectl lvs: {e:#} (not counted)"),
+                }
             }
             Some(t)
         } else {
-            let (t, read, warnings) =
-                agents::from_pods(&client, agents_namespace.as_deref()).await?;
+            let namespace = agents_namespace
+                .as_deref()
+                .unwrap_or(agents::DEFAULT_AGENTS_NAMESPACE);
+            let (t, read, warnings) = agents::from_pods(&client, namespace).await;
             for w in &warnings {
                 eprintln!("kubectl lvs: {w}");
             }

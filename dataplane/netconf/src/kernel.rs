@@ -141,6 +141,14 @@ impl NetKernel for RtNetlink {
             .into_iter()
             .filter_map(|m: rtnetlink::packet_route::address::AddressMessage| {
                 let (ifname, _) = names.get(&m.header.index)?;
+                // An address that failed duplicate address detection is not usable: as
+                // if missing, so it is added again (as a VIP, without DAD).
+                let dadfailed = m.attributes.iter().any(|a| {
+                    matches!(a, AddressAttribute::Flags(f) if f.contains(AddressFlags::Dadfailed))
+                });
+                if dadfailed {
+                    return None;
+                }
                 // IFA_LOCAL is the interface's own address where the two differ
                 // (point-to-point); IFA_ADDRESS otherwise.
                 let addr = m
@@ -167,17 +175,29 @@ impl NetKernel for RtNetlink {
 
     fn add_address(&mut self, a: &LocalAddress) -> Result<(), NetError> {
         let index = self.index_of(&a.ifname)?;
-        let handle = self.handle.clone();
-        let (addr, len) = (a.addr, a.prefix_len);
-        self.rt
-            .block_on(async move {
+        let add = |handle: rtnetlink::Handle| {
+            let (addr, len) = (a.addr, a.prefix_len);
+            async move {
                 let mut request = handle.address().add(index, addr, len);
                 if addr.is_ipv6() {
                     shared_vip_v6(request.message_mut());
                 }
                 request.execute().await
-            })
-            .map_err(nl_err(&format!("add address {a}")))
+            }
+        };
+        match self.rt.block_on(add(self.handle.clone())) {
+            // An IPv6 copy that failed DAD (added before VIPs were added without it)
+            // is in the way: replace it.
+            Err(rtnetlink::Error::NetlinkError(e))
+                if a.addr.is_ipv6() && e.raw_code() == -EEXIST =>
+            {
+                self.del_address(a)?;
+                self.rt
+                    .block_on(add(self.handle.clone()))
+                    .map_err(nl_err(&format!("add address {a}")))
+            }
+            r => r.map_err(nl_err(&format!("add address {a}"))),
+        }
     }
 
     fn del_address(&mut self, a: &LocalAddress) -> Result<(), NetError> {
@@ -242,6 +262,9 @@ impl NetKernel for RtNetlink {
         })
     }
 }
+
+/// errno EEXIST (asm-generic/errno-base.h).
+const EEXIST: i32 = 17;
 
 /// An IPv6 VIP is shared by design (every director of it, every DR real server):
 /// duplicate address detection would fail it on all but the first node (`dadfailed`,

@@ -46,7 +46,13 @@ fn status_writes(cluster: &Cluster) -> f64 {
 /// Node `node`'s entries: programmed on every VirtualService with `m` healthy real
 /// servers, but `healthy_less` one fewer on vs0; observations of the real servers in
 /// `down` (named `rsI-J`).
-fn entries(node: &str, n: usize, m: usize, healthy_less: bool, down: &[&str]) -> Arc<Desired> {
+fn entries(
+    node: &str,
+    n: usize,
+    m: usize,
+    healthy_less: bool,
+    down: &[&str],
+) -> Option<Arc<Desired>> {
     let directors: BTreeMap<ObjectRef, DirectorStatus> = (0..n)
         .map(|i| {
             let healthy = if i == 0 && healthy_less { m - 1 } else { m };
@@ -76,7 +82,7 @@ fn entries(node: &str, n: usize, m: usize, healthy_less: bool, down: &[&str]) ->
             )
         })
         .collect();
-    Arc::new(desired(&directors, &observations))
+    Some(Arc::new(desired(&directors, &observations, |_| None)))
 }
 
 /// Waits until the API server has answered `expected` more status writes than

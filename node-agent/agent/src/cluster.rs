@@ -103,7 +103,12 @@ impl ClusterSource {
                 rt,
                 Api::all(client.clone()),
                 watcher::Config::default(),
-                kubelvs_watch::node_but_addresses,
+                |n: &mut Node| {
+                    kubelvs_watch::node_but_addresses(n);
+                    // Labels and addresses are all the planner reads of a Node.
+                    n.spec = None;
+                    n.metadata.annotations = None;
+                },
                 wake.clone(),
             ),
             namespaces: watch(
@@ -113,6 +118,7 @@ impl ClusterSource {
                 |ns: &mut Namespace| {
                     ns.spec = None;
                     ns.status = None;
+                    ns.metadata.annotations = None;
                 },
                 wake,
             ),
@@ -212,6 +218,27 @@ impl ClusterSource {
     }
 
     /// This node as its Node object says (labels, addresses), over `fallback`.
+    /// The uid of a VirtualService or RealServer as the watches hold it.
+    pub fn uid_of(&self, object: &ObjectRef) -> Option<String> {
+        fn uid<K: Clone + Resource<DynamicType = ()>>(
+            store: &Store<DeserializeGuard<K>>,
+            object: &ObjectRef,
+        ) -> Option<String> {
+            let key =
+                kube::runtime::reflector::ObjectRef::new(&object.name).within(&object.namespace);
+            let held = store.get(&key)?;
+            match &held.0 {
+                Ok(o) => o.meta().uid.clone(),
+                Err(e) => e.metadata.uid.clone(),
+            }
+        }
+        match object.kind.as_str() {
+            "VirtualService" => uid(&self.virtual_services, object),
+            "RealServer" => uid(&self.real_servers, object),
+            _ => None,
+        }
+    }
+
     pub fn node(&self, fallback: &NodeIdentity) -> NodeIdentity {
         let mut last_seen = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
         let node = self
@@ -263,23 +290,26 @@ pub type Desired = BTreeMap<(String, ObjectRef), serde_json::Value>;
 pub async fn status_writer(
     client: Client,
     manager: String,
-    mut desired: tokio::sync::watch::Receiver<Arc<Desired>>,
+    mut desired: tokio::sync::watch::Receiver<Option<Arc<Desired>>>,
     min_gap: Duration,
     found: Desired,
 ) {
     use crate::status::{apply_body, entry_list, write_due, Due};
     let params = PatchParams::apply(&manager).force();
     let mut written = found;
-    // Nothing is decided before the first plan: what a previous run left is only
-    // removed once this run knows what it wants.
-    if desired.changed().await.is_err() {
+    // Nothing is decided before the first plan (`None` until then): what a previous
+    // run left is only removed once this run knows what it wants, even if it wants
+    // nothing.
+    if desired.wait_for(Option::is_some).await.is_err() {
         return;
     }
     let mut refused: BTreeMap<(String, ObjectRef), (tokio::time::Instant, Duration)> =
         BTreeMap::new();
     let mut backoff = Duration::from_millis(500);
     loop {
-        let want = desired.borrow_and_update().clone();
+        let Some(want) = desired.borrow_and_update().clone() else {
+            continue;
+        };
         let now = tokio::time::Instant::now();
         let mut due: Vec<(Due, (String, ObjectRef), serde_json::Value)> = want
             .iter()
@@ -331,6 +361,12 @@ pub async fn status_writer(
                     refused.remove(&key);
                     written.remove(&key);
                 }
+                Err(kube::Error::Api(e)) if e.code == 429 || e.code >= 500 => {
+                    // The API server is overloaded or failing: everything waits.
+                    warn!(object = %key.1, code = e.code, error = %e.message, "status write failed; will retry");
+                    unreachable = true;
+                    break;
+                }
                 Err(kube::Error::Api(e)) => {
                     // This object only: the API server answers, and refuses it.
                     let next = refused
@@ -371,6 +407,20 @@ pub async fn status_writer(
             }
         }
     }
+}
+
+/// The RealServer observations among `found` (what [`own_entries`] read), as they were.
+pub fn observations_at_start(
+    found: &Desired,
+) -> BTreeMap<ObjectRef, kubelvs_crds::HealthObservation> {
+    found
+        .iter()
+        .filter(|((kind, _), _)| kind == "RealServer")
+        .filter_map(|((_, object), body)| {
+            let entry = body["status"]["observations"].get(0)?.clone();
+            Some((object.clone(), serde_json::from_value(entry).ok()?))
+        })
+        .collect()
 }
 
 /// What the API server holds of `node`'s own status entries, as the apply bodies
@@ -428,6 +478,7 @@ where
                     crate::status::entry_list(kind),
                     Some(entry(o)?),
                 );
+                let body = crate::status::with_uid(body, o.meta().uid.clone());
                 Some(((kind.to_owned(), object), body))
             })
             .collect(),
@@ -450,7 +501,7 @@ fn object_ref<K: Resource>(o: &K, kind: &str) -> ObjectRef {
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Shared handle to publish the desired status.
-pub type StatusSender = Arc<tokio::sync::watch::Sender<Arc<Desired>>>;
+pub type StatusSender = Arc<tokio::sync::watch::Sender<Option<Arc<Desired>>>>;
 
 #[cfg(test)]
 mod tests {

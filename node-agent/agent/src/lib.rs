@@ -62,6 +62,8 @@ pub enum Source {
         watches: cluster::ClusterSource,
         status: cluster::StatusSender,
         events: tokio::sync::mpsc::UnboundedSender<events::Notice>,
+        /// This node's RealServer observations as the API server held them at start.
+        at_start: BTreeMap<ObjectRef, kubelvs_crds::HealthObservation>,
     },
 }
 
@@ -171,15 +173,18 @@ fn publish_status(
     directors: &BTreeMap<ObjectRef, kubelvs_crds::DirectorStatus>,
     observations: &BTreeMap<ObjectRef, kubelvs_crds::HealthObservation>,
 ) {
-    let Source::Cluster { status, .. } = source else {
+    let Source::Cluster {
+        status, watches, ..
+    } = source
+    else {
         return;
     };
-    let desired = status::desired(directors, observations);
-    // Unchanged: the writer is not woken for nothing.
+    let desired = status::desired(directors, observations, |o| watches.uid_of(o));
+    // Unchanged: the writer is not woken for nothing (the first plan always is).
     status.send_if_modified(|d| {
-        let changed = **d != desired;
+        let changed = d.as_deref() != Some(&desired);
         if changed {
-            *d = Arc::new(desired);
+            *d = Some(Arc::new(desired));
         }
         changed
     });
@@ -376,7 +381,11 @@ pub fn run(
             for n in notices.update(node, planned, &unhealthy, &states, &directors) {
                 let _ = events.send(n);
             }
-            let observations = status::observations(node, planned, &states);
+            let at_start = match &source {
+                Source::Cluster { at_start, .. } => at_start,
+                Source::File(_) => &BTreeMap::new(),
+            };
+            let observations = status::observations(node, planned, &states, at_start);
             publish_status(&source, &directors, &observations);
         }
         metrics.observed.set_ready(true);

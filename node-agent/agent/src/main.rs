@@ -330,6 +330,7 @@ fn main() -> anyhow::Result<()> {
             // What a previous run of this agent left: what is unchanged is not written
             // again, and entries the first plan no longer wants are removed.
             let found = rt.block_on(kubelvs_agent::cluster::own_entries(&client, &args.node));
+            let at_start = kubelvs_agent::cluster::observations_at_start(&found);
             rt.spawn(status_writer(
                 client.clone(),
                 kubelvs_agent::status::field_manager(&args.node),
@@ -347,6 +348,7 @@ fn main() -> anyhow::Result<()> {
                 watches,
                 status: std::sync::Arc::new(tx),
                 events,
+                at_start,
             }
         }
     };

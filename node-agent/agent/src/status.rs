@@ -121,13 +121,16 @@ fn bounded(message: String) -> String {
     }
 }
 
-/// This node's observation of every RealServer it health-checks.
+/// This node's observation of every RealServer it health-checks. `at_start`: the
+/// observations the API server held when the agent started, which stand until this
+/// run's probes say otherwise (a restart rewrites nothing it still agrees with).
 pub fn observations(
     node: &str,
     plan: &NodePlan,
     states: &BTreeMap<Target, State>,
+    at_start: &BTreeMap<ObjectRef, HealthObservation>,
 ) -> BTreeMap<ObjectRef, HealthObservation> {
-    let mut out = BTreeMap::new();
+    let mut out: BTreeMap<ObjectRef, HealthObservation> = BTreeMap::new();
     for s in &plan.services {
         let Some(check) = &s.health_check else {
             continue;
@@ -136,29 +139,60 @@ pub fn observations(
             let Some(state) = states.get(&target_of(check, r.address, r.port)) else {
                 continue;
             };
-            // A real server healthy since this agent first probed it has nothing to
-            // report: an entry says it is down, or since when it is up again. So a
-            // start of a healthy cluster writes no observation at all.
-            if state.healthy && state.last_transition.is_none() {
+            let Some(o) = observation(node, state, at_start.get(&r.source)) else {
                 continue;
+            };
+            // A real server checked by several services: down on one is down.
+            match out.get(&r.source) {
+                Some(kept) if !kept.healthy => {}
+                _ => {
+                    out.insert(r.source.clone(), o);
+                }
             }
-            out.entry(r.source.clone())
-                .or_insert_with(|| HealthObservation {
-                    node: node.to_owned(),
-                    healthy: state.healthy,
-                    last_transition_time: state.last_transition.map(time),
-                    message: Some(bounded(state.message.clone())),
-                });
         }
     }
     out
 }
 
+/// What to report of one probe's `state`, given what the API server held at start.
+fn observation(
+    node: &str,
+    state: &State,
+    at_start: Option<&HealthObservation>,
+) -> Option<HealthObservation> {
+    let current = || HealthObservation {
+        node: node.to_owned(),
+        healthy: state.healthy,
+        last_transition_time: state.last_transition.map(time),
+        message: Some(bounded(state.message.clone())),
+    };
+    if state.last_transition.is_some() {
+        return Some(current());
+    }
+    match at_start {
+        // Not probed yet this run, or probed and still agreeing: as it was.
+        Some(was) if state.last_probe.is_none() || was.healthy == state.healthy => {
+            Some(was.clone())
+        }
+        Some(_) => Some(current()),
+        // A real server healthy since this agent first probed it has nothing to
+        // report: an entry says it is down, or since when it is up again. So a start
+        // of a healthy cluster writes no observation at all.
+        None if state.healthy => None,
+        None => Some(current()),
+    }
+}
+
 /// What this node wants in status: every key is (kind, object) and every value the
 /// server-side apply body of this node's entry.
+///
+/// `uid` names each object's uid as the watches see it: the body carries it, so the
+/// API server refuses the write if the object was replaced meanwhile, and a replaced
+/// object (same name, new uid, empty status) gets its entry again.
 pub fn desired(
     directors: &BTreeMap<ObjectRef, DirectorStatus>,
     observations: &BTreeMap<ObjectRef, HealthObservation>,
+    uid: impl Fn(&ObjectRef) -> Option<String>,
 ) -> BTreeMap<(String, ObjectRef), serde_json::Value> {
     let mut out = BTreeMap::new();
     for (vs, entry) in directors {
@@ -168,7 +202,10 @@ pub fn desired(
             "directors",
             serde_json::to_value(entry).ok(),
         );
-        out.insert(("VirtualService".into(), vs.clone()), body);
+        out.insert(
+            ("VirtualService".into(), vs.clone()),
+            with_uid(body, uid(vs)),
+        );
     }
     for (rs, obs) in observations {
         let body = apply_body(
@@ -177,9 +214,17 @@ pub fn desired(
             "observations",
             serde_json::to_value(obs).ok(),
         );
-        out.insert(("RealServer".into(), rs.clone()), body);
+        out.insert(("RealServer".into(), rs.clone()), with_uid(body, uid(rs)));
     }
     out
+}
+
+/// `body` with the object's uid, if known.
+pub fn with_uid(mut body: serde_json::Value, uid: Option<String>) -> serde_json::Value {
+    if let Some(uid) = uid {
+        body["metadata"]["uid"] = serde_json::Value::String(uid);
+    }
+    body
 }
 
 /// The server-side apply body that sets this node's entry (`entry` None: removes it).
@@ -398,7 +443,8 @@ mod tests {
         let body = |states: &BTreeMap<Target, State>| {
             desired(
                 &directors("n1", &p, &reports, &unhealthy),
-                &observations("n1", &p, states),
+                &observations("n1", &p, states, &BTreeMap::new()),
+                |_| None,
             )
         };
         let first = body(&states);
@@ -447,6 +493,58 @@ mod tests {
             Due::Urgent < Due::Routine,
             "faults and changes go out first"
         );
+    }
+
+    #[test]
+    fn a_restart_keeps_the_observations_it_found_until_its_probes_disagree() {
+        let p = plan();
+        let rs = ObjectRef::new("RealServer", "lab", "192.0.2.12");
+        let was_down = HealthObservation {
+            node: "n1".into(),
+            healthy: false,
+            last_transition_time: Some(time(SystemTime::UNIX_EPOCH)),
+            message: Some("connection refused".into()),
+        };
+        let at_start: BTreeMap<ObjectRef, HealthObservation> =
+            [(rs.clone(), was_down.clone())].into();
+        let mut states = BTreeMap::new();
+        let check = p.services[0].health_check.clone().unwrap();
+        for port in [80, 443] {
+            for a in ["192.0.2.11", "192.0.2.12"] {
+                states.insert(
+                    target_of(&check, a.parse().unwrap(), port),
+                    State::default(),
+                );
+            }
+        }
+        // Not probed yet: as the API server holds it (no write).
+        let o = observations("n1", &p, &states, &at_start);
+        assert_eq!(o.get(&rs), Some(&was_down));
+        // Probed down (no transition: it starts down when it was down before): the same.
+        for port in [80, 443] {
+            let t = target_of(&check, "192.0.2.12".parse().unwrap(), port);
+            let s = states.get_mut(&t).unwrap();
+            s.healthy = false;
+            s.observe(false, "timed out".into(), 1, 2, std::time::Instant::now());
+        }
+        assert_eq!(
+            observations("n1", &p, &states, &at_start).get(&rs),
+            Some(&was_down)
+        );
+        // Probed up (a transition in this run): the new state.
+        for port in [80, 443] {
+            let t = target_of(&check, "192.0.2.12".parse().unwrap(), port);
+            states.get_mut(&t).unwrap().observe(
+                true,
+                "connected".into(),
+                1,
+                2,
+                std::time::Instant::now(),
+            );
+        }
+        let o = observations("n1", &p, &states, &at_start);
+        assert!(o[&rs].healthy);
+        assert_ne!(o[&rs].last_transition_time, was_down.last_transition_time);
     }
 
     #[test]

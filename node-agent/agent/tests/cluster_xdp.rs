@@ -237,11 +237,6 @@ spec: {{address: {}, nodeName: rs1}}
     });
     assert_eq!(entry["programmed"], true, "{entry}");
     assert_eq!(entry["dataplane"], "xdp", "{entry}");
-    // Real servers passing since their first probe: nothing to report (an observation
-    // appears once one goes down, below).
-    for rs in &lab.real_servers {
-        assert_eq!(observation(&cluster, &rs.role, "director"), None);
-    }
     // Status holds state: with traffic flowing and probes passing every second, no
     // object is written; the counters are in the director's metrics.
     let versions = || -> Vec<serde_json::Value> {
@@ -275,6 +270,12 @@ spec: {{address: {}, nodeName: rs1}}
         reached_all.extend(reached(&lab, 10));
     }
     assert_eq!(versions(), before, "status written while nothing changed");
+    // Real servers passing since their first probe (four seconds of probes every
+    // second by now): nothing to report. An observation appears once one goes down,
+    // below.
+    for rs in &lab.real_servers {
+        assert_eq!(observation(&cluster, &rs.role, "director"), None);
+    }
     let entry = director_entry(&cluster, "director").unwrap();
     assert!(entry.get("traffic").is_none(), "{entry}");
     let service = format!("{}:{PORT}/TCP", lab.vip);

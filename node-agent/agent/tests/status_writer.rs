@@ -146,7 +146,7 @@ spec: {{policyName: {policy}, validationActions: [Deny]}}
         Duration::from_millis(100),
         found,
     ));
-    tx.send_replace(std::sync::Arc::new(desired));
+    tx.send_replace(Some(std::sync::Arc::new(desired)));
     eventually(Duration::from_secs(10), "b-ok written", || {
         status_of("b-ok")
     });
@@ -245,13 +245,13 @@ fn a_transition_goes_out_ahead_of_a_wave_of_new_entries_and_a_restart_writes_onl
     ));
     // A start: 2,000 new entries, about 4 s of writes.
     const N: usize = 2_000;
-    tx.send_replace(std::sync::Arc::new(observations(N, &[])));
+    tx.send_replace(Some(std::sync::Arc::new(observations(N, &[]))));
     eventually(Duration::from_secs(10), "the wave under way", || {
         (api.written().len() >= 100).then_some(())
     });
     // rs-0 went down: its entry was written at the start of the wave.
     let published = std::time::Instant::now();
-    tx.send_replace(std::sync::Arc::new(observations(N, &[0])));
+    tx.send_replace(Some(std::sync::Arc::new(observations(N, &[0]))));
     let (at, took) = eventually(Duration::from_secs(5), "rs-0's transition written", || {
         api.written()
             .iter()
@@ -307,12 +307,12 @@ fn a_transition_goes_out_ahead_of_a_wave_of_new_entries_and_a_restart_writes_onl
         Duration::from_millis(10),
         found,
     ));
-    tx.send_replace(std::sync::Arc::new(observations(N, &[0])));
+    tx.send_replace(Some(std::sync::Arc::new(observations(N, &[0]))));
     eventually(Duration::from_secs(5), "the old entry removed", || {
         (!api.written().is_empty()).then_some(())
     });
     // rs-0 is back up.
-    tx.send_replace(std::sync::Arc::new(observations(N, &[])));
+    tx.send_replace(Some(std::sync::Arc::new(observations(N, &[]))));
     eventually(Duration::from_secs(5), "rs-0's transition written", || {
         (api.written().len() >= 2).then_some(())
     });
@@ -322,7 +322,7 @@ fn a_transition_goes_out_ahead_of_a_wave_of_new_entries_and_a_restart_writes_onl
     assert_eq!(written[1].0, "rs-0");
     assert_eq!(written[1].1["observations"][0]["healthy"], true);
     // A further plan with nothing new is not written either.
-    tx.send_replace(std::sync::Arc::new(observations(N, &[])));
+    tx.send_replace(Some(std::sync::Arc::new(observations(N, &[]))));
     let marker = ObjectRef::new("RealServer", "lab", "rs-new");
     let mut with_new = observations(N, &[]);
     with_new.insert(
@@ -334,7 +334,7 @@ fn a_transition_goes_out_ahead_of_a_wave_of_new_entries_and_a_restart_writes_onl
             Some(serde_json::json!({"node": "n1", "healthy": true})),
         ),
     );
-    tx.send_replace(std::sync::Arc::new(with_new));
+    tx.send_replace(Some(std::sync::Arc::new(with_new)));
     eventually(Duration::from_secs(5), "rs-new written", || {
         api.written()
             .iter()
@@ -342,4 +342,32 @@ fn a_transition_goes_out_ahead_of_a_wave_of_new_entries_and_a_restart_writes_onl
             .then_some(())
     });
     assert_eq!(api.written().len(), 3, "{:?}", api.written());
+}
+
+#[test]
+fn a_first_plan_that_wants_nothing_still_removes_what_a_previous_run_left() {
+    // The node lost its director label while its agent was down: its entries go.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = FakeApi::default();
+    let client = {
+        let _in = rt.enter();
+        api.client(Duration::ZERO)
+    };
+    let found = observations(3, &[0, 1, 2]);
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let _writer = rt.spawn(status_writer(
+        client,
+        "kubelvs-agent/n1".into(),
+        rx,
+        Duration::from_millis(10),
+        found,
+    ));
+    tx.send_replace(Some(std::sync::Arc::new(Desired::new())));
+    eventually(Duration::from_secs(5), "the three entries removed", || {
+        (api.written().len() == 3).then_some(())
+    });
+    assert!(api
+        .written()
+        .iter()
+        .all(|(_, status)| status["observations"] == serde_json::json!([])));
 }

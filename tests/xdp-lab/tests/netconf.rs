@@ -299,8 +299,27 @@ fn two_directors_on_one_segment_both_carry_an_ipv6_vip_without_duplicate_address
     let dir = std::env::temp_dir().join(format!("kubelvs-netconf-dad-{}", std::process::id()));
     let second = &lab.real_servers[0];
     // The second director joins once the first carries the VIP (its DAD, if any, done).
+    // Its own earlier copy was added with DAD, as agents did before, and failed it: the
+    // apply replaces it.
     let mut lines = Vec::new();
-    for host in [&lab.director, second] {
+    for (i, host) in [&lab.director, second].into_iter().enumerate() {
+        if i == 1 {
+            host.netns
+                .ip(&[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{vip}/128"),
+                    "dev",
+                    HOST_IFNAME,
+                ])
+                .unwrap();
+            let deadline = Instant::now() + TIMEOUT;
+            while !ip6_line(host, &vip).is_some_and(|l| l.contains("dadfailed")) {
+                assert!(Instant::now() < deadline, "{:?}", ip6_line(host, &vip));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         let plan = NodePlan {
             node: host.role.clone(),
             services: vec![kubelvs_xdp_lab::plan::service6(
