@@ -189,25 +189,33 @@ mod tests {
 #[derive(Debug)]
 pub struct RealServerIndex<'a> {
     by_namespace: HashMap<&'a str, Vec<&'a crate::RealServer>>,
-    /// namespace -> "key=value" -> RealServers.
-    by_label: HashMap<&'a str, HashMap<String, Vec<&'a crate::RealServer>>>,
+    /// namespace -> (key, value) -> index into `lists` (borrowed: no string is built
+    /// per label, at 100,000 RealServers a plan would allocate one each).
+    by_label: HashMap<&'a str, HashMap<(&'a str, &'a str), usize>>,
+    lists: Vec<Vec<&'a crate::RealServer>>,
 }
 
 impl<'a> RealServerIndex<'a> {
     pub fn new(all: impl IntoIterator<Item = &'a crate::RealServer>) -> Self {
         let mut by_namespace: HashMap<&str, Vec<&crate::RealServer>> = HashMap::new();
-        let mut by_label: HashMap<&str, HashMap<String, Vec<&crate::RealServer>>> = HashMap::new();
+        let mut by_label: HashMap<&str, HashMap<(&str, &str), usize>> = HashMap::new();
+        let mut lists: Vec<Vec<&crate::RealServer>> = Vec::new();
         for rs in all {
             let ns = rs.metadata.namespace.as_deref().unwrap_or("");
             by_namespace.entry(ns).or_default().push(rs);
             let labels = by_label.entry(ns).or_default();
             for (k, v) in rs.metadata.labels.iter().flatten() {
-                labels.entry(format!("{k}={v}")).or_default().push(rs);
+                let i = *labels.entry((k.as_str(), v.as_str())).or_insert_with(|| {
+                    lists.push(Vec::new());
+                    lists.len() - 1
+                });
+                lists[i].push(rs);
             }
         }
         Self {
             by_namespace,
             by_label,
+            lists,
         }
     }
 
@@ -225,8 +233,8 @@ impl<'a> RealServerIndex<'a> {
             .flatten()
             .map(|(k, v)| {
                 labels
-                    .and_then(|l| l.get(&format!("{k}={v}")))
-                    .map_or(&[][..], Vec::as_slice)
+                    .and_then(|l| l.get(&(k.as_str(), v.as_str())))
+                    .map_or(&[][..], |&i| self.lists[i].as_slice())
             })
             .min_by_key(|list| list.len());
         match rarest {
