@@ -8,6 +8,8 @@
 //!
 //! Needs Go (the control plane is built from source, as in `scripts/test`).
 //! `cargo bench -p kubelvs-operator --bench operator_scale` (options: N M).
+//! `KUBELVS_OPERATOR_WRAPPER="heaptrack -o /tmp/operator"` runs the operator under a
+//! profiler.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -181,7 +183,17 @@ fn main() {
     );
 
     let log = std::env::temp_dir().join("kube-lvs-operator.scale.log");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kube-lvs-operator"));
+    // `KUBELVS_OPERATOR_WRAPPER="heaptrack -o /tmp/operator"` runs it under a profiler.
+    let wrapper = std::env::var("KUBELVS_OPERATOR_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut cmd = match words.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(words).arg(env!("CARGO_BIN_EXE_kube-lvs-operator"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_kube-lvs-operator")),
+    };
     cmd.env("KUBECONFIG", cluster.kubeconfig())
         .args([
             "--metrics-address",
@@ -266,7 +278,14 @@ fn main() {
         samples[samples.len() / 2].as_secs_f64(),
         samples[samples.len() - 1].as_secs_f64()
     );
-    // A director starts: its entry on every VirtualService (the roll-up changes).
+    // A director starts: its entry on every VirtualService (the roll-up changes). Its
+    // Node exists: the operator removes the entries of nodes that do not.
+    cluster
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            &kubelvs_test_cluster::node_object("d1", "192.0.2.250".parse().unwrap(), true),
+        )
+        .unwrap();
     let before = counters();
     let mut stable = before.clone();
     let cpu = kubelvs_measure::cpu_seconds(pid);
