@@ -46,7 +46,11 @@ fn status_writes(cluster: &Cluster) -> f64 {
 /// Node `node`'s entries: programmed on every VirtualService with `m` healthy real
 /// servers, but `healthy_less` one fewer on vs0; observations of the real servers in
 /// `down` (named `rsI-J`).
+/// Every object's uid, by (kind, name), as an agent's watches know them.
+type Uids = std::collections::HashMap<(String, String), String>;
+
 fn entries(
+    uids: &Uids,
     node: &str,
     n: usize,
     m: usize,
@@ -82,7 +86,9 @@ fn entries(
             )
         })
         .collect();
-    Some(Arc::new(desired(&directors, &observations, |_| None)))
+    Some(Arc::new(desired(&directors, &observations, |o| {
+        uids.get(&(o.kind.clone(), o.name.clone())).cloned()
+    })))
 }
 
 /// Waits until the API server has answered `expected` more status writes than
@@ -158,6 +164,27 @@ fn main() {
         t2.as_secs_f64()
     );
 
+    let mut uids = Uids::new();
+    let lp = kube::api::ListParams::default();
+    for v in rt
+        .block_on(Api::<VirtualService>::namespaced(client.clone(), NS).list(&lp))
+        .unwrap()
+    {
+        uids.insert(
+            ("VirtualService".into(), v.metadata.name.unwrap_or_default()),
+            v.metadata.uid.unwrap_or_default(),
+        );
+    }
+    for r in rt
+        .block_on(Api::<RealServer>::namespaced(client.clone(), NS).list(&lp))
+        .unwrap()
+    {
+        uids.insert(
+            ("RealServer".into(), r.metadata.name.unwrap_or_default()),
+            r.metadata.uid.unwrap_or_default(),
+        );
+    }
+
     // A start: every director writes its entries.
     let before = status_writes(&cluster);
     let mut directors = Vec::new();
@@ -171,7 +198,7 @@ fn main() {
             Duration::from_millis(200),
             Desired::new(),
         ));
-        tx.send_replace(entries(&node, n, m, false, &[]));
+        tx.send_replace(entries(&uids, &node, n, m, false, &[]));
         directors.push((node, tx, writer));
     }
     let (writes, took) =
@@ -188,7 +215,7 @@ fn main() {
     let started = Instant::now();
     while started.elapsed() < window {
         for (node, tx, _) in &directors {
-            tx.send_replace(entries(node, n, m, false, &[]));
+            tx.send_replace(entries(&uids, node, n, m, false, &[]));
         }
         std::thread::sleep(Duration::from_secs(1));
     }
@@ -214,7 +241,7 @@ fn main() {
         Duration::from_millis(200),
         found,
     ));
-    tx.send_replace(entries(&node, n, m, false, &[]));
+    tx.send_replace(entries(&uids, &node, n, m, false, &[]));
     std::thread::sleep(Duration::from_secs(10));
     println!(
         "restart of one director: its {n} entries read back in {:.1} s, then {} status writes in 10 s",
@@ -236,12 +263,12 @@ fn main() {
         Desired::new(),
     ));
     let before = status_writes(&cluster);
-    tx.send_replace(entries(&node, n, m, false, &[]));
+    tx.send_replace(entries(&uids, &node, n, m, false, &[]));
     std::thread::sleep(Duration::from_secs(3));
     let victim = format!("rs{}-0", n / 2);
     let changed = Instant::now();
     let backlog_at_change = n as f64 - (status_writes(&cluster) - before);
-    tx.send_replace(entries(&node, n, m, true, &[&victim]));
+    tx.send_replace(entries(&uids, &node, n, m, true, &[&victim]));
     let vs_api: Api<VirtualService> = Api::namespaced(client.clone(), NS);
     let rs_api: Api<RealServer> = Api::namespaced(client.clone(), NS);
     let (mut down_seen, mut vs_seen) = (None, None);
