@@ -109,6 +109,27 @@ fn wait_for_writes(
     }
 }
 
+/// Director `node`'s status writer, the agent's own, starting from `found`.
+fn start(
+    rt: &tokio::runtime::Runtime,
+    client: &kube::Client,
+    node: &str,
+    found: Desired,
+) -> (
+    tokio::sync::watch::Sender<Option<Arc<Desired>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let writer = rt.spawn(status_writer(
+        client.clone(),
+        field_manager(node),
+        rx,
+        Duration::from_millis(200),
+        found,
+    ));
+    (tx, writer)
+}
+
 fn main() {
     let args: Vec<usize> = std::env::args()
         .skip(1)
@@ -190,14 +211,7 @@ fn main() {
     let mut directors = Vec::new();
     for k in 0..d {
         let node = format!("d{k}");
-        let (tx, rx) = tokio::sync::watch::channel(Default::default());
-        let writer = rt.spawn(status_writer(
-            client.clone(),
-            field_manager(&node),
-            rx,
-            Duration::from_millis(200),
-            Desired::new(),
-        ));
+        let (tx, writer) = start(&rt, &client, &node, Desired::new());
         tx.send_replace(entries(&uids, &node, n, m, false, &[]));
         directors.push((node, tx, writer));
     }
@@ -233,14 +247,7 @@ fn main() {
     let found = rt.block_on(own_entries(&client, &node));
     let listed = listed.elapsed();
     let before = status_writes(&cluster);
-    let (tx, rx) = tokio::sync::watch::channel(Default::default());
-    let writer = rt.spawn(status_writer(
-        client.clone(),
-        field_manager(&node),
-        rx,
-        Duration::from_millis(200),
-        found,
-    ));
+    let (tx, writer) = start(&rt, &client, &node, found);
     tx.send_replace(entries(&uids, &node, n, m, false, &[]));
     std::thread::sleep(Duration::from_secs(10));
     println!(
@@ -254,14 +261,7 @@ fn main() {
     // of its real servers goes down and one VirtualService (written at the start of its
     // wave) loses a healthy real server.
     let node = "d-new".to_owned();
-    let (tx, rx) = tokio::sync::watch::channel(Default::default());
-    let writer = rt.spawn(status_writer(
-        client.clone(),
-        field_manager(&node),
-        rx,
-        Duration::from_millis(200),
-        Desired::new(),
-    ));
+    let (tx, writer) = start(&rt, &client, &node, Desired::new());
     let before = status_writes(&cluster);
     tx.send_replace(entries(&uids, &node, n, m, false, &[]));
     std::thread::sleep(Duration::from_secs(3));

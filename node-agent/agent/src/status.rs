@@ -362,10 +362,8 @@ mod tests {
         assert!(web.message.as_ref().unwrap().contains("no xdp dataplane"));
     }
 
-    #[test]
-    fn an_unresolved_real_server_is_not_healthy() {
-        // DR without a MAC for 192.0.2.12: no connection reaches it, on either port.
-        let p = plan();
+    /// The XDP dataplane's report of `p` with every service programmed.
+    fn programmed(p: &NodePlan) -> DataplaneReport {
         let mut report = DataplaneReport::new("xdp");
         for s in &p.services {
             report.services.push(ServiceOutcome {
@@ -373,6 +371,16 @@ mod tests {
                 source: s.source.clone(),
                 outcome: Outcome::Programmed,
             });
+        }
+        report
+    }
+
+    #[test]
+    fn an_unresolved_real_server_is_not_healthy() {
+        // DR without a MAC for 192.0.2.12: no connection reaches it, on either port.
+        let p = plan();
+        let mut report = programmed(&p);
+        for s in &p.services {
             report.real_servers.push(kubelvs_model::RealServerNote {
                 service: s.key,
                 real_server: std::net::SocketAddr::new("192.0.2.12".parse().unwrap(), s.key.port),
@@ -431,15 +439,7 @@ mod tests {
             &[("192.0.2.11", true), ("192.0.2.12", true)],
         );
         let unhealthy = BTreeSet::new();
-        let mut report = DataplaneReport::new("xdp");
-        for s in &p.services {
-            report.services.push(ServiceOutcome {
-                key: s.key,
-                source: s.source.clone(),
-                outcome: Outcome::Programmed,
-            });
-        }
-        let reports = [report];
+        let reports = [programmed(&p)];
         let body = |states: &BTreeMap<Target, State>| {
             desired(
                 &directors("n1", &p, &reports, &unhealthy),

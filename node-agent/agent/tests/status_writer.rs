@@ -138,14 +138,7 @@ spec: {{policyName: {policy}, validationActions: [Deny]}}
         "n1",
         "{found:?}"
     );
-    let (tx, rx) = tokio::sync::watch::channel(Default::default());
-    let _writer = rt.spawn(status_writer(
-        client,
-        "kubelvs-agent/n1".into(),
-        rx,
-        Duration::from_millis(100),
-        found,
-    ));
+    let (tx, _writer) = start_writer(&rt, client, found);
     tx.send_replace(Some(std::sync::Arc::new(desired)));
     eventually(Duration::from_secs(10), "b-ok written", || {
         status_of("b-ok")
@@ -170,6 +163,26 @@ spec: {{policyName: {policy}, validationActions: [Deny]}}
     drop(tx);
 }
 
+/// Node n1's status writer on `rt`, starting from `found`: the sender publishes plans.
+fn start_writer(
+    rt: &tokio::runtime::Runtime,
+    client: kube::Client,
+    found: Desired,
+) -> (
+    tokio::sync::watch::Sender<Option<std::sync::Arc<Desired>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let writer = rt.spawn(status_writer(
+        client,
+        "kubelvs-agent/n1".into(),
+        rx,
+        Duration::from_millis(10),
+        found,
+    ));
+    (tx, writer)
+}
+
 /// A fake API server: answers every status apply as applied after `latency` and
 /// records, in order, the object and the entries it set.
 #[derive(Clone, Default)]
@@ -178,6 +191,12 @@ struct FakeApi {
 }
 
 impl FakeApi {
+    /// A client of this fake, made on `rt` (kube's client spawns on the runtime).
+    fn client_on(&self, rt: &tokio::runtime::Runtime, latency: Duration) -> kube::Client {
+        let _in = rt.enter();
+        self.client(latency)
+    }
+
     fn client(&self, latency: Duration) -> kube::Client {
         use http_body_util::BodyExt;
         let writes = self.writes.clone();
@@ -231,18 +250,8 @@ fn observations(n: usize, down: &[usize]) -> Desired {
 fn a_transition_goes_out_ahead_of_a_wave_of_new_entries_and_a_restart_writes_only_changes() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let api = FakeApi::default();
-    let client = {
-        let _in = rt.enter();
-        api.client(Duration::from_millis(2))
-    };
-    let (tx, rx) = tokio::sync::watch::channel(Default::default());
-    let writer = rt.spawn(status_writer(
-        client,
-        "kubelvs-agent/n1".into(),
-        rx,
-        Duration::from_millis(10),
-        Desired::new(),
-    ));
+    let client = api.client_on(&rt, Duration::from_millis(2));
+    let (tx, writer) = start_writer(&rt, client, Desired::new());
     // A start: 2,000 new entries, about 4 s of writes.
     const N: usize = 2_000;
     tx.send_replace(Some(std::sync::Arc::new(observations(N, &[]))));
@@ -295,18 +304,8 @@ fn a_transition_goes_out_ahead_of_a_wave_of_new_entries_and_a_restart_writes_onl
         ),
     );
     let api = FakeApi::default();
-    let client = {
-        let _in = rt.enter();
-        api.client(Duration::ZERO)
-    };
-    let (tx, rx) = tokio::sync::watch::channel(Default::default());
-    let _writer = rt.spawn(status_writer(
-        client,
-        "kubelvs-agent/n1".into(),
-        rx,
-        Duration::from_millis(10),
-        found,
-    ));
+    let client = api.client_on(&rt, Duration::ZERO);
+    let (tx, _writer) = start_writer(&rt, client, found);
     tx.send_replace(Some(std::sync::Arc::new(observations(N, &[0]))));
     eventually(Duration::from_secs(5), "the old entry removed", || {
         (!api.written().is_empty()).then_some(())
@@ -349,19 +348,9 @@ fn a_first_plan_that_wants_nothing_still_removes_what_a_previous_run_left() {
     // The node lost its director label while its agent was down: its entries go.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let api = FakeApi::default();
-    let client = {
-        let _in = rt.enter();
-        api.client(Duration::ZERO)
-    };
+    let client = api.client_on(&rt, Duration::ZERO);
     let found = observations(3, &[0, 1, 2]);
-    let (tx, rx) = tokio::sync::watch::channel(None);
-    let _writer = rt.spawn(status_writer(
-        client,
-        "kubelvs-agent/n1".into(),
-        rx,
-        Duration::from_millis(10),
-        found,
-    ));
+    let (tx, _writer) = start_writer(&rt, client, found);
     tx.send_replace(Some(std::sync::Arc::new(Desired::new())));
     eventually(Duration::from_secs(5), "the three entries removed", || {
         (api.written().len() == 3).then_some(())
