@@ -95,8 +95,10 @@ fn rows(out: &str) -> Vec<(String, u32, usize)> {
         .collect()
 }
 
-/// Four tables of three rows: all up, rs2 down, rs2 back, rs3 re-weighted to 1.
-fn assert_tables(text: &str) {
+/// Four tables of three rows: all up, rs2 down, rs2 back, rs3 re-weighted to 1; rs2
+/// taken out within `fall x interval + 1 s` (times `slack`: 1 natively; more on an
+/// emulated CPU shared with the other tests).
+fn assert_tables(text: &str, slack: f64) {
     let rows = rows(text);
     assert_eq!(rows.len(), 12, "{text}");
     assert!(
@@ -119,8 +121,8 @@ fn assert_tables(text: &str) {
     );
     let out_after = seconds_after(text, "the health check took rs2 out in ");
     assert!(
-        out_after <= 2.0 * 1.0 + 1.0 + 0.5,
-        "fall 2 x interval 1 s + 1 s: {out_after}"
+        out_after <= (2.0 * 1.0 + 1.0 + 0.5) * slack,
+        "fall 2 x interval 1 s + 1 s (x {slack}): {out_after}"
     );
     assert!(
         text.contains("rs1: VIP 203.0.113.10 on lo: yes, arp_ignore=1 arp_announce=2"),
@@ -133,7 +135,7 @@ fn assert_tables(text: &str) {
 #[ignore = "privileged: network namespaces and XDP; scripts/test runs it"]
 fn scripts_demo_balances_takes_out_brings_back_reweights_and_cleans_up() {
     let (text, pid) = run_demo(&["--requests", "200"]);
-    assert_tables(&text);
+    assert_tables(&text, 1.0);
     assert!(seconds_after(&text, "the director's agent applied it ") < 1.0);
     assert_nothing_left(pid);
 }
@@ -142,7 +144,7 @@ fn scripts_demo_balances_takes_out_brings_back_reweights_and_cleans_up() {
 #[ignore = "privileged, and needs the test control plane (Go toolchain); scripts/test runs it"]
 fn scripts_demo_cluster_runs_the_lab_through_kubernetes_and_the_plugin_shows_it() {
     let (text, pid) = run_demo(&["--cluster", "--requests", "200"]);
-    assert_tables(&text);
+    assert_tables(&text, 1.0);
     assert!(
         text.contains("the operator allocated 203.0.113.10 from AddressPool lab"),
         "{text}"
@@ -211,7 +213,8 @@ fn scripts_demo_ipvs_vm_runs_the_same_demo_on_kernel_ipvs_in_the_microvm() {
     let (text, _) = run_demo(&["--ipvs-vm", "--requests", "100"]);
     // The guest's console ends lines with \r\n.
     let text = text.replace('\r', "");
-    assert_tables(&text);
+    // TCG: the guest's timers and agent run on an emulated CPU.
+    assert_tables(&text, 2.0);
     assert!(
         text.contains("(kernel IPVS, wrr, direct routing)"),
         "{text}"
