@@ -1,9 +1,8 @@
-//! The watches of the kube-lvs binaries. Agents rewrite their status entries (traffic
-//! counters, probe times) on every object they direct each status refresh; a cache of
-//! whole objects would wake every operator and agent for each of those writes, and
-//! each wake is a pass or a plan over every object. So a watch here caches only what
-//! its owner reads (the owner says what it does not) and wakes it only when that
-//! changed.
+//! The watches of the kube-lvs binaries. Every director writes its own entries into
+//! the status of the objects it serves, and the operator its roll-ups; a cache of whole
+//! objects would wake every agent for each of those writes, and each wake is a plan
+//! over every object. So a watch here caches only what its owner reads (the owner says
+//! what it does not) and wakes it only when that changed.
 
 #![forbid(unsafe_code)]
 
@@ -80,8 +79,8 @@ impl Parsed<RealServer> for RealServer {
 }
 
 /// Clears a VirtualService's status but its VIP and the generation it was written for
-/// (together, the operator's grant): what the agents write there (their entries,
-/// counters included) and the operator's conditions.
+/// (together, the operator's grant): what the agents write there (their entries) and
+/// the operator's conditions.
 pub fn status_but_vip<V: Parsed<VirtualService>>(vs: &mut V) {
     if let Some(status) = vs.parsed_mut().and_then(|vs| vs.status.as_mut()) {
         *status = VirtualServiceStatus {
