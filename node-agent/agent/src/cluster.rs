@@ -294,7 +294,7 @@ pub async fn status_writer(
     min_gap: Duration,
     found: Desired,
 ) {
-    use crate::status::{apply_body, entry_list, write_due, Due};
+    use crate::status::{apply_body, write_due, Due};
     let params = PatchParams::apply(&manager).force();
     let mut written = found;
     // Nothing is decided before the first plan (`None` until then): what a previous
@@ -320,7 +320,7 @@ pub async fn status_writer(
             .collect();
         // Entries of objects this node no longer serves are removed.
         for key in written.keys().filter(|k| !want.contains_key(*k)) {
-            let body = apply_body(&key.0, &key.1, entry_list(&key.0), None);
+            let body = apply_body(&key.0, &key.1, None, None);
             due.push((Due::Urgent, key.clone(), body));
         }
         due.sort_by_key(|(d, _, _)| *d);
@@ -472,13 +472,8 @@ where
             .filter_map(|o| o.0.as_ref().ok())
             .filter_map(|o| {
                 let object = object_ref(o, kind);
-                let body = crate::status::apply_body(
-                    kind,
-                    &object,
-                    crate::status::entry_list(kind),
-                    Some(entry(o)?),
-                );
-                let body = crate::status::with_uid(body, o.meta().uid.clone());
+                let body =
+                    crate::status::apply_body(kind, &object, Some(entry(o)?), o.meta().uid.clone());
                 Some(((kind.to_owned(), object), body))
             })
             .collect(),

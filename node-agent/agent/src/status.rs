@@ -195,60 +195,43 @@ pub fn desired(
     uid: impl Fn(&ObjectRef) -> Option<String>,
 ) -> BTreeMap<(String, ObjectRef), serde_json::Value> {
     let mut out = BTreeMap::new();
+    let mut put = |kind: &str, object: &ObjectRef, entry: Option<serde_json::Value>| {
+        let body = apply_body(kind, object, entry, uid(object));
+        out.insert((kind.to_owned(), object.clone()), body);
+    };
     for (vs, entry) in directors {
-        let body = apply_body(
-            "VirtualService",
-            vs,
-            "directors",
-            serde_json::to_value(entry).ok(),
-        );
-        out.insert(
-            ("VirtualService".into(), vs.clone()),
-            with_uid(body, uid(vs)),
-        );
+        put("VirtualService", vs, serde_json::to_value(entry).ok());
     }
     for (rs, obs) in observations {
-        let body = apply_body(
-            "RealServer",
-            rs,
-            "observations",
-            serde_json::to_value(obs).ok(),
-        );
-        out.insert(("RealServer".into(), rs.clone()), with_uid(body, uid(rs)));
+        put("RealServer", rs, serde_json::to_value(obs).ok());
     }
     out
 }
 
-/// `body` with the object's uid, if known.
-pub fn with_uid(mut body: serde_json::Value, uid: Option<String>) -> serde_json::Value {
-    if let Some(uid) = uid {
-        body["metadata"]["uid"] = serde_json::Value::String(uid);
-    }
-    body
-}
-
-/// The server-side apply body that sets this node's entry (`entry` None: removes it).
+/// The server-side apply body that sets this node's entry on `kind` `object` (`entry`
+/// None: removes it), with the object's uid when known.
 pub fn apply_body(
     kind: &str,
     object: &ObjectRef,
-    list: &str,
     entry: Option<serde_json::Value>,
+    uid: Option<String>,
 ) -> serde_json::Value {
-    serde_json::json!({
+    // The list of `kind`'s status that holds the agents' entries.
+    let list = if kind == "VirtualService" {
+        "directors"
+    } else {
+        "observations"
+    };
+    let mut body = serde_json::json!({
         "apiVersion": "kubelvs.io/v1alpha1",
         "kind": kind,
         "metadata": {"name": object.name, "namespace": object.namespace},
         "status": {list: entry.into_iter().collect::<Vec<_>>()},
-    })
-}
-
-/// Which list of `kind`'s status holds the agents' entries.
-pub fn entry_list(kind: &str) -> &'static str {
-    if kind == "VirtualService" {
-        "directors"
-    } else {
-        "observations"
+    });
+    if let Some(uid) = uid {
+        body["metadata"]["uid"] = serde_json::Value::String(uid);
     }
+    body
 }
 
 /// Whether a write is due, and how urgent it is. Ordered: what a user must see soon
@@ -396,16 +379,17 @@ mod tests {
     #[test]
     fn apply_bodies_name_only_this_nodes_entry() {
         let o = ObjectRef::new("RealServer", "lab", "rs1");
-        let b = apply_body("RealServer", &o, entry_list("RealServer"), None);
+        let b = apply_body("RealServer", &o, None, None);
         assert_eq!(b["status"]["observations"], serde_json::json!([]));
         assert_eq!(b["metadata"]["name"], "rs1");
         let b = apply_body(
             "VirtualService",
             &o,
-            entry_list("VirtualService"),
             Some(serde_json::json!({"node": "n1", "programmed": true})),
+            Some("u-1".into()),
         );
         assert_eq!(b["status"]["directors"][0]["node"], "n1");
+        assert_eq!(b["metadata"]["uid"], "u-1");
     }
 
     fn probed(states: &mut BTreeMap<Target, State>, p: &NodePlan, results: &[(&str, bool)]) {

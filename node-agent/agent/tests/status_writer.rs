@@ -128,7 +128,7 @@ spec: {{policyName: {policy}, validationActions: [Deny]}}
         let entry = serde_json::json!({"node": "n1", "programmed": true, "healthyRealServers": 0});
         desired.insert(
             ("VirtualService".to_owned(), obj.clone()),
-            apply_body("VirtualService", &obj, "directors", Some(entry)),
+            apply_body("VirtualService", &obj, Some(entry), None),
         );
     }
     let found = rt.block_on(own_entries(&client, "n1"));
@@ -240,7 +240,7 @@ fn observations(n: usize, down: &[usize]) -> Desired {
         .map(|i| {
             let obj = ObjectRef::new("RealServer", "lab", &format!("rs-{i}"));
             let entry = serde_json::json!({"node": "n1", "healthy": !down.contains(&i)});
-            let body = apply_body("RealServer", &obj, "observations", Some(entry));
+            let body = apply_body("RealServer", &obj, Some(entry), None);
             (("RealServer".to_owned(), obj), body)
         })
         .collect()
@@ -299,8 +299,8 @@ fn a_transition_goes_out_ahead_of_a_wave_of_new_entries_and_a_restart_writes_onl
         apply_body(
             "RealServer",
             &gone,
-            "observations",
             Some(serde_json::json!({"node": "n1", "healthy": true})),
+            None,
         ),
     );
     let api = FakeApi::default();
@@ -329,8 +329,8 @@ fn a_transition_goes_out_ahead_of_a_wave_of_new_entries_and_a_restart_writes_onl
         apply_body(
             "RealServer",
             &marker,
-            "observations",
             Some(serde_json::json!({"node": "n1", "healthy": true})),
+            None,
         ),
     );
     tx.send_replace(Some(std::sync::Arc::new(with_new)));
