@@ -54,9 +54,12 @@ impl Traffic {
         match (per(service), per("")) {
             (None, None) => None,
             (a, b) => {
-                let mut sum = a.unwrap_or_default();
-                add(&mut sum, &b.unwrap_or_default());
-                Some(sum)
+                let (a, b) = (a.unwrap_or_default(), b.unwrap_or_default());
+                Some(TrafficCounters {
+                    connections: a.connections + b.connections,
+                    packets: a.packets + b.packets,
+                    bytes: a.bytes + b.bytes,
+                })
             }
         }
     }
@@ -67,15 +70,13 @@ impl Traffic {
             let Some((name, labels, value)) = sample(line) else {
                 continue;
             };
-            let (what, field) = match name.strip_prefix("kubelvs_") {
-                Some(rest) => match rest.rsplit_once('_') {
-                    Some((what, "total")) => match what.rsplit_once('_') {
-                        Some((what, field)) => (what, field),
-                        None => continue,
-                    },
-                    _ => continue,
-                },
-                None => continue,
+            // `kubelvs_<what>_<field>_total`
+            let Some((what, field)) = name
+                .strip_prefix("kubelvs_")
+                .and_then(|n| n.strip_suffix("_total"))
+                .and_then(|n| n.rsplit_once('_'))
+            else {
+                continue;
             };
             let label = |k: &str| {
                 labels
@@ -104,12 +105,6 @@ impl Traffic {
             }
         }
     }
-}
-
-pub fn add(sum: &mut TrafficCounters, c: &TrafficCounters) {
-    sum.connections += c.connections;
-    sum.packets += c.packets;
-    sum.bytes += c.bytes;
 }
 
 /// A sample's labels, as (name, value).
