@@ -239,12 +239,12 @@ impl<K: IpvsKernel> IpvsDataplane<K> {
                     &self.draining,
                     &mut self.verified_to,
                 );
-                let cached = cached.unwrap_or_default();
+                let mut cached = cached.unwrap_or_default();
                 for s in kernel.iter_mut() {
                     if read.contains(&s.id) {
                         s.dests = self.client.dump_dests(&s.id)?;
-                    } else if let Some(c) = cached.get(&s.id) {
-                        s.dests = c.dests.clone();
+                    } else if let Some(c) = cached.remove(&s.id) {
+                        s.dests = c.dests;
                     }
                 }
                 report.dest_dumps = read.len();

@@ -36,7 +36,7 @@ impl Objects {
             parsed(&self.real_servers),
             parsed(&self.address_pools),
         )
-        .with_node_real_servers(self.node_real_servers.clone())
+        .with_node_real_servers(&self.node_real_servers)
     }
 }
 

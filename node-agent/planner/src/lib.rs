@@ -73,7 +73,7 @@ pub struct Objects<'a> {
     pub real_servers: Vec<&'a RealServerObject>,
     pub address_pools: Vec<&'a AddressPool>,
     /// In a cluster: the nodes' addresses, and where a RealServer may name one.
-    pub node_real_servers: NodeRealServers,
+    pub node_real_servers: Option<&'a NodeRealServers>,
 }
 
 /// The label an administrator puts on a Namespace whose RealServers may name a node's
@@ -116,13 +116,13 @@ impl<'a> Objects<'a> {
             virtual_services: virtual_services.into_iter().collect(),
             real_servers: real_servers.into_iter().collect(),
             address_pools: address_pools.into_iter().collect(),
-            node_real_servers: NodeRealServers::default(),
+            node_real_servers: None,
         }
     }
 
     /// With a cluster's node addresses and the namespaces allowed to name them.
-    pub fn with_node_real_servers(mut self, policy: NodeRealServers) -> Self {
-        self.node_real_servers = policy;
+    pub fn with_node_real_servers(mut self, policy: &'a NodeRealServers) -> Self {
+        self.node_real_servers = Some(policy);
         self
     }
 }
@@ -170,7 +170,7 @@ pub fn plan_node(node: &NodeIdentity, objects: Objects<'_>) -> NodePlan {
             continue;
         }
 
-        let backends = select_real_servers(r.vs, &index, &objects.node_real_servers, &mut problems);
+        let backends = select_real_servers(r.vs, &index, objects.node_real_servers, &mut problems);
         let forwarding = forwarding(r.vs);
         let dataplane = match r.vs.spec.dataplane {
             kubelvs_crds::Dataplane::Ipvs => DataplaneKind::Ipvs,
@@ -483,7 +483,7 @@ struct Selected<'a> {
 fn select_real_servers<'a>(
     vs: &VirtualService,
     index: &RealServerIndex<'a>,
-    node_real_servers: &NodeRealServers,
+    node_real_servers: Option<&NodeRealServers>,
     problems: &mut Vec<Problem>,
 ) -> Vec<Selected<'a>> {
     let namespace = vs.namespace().unwrap_or_default();
@@ -515,7 +515,7 @@ fn select_real_servers<'a>(
                     ),
                 });
             }
-            Ok(address) => match node_real_servers.refusal(&namespace, address) {
+            Ok(address) => match node_real_servers.and_then(|p| p.refusal(&namespace, address)) {
                 Some(message) => problems.push(Problem {
                     object: object_ref_rs(rs),
                     field: "spec.address".into(),

@@ -129,7 +129,7 @@ fn a_real_server_at_a_nodes_address_needs_an_administrators_namespace_label() {
                 &rss,
                 [],
             )
-            .with_node_real_servers(policy.clone()),
+            .with_node_real_servers(policy),
         )
     };
     let p = planned(&policy);
