@@ -125,12 +125,7 @@ fn delta(before: &[(String, f64)], after: &[(String, f64)]) -> String {
 }
 
 fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let n = args.first().copied().unwrap_or(10_000);
-    let m = args.get(1).copied().unwrap_or(10);
+    let (n, m) = kubelvs_measure::bench_size((10_000, 10));
 
     let cp = ControlPlane::start(ControlPlaneOptions::default()).expect("control plane");
     let cluster = Cluster::of(cp).expect("cluster");

@@ -10,10 +10,11 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
 use kubelvs_crds::{VirtualService, VirtualServiceStatus};
+use kubelvs_measure::eventually;
 use kubelvs_operator::service::{ingress, translate};
 use kubelvs_test_cluster::{Cluster, ControlPlane, ControlPlaneOptions};
 
@@ -61,17 +62,6 @@ impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

@@ -131,13 +131,7 @@ fn start(
 }
 
 fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let n = args.first().copied().unwrap_or(10_000);
-    let m = args.get(1).copied().unwrap_or(10);
-    let d = args.get(2).copied().unwrap_or(3);
+    let [n, m, d] = kubelvs_measure::bench_args([10_000, 10, 3]);
     println!("status budget: {n} VirtualServices x {m} RealServers, {d} directors");
 
     let cp = ControlPlane::start(ControlPlaneOptions::default()).expect("control plane");

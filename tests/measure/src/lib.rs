@@ -1,6 +1,6 @@
 //! What the benchmarks read off a running process: CPU time and memory from /proc, and
-//! a sample from its Prometheus `/metrics` text. No dependencies, so a microVM guest
-//! can use it as well as a host bench.
+//! a sample from its Prometheus `/metrics` text; and how tests wait for a condition.
+//! No dependencies, so a microVM guest can use it as well as a host bench.
 
 /// Clock ticks per second of /proc/PID/stat (USER_HZ, 100 on every Linux we run).
 const TICKS_PER_SECOND: f64 = 100.0;
@@ -39,15 +39,45 @@ pub fn sample(text: &str, prefix: &str, label: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
+/// Polls `f` every 50 ms until it gives a value; panics naming `what` once `limit`
+/// has passed without one.
+pub fn eventually<T>(
+    limit: std::time::Duration,
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// A scale bench's size from its command line: `N M` (flags like cargo's `--bench`
 /// are skipped), `default` where absent or not a number.
 pub fn bench_size(default: (usize, usize)) -> (usize, usize) {
+    let [n, m] = bench_args([default.0, default.1]);
+    (n, m)
+}
+
+/// A bench's numeric arguments, in order (flags like cargo's `--bench` are skipped),
+/// each `default` where absent or not a number.
+pub fn bench_args<const K: usize>(default: [usize; K]) -> [usize; K] {
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    let at = |i: usize, d: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
-    (at(0, default.0), at(1, default.1))
+    std::array::from_fn(|i| {
+        args.get(i)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(default[i])
+    })
 }
 
 #[cfg(test)]

@@ -5,8 +5,9 @@
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+pub use kubelvs_measure::eventually;
 use kubelvs_xdp_lab::client::{self, Conn};
 use kubelvs_xdp_lab::netns::Netns;
 use kubelvs_xdp_lab::topology::{Host, Lab};
@@ -73,17 +74,6 @@ impl Drop for Agent {
 /// GET `path` from the agent's metrics server inside `netns`: status and body.
 pub fn http_get(netns: &Netns, path: &str) -> Option<(u16, String)> {
     netns.http_get(METRICS_PORT, path)
-}
-
-pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Real servers new connections reach, over `n` connections.
