@@ -41,6 +41,44 @@ pub struct AddressPoolSpec {
     /// Only VirtualServices in matching namespaces may use this pool. Absent: all namespaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<LabelSelector>,
+    /// How clients' networks find the pool's addresses. Absent: `mode: l2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announcement: Option<Announcement>,
+}
+
+/// How a pool's VIPs are announced to the network.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Announcement {
+    #[serde(default)]
+    pub mode: AnnouncementMode,
+    /// Nodes that may announce (among each VIP's directors). Absent: every director.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+}
+
+/// `l2`: one director answers ARP (IPv4) and NDP (IPv6) for each VIP: the owner, chosen
+/// among the live directors by a hash every agent computes alike; the others carry the
+/// VIP silently and still forward what reaches them. `none`: no director answers for
+/// it; the network already routes the addresses to the directors (static routes, ECMP).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum AnnouncementMode {
+    #[default]
+    #[serde(rename = "l2")]
+    L2,
+    #[serde(rename = "none")]
+    Unannounced,
+}
+
+impl AddressPool {
+    /// The pool's announcement mode.
+    pub fn announcement_mode(&self) -> AnnouncementMode {
+        self.spec
+            .announcement
+            .as_ref()
+            .map(|a| a.mode)
+            .unwrap_or_default()
+    }
 }
 
 fn default_true() -> bool {

@@ -12,7 +12,8 @@ pub mod validate;
 pub mod virtual_service;
 
 pub use address_pool::{
-    parse_range, AddressPool, AddressPoolSpec, AddressPoolStatus, AddressRange,
+    parse_range, AddressPool, AddressPoolSpec, AddressPoolStatus, AddressRange, Announcement,
+    AnnouncementMode,
 };
 pub use real_server::{HealthObservation, RealServer, RealServerSpec, RealServerStatus};
 pub use validate::{validate, FieldError, Object, ValidationErrors};

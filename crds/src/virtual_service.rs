@@ -428,6 +428,10 @@ pub struct DirectorStatus {
     /// check and reachable by its dataplane.
     #[serde(default)]
     pub healthy_real_servers: u32,
+    /// This director answers ARP/NDP for the VIP (announcement `l2`: the owner among
+    /// the live directors).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub announcing: bool,
     /// The first reason a port is not programmed. Only state lives here; traffic
     /// counters are in the agent's metrics (`kubectl lvs --stats` reads them).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -39,6 +39,7 @@ fn pool() -> AddressPool {
             addresses: vec!["10.0.0.0/16".into()],
             auto_assign: true,
             namespace_selector: None,
+            announcement: None,
         },
     )
 }

@@ -263,6 +263,7 @@ mod tests {
                 addresses: vec!["203.0.113.10-203.0.113.20".into()],
                 auto_assign: true,
                 namespace_selector: None,
+                announcement: None,
             },
         )
     }

@@ -40,6 +40,7 @@ fn pool(name: &str, addresses: &[&str], auto: bool) -> AddressPool {
             addresses: addresses.iter().map(|a| a.to_string()).collect(),
             auto_assign: auto,
             namespace_selector: None,
+            announcement: None,
         },
     )
 }

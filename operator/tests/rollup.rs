@@ -25,6 +25,7 @@ fn vs(directors: &[(&str, bool, u32)]) -> VirtualService {
                 programmed: *programmed,
                 dataplane: Some(Dataplane::Ipvs),
                 healthy_real_servers: *healthy,
+                announcing: false,
                 message: (!programmed).then(|| "203.0.113.1:80/TCP failed: EEXIST".into()),
             })
             .collect(),
@@ -229,6 +230,7 @@ fn pools_report_counts_problems_and_overlaps() {
                 addresses: a.iter().map(|s| s.to_string()).collect(),
                 auto_assign: true,
                 namespace_selector: None,
+                announcement: None,
             },
         )
     };

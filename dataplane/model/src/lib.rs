@@ -432,6 +432,10 @@ pub struct NodePlan {
     pub services: Vec<Service>,
     /// VIPs this node carries as a DR/TUN real server, sorted by VIP.
     pub real_server_vips: Vec<RealServerVip>,
+    /// VIPs this node directs without answering ARP/NDP for them: another director
+    /// owns their announcement, or the network routes them (announcement `none`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub unannounced_vips: std::collections::BTreeSet<IpAddr>,
     /// Sorted.
     pub problems: Vec<Problem>,
 }

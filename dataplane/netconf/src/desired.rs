@@ -2,7 +2,10 @@
 //!
 //! - Directors carry each VIP they direct (VIP/32 or /128) on the director device:
 //!   the node's interface when one is configured, `lo` otherwise. The stack then
-//!   answers ARP for it, and IPVS sees packets to it as local.
+//!   answers ARP for it, and IPVS sees packets to it as local. A VIP the plan says
+//!   this node does not announce goes on `lo` with ARP on the interface limited to
+//!   the interface's own addresses (`arp_ignore=1`, `arp_announce=2`); without an
+//!   interface every director answers for its VIPs, as there is nothing to limit.
 //! - XDP directors forwarding NAT or TUN need IP forwarding (`bpf_fib_lookup`
 //!   answers only where it is on). IPVS directors get their sysctls from the IPVS
 //!   dataplane.
@@ -115,7 +118,27 @@ pub fn desired(plan: &NodePlan, opts: &NetconfOptions, links: &BTreeSet<String>)
     for s in &plan.services {
         let subject = Subject::Service(s.key);
         d.subjects.insert(subject, s.source.clone());
-        d.address(LocalAddress::host(director_dev, s.key.vip), subject);
+        match opts.interface.as_deref() {
+            // Another director announces it, or the network routes it: on lo, where
+            // the stack still takes its packets, with ARP on the interface limited to
+            // the interface's own addresses (NDP never answers for lo's).
+            Some(interface) if plan.unannounced_vips.contains(&s.key.vip) => {
+                d.address(LocalAddress::host("lo", s.key.vip), subject);
+                if s.key.vip.is_ipv4() {
+                    d.sysctl(
+                        format!("net/ipv4/conf/{interface}/arp_ignore"),
+                        "1",
+                        subject,
+                    );
+                    d.sysctl(
+                        format!("net/ipv4/conf/{interface}/arp_announce"),
+                        "2",
+                        subject,
+                    );
+                }
+            }
+            _ => d.address(LocalAddress::host(director_dev, s.key.vip), subject),
+        }
         let forwards = matches!(s.forwarding, Forwarding::Nat | Forwarding::Tun(_));
         if s.dataplane == DataplaneKind::Xdp && forwards {
             let path = if s.key.vip.is_ipv4() {

@@ -14,6 +14,8 @@ pub struct FakeNet {
     pub sysctls: BTreeMap<String, String>,
     /// Write operations performed.
     pub writes: u64,
+    /// Every announcement sent (gratuitous ARP, unsolicited NA), in order.
+    pub announced: Vec<LocalAddress>,
 }
 
 impl FakeNet {
@@ -84,6 +86,13 @@ impl NetKernel for FakeNet {
     fn read_sysctl(&mut self, path: &str) -> Result<Option<String>, NetError> {
         Ok(self.sysctls.get(path).cloned())
     }
+    fn announce(&mut self, a: &LocalAddress) -> Result<(), NetError> {
+        if !self.addresses.contains(a) {
+            return Err(NetError::Injected(format!("{a} is not configured")));
+        }
+        self.announced.push(a.clone());
+        Ok(())
+    }
     fn write_sysctl(&mut self, path: &str, value: &str) -> Result<(), NetError> {
         let v = self.sysctls.get_mut(path).ok_or_else(|| NetError::Sysctl {
             path: path.into(),
@@ -104,6 +113,8 @@ pub enum NetFault {
     WriteSysctl(String),
     /// Reading the address table fails.
     DumpAddresses,
+    /// Announcing this address fails.
+    Announce(std::net::IpAddr),
 }
 
 /// [`FakeNet`] that fails on demand.
@@ -137,6 +148,12 @@ impl NetKernel for FaultyNet {
     }
     fn read_sysctl(&mut self, path: &str) -> Result<Option<String>, NetError> {
         self.inner.read_sysctl(path)
+    }
+    fn announce(&mut self, a: &LocalAddress) -> Result<(), NetError> {
+        if self.faults.contains(&NetFault::Announce(a.addr)) {
+            return Err(NetError::Injected(format!("announcing {a} refused")));
+        }
+        self.inner.announce(a)
     }
     fn write_sysctl(&mut self, path: &str, value: &str) -> Result<(), NetError> {
         if self

@@ -38,6 +38,9 @@ pub trait NetKernel: Send {
     /// A sysctl's value (trimmed); `None` when there is no such sysctl.
     fn read_sysctl(&mut self, path: &str) -> Result<Option<String>, NetError>;
     fn write_sysctl(&mut self, path: &str, value: &str) -> Result<(), NetError>;
+    /// Tells the segment `a` is here now (gratuitous ARP, unsolicited neighbour
+    /// advertisement), at once and a few times after: see [`crate::announce`].
+    fn announce(&mut self, a: &LocalAddress) -> Result<(), NetError>;
 }
 
 /// The real kernel of the calling thread's network namespace (the netlink socket is
@@ -49,6 +52,7 @@ pub struct RtNetlink {
     rt: tokio::runtime::Runtime,
     handle: rtnetlink::Handle,
     proc_sys: PathBuf,
+    announcer: crate::announce::Announcer,
 }
 
 fn nl_err(op: &str) -> impl Fn(rtnetlink::Error) -> NetError + '_ {
@@ -85,10 +89,15 @@ impl RtNetlink {
             rt,
             handle,
             proc_sys: PathBuf::from("/proc/sys"),
+            announcer: crate::announce::Announcer::new(),
         })
     }
 
     fn index_of(&mut self, name: &str) -> Result<u32, NetError> {
+        self.link(name).map(|m| m.header.index)
+    }
+
+    fn link(&mut self, name: &str) -> Result<rtnetlink::packet_route::link::LinkMessage, NetError> {
         let handle = self.handle.clone();
         let found = self.rt.block_on(async move {
             handle
@@ -100,7 +109,7 @@ impl RtNetlink {
                 .await
         });
         match found {
-            Ok(Some(m)) => Ok(m.header.index),
+            Ok(Some(m)) => Ok(m),
             Ok(None) => Err(NetError::NoSuchLink(name.to_owned())),
             // The kernel answers ENODEV for an unknown name.
             Err(_) => Err(NetError::NoSuchLink(name.to_owned())),
@@ -251,6 +260,27 @@ impl NetKernel for RtNetlink {
                 message: e.to_string(),
             }),
         }
+    }
+
+    fn announce(&mut self, a: &LocalAddress) -> Result<(), NetError> {
+        let link = self.link(&a.ifname)?;
+        let mac = link
+            .attributes
+            .iter()
+            .find_map(|at| match at {
+                LinkAttribute::Address(m) => <[u8; 6]>::try_from(m.as_slice()).ok(),
+                _ => None,
+            })
+            .ok_or_else(|| NetError::Netlink {
+                op: format!("announce {a}"),
+                message: format!("{} has no Ethernet address", a.ifname),
+            })?;
+        self.announcer
+            .announce(link.header.index, mac, a.addr)
+            .map_err(|e| NetError::Netlink {
+                op: format!("announce {a}"),
+                message: e.to_string(),
+            })
     }
 
     fn write_sysctl(&mut self, path: &str, value: &str) -> Result<(), NetError> {

@@ -19,6 +19,7 @@
 //! route real servers' replies via the director, use `fullnat`. See
 //! docs/architecture.md.
 
+pub mod announce;
 pub mod desired;
 pub mod diff;
 #[cfg(feature = "testing")]
@@ -64,6 +65,9 @@ pub struct Netconf<K: NetKernel = RtNetlink> {
     opts: NetconfOptions,
     owned: Owned,
     state_path: PathBuf,
+    /// Director VIPs added on an interface whose announcement failed: retried at
+    /// each apply while they are wanted there.
+    unannounced: BTreeSet<LocalAddress>,
 }
 
 impl<K: NetKernel> Netconf<K> {
@@ -93,6 +97,7 @@ impl<K: NetKernel> Netconf<K> {
             opts,
             owned,
             state_path,
+            unannounced: BTreeSet::new(),
         })
     }
 
@@ -258,6 +263,12 @@ impl<K: NetKernel> Dataplane for Netconf<K> {
                 Ok(()) => {
                     self.owned.record(op);
                     report.writes += 1;
+                    // A VIP newly on an interface took over from another director.
+                    if let Op::AddAddress(a) = op {
+                        if a.ifname != "lo" {
+                            self.unannounced.insert(a.clone());
+                        }
+                    }
                 }
                 Err(e) => {
                     let subjects = outcomes.subjects_of(op);
@@ -266,6 +277,14 @@ impl<K: NetKernel> Dataplane for Netconf<K> {
             }
         }
         self.owned.forget(&change.forget);
+        self.unannounced.retain(|a| d.addresses.contains_key(a));
+        for a in std::mem::take(&mut self.unannounced) {
+            if let Err(e) = self.kernel.announce(&a) {
+                let subjects = outcomes.subjects_of(&Op::AddAddress(a.clone()));
+                outcomes.fail(subjects, &e.to_string());
+                self.unannounced.insert(a);
+            }
+        }
         if let Err(e) = self.store() {
             outcomes.fail_all(&e.to_string());
         }

@@ -381,3 +381,66 @@ fn remove_all_undoes_what_was_owned_and_names_what_it_could_not() {
     assert_eq!(n.kernel().sysctls[stuck], "0");
     assert_eq!(n.owned(), &Default::default());
 }
+
+#[test]
+fn a_vip_another_director_announces_sits_on_lo_silently_and_a_takeover_is_announced() {
+    let t = TempDir::new("announce");
+    let mut n = Netconf::new(FakeNet::node(), eth0(), t.state()).unwrap();
+    let v4 = service("203.0.113.1", Forwarding::Dr, DataplaneKind::Xdp);
+    let v6 = service("2001:db8::1", Forwarding::Dr, DataplaneKind::Xdp);
+    let mut quiet = plan(vec![v4.clone(), v6.clone()], vec![]);
+    quiet.unannounced_vips = [ip("203.0.113.1"), ip("2001:db8::1")].into();
+    let r = apply(&mut n, &quiet);
+    assert!(r.problems().next().is_none(), "{r:?}");
+    let k = n.kernel();
+    assert!(k.addresses.contains(&on_lo("203.0.113.1")));
+    assert!(k.addresses.contains(&on_lo("2001:db8::1")));
+    assert!(!k.addresses.iter().any(|a| a.ifname == "eth0"));
+    // ARP on the interface answers only for its own addresses; `all` is left alone.
+    assert_eq!(k.sysctls["net/ipv4/conf/eth0/arp_ignore"], "1");
+    assert_eq!(k.sysctls["net/ipv4/conf/eth0/arp_announce"], "2");
+    assert_eq!(k.sysctls["net/ipv4/conf/all/arp_ignore"], "0");
+    assert!(k.announced.is_empty(), "{:?}", k.announced);
+
+    // The owner died: this node takes over, moves the VIPs to eth0 and announces them
+    // once each; the ARP limit goes back to what it was.
+    let owner = plan(vec![v4, v6], vec![]);
+    let r = apply(&mut n, &owner);
+    assert!(r.problems().next().is_none(), "{r:?}");
+    let k = n.kernel();
+    let on_eth0 = |v: &str| LocalAddress::host("eth0", ip(v));
+    assert_eq!(
+        k.announced,
+        vec![on_eth0("203.0.113.1"), on_eth0("2001:db8::1")]
+    );
+    assert!(!k.addresses.contains(&on_lo("203.0.113.1")));
+    assert_eq!(k.sysctls["net/ipv4/conf/eth0/arp_ignore"], "0");
+    // Nothing moves again, nothing is announced again.
+    assert_eq!(apply(&mut n, &owner).writes, 0);
+    assert_eq!(n.kernel().announced.len(), 2);
+}
+
+#[test]
+fn a_failed_announcement_fails_its_service_and_is_retried() {
+    let t = TempDir::new("announce-fail");
+    let faulty = FaultyNet {
+        inner: FakeNet::node(),
+        faults: vec![NetFault::Announce(ip("203.0.113.1"))],
+    };
+    let mut n = Netconf::new(faulty, eth0(), t.state()).unwrap();
+    let p = plan(
+        vec![service("203.0.113.1", Forwarding::Dr, DataplaneKind::Xdp)],
+        vec![],
+    );
+    let r = apply(&mut n, &p);
+    let failed: Vec<_> = r.problems().collect();
+    assert_eq!(failed.len(), 1, "{r:?}");
+    assert!(format!("{r:?}").contains("announcing"), "{r:?}");
+    n.kernel().faults.clear();
+    let r = apply(&mut n, &p);
+    assert!(r.problems().next().is_none(), "{r:?}");
+    assert_eq!(
+        n.kernel().inner.announced,
+        vec![LocalAddress::host("eth0", ip("203.0.113.1"))]
+    );
+}

@@ -67,6 +67,7 @@ fn entries(
                     programmed: true,
                     dataplane: Some(kubelvs_crds::Dataplane::Xdp),
                     healthy_real_servers: healthy as u32,
+                    announcing: false,
                     message: None,
                 },
             )

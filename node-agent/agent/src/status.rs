@@ -64,6 +64,7 @@ pub fn directors(
                     DataplaneKind::Xdp => kubelvs_crds::Dataplane::Xdp,
                 }),
                 healthy_real_servers: 0,
+                announcing: !plan.unannounced_vips.contains(&s.key.vip),
                 message: None,
             });
         let outcome = outcomes.get(&(s.dataplane.name(), &s.key)).copied();

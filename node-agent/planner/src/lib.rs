@@ -27,6 +27,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod announce;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -74,6 +76,9 @@ pub struct Objects<'a> {
     pub address_pools: Vec<&'a AddressPool>,
     /// In a cluster: the nodes' addresses, and where a RealServer may name one.
     pub node_real_servers: Option<&'a NodeRealServers>,
+    /// In a cluster: the live directors, among which each VIP's announcer is chosen
+    /// (see [`announce`]). `None` (standalone): this node announces what it directs.
+    pub announcers: Option<&'a announce::Announcers>,
 }
 
 /// The label an administrator puts on a Namespace whose RealServers may name a node's
@@ -117,12 +122,19 @@ impl<'a> Objects<'a> {
             real_servers: real_servers.into_iter().collect(),
             address_pools: address_pools.into_iter().collect(),
             node_real_servers: None,
+            announcers: None,
         }
     }
 
     /// With a cluster's node addresses and the namespaces allowed to name them.
     pub fn with_node_real_servers(mut self, policy: &'a NodeRealServers) -> Self {
         self.node_real_servers = Some(policy);
+        self
+    }
+
+    /// With the live directors, for choosing each VIP's announcer.
+    pub fn with_announcers(mut self, announcers: &'a announce::Announcers) -> Self {
+        self.announcers = Some(announcers);
         self
     }
 }
@@ -144,6 +156,8 @@ pub fn plan_node(node: &NodeIdentity, objects: Objects<'_>) -> NodePlan {
     let mut claimed: BTreeMap<ServiceKey, ObjectRef> = BTreeMap::new();
     let mut services = Vec::new();
     let mut vips: BTreeMap<(IpAddr, Option<TunnelKind>), BTreeSet<ObjectRef>> = BTreeMap::new();
+    // Every VirtualService with a planned port on each VIP, for its announcer.
+    let mut on_vip: BTreeMap<IpAddr, Vec<&VirtualService>> = BTreeMap::new();
 
     for r in &resolved {
         let vs_ref = object_ref_vs(r.vs);
@@ -169,6 +183,7 @@ pub fn plan_node(node: &NodeIdentity, objects: Objects<'_>) -> NodePlan {
         if winning_ports.is_empty() {
             continue;
         }
+        on_vip.entry(r.vip).or_default().push(r.vs);
 
         let backends = select_real_servers(r.vs, &index, objects.node_real_servers, &mut problems);
         let forwarding = forwarding(r.vs);
@@ -295,6 +310,15 @@ pub fn plan_node(node: &NodeIdentity, objects: Objects<'_>) -> NodePlan {
     }
 
     services.sort_by_key(|s| s.key);
+    let directed: BTreeSet<IpAddr> = services.iter().map(|s| s.key.vip).collect();
+    on_vip.retain(|vip, _| directed.contains(vip));
+    let unannounced_vips = announce::unannounced(
+        node,
+        &on_vip,
+        &objects.address_pools,
+        objects.announcers,
+        &mut problems,
+    );
     problems.sort();
     problems.dedup();
     NodePlan {
@@ -308,6 +332,7 @@ pub fn plan_node(node: &NodeIdentity, objects: Objects<'_>) -> NodePlan {
                 sources: sources.into_iter().collect(),
             })
             .collect(),
+        unannounced_vips,
         problems,
     }
 }

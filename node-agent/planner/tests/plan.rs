@@ -516,17 +516,6 @@ fn unparsable_addresses_are_problems_not_panics() {
     assert_eq!(fields, vec![("r", "spec.address"), ("bad", "spec.vip")]);
 }
 
-fn pool(name: &str, addresses: &[&str]) -> AddressPool {
-    AddressPool::new(
-        name,
-        AddressPoolSpec {
-            addresses: addresses.iter().map(|a| a.to_string()).collect(),
-            auto_assign: false,
-            namespace_selector: None,
-        },
-    )
-}
-
 #[test]
 fn fullnat_uses_this_directors_address_from_the_source_pool() {
     let mut api = vs("shop", "api", Some("203.0.113.10"), 0);

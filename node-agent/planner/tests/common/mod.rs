@@ -117,3 +117,16 @@ pub fn in_cluster(name: &str) -> NodeIdentity {
         ..node(name)
     }
 }
+
+/// An AddressPool of `addresses`, not auto-assigned, announced in the default mode.
+pub fn pool(name: &str, addresses: &[&str]) -> AddressPool {
+    AddressPool::new(
+        name,
+        AddressPoolSpec {
+            addresses: addresses.iter().map(|a| a.to_string()).collect(),
+            auto_assign: false,
+            namespace_selector: None,
+            announcement: None,
+        },
+    )
+}

@@ -1,0 +1,130 @@
+//! Which director announces each VIP (answers ARP for IPv4, NDP for IPv6).
+//!
+//! With two directors on one L2 segment answering for the same VIP, a router's or
+//! client's neighbour entry flips whenever it is refreshed, and an IPv6 VIP fails
+//! duplicate address detection on the second. So, for a pool in mode `l2` (the
+//! default), exactly one director announces each VIP: the one with the highest
+//! rendezvous score over the VIP's eligible, live directors. Every agent computes the
+//! same owner from the same objects and the same view of the Leases, without talking;
+//! when a director dies only its own VIPs move. In mode `none` no director announces
+//! (the network routes the addresses). Standalone (no [`Announcers`]), a director
+//! announces every VIP it directs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use kube::ResourceExt;
+use kubelvs_crds::{AddressPool, AnnouncementMode, VirtualService};
+use kubelvs_model::{ObjectRef, Problem, ProblemReason};
+
+use crate::NodeIdentity;
+
+/// In a cluster: the nodes whose agents are alive (their Lease renewed within its
+/// duration, as this agent saw it), with their labels. The node being planned is
+/// always taken as alive: its own agent is the one asking.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Announcers {
+    pub live: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// The rendezvous (highest random weight) score of `node` for `vip`: FNV-1a over the
+/// VIP's bytes and the node's name, then a 64-bit finalizer to spread FNV's weak low
+/// bits. Fixed here rather than `std`'s hasher, whose output may change between Rust
+/// releases: agents of different builds must agree.
+pub fn score(vip: IpAddr, node: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let octets: Vec<u8> = match vip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    for b in octets.iter().chain([0xff].iter()).chain(node.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // splitmix64's finalizer.
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// The owner of `vip` among `candidates`: highest score, ties by name.
+pub fn owner<'a>(vip: IpAddr, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates.into_iter().max_by_key(|n| (score(vip, n), *n))
+}
+
+/// The pool whose addresses contain `vip` (the first by name when pools overlap).
+fn pool_of<'a>(vip: IpAddr, pools: &[&'a AddressPool]) -> Option<&'a AddressPool> {
+    pools
+        .iter()
+        .filter(|p| p.ranges().iter().any(|r| r.contains(vip)))
+        .min_by_key(|p| p.name_any())
+        .copied()
+}
+
+/// The VIPs of `directed` this node must not announce. `directed`: each VIP this node
+/// directs, with every VirtualService whose ports on it were planned (on any node:
+/// another director may direct the VIP through a VirtualService this node does not).
+pub fn unannounced(
+    node: &NodeIdentity,
+    directed: &BTreeMap<IpAddr, Vec<&VirtualService>>,
+    pools: &[&AddressPool],
+    announcers: Option<&Announcers>,
+    problems: &mut Vec<Problem>,
+) -> BTreeSet<IpAddr> {
+    let mut out = BTreeSet::new();
+    for (&vip, services) in directed {
+        let pool = pool_of(vip, pools);
+        if pool.is_some_and(|p| p.announcement_mode() == AnnouncementMode::Unannounced) {
+            out.insert(vip);
+            continue;
+        }
+        let Some(announcers) = announcers else {
+            continue;
+        };
+        let selector = pool
+            .and_then(|p| p.spec.announcement.as_ref())
+            .and_then(|a| a.node_selector.as_ref());
+        let may_announce = |labels: &BTreeMap<String, String>, problems: &mut Vec<Problem>| {
+            let Some(selector) = selector else {
+                return true;
+            };
+            kubelvs_crds::selector::matches(selector, labels).unwrap_or_else(|e| {
+                problems.push(Problem {
+                    object: ObjectRef::new(
+                        "AddressPool",
+                        "",
+                        &pool.map(|p| p.name_any()).unwrap_or_default(),
+                    ),
+                    field: format!(
+                        "spec.announcement.nodeSelector.matchExpressions[{}]",
+                        e.expression
+                    ),
+                    reason: ProblemReason::Invalid,
+                    message: e.message,
+                });
+                false
+            })
+        };
+        let directs = |labels: &BTreeMap<String, String>| {
+            services.iter().any(|vs| match &vs.spec.directors {
+                None => true,
+                Some(d) => kubelvs_crds::selector::matches(&d.node_selector, labels) == Ok(true),
+            })
+        };
+        let others = announcers
+            .live
+            .iter()
+            .filter(|(name, _)| **name != node.name)
+            .map(|(name, labels)| (name.as_str(), labels));
+        let mut candidates = Vec::new();
+        for (name, labels) in std::iter::once((node.name.as_str(), &node.labels)).chain(others) {
+            if directs(labels) && may_announce(labels, problems) {
+                candidates.push(name);
+            }
+        }
+        if owner(vip, candidates) != Some(node.name.as_str()) {
+            out.insert(vip);
+        }
+    }
+    out
+}
