@@ -20,7 +20,8 @@ const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IPV6: u16 = 0x86dd;
 
 /// An ARP packet (Ethernet, IPv4) announcing `vip` at `mac`: a request (`reply`
-/// false: target hardware address zero) or a reply to broadcast.
+/// false: target hardware address zero) or a reply whose target hardware address is
+/// its sender's (Linux takes a reply as gratuitous only then).
 pub fn arp(mac: [u8; 6], vip: Ipv4Addr, reply: bool) -> Vec<u8> {
     let mut p = Vec::with_capacity(28);
     p.extend_from_slice(&1u16.to_be_bytes()); // Ethernet
@@ -29,7 +30,7 @@ pub fn arp(mac: [u8; 6], vip: Ipv4Addr, reply: bool) -> Vec<u8> {
     p.extend_from_slice(&(if reply { 2u16 } else { 1u16 }).to_be_bytes());
     p.extend_from_slice(&mac);
     p.extend_from_slice(&vip.octets());
-    p.extend_from_slice(&if reply { [0xff; 6] } else { [0; 6] });
+    p.extend_from_slice(&if reply { mac } else { [0; 6] });
     p.extend_from_slice(&vip.octets());
     p
 }
@@ -231,7 +232,7 @@ mod tests {
         assert_eq!(&req[24..28], &vip.octets());
         let rep = arp(MAC, vip, true);
         assert_eq!(&rep[6..8], &[0, 2]);
-        assert_eq!(&rep[18..24], &[0xff; 6]);
+        assert_eq!(&rep[18..24], &MAC);
     }
 
     #[test]

@@ -357,3 +357,134 @@ fn two_directors_on_one_segment_both_carry_an_ipv6_vip_without_duplicate_address
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The client's neighbour entry for `addr` (IPv4 or IPv6): its MAC, if it has one.
+fn neighbour_mac(client: &Host, addr: &str) -> Option<String> {
+    let family = if addr.contains(':') { "-6" } else { "-4" };
+    let out = client
+        .netns
+        .ip(&[family, "neigh", "show", addr, "dev", HOST_IFNAME])
+        .unwrap();
+    let mut words = out.split_whitespace();
+    words.find(|w| *w == "lladdr")?;
+    words.next().map(str::to_owned)
+}
+
+#[test]
+#[ignore = "privileged: netns"]
+fn a_takeover_moves_the_vip_and_neighbours_learn_the_new_announcer_unasked() {
+    // Two directors of one VIP (IPv4 and IPv6) on one segment: only the announcer
+    // answers ARP/NDP; when the other takes over, its gratuitous ARP and unsolicited
+    // NA rewrite the client's neighbour entries without the client asking.
+    let lab = kubelvs_xdp_lab::Lab::build(LabConfig {
+        vip_on_real_servers: false,
+        ipv6: true,
+        ..LabConfig::default()
+    })
+    .unwrap();
+    let vip = lab.vip.to_string();
+    let vip6 = kubelvs_xdp_lab::topology::VIP6.to_string();
+    let client = &lab.client;
+    client
+        .netns
+        .ip(&["route", "replace", &format!("{vip}/32"), "dev", HOST_IFNAME])
+        .unwrap();
+    client
+        .netns
+        .ip(&[
+            "-6",
+            "route",
+            "replace",
+            &format!("{vip6}/128"),
+            "dev",
+            HOST_IFNAME,
+        ])
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("kubelvs-netconf-l2-{}", std::process::id()));
+    let (a, b) = (&lab.director, &lab.real_servers[0]);
+    let plan = |host: &Host, announces: bool| {
+        let mut services = vec![
+            service(&lab, PORT, Protocol::Tcp, Forwarding::Dr, &[1, 1, 1], PORT),
+            kubelvs_xdp_lab::plan::service6(
+                &lab,
+                PORT,
+                Protocol::Tcp,
+                Forwarding::Dr,
+                &[1, 1, 1],
+                PORT,
+            ),
+        ];
+        for s in &mut services {
+            s.dataplane = DataplaneKind::Xdp;
+        }
+        let mut p = NodePlan {
+            node: host.role.clone(),
+            services,
+            ..NodePlan::default()
+        };
+        if !announces {
+            p.unannounced_vips = [lab.vip.into(), kubelvs_xdp_lab::topology::VIP6.into()].into();
+        }
+        p
+    };
+    let who_has = || {
+        let (ifindex, mac, addr, target) = (client.ifindex, client.mac, client.addr, lab.vip);
+        client
+            .netns
+            .run(move || arp::who_has(ifindex, mac, addr, target, Duration::from_millis(300)))
+            .unwrap()
+            .unwrap()
+    };
+    for (host, announces) in [(a, true), (b, false)] {
+        let r = netconf(host, &dir.join(&host.role), plan(host, announces));
+        assert!(r.problems().next().is_none(), "{r:?}");
+    }
+    assert_eq!(who_has(), [a.mac], "only the announcer answers ARP");
+    assert!(
+        has_on_lo(&b.netns, &vip),
+        "the silent director still carries the VIP"
+    );
+    // The client talked to the VIP through a (its entries as traffic leaves them).
+    let mac = |h: &Host| kubelvs_xdp_lab::topology::format_mac(h.mac);
+    for addr in [&vip, &vip6] {
+        client
+            .netns
+            .ip(&[
+                "neigh",
+                "replace",
+                addr,
+                "lladdr",
+                &mac(a),
+                "dev",
+                HOST_IFNAME,
+                "nud",
+                "stale",
+            ])
+            .unwrap();
+    }
+
+    // b takes over; a steps back.
+    let took_over = Instant::now();
+    for (host, announces) in [(b, true), (a, false)] {
+        let r = netconf(host, &dir.join(&host.role), plan(host, announces));
+        assert!(r.problems().next().is_none(), "{r:?}");
+    }
+    for addr in [&vip, &vip6] {
+        let deadline = took_over + TIMEOUT;
+        while neighbour_mac(client, addr).as_deref() != Some(mac(b).as_str()) {
+            assert!(
+                Instant::now() < deadline,
+                "{addr}: the client still has {:?}, not b's {}",
+                neighbour_mac(client, addr),
+                mac(b)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!(
+            "{addr}: the client learnt the new announcer in {:?}",
+            took_over.elapsed()
+        );
+    }
+    assert_eq!(who_has(), [b.mac], "only the new announcer answers ARP");
+    let _ = std::fs::remove_dir_all(&dir);
+}
