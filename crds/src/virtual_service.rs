@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Forwarding","type":"string","jsonPath":".spec.forwarding"}"#,
     printcolumn = r#"{"name":"Healthy","type":"string","jsonPath":".status.realServers"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Announced By","type":"string","priority":1,"jsonPath":".status.directors[?(@.announcing==true)].node"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     derive = "PartialEq",
     cel

@@ -93,7 +93,20 @@ pub fn frames(mac: [u8; 6], vip: IpAddr) -> Vec<([u8; 6], u16, Vec<u8>)> {
 struct Announcement {
     socket: OwnedFd,
     ifindex: i32,
+    vip: IpAddr,
     frames: Vec<([u8; 6], u16, Vec<u8>)>,
+}
+
+/// What the repeating thread is told.
+#[derive(Debug)]
+enum Repeat {
+    Start(Announcement),
+    /// The VIP left the interface (another director announces it now): repeating
+    /// would send its neighbours back here.
+    Stop {
+        ifindex: i32,
+        vip: IpAddr,
+    },
 }
 
 // The two calls libc has and std does not (an AF_PACKET socket, sendto with a
@@ -111,6 +124,7 @@ impl Announcement {
         Ok(Self {
             socket,
             ifindex: ifindex as i32,
+            vip,
             frames: frames(mac, vip),
         })
     }
@@ -146,7 +160,7 @@ impl Announcement {
 /// Sends announcements now and repeats them from a thread of its own.
 #[derive(Debug)]
 pub struct Announcer {
-    repeats: Option<mpsc::Sender<Announcement>>,
+    repeats: Option<mpsc::Sender<Repeat>>,
 }
 
 impl std::fmt::Debug for Announcement {
@@ -163,7 +177,7 @@ impl Default for Announcer {
 
 impl Announcer {
     pub fn new() -> Self {
-        let (tx, rx) = mpsc::channel::<Announcement>();
+        let (tx, rx) = mpsc::channel::<Repeat>();
         let spawned = std::thread::Builder::new()
             .name("announce".into())
             .spawn(move || repeat(rx));
@@ -178,14 +192,24 @@ impl Announcer {
         let a = Announcement::open(ifindex, mac, vip)?;
         a.send()?;
         if let Some(tx) = &self.repeats {
-            let _ = tx.send(a);
+            let _ = tx.send(Repeat::Start(a));
         }
         Ok(())
+    }
+
+    /// Stops repeating the announcement of `vip` on interface `ifindex`.
+    pub fn withdraw(&self, ifindex: u32, vip: IpAddr) {
+        if let Some(tx) = &self.repeats {
+            let _ = tx.send(Repeat::Stop {
+                ifindex: ifindex as i32,
+                vip,
+            });
+        }
     }
 }
 
 /// Sends each announcement [`REPEATS`] more times; ends when the [`Announcer`] goes.
-fn repeat(rx: mpsc::Receiver<Announcement>) {
+fn repeat(rx: mpsc::Receiver<Repeat>) {
     let mut due: Vec<(Instant, u32, Announcement)> = Vec::new();
     loop {
         let wait = due
@@ -197,7 +221,13 @@ fn repeat(rx: mpsc::Receiver<Announcement>) {
             None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
         };
         match received {
-            Ok(a) => due.push((Instant::now() + REPEAT_EVERY, REPEATS, a)),
+            Ok(Repeat::Start(a)) => {
+                due.retain(|(_, _, d)| (d.ifindex, d.vip) != (a.ifindex, a.vip));
+                due.push((Instant::now() + REPEAT_EVERY, REPEATS, a));
+            }
+            Ok(Repeat::Stop { ifindex, vip }) => {
+                due.retain(|(_, _, d)| (d.ifindex, d.vip) != (ifindex, vip));
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }

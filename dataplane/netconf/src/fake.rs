@@ -16,6 +16,8 @@ pub struct FakeNet {
     pub writes: u64,
     /// Every announcement sent (gratuitous ARP, unsolicited NA), in order.
     pub announced: Vec<LocalAddress>,
+    /// Every announcement withdrawn (its repeats stopped), in order.
+    pub withdrawn: Vec<LocalAddress>,
 }
 
 impl FakeNet {
@@ -93,6 +95,9 @@ impl NetKernel for FakeNet {
         self.announced.push(a.clone());
         Ok(())
     }
+    fn withdraw(&mut self, a: &LocalAddress) {
+        self.withdrawn.push(a.clone());
+    }
     fn write_sysctl(&mut self, path: &str, value: &str) -> Result<(), NetError> {
         let v = self.sysctls.get_mut(path).ok_or_else(|| NetError::Sysctl {
             path: path.into(),
@@ -154,6 +159,9 @@ impl NetKernel for FaultyNet {
             return Err(NetError::Injected(format!("announcing {a} refused")));
         }
         self.inner.announce(a)
+    }
+    fn withdraw(&mut self, a: &LocalAddress) {
+        self.inner.withdraw(a)
     }
     fn write_sysctl(&mut self, path: &str, value: &str) -> Result<(), NetError> {
         if self

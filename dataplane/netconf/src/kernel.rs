@@ -41,6 +41,8 @@ pub trait NetKernel: Send {
     /// Tells the segment `a` is here now (gratuitous ARP, unsolicited neighbour
     /// advertisement), at once and a few times after: see [`crate::announce`].
     fn announce(&mut self, a: &LocalAddress) -> Result<(), NetError>;
+    /// `a` left its interface: stop repeating its announcement.
+    fn withdraw(&mut self, a: &LocalAddress);
 }
 
 /// The real kernel of the calling thread's network namespace (the netlink socket is
@@ -281,6 +283,12 @@ impl NetKernel for RtNetlink {
                 op: format!("announce {a}"),
                 message: e.to_string(),
             })
+    }
+
+    fn withdraw(&mut self, a: &LocalAddress) {
+        if let Ok(index) = self.index_of(&a.ifname) {
+            self.announcer.withdraw(index, a.addr);
+        }
     }
 
     fn write_sysctl(&mut self, path: &str, value: &str) -> Result<(), NetError> {

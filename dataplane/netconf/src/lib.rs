@@ -263,11 +263,17 @@ impl<K: NetKernel> Dataplane for Netconf<K> {
                 Ok(()) => {
                     self.owned.record(op);
                     report.writes += 1;
-                    // A VIP newly on an interface took over from another director.
-                    if let Op::AddAddress(a) = op {
-                        if a.ifname != "lo" {
+                    // A VIP newly on an interface took over from another director; one
+                    // that left it was taken over by another.
+                    match op {
+                        Op::AddAddress(a) if a.ifname != "lo" => {
                             self.unannounced.insert(a.clone());
                         }
+                        Op::DelAddress(a) if a.ifname != "lo" => {
+                            self.unannounced.remove(a);
+                            self.kernel.withdraw(a);
+                        }
+                        _ => {}
                     }
                 }
                 Err(e) => {

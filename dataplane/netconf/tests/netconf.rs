@@ -418,6 +418,15 @@ fn a_vip_another_director_announces_sits_on_lo_silently_and_a_takeover_is_announ
     // Nothing moves again, nothing is announced again.
     assert_eq!(apply(&mut n, &owner).writes, 0);
     assert_eq!(n.kernel().announced.len(), 2);
+    assert!(n.kernel().withdrawn.is_empty());
+
+    // Another director takes over: the announcements' repeats stop, or they would
+    // send the neighbours back here.
+    apply(&mut n, &quiet);
+    assert_eq!(
+        n.kernel().withdrawn,
+        vec![on_eth0("203.0.113.1"), on_eth0("2001:db8::1")]
+    );
 }
 
 #[test]

@@ -39,6 +39,10 @@ pub struct ClusterSource {
     /// relist under way) must not make the agent forget its labels and withdraw every
     /// VIP a directors selector gave it.
     last_seen: Arc<std::sync::Mutex<Option<NodeIdentity>>>,
+    /// The live directors (with `--lease-namespace`; `None` otherwise).
+    live: Option<crate::liveness::Live>,
+    /// Whether this node directs anything: only then does it renew its Lease.
+    directing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for ClusterSource {
@@ -73,8 +77,21 @@ impl ClusterSource {
         rt: &tokio::runtime::Handle,
         client: Client,
         node_name: &str,
+        leases: Option<crate::liveness::LeaseSettings>,
         wake: mpsc::Sender<Event>,
     ) -> anyhow::Result<Self> {
+        let directing: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let live = leases.map(|settings| {
+            let live = crate::liveness::Live::default();
+            rt.block_on(crate::liveness::start(
+                client.clone(),
+                settings,
+                directing.clone(),
+                live.clone(),
+                wake.clone(),
+            ));
+            live
+        });
         let s = Self {
             virtual_services: watch(
                 rt,
@@ -124,6 +141,8 @@ impl ClusterSource {
             ),
             node_name: node_name.to_owned(),
             last_seen: Arc::default(),
+            live,
+            directing,
         };
         rt.block_on(async {
             tokio::time::timeout(Duration::from_secs(60), async {
@@ -189,7 +208,37 @@ impl ClusterSource {
             &mut rejected,
         );
         objects.node_real_servers = self.node_real_servers();
+        objects.announcers = self.announcers();
         (objects, rejected)
+    }
+
+    /// Whether this node directs anything (its Lease is renewed only then).
+    pub fn set_directing(&self, directing: bool) {
+        self.directing
+            .store(directing, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The live directors with their Nodes' labels (a node without a Node object
+    /// cannot be matched by any selector and is left out).
+    fn announcers(&self) -> Option<kubelvs_planner::announce::Announcers> {
+        let live = self.live.as_ref()?;
+        let names = live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_default();
+        let live = self
+            .nodes
+            .state()
+            .iter()
+            .filter_map(|n| {
+                let name = n.metadata.name.as_ref()?;
+                names
+                    .contains(name)
+                    .then(|| (name.clone(), n.metadata.labels.clone().unwrap_or_default()))
+            })
+            .collect();
+        Some(kubelvs_planner::announce::Announcers { live })
     }
 
     /// Every Node's addresses, and the namespaces an administrator labelled to allow

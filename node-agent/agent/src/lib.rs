@@ -11,6 +11,7 @@ pub mod cleanup;
 pub mod cluster;
 pub mod events;
 pub mod health;
+pub mod liveness;
 pub mod metrics;
 pub mod node;
 pub mod remembered;
@@ -318,6 +319,10 @@ pub fn run(
             }
             problems = now_problems;
             checker.set_targets(&health::targets(&p));
+            if let Source::Cluster { watches, .. } = &source {
+                // Only directors renew a Lease: liveness matters for announcing.
+                watches.set_directing(!p.services.is_empty());
+            }
             plan_cache = Some((identity.clone(), p));
         }
         let planned = &plan_cache.as_ref().expect("planned above").1;

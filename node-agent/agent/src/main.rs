@@ -109,6 +109,15 @@ struct Args {
     /// removes what kube-lvs owns on this node, as `--cleanup` does, before it exits.
     #[arg(long, value_parser = parse_marker)]
     uninstall_marker: Option<(String, String)>,
+    /// Cluster mode: the namespace of the agents' Leases. A director renews one
+    /// (`kubelvs-agent-<node>`), and each VIP in an `l2` pool is announced (ARP/NDP)
+    /// by one live director only. Without it every director announces its VIPs.
+    #[arg(long)]
+    lease_namespace: Option<String>,
+    /// A director whose Lease this agent has not seen renewed for this long is dead;
+    /// Leases are renewed every quarter of it.
+    #[arg(long, default_value_t = 2000)]
+    lease_duration_ms: u64,
 }
 
 /// The host's network configuration (VIPs, ARP suppression, tunnels), owned as
@@ -316,8 +325,20 @@ fn main() -> anyhow::Result<()> {
             let client = rt
                 .block_on(kube::Client::try_default())
                 .context("cluster mode: no usable kubeconfig or in-cluster ServiceAccount (or pass --config FILE)")?;
-            let watches =
-                ClusterSource::start(rt.handle(), client.clone(), &args.node, wake.clone())?;
+            let leases = args.lease_namespace.as_ref().map(|namespace| {
+                kubelvs_agent::liveness::LeaseSettings {
+                    namespace: namespace.clone(),
+                    node: args.node.clone(),
+                    duration: Duration::from_millis(args.lease_duration_ms.max(100)),
+                }
+            });
+            let watches = ClusterSource::start(
+                rt.handle(),
+                client.clone(),
+                &args.node,
+                leases,
+                wake.clone(),
+            )?;
             marker = args.uninstall_marker.as_ref().map(|(ns, name)| {
                 kubelvs_agent::cluster::UninstallMarker::follow(
                     rt.handle(),

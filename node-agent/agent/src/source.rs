@@ -23,6 +23,8 @@ pub struct Objects {
     pub address_pools: Vec<Held<AddressPool>>,
     /// In a cluster: the nodes' addresses and where RealServers may name them.
     pub node_real_servers: kubelvs_planner::NodeRealServers,
+    /// In a cluster with Leases: the live directors, each VIP's announcer among them.
+    pub announcers: Option<kubelvs_planner::announce::Announcers>,
 }
 
 fn parsed<K>(held: &[Held<K>]) -> impl Iterator<Item = &K> {
@@ -31,12 +33,16 @@ fn parsed<K>(held: &[Held<K>]) -> impl Iterator<Item = &K> {
 
 impl Objects {
     pub fn planner(&self) -> kubelvs_planner::Objects<'_> {
-        kubelvs_planner::Objects::of(
+        let objects = kubelvs_planner::Objects::of(
             parsed(&self.virtual_services),
             parsed(&self.real_servers),
             parsed(&self.address_pools),
         )
-        .with_node_real_servers(&self.node_real_servers)
+        .with_node_real_servers(&self.node_real_servers);
+        match &self.announcers {
+            Some(a) => objects.with_announcers(a),
+            None => objects,
+        }
     }
 }
 

@@ -10,19 +10,15 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use kubelvs_test_cluster::{Cluster, ControlPlane, ControlPlaneOptions};
+use kubelvs_test_cluster::Cluster;
 use kubelvs_xdp_lab::bpf::Attached;
 use kubelvs_xdp_lab::server::TcpServer;
 use kubelvs_xdp_lab::topology::{Host, Lab};
 use kubelvs_xdp_lab::LabConfig;
-
-/// The API server's address: a host of its own on the lab's bridge.
-const API_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
 
 fn node_object(host: &Host, director: bool) -> String {
     kubelvs_test_cluster::node_object(&host.role, host.addr.into(), director)
@@ -103,46 +99,11 @@ fn cluster_mode_agents_program_traffic_and_report_status() {
     })
     .unwrap();
     let _pass = Attached::attach(&lab.bridge, &lab.director.bridge_port, "xdp_pass").unwrap();
-    // The control plane runs on a host of the lab: nothing is routed from the
-    // machine's own namespace (whose subnet may well be the lab's).
-    let api = lab.add_host("api", API_ADDR, 0x30).unwrap();
-    let cluster = Cluster::of(
-        ControlPlane::start(ControlPlaneOptions {
-            bind_address: API_ADDR.into(),
-            netns: Some(api.netns.name().to_owned()),
-        })
-        .unwrap(),
-    )
-    .unwrap();
-    let dir = std::env::temp_dir().join(format!("kubelvs-agentc-{}", lab.bridge.name()));
-    std::fs::create_dir_all(&dir).unwrap();
-
-    // The CRDs and the agents' RBAC, as the chart renders it.
-    cluster.install_crds().unwrap();
-    cluster
-        .kubectl_ok(&["create", "namespace", "kube-lvs"])
-        .unwrap();
-    cluster.kubectl_ok(&["create", "namespace", "lab"]).unwrap();
-    // The lab's real servers are nodes (each runs an agent): an administrator's leave.
-    cluster
-        .kubectl_ok(&[
-            "label",
-            "namespace",
-            "lab",
-            "kubelvs.io/node-real-servers=allowed",
-        ])
-        .unwrap();
-    cluster
-        .apply_chart_templates(
-            "kube-lvs",
-            "kube-lvs",
-            &[
-                "templates/agent-rbac.yaml",
-                "templates/agent-admission.yaml",
-            ],
-            &[],
-        )
-        .unwrap();
+    let LabCluster {
+        cluster,
+        api: _api,
+        dir,
+    } = LabCluster::start(&lab, "agentc");
 
     cluster
         .kubectl_stdin(&["apply", "-f", "-"], &node_object(&lab.director, true))

@@ -572,27 +572,59 @@ impl Cluster {
         name: &str,
         status: &str,
     ) -> Result<String, Error> {
+        self.server_side_apply_as_agent(
+            kubeconfig,
+            node,
+            namespace,
+            &["--subresource=status"],
+            &format!(
+                "apiVersion: kubelvs.io/v1alpha1\nkind: {kind}\nmetadata: {{name: {name}}}\nstatus: {status}\n"
+            ),
+        )
+    }
+
+    /// What node `node`'s agent writes to keep its liveness Lease (server-side apply of
+    /// Lease `name` held by `holder` in `namespace`), authenticated by `kubeconfig`.
+    pub fn apply_lease_as_agent(
+        &self,
+        kubeconfig: &Path,
+        node: &str,
+        namespace: &str,
+        name: &str,
+        holder: &str,
+    ) -> Result<String, Error> {
+        self.server_side_apply_as_agent(
+            Some(kubeconfig),
+            node,
+            namespace,
+            &[],
+            &format!(
+                "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: {name}, labels: {{kubelvs.io/agent-lease: \"\"}}}}\nspec: {{holderIdentity: {holder}, leaseDurationSeconds: 2}}\n"
+            ),
+        )
+    }
+
+    /// `kubectl apply --server-side` of `body` under node `node`'s agent's field
+    /// manager, authenticated by `kubeconfig` (else the administrator's).
+    fn server_side_apply_as_agent(
+        &self,
+        kubeconfig: Option<&Path>,
+        node: &str,
+        namespace: &str,
+        extra: &[&str],
+        body: &str,
+    ) -> Result<String, Error> {
         let mut kubectl = self.kubectl();
         if let Some(k) = kubeconfig {
             // The last --kubeconfig wins.
             kubectl.arg("--kubeconfig").arg(k);
         }
-        kubectl.args([
-            "apply",
-            "--server-side",
-            "--subresource=status",
-            &format!("--field-manager=kubelvs-agent/{node}"),
-            "-n",
-            namespace,
-            "-f",
-            "-",
-        ]);
-        run(
-            &mut kubectl,
-            Some(&format!(
-                "apiVersion: kubelvs.io/v1alpha1\nkind: {kind}\nmetadata: {{name: {name}}}\nstatus: {status}\n"
-            )),
-        )
+        kubectl
+            .args(["apply", "--server-side"])
+            .args(extra)
+            .arg(format!("--field-manager=kubelvs-agent/{node}"))
+            .args(["-n", namespace, "-f", "-"]);
+        run(&mut kubectl, Some(body))
     }
 
     /// What the operator writes when it grants VirtualService `namespace`/`name` the

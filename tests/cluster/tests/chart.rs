@@ -374,7 +374,7 @@ fn apply_status_with(
 
 /// The chart's admission policy against the real API server: an agent, with a token
 /// bound to its Pod on a Node as a DaemonSet's Pod gets, writes its own node's entries
-/// and nothing else; a token bound to no node writes nothing.
+/// and Lease and nothing else; a token bound to no node writes nothing.
 #[test]
 #[ignore = "needs the test control plane (Go toolchain)"]
 fn an_agents_token_writes_only_its_own_nodes_entries() {
@@ -479,6 +479,26 @@ spec: {address: 198.51.100.11}
         "{vs}"
     );
     assert!(directors.iter().any(|d| d["node"] == n1.as_str()), "{vs}");
+
+    // Its own node's liveness Lease: allowed. Another node's, one it names another
+    // holder in, and the operator's leader Lease: refused.
+    let lease = |name: &str, holder: &str| {
+        cluster
+            .apply_lease_as_agent(&agent_n1, &n1, system.name(), name, holder)
+            .map_err(|e| e.to_string())
+    };
+    lease(&format!("kubelvs-agent-{n1}"), &n1).unwrap();
+    for (name, holder) in [
+        (format!("kubelvs-agent-{n2}"), n2.clone()),
+        (format!("kubelvs-agent-{n1}"), n2.clone()),
+        ("kube-lvs-operator".to_owned(), n1.clone()),
+    ] {
+        let e = lease(&name, &holder).unwrap_err();
+        assert!(
+            e.contains("may write only the Lease"),
+            "{name} {holder}: {e}"
+        );
+    }
 
     // A token bound to no Pod (so to no node) writes nothing.
     let unbound = cluster

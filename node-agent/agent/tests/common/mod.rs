@@ -2,6 +2,8 @@
 //! its HTTP endpoints, polling, and connections through the VIP.
 #![allow(dead_code)]
 
+pub mod l2;
+
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -52,10 +54,22 @@ impl Agent {
     }
 
     pub fn stop(&mut self) {
-        // SAFETY: kill(2) of our own child.
+        self.signal(libc::SIGTERM);
+    }
+
+    /// SIGKILL: the agent dies without a word, as on a crashed node.
+    pub fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+    }
+
+    fn signal(&mut self, signal: i32) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        // SAFETY: kill(2) of our own child, not yet reaped.
         #[allow(unsafe_code)]
         unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
+            libc::kill(self.child.id() as i32, signal);
         }
         let _ = self.child.wait();
     }
@@ -280,4 +294,61 @@ pub fn real_server_args(rs: &Host, file: &Path, dir: &Path) -> Vec<String> {
             &addr,
         ],
     )
+}
+
+/// The API server's address in a lab: a host of its own on the lab's bridge.
+pub const API_ADDR: std::net::Ipv4Addr = std::net::Ipv4Addr::new(192, 0, 2, 254);
+
+/// The test control plane on a host of `lab` (nothing is routed from the machine's
+/// own namespace, whose subnet may well be the lab's), with the CRDs, the namespaces
+/// `kube-lvs` and `lab` (labelled so the lab's real servers, which are nodes, may be
+/// named), and the agents' RBAC and admission policies as the chart renders them.
+pub struct LabCluster {
+    pub cluster: kubelvs_test_cluster::Cluster,
+    /// The API server's host; the control plane lives as long as it does.
+    pub api: Host,
+    /// The agents' logs and state.
+    pub dir: PathBuf,
+}
+
+impl LabCluster {
+    pub fn start(lab: &Lab, tag: &str) -> Self {
+        use kubelvs_test_cluster::{Cluster, ControlPlane, ControlPlaneOptions};
+        let api = lab.add_host("api", API_ADDR, 0x30).unwrap();
+        let cluster = Cluster::of(
+            ControlPlane::start(ControlPlaneOptions {
+                bind_address: API_ADDR.into(),
+                netns: Some(api.netns.name().to_owned()),
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        let dir = std::env::temp_dir().join(format!("kubelvs-{tag}-{}", lab.bridge.name()));
+        std::fs::create_dir_all(&dir).unwrap();
+        cluster.install_crds().unwrap();
+        for ns in ["kube-lvs", "lab"] {
+            cluster.kubectl_ok(&["create", "namespace", ns]).unwrap();
+        }
+        // The lab's real servers are nodes (each runs an agent): an administrator's leave.
+        cluster
+            .kubectl_ok(&[
+                "label",
+                "namespace",
+                "lab",
+                "kubelvs.io/node-real-servers=allowed",
+            ])
+            .unwrap();
+        cluster
+            .apply_chart_templates(
+                "kube-lvs",
+                "kube-lvs",
+                &[
+                    "templates/agent-rbac.yaml",
+                    "templates/agent-admission.yaml",
+                ],
+                &[],
+            )
+            .unwrap();
+        Self { cluster, api, dir }
+    }
 }

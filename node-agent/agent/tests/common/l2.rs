@@ -1,0 +1,273 @@
+//! The L2 failover lab (tests/failover_l2.rs, benches/l2_failover.rs), against the
+//! real control plane: two XDP directors of one VIP on the lab's segment, their
+//! agents in cluster mode renewing their Leases. Exactly one answers ARP for the VIP (the owner every agent computes
+//! alike, shown in status); the other carries it silently. The owner's agent is
+//! killed with SIGKILL and its link cut: the other director sees its Lease expire,
+//! takes the VIP over and announces it, the client's new connections flow again, and
+//! the connections opened through the dead director keep their real servers (Maglev
+//! on both directors; DR replies go straight to the client).
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::*;
+use kubelvs_planner::announce::owner;
+use kubelvs_test_cluster::Cluster;
+use kubelvs_xdp_lab::bpf::Attached;
+use kubelvs_xdp_lab::client::Conn;
+use kubelvs_xdp_lab::topology::{Host, Lab, HOST_IFNAME};
+use kubelvs_xdp_lab::{arp, LabConfig};
+
+const DIRECTOR2_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 3);
+const CONNECTIONS: usize = 30;
+
+fn agent_flags(host: &Host, dir: &Path, director: bool, lease_ms: u64) -> Vec<String> {
+    let lease = [
+        "--lease-namespace",
+        "kube-lvs",
+        "--lease-duration-ms",
+        &lease_ms.to_string(),
+    ];
+    if director {
+        let pin = format!(
+            "/sys/fs/bpf/{}-{}",
+            dir.file_name().unwrap().to_string_lossy(),
+            host.role
+        );
+        let mut flags = vec!["--dataplane", "xdp", "--xdp-pin-dir", &pin];
+        flags.extend(lease);
+        agent_args(host, dir, &flags)
+    } else {
+        agent_args(host, dir, &["--dataplane", "none"])
+    }
+}
+
+fn json(cluster: &Cluster, args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&cluster.kubectl_ok(args).unwrap()).unwrap()
+}
+
+/// The nodes whose status entry on the lab's VirtualService says they announce.
+fn announcing(cluster: &Cluster) -> Vec<String> {
+    let vs = json(cluster, &["get", "lvs", "web", "-n", "lab", "-o", "json"]);
+    vs["status"]["directors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["announcing"] == true)
+        .filter_map(|e| e["node"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Who answers the client's ARP request for the VIP.
+fn who_has_vip(lab: &Lab) -> Vec<[u8; 6]> {
+    let c = &lab.client;
+    let (ifindex, mac, addr, vip) = (c.ifindex, c.mac, c.addr, lab.vip);
+    c.netns
+        .run(move || arp::who_has(ifindex, mac, addr, vip, Duration::from_millis(300)))
+        .unwrap()
+        .unwrap()
+}
+
+/// What a failover measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Failover {
+    /// From the owner's death to the client's neighbour entry for the VIP naming the
+    /// new owner (learnt from its announcement, unasked).
+    pub takeover: Duration,
+    /// From the owner's death to a new connection through the VIP.
+    pub new_connection: Duration,
+    /// Connections opened through the dead owner that no longer answer.
+    pub lost: usize,
+    pub connections: usize,
+}
+
+/// Builds the lab, checks the announcer, kills it and measures the takeover, with
+/// the agents' `--lease-duration-ms` at `lease_ms`.
+pub fn failover(lease_ms: u64) -> Failover {
+    let lab = Lab::build(LabConfig {
+        vip_on_real_servers: false,
+        ..LabConfig::default()
+    })
+    .unwrap();
+    let director2 = lab.add_host("director2", DIRECTOR2_ADDR, 0x03).unwrap();
+    let directors = [&lab.director, &director2];
+    // Generic XDP on a veth needs a program on the peer for XDP_TX to leave.
+    let _pass: Vec<Attached> = directors
+        .iter()
+        .map(|d| Attached::attach(&lab.bridge, &d.bridge_port, "xdp_pass").unwrap())
+        .collect();
+    // Frames to a MAC the bridge no longer knows (the dead director's) are not
+    // flooded to the other director, whose XDP program would take them as its own:
+    // only the takeover's announcement may move the client's traffic.
+    for d in directors {
+        lab.bridge
+            .exec(
+                "bridge",
+                &["link", "set", "dev", &d.bridge_port, "flood", "off"],
+            )
+            .unwrap();
+    }
+    // The client reaches the VIP on its segment: it learns the VIP's MAC by ARP.
+    let vip = lab.vip.to_string();
+    lab.client
+        .netns
+        .ip(&["route", "replace", &format!("{vip}/32"), "dev", HOST_IFNAME])
+        .unwrap();
+
+    let LabCluster {
+        cluster,
+        api: _api,
+        dir,
+    } = LabCluster::start(&lab, "l2");
+    for d in directors {
+        cluster
+            .kubectl_stdin(
+                &["apply", "-f", "-"],
+                &kubelvs_test_cluster::node_object(&d.role, d.addr.into(), true),
+            )
+            .unwrap();
+    }
+    for rs in &lab.real_servers {
+        cluster
+            .kubectl_stdin(
+                &["apply", "-f", "-"],
+                &kubelvs_test_cluster::node_object(&rs.role, rs.addr.into(), false),
+            )
+            .unwrap();
+    }
+    cluster
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            &lab_objects(&lab, "dr", PORT, false, &[0, 1, 2]),
+        )
+        .unwrap();
+    cluster.grant_vip_as_operator("lab", "web", &vip).unwrap();
+    let _app = lab.start_servers(PORT).unwrap();
+
+    let start = |host: &Host, director: bool| {
+        let kc = cluster.agent_kubeconfig(&host.role).unwrap();
+        Agent::start_with_env(
+            host,
+            &agent_flags(host, &dir, director, lease_ms),
+            &dir,
+            &[("KUBECONFIG", kc.as_path())],
+        )
+    };
+    let _rs_agents: Vec<Agent> = lab.real_servers.iter().map(|rs| start(rs, false)).collect();
+    let mut agents: Vec<Agent> = directors.iter().map(|d| start(d, true)).collect();
+
+    // Every agent computes the same owner; status shows it; only it answers ARP.
+    let expected = owner(lab.vip.into(), ["director", "director2"]).unwrap();
+    let (owner_i, other_i) = if expected == "director" {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
+    let (owner_host, other_host) = (directors[owner_i], directors[other_i]);
+    eventually(
+        Duration::from_secs(60),
+        "the owner alone answers ARP",
+        || (who_has_vip(&lab) == [owner_host.mac]).then_some(()),
+    );
+    eventually(
+        Duration::from_secs(15),
+        "status names the announcer",
+        || (announcing(&cluster) == [expected]).then_some(()),
+    );
+    let wide = cluster
+        .kubectl_ok(&["get", "lvs", "-n", "lab", "-o", "wide"])
+        .unwrap();
+    eprintln!("{wide}");
+    let announced_by = wide.lines().nth(1).unwrap_or_default();
+    assert!(announced_by.contains(expected), "{wide}");
+    let leases = cluster
+        .kubectl_ok(&["get", "leases", "-n", "kube-lvs", "-o", "name"])
+        .unwrap();
+    for d in directors {
+        assert!(
+            leases.contains(&format!("kubelvs-agent-{}", d.role)),
+            "{leases}"
+        );
+    }
+    for rs in &lab.real_servers {
+        assert!(
+            !leases.contains(&rs.role),
+            "only directors renew Leases: {leases}"
+        );
+    }
+
+    // Long-lived connections through the owner, spread over the real servers.
+    let to = SocketAddr::V4(SocketAddrV4::new(lab.vip, PORT));
+    let mut conns: Vec<Conn> = lab
+        .client
+        .netns
+        .run(move || {
+            (0..CONNECTIONS)
+                .map(|_| kubelvs_xdp_lab::client::open_with_retry(to, TIMEOUT).unwrap())
+                .collect()
+        })
+        .unwrap();
+    let on: std::collections::BTreeSet<String> =
+        conns.iter().map(|c| c.real_server().to_owned()).collect();
+    assert!(on.len() > 1, "connections on {on:?}");
+
+    // The owner dies: agent killed, link cut.
+    agents[owner_i].kill();
+    owner_host
+        .netns
+        .ip(&["link", "set", HOST_IFNAME, "down"])
+        .unwrap();
+    let died = Instant::now();
+    let new_mac = kubelvs_xdp_lab::topology::format_mac(other_host.mac);
+    let takeover = eventually(
+        Duration::from_secs(20),
+        "the client learns the new owner",
+        || {
+            let n = lab.client.netns.ip(&["neigh", "show", &vip]).unwrap();
+            n.contains(&new_mac).then(|| died.elapsed())
+        },
+    );
+    let new_connection = eventually(
+        Duration::from_secs(20),
+        "a new connection through the VIP",
+        || {
+            let r = reached_at_once(&lab, 1);
+            (!r[0].starts_with("error")).then(|| died.elapsed())
+        },
+    );
+    assert_eq!(who_has_vip(&lab), [other_host.mac]);
+    // The new owner says so in status (the dead director's entry stays as its agent
+    // left it: nothing of that node runs to change it).
+    eventually(
+        Duration::from_secs(15),
+        "status names the new announcer",
+        || {
+            announcing(&cluster)
+                .contains(&other_host.role)
+                .then_some(())
+        },
+    );
+
+    // Every connection opened through the dead director is still served, by the
+    // same real server.
+    let mut lost = 0;
+    for (i, c) in conns.iter_mut().enumerate() {
+        let rs = c.real_server().to_owned();
+        match c.echo(&format!("after-{i}")) {
+            Ok(reply) if reply == format!("{rs} after-{i}") => {}
+            other => {
+                eprintln!("connection {i} on {rs}: {other:?}");
+                lost += 1;
+            }
+        }
+    }
+    drop(agents);
+    let _ = std::fs::remove_dir_all(&dir);
+    Failover {
+        takeover,
+        new_connection,
+        lost,
+        connections: CONNECTIONS,
+    }
+}

@@ -1,0 +1,25 @@
+//! L2 announcement and director failover against the real control plane (the lab is
+//! `common::l2`): exactly one of two XDP directors answers ARP for the VIP; its agent
+//! killed and its link cut, the other takes over within the Lease's duration and no
+//! connection opened through the dead one is lost.
+
+mod common;
+
+use std::time::Duration;
+
+/// The agents' default: a director unseen for this long is dead.
+const LEASE_MS: u64 = 2000;
+
+#[test]
+#[ignore = "privileged: netns + XDP; needs the test control plane (Go toolchain)"]
+fn the_owner_of_a_vip_dies_and_another_director_takes_over_keeping_connections() {
+    let f = common::l2::failover(LEASE_MS);
+    eprintln!("{f:?}");
+    // Detection is the Lease's duration after the last renewal seen, checked every
+    // quarter of it; the rest is one plan and one apply.
+    assert!(
+        f.takeover < Duration::from_millis(LEASE_MS * 5 / 4) + Duration::from_millis(500),
+        "{f:?}"
+    );
+    assert_eq!(f.lost, 0, "connections lost in the failover: {f:?}");
+}
