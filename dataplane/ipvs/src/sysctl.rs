@@ -45,14 +45,32 @@ pub fn director_sysctls() -> Vec<Sysctl> {
 }
 
 /// [`director_sysctls`] plus IPv6 forwarding when the plan has an IPv6 NAT or FullNAT
-/// service (left out otherwise: it changes how the node takes router advertisements).
+/// service (left out otherwise: it changes how the node takes router advertisements),
+/// and sloppy TCP and SCTP when a service uses `mh`.
 pub fn director_sysctls_for(services: &[kubelvs_model::Service]) -> Vec<Sysctl> {
     let mut list = director_sysctls();
-    let v6_nat = services.iter().any(|s| {
-        s.dataplane == kubelvs_model::DataplaneKind::Ipvs
-            && s.key.vip.is_ipv6()
-            && s.forwarding.allows_port_mapping()
-    });
+    let ipvs = || {
+        services
+            .iter()
+            .filter(|s| s.dataplane == kubelvs_model::DataplaneKind::Ipvs)
+    };
+    if ipvs().any(|s| s.scheduler == kubelvs_model::Scheduler::Mh) {
+        list.extend([
+            Sysctl {
+                path: "net/ipv4/vs/sloppy_tcp",
+                value: "1",
+                why: "a flow whose director died reaches another one mid-stream: without it \
+                      IPVS schedules only a SYN and drops the rest; with it, mh (the same \
+                      table on every director) sends the flow to the real server it had",
+            },
+            Sysctl {
+                path: "net/ipv4/vs/sloppy_sctp",
+                value: "1",
+                why: "the same for SCTP associations (an INIT is otherwise required)",
+            },
+        ]);
+    }
+    let v6_nat = ipvs().any(|s| s.key.vip.is_ipv6() && s.forwarding.allows_port_mapping());
     if v6_nat {
         list.push(Sysctl {
             path: "net/ipv6/conf/all/forwarding",

@@ -393,6 +393,28 @@ fn ipv6_forwarding_only_for_ipv6_nat() {
 }
 
 #[test]
+fn sloppy_tcp_only_with_mh() {
+    use kubelvs_ipvs::director_sysctls_for;
+    let wrr = svc("203.0.113.1", 80, Protocol::Tcp, Forwarding::Dr);
+    let mut mh = svc("203.0.113.2", 80, Protocol::Tcp, Forwarding::Dr);
+    mh.scheduler = kubelvs_model::Scheduler::Mh;
+    let sloppy = |l: Vec<kubelvs_ipvs::Sysctl>| {
+        l.iter()
+            .filter(|s| s.path.starts_with("net/ipv4/vs/sloppy_"))
+            .map(|s| (s.path, s.value))
+            .collect::<Vec<_>>()
+    };
+    assert!(sloppy(director_sysctls_for(std::slice::from_ref(&wrr))).is_empty());
+    assert_eq!(
+        sloppy(director_sysctls_for(&[wrr, mh])),
+        [
+            ("net/ipv4/vs/sloppy_tcp", "1"),
+            ("net/ipv4/vs/sloppy_sctp", "1")
+        ]
+    );
+}
+
+#[test]
 fn a_dump_that_fails_to_decode_leaves_the_socket_usable() {
     // Against the running kernel: dump the genl controller's families through the
     // IPVS reply path. They do not decode as IPVS messages, so each dump fails; the

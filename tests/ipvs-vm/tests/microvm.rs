@@ -30,6 +30,7 @@ const SCENARIO_CASES: &[&str] = &[
     "foreign_service_survives",
     "dataplane_trait",
     "fullnat",
+    "ipvs_director_failover",
     // kubelvs_ipvs::selftest in its own namespace; its cases print their own lines.
     "ipvs_selftest",
 ];

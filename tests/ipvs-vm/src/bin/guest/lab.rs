@@ -73,7 +73,7 @@ pub fn cmd(program: &str, args: &[&str]) -> Result<String, String> {
 
 /// Feeds `commands` to `ip [-n ns] -batch -`: one process per namespace, which
 /// matters under TCG, where every exec costs tens of milliseconds.
-fn ip_batch(ns: Option<&str>, commands: &[String]) -> Result<(), String> {
+pub fn ip_batch(ns: Option<&str>, commands: &[String]) -> Result<(), String> {
     let mut c = Command::new("ip");
     if let Some(ns) = ns {
         c.args(["-n", ns]);
@@ -112,7 +112,7 @@ fn host_address(addr: &str, dev: &str) -> String {
 }
 
 /// Writes sysctls inside namespace `ns` (root when `None`); /proc/sys/net is per netns.
-fn sysctls(ns: Option<&str>, list: &[(&str, &str)]) -> Result<(), String> {
+pub fn sysctls(ns: Option<&str>, list: &[(&str, &str)]) -> Result<(), String> {
     let script: String = list
         .iter()
         .map(|(k, v)| format!("echo {v} > /proc/sys/{} && ", k.replace('.', "/")))

@@ -12,6 +12,7 @@ mod agent;
 mod agent_forwarding;
 mod agent_scale;
 mod bench;
+mod failover;
 mod lab;
 mod reload;
 mod scenarios;
@@ -131,6 +132,9 @@ fn main() -> ExitCode {
             .and_then(|ports| traffic::serve(name, &ports).map_err(|e| format!("serve: {e}"))),
         ["client", target, count, timeout_ms, ref sources @ ..] => client(target, count, timeout_ms, sources),
         ["hold", target] => hold(target),
+        ["ipvs-director", state, sloppy] => {
+            failover::program(state, &[failover::mh_service()], sloppy == "sloppy")
+        }
         ["bench-inner"] => bench::inner(),
         ["selftest-inner"] => scenarios::selftest_inner(),
         _ => Err(format!("usage: scenarios | bench | all | agent | reload | serve NAME PORT... | client TARGET COUNT TIMEOUT_MS [SOURCE...] | hold TARGET; got {args:?}")),

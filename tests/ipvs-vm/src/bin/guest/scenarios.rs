@@ -165,7 +165,7 @@ fn plan() -> Vec<Service> {
     services
 }
 
-fn check_report(report: &ApplyReport) -> Result<(), String> {
+pub fn check_report(report: &ApplyReport) -> Result<(), String> {
     if report.errors.is_empty() && report.conflicts.is_empty() {
         return Ok(());
     }
@@ -396,6 +396,7 @@ pub fn run(r: &mut Reporter) {
     r.case("dataplane_trait", through_the_trait(&lab));
     // Last: it removes the real servers' route back to the client.
     r.case("fullnat", fullnat(&lab));
+    r.case("ipvs_director_failover", crate::failover::run(&lab));
     r.case("ipvs_selftest", selftest());
     r.measure("scenarios", started.elapsed().as_secs_f64(), "s");
 }
