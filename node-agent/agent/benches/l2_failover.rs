@@ -2,8 +2,8 @@
 //! cluster mode against the real control plane; the owner's agent killed with
 //! SIGKILL and its link cut), run `RUNS` times at each Lease duration. Reports the
 //! time until the client's neighbour entry names the new owner (learnt from its
-//! gratuitous ARP), until a new connection succeeds, and the long-lived connections
-//! lost.
+//! gratuitous ARP), until a new connection succeeds, the long-lived connections
+//! lost, and the Lease writes per second of both directors (the API server's count).
 //!
 //! Needs root and Go (the test control plane). `cargo bench -p kubelvs-agent --bench
 //! l2_failover` (options: RUNS, then Lease durations in ms; default 3 2000 600).
@@ -27,8 +27,10 @@ fn main() {
         let mut takeover = Vec::new();
         let mut connection = Vec::new();
         let (mut lost, mut total) = (0, 0);
-        for _ in 0..runs {
-            let f = common::l2::failover(lease_ms);
+        let mut lease_writes = None;
+        for run in 0..runs {
+            let f = common::l2::failover(lease_ms, run == 0);
+            lease_writes = lease_writes.or(f.lease_writes_per_second);
             eprintln!("lease {lease_ms} ms: {f:?}");
             takeover.push(f.takeover);
             connection.push(f.new_connection);
@@ -39,11 +41,12 @@ fn main() {
         connection.sort();
         let ms = |d: Duration| d.as_millis();
         println!(
-            "l2_failover lease_ms={lease_ms} runs={runs} takeover_median_ms={} takeover_max_ms={} new_connection_median_ms={} new_connection_max_ms={} lost={lost}/{total}",
+            "l2_failover lease_ms={lease_ms} runs={runs} takeover_median_ms={} takeover_max_ms={} new_connection_median_ms={} new_connection_max_ms={} lost={lost}/{total} lease_writes_per_second_2_directors={:.1}",
             ms(takeover[runs / 2]),
             ms(takeover[runs - 1]),
             ms(connection[runs / 2]),
             ms(connection[runs - 1]),
+            lease_writes.unwrap_or_default(),
         );
     }
 }

@@ -31,16 +31,13 @@ const NS: &str = "budget";
 
 /// Status writes of kubelvs.io objects the API server has answered, all codes.
 fn status_writes(cluster: &Cluster) -> f64 {
-    let metrics = cluster
-        .kubectl_ok(&["get", "--raw", "/metrics"])
-        .expect("API server metrics");
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-        .filter(|l| l.contains("group=\"kubelvs.io\"") && l.contains("subresource=\"status\""))
-        .filter(|l| l.contains("verb=\"APPLY\"") || l.contains("verb=\"PATCH\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    cluster
+        .requests_total(|l| {
+            l.contains("group=\"kubelvs.io\"")
+                && l.contains("subresource=\"status\"")
+                && (l.contains("verb=\"APPLY\"") || l.contains("verb=\"PATCH\""))
+        })
+        .expect("API server metrics")
 }
 
 /// Node `node`'s entries: programmed on every VirtualService with `m` healthy real

@@ -13,7 +13,7 @@ const LEASE_MS: u64 = 2000;
 #[test]
 #[ignore = "privileged: netns + XDP; needs the test control plane (Go toolchain)"]
 fn the_owner_of_a_vip_dies_and_another_director_takes_over_keeping_connections() {
-    let f = common::l2::failover(LEASE_MS);
+    let f = common::l2::failover(LEASE_MS, false);
     eprintln!("{f:?}");
     // Detection is the Lease's duration after the last renewal seen, checked every
     // quarter of it; the rest is one plan and one apply.

@@ -583,6 +583,17 @@ impl Cluster {
         )
     }
 
+    /// The sum of the API server's `apiserver_request_total` series whose labels
+    /// `matches` accepts (the whole line is given: `{group="...",verb="..."} value`).
+    pub fn requests_total(&self, matches: impl Fn(&str) -> bool) -> Result<f64, Error> {
+        let metrics = self.kubectl_ok(&["get", "--raw", "/metrics"])?;
+        Ok(metrics
+            .lines()
+            .filter(|l| l.starts_with("apiserver_request_total{") && matches(l))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
     /// What node `node`'s agent writes to keep its liveness Lease (server-side apply of
     /// Lease `name` held by `holder` in `namespace`), authenticated by `kubeconfig`.
     pub fn apply_lease_as_agent(

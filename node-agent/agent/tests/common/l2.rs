@@ -80,11 +80,30 @@ pub struct Failover {
     /// Connections opened through the dead owner that no longer answer.
     pub lost: usize,
     pub connections: usize,
+    /// Writes of Leases per second, all agents together, while both directors live
+    /// (measured over `LEASE_WINDOW` when asked for).
+    pub lease_writes_per_second: Option<f64>,
+}
+
+/// How long Lease writes are counted, when they are.
+pub const LEASE_WINDOW: Duration = Duration::from_secs(10);
+
+/// Lease writes the API server answered (the agents write by server-side apply).
+fn lease_writes(cluster: &Cluster) -> f64 {
+    cluster
+        .requests_total(|l| {
+            l.contains("resource=\"leases\"")
+                && ["APPLY", "PATCH", "UPDATE", "CREATE"]
+                    .iter()
+                    .any(|v| l.contains(&format!("verb=\"{v}\"")))
+        })
+        .unwrap()
 }
 
 /// Builds the lab, checks the announcer, kills it and measures the takeover, with
-/// the agents' `--lease-duration-ms` at `lease_ms`.
-pub fn failover(lease_ms: u64) -> Failover {
+/// the agents' `--lease-duration-ms` at `lease_ms`; with `count_leases`, counts the
+/// Lease writes for `LEASE_WINDOW` first.
+pub fn failover(lease_ms: u64, count_leases: bool) -> Failover {
     let lab = Lab::build(LabConfig {
         vip_on_real_servers: false,
         ..LabConfig::default()
@@ -197,6 +216,12 @@ pub fn failover(lease_ms: u64) -> Failover {
         );
     }
 
+    let lease_writes_per_second = count_leases.then(|| {
+        let before = lease_writes(&cluster);
+        std::thread::sleep(LEASE_WINDOW);
+        (lease_writes(&cluster) - before) / LEASE_WINDOW.as_secs_f64()
+    });
+
     // Long-lived connections through the owner, spread over the real servers.
     let to = SocketAddr::V4(SocketAddrV4::new(lab.vip, PORT));
     let mut conns: Vec<Conn> = lab
@@ -269,5 +294,6 @@ pub fn failover(lease_ms: u64) -> Failover {
         new_connection,
         lost,
         connections: CONNECTIONS,
+        lease_writes_per_second,
     }
 }
