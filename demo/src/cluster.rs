@@ -18,6 +18,8 @@ use crate::lab::{applies, poll, weights_of, Agent, Result, Setup};
 /// The API server's address: a host of its own on the lab's bridge.
 const API_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
 const NAMESPACE: &str = "lab";
+/// The directors' Lease duration: the chart's default.
+const LEASE_MS: &str = "2000";
 
 fn node_object(host: &Host, director: bool) -> String {
     kubelvs_test_cluster::node_object(&host.role, host.addr.into(), director)
@@ -96,7 +98,7 @@ fn web_field(cluster: &Cluster, path: &str) -> Result<String> {
 }
 
 /// Waits until the VirtualService's HEALTHY column (`status.realServers`) shows `want`.
-fn wait_healthy(cluster: &Cluster, want: &str) -> Result<()> {
+pub(crate) fn wait_healthy(cluster: &Cluster, want: &str) -> Result<()> {
     poll(
         Duration::from_secs(30),
         &format!("status showing {want} healthy"),
@@ -127,7 +129,7 @@ pub fn run(agent: &Path, config: &crate::lab::Config, n: usize) -> Result<()> {
         .collect();
 
     println!("kube-lvs demo --cluster: the load balancer through Kubernetes, on this machine\n");
-    println!("[1/7] building the lab and a Kubernetes control plane on it");
+    println!("[1/8] building the lab and a Kubernetes control plane on it");
     let mut setup = Setup::build(crate::lab::Dataplane::Xdp)?;
     let api = setup
         .lab
@@ -147,7 +149,7 @@ pub fn run(agent: &Path, config: &crate::lab::Config, n: usize) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    println!("\n[2/7] helm install of the chart, the operator and one agent per node");
+    println!("\n[2/8] helm install of the chart, the operator and one agent per node");
     let install = cluster
         .helm()
         .args(["install", "kube-lvs"])
@@ -228,16 +230,22 @@ pub fn run(agent: &Path, config: &crate::lab::Config, n: usize) -> Result<()> {
         )?);
     }
     let kc = agent_kubeconfig(&setup.lab.director)?;
+    let lease = [
+        "--lease-namespace",
+        "kube-lvs",
+        "--lease-duration-ms",
+        LEASE_MS,
+    ];
     processes.push(Agent::start(
         agent,
         &setup.lab.director,
-        &setup.director_args(&[]),
+        &setup.director_args(&lease),
         &dir,
         &[("KUBECONFIG", kc.as_path())],
     )?);
     println!("      kube-lvs-operator on the API host; kube-lvs-agent on director, rs1, rs2, rs3 (cluster mode, tokens bound to each node's Pod)");
 
-    println!("\n[3/7] kubectl apply: an AddressPool and examples/lab.yaml without its vip");
+    println!("\n[3/8] kubectl apply: an AddressPool and examples/lab.yaml without its vip");
     let pool = format!(
         "apiVersion: kubelvs.io/v1alpha1\nkind: AddressPool\nmetadata: {{name: lab}}\nspec: {{addresses: [{}/32]}}\n",
         setup.lab.vip
@@ -268,24 +276,24 @@ pub fn run(agent: &Path, config: &crate::lab::Config, n: usize) -> Result<()> {
     kubectl_lvs(&cluster, &api, bin_dir)?;
 
     let weights = weights_of(&config_text);
-    println!("\n[4/7] {n} requests through the VIP");
+    println!("\n[4/8] {n} requests through the VIP");
     setup.spread(n, &weights)?;
 
     let victim = 1;
     let name = setup.lab.real_servers[victim].role.clone();
-    println!("\n[5/7] stopping {name}'s HTTP server");
+    println!("\n[5/8] stopping {name}'s HTTP server");
     setup.take_out(victim, n, &weights)?;
     wait_healthy(&cluster, "2/3")?;
     show(&cluster, &["get", "lvs", "-n", NAMESPACE])?;
     kubectl_lvs(&cluster, &api, bin_dir)?;
 
-    println!("\n[6/7] starting {name}'s HTTP server again");
+    println!("\n[6/8] starting {name}'s HTTP server again");
     setup.bring_back(victim, n, &weights)?;
     wait_healthy(&cluster, "3/3")?;
     show(&cluster, &["get", "lvs", "-n", NAMESPACE])?;
 
     let (changed, to) = ("rs3", 1);
-    println!("\n[7/7] kubectl patch: {changed}'s weight -> {to}, live");
+    println!("\n[7/8] kubectl patch: {changed}'s weight -> {to}, live");
     let before = applies(&setup.lab).unwrap_or(0.0);
     let edit = Instant::now();
     kubectl(
@@ -333,8 +341,31 @@ pub fn run(agent: &Path, config: &crate::lab::Config, n: usize) -> Result<()> {
     )?;
     setup.print_counters();
 
+    println!("\n[8/8] a second director, and the announcing one killed mid-traffic");
+    let director2 = crate::failover::add_director(&setup, &cluster)?;
+    let kc = agent_kubeconfig(&director2.host)?;
+    let pin = setup.leftovers.pin.join("director2").display().to_string();
+    let mut flags = vec!["--dataplane", "xdp", "--xdp-pin-dir", &pin];
+    flags.extend(lease);
+    processes.push(Agent::start(
+        agent,
+        &director2.host,
+        &crate::lab::agent_args(&director2.host, &dir, &flags),
+        &dir,
+        &[("KUBECONFIG", kc.as_path())],
+    )?);
+    crate::failover::run(
+        &setup,
+        &cluster,
+        NAMESPACE,
+        &director2,
+        &mut processes,
+        LEASE_MS.parse().unwrap_or_default(),
+    )?;
+
     println!("\ncleaning up");
     drop(processes);
+    drop(director2);
     drop(cluster);
     drop(api);
     drop(setup);

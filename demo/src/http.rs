@@ -69,7 +69,9 @@ impl Drop for HttpServer {
 
 fn answer(mut conn: TcpStream, name: &str) {
     let _ = conn.set_nonblocking(false);
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+    // Long enough for a request whose packets wait out a director failover (TCP
+    // retransmits them once the other director announced the VIP).
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
     let mut buf = [0u8; 1024];
     let n = conn.read(&mut buf).unwrap_or(0);
     let request = String::from_utf8_lossy(&buf[..n]);

@@ -109,14 +109,28 @@ impl Agent {
     }
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
+impl Agent {
+    /// SIGKILL: the agent dies without a word, as on a crashed node.
+    pub fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+    }
+
+    fn signal(&mut self, signal: i32) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
         #[allow(unsafe_code)]
-        // SAFETY: kill(2) of our own child.
+        // SAFETY: kill(2) of our own child, not yet reaped.
         unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
+            libc::kill(self.child.id() as i32, signal);
         }
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.signal(libc::SIGTERM);
     }
 }
 

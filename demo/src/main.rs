@@ -14,6 +14,7 @@
 //! microVM, whose Debian kernel has IPVS.
 
 mod cluster;
+mod failover;
 mod http;
 mod lab;
 mod standalone;

@@ -154,7 +154,7 @@ fn scripts_demo_cluster_runs_the_lab_through_kubernetes_and_the_plugin_shows_it(
         "{text}"
     );
     // `kubectl get` followed the health: HEALTHY 3/3, then 2/3, then 3/3 again.
-    let healthy: Vec<&str> = text
+    let healthy: Vec<&str> = text[..text.find("[8/8]").expect("step 8 shown")]
         .lines()
         .filter(|l| l.contains(" web ") || l.contains("virtualservice.kubelvs.io/web"))
         .filter_map(|l| l.split_whitespace().find(|f| f.ends_with("/3")))
@@ -166,11 +166,11 @@ fn scripts_demo_cluster_runs_the_lab_through_kubernetes_and_the_plugin_shows_it(
         text[a..a + text[a..].find(to).unwrap()].to_owned()
     };
     assert!(
-        step("[5/7]", "[6/7]")
+        step("[5/8]", "[6/8]")
             .contains("-> 192.0.2.12:80                Route   2      director:down"),
         "{text}"
     );
-    let last = step("[7/7]", "cleaning up");
+    let last = step("[7/8]", "[8/8]");
     assert!(
         last.contains("-> 192.0.2.13:80                Route   1      director:up"),
         "{text}"
@@ -204,6 +204,15 @@ fn scripts_demo_cluster_runs_the_lab_through_kubernetes_and_the_plugin_shows_it(
     for rs in ["192.0.2.11:80", "192.0.2.12:80", "192.0.2.13:80"] {
         assert!(conns(&format!("-> {rs}")) > 0, "{rs}: {stats}");
     }
+    // The announcing director killed mid-traffic: the other announced the VIP, and
+    // not one request failed.
+    let failover = step("[8/8]", "cleaning up");
+    assert!(
+        failover.contains("✓ no request failed while the announcing director died"),
+        "{text}"
+    );
+    assert!(failover.contains(" 0 failed;"), "{text}");
+    assert!(failover.contains("ANNOUNCED BY"), "{text}");
     assert_nothing_left(pid);
 }
 

@@ -38,6 +38,9 @@ pub struct VirtualServiceRow {
 pub struct DirectorView {
     pub programmed: bool,
     pub healthy_real_servers: u32,
+    /// This director answers ARP/NDP for the VIP.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub announcing: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
@@ -160,6 +163,7 @@ pub fn table(
                     DirectorView {
                         programmed: d.programmed,
                         healthy_real_servers: d.healthy_real_servers,
+                        announcing: d.announcing,
                         message: d.message.clone(),
                     },
                 )
@@ -246,8 +250,9 @@ fn directors_text(d: &BTreeMap<String, DirectorView>) -> String {
     d.iter()
         .map(|(node, v)| {
             format!(
-                "{node}:{}",
-                if v.programmed { "programmed" } else { "FAILED" }
+                "{node}:{}{}",
+                if v.programmed { "programmed" } else { "FAILED" },
+                if v.announcing { "+announcing" } else { "" }
             )
         })
         .collect::<Vec<_>>()
@@ -342,7 +347,7 @@ spec:
 status:
   vip: 203.0.113.20
   directors:
-  - {node: n1, programmed: true, dataplane: ipvs, healthyRealServers: 1}
+  - {node: n1, programmed: true, dataplane: ipvs, healthyRealServers: 1, announcing: true}
   - {node: n2, programmed: false, healthyRealServers: 0, message: 'EEXIST'}
 ";
         let vs: VirtualService = serde_yaml::from_str(docs).unwrap();
@@ -382,7 +387,7 @@ status:
         let udp = t.iter().find(|r| r.protocol == "UDP").unwrap();
         assert_eq!(udp.real_servers[0].address, "10.0.0.1:53");
         let text = render(&t);
-        assert!(text.contains("TCP  203.0.113.20:80 wrr persistent 300   [shop/web ipvs, Masq, n1:programmed,n2:FAILED]"), "{text}");
+        assert!(text.contains("TCP  203.0.113.20:80 wrr persistent 300   [shop/web ipvs, Masq, n1:programmed+announcing,n2:FAILED]"), "{text}");
         assert!(
             text.contains("  -> 10.0.0.1:8080                Masq    3      n1:up"),
             "{text}"

@@ -237,12 +237,12 @@ pub fn failover(lease_ms: u64, count_leases: bool) -> Failover {
         conns.iter().map(|c| c.real_server().to_owned()).collect();
     assert!(on.len() > 1, "connections on {on:?}");
 
-    // The owner dies: agent killed, link cut.
-    agents[owner_i].kill();
+    // The owner dies: its link cut, then its agent killed.
     owner_host
         .netns
         .ip(&["link", "set", HOST_IFNAME, "down"])
         .unwrap();
+    agents[owner_i].kill();
     let died = Instant::now();
     let new_mac = kubelvs_xdp_lab::topology::format_mac(other_host.mac);
     let takeover = eventually(
