@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Forwarding","type":"string","jsonPath":".spec.forwarding"}"#,
     printcolumn = r#"{"name":"Healthy","type":"string","jsonPath":".status.realServers"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Announced By","type":"string","priority":1,"jsonPath":".status.directors[?(@.announcing==true)].node"}"#,
+    printcolumn = r#"{"name":"Announced By","type":"string","priority":1,"jsonPath":".status.announcedBy"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     derive = "PartialEq",
     cel
@@ -411,6 +411,12 @@ pub struct VirtualServiceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+    /// The director that answers ARP/NDP for the VIP (announcement `l2`), as the
+    /// operator sees it: an agent's entry that says it announces, of a director whose
+    /// Lease is live. Absent while none does (mode `none`, or no live director).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub announced_by: Option<String>,
     /// One entry per director node, each written by that node's agent (server-side apply).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["node"]))]

@@ -212,7 +212,18 @@ fn scripts_demo_cluster_runs_the_lab_through_kubernetes_and_the_plugin_shows_it(
         "{text}"
     );
     assert!(failover.contains(" 0 failed;"), "{text}");
-    assert!(failover.contains("ANNOUNCED BY"), "{text}");
+    // `kubectl get lvs -o wide` named the owner, then the new one.
+    let announced: Vec<&str> = failover
+        .lines()
+        .filter(|l| l.trim_start().starts_with("web "))
+        .filter_map(|l| l.split_whitespace().nth(7))
+        .collect();
+    assert_eq!(announced.len(), 2, "{failover}");
+    assert_ne!(announced[0], announced[1], "{failover}");
+    assert!(
+        failover.contains(&format!("{} announced 203.0.113.10", announced[1])),
+        "{failover}"
+    );
     assert_nothing_left(pid);
 }
 

@@ -92,6 +92,7 @@ fn bench(c: &mut Criterion) {
         &Ledger::new(),
         &mut Validations::new(),
         &now,
+        &Default::default(),
     );
     c.bench_function(
         "allocation pass: 10,000 VirtualServices x 10 RealServers, first",
@@ -104,6 +105,7 @@ fn bench(c: &mut Criterion) {
                     &Ledger::new(),
                     &mut Validations::new(),
                     &now,
+                    &Default::default(),
                 )
             })
         },
@@ -126,6 +128,7 @@ fn bench(c: &mut Criterion) {
                     &first.vips,
                     &mut validations,
                     &now,
+                    &Default::default(),
                 );
                 assert!(w.statuses.is_empty());
                 w

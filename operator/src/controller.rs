@@ -37,6 +37,9 @@ pub struct Stores {
     namespaces: Store<Namespace>,
     /// Their addresses are never VIPs.
     nodes: Store<Node>,
+    /// The agents' liveness Leases, when followed: a dead director is not named as
+    /// announcing a VIP.
+    directors: Option<kubelvs_watch::liveness::Directors>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -94,7 +97,26 @@ fn parsed<K>(objects: &[Arc<DeserializeGuard<K>>]) -> Vec<&K> {
 impl Stores {
     /// Starts the watches and waits until each has listed once: allocating from a
     /// partial view could hand out an address another object holds.
-    pub async fn start(client: &Client, wake: Arc<Notify>) -> anyhow::Result<Self> {
+    pub async fn start(
+        client: &Client,
+        wake: Arc<Notify>,
+        agent_leases: Option<AgentLeases>,
+    ) -> anyhow::Result<Self> {
+        let directors = match agent_leases {
+            Some(l) => {
+                let wake = wake.clone();
+                Some(
+                    kubelvs_watch::liveness::follow(
+                        client.clone(),
+                        &l.namespace,
+                        l.duration,
+                        move || wake.notify_one(),
+                    )
+                    .await,
+                )
+            }
+            None => None,
+        };
         let s = Self {
             // The roll-up reads the directors' entries: all of a VirtualService.
             virtual_services: reflect(Api::all(client.clone()), |_| {}, wake.clone()),
@@ -111,6 +133,7 @@ impl Stores {
                 kubelvs_watch::node_but_addresses,
                 wake,
             ),
+            directors,
         };
         tokio::time::timeout(Duration::from_secs(60), async {
             s.virtual_services.wait_until_ready().await?;
@@ -354,6 +377,11 @@ async fn allocation_loop(
             &ledger,
             &mut validations,
             &now,
+            &stores
+                .directors
+                .as_ref()
+                .map(|d| d.expired())
+                .unwrap_or_default(),
         );
         let by_key: BTreeMap<VsKey, &VirtualService> = virtual_services
             .iter()
@@ -494,6 +522,13 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Where the agents keep their liveness Leases, and how long one lasts.
+#[derive(Debug, Clone)]
+pub struct AgentLeases {
+    pub namespace: String,
+    pub duration: Duration,
+}
+
 /// Runs both controllers until one stops. The allocation pass and the Event publisher
 /// run as tasks of their own (a long pass must not hold up the Lease renewal, which
 /// shares the caller's task), aborted when the returned future is dropped: the caller
@@ -503,11 +538,12 @@ pub async fn run_controllers(
     client: Client,
     identity: String,
     metrics: Arc<Metrics>,
+    agent_leases: Option<AgentLeases>,
     debounce: Duration,
     cluster_ranges: Vec<ipnet::IpNet>,
 ) -> anyhow::Result<()> {
     let wake = Arc::new(Notify::new());
-    let stores = Stores::start(&client, wake.clone()).await?;
+    let stores = Stores::start(&client, wake.clone(), agent_leases).await?;
     info!("watches listed; reconciling");
     let (events_tx, events_rx) = mpsc::channel(1024);
     wake.notify_one();

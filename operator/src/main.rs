@@ -37,6 +37,11 @@ struct Args {
     /// The cluster's Pod range (repeatable): no VIP is ever inside it.
     #[arg(long = "pod-cidr")]
     pod_cidrs: Vec<ipnet::IpNet>,
+    /// The agents' `--lease-duration-ms`: a director whose Lease (in the lease
+    /// namespace) was not renewed for this long is not named as announcing a VIP.
+    /// 0: the Leases are not followed; every director that says it announces is named.
+    #[arg(long, default_value_t = 2000)]
+    agent_lease_duration_ms: u64,
 }
 
 fn hostname() -> String {
@@ -107,10 +112,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     info!(identity, "leading");
     metrics.leader.set(1);
+    let agent_leases = (args.agent_lease_duration_ms > 0).then(|| controller::AgentLeases {
+        namespace: args.lease_namespace.clone(),
+        duration: Duration::from_millis(args.agent_lease_duration_ms.max(100)),
+    });
     let controllers = controller::run_controllers(
         client,
         identity.clone(),
         metrics.clone(),
+        agent_leases,
         Duration::from_millis(args.debounce_ms),
         args.service_cidrs
             .iter()

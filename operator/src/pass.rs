@@ -16,8 +16,8 @@ use kubelvs_crds::{RealServer, VirtualService};
 
 use crate::allocate::{allocate_with, status_vip, AddressSpace, VsKey};
 use crate::rollup::{
-    address_pool_apply_body, address_pool_status, overlaps, validation, virtual_service_status,
-    ACCEPTED, VIP_ALLOCATED,
+    address_pool_apply_body, address_pool_status, announced_by, overlaps, validation,
+    virtual_service_status, ACCEPTED, VIP_ALLOCATED,
 };
 
 /// The finalizer that holds a deleted VirtualService until its VIP is released.
@@ -99,7 +99,8 @@ fn has_finalizer(vs: &VirtualService) -> bool {
 }
 
 /// One pass. `now` stamps changed conditions; it must be whole seconds, as the API
-/// server stores it, or every pass would see a difference.
+/// server stores it, or every pass would see a difference. `expired`: the directors
+/// whose Lease expired.
 pub fn plan(
     virtual_services: &[&VirtualService],
     real_servers: &[&RealServer],
@@ -107,6 +108,7 @@ pub fn plan(
     ledger: &Ledger,
     validations: &mut Validations,
     now: &Time,
+    expired: &std::collections::BTreeSet<String>,
 ) -> Writes {
     let mut out = Writes::default();
     let (deleting, live): (Vec<&VirtualService>, Vec<&VirtualService>) = virtual_services
@@ -135,7 +137,8 @@ pub fn plan(
                 .clone(),
             _ => validation(vs),
         };
-        let status = virtual_service_status(vs, &valid, result, &selected, now);
+        let mut status = virtual_service_status(vs, &valid, result, &selected, now);
+        status.announced_by = announced_by(vs, expired);
         if !status.is_shown_by(vs) {
             out.statuses
                 .push((k.clone(), status.apply_body(&k.0, &k.1)));
@@ -240,6 +243,7 @@ mod tests {
             ledger,
             &mut Validations::new(),
             now,
+            &Default::default(),
         )
     }
 

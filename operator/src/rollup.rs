@@ -38,6 +38,8 @@ pub struct OperatorStatus {
     pub observed_generation: Option<i64>,
     pub real_servers: String,
     pub conditions: Vec<Condition>,
+    /// See [`announced_by`].
+    pub announced_by: Option<String>,
 }
 
 impl OperatorStatus {
@@ -51,6 +53,9 @@ impl OperatorStatus {
         });
         if let Some(vip) = &self.vip {
             status["vip"] = vip.clone().into();
+        }
+        if let Some(by) = &self.announced_by {
+            status["announcedBy"] = by.clone().into();
         }
         serde_json::json!({
             "apiVersion": "kubelvs.io/v1alpha1",
@@ -69,6 +74,7 @@ impl OperatorStatus {
             && s.observed_generation == self.observed_generation
             && s.real_servers.as_deref() == Some(self.real_servers.as_str())
             && s.conditions == self.conditions
+            && s.announced_by == self.announced_by
     }
 }
 
@@ -241,7 +247,25 @@ pub fn virtual_service_status(
         observed_generation: generation,
         real_servers: format!("{healthy}/{total}"),
         conditions: vec![accepted, vip, programmed, ready, degraded],
+        announced_by: None,
     }
+}
+
+/// Who announces `vs`'s VIP: the nodes whose entry says they announce it, less those
+/// whose Lease expired (a dead director's entry stays as it left it; a node without
+/// a Lease keeps none and is taken at its word).
+pub fn announced_by(
+    vs: &VirtualService,
+    expired: &std::collections::BTreeSet<String>,
+) -> Option<String> {
+    let nodes: Vec<&str> = vs
+        .status
+        .iter()
+        .flat_map(|s| &s.directors)
+        .filter(|d| d.announcing && !expired.contains(&d.node))
+        .map(|d| d.node.as_str())
+        .collect();
+    (!nodes.is_empty()).then(|| nodes.join(","))
 }
 
 /// Entries of `status.directors` whose node is not in `nodes` (deleted, or never

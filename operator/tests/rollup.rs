@@ -265,3 +265,30 @@ fn pools_report_counts_problems_and_overlaps() {
         ("False", "EmptyRange")
     );
 }
+
+#[test]
+fn the_announcer_named_is_one_whose_lease_is_live() {
+    let mut v = vs(&[("n1", true, 1), ("n2", true, 1), ("n3", true, 1)]);
+    // n1 announced and died (its entry stays as it left it); n2 took over.
+    for d in &mut v.status.as_mut().unwrap().directors {
+        d.announcing = d.node != "n3";
+    }
+    let expired: std::collections::BTreeSet<String> = ["n1".to_owned()].into();
+    assert_eq!(announced_by(&v, &expired).as_deref(), Some("n2"));
+    // Without Leases (none expired) every entry that says so is named.
+    assert_eq!(
+        announced_by(&v, &Default::default()).as_deref(),
+        Some("n1,n2")
+    );
+    // Every announcer's Lease expired: nothing named.
+    let both: std::collections::BTreeSet<String> = ["n1", "n2"].map(String::from).into();
+    assert_eq!(announced_by(&v, &both), None);
+
+    // In the apply body, and a status that shows another announcer is rewritten.
+    let a = rs("a", false);
+    let mut s = status_of(&v, Some(&ok_vip()), &[&a], &t(0));
+    s.announced_by = announced_by(&v, &expired);
+    assert_eq!(s.apply_body("s", "web")["status"]["announcedBy"], "n2");
+    v.status.as_mut().unwrap().announced_by = Some("n1".into());
+    assert!(!s.is_shown_by(&v));
+}

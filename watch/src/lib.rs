@@ -6,6 +6,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod liveness;
+
 use std::collections::HashMap;
 
 use futures::{Stream, StreamExt};

@@ -40,7 +40,7 @@ pub struct ClusterSource {
     /// VIP a directors selector gave it.
     last_seen: Arc<std::sync::Mutex<Option<NodeIdentity>>>,
     /// The live directors (with `--lease-namespace`; `None` otherwise).
-    live: Option<crate::liveness::Live>,
+    live: Option<kubelvs_watch::liveness::Directors>,
     /// Whether this node directs anything: only then does it renew its Lease.
     directing: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -82,15 +82,12 @@ impl ClusterSource {
     ) -> anyhow::Result<Self> {
         let directing: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         let live = leases.map(|settings| {
-            let live = crate::liveness::Live::default();
             rt.block_on(crate::liveness::start(
                 client.clone(),
                 settings,
                 directing.clone(),
-                live.clone(),
                 wake.clone(),
-            ));
-            live
+            ))
         });
         let s = Self {
             virtual_services: watch(
@@ -221,12 +218,7 @@ impl ClusterSource {
     /// The live directors with their Nodes' labels (a node without a Node object
     /// cannot be matched by any selector and is left out).
     fn announcers(&self) -> Option<kubelvs_planner::announce::Announcers> {
-        let live = self.live.as_ref()?;
-        let names = live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .unwrap_or_default();
+        let names = self.live.as_ref()?.live();
         let live = self
             .nodes
             .state()
