@@ -47,27 +47,77 @@ pub struct AddressPoolSpec {
 }
 
 /// How a pool's VIPs are announced to the network.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.mode != 'bgp' || has(self.bgp)")
+        .message("spec.announcement.bgp: mode bgp needs the local ASN and the peers")
+)]
 pub struct Announcement {
     #[serde(default)]
     pub mode: AnnouncementMode,
     /// Nodes that may announce (among each VIP's directors). Absent: every director.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<LabelSelector>,
+    /// Mode `bgp`: the directors' ASN and their peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<BgpAnnouncement>,
 }
 
 /// `l2`: one director answers ARP (IPv4) and NDP (IPv6) for each VIP: the owner, chosen
 /// among the live directors by a hash every agent computes alike; the others carry the
-/// VIP silently and still forward what reaches them. `none`: no director answers for
-/// it; the network already routes the addresses to the directors (static routes, ECMP).
+/// VIP silently and still forward what reaches them. `bgp`: every director that can
+/// serve a VIP announces its /32 (/128) to the pool's BGP peers, so the routers spread
+/// flows over the directors (ECMP), and withdraws it when it cannot. `none`: no director
+/// answers for it; the network already routes the addresses to the directors (static
+/// routes).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum AnnouncementMode {
     #[default]
     #[serde(rename = "l2")]
     L2,
+    #[serde(rename = "bgp")]
+    Bgp,
     #[serde(rename = "none")]
     Unannounced,
+}
+
+/// The BGP sessions a pool's VIPs are announced over: from every director, with the
+/// same ASN, to each peer.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BgpAnnouncement {
+    /// The directors' ASN.
+    #[serde(rename = "localASN")]
+    #[schemars(range(min = 1, max = 4294967294u32))]
+    pub local_asn: u32,
+    #[schemars(length(min = 1, max = 16))]
+    pub peers: Vec<BgpPeer>,
+}
+
+/// One BGP neighbour of the directors (a top-of-rack router).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BgpPeer {
+    #[schemars(length(max = 45))]
+    #[x_kube(
+        validation = Rule::new("isIP(self)").message("spec.announcement.bgp.peers[].address: must be an IPv4 or IPv6 address")
+    )]
+    pub address: String,
+    #[schemars(range(min = 1, max = 4294967294u32))]
+    pub asn: u32,
+    /// Absent: 179.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub port: Option<u16>,
+    /// BGP hold time. Absent: 9 s (3 s keepalives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 3, max = 65535))]
+    pub hold_time_seconds: Option<u16>,
+    /// Bidirectional Forwarding Detection on the session (300 ms x 3): a dead director's
+    /// routes are withdrawn in about a second instead of a hold time. Absent: on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<bool>,
 }
 
 impl AddressPool {

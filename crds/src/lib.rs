@@ -13,7 +13,7 @@ pub mod virtual_service;
 
 pub use address_pool::{
     parse_range, AddressPool, AddressPoolSpec, AddressPoolStatus, AddressRange, Announcement,
-    AnnouncementMode,
+    AnnouncementMode, BgpAnnouncement, BgpPeer,
 };
 pub use real_server::{HealthObservation, RealServer, RealServerSpec, RealServerStatus};
 pub use validate::{validate, FieldError, Object, ValidationErrors};

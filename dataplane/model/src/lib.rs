@@ -424,6 +424,19 @@ impl ProblemReason {
     }
 }
 
+/// A BGP session from this director to a peer (a router), and the VIPs it may announce
+/// over it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BgpSession {
+    pub local_asn: u32,
+    pub peer: IpAddr,
+    pub peer_asn: u32,
+    pub port: u16,
+    pub hold_time_seconds: u16,
+    pub bfd: bool,
+    pub vips: std::collections::BTreeSet<IpAddr>,
+}
+
 /// Everything one node must program, computed purely from its identity and the objects.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodePlan {
@@ -436,6 +449,10 @@ pub struct NodePlan {
     /// owns their announcement, or the network routes them (announcement `none`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
     pub unannounced_vips: std::collections::BTreeSet<IpAddr>,
+    /// BGP sessions this node keeps as a director, sorted by peer, each with the VIPs
+    /// of `bgp` pools it directs (announced while it can serve them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bgp_sessions: Vec<BgpSession>,
     /// Sorted.
     pub problems: Vec<Problem>,
 }

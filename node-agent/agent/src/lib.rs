@@ -6,6 +6,7 @@
 //! keepalived use case) and, in a cluster, from watches; both feed the same pure
 //! planner and the same `Vec<Box<dyn Dataplane>>`.
 
+pub mod bgp;
 pub mod checker;
 pub mod cleanup;
 pub mod cluster;
@@ -83,6 +84,8 @@ pub struct Settings {
     pub traffic_interval: Duration,
     /// Where the agent keeps what must survive a restart (the health view).
     pub state_dir: Option<PathBuf>,
+    /// BIRD 2's daemon, started when a pool announces by BGP.
+    pub bird: PathBuf,
 }
 
 /// What a burst of events amounts to.
@@ -218,6 +221,15 @@ pub fn run(
     let mut rejected: Vec<source::Rejected> = Vec::new();
     let mut problems: BTreeSet<String> = BTreeSet::new();
     let mut have_config = false;
+    let bird = settings.bird.clone();
+    let bird_dir = settings
+        .state_dir
+        .clone()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("bird");
+    let mut announcements = bgp::Announcements::new(move || {
+        Box::new(bgp::Bird::new(&bird, &bird_dir)) as Box<dyn bgp::Speaker>
+    });
     loop {
         // Wait for something to do.
         let mut reload = false;
@@ -379,10 +391,17 @@ pub fn run(
             &mut traffic_read,
             settings.traffic_interval,
         );
+        let directors = status::directors(&identity.name, planned, &reports, &unhealthy);
+        match announcements.update(&identity.addresses, &bgp::servable(planned, &directors)) {
+            Ok(true) => info!("BGP announcements changed"),
+            Ok(false) => {}
+            Err(e) => {
+                error!(error = %e, "BGP announcements not applied; retried at the next apply")
+            }
+        }
         if let Source::Cluster { events, .. } = &source {
             let node = &identity.name;
             let states = checker.states();
-            let directors = status::directors(node, planned, &reports, &unhealthy);
             for n in notices.update(node, planned, &unhealthy, &states, &directors) {
                 let _ = events.send(n);
             }

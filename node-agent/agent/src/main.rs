@@ -118,6 +118,10 @@ struct Args {
     /// Leases are renewed every quarter of it.
     #[arg(long, default_value_t = 2000)]
     lease_duration_ms: u64,
+    /// BIRD 2's daemon (`birdc` beside it): started, with a configuration of the
+    /// agent's own in the state directory, when an AddressPool announces by BGP.
+    #[arg(long, default_value = "/usr/sbin/bird")]
+    bird: PathBuf,
 }
 
 /// The host's network configuration (VIPs, ARP suppression, tunnels), owned as
@@ -381,6 +385,7 @@ fn main() -> anyhow::Result<()> {
         health_concurrency: args.health_concurrency,
         traffic_interval: Duration::from_secs(args.traffic_interval_seconds),
         state_dir: Some(args.state_dir.clone()),
+        bird: args.bird.clone(),
     };
     let handle = rt.handle().clone();
     let mut node = run(

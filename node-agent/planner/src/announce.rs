@@ -6,16 +6,19 @@
 //! default), exactly one director announces each VIP: the one with the highest
 //! rendezvous score over the VIP's eligible, live directors. Every agent computes the
 //! same owner from the same objects and the same view of the Leases, without talking;
-//! when a director dies only its own VIPs move. In mode `none` no director announces
-//! (the network routes the addresses). Standalone (no [`Announcers`]), a director
-//! announces every VIP it directs.
+//! when a director dies only its own VIPs move. In mode `bgp` no director answers
+//! ARP/NDP: every director that may announce keeps a session with each of the pool's
+//! peers and announces the VIP there ([`bgp_sessions`]; the agent withdraws what it
+//! cannot serve). In mode `none` no director announces (the network routes the
+//! addresses). Standalone (no [`Announcers`]), a director announces (l2) every VIP it
+//! directs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use kube::ResourceExt;
 use kubelvs_crds::{AddressPool, AnnouncementMode, VirtualService};
-use kubelvs_model::{ObjectRef, Problem, ProblemReason};
+use kubelvs_model::{BgpSession, ObjectRef, Problem, ProblemReason};
 
 use crate::NodeIdentity;
 
@@ -61,6 +64,93 @@ fn pool_of<'a>(vip: IpAddr, pools: &[&'a AddressPool]) -> Option<&'a AddressPool
         .copied()
 }
 
+/// Whether a node with `labels` may announce `pool`'s addresses (its
+/// `spec.announcement.nodeSelector`; a malformed one lets nobody, and says so).
+fn may_announce(
+    pool: Option<&AddressPool>,
+    labels: &BTreeMap<String, String>,
+    problems: &mut Vec<Problem>,
+) -> bool {
+    let Some(selector) = pool
+        .and_then(|p| p.spec.announcement.as_ref())
+        .and_then(|a| a.node_selector.as_ref())
+    else {
+        return true;
+    };
+    kubelvs_crds::selector::matches(selector, labels).unwrap_or_else(|e| {
+        problems.push(Problem {
+            object: ObjectRef::new(
+                "AddressPool",
+                "",
+                &pool.map(|p| p.name_any()).unwrap_or_default(),
+            ),
+            field: format!(
+                "spec.announcement.nodeSelector.matchExpressions[{}]",
+                e.expression
+            ),
+            reason: ProblemReason::Invalid,
+            message: e.message,
+        });
+        false
+    })
+}
+
+/// The BGP sessions this node keeps for the VIPs of `directed` in `bgp` pools it may
+/// announce: one per (local ASN, peer), with every such VIP, sorted by peer.
+pub fn bgp_sessions(
+    node: &NodeIdentity,
+    directed: &BTreeMap<IpAddr, Vec<&VirtualService>>,
+    pools: &[&AddressPool],
+    problems: &mut Vec<Problem>,
+) -> Vec<BgpSession> {
+    let mut sessions: BTreeMap<(IpAddr, u32, u32), BgpSession> = BTreeMap::new();
+    for &vip in directed.keys() {
+        let Some(pool) = pool_of(vip, pools) else {
+            continue;
+        };
+        let Some(bgp) = pool
+            .spec
+            .announcement
+            .as_ref()
+            .filter(|a| a.mode == AnnouncementMode::Bgp)
+            .and_then(|a| a.bgp.as_ref())
+        else {
+            continue;
+        };
+        if !may_announce(Some(pool), &node.labels, problems) {
+            continue;
+        }
+        for (i, peer) in bgp.peers.iter().enumerate() {
+            let Ok(address) = peer.address.parse::<IpAddr>() else {
+                problems.push(Problem {
+                    object: ObjectRef::new("AddressPool", "", &pool.name_any()),
+                    field: format!("spec.announcement.bgp.peers[{i}].address"),
+                    reason: ProblemReason::Invalid,
+                    message: format!("{:?} is not an IP address", peer.address),
+                });
+                continue;
+            };
+            if address.is_ipv4() != vip.is_ipv4() {
+                continue;
+            }
+            sessions
+                .entry((address, bgp.local_asn, peer.asn))
+                .or_insert_with(|| BgpSession {
+                    local_asn: bgp.local_asn,
+                    peer: address,
+                    peer_asn: peer.asn,
+                    port: peer.port.unwrap_or(179),
+                    hold_time_seconds: peer.hold_time_seconds.unwrap_or(9),
+                    bfd: peer.bfd.unwrap_or(true),
+                    vips: BTreeSet::new(),
+                })
+                .vips
+                .insert(vip);
+        }
+    }
+    sessions.into_values().collect()
+}
+
 /// The VIPs of `directed` this node must not announce. `directed`: each VIP this node
 /// directs, with every VirtualService whose ports on it were planned (on any node:
 /// another director may direct the VIP through a VirtualService this node does not).
@@ -74,36 +164,12 @@ pub fn unannounced(
     let mut out = BTreeSet::new();
     for (&vip, services) in directed {
         let pool = pool_of(vip, pools);
-        if pool.is_some_and(|p| p.announcement_mode() == AnnouncementMode::Unannounced) {
+        if pool.is_some_and(|p| p.announcement_mode() != AnnouncementMode::L2) {
             out.insert(vip);
             continue;
         }
         let Some(announcers) = announcers else {
             continue;
-        };
-        let selector = pool
-            .and_then(|p| p.spec.announcement.as_ref())
-            .and_then(|a| a.node_selector.as_ref());
-        let may_announce = |labels: &BTreeMap<String, String>, problems: &mut Vec<Problem>| {
-            let Some(selector) = selector else {
-                return true;
-            };
-            kubelvs_crds::selector::matches(selector, labels).unwrap_or_else(|e| {
-                problems.push(Problem {
-                    object: ObjectRef::new(
-                        "AddressPool",
-                        "",
-                        &pool.map(|p| p.name_any()).unwrap_or_default(),
-                    ),
-                    field: format!(
-                        "spec.announcement.nodeSelector.matchExpressions[{}]",
-                        e.expression
-                    ),
-                    reason: ProblemReason::Invalid,
-                    message: e.message,
-                });
-                false
-            })
         };
         let directs = |labels: &BTreeMap<String, String>| {
             services.iter().any(|vs| match &vs.spec.directors {
@@ -118,7 +184,7 @@ pub fn unannounced(
             .map(|(name, labels)| (name.as_str(), labels));
         let mut candidates = Vec::new();
         for (name, labels) in std::iter::once((node.name.as_str(), &node.labels)).chain(others) {
-            if directs(labels) && may_announce(labels, problems) {
+            if directs(labels) && may_announce(pool, labels, problems) {
                 candidates.push(name);
             }
         }

@@ -319,6 +319,7 @@ pub fn plan_node(node: &NodeIdentity, objects: Objects<'_>) -> NodePlan {
         objects.announcers,
         &mut problems,
     );
+    let bgp_sessions = announce::bgp_sessions(node, &on_vip, &objects.address_pools, &mut problems);
     problems.sort();
     problems.dedup();
     NodePlan {
@@ -333,6 +334,7 @@ pub fn plan_node(node: &NodeIdentity, objects: Objects<'_>) -> NodePlan {
             })
             .collect(),
         unannounced_vips,
+        bgp_sessions,
         problems,
     }
 }

@@ -166,6 +166,7 @@ fn only_directors_of_the_vip_and_nodes_the_pool_allows_are_candidates() {
     only_d3.spec.announcement = Some(Announcement {
         mode: AnnouncementMode::L2,
         node_selector: Some(selector(&[("kubernetes.io/hostname", "d3")])),
+        bgp: None,
     });
     let by_vip = announcers_by_vip(&DIRECTORS, &vss, &rss, &[only_d3.clone()]);
     assert_eq!(by_vip.len(), 100);
@@ -181,6 +182,7 @@ fn a_pool_in_mode_none_is_announced_by_nobody_and_still_directed() {
     routed.spec.announcement = Some(Announcement {
         mode: AnnouncementMode::Unannounced,
         node_selector: None,
+        bgp: None,
     });
     for view in [Some(live(&DIRECTORS)), None] {
         for d in DIRECTORS {
@@ -219,4 +221,75 @@ fn the_owner_does_not_depend_on_the_order_of_candidates() {
     for order in [["d3", "d2", "d1"], ["d2", "d1", "d3"], ["d1", "d3", "d2"]] {
         assert_eq!(owner(vip, order), a);
     }
+}
+
+#[test]
+fn a_bgp_pool_gives_every_director_a_session_per_peer_and_no_arp() {
+    let (vss, rss) = services(20);
+    let mut routed = pool("routed", &["203.0.113.0/24"]);
+    routed.spec.announcement = Some(Announcement {
+        mode: AnnouncementMode::Bgp,
+        node_selector: Some(selector(&[("role", "director")])),
+        bgp: Some(BgpAnnouncement {
+            local_asn: 64512,
+            peers: vec![
+                BgpPeer {
+                    address: "192.0.2.250".into(),
+                    asn: 64500,
+                    ..BgpPeer::default()
+                },
+                BgpPeer {
+                    address: "192.0.2.251".into(),
+                    asn: 64501,
+                    port: Some(1179),
+                    hold_time_seconds: Some(30),
+                    bfd: Some(false),
+                },
+            ],
+        }),
+    });
+    for d in DIRECTORS {
+        let p = plan_with(
+            &director(d),
+            &vss,
+            &rss,
+            std::slice::from_ref(&routed),
+            &live(&DIRECTORS),
+        );
+        assert!(
+            announced(&p).is_empty(),
+            "{d}: BGP VIPs are not answered by ARP"
+        );
+        assert_eq!(p.bgp_sessions.len(), 2, "{d}");
+        let first = &p.bgp_sessions[0];
+        assert_eq!(
+            (
+                first.peer_asn,
+                first.port,
+                first.hold_time_seconds,
+                first.bfd
+            ),
+            (64500, 179, 9, true)
+        );
+        assert_eq!(first.vips.len(), 20);
+        assert!(first
+            .vips
+            .iter()
+            .all(|v| v.to_string().starts_with("203.0.113.")));
+        let second = &p.bgp_sessions[1];
+        assert_eq!(
+            (second.port, second.hold_time_seconds, second.bfd),
+            (1179, 30, false)
+        );
+    }
+    // A node the pool's selector leaves out keeps no session.
+    let mut other = director("d4");
+    other.labels.insert("role".into(), "elsewhere".into());
+    let mut vss_any = vss.clone();
+    for v in &mut vss_any {
+        v.spec.directors = None;
+    }
+    let p = plan_with(&other, &vss_any, &rss, &[routed], &live(&DIRECTORS));
+    assert_eq!(p.services.len(), 20, "it still directs");
+    assert!(p.bgp_sessions.is_empty());
 }

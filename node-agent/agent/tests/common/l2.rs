@@ -1,8 +1,9 @@
 //! The L2 failover lab (tests/failover_l2.rs, benches/l2_failover.rs), against the
 //! real control plane: two XDP directors of one VIP on the lab's segment, their
-//! agents in cluster mode renewing their Leases. Exactly one answers ARP for the VIP (the owner every agent computes
-//! alike, shown in status); the other carries it silently. The owner's agent is
-//! killed with SIGKILL and its link cut: the other director sees its Lease expire,
+//! agents in cluster mode renewing their Leases. Exactly one answers ARP for the VIP
+//! (the owner every agent computes alike, shown in its status entry; no operator runs
+//! here, `status.announcedBy` is the demo's); the other carries it silently. The
+//! owner's link is cut and its agent killed: the other director sees its Lease expire,
 //! takes the VIP over and announces it, the client's new connections flow again, and
 //! the connections opened through the dead director keep their real servers (Maglev
 //! on both directors; DR replies go straight to the client).
@@ -194,12 +195,6 @@ pub fn failover(lease_ms: u64, count_leases: bool) -> Failover {
         "status names the announcer",
         || (announcing(&cluster) == [expected]).then_some(()),
     );
-    let wide = cluster
-        .kubectl_ok(&["get", "lvs", "-n", "lab", "-o", "wide"])
-        .unwrap();
-    eprintln!("{wide}");
-    let announced_by = wide.lines().nth(1).unwrap_or_default();
-    assert!(announced_by.contains(expected), "{wide}");
     let leases = cluster
         .kubectl_ok(&["get", "leases", "-n", "kube-lvs", "-o", "name"])
         .unwrap();

@@ -258,10 +258,21 @@ pub fn director_args(
     pin: &Path,
     extra: &[&str],
 ) -> Vec<String> {
+    director_args_on(&lab.director, file, dir, pin, extra)
+}
+
+/// [`director_args`] for a director on `host`.
+pub fn director_args_on(
+    host: &Host,
+    file: &Path,
+    dir: &Path,
+    pin: &Path,
+    extra: &[&str],
+) -> Vec<String> {
     let (file, pin, addr) = (
         file.display().to_string(),
         pin.display().to_string(),
-        lab.director.addr.to_string(),
+        host.addr.to_string(),
     );
     let mut args = vec![
         "--config",
@@ -276,7 +287,7 @@ pub fn director_args(
         &addr,
     ];
     args.extend_from_slice(extra);
-    agent_args(&lab.director, dir, &args)
+    agent_args(host, dir, &args)
 }
 
 /// A real server's agent standalone on `file` (`--dataplane none`).

@@ -1,0 +1,435 @@
+//! BGP announcement (AddressPools in mode `bgp`): every director announces each VIP
+//! it can serve, as a /32 (/128), to the pool's peers, so the routers spread flows
+//! over the directors (ECMP); a VIP it cannot serve (a port not programmed, no usable
+//! real server) is withdrawn. The speaker is BIRD 2, run by the agent as a child that
+//! dies with it (`PR_SET_PDEATHSIG`): an announcement never outlives the agent. The
+//! agent owns BIRD's whole configuration; BIRD touches no kernel table here.
+//!
+//! [`servable`] and [`bird_config`] are pure; [`Speaker`] is the seam ([`Bird`]; tests
+//! use a recording one).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kubelvs_crds::DirectorStatus;
+use kubelvs_model::{BgpSession, NodePlan, ObjectRef};
+
+/// The plan's sessions with only the VIPs this director can serve now: every port on
+/// the VIP programmed, and at least one real server it sends connections to
+/// (`directors`: this node's status entries, from [`crate::status::directors`]).
+pub fn servable(
+    plan: &NodePlan,
+    directors: &BTreeMap<ObjectRef, DirectorStatus>,
+) -> Vec<BgpSession> {
+    let mut ok: BTreeMap<IpAddr, bool> = BTreeMap::new();
+    for s in &plan.services {
+        let serves = directors
+            .get(&s.source)
+            .is_some_and(|d| d.programmed && d.healthy_real_servers > 0);
+        *ok.entry(s.key.vip).or_insert(true) &= serves;
+    }
+    plan.bgp_sessions
+        .iter()
+        .map(|s| BgpSession {
+            vips: s
+                .vips
+                .iter()
+                .copied()
+                .filter(|v| ok.get(v).copied().unwrap_or(false))
+                .collect(),
+            ..s.clone()
+        })
+        .collect()
+}
+
+fn prefix(vip: IpAddr) -> String {
+    match vip {
+        IpAddr::V4(a) => format!("{a}/32"),
+        IpAddr::V6(a) => format!("{a}/128"),
+    }
+}
+
+/// BIRD 2's configuration for `sessions`, with `router_id` (an IPv4 address of the
+/// node). Static blackhole routes hold the VIPs to announce; each session exports
+/// only its own VIPs, next hop self; nothing is imported, and no kernel protocol is
+/// defined, so BIRD changes no routing table of the node.
+pub fn bird_config(router_id: std::net::Ipv4Addr, sessions: &[BgpSession]) -> String {
+    let mut c = String::new();
+    let _ = writeln!(
+        c,
+        "# Written by kube-lvs-agent: every change is applied with `birdc configure`."
+    );
+    let _ = writeln!(c, "router id {router_id};");
+    let _ = writeln!(c, "protocol device {{}}");
+    if sessions.iter().any(|s| s.bfd) {
+        let _ = writeln!(
+            c,
+            "protocol bfd {{ interface \"*\" {{ min rx interval 300 ms; min tx interval 300 ms; multiplier 3; }}; }}"
+        );
+    }
+    let announced: BTreeSet<IpAddr> = sessions
+        .iter()
+        .flat_map(|s| s.vips.iter().copied())
+        .collect();
+    for (family, v4) in [("ipv4", true), ("ipv6", false)] {
+        let _ = writeln!(c, "protocol static kubelvs_{family} {{");
+        let _ = writeln!(c, "  {family};");
+        for vip in announced.iter().filter(|v| v.is_ipv4() == v4) {
+            let _ = writeln!(c, "  route {} blackhole;", prefix(*vip));
+        }
+        let _ = writeln!(c, "}}");
+    }
+    for (i, s) in sessions.iter().enumerate() {
+        let family = if s.peer.is_ipv4() { "ipv4" } else { "ipv6" };
+        let _ = writeln!(c, "protocol bgp peer{i} {{");
+        let _ = writeln!(c, "  local as {};", s.local_asn);
+        let _ = writeln!(
+            c,
+            "  neighbor {} port {} as {};",
+            s.peer, s.port, s.peer_asn
+        );
+        let _ = writeln!(c, "  hold time {};", s.hold_time_seconds);
+        let _ = writeln!(c, "  keepalive time {};", (s.hold_time_seconds / 3).max(1));
+        // BIRD waits 5 s before its first connection by default, 120 s between tries.
+        let _ = writeln!(c, "  connect delay time 1;");
+        let _ = writeln!(c, "  connect retry time 5;");
+        if s.bfd {
+            let _ = writeln!(c, "  bfd on;");
+        }
+        let _ = writeln!(c, "  {family} {{");
+        let _ = writeln!(c, "    import none;");
+        if s.vips.is_empty() {
+            let _ = writeln!(c, "    export none;");
+        } else {
+            let set: Vec<String> = s.vips.iter().map(|v| prefix(*v)).collect();
+            let _ = writeln!(c, "    export where net ~ [ {} ];", set.join(", "));
+        }
+        let _ = writeln!(c, "    next hop self;");
+        let _ = writeln!(c, "  }};");
+        let _ = writeln!(c, "}}");
+    }
+    c
+}
+
+/// What announces the configuration.
+pub trait Speaker: Send {
+    /// Makes the speaker run `config` (starting it the first time).
+    fn configure(&mut self, config: &str) -> Result<(), String>;
+}
+
+/// BIRD 2 (`bird`, `birdc` from Debian's bird2), configured in `dir`.
+#[derive(Debug)]
+pub struct Bird {
+    bird: PathBuf,
+    birdc: PathBuf,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Bird {
+    /// `bird` is the daemon's path; `birdc` is looked for next to it.
+    pub fn new(bird: &Path, dir: &Path) -> Self {
+        let birdc = bird.with_file_name("birdc");
+        Self {
+            bird: bird.to_owned(),
+            birdc,
+            dir: dir.to_owned(),
+            child: None,
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("bird.ctl")
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.join("bird.conf")
+    }
+
+    fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    #[allow(unsafe_code)]
+    fn start(&mut self) -> Result<(), String> {
+        use std::os::unix::process::CommandExt;
+        let _ = std::fs::remove_file(self.socket());
+        let mut cmd = Command::new(&self.bird);
+        cmd.arg("-f")
+            .arg("-c")
+            .arg(self.config_path())
+            .arg("-s")
+            .arg(self.socket())
+            .stdin(Stdio::null());
+        // SAFETY: prctl is async-signal-safe and the closure allocates nothing. BIRD
+        // must die with the agent: its routes would outlive the agent otherwise.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", self.bird.display()))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.socket().exists() {
+            if !self.running() {
+                return Err(format!(
+                    "{} exited at start (its configuration: {})",
+                    self.bird.display(),
+                    self.config_path().display()
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err("BIRD did not open its control socket within 10 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+impl Speaker for Bird {
+    fn configure(&mut self, config: &str) -> Result<(), String> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        let tmp = self.config_path().with_extension("tmp");
+        std::fs::write(&tmp, config).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, self.config_path()).map_err(|e| e.to_string())?;
+        if !self.running() {
+            return self.start();
+        }
+        let out = Command::new(&self.birdc)
+            .arg("-s")
+            .arg(self.socket())
+            .arg("configure")
+            .output()
+            .map_err(|e| format!("{}: {e}", self.birdc.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if out.status.success() && text.contains("Reconfigur") {
+            Ok(())
+        } else {
+            Err(format!(
+                "birdc configure: {}{}",
+                text.trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+}
+
+/// Keeps the speaker in step with the plan: started the first time a session is
+/// wanted, reconfigured when what to announce changed (and after a failure).
+pub struct Announcements {
+    make: Box<dyn FnMut() -> Box<dyn Speaker> + Send>,
+    speaker: Option<Box<dyn Speaker>>,
+    applied: Option<String>,
+}
+
+impl std::fmt::Debug for Announcements {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Announcements")
+            .field("applied", &self.applied.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Announcements {
+    /// `make` builds the speaker when one is first needed.
+    pub fn new(make: impl FnMut() -> Box<dyn Speaker> + Send + 'static) -> Self {
+        Self {
+            make: Box::new(make),
+            speaker: None,
+            applied: None,
+        }
+    }
+
+    /// Announces what `sessions` say (see [`servable`]); `Ok(true)` when the speaker
+    /// was (re)configured.
+    pub fn update(
+        &mut self,
+        addresses: &[IpAddr],
+        sessions: &[BgpSession],
+    ) -> Result<bool, String> {
+        if sessions.is_empty() && self.speaker.is_none() {
+            return Ok(false);
+        }
+        let router_id = addresses
+            .iter()
+            .find_map(|a| match a {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+            .ok_or("BGP needs an IPv4 address of the node for its router id (--node-address)")?;
+        let config = bird_config(router_id, sessions);
+        if self.applied.as_ref() == Some(&config) {
+            return Ok(false);
+        }
+        let speaker = self.speaker.get_or_insert_with(|| (self.make)());
+        self.applied = None;
+        speaker.configure(&config)?;
+        self.applied = Some(config);
+        Ok(true)
+    }
+}
+
+impl Drop for Bird {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kubelvs_model::*;
+
+    fn session(vips: &[&str]) -> BgpSession {
+        BgpSession {
+            local_asn: 64512,
+            peer: "192.0.2.250".parse().unwrap(),
+            peer_asn: 64500,
+            port: 179,
+            hold_time_seconds: 9,
+            bfd: true,
+            vips: vips.iter().map(|v| v.parse().unwrap()).collect(),
+        }
+    }
+
+    fn service(vip: &str, vs: &str) -> Service {
+        Service {
+            key: ServiceKey {
+                vip: vip.parse().unwrap(),
+                port: 80,
+                protocol: Protocol::Tcp,
+            },
+            scheduler: Scheduler::Maglev,
+            scheduler_flags: SchedulerFlags::default(),
+            forwarding: Forwarding::Dr,
+            persistence: None,
+            source_address: None,
+            health_check: None,
+            dataplane: DataplaneKind::Xdp,
+            real_servers: vec![],
+            source: ObjectRef::new("VirtualService", "lab", vs),
+        }
+    }
+
+    #[test]
+    fn only_vips_programmed_with_a_usable_real_server_are_announced() {
+        let plan = NodePlan {
+            services: vec![
+                service("203.0.113.1", "ok"),
+                service("203.0.113.2", "failed"),
+                service("203.0.113.3", "empty"),
+                service("203.0.113.4", "ok"),
+                service("203.0.113.4", "failed"),
+            ],
+            bgp_sessions: vec![session(&[
+                "203.0.113.1",
+                "203.0.113.2",
+                "203.0.113.3",
+                "203.0.113.4",
+            ])],
+            ..NodePlan::default()
+        };
+        let entry = |programmed, healthy| DirectorStatus {
+            programmed,
+            healthy_real_servers: healthy,
+            ..DirectorStatus::default()
+        };
+        let directors = [
+            ("ok", entry(true, 2)),
+            ("failed", entry(false, 2)),
+            ("empty", entry(true, 0)),
+        ]
+        .into_iter()
+        .map(|(n, e)| (ObjectRef::new("VirtualService", "lab", n), e))
+        .collect();
+        let s = servable(&plan, &directors);
+        assert_eq!(
+            s[0].vips,
+            ["203.0.113.1".parse::<IpAddr>().unwrap()].into(),
+            "a VIP one of whose ports fails is withdrawn whole"
+        );
+    }
+
+    #[derive(Default, Clone)]
+    struct Recorded(std::sync::Arc<std::sync::Mutex<Vec<String>>>, bool);
+
+    impl Speaker for Recorded {
+        fn configure(&mut self, config: &str) -> Result<(), String> {
+            self.0.lock().unwrap().push(config.to_owned());
+            if self.1 {
+                Err("refused".into())
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[test]
+    fn the_speaker_starts_when_needed_and_hears_only_changes() {
+        let rec = Recorded::default();
+        let seen = rec.0.clone();
+        let make = move || Box::new(rec.clone()) as Box<dyn Speaker>;
+        let mut a = Announcements::new(make);
+        let addrs = ["192.0.2.2".parse().unwrap()];
+        assert_eq!(a.update(&addrs, &[]), Ok(false), "no BGP: no speaker");
+        assert_eq!(a.update(&addrs, &[session(&["203.0.113.1"])]), Ok(true));
+        assert_eq!(a.update(&addrs, &[session(&["203.0.113.1"])]), Ok(false));
+        // Withdrawn: the speaker stays, announcing nothing.
+        assert_eq!(a.update(&addrs, &[]), Ok(true));
+        assert_eq!(seen.lock().unwrap().len(), 2);
+        assert!(a
+            .update(&["2001:db8::2".parse().unwrap()], &[session(&[])])
+            .is_err());
+    }
+
+    #[test]
+    fn a_refused_configuration_is_tried_again() {
+        let rec = Recorded(Default::default(), true);
+        let seen = rec.0.clone();
+        let mut a = Announcements::new(move || Box::new(rec.clone()) as Box<dyn Speaker>);
+        let addrs = ["192.0.2.2".parse().unwrap()];
+        assert!(a.update(&addrs, &[session(&["203.0.113.1"])]).is_err());
+        assert!(a.update(&addrs, &[session(&["203.0.113.1"])]).is_err());
+        assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn the_configuration_exports_each_sessions_vips_and_imports_nothing() {
+        let c = bird_config(
+            "192.0.2.2".parse().unwrap(),
+            &[session(&["203.0.113.1", "203.0.113.2"])],
+        );
+        assert!(c.contains("router id 192.0.2.2;"), "{c}");
+        assert!(c.contains("route 203.0.113.1/32 blackhole;"), "{c}");
+        assert!(c.contains("neighbor 192.0.2.250 port 179 as 64500;"), "{c}");
+        assert!(
+            c.contains("export where net ~ [ 203.0.113.1/32, 203.0.113.2/32 ];"),
+            "{c}"
+        );
+        assert!(c.contains("import none;"), "{c}");
+        assert!(c.contains("bfd on;") && c.contains("multiplier 3"), "{c}");
+        assert!(
+            !c.contains("protocol kernel"),
+            "BIRD must not touch the node's routes: {c}"
+        );
+        let withdrawn = bird_config("192.0.2.2".parse().unwrap(), &[session(&[])]);
+        assert!(withdrawn.contains("export none;"), "{withdrawn}");
+        assert!(!withdrawn.contains("blackhole"), "{withdrawn}");
+    }
+}

@@ -1,0 +1,249 @@
+//! BGP announcement with real BIRD 2 on both sides: a router namespace (BIRD with
+//! ECMP into its kernel, BFD, L4 multipath hashing) in front of two XDP directors,
+//! each an agent standalone on a file whose AddressPool announces by BGP; three DR real
+//! servers. The VIP's route reaches the router through both directors; connections
+//! spread over them; a director's link is cut and its agent killed: BFD withdraws its
+//! path, and no connection is lost (Maglev on both directors).
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use kubelvs_xdp_lab::bpf::Attached;
+use kubelvs_xdp_lab::client::Conn;
+use kubelvs_xdp_lab::topology::{Host, Lab, HOST_IFNAME};
+use kubelvs_xdp_lab::LabConfig;
+
+const DIRECTOR2_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 3);
+const ROUTER_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 250);
+const BIRD: &str = "/usr/sbin/bird";
+const CONNECTIONS: usize = 40;
+
+/// BIRD on the router: any director of 192.0.2.0/24 may peer (AS 64512), what it
+/// learns goes to the kernel with equal paths merged (ECMP), BFD on every session.
+fn router_config() -> String {
+    format!(
+        "router id {ROUTER_ADDR};
+protocol device {{}}
+protocol kernel {{ ipv4 {{ import none; export all; }}; merge paths on; }}
+protocol bfd {{ interface \"*\" {{ min rx interval 300 ms; min tx interval 300 ms; multiplier 3; }}; }}
+protocol bgp directors {{
+  local as 64500;
+  neighbor range 192.0.2.0/24 as 64512;
+  hold time 9;
+  bfd on;
+  ipv4 {{ import all; export none; }};
+}}
+"
+    )
+}
+
+/// The router's BIRD, stopped on drop.
+struct RouterBird(std::process::Child);
+
+impl Drop for RouterBird {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_router_bird(router: &Host, dir: &Path) -> RouterBird {
+    let conf = dir.join("router-bird.conf");
+    std::fs::write(&conf, router_config()).unwrap();
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", router.netns.name(), BIRD, "-f", "-c"])
+        .arg(&conf)
+        .arg("-s")
+        .arg(dir.join("router-bird.ctl"));
+    RouterBird(kubelvs_test_cluster::spawn_tied(cmd).unwrap())
+}
+
+/// The directors the router's route to the VIP goes through.
+fn next_hops(router: &Host, vip: &str) -> Vec<String> {
+    let out = router.netns.ip(&["route", "show", vip]).unwrap_or_default();
+    let mut hops: Vec<String> = out
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| w[0] == "via")
+        .map(|w| w[1].to_owned())
+        .collect();
+    hops.sort();
+    hops
+}
+
+fn pool(vip: Ipv4Addr) -> String {
+    format!(
+        "apiVersion: kubelvs.io/v1alpha1
+kind: AddressPool
+metadata: {{name: routed}}
+spec:
+  addresses: [{vip}/32]
+  announcement:
+    mode: bgp
+    bgp:
+      localASN: 64512
+      peers: [{{address: {ROUTER_ADDR}, asn: 64500}}]
+---
+"
+    )
+}
+
+#[test]
+#[ignore = "privileged: netns + XDP; needs bird2"]
+fn directors_announce_by_bgp_and_a_dead_one_is_withdrawn_without_losing_connections() {
+    let lab = Lab::build(LabConfig::default()).unwrap();
+    let director2 = lab.add_host("director2", DIRECTOR2_ADDR, 0x03).unwrap();
+    let router = lab.add_host("router", ROUTER_ADDR, 0x25).unwrap();
+    let directors = [&lab.director, &director2];
+    let _pass: Vec<Attached> = directors
+        .iter()
+        .map(|d| Attached::attach(&lab.bridge, &d.bridge_port, "xdp_pass").unwrap())
+        .collect();
+    let vip = lab.vip.to_string();
+    // The client sends the VIP's traffic to the router, which forwards it back out
+    // its one interface to a director: no redirect may short-cut it.
+    for (k, v) in [
+        ("net.ipv4.ip_forward", "1"),
+        ("net.ipv4.conf.all.send_redirects", "0"),
+        ("net.ipv4.conf.eth0.send_redirects", "0"),
+        ("net.ipv4.fib_multipath_hash_policy", "1"),
+    ] {
+        router.netns.sysctl(k, v).unwrap();
+    }
+    lab.client
+        .netns
+        .sysctl("net.ipv4.conf.all.accept_redirects", "0")
+        .unwrap();
+    lab.client
+        .netns
+        .ip(&[
+            "route",
+            "replace",
+            &format!("{vip}/32"),
+            "via",
+            &ROUTER_ADDR.to_string(),
+        ])
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("kubelvs-bgp-{}", lab.bridge.name()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _router_bird = start_router_bird(&router, &dir);
+
+    let file = dir.join("lab.yaml");
+    write_config(
+        &file,
+        &(pool(lab.vip) + &lab_objects(&lab, "dr", PORT, false, &[0, 1, 2])),
+    );
+    let _app = lab.start_servers(PORT).unwrap();
+    let pins: Vec<PathBuf> = directors
+        .iter()
+        .map(|d| {
+            PathBuf::from(format!(
+                "/sys/fs/bpf/{}-{}",
+                dir.file_name().unwrap().to_string_lossy(),
+                d.role
+            ))
+        })
+        .collect();
+    let started = Instant::now();
+    let mut agents: Vec<Agent> = directors
+        .iter()
+        .zip(&pins)
+        .map(|(d, pin)| {
+            Agent::start(
+                d,
+                &director_args_on(
+                    d,
+                    &file,
+                    &dir,
+                    pin,
+                    &["--bird", BIRD, "--traffic-interval-seconds", "1"],
+                ),
+                &dir,
+            )
+        })
+        .collect();
+    let both = vec![lab.director.addr.to_string(), DIRECTOR2_ADDR.to_string()];
+    let announced = eventually(
+        Duration::from_secs(60),
+        "the VIP routed via both directors",
+        || (next_hops(&router, &vip) == both).then(|| started.elapsed()),
+    );
+    eprintln!("BGP: the VIP's route through both directors {announced:?} after the agents started");
+
+    // Long-lived connections, spread by the router over both directors.
+    let to = SocketAddr::V4(SocketAddrV4::new(lab.vip, PORT));
+    let mut conns: Vec<Conn> = lab
+        .client
+        .netns
+        .run(move || {
+            (0..CONNECTIONS)
+                .map(|_| kubelvs_xdp_lab::client::open_with_retry(to, TIMEOUT).unwrap())
+                .collect()
+        })
+        .unwrap();
+    let through = |d: &Host| {
+        metric(
+            d,
+            &format!(
+                "kubelvs_virtual_service_connections_total{{dataplane=\"xdp\",service=\"{vip}:{PORT}/TCP\"}}"
+            ),
+        )
+        .unwrap_or(0.0)
+    };
+    let spread = eventually(
+        Duration::from_secs(10),
+        "connections counted on both directors",
+        || {
+            let (a, b) = (through(&lab.director), through(&director2));
+            (a > 0.0 && b > 0.0 && a + b >= CONNECTIONS as f64).then_some((a, b))
+        },
+    );
+    eprintln!("connections through director, director2: {spread:?}");
+
+    // director dies: link cut, agent killed (its BIRD dies with it).
+    lab.director
+        .netns
+        .ip(&["link", "set", HOST_IFNAME, "down"])
+        .unwrap();
+    agents[0].kill();
+    let died = Instant::now();
+    let withdrawn = eventually(
+        Duration::from_secs(15),
+        "the dead director's path withdrawn",
+        || (next_hops(&router, &vip) == [DIRECTOR2_ADDR.to_string()]).then(|| died.elapsed()),
+    );
+    eprintln!(
+        "BGP: the dead director's path withdrawn {withdrawn:?} after it died (BFD 300 ms x 3)"
+    );
+    assert!(
+        withdrawn < Duration::from_secs(3),
+        "withdrawn after {withdrawn:?}"
+    );
+
+    let mut lost = 0;
+    for (i, c) in conns.iter_mut().enumerate() {
+        let rs = c.real_server().to_owned();
+        match c.echo(&format!("after-{i}")) {
+            Ok(reply) if reply == format!("{rs} after-{i}") => {}
+            other => {
+                eprintln!("connection {i} on {rs}: {other:?}");
+                lost += 1;
+            }
+        }
+    }
+    eprintln!("{lost} of {CONNECTIONS} connections lost");
+    assert_eq!(lost, 0);
+    // New connections go through the survivor.
+    let r = reached(&lab, 10);
+    assert!(r.iter().all(|x| !x.starts_with("error")), "{r:?}");
+    drop(agents);
+    for pin in pins {
+        let _ = std::fs::remove_dir_all(pin);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
