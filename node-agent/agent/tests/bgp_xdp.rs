@@ -7,13 +7,12 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
 use kubelvs_xdp_lab::bpf::Attached;
-use kubelvs_xdp_lab::client::Conn;
 use kubelvs_xdp_lab::topology::{Host, Lab, HOST_IFNAME};
 use kubelvs_xdp_lab::LabConfig;
 
@@ -176,16 +175,7 @@ fn directors_announce_by_bgp_and_a_dead_one_is_withdrawn_without_losing_connecti
     eprintln!("BGP: the VIP's route through both directors {announced:?} after the agents started");
 
     // Long-lived connections, spread by the router over both directors.
-    let to = SocketAddr::V4(SocketAddrV4::new(lab.vip, PORT));
-    let mut conns: Vec<Conn> = lab
-        .client
-        .netns
-        .run(move || {
-            (0..CONNECTIONS)
-                .map(|_| kubelvs_xdp_lab::client::open_with_retry(to, TIMEOUT).unwrap())
-                .collect()
-        })
-        .unwrap();
+    let mut conns = hold(&lab, CONNECTIONS);
     let through = |d: &Host| {
         metric(
             d,
@@ -225,17 +215,7 @@ fn directors_announce_by_bgp_and_a_dead_one_is_withdrawn_without_losing_connecti
         "withdrawn after {withdrawn:?}"
     );
 
-    let mut lost = 0;
-    for (i, c) in conns.iter_mut().enumerate() {
-        let rs = c.real_server().to_owned();
-        match c.echo(&format!("after-{i}")) {
-            Ok(reply) if reply == format!("{rs} after-{i}") => {}
-            other => {
-                eprintln!("connection {i} on {rs}: {other:?}");
-                lost += 1;
-            }
-        }
-    }
+    let lost = lost(&mut conns);
     eprintln!("{lost} of {CONNECTIONS} connections lost");
     assert_eq!(lost, 0);
     // New connections go through the survivor.

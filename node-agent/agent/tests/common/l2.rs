@@ -8,7 +8,7 @@
 //! the connections opened through the dead director keep their real servers (Maglev
 //! on both directors; DR replies go straight to the client).
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,6 @@ use super::*;
 use kubelvs_planner::announce::owner;
 use kubelvs_test_cluster::Cluster;
 use kubelvs_xdp_lab::bpf::Attached;
-use kubelvs_xdp_lab::client::Conn;
 use kubelvs_xdp_lab::topology::{Host, Lab, HOST_IFNAME};
 use kubelvs_xdp_lab::{arp, LabConfig};
 
@@ -218,16 +217,7 @@ pub fn failover(lease_ms: u64, count_leases: bool) -> Failover {
     });
 
     // Long-lived connections through the owner, spread over the real servers.
-    let to = SocketAddr::V4(SocketAddrV4::new(lab.vip, PORT));
-    let mut conns: Vec<Conn> = lab
-        .client
-        .netns
-        .run(move || {
-            (0..CONNECTIONS)
-                .map(|_| kubelvs_xdp_lab::client::open_with_retry(to, TIMEOUT).unwrap())
-                .collect()
-        })
-        .unwrap();
+    let mut conns = hold(&lab, CONNECTIONS);
     let on: std::collections::BTreeSet<String> =
         conns.iter().map(|c| c.real_server().to_owned()).collect();
     assert!(on.len() > 1, "connections on {on:?}");
@@ -271,17 +261,7 @@ pub fn failover(lease_ms: u64, count_leases: bool) -> Failover {
 
     // Every connection opened through the dead director is still served, by the
     // same real server.
-    let mut lost = 0;
-    for (i, c) in conns.iter_mut().enumerate() {
-        let rs = c.real_server().to_owned();
-        match c.echo(&format!("after-{i}")) {
-            Ok(reply) if reply == format!("{rs} after-{i}") => {}
-            other => {
-                eprintln!("connection {i} on {rs}: {other:?}");
-                lost += 1;
-            }
-        }
-    }
+    let lost = lost(&mut conns);
     drop(agents);
     let _ = std::fs::remove_dir_all(&dir);
     Failover {

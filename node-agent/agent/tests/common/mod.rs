@@ -107,6 +107,35 @@ pub fn reached(lab: &Lab, n: usize) -> Vec<String> {
         .unwrap()
 }
 
+/// `n` long-lived connections through the VIP.
+pub fn hold(lab: &Lab, n: usize) -> Vec<Conn> {
+    let to = SocketAddr::V4(SocketAddrV4::new(lab.vip, PORT));
+    lab.client
+        .netns
+        .run(move || {
+            (0..n)
+                .map(|_| client::open_with_retry(to, TIMEOUT).unwrap())
+                .collect()
+        })
+        .unwrap()
+}
+
+/// How many of `conns` no longer carry data to the real server they had.
+pub fn lost(conns: &mut [Conn]) -> usize {
+    let mut lost = 0;
+    for (i, c) in conns.iter_mut().enumerate() {
+        let rs = c.real_server().to_owned();
+        match c.echo(&format!("after-{i}")) {
+            Ok(reply) if reply == format!("{rs} after-{i}") => {}
+            other => {
+                eprintln!("connection {i} on {rs}: {other:?}");
+                lost += 1;
+            }
+        }
+    }
+    lost
+}
+
 pub fn open(lab: &Lab) -> Conn {
     let to = SocketAddr::V4(SocketAddrV4::new(lab.vip, PORT));
     lab.client
