@@ -6,8 +6,9 @@
 #     --set image.repository=kube-lvs --set image.tag=dev
 #
 # Stages: `build` compiles the Rust binaries and the BPF objects (clang, libbpf
-# headers); `tools` gathers the one program the agent runs (nft, for FullNAT on IPVS)
-# with its libraries; the final image is distroless: no shell, no package manager.
+# headers); `tools` gathers the programs the agent runs (nft, for FullNAT on IPVS;
+# BIRD 2's bird and birdc, for BGP announcement) with their libraries; the final image
+# is distroless: no shell, no package manager.
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN=bookworm
@@ -28,13 +29,15 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM debian:${DEBIAN}-slim AS tools
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN apt-get update \
- && apt-get install -y --no-install-recommends nftables \
+ && apt-get install -y --no-install-recommends nftables bird2 \
  && rm -rf /var/lib/apt/lists/*
-# The program and every library it loads, at the same paths.
+# The programs and every library they load, at the same paths.
 RUN mkdir -p /rootfs/usr/sbin \
- && cp /usr/sbin/nft /rootfs/usr/sbin/ \
- && for lib in $(ldd /usr/sbin/nft | awk '/=> \//{print $3}' | sort -u); do \
-      mkdir -p "/rootfs$(dirname "$lib")" && cp -L "$lib" "/rootfs$lib"; \
+ && for prog in /usr/sbin/nft /usr/sbin/bird /usr/sbin/birdc; do \
+      cp "$prog" /rootfs/usr/sbin/ \
+      && for lib in $(ldd "$prog" | awk '/=> \//{print $3}' | sort -u); do \
+           mkdir -p "/rootfs$(dirname "$lib")" && cp -L "$lib" "/rootfs$lib"; \
+         done; \
     done
 
 FROM gcr.io/distroless/cc-debian12:nonroot

@@ -53,11 +53,20 @@ fn prefix(vip: IpAddr) -> String {
     }
 }
 
+/// The GRACEFUL_SHUTDOWN community (RFC 8326): routers that honour it prefer any other
+/// path to these routes, so traffic leaves a draining director before it withdraws.
+pub const GRACEFUL_SHUTDOWN: (u16, u16) = (65535, 0);
+
 /// BIRD 2's configuration for `sessions`, with `router_id` (an IPv4 address of the
 /// node). Static blackhole routes hold the VIPs to announce; each session exports
-/// only its own VIPs, next hop self; nothing is imported, and no kernel protocol is
-/// defined, so BIRD changes no routing table of the node.
-pub fn bird_config(router_id: std::net::Ipv4Addr, sessions: &[BgpSession]) -> String {
+/// only its own VIPs, next hop self, tagged [`GRACEFUL_SHUTDOWN`] when `draining`;
+/// nothing is imported, and no kernel protocol is defined, so BIRD changes no routing
+/// table of the node.
+pub fn bird_config(
+    router_id: std::net::Ipv4Addr,
+    sessions: &[BgpSession],
+    draining: bool,
+) -> String {
     let mut c = String::new();
     let _ = writeln!(
         c,
@@ -106,7 +115,19 @@ pub fn bird_config(router_id: std::net::Ipv4Addr, sessions: &[BgpSession]) -> St
             let _ = writeln!(c, "    export none;");
         } else {
             let set: Vec<String> = s.vips.iter().map(|v| prefix(*v)).collect();
-            let _ = writeln!(c, "    export where net ~ [ {} ];", set.join(", "));
+            let tag = if draining {
+                format!(
+                    "bgp_community.add(({}, {})); ",
+                    GRACEFUL_SHUTDOWN.0, GRACEFUL_SHUTDOWN.1
+                )
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                c,
+                "    export filter {{ if net ~ [ {} ] then {{ {tag}accept; }} reject; }};",
+                set.join(", ")
+            );
         }
         let _ = writeln!(c, "    next hop self;");
         let _ = writeln!(c, "  }};");
@@ -233,6 +254,8 @@ pub struct Announcements {
     make: Box<dyn FnMut() -> Box<dyn Speaker> + Send>,
     speaker: Option<Box<dyn Speaker>>,
     applied: Option<String>,
+    /// What was last asked for: the router id and the sessions.
+    wanted: Option<(std::net::Ipv4Addr, Vec<BgpSession>)>,
 }
 
 impl std::fmt::Debug for Announcements {
@@ -250,6 +273,7 @@ impl Announcements {
             make: Box::new(make),
             speaker: None,
             applied: None,
+            wanted: None,
         }
     }
 
@@ -270,7 +294,25 @@ impl Announcements {
                 IpAddr::V6(_) => None,
             })
             .ok_or("BGP needs an IPv4 address of the node for its router id (--node-address)")?;
-        let config = bird_config(router_id, sessions);
+        self.wanted = Some((router_id, sessions.to_vec()));
+        self.configure(bird_config(router_id, sessions, false))
+    }
+
+    /// Before the agent stops: every announcement tagged [`GRACEFUL_SHUTDOWN`], so the
+    /// routers move traffic to the other directors while this one still forwards.
+    /// `Ok(true)` when there was something to drain (then wait before stopping).
+    pub fn drain(&mut self) -> Result<bool, String> {
+        let Some((router_id, sessions)) = self.wanted.clone() else {
+            return Ok(false);
+        };
+        if sessions.iter().all(|s| s.vips.is_empty()) {
+            return Ok(false);
+        }
+        self.configure(bird_config(router_id, &sessions, true))
+            .map(|_| true)
+    }
+
+    fn configure(&mut self, config: String) -> Result<bool, String> {
         if self.applied.as_ref() == Some(&config) {
             return Ok(false);
         }
@@ -414,12 +456,15 @@ mod tests {
         let c = bird_config(
             "192.0.2.2".parse().unwrap(),
             &[session(&["203.0.113.1", "203.0.113.2"])],
+            false,
         );
         assert!(c.contains("router id 192.0.2.2;"), "{c}");
         assert!(c.contains("route 203.0.113.1/32 blackhole;"), "{c}");
         assert!(c.contains("neighbor 192.0.2.250 port 179 as 64500;"), "{c}");
         assert!(
-            c.contains("export where net ~ [ 203.0.113.1/32, 203.0.113.2/32 ];"),
+            c.contains(
+                "export filter { if net ~ [ 203.0.113.1/32, 203.0.113.2/32 ] then { accept; } reject; };"
+            ),
             "{c}"
         );
         assert!(c.contains("import none;"), "{c}");
@@ -428,7 +473,16 @@ mod tests {
             !c.contains("protocol kernel"),
             "BIRD must not touch the node's routes: {c}"
         );
-        let withdrawn = bird_config("192.0.2.2".parse().unwrap(), &[session(&[])]);
+        let draining = bird_config(
+            "192.0.2.2".parse().unwrap(),
+            &[session(&["203.0.113.1"])],
+            true,
+        );
+        assert!(
+            draining.contains("bgp_community.add((65535, 0)); accept;"),
+            "{draining}"
+        );
+        let withdrawn = bird_config("192.0.2.2".parse().unwrap(), &[session(&[])], false);
         assert!(withdrawn.contains("export none;"), "{withdrawn}");
         assert!(!withdrawn.contains("blackhole"), "{withdrawn}");
     }

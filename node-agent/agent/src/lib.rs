@@ -86,6 +86,9 @@ pub struct Settings {
     pub state_dir: Option<PathBuf>,
     /// BIRD 2's daemon, started when a pool announces by BGP.
     pub bird: PathBuf,
+    /// On stop, how long BGP announcements stay up tagged GRACEFUL_SHUTDOWN, so the
+    /// routers move traffic away first.
+    pub bgp_drain: Duration,
 }
 
 /// What a burst of events amounts to.
@@ -194,6 +197,25 @@ fn publish_status(
     });
 }
 
+/// A stopping agent's BGP announcements: tagged GRACEFUL_SHUTDOWN for `grace`, so the
+/// routers move traffic to the other directors while this one still forwards; they
+/// are withdrawn when the agent (and its BIRD) exits.
+fn drain(announcements: &mut bgp::Announcements, grace: Duration) {
+    match announcements.drain() {
+        Ok(true) => {
+            info!(
+                grace_ms = grace.as_millis() as u64,
+                "BGP: draining (GRACEFUL_SHUTDOWN) before stopping"
+            );
+            std::thread::sleep(grace);
+        }
+        Ok(false) => {}
+        Err(e) => {
+            warn!(error = %e, "BGP: could not drain; the announcements are withdrawn as the agent stops")
+        }
+    }
+}
+
 /// Runs the agent until `Event::Stop`, and gives the dataplanes back (as they are:
 /// stopping flushes nothing). Applies on the calling thread (dataplanes
 /// belong to the network namespace of the thread that opened them); health checks
@@ -237,6 +259,7 @@ pub fn run(
         match events.recv_timeout(settings.poll) {
             Ok(Event::Stop) => {
                 info!("stopping");
+                drain(&mut announcements, settings.bgp_drain);
                 return Ok(node);
             }
             Ok(Event::Reload) => reload = true,
@@ -263,6 +286,7 @@ pub fn run(
         let burst = gather(&events, settings.debounce, || stamp(&source) != now_stamp);
         if burst.stop {
             info!("stopping");
+            drain(&mut announcements, settings.bgp_drain);
             return Ok(node);
         }
         reload |= burst.reload;

@@ -122,6 +122,10 @@ struct Args {
     /// agent's own in the state directory, when an AddressPool announces by BGP.
     #[arg(long, default_value = "/usr/sbin/bird")]
     bird: PathBuf,
+    /// On stop, how long BGP announcements stay up tagged GRACEFUL_SHUTDOWN before
+    /// they are withdrawn (routers that honour it move traffic away first).
+    #[arg(long, default_value_t = 3)]
+    bgp_drain_seconds: u64,
 }
 
 /// The host's network configuration (VIPs, ARP suppression, tunnels), owned as
@@ -386,6 +390,7 @@ fn main() -> anyhow::Result<()> {
         traffic_interval: Duration::from_secs(args.traffic_interval_seconds),
         state_dir: Some(args.state_dir.clone()),
         bird: args.bird.clone(),
+        bgp_drain: Duration::from_secs(args.bgp_drain_seconds),
     };
     let handle = rt.handle().clone();
     let mut node = run(

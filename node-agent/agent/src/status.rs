@@ -103,6 +103,17 @@ pub fn directors(
     for (vs, entry) in &mut out {
         entry.healthy_real_servers = healthy.get(vs).map_or(0, |s| s.len() as u32);
     }
+    // By BGP a director announces what it can serve (`crate::bgp::servable`).
+    let by_bgp: BTreeSet<std::net::IpAddr> = plan
+        .bgp_sessions
+        .iter()
+        .flat_map(|s| s.vips.iter().copied())
+        .collect();
+    for s in plan.services.iter().filter(|s| by_bgp.contains(&s.key.vip)) {
+        if let Some(entry) = out.get_mut(&s.source) {
+            entry.announcing = entry.programmed && entry.healthy_real_servers > 0;
+        }
+    }
     out
 }
 
@@ -375,6 +386,49 @@ mod tests {
         let web = &d[&ObjectRef::new("VirtualService", "lab", "web")];
         assert!(web.programmed);
         assert_eq!(web.healthy_real_servers, 1, "{web:?}");
+    }
+
+    #[test]
+    fn the_entry_says_whether_this_director_announces() {
+        let web = ObjectRef::new("VirtualService", "lab", "web");
+        let mut p = plan();
+        let announcing = |p: &NodePlan, down: &BTreeSet<Target>| {
+            directors("n1", p, &[programmed(p)], down)[&web].announcing
+        };
+        assert!(
+            announcing(&p, &BTreeSet::new()),
+            "standalone / owner: it answers ARP"
+        );
+        p.unannounced_vips.insert("203.0.113.1".parse().unwrap());
+        assert!(
+            !announcing(&p, &BTreeSet::new()),
+            "another director owns it"
+        );
+        // By BGP: while it can serve the VIP.
+        p.bgp_sessions.push(kubelvs_model::BgpSession {
+            local_asn: 64512,
+            peer: "192.0.2.250".parse().unwrap(),
+            peer_asn: 64500,
+            port: 179,
+            hold_time_seconds: 9,
+            bfd: true,
+            vips: ["203.0.113.1".parse().unwrap()].into(),
+        });
+        assert!(announcing(&p, &BTreeSet::new()));
+        let check = p.services[0].health_check.clone().unwrap();
+        let all_down: BTreeSet<Target> = p
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.real_servers
+                    .iter()
+                    .map(|r| target_of(&check, r.address, r.port))
+            })
+            .collect();
+        assert!(
+            !announcing(&p, &all_down),
+            "no usable real server: withdrawn"
+        );
     }
 
     #[test]

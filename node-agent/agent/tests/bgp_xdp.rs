@@ -1,9 +1,11 @@
 //! BGP announcement with real BIRD 2 on both sides: a router namespace (BIRD with
-//! ECMP into its kernel, BFD, L4 multipath hashing) in front of two XDP directors,
-//! each an agent standalone on a file whose AddressPool announces by BGP; three DR real
-//! servers. The VIP's route reaches the router through both directors; connections
-//! spread over them; a director's link is cut and its agent killed: BFD withdraws its
-//! path, and no connection is lost (Maglev on both directors).
+//! ECMP into its kernel, BFD, L4 multipath hashing, GRACEFUL_SHUTDOWN honoured) in
+//! front of three XDP directors, each an agent standalone on a file whose AddressPool
+//! announces by BGP; three DR real servers. The VirtualService applied, the VIP's
+//! route reaches the router through every director and connections spread over them;
+//! one director is drained (its agent stopped: GRACEFUL_SHUTDOWN, then withdrawn)
+//! and another dies (link cut, agent killed: BFD withdraws its path), and no
+//! connection is lost (Maglev on every director).
 
 mod common;
 
@@ -17,12 +19,16 @@ use kubelvs_xdp_lab::topology::{Host, Lab, HOST_IFNAME};
 use kubelvs_xdp_lab::LabConfig;
 
 const DIRECTOR2_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 3);
+const DIRECTOR3_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 4);
 const ROUTER_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 250);
 const BIRD: &str = "/usr/sbin/bird";
-const CONNECTIONS: usize = 40;
+const CONNECTIONS: usize = 100;
+/// How long a stopping agent keeps its announcements up, tagged GRACEFUL_SHUTDOWN.
+const DRAIN_SECONDS: u64 = 3;
 
 /// BIRD on the router: any director of 192.0.2.0/24 may peer (AS 64512), what it
-/// learns goes to the kernel with equal paths merged (ECMP), BFD on every session.
+/// learns goes to the kernel with equal paths merged (ECMP), BFD on every session, and
+/// a path tagged GRACEFUL_SHUTDOWN is least preferred (RFC 8326), so it leaves ECMP.
 fn router_config() -> String {
     format!(
         "router id {ROUTER_ADDR};
@@ -34,7 +40,10 @@ protocol bgp directors {{
   neighbor range 192.0.2.0/24 as 64512;
   hold time 9;
   bfd on;
-  ipv4 {{ import all; export none; }};
+  ipv4 {{
+    import filter {{ if (65535, 0) ~ bgp_community then bgp_local_pref = 0; accept; }};
+    export none;
+  }};
 }}
 "
     )
@@ -94,11 +103,12 @@ spec:
 
 #[test]
 #[ignore = "privileged: netns + XDP; needs bird2"]
-fn directors_announce_by_bgp_and_a_dead_one_is_withdrawn_without_losing_connections() {
+fn directors_announce_by_bgp_and_a_drained_or_dead_one_is_withdrawn_without_losing_connections() {
     let lab = Lab::build(LabConfig::default()).unwrap();
     let director2 = lab.add_host("director2", DIRECTOR2_ADDR, 0x03).unwrap();
+    let director3 = lab.add_host("director3", DIRECTOR3_ADDR, 0x04).unwrap();
     let router = lab.add_host("router", ROUTER_ADDR, 0x25).unwrap();
-    let directors = [&lab.director, &director2];
+    let directors = [&lab.director, &director2, &director3];
     let _pass: Vec<Attached> = directors
         .iter()
         .map(|d| Attached::attach(&lab.bridge, &d.bridge_port, "xdp_pass").unwrap())
@@ -132,11 +142,9 @@ fn directors_announce_by_bgp_and_a_dead_one_is_withdrawn_without_losing_connecti
     std::fs::create_dir_all(&dir).unwrap();
     let _router_bird = start_router_bird(&router, &dir);
 
+    // The agents start on the pool alone: nothing to announce yet.
     let file = dir.join("lab.yaml");
-    write_config(
-        &file,
-        &(pool(lab.vip) + &lab_objects(&lab, "dr", PORT, false, &[0, 1, 2])),
-    );
+    write_config(&file, &pool(lab.vip));
     let _app = lab.start_servers(PORT).unwrap();
     let pins: Vec<PathBuf> = directors
         .iter()
@@ -148,33 +156,47 @@ fn directors_announce_by_bgp_and_a_dead_one_is_withdrawn_without_losing_connecti
             ))
         })
         .collect();
-    let started = Instant::now();
+    let drain = DRAIN_SECONDS.to_string();
     let mut agents: Vec<Agent> = directors
         .iter()
         .zip(&pins)
         .map(|(d, pin)| {
-            Agent::start(
-                d,
-                &director_args_on(
-                    d,
-                    &file,
-                    &dir,
-                    pin,
-                    &["--bird", BIRD, "--traffic-interval-seconds", "1"],
-                ),
-                &dir,
-            )
+            let flags = [
+                "--bird",
+                BIRD,
+                "--traffic-interval-seconds",
+                "1",
+                "--bgp-drain-seconds",
+                &drain,
+            ];
+            Agent::start(d, &director_args_on(d, &file, &dir, pin, &flags), &dir)
         })
         .collect();
-    let both = vec![lab.director.addr.to_string(), DIRECTOR2_ADDR.to_string()];
+    for d in directors {
+        eventually(Duration::from_secs(60), "agent ready", || {
+            http_get(&d.netns, "/readyz").filter(|(s, _)| *s == 200)
+        });
+    }
+    assert!(next_hops(&router, &vip).is_empty());
+
+    // The VirtualService applied: routed through every director.
+    write_config(
+        &file,
+        &(pool(lab.vip) + &lab_objects(&lab, "dr", PORT, false, &[0, 1, 2])),
+    );
+    let applied = Instant::now();
+    let all: Vec<String> = [lab.director.addr, DIRECTOR2_ADDR, DIRECTOR3_ADDR]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     let announced = eventually(
         Duration::from_secs(60),
-        "the VIP routed via both directors",
-        || (next_hops(&router, &vip) == both).then(|| started.elapsed()),
+        "the VIP routed via every director",
+        || (next_hops(&router, &vip) == all).then(|| applied.elapsed()),
     );
-    eprintln!("BGP: the VIP's route through both directors {announced:?} after the agents started");
+    eprintln!("BGP: the VIP's route through every director {announced:?} after it was applied");
 
-    // Long-lived connections, spread by the router over both directors.
+    // Long-lived connections, spread by the router over the directors.
     let mut conns = hold(&lab, CONNECTIONS);
     let through = |d: &Host| {
         metric(
@@ -187,13 +209,31 @@ fn directors_announce_by_bgp_and_a_dead_one_is_withdrawn_without_losing_connecti
     };
     let spread = eventually(
         Duration::from_secs(10),
-        "connections counted on both directors",
+        "connections counted on every director",
         || {
-            let (a, b) = (through(&lab.director), through(&director2));
-            (a > 0.0 && b > 0.0 && a + b >= CONNECTIONS as f64).then_some((a, b))
+            let c: Vec<f64> = directors.iter().map(|d| through(d)).collect();
+            (c.iter().all(|n| *n > 0.0) && c.iter().sum::<f64>() >= CONNECTIONS as f64).then_some(c)
         },
     );
-    eprintln!("connections through director, director2: {spread:?}");
+    eprintln!("connections through each director: {spread:?}");
+
+    // director3 drained: its agent stopped. Its path leaves the router's ECMP while
+    // its agent still runs (GRACEFUL_SHUTDOWN), then its session goes with it.
+    agents[2].terminate();
+    let drained_at = Instant::now();
+    let left = eventually(
+        Duration::from_secs(DRAIN_SECONDS),
+        "the drained director's path out of ECMP",
+        || (next_hops(&router, &vip) == all[..2]).then(|| drained_at.elapsed()),
+    );
+    assert!(
+        agents[2].running(),
+        "withdrawn only after the agent stopped: no drain"
+    );
+    eprintln!("BGP: the drained director left ECMP {left:?} after its agent was told to stop, before it withdrew");
+    eventually(Duration::from_secs(10), "the drained agent stopped", || {
+        (!agents[2].running()).then_some(())
+    });
 
     // director dies: link cut, agent killed (its BIRD dies with it).
     lab.director

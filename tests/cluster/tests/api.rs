@@ -100,6 +100,8 @@ fn crds_are_served_with_short_names_category_and_printer_columns() {
             "FORWARDING",
             "HEALTHY",
             "READY",
+            "ANNOUNCED",
+            "BY",
             "AGE"
         ],
         "{wide}"

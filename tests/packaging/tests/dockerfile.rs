@@ -109,10 +109,14 @@ fn the_stages_build_with_clang_and_ship_distroless_with_the_three_binaries() {
     }
     assert!(copied.ends_with(" /usr/local/bin/"), "{copied}");
 
-    // The program the agent runs (FullNAT's nft) is there, and nothing else: the agent
-    // reads neighbours over rtnetlink, not with `ip`.
+    // The programs the agent runs (FullNAT's nft, BGP's bird and birdc) are there,
+    // and nothing else: the agent reads neighbours over rtnetlink, not with `ip`.
     let tools = stages[1].1.join("\n");
-    assert!(tools.contains("cp /usr/sbin/nft "), "{tools}");
+    assert!(
+        tools.contains("for prog in /usr/sbin/nft /usr/sbin/bird /usr/sbin/birdc;"),
+        "{tools}"
+    );
+    assert!(tools.contains("nftables bird2"), "{tools}");
     assert!(
         !tools.contains("iproute2") && !tools.contains("/bin/ip "),
         "{tools}"

@@ -62,6 +62,20 @@ impl Agent {
         self.signal(libc::SIGKILL);
     }
 
+    /// SIGTERM without waiting: the agent stops in its own time.
+    pub fn terminate(&self) {
+        // SAFETY: kill(2) of our own child.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     fn signal(&mut self, signal: i32) {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
