@@ -29,7 +29,7 @@ fn main() {
         let (mut lost, mut total) = (0, 0);
         let mut lease_writes = None;
         for run in 0..runs {
-            let f = common::l2::failover(lease_ms, run == 0);
+            let f = common::l2::failover(lease_ms, run == 0, common::l2::Death::Killed);
             lease_writes = lease_writes.or(f.lease_writes_per_second);
             eprintln!("lease {lease_ms} ms: {f:?}");
             takeover.push(f.takeover);

@@ -43,6 +43,8 @@ pub struct ClusterSource {
     live: Option<kubelvs_watch::liveness::Directors>,
     /// Whether this node directs anything: only then does it renew its Lease.
     directing: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether its announce interface has carrier: only then may it announce.
+    eligible: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for ClusterSource {
@@ -81,11 +83,13 @@ impl ClusterSource {
         wake: mpsc::Sender<Event>,
     ) -> anyhow::Result<Self> {
         let directing: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let eligible = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let live = leases.map(|settings| {
             rt.block_on(crate::liveness::start(
                 client.clone(),
                 settings,
                 directing.clone(),
+                eligible.clone(),
                 wake.clone(),
             ))
         });
@@ -140,6 +144,7 @@ impl ClusterSource {
             last_seen: Arc::default(),
             live,
             directing,
+            eligible,
         };
         rt.block_on(async {
             tokio::time::timeout(Duration::from_secs(60), async {
@@ -230,7 +235,10 @@ impl ClusterSource {
                     .then(|| (name.clone(), n.metadata.labels.clone().unwrap_or_default()))
             })
             .collect();
-        Some(kubelvs_planner::announce::Announcers { live })
+        Some(kubelvs_planner::announce::Announcers {
+            live,
+            ineligible_self: !self.eligible.load(std::sync::atomic::Ordering::Relaxed),
+        })
     }
 
     /// Every Node's addresses, and the namespaces an administrator labelled to allow

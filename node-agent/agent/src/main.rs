@@ -338,6 +338,7 @@ fn main() -> anyhow::Result<()> {
                     namespace: namespace.clone(),
                     node: args.node.clone(),
                     duration: Duration::from_millis(args.lease_duration_ms.max(100)),
+                    interface: args.interface.clone(),
                 }
             });
             let watches = ClusterSource::start(

@@ -13,7 +13,7 @@ const LEASE_MS: u64 = 2000;
 #[test]
 #[ignore = "privileged: netns + XDP; needs the test control plane (Go toolchain)"]
 fn the_owner_of_a_vip_dies_and_another_director_takes_over_keeping_connections() {
-    let f = common::l2::failover(LEASE_MS, false);
+    let f = common::l2::failover(LEASE_MS, false, common::l2::Death::Killed);
     eprintln!("{f:?}");
     // Detection is the Lease's duration after the last renewal seen, checked every
     // quarter of it; the rest is one plan and one apply.
@@ -22,4 +22,25 @@ fn the_owner_of_a_vip_dies_and_another_director_takes_over_keeping_connections()
         "{f:?}"
     );
     assert_eq!(f.lost, 0, "connections lost in the failover: {f:?}");
+}
+
+#[test]
+#[ignore = "privileged: netns + XDP; needs the test control plane (Go toolchain)"]
+fn the_owner_that_loses_carrier_gives_its_vip_up_though_it_still_reaches_the_api_server() {
+    // Its agent lives and reaches the API server over another link: only the carrier
+    // of its announce interface tells it to stop announcing and renewing.
+    let f = common::l2::failover(LEASE_MS, false, common::l2::Death::CarrierLost);
+    eprintln!("{f:?}");
+    assert!(
+        f.takeover < Duration::from_millis(LEASE_MS * 5 / 4) + Duration::from_millis(500),
+        "{f:?}"
+    );
+    assert!(
+        f.failback.is_some_and(|d| d < Duration::from_secs(5)),
+        "{f:?}"
+    );
+    assert_eq!(
+        f.lost, 0,
+        "connections lost in the failover and back: {f:?}"
+    );
 }

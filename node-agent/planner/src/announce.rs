@@ -24,10 +24,13 @@ use crate::NodeIdentity;
 
 /// In a cluster: the nodes whose agents are alive (their Lease renewed within its
 /// duration, as this agent saw it), with their labels. The node being planned is
-/// always taken as alive: its own agent is the one asking.
+/// taken as alive (its own agent is the one asking) unless it lost its announce
+/// interface's carrier: then it announces nothing, and stops renewing its Lease.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Announcers {
     pub live: BTreeMap<String, BTreeMap<String, String>>,
+    /// This node's announce interface has no carrier.
+    pub ineligible_self: bool,
 }
 
 /// The rendezvous (highest random weight) score of `node` for `vip`: FNV-1a over the
@@ -183,7 +186,8 @@ pub fn unannounced(
             .filter(|(name, _)| **name != node.name)
             .map(|(name, labels)| (name.as_str(), labels));
         let mut candidates = Vec::new();
-        for (name, labels) in std::iter::once((node.name.as_str(), &node.labels)).chain(others) {
+        let me = (!announcers.ineligible_self).then_some((node.name.as_str(), &node.labels));
+        for (name, labels) in me.into_iter().chain(others) {
             if directs(labels) && may_announce(pool, labels, problems) {
                 candidates.push(name);
             }

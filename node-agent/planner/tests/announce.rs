@@ -27,6 +27,7 @@ fn live(names: &[&str]) -> Announcers {
             .iter()
             .map(|n| (n.to_string(), director(n).labels))
             .collect(),
+        ineligible_self: false,
     }
 }
 
@@ -292,4 +293,18 @@ fn a_bgp_pool_gives_every_director_a_session_per_peer_and_no_arp() {
     let p = plan_with(&other, &vss_any, &rss, &[routed], &live(&DIRECTORS));
     assert_eq!(p.services.len(), 20, "it still directs");
     assert!(p.bgp_sessions.is_empty());
+}
+
+#[test]
+fn a_director_without_carrier_announces_nothing_and_the_others_cover_its_vips() {
+    let (vss, rss) = services(100);
+    let mut view = live(&DIRECTORS);
+    // d1 lost carrier: it still directs, announces nothing; its own view leaves it out.
+    view.ineligible_self = true;
+    let p = plan_with(&director("d1"), &vss, &rss, &[], &view);
+    assert_eq!(p.services.len(), 100);
+    assert!(announced(&p).is_empty());
+    // It stopped renewing its Lease: once the others see it expire, they cover all.
+    let by_vip = announcers_by_vip(&["d2", "d3"], &vss, &rss, &[]);
+    assert_eq!(by_vip.len(), 100);
 }

@@ -69,6 +69,16 @@ fn who_has_vip(lab: &Lab) -> Vec<[u8; 6]> {
         .unwrap()
 }
 
+/// How the owner goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Death {
+    /// Its link cut, then its agent killed.
+    Killed,
+    /// Its announce interface loses carrier; the agent lives on and still reaches
+    /// the API server over a link of its own. Carrier comes back afterwards.
+    CarrierLost,
+}
+
 /// What a failover measured.
 #[derive(Debug, Clone, Copy)]
 pub struct Failover {
@@ -83,6 +93,59 @@ pub struct Failover {
     /// Writes of Leases per second, all agents together, while both directors live
     /// (measured over `LEASE_WINDOW` when asked for).
     pub lease_writes_per_second: Option<f64>,
+    /// [`Death::CarrierLost`]: from carrier back to the client's neighbour entry
+    /// naming the first owner again.
+    pub failback: Option<Duration>,
+}
+
+/// A link of its own from each director to the API server's host (10.255.I.0/30),
+/// routed for the API server's address only: the directors reach the control plane
+/// whatever happens to their announce interface.
+fn api_links(api: &Host, directors: &[&Host]) {
+    for (i, d) in directors.iter().enumerate() {
+        let (api_if, api_addr, dir_addr) = (
+            format!("to-{}", i + 1),
+            format!("10.255.{}.1", i + 1),
+            format!("10.255.{}.2", i + 1),
+        );
+        kubelvs_xdp_lab::cmd::run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &api_if,
+                "netns",
+                api.netns.name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "api",
+                "netns",
+                d.netns.name(),
+            ],
+        )
+        .unwrap();
+        api.netns
+            .ip(&["addr", "add", &format!("{api_addr}/30"), "dev", &api_if])
+            .unwrap();
+        api.netns.ip(&["link", "set", &api_if, "up"]).unwrap();
+        d.netns
+            .ip(&["addr", "add", &format!("{dir_addr}/30"), "dev", "api"])
+            .unwrap();
+        d.netns.ip(&["link", "set", "api", "up"]).unwrap();
+        d.netns
+            .ip(&[
+                "route",
+                "add",
+                &format!("{API_ADDR}/32"),
+                "via",
+                &api_addr,
+                "dev",
+                "api",
+            ])
+            .unwrap();
+    }
 }
 
 /// How long Lease writes are counted, when they are.
@@ -100,10 +163,10 @@ fn lease_writes(cluster: &Cluster) -> f64 {
         .unwrap()
 }
 
-/// Builds the lab, checks the announcer, kills it and measures the takeover, with
-/// the agents' `--lease-duration-ms` at `lease_ms`; with `count_leases`, counts the
-/// Lease writes for `LEASE_WINDOW` first.
-pub fn failover(lease_ms: u64, count_leases: bool) -> Failover {
+/// Builds the lab, checks the announcer, makes it go (`death`) and measures the
+/// takeover, with the agents' `--lease-duration-ms` at `lease_ms`; with
+/// `count_leases`, counts the Lease writes for `LEASE_WINDOW` first.
+pub fn failover(lease_ms: u64, count_leases: bool, death: Death) -> Failover {
     let lab = Lab::build(LabConfig {
         vip_on_real_servers: false,
         ..LabConfig::default()
@@ -134,11 +197,10 @@ pub fn failover(lease_ms: u64, count_leases: bool) -> Failover {
         .ip(&["route", "replace", &format!("{vip}/32"), "dev", HOST_IFNAME])
         .unwrap();
 
-    let LabCluster {
-        cluster,
-        api: _api,
-        dir,
-    } = LabCluster::start(&lab, "l2");
+    let LabCluster { cluster, api, dir } = LabCluster::start(&lab, "l2");
+    if death == Death::CarrierLost {
+        api_links(&api, &directors);
+    }
     for d in directors {
         cluster
             .kubectl_stdin(
@@ -222,12 +284,22 @@ pub fn failover(lease_ms: u64, count_leases: bool) -> Failover {
         conns.iter().map(|c| c.real_server().to_owned()).collect();
     assert!(on.len() > 1, "connections on {on:?}");
 
-    // The owner dies: its link cut, then its agent killed.
-    owner_host
-        .netns
-        .ip(&["link", "set", HOST_IFNAME, "down"])
-        .unwrap();
-    agents[owner_i].kill();
+    match death {
+        // The owner dies: its link cut, then its agent killed.
+        Death::Killed => {
+            owner_host
+                .netns
+                .ip(&["link", "set", HOST_IFNAME, "down"])
+                .unwrap();
+            agents[owner_i].kill();
+        }
+        // Its switch port goes down: no carrier on its interface.
+        Death::CarrierLost => {
+            lab.bridge
+                .ip(&["link", "set", &owner_host.bridge_port, "down"])
+                .unwrap();
+        }
+    }
     let died = Instant::now();
     let new_mac = kubelvs_xdp_lab::topology::format_mac(other_host.mac);
     let takeover = eventually(
@@ -259,8 +331,26 @@ pub fn failover(lease_ms: u64, count_leases: bool) -> Failover {
         },
     );
 
-    // Every connection opened through the dead director is still served, by the
-    // same real server.
+    // Carrier back: the first owner is live again and takes its VIP back.
+    let failback = (death == Death::CarrierLost).then(|| {
+        assert!(agents[owner_i].running(), "the owner's agent lived on");
+        lab.bridge
+            .ip(&["link", "set", &owner_host.bridge_port, "up"])
+            .unwrap();
+        let back = Instant::now();
+        let owner_mac = kubelvs_xdp_lab::topology::format_mac(owner_host.mac);
+        eventually(
+            Duration::from_secs(20),
+            "the client learns the first owner again",
+            || {
+                let n = lab.client.netns.ip(&["neigh", "show", &vip]).unwrap();
+                n.contains(&owner_mac).then(|| back.elapsed())
+            },
+        )
+    });
+
+    // Every connection opened through the first owner is still served, by the same
+    // real server.
     let lost = lost(&mut conns);
     drop(agents);
     let _ = std::fs::remove_dir_all(&dir);
@@ -270,5 +360,6 @@ pub fn failover(lease_ms: u64, count_leases: bool) -> Failover {
         lost,
         connections: CONNECTIONS,
         lease_writes_per_second,
+        failback,
     }
 }
