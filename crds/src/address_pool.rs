@@ -118,6 +118,22 @@ pub struct BgpPeer {
     /// routes are withdrawn in about a second instead of a hold time. Absent: on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bfd: Option<bool>,
+    /// The session's TCP MD5 password (RFC 2385): key `key` of the Secret `name` in the
+    /// agents' namespace (standalone: a Secret in the agent's file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+}
+
+/// A key of a Secret in the agents' namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct SecretKeyRef {
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
 }
 
 impl AddressPool {

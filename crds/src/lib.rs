@@ -13,7 +13,7 @@ pub mod virtual_service;
 
 pub use address_pool::{
     parse_range, AddressPool, AddressPoolSpec, AddressPoolStatus, AddressRange, Announcement,
-    AnnouncementMode, BgpAnnouncement, BgpPeer,
+    AnnouncementMode, BgpAnnouncement, BgpPeer, SecretKeyRef,
 };
 pub use real_server::{HealthObservation, RealServer, RealServerSpec, RealServerStatus};
 pub use validate::{validate, FieldError, Object, ValidationErrors};

@@ -135,6 +135,12 @@ impl Alike for Node {
     }
 }
 
+impl Alike for k8s_openapi::api::core::v1::Secret {
+    fn alike(&self, other: &Self) -> bool {
+        equal_but_version(self, other)
+    }
+}
+
 /// Starts a watch of `api` into a store and returns the store. `unread` clears what
 /// the owner never reads (managedFields are always cleared), before caching and before
 /// comparing; `changed` is called for every change of the rest (and when a relist

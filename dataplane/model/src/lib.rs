@@ -434,6 +434,8 @@ pub struct BgpSession {
     pub port: u16,
     pub hold_time_seconds: u16,
     pub bfd: bool,
+    /// The TCP MD5 password's Secret in the agents' namespace: (name, key).
+    pub password_secret: Option<(String, String)>,
     pub vips: std::collections::BTreeSet<IpAddr>,
 }
 

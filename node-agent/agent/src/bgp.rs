@@ -53,6 +53,44 @@ fn prefix(vip: IpAddr) -> String {
     }
 }
 
+/// Secrets of the agents' namespace (standalone: of the file): name -> key -> value.
+pub type Secrets = BTreeMap<String, BTreeMap<String, String>>;
+
+/// TCP MD5 passwords by peer.
+pub type Passwords = BTreeMap<IpAddr, String>;
+
+/// The sessions whose password (if they name one) is found in `secrets`, their
+/// passwords, and why the others are left out (naming the peer and the Secret).
+pub fn with_passwords(
+    sessions: &[BgpSession],
+    secrets: &Secrets,
+) -> (Vec<BgpSession>, Passwords, Vec<String>) {
+    let (mut kept, mut passwords, mut refused) = (Vec::new(), Passwords::new(), Vec::new());
+    for s in sessions {
+        let Some((name, key)) = &s.password_secret else {
+            kept.push(s.clone());
+            continue;
+        };
+        match secrets.get(name).and_then(|k| k.get(key)) {
+            None => refused.push(format!(
+                "BGP peer {}: no key {key:?} in Secret {name:?} of the agents' namespace",
+                s.peer
+            )),
+            // BIRD's string syntax, and RFC 2385's 80-byte key.
+            Some(p) if p.len() > 80 || p.contains(['"', '\\', '\n']) => refused.push(format!(
+                "BGP peer {}: the password in Secret {name:?} key {key:?} must be at most 80 \
+                 characters without quotes, backslashes or newlines",
+                s.peer
+            )),
+            Some(p) => {
+                passwords.insert(s.peer, p.clone());
+                kept.push(s.clone());
+            }
+        }
+    }
+    (kept, passwords, refused)
+}
+
 /// The GRACEFUL_SHUTDOWN community (RFC 8326): routers that honour it prefer any other
 /// path to these routes, so traffic leaves a draining director before it withdraws.
 pub const GRACEFUL_SHUTDOWN: (u16, u16) = (65535, 0);
@@ -65,6 +103,7 @@ pub const GRACEFUL_SHUTDOWN: (u16, u16) = (65535, 0);
 pub fn bird_config(
     router_id: std::net::Ipv4Addr,
     sessions: &[BgpSession],
+    passwords: &Passwords,
     draining: bool,
 ) -> String {
     let mut c = String::new();
@@ -102,6 +141,9 @@ pub fn bird_config(
             s.peer, s.port, s.peer_asn
         );
         let _ = writeln!(c, "  hold time {};", s.hold_time_seconds);
+        if let Some(p) = passwords.get(&s.peer) {
+            let _ = writeln!(c, "  password \"{p}\";");
+        }
         let _ = writeln!(c, "  keepalive time {};", (s.hold_time_seconds / 3).max(1));
         // BIRD waits 5 s before its first connection by default, 120 s between tries.
         let _ = writeln!(c, "  connect delay time 1;");
@@ -224,7 +266,20 @@ impl Speaker for Bird {
     fn configure(&mut self, config: &str) -> Result<(), String> {
         std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
         let tmp = self.config_path().with_extension("tmp");
-        std::fs::write(&tmp, config).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        // It may hold BGP passwords: readable by root alone.
+        {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(|e| format!("{}: {e}", tmp.display()))?;
+            f.write_all(config.as_bytes())
+                .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        }
         std::fs::rename(&tmp, self.config_path()).map_err(|e| e.to_string())?;
         if !self.running() {
             return self.start();
@@ -254,8 +309,8 @@ pub struct Announcements {
     make: Box<dyn FnMut() -> Box<dyn Speaker> + Send>,
     speaker: Option<Box<dyn Speaker>>,
     applied: Option<String>,
-    /// What was last asked for: the router id and the sessions.
-    wanted: Option<(std::net::Ipv4Addr, Vec<BgpSession>)>,
+    /// What was last asked for: the router id, the sessions and their passwords.
+    wanted: Option<(std::net::Ipv4Addr, Vec<BgpSession>, Passwords)>,
 }
 
 impl std::fmt::Debug for Announcements {
@@ -277,11 +332,13 @@ impl Announcements {
         }
     }
 
-    /// Announces what `sessions` say (see [`servable`]); `Ok(true)` when the speaker
-    /// was (re)configured.
+    /// Announces what `sessions` say (see [`servable`]), with the passwords they name
+    /// from `secrets`; `Ok(true)` when the speaker was (re)configured. A session whose
+    /// password is missing is left out, and said so in the error, the others applied.
     pub fn update(
         &mut self,
         addresses: &[IpAddr],
+        secrets: &Secrets,
         sessions: &[BgpSession],
     ) -> Result<bool, String> {
         if sessions.is_empty() && self.speaker.is_none() {
@@ -294,21 +351,27 @@ impl Announcements {
                 IpAddr::V6(_) => None,
             })
             .ok_or("BGP needs an IPv4 address of the node for its router id (--node-address)")?;
-        self.wanted = Some((router_id, sessions.to_vec()));
-        self.configure(bird_config(router_id, sessions, false))
+        let (sessions, passwords, refused) = with_passwords(sessions, secrets);
+        let changed = self.configure(bird_config(router_id, &sessions, &passwords, false));
+        self.wanted = Some((router_id, sessions, passwords));
+        match (changed, refused.is_empty()) {
+            (Err(e), _) => Err(e),
+            (Ok(c), true) => Ok(c),
+            (Ok(_), false) => Err(refused.join("; ")),
+        }
     }
 
     /// Before the agent stops: every announcement tagged [`GRACEFUL_SHUTDOWN`], so the
     /// routers move traffic to the other directors while this one still forwards.
     /// `Ok(true)` when there was something to drain (then wait before stopping).
     pub fn drain(&mut self) -> Result<bool, String> {
-        let Some((router_id, sessions)) = self.wanted.clone() else {
+        let Some((router_id, sessions, passwords)) = self.wanted.clone() else {
             return Ok(false);
         };
         if sessions.iter().all(|s| s.vips.is_empty()) {
             return Ok(false);
         }
-        self.configure(bird_config(router_id, &sessions, true))
+        self.configure(bird_config(router_id, &sessions, &passwords, true))
             .map(|_| true)
     }
 
@@ -346,6 +409,7 @@ mod tests {
             port: 179,
             hold_time_seconds: 9,
             bfd: true,
+            password_secret: None,
             vips: vips.iter().map(|v| v.parse().unwrap()).collect(),
         }
     }
@@ -429,14 +493,28 @@ mod tests {
         let make = move || Box::new(rec.clone()) as Box<dyn Speaker>;
         let mut a = Announcements::new(make);
         let addrs = ["192.0.2.2".parse().unwrap()];
-        assert_eq!(a.update(&addrs, &[]), Ok(false), "no BGP: no speaker");
-        assert_eq!(a.update(&addrs, &[session(&["203.0.113.1"])]), Ok(true));
-        assert_eq!(a.update(&addrs, &[session(&["203.0.113.1"])]), Ok(false));
+        assert_eq!(
+            a.update(&addrs, &Secrets::new(), &[]),
+            Ok(false),
+            "no BGP: no speaker"
+        );
+        assert_eq!(
+            a.update(&addrs, &Secrets::new(), &[session(&["203.0.113.1"])]),
+            Ok(true)
+        );
+        assert_eq!(
+            a.update(&addrs, &Secrets::new(), &[session(&["203.0.113.1"])]),
+            Ok(false)
+        );
         // Withdrawn: the speaker stays, announcing nothing.
-        assert_eq!(a.update(&addrs, &[]), Ok(true));
+        assert_eq!(a.update(&addrs, &Secrets::new(), &[]), Ok(true));
         assert_eq!(seen.lock().unwrap().len(), 2);
         assert!(a
-            .update(&["2001:db8::2".parse().unwrap()], &[session(&[])])
+            .update(
+                &["2001:db8::2".parse().unwrap()],
+                &Secrets::new(),
+                &[session(&[])]
+            )
             .is_err());
     }
 
@@ -446,9 +524,46 @@ mod tests {
         let seen = rec.0.clone();
         let mut a = Announcements::new(move || Box::new(rec.clone()) as Box<dyn Speaker>);
         let addrs = ["192.0.2.2".parse().unwrap()];
-        assert!(a.update(&addrs, &[session(&["203.0.113.1"])]).is_err());
-        assert!(a.update(&addrs, &[session(&["203.0.113.1"])]).is_err());
+        assert!(a
+            .update(&addrs, &Secrets::new(), &[session(&["203.0.113.1"])])
+            .is_err());
+        assert!(a
+            .update(&addrs, &Secrets::new(), &[session(&["203.0.113.1"])])
+            .is_err());
         assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_session_gets_the_password_its_secret_holds_or_is_left_out_saying_why() {
+        let mut with = session(&["203.0.113.1"]);
+        with.password_secret = Some(("bgp".into(), "tor1".into()));
+        let mut other = with.clone();
+        other.peer = "192.0.2.251".parse().unwrap();
+        other.password_secret = Some(("bgp".into(), "missing".into()));
+        let secrets: Secrets = [(
+            "bgp".to_owned(),
+            [("tor1".to_owned(), "s3cret".to_owned())].into(),
+        )]
+        .into();
+        let (kept, passwords, refused) = with_passwords(&[with.clone(), other], &secrets);
+        assert_eq!(kept, [with.clone()]);
+        assert_eq!(passwords[&with.peer], "s3cret");
+        assert!(
+            refused[0].contains("192.0.2.251") && refused[0].contains("missing"),
+            "{refused:?}"
+        );
+        let c = bird_config("192.0.2.2".parse().unwrap(), &kept, &passwords, false);
+        assert!(c.contains("password \"s3cret\";"), "{c}");
+        let quoted: Secrets = [(
+            "bgp".to_owned(),
+            [("tor1".to_owned(), "a\"b".to_owned())].into(),
+        )]
+        .into();
+        let (kept, _, refused) = with_passwords(&[with], &quoted);
+        assert!(
+            kept.is_empty() && refused[0].contains("quotes"),
+            "{refused:?}"
+        );
     }
 
     #[test]
@@ -456,6 +571,7 @@ mod tests {
         let c = bird_config(
             "192.0.2.2".parse().unwrap(),
             &[session(&["203.0.113.1", "203.0.113.2"])],
+            &Passwords::new(),
             false,
         );
         assert!(c.contains("router id 192.0.2.2;"), "{c}");
@@ -476,13 +592,19 @@ mod tests {
         let draining = bird_config(
             "192.0.2.2".parse().unwrap(),
             &[session(&["203.0.113.1"])],
+            &Passwords::new(),
             true,
         );
         assert!(
             draining.contains("bgp_community.add((65535, 0)); accept;"),
             "{draining}"
         );
-        let withdrawn = bird_config("192.0.2.2".parse().unwrap(), &[session(&[])], false);
+        let withdrawn = bird_config(
+            "192.0.2.2".parse().unwrap(),
+            &[session(&[])],
+            &Passwords::new(),
+            false,
+        );
         assert!(withdrawn.contains("export none;"), "{withdrawn}");
         assert!(!withdrawn.contains("blackhole"), "{withdrawn}");
     }

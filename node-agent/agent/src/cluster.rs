@@ -45,6 +45,8 @@ pub struct ClusterSource {
     directing: Arc<std::sync::atomic::AtomicBool>,
     /// Whether its announce interface has carrier: only then may it announce.
     eligible: Arc<std::sync::atomic::AtomicBool>,
+    /// The agents' namespace's Secrets (BGP passwords), with `--lease-namespace`.
+    secrets: Option<Store<k8s_openapi::api::core::v1::Secret>>,
 }
 
 impl std::fmt::Debug for ClusterSource {
@@ -84,6 +86,15 @@ impl ClusterSource {
     ) -> anyhow::Result<Self> {
         let directing: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         let eligible = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let secrets = leases.as_ref().map(|l| {
+            watch(
+                rt,
+                Api::namespaced(client.clone(), &l.namespace),
+                watcher::Config::default(),
+                |s: &mut k8s_openapi::api::core::v1::Secret| s.metadata.annotations = None,
+                wake.clone(),
+            )
+        });
         let live = leases.map(|settings| {
             rt.block_on(crate::liveness::start(
                 client.clone(),
@@ -145,6 +156,7 @@ impl ClusterSource {
             live,
             directing,
             eligible,
+            secrets,
         };
         rt.block_on(async {
             tokio::time::timeout(Duration::from_secs(60), async {
@@ -152,6 +164,9 @@ impl ClusterSource {
                 s.real_servers.wait_until_ready().await?;
                 s.address_pools.wait_until_ready().await?;
                 s.namespaces.wait_until_ready().await?;
+                if let Some(secrets) = &s.secrets {
+                    secrets.wait_until_ready().await?;
+                }
                 s.nodes.wait_until_ready().await
             })
             .await
@@ -211,6 +226,12 @@ impl ClusterSource {
         );
         objects.node_real_servers = self.node_real_servers();
         objects.announcers = self.announcers();
+        objects.secrets = self
+            .secrets
+            .iter()
+            .flat_map(|store| store.state())
+            .filter_map(|s| Some((s.metadata.name.clone()?, crate::source::secret_values(&s))))
+            .collect();
         (objects, rejected)
     }
 

@@ -416,7 +416,11 @@ pub fn run(
             settings.traffic_interval,
         );
         let directors = status::directors(&identity.name, planned, &reports, &unhealthy);
-        match announcements.update(&identity.addresses, &bgp::servable(planned, &directors)) {
+        match announcements.update(
+            &identity.addresses,
+            &objects.secrets,
+            &bgp::servable(planned, &directors),
+        ) {
             Ok(true) => info!("BGP announcements changed"),
             Ok(false) => {}
             Err(e) => {

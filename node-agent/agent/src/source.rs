@@ -1,6 +1,7 @@
 //! Standalone mode's source of objects: a multi-document YAML file of kubelvs.io
 //! VirtualServices, RealServers and AddressPools, checked with the same rules an API
-//! server applies. A malformed object is rejected alone; the others are used.
+//! server applies, and v1 Secrets (BGP passwords). A malformed object is rejected
+//! alone; the others are used.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -25,6 +26,9 @@ pub struct Objects {
     pub node_real_servers: kubelvs_planner::NodeRealServers,
     /// In a cluster with Leases: the live directors, each VIP's announcer among them.
     pub announcers: Option<kubelvs_planner::announce::Announcers>,
+    /// Secrets BGP passwords are read from: the agents' namespace's in a cluster, the
+    /// file's standalone.
+    pub secrets: crate::bgp::Secrets,
 }
 
 fn parsed<K>(held: &[Held<K>]) -> impl Iterator<Item = &K> {
@@ -65,6 +69,44 @@ enum Shared {
     VirtualService(Held<VirtualService>),
     RealServer(Held<RealServer>),
     AddressPool(Held<AddressPool>),
+    /// A Secret (BGP passwords): its name and its keys' values.
+    Secret(Arc<(String, std::collections::BTreeMap<String, String>)>),
+}
+
+/// A Secret's keys and their values as text (`data` decoded, `stringData` over it);
+/// values that are not UTF-8 are left out.
+pub fn secret_values(
+    secret: &k8s_openapi::api::core::v1::Secret,
+) -> std::collections::BTreeMap<String, String> {
+    let mut out: std::collections::BTreeMap<String, String> = secret
+        .data
+        .iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), String::from_utf8(v.0.clone()).ok()?)))
+        .collect();
+    out.extend(secret.string_data.clone().unwrap_or_default());
+    out
+}
+
+/// A `kind: Secret` document (apiVersion v1): only BGP passwords are read from one.
+fn parse_secret(doc: &str) -> Option<Parsed> {
+    let is_secret = doc.lines().any(|l| l.trim_end() == "kind: Secret")
+        && doc.lines().any(|l| l.trim_end() == "apiVersion: v1");
+    if !is_secret {
+        return None;
+    }
+    Some(
+        serde_yaml::from_str::<k8s_openapi::api::core::v1::Secret>(doc)
+            .map_err(|e| format!("Secret: {e}"))
+            .and_then(|s| {
+                let name = s
+                    .metadata
+                    .name
+                    .clone()
+                    .ok_or("Secret: metadata.name is missing")?;
+                Ok(Shared::Secret(Arc::new((name, secret_values(&s)))))
+            }),
+    )
 }
 
 /// [`parse`] that remembers each document's result by its text, so a reload after
@@ -117,6 +159,9 @@ fn documents(text: &str) -> Vec<&str> {
 }
 
 fn parse_one(doc: &str) -> Parsed {
+    if let Some(secret) = parse_secret(doc) {
+        return secret;
+    }
     let mut parsed = Object::from_yaml_documents(doc);
     let obj = match parsed.pop() {
         Some(Ok(o)) if parsed.is_empty() => o,
@@ -150,6 +195,9 @@ impl Cache {
                 Ok(Shared::VirtualService(o)) => objects.virtual_services.push(o.clone()),
                 Ok(Shared::RealServer(o)) => objects.real_servers.push(o.clone()),
                 Ok(Shared::AddressPool(o)) => objects.address_pools.push(o.clone()),
+                Ok(Shared::Secret(secret)) => {
+                    objects.secrets.insert(secret.0.clone(), secret.1.clone());
+                }
                 Err(e) => rejected.push(Rejected(
                     format!(
                         "document {}: {}",
@@ -363,5 +411,21 @@ mod cache_tests {
     fn documents_split_at_separator_lines_only() {
         let text = "# header\n---\na: 1\n---\n--- \nb: '---'\n";
         assert_eq!(documents(text), vec!["a: 1\n", "b: '---'\n"]);
+    }
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_in_the_file_gives_its_keys_from_data_and_string_data() {
+        let text = "apiVersion: v1\nkind: Secret\nmetadata: {name: bgp}\ndata: {tor1: czNjcmV0}\nstringData: {tor2: plain}\n";
+        let (o, r) = parse(text);
+        assert!(r.is_empty(), "{r:?}");
+        assert_eq!(o.secrets["bgp"]["tor1"], "s3cret");
+        assert_eq!(o.secrets["bgp"]["tor2"], "plain");
+        let (_, r) = parse("apiVersion: v1\nkind: Secret\nmetadata: {}\n");
+        assert!(r[0].0.contains("metadata.name"), "{r:?}");
     }
 }

@@ -412,6 +412,7 @@ mod tests {
             port: 179,
             hold_time_seconds: 9,
             bfd: true,
+            password_secret: None,
             vips: ["203.0.113.1".parse().unwrap()].into(),
         });
         assert!(announcing(&p, &BTreeSet::new()));

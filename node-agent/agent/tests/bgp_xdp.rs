@@ -1,7 +1,8 @@
 //! BGP announcement with real BIRD 2 on both sides: a router namespace (BIRD with
 //! ECMP into its kernel, BFD, L4 multipath hashing, GRACEFUL_SHUTDOWN honoured) in
 //! front of three XDP directors, each an agent standalone on a file whose AddressPool
-//! announces by BGP; three DR real servers. The VirtualService applied, the VIP's
+//! announces by BGP (TCP MD5 password from a Secret in the file); three DR real
+//! servers. The VirtualService applied, the VIP's
 //! route reaches the router through every director and connections spread over them;
 //! one director is drained (its agent stopped: GRACEFUL_SHUTDOWN, then withdrawn)
 //! and another dies (link cut, agent killed: BFD withdraws its path), and no
@@ -22,6 +23,8 @@ const DIRECTOR2_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 3);
 const DIRECTOR3_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 4);
 const ROUTER_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 250);
 const BIRD: &str = "/usr/sbin/bird";
+/// The sessions' TCP MD5 password: the directors read it from a Secret in their file.
+const PASSWORD: &str = "kube-lvs-bgp";
 const CONNECTIONS: usize = 100;
 /// How long a stopping agent keeps its announcements up, tagged GRACEFUL_SHUTDOWN.
 const DRAIN_SECONDS: u64 = 3;
@@ -38,6 +41,7 @@ protocol bfd {{ interface \"*\" {{ min rx interval 300 ms; min tx interval 300 m
 protocol bgp directors {{
   local as 64500;
   neighbor range 192.0.2.0/24 as 64512;
+  password \"{PASSWORD}\";
   hold time 9;
   bfd on;
   ipv4 {{
@@ -86,7 +90,12 @@ fn next_hops(router: &Host, vip: &str) -> Vec<String> {
 
 fn pool(vip: Ipv4Addr) -> String {
     format!(
-        "apiVersion: kubelvs.io/v1alpha1
+        "apiVersion: v1
+kind: Secret
+metadata: {{name: bgp}}
+stringData: {{router: {PASSWORD}}}
+---
+apiVersion: kubelvs.io/v1alpha1
 kind: AddressPool
 metadata: {{name: routed}}
 spec:
@@ -95,7 +104,7 @@ spec:
     mode: bgp
     bgp:
       localASN: 64512
-      peers: [{{address: {ROUTER_ADDR}, asn: 64500}}]
+      peers: [{{address: {ROUTER_ADDR}, asn: 64500, passwordSecretRef: {{name: bgp, key: router}}}}]
 ---
 "
     )

@@ -145,6 +145,10 @@ pub fn bgp_sessions(
                     port: peer.port.unwrap_or(179),
                     hold_time_seconds: peer.hold_time_seconds.unwrap_or(9),
                     bfd: peer.bfd.unwrap_or(true),
+                    password_secret: peer
+                        .password_secret_ref
+                        .as_ref()
+                        .map(|r| (r.name.clone(), r.key.clone())),
                     vips: BTreeSet::new(),
                 })
                 .vips

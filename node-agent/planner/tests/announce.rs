@@ -245,6 +245,10 @@ fn a_bgp_pool_gives_every_director_a_session_per_peer_and_no_arp() {
                     port: Some(1179),
                     hold_time_seconds: Some(30),
                     bfd: Some(false),
+                    password_secret_ref: Some(SecretKeyRef {
+                        name: "bgp".into(),
+                        key: "tor2".into(),
+                    }),
                 },
             ],
         }),
@@ -282,6 +286,8 @@ fn a_bgp_pool_gives_every_director_a_session_per_peer_and_no_arp() {
             (second.port, second.hold_time_seconds, second.bfd),
             (1179, 30, false)
         );
+        assert_eq!(second.password_secret, Some(("bgp".into(), "tor2".into())));
+        assert_eq!(first.password_secret, None);
     }
     // A node the pool's selector leaves out keeps no session.
     let mut other = director("d4");
