@@ -299,6 +299,24 @@ fn helm_installs_the_chart_and_its_rbac_is_least_privilege() {
     assert!(!can("update", "realservers.kubelvs.io"), "spec writes");
     assert!(!can("patch", "services/status"), "CVE-2020-8554");
     assert!(!can("create", "virtualservices.kubelvs.io"));
+    // BGP passwords: Secrets of its own namespace only, read only.
+    assert!(can_as(&agent, "watch", "secrets", ns.name()));
+    assert!(!can("get", "secrets"), "another namespace's Secrets");
+    assert!(!can_as(&agent, "update", "secrets", ns.name()));
+    // Its node's liveness Lease in its own namespace (the admission policy holds it to
+    // that one); the operator follows them.
+    assert!(can_as(
+        &agent,
+        "patch",
+        "leases.coordination.k8s.io",
+        ns.name()
+    ));
+    assert!(can_as(
+        &operator,
+        "watch",
+        "leases.coordination.k8s.io",
+        ns.name()
+    ));
     // Only the operator writes Service status; it holds its Lease in its own namespace.
     let op = |verb: &str, resource: &str| can_as(&operator, verb, resource, "default");
     assert!(op("patch", "services/status"));
