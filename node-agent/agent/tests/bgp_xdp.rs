@@ -215,18 +215,8 @@ fn directors_announce_by_bgp_and_a_drained_or_dead_one_is_withdrawn_without_losi
         (!agents[2].running()).then_some(())
     });
 
-    // director dies: link cut, agent killed (its BIRD dies with it).
-    lab.director
-        .netns
-        .ip(&["link", "set", HOST_IFNAME, "down"])
-        .unwrap();
-    agents[0].kill();
-    let died = Instant::now();
-    let withdrawn = eventually(
-        Duration::from_secs(15),
-        "the dead director's path withdrawn",
-        || (next_hops(&router, &vip) == [DIRECTOR2_ADDR.to_string()]).then(|| died.elapsed()),
-    );
+    // director dies.
+    let withdrawn = kill_first_director(&lab, &router, &mut agents[0]);
     eprintln!(
         "BGP: the dead director's path withdrawn {withdrawn:?} after it died (BFD 300 ms x 3)"
     );
@@ -281,6 +271,25 @@ fn routed(lab: &Lab, router: &Host, bfd: bool) -> (PathBuf, RouterBird) {
     (dir, bird)
 }
 
+/// The lab's director dies (link cut, agent killed, its BIRD with it): how long until
+/// the router routes the VIP through director2 alone.
+fn kill_first_director(lab: &Lab, router: &Host, agent: &mut Agent) -> Duration {
+    lab.director
+        .netns
+        .ip(&["link", "set", HOST_IFNAME, "down"])
+        .unwrap();
+    agent.kill();
+    let died = Instant::now();
+    eventually(
+        Duration::from_secs(15),
+        "the dead director's path withdrawn",
+        || {
+            (next_hops(router, &lab.vip.to_string()) == [DIRECTOR2_ADDR.to_string()])
+                .then(|| died.elapsed())
+        },
+    )
+}
+
 /// Where `host`'s agent pins its XDP objects.
 fn pin(dir: &Path, host: &Host) -> PathBuf {
     PathBuf::from(format!(
@@ -320,17 +329,7 @@ fn without_bfd_a_dead_director_is_withdrawn_within_the_hold_time() {
     eventually(Duration::from_secs(60), "routed via both", || {
         (next_hops(&router, &vip) == both).then_some(())
     });
-    lab.director
-        .netns
-        .ip(&["link", "set", HOST_IFNAME, "down"])
-        .unwrap();
-    agents[0].kill();
-    let died = Instant::now();
-    let withdrawn = eventually(
-        Duration::from_secs(15),
-        "the dead director's path withdrawn",
-        || (next_hops(&router, &vip) == [DIRECTOR2_ADDR.to_string()]).then(|| died.elapsed()),
-    );
+    let withdrawn = kill_first_director(&lab, &router, &mut agents[0]);
     eprintln!("BGP without BFD: the dead director's path withdrawn {withdrawn:?} after it died (hold time 3 s)");
     assert!(
         withdrawn > Duration::from_secs(1) && withdrawn < Duration::from_secs(4),
