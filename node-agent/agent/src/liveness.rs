@@ -127,9 +127,11 @@ pub async fn start(
                 settings.duration,
                 k8s_openapi::jiff::Timestamp::now(),
             ));
-            // Bounded: a call that hangs must not outlast the next renewal.
+            // Bounded: a call that hangs must not hold the carrier checks up for long.
+            // Half the duration, not a quarter: an API server slowed by a burst of
+            // writes still gets the renewal in before the others count it expired.
             let call = api.patch(&name, &params, &body);
-            match tokio::time::timeout(every, call).await {
+            match tokio::time::timeout(settings.duration / 2, call).await {
                 Ok(Ok(_)) => renewals.renewed(),
                 Ok(Err(e)) => warn!(lease = %name, error = %e, "Lease not renewed"),
                 Err(_) => warn!(lease = %name, "Lease not renewed: no answer in time"),

@@ -26,6 +26,13 @@ const BIRD: &str = "/usr/sbin/bird";
 /// The sessions' TCP MD5 password: the directors read it from a Secret in their file.
 const PASSWORD: &str = "kube-lvs-bgp";
 const CONNECTIONS: usize = 100;
+
+/// One lab at a time: the withdrawal times measured are one router's and its
+/// directors', not two labs' on the same cores.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
 /// How long a stopping agent keeps its announcements up, tagged GRACEFUL_SHUTDOWN.
 const DRAIN_SECONDS: u64 = 3;
 
@@ -119,6 +126,7 @@ spec:
 #[test]
 #[ignore = "privileged: netns + XDP; needs bird2"]
 fn directors_announce_by_bgp_and_a_drained_or_dead_one_is_withdrawn_without_losing_connections() {
+    let _one = serial();
     let lab = Lab::build(LabConfig::default()).unwrap();
     let director2 = lab.add_host("director2", DIRECTOR2_ADDR, 0x03).unwrap();
     let director3 = lab.add_host("director3", DIRECTOR3_ADDR, 0x04).unwrap();
@@ -302,6 +310,7 @@ fn pin(dir: &Path, host: &Host) -> PathBuf {
 #[test]
 #[ignore = "privileged: netns + XDP; needs bird2"]
 fn without_bfd_a_dead_director_is_withdrawn_within_the_hold_time() {
+    let _one = serial();
     let lab = Lab::build(LabConfig::default()).unwrap();
     let director2 = lab.add_host("director2", DIRECTOR2_ADDR, 0x03).unwrap();
     let router = lab.add_host("router", ROUTER_ADDR, 0x25).unwrap();

@@ -22,7 +22,7 @@ use kubelvs_xdp_lab::{arp, LabConfig};
 const DIRECTOR2_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 3);
 const CONNECTIONS: usize = 30;
 
-fn agent_flags(host: &Host, dir: &Path, director: bool, lease_ms: u64) -> Vec<String> {
+fn agent_flags(host: &Host, dir: &Path, director: bool, lease_ms: u64, vips: usize) -> Vec<String> {
     let lease = [
         "--lease-namespace",
         "kube-lvs",
@@ -37,6 +37,11 @@ fn agent_flags(host: &Host, dir: &Path, director: bool, lease_ms: u64) -> Vec<St
         );
         let mut flags = vec!["--dataplane", "xdp", "--xdp-pin-dir", &pin];
         flags.extend(lease);
+        // Room for every VIP, with small rings (a prime) so that a thousand fit.
+        let max_vips = (vips + 1).max(64).to_string();
+        if vips > 0 {
+            flags.extend(["--xdp-max-vips", &max_vips, "--xdp-ring-size", "1021"]);
+        }
         agent_args(host, dir, &flags)
     } else {
         agent_args(host, dir, &["--dataplane", "none"])
@@ -167,6 +172,86 @@ fn lease_writes(cluster: &Cluster) -> f64 {
 /// takeover, with the agents' `--lease-duration-ms` at `lease_ms`; with
 /// `count_leases`, counts the Lease writes for `LEASE_WINDOW` first.
 pub fn failover(lease_ms: u64, count_leases: bool, death: Death) -> Failover {
+    failover_with(lease_ms, count_leases, death, 0)
+}
+
+/// `n` more VirtualServices of the lab's real servers, each on a VIP of its own in
+/// 198.18.0.0/15, granted as the operator would (from the API server's host: the
+/// control plane is reachable only inside the lab).
+fn more_vips(cluster: &Cluster, api_host: &Host, n: usize) {
+    if n == 0 {
+        return;
+    }
+    let vip = |i: usize| format!("198.18.{}.{}", i / 250, i % 250 + 1);
+    let docs: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                "apiVersion: kubelvs.io/v1alpha1
+kind: VirtualService
+metadata: {{name: web-{i}, namespace: lab}}
+spec:
+  vip: {}
+  ports: [{{port: {PORT}}}]
+  scheduler: maglev
+  forwarding: dr
+  dataplane: xdp
+  realServerSelector: {{matchLabels: {{app: web}}}}
+  directors: {{nodeSelector: {{matchLabels: {{node-role.kubelvs.io/director: \"\"}}}}}}
+",
+                vip(i)
+            )
+        })
+        .collect();
+    cluster
+        .kubectl_stdin(&["apply", "-f", "-"], &docs.join("---\n"))
+        .unwrap();
+    let kubeconfig = cluster.kubeconfig().to_path_buf();
+    let grant = move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use futures::StreamExt;
+            let client = kubelvs_test_cluster::bulk::client(&kubeconfig).await;
+            let api: kube::Api<kubelvs_crds::VirtualService> = kube::Api::namespaced(client, "lab");
+            let params = kube::api::PatchParams::apply("kubelvs-operator").force();
+            let granted: Vec<bool> = futures::stream::iter(0..n)
+                .map(|i| {
+                    let (api, params) = (api.clone(), params.clone());
+                    let body = serde_json::json!({
+                        "apiVersion": "kubelvs.io/v1alpha1",
+                        "kind": "VirtualService",
+                        "metadata": {"name": format!("web-{i}")},
+                        "status": {"vip": vip(i), "observedGeneration": 1},
+                    });
+                    async move {
+                        api.patch_status(
+                            &format!("web-{i}"),
+                            &params,
+                            &kube::api::Patch::Apply(body),
+                        )
+                        .await
+                        .is_ok()
+                    }
+                })
+                .buffer_unordered(32)
+                .collect()
+                .await;
+            assert!(granted.iter().all(|g| *g), "every grant written");
+        })
+    };
+    api_host.netns.run(grant).unwrap();
+}
+
+/// [`failover`] with `extra_vips` more VirtualServices, each on a VIP of its own (the
+/// Lease writes do not depend on them).
+pub fn failover_with(
+    lease_ms: u64,
+    count_leases: bool,
+    death: Death,
+    extra_vips: usize,
+) -> Failover {
     let lab = Lab::build(LabConfig {
         vip_on_real_servers: false,
         ..LabConfig::default()
@@ -224,13 +309,14 @@ pub fn failover(lease_ms: u64, count_leases: bool, death: Death) -> Failover {
         )
         .unwrap();
     cluster.grant_vip_as_operator("lab", "web", &vip).unwrap();
+    more_vips(&cluster, &api, extra_vips);
     let _app = lab.start_servers(PORT).unwrap();
 
     let start = |host: &Host, director: bool| {
         let kc = cluster.agent_kubeconfig(&host.role).unwrap();
         Agent::start_with_env(
             host,
-            &agent_flags(host, &dir, director, lease_ms),
+            &agent_flags(host, &dir, director, lease_ms, extra_vips),
             &dir,
             &[("KUBECONFIG", kc.as_path())],
         )
@@ -256,15 +342,15 @@ pub fn failover(lease_ms: u64, count_leases: bool, death: Death) -> Failover {
         "status names the announcer",
         || (announcing(&cluster) == [expected]).then_some(()),
     );
-    let leases = cluster
-        .kubectl_ok(&["get", "leases", "-n", "kube-lvs", "-o", "name"])
-        .unwrap();
-    for d in directors {
-        assert!(
-            leases.contains(&format!("kubelvs-agent-{}", d.role)),
-            "{leases}"
-        );
-    }
+    let leases = eventually(Duration::from_secs(30), "every director's Lease", || {
+        let leases = cluster
+            .kubectl_ok(&["get", "leases", "-n", "kube-lvs", "-o", "name"])
+            .ok()?;
+        directors
+            .iter()
+            .all(|d| leases.contains(&format!("kubelvs-agent-{}", d.role)))
+            .then_some(leases)
+    });
     for rs in &lab.real_servers {
         assert!(
             !leases.contains(&rs.role),
@@ -318,7 +404,11 @@ pub fn failover(lease_ms: u64, count_leases: bool, death: Death) -> Failover {
             (!r[0].starts_with("error")).then(|| died.elapsed())
         },
     );
-    assert_eq!(who_has_vip(&lab), [other_host.mac]);
+    eventually(
+        Duration::from_secs(10),
+        "the new owner alone answers ARP",
+        || (who_has_vip(&lab) == [other_host.mac]).then_some(()),
+    );
     // The new owner says so in status (the dead director's entry stays as its agent
     // left it: nothing of that node runs to change it).
     eventually(
