@@ -18,11 +18,17 @@ use crate::{NodePlan, ObjectRef, ServiceKey};
 pub struct ApplyContext {
     /// Drives drain deadlines.
     pub now: Instant,
+    /// The directors alive changed: announce again every VIP this node announces
+    /// (another director may have announced it meanwhile, as two starting together do).
+    pub reannounce: bool,
 }
 
 impl ApplyContext {
     pub fn at(now: Instant) -> Self {
-        Self { now }
+        Self {
+            now,
+            reannounce: false,
+        }
     }
 }
 

@@ -217,7 +217,7 @@ impl<K: NetKernel> Dataplane for Netconf<K> {
         "netconf"
     }
 
-    fn apply(&mut self, plan: &NodePlan, _ctx: &ApplyContext) -> DataplaneReport {
+    fn apply(&mut self, plan: &NodePlan, ctx: &ApplyContext) -> DataplaneReport {
         let mut report = DataplaneReport::new(self.name());
         let links = match self.kernel.links() {
             Ok(l) => l,
@@ -283,6 +283,10 @@ impl<K: NetKernel> Dataplane for Netconf<K> {
             }
         }
         self.owned.forget(&change.forget);
+        if ctx.reannounce {
+            self.unannounced
+                .extend(d.addresses.keys().filter(|a| a.ifname != "lo").cloned());
+        }
         self.unannounced.retain(|a| d.addresses.contains_key(a));
         for a in std::mem::take(&mut self.unannounced) {
             if let Err(e) = self.kernel.announce(&a) {

@@ -420,6 +420,18 @@ fn a_vip_another_director_announces_sits_on_lo_silently_and_a_takeover_is_announ
     assert_eq!(n.kernel().announced.len(), 2);
     assert!(n.kernel().withdrawn.is_empty());
 
+    // Another director came alive: what this one announces is announced again (the
+    // newcomer may have announced it while it saw no other director).
+    let again = n.apply(
+        &owner,
+        &ApplyContext {
+            reannounce: true,
+            ..ApplyContext::at(Instant::now())
+        },
+    );
+    assert_eq!(again.writes, 0);
+    assert_eq!(n.kernel().announced.len(), 4);
+
     // Another director takes over: the announcements' repeats stop, or they would
     // send the neighbours back here.
     apply(&mut n, &quiet);

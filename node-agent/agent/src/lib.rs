@@ -243,6 +243,7 @@ pub fn run(
     let mut rejected: Vec<source::Rejected> = Vec::new();
     let mut problems: BTreeSet<String> = BTreeSet::new();
     let mut have_config = false;
+    let mut live_seen: Option<BTreeSet<String>> = None;
     let bird = settings.bird.clone();
     let bird_dir = settings
         .state_dir
@@ -373,7 +374,18 @@ pub fn run(
         };
 
         let t = Instant::now();
-        let reports = node.apply(&plan, t);
+        // A director that came or went: another may have announced what this one
+        // owns (two starting together each saw no other), so announce it again.
+        let live = objects
+            .announcers
+            .as_ref()
+            .map(|a| a.live.keys().cloned().collect::<BTreeSet<String>>());
+        let ctx = kubelvs_model::ApplyContext {
+            reannounce: live_seen.is_some() && live_seen != live,
+            ..kubelvs_model::ApplyContext::at(t)
+        };
+        live_seen = live;
+        let reports = node.apply_with(&plan, &ctx);
         metrics.apply_duration.observe(t.elapsed().as_secs_f64());
         metrics.outcomes.clear();
         for r in &reports {

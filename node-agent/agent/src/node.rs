@@ -46,7 +46,12 @@ impl Node {
 
     /// Applies `plan` on every dataplane; logs each outcome that changed.
     pub fn apply(&mut self, plan: &NodePlan, now: Instant) -> Vec<DataplaneReport> {
-        let ctx = ApplyContext::at(now);
+        self.apply_with(plan, &ApplyContext::at(now))
+    }
+
+    /// [`Node::apply`] with the whole context (see [`ApplyContext::reannounce`]).
+    pub fn apply_with(&mut self, plan: &NodePlan, ctx: &ApplyContext) -> Vec<DataplaneReport> {
+        let ctx = *ctx;
         let reports: Vec<DataplaneReport> = self
             .dataplanes
             .iter_mut()
