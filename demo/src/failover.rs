@@ -184,8 +184,8 @@ pub fn run(
         .netns
         .ip(&["link", "set", HOST_IFNAME, "down"])
         .map_err(|e| e.to_string())?;
-    agent.kill();
     let died = Instant::now();
+    agent.kill();
     println!("      {owner}: link cut and agent killed (SIGKILL), requests flowing");
     let new_mac = format_mac(other_host.mac);
     let took = poll(

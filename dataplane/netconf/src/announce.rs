@@ -2,7 +2,8 @@
 //! as neighbours differ in which they accept) for IPv4, an unsolicited neighbour
 //! advertisement with the override flag to all nodes for IPv6. Sent at once and
 //! [`REPEATS`] more times [`REPEAT_EVERY`] apart (as MetalLB does), since one frame
-//! can be lost and a neighbour may ignore an update within its lock time.
+//! can be lost and a neighbour may ignore an update within its lock time; paced
+//! ([`BATCH`] at a time), since a takeover moves many VIPs at once.
 //!
 //! Frames are built here (pure, tested) and sent on an `AF_PACKET` datagram socket
 //! opened in the caller's network namespace; the kernel adds the Ethernet header.
@@ -15,6 +16,12 @@ use std::time::{Duration, Instant};
 
 pub const REPEATS: u32 = 4;
 pub const REPEAT_EVERY: Duration = Duration::from_millis(1100);
+/// Announcements are sent this many at a time, [`PACE`] apart: a takeover of
+/// thousands of VIPs at once would otherwise burst past the receive queues of every
+/// host on the segment (a broadcast reaches them all), and the neighbours would miss
+/// most of it.
+const BATCH: usize = 32;
+const PACE: Duration = Duration::from_millis(2);
 
 const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -89,9 +96,11 @@ pub fn frames(mac: [u8; 6], vip: IpAddr) -> Vec<([u8; 6], u16, Vec<u8>)> {
 }
 
 /// One VIP's announcement, ready to send again: its socket stays in the namespace it
-/// was opened in, whichever thread sends.
+/// was opened in, whichever thread sends. One socket serves every announcement: a
+/// takeover of thousands of VIPs must not take thousands of descriptors (an XDP
+/// director already holds one per VIP's ring).
 struct Announcement {
-    socket: OwnedFd,
+    socket: std::sync::Arc<OwnedFd>,
     ifindex: i32,
     vip: IpAddr,
     frames: Vec<([u8; 6], u16, Vec<u8>)>,
@@ -113,20 +122,15 @@ enum Repeat {
 // link-layer address), each on memory it owns for the call.
 #[allow(unsafe_code)]
 impl Announcement {
-    fn open(ifindex: u32, mac: [u8; 6], vip: IpAddr) -> io::Result<Self> {
+    /// An `AF_PACKET` datagram socket: it sends on any interface it is told.
+    fn socket() -> io::Result<OwnedFd> {
         // SAFETY: plain socket(2); the descriptor is owned at once.
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` was just returned by socket(2) and is not owned elsewhere.
-        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Self {
-            socket,
-            ifindex: ifindex as i32,
-            vip,
-            frames: frames(mac, vip),
-        })
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
     fn send(&self) -> io::Result<()> {
@@ -161,6 +165,8 @@ impl Announcement {
 #[derive(Debug)]
 pub struct Announcer {
     repeats: Option<mpsc::Sender<Repeat>>,
+    /// Opened at the first announcement, in the namespace of the thread that made it.
+    socket: std::sync::OnceLock<std::sync::Arc<OwnedFd>>,
 }
 
 impl std::fmt::Debug for Announcement {
@@ -183,18 +189,34 @@ impl Announcer {
             .spawn(move || repeat(rx));
         Self {
             repeats: spawned.ok().map(|_| tx),
+            socket: std::sync::OnceLock::new(),
         }
     }
 
-    /// Announces `vip` at `mac` on the interface `ifindex`: once now (an error is
-    /// returned), then [`REPEATS`] times in the background.
+    /// Announces `vip` at `mac` on the interface `ifindex`: at once (paced with the
+    /// others, see [`BATCH`]), then [`REPEATS`] times. An error opening the socket is
+    /// returned; without the background thread, it is sent once here.
     pub fn announce(&self, ifindex: u32, mac: [u8; 6], vip: IpAddr) -> io::Result<()> {
-        let a = Announcement::open(ifindex, mac, vip)?;
-        a.send()?;
-        if let Some(tx) = &self.repeats {
-            let _ = tx.send(Repeat::Start(a));
+        let socket = match self.socket.get() {
+            Some(s) => s.clone(),
+            None => {
+                let s = std::sync::Arc::new(Announcement::socket()?);
+                self.socket.get_or_init(|| s).clone()
+            }
+        };
+        let a = Announcement {
+            socket,
+            ifindex: ifindex as i32,
+            vip,
+            frames: frames(mac, vip),
+        };
+        match &self.repeats {
+            Some(tx) => {
+                let _ = tx.send(Repeat::Start(a));
+                Ok(())
+            }
+            None => a.send(),
         }
-        Ok(())
     }
 
     /// Stops repeating the announcement of `vip` on interface `ifindex`.
@@ -208,9 +230,19 @@ impl Announcer {
     }
 }
 
-/// Sends each announcement [`REPEATS`] more times; ends when the [`Announcer`] goes.
+/// Sends each announcement at once and [`REPEATS`] more times, [`BATCH`] at a time;
+/// ends when the [`Announcer`] goes.
 fn repeat(rx: mpsc::Receiver<Repeat>) {
     let mut due: Vec<(Instant, u32, Announcement)> = Vec::new();
+    let take = |m: Repeat, due: &mut Vec<(Instant, u32, Announcement)>| match m {
+        Repeat::Start(a) => {
+            due.retain(|(_, _, d)| (d.ifindex, d.vip) != (a.ifindex, a.vip));
+            due.push((Instant::now(), REPEATS + 1, a));
+        }
+        Repeat::Stop { ifindex, vip } => {
+            due.retain(|(_, _, d)| (d.ifindex, d.vip) != (ifindex, vip));
+        }
+    };
     loop {
         let wait = due
             .iter()
@@ -221,24 +253,24 @@ fn repeat(rx: mpsc::Receiver<Repeat>) {
             None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
         };
         match received {
-            Ok(Repeat::Start(a)) => {
-                due.retain(|(_, _, d)| (d.ifindex, d.vip) != (a.ifindex, a.vip));
-                due.push((Instant::now() + REPEAT_EVERY, REPEATS, a));
-            }
-            Ok(Repeat::Stop { ifindex, vip }) => {
-                due.retain(|(_, _, d)| (d.ifindex, d.vip) != (ifindex, vip));
-            }
+            Ok(m) => take(m, &mut due),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
+        // Whatever else a takeover queued goes out in this round.
+        while let Ok(m) = rx.try_recv() {
+            take(m, &mut due);
+        }
         let now = Instant::now();
-        for (at, left, a) in &mut due {
-            if *at <= now {
-                // Best effort: the first send reported any error already.
-                let _ = a.send();
-                *left -= 1;
-                *at = now + REPEAT_EVERY;
+        let ready = due.iter_mut().filter(|(at, _, _)| *at <= now);
+        for (sent, (at, left, a)) in ready.enumerate() {
+            if sent > 0 && sent % BATCH == 0 {
+                std::thread::sleep(PACE);
             }
+            // Best effort: a frame lost is sent again with the next repeat.
+            let _ = a.send();
+            *left -= 1;
+            *at = Instant::now() + REPEAT_EVERY;
         }
         due.retain(|(_, left, _)| *left > 0);
     }

@@ -286,8 +286,9 @@ fn kill_first_director(lab: &Lab, router: &Host, agent: &mut Agent) -> Duration 
         .netns
         .ip(&["link", "set", HOST_IFNAME, "down"])
         .unwrap();
-    agent.kill();
+    // Timed from the link going, not from the killed agent reaped.
     let died = Instant::now();
+    agent.kill();
     eventually(
         Duration::from_secs(15),
         "the dead director's path withdrawn",

@@ -377,7 +377,6 @@ pub fn failover_with(
                 .netns
                 .ip(&["link", "set", HOST_IFNAME, "down"])
                 .unwrap();
-            agents[owner_i].kill();
         }
         // Its switch port goes down: no carrier on its interface.
         Death::CarrierLost => {
@@ -386,7 +385,12 @@ pub fn failover_with(
                 .unwrap();
         }
     }
+    // Timed from the link going: reaping a killed agent can take a while (its XDP
+    // maps freed with it), and the others do not wait for that.
     let died = Instant::now();
+    if death == Death::Killed {
+        agents[owner_i].kill();
+    }
     let new_mac = kubelvs_xdp_lab::topology::format_mac(other_host.mac);
     let takeover = eventually(
         Duration::from_secs(20),
