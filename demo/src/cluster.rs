@@ -82,7 +82,7 @@ fn kubectl_lvs_with(
 }
 
 /// A field of the lab's VirtualService, by kubectl jsonpath (`{.status.vip}`).
-fn web_field(cluster: &Cluster, path: &str) -> Result<String> {
+pub(crate) fn web_field(cluster: &Cluster, path: &str) -> Result<String> {
     kubectl(
         cluster,
         &[

@@ -21,17 +21,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Who announces the lab's VIP, as the operator says (`status.announcedBy`: an
 /// agent's word, of a director whose Lease is live).
-fn announced_by(cluster: &Cluster, namespace: &str) -> Vec<String> {
-    cluster
-        .kubectl_ok(&[
-            "get",
-            "lvs",
-            "web",
-            "-n",
-            namespace,
-            "-o",
-            "jsonpath={.status.announcedBy}",
-        ])
+fn announced_by(cluster: &Cluster) -> Vec<String> {
+    crate::cluster::web_field(cluster, "{.status.announcedBy}")
         .unwrap_or_default()
         .split(',')
         .filter(|n| !n.is_empty())
@@ -105,23 +96,17 @@ pub fn run(
         Duration::from_secs(30),
         "director2 seeing 3 healthy real servers",
         || {
-            let healthy = cluster
-                .kubectl_ok(&[
-                    "get",
-                    "lvs",
-                    "web",
-                    "-n",
-                    namespace,
-                    "-o",
-                    "jsonpath={.status.directors[?(@.node==\"director2\")].healthyRealServers}",
-                ])
-                .ok()?;
+            let healthy = crate::cluster::web_field(
+                cluster,
+                "{.status.directors[?(@.node==\"director2\")].healthyRealServers}",
+            )
+            .ok()?;
             (healthy.trim() == "3").then_some(())
         },
     )?;
     crate::cluster::wait_healthy(cluster, "3/3")?;
     let owner = poll(Duration::from_secs(30), "one announcer in status", || {
-        let a = announced_by(cluster, namespace);
+        let a = announced_by(cluster);
         (a.len() == 1).then(|| a[0].clone())
     })?;
     let (owner_host, other_host) = if owner == lab.director.role {
@@ -243,7 +228,7 @@ pub fn run(
     poll(
         Duration::from_secs(15),
         "status naming the new announcer",
-        || (announced_by(cluster, namespace) == [other_host.role.as_str()]).then_some(()),
+        || (announced_by(cluster) == [other_host.role.as_str()]).then_some(()),
     )?;
     let wide = cluster
         .kubectl_ok(&["get", "lvs", "-n", namespace, "-o", "wide"])

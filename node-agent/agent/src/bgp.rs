@@ -18,18 +18,17 @@ use std::time::{Duration, Instant};
 use kubelvs_crds::DirectorStatus;
 use kubelvs_model::{BgpSession, NodePlan, ObjectRef};
 
-/// The plan's sessions with only the VIPs this director can serve now: every port on
-/// the VIP programmed, and at least one real server it sends connections to
-/// (`directors`: this node's status entries, from [`crate::status::directors`]).
+/// The plan's sessions with only the VIPs this director can serve now: every
+/// VirtualService on the VIP with an entry that says it announces (every port
+/// programmed, at least one real server it sends connections to: the rule is
+/// [`crate::status::directors`]', whose entries `directors` are).
 pub fn servable(
     plan: &NodePlan,
     directors: &BTreeMap<ObjectRef, DirectorStatus>,
 ) -> Vec<BgpSession> {
     let mut ok: BTreeMap<IpAddr, bool> = BTreeMap::new();
     for s in &plan.services {
-        let serves = directors
-            .get(&s.source)
-            .is_some_and(|d| d.programmed && d.healthy_real_servers > 0);
+        let serves = directors.get(&s.source).is_some_and(|d| d.announcing);
         *ok.entry(s.key.vip).or_insert(true) &= serves;
     }
     plan.bgp_sessions
@@ -451,9 +450,11 @@ mod tests {
             ])],
             ..NodePlan::default()
         };
+        // As `status::directors` says it for BGP VIPs.
         let entry = |programmed, healthy| DirectorStatus {
             programmed,
             healthy_real_servers: healthy,
+            announcing: programmed && healthy > 0,
             ..DirectorStatus::default()
         };
         let directors = [
