@@ -140,6 +140,7 @@ pub fn run(agent: &Path, config: &crate::lab::Config, n: usize) -> Result<()> {
         ControlPlane::start(ControlPlaneOptions {
             bind_address: API_ADDR.into(),
             netns: Some(api.netns.name().to_owned()),
+            ..Default::default()
         })
         .map_err(|e| e.to_string())?,
     )

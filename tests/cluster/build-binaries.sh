@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the test control plane (kube-apiserver, kube-controller-manager, kube-proxy, kubectl, etcd,
-# helm) from the Go modules pinned under tests/cluster/go, once per machine: the binaries
+# Builds the test cluster (kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy, kubelet, kubectl, etcd,
+# helm, and kubelet's pause) from the Go modules pinned under tests/cluster/go, once per machine: the binaries
 # are cached under a key made of those modules' go.mod/go.sum and this script.
 # Prints the directory that holds them. Tests only; nothing here is shipped.
 set -euo pipefail
@@ -8,7 +8,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 key=$(cat "$here"/go/*/go.mod "$here"/go/*/go.sum "$here/build-binaries.sh" | sha256sum | cut -c1-16)
 cache=${KUBELVS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kube-lvs}/cluster-bin
 out=$cache/$key
-bins=(kube-apiserver kube-controller-manager kube-proxy kubectl etcd helm)
+bins=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet kubectl etcd helm pause)
 
 complete() { for b in "${bins[@]}"; do [ -x "$out/$b" ] || return 1; done; }
 if complete; then echo "$out"; exit 0; fi
@@ -44,11 +44,16 @@ minor=${kver#v*.}; minor=${minor%%.*}
 vpkg=k8s.io/component-base/version
 kflags="-s -w -X $vpkg.gitVersion=$kver -X $vpkg.gitMajor=$major -X $vpkg.gitMinor=$minor -X $vpkg.gitTreeState=clean"
 kflags+=" -X k8s.io/client-go/pkg/version.gitVersion=$kver -X k8s.io/client-go/pkg/version.gitMajor=$major -X k8s.io/client-go/pkg/version.gitMinor=$minor"
-for cmd in kube-apiserver kube-controller-manager kube-proxy kubectl; do
+for cmd in kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet kubectl; do
     echo "build-binaries: go build $cmd ($kver)" >&2
     (cd "$here/go/kubernetes" && go build -trimpath -ldflags "$kflags" -o "$tmp/$cmd" "k8s.io/kubernetes/cmd/$cmd") >&2 \
         || fail "go build k8s.io/kubernetes/cmd/$cmd"
 done
+
+# The Pod sandbox ("pause") that kubelet runs for every Pod, from the module's own C source.
+kdir=$(cd "$here/go/kubernetes" && go mod download -json k8s.io/kubernetes | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+echo "build-binaries: gcc pause" >&2
+gcc -static -Os -o "$tmp/pause" "$kdir/build/pause/linux/pause.c" >&2 || fail "gcc build/pause/linux/pause.c"
 
 echo "build-binaries: go build etcd" >&2
 (cd "$here/go/etcd" && go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3) >&2 \

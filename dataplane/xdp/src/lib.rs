@@ -50,7 +50,9 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{Xdp, XdpMode};
+use aya::programs::Xdp;
+/// How an XDP program attaches: the driver's native hook or the kernel's generic one.
+pub use aya::programs::XdpMode;
 use aya::{Ebpf, EbpfLoader};
 use kubelvs_model::{Service, ServiceKey};
 

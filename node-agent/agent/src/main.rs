@@ -24,6 +24,18 @@ enum DataplaneFlag {
     None,
 }
 
+/// Where the XDP director runs on `--interface`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum XdpModeFlag {
+    /// In the driver, before any socket buffer exists: the fast path. The interface's
+    /// driver must support XDP.
+    Driver,
+    /// In the kernel's network stack, on any interface: a bridge, or a driver without
+    /// XDP. Slower, and frames a bridge only forwards between its ports never reach
+    /// it: the director sees what the bridge delivers to the node itself.
+    Generic,
+}
+
 /// Programs this node's part of the kubelvs.io objects into kernel IPVS or the XDP
 /// director, configures VIPs and ARP suppression, and health-checks real servers.
 #[derive(Debug, Parser)]
@@ -57,6 +69,9 @@ struct Args {
     /// The XDP director's outer IPv6 source for IPv6-in-IPv6.
     #[arg(long)]
     xdp_director_address6: Option<Ipv6Addr>,
+    /// Where the XDP director attaches: driver (native) or generic.
+    #[arg(long, value_enum, default_value_t = XdpModeFlag::Driver)]
+    xdp_mode: XdpModeFlag,
     /// Capacity of the XDP director: VIP:port/protocol entries.
     #[arg(long, default_value_t = 64)]
     xdp_max_vips: u32,
@@ -267,6 +282,10 @@ fn main() -> anyhow::Result<()> {
         opts.max_vips = args.xdp_max_vips;
         opts.max_reals = args.xdp_max_real_servers;
         opts.ring_size = args.xdp_ring_size;
+        opts.mode = match args.xdp_mode {
+            XdpModeFlag::Driver => kubelvs_xdp::XdpMode::Driver,
+            XdpModeFlag::Generic => kubelvs_xdp::XdpMode::Skb,
+        };
         let director = kubelvs_xdp::XdpDirector::attach_with(&ifname, opts)
             .with_context(|| format!("attaching the XDP director to {ifname}"))?;
         // Forwarding must outlive this process: say now if it will not.

@@ -21,6 +21,7 @@
 #[cfg(feature = "bulk")]
 pub mod bulk;
 mod certs;
+pub mod node;
 mod process;
 
 use std::io::Write;
@@ -115,6 +116,9 @@ pub struct ControlPlaneOptions {
     /// (`ip netns exec`): a host of a lab, so the lab reaches the API server without
     /// anything routed from the machine's own namespace.
     pub netns: Option<String>,
+    /// Also run the controllers of workloads (Deployments, ReplicaSets, DaemonSets)
+    /// and the scheduler's companions: for a [`node::Node`] whose kubelet runs Pods.
+    pub workloads: bool,
 }
 
 impl Default for ControlPlaneOptions {
@@ -122,6 +126,7 @@ impl Default for ControlPlaneOptions {
         Self {
             bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
             netns: None,
+            workloads: false,
         }
     }
 }
@@ -264,6 +269,8 @@ impl ControlPlane {
                 format!("--service-account-key-file={}", p(&cp.pki.sa_pub)),
                 format!("--service-account-signing-key-file={}", p(&cp.pki.sa_key)),
                 "--profiling=false".into(),
+                // Nodes have no name in DNS: `kubectl logs` reaches a kubelet by address.
+                "--kubelet-preferred-address-types=InternalIP".into(),
                 "--v=1".into(),
             ],
             &dir.join("kube-apiserver.log"),
@@ -275,12 +282,16 @@ impl ControlPlane {
         cp.write_admin_kubeconfig()?;
         cp.wait_ready("kube-apiserver", &dir.join("kube-apiserver.log"))?;
 
+        let mut controllers = "garbage-collector-controller,namespace-controller,endpointslice-controller,serviceaccount-controller".to_owned();
+        if opts.workloads {
+            controllers += ",deployment-controller,replicaset-controller,daemonset-controller,root-ca-certificate-publisher-controller,node-lifecycle-controller";
+        }
         let kcm = spawn_logged(
             ns,
             &bin.join("kube-controller-manager"),
             &[
                 format!("--kubeconfig={}", p(&cp.kubeconfig)),
-                "--controllers=garbage-collector-controller,namespace-controller,endpointslice-controller,serviceaccount-controller".into(),
+                format!("--controllers={controllers}"),
                 "--leader-elect=false".into(),
                 // No metrics or health endpoint: nothing scrapes it, and no port to pick.
                 "--secure-port=0".into(),

@@ -373,6 +373,7 @@ impl LabCluster {
             ControlPlane::start(ControlPlaneOptions {
                 bind_address: API_ADDR.into(),
                 netns: Some(api.netns.name().to_owned()),
+                ..Default::default()
             })
             .unwrap(),
         )
