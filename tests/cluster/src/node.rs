@@ -48,10 +48,20 @@ pub struct NodeNetwork {
 }
 
 impl NodeNetwork {
-    /// A bridge `name` with `addresses` (`a.b.c.d/len`), up.
+    /// A bridge `name` with `addresses` (`a.b.c.d/len`), up. Its MAC address is set,
+    /// not inherited: a bridge otherwise takes the lowest of its ports', which changes
+    /// as Pods come and go, and every neighbour's ARP entry for the node goes stale.
     pub fn create(name: &str, addresses: &[&str]) -> Result<Self, Error> {
         let _ = quiet(Command::new("ip").args(["link", "del", name]));
-        ip(&["link", "add", name, "type", "bridge"])?;
+        ip(&[
+            "link",
+            "add",
+            name,
+            "address",
+            "02:6b:6c:76:73:01",
+            "type",
+            "bridge",
+        ])?;
         let net = Self {
             bridge: name.to_owned(),
         };
@@ -160,8 +170,8 @@ impl Node {
                 format!("--cluster-cidr={}", opts.pod_subnet),
                 // Leave the machine's conntrack table size alone.
                 "--conntrack-max-per-core=0".into(),
-                "--healthz-bind-address=127.0.0.1:0".into(),
-                "--metrics-bind-address=127.0.0.1:0".into(),
+                "--healthz-bind-address=127.0.0.1:10256".into(),
+                "--metrics-bind-address=127.0.0.1:10249".into(),
             ],
             &dir.join("kube-proxy.log"),
         )?;
@@ -197,6 +207,7 @@ impl Node {
                 .is_ok_and(|o| o.stdout == b"True")
         })?;
         node.ready_after = t0.elapsed();
+        node.check_running()?;
         Ok(node)
     }
 
@@ -233,6 +244,19 @@ impl Node {
                 });
             }
             std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
+    }
+
+    /// An error naming the first of the node's processes that has exited, if any.
+    pub fn check_running(&mut self) -> Result<(), Error> {
+        for (name, c) in &mut self.children {
+            if c.try_wait().ok().flatten().is_some() {
+                return Err(Error::NotReady {
+                    component: format!("{name} (exited)"),
+                    log_tail: crate::log_tail(&self.dir.join(format!("{name}.log"))),
+                });
+            }
         }
         Ok(())
     }

