@@ -56,6 +56,56 @@ fn suite_binaries() -> PathBuf {
     exe.parent().unwrap().parent().unwrap().to_owned()
 }
 
+fn kubectl(cluster: &Cluster, args: &[&str]) -> String {
+    cluster
+        .kubectl_ok(args)
+        .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
+}
+
+/// The XDP director's count of new flows to `vip`:80, from the agent's /metrics.
+fn xdp_flows(vip: &str) -> f64 {
+    let out = Command::new("curl")
+        .args(["-sS", "-m", "3", &format!("http://{NODE_IP}:9641/metrics")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let series = format!(
+        "kubelvs_virtual_service_connections_total{{dataplane=\"xdp\",service=\"{vip}:80/TCP\"}}"
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The id of the XDP program attached to the bridge in generic mode, if any.
+fn xdp_prog_on_bridge() -> Option<String> {
+    let out = Command::new("ip")
+        .args(["-d", "link", "show", BRIDGE])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let at = text.find("prog/xdp id ")?;
+    text[at + "prog/xdp id ".len()..]
+        .split_whitespace()
+        .next()
+        .map(str::to_owned)
+}
+
+fn pods_ready(cluster: &Cluster, ns: &str, selector: &str) -> Vec<String> {
+    let out = kubectl(
+        cluster,
+        &["get", "pods", "-n", ns, "-l", selector, "-o",
+          "jsonpath={range .items[*]}{.metadata.name} {.metadata.deletionTimestamp} {.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}"],
+    );
+    out.lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.len() == 2 && w[1] == "True").then(|| w[0].to_owned())
+        })
+        .collect()
+}
+
 #[test]
 #[ignore = "root; runs containerd, kubelet and kube-proxy on this machine and builds images (scripts/test runs it)"]
 fn the_chart_runs_on_a_node_and_serves_a_load_balancer_service_from_pods() {
