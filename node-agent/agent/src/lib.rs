@@ -11,6 +11,7 @@ pub mod checker;
 pub mod cleanup;
 pub mod cluster;
 pub mod events;
+pub mod file_watch;
 pub mod health;
 pub mod liveness;
 pub mod metrics;
@@ -44,7 +45,7 @@ use crate::node::Node;
 /// What wakes the agent's loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
-    /// SIGHUP: read the configuration again.
+    /// SIGHUP, or the configuration file changed: read it again.
     Reload,
     /// A real server went down or up.
     Health,
@@ -73,7 +74,7 @@ pub enum Source {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub node: NodeIdentity,
-    /// How often the file is checked for changes.
+    /// How often the file is checked for changes (where inotify does not say first).
     pub poll: Duration,
     /// A burst of changes within this much quiet becomes one apply.
     pub debounce: Duration,

@@ -347,7 +347,15 @@ fn main() -> anyhow::Result<()> {
     }
     let mut marker = None;
     let source = match &args.config {
-        Some(path) => Source::File(path.clone()),
+        Some(path) => {
+            let wake = wake.clone();
+            if let Err(e) =
+                kubelvs_agent::file_watch::follow(path, move || wake.send(Event::Reload).is_ok())
+            {
+                warn!(error = %e, path = %path.display(), "no inotify watch on the configuration's directory: changes are seen by polling, within 100 ms");
+            }
+            Source::File(path.clone())
+        }
         None => {
             let client = rt
                 .block_on(kube::Client::try_default())
@@ -404,7 +412,8 @@ fn main() -> anyhow::Result<()> {
     let settings = Settings {
         node,
         poll: Duration::from_millis(100),
-        debounce: Duration::from_millis(50),
+        // A burst of writes (an editor's, a script's) arrives within milliseconds.
+        debounce: Duration::from_millis(20),
         resync: Duration::from_secs(args.resync_seconds),
         health_concurrency: args.health_concurrency,
         traffic_interval: Duration::from_secs(args.traffic_interval_seconds),

@@ -1,0 +1,151 @@
+//! Standalone mode: a change to the configuration file wakes the agent at once, through
+//! inotify on the file's directory, rather than at the next poll of its size and
+//! modification time. The directory, not the file: editors and `kubectl cp` replace a
+//! file by renaming another over it, and a ConfigMap volume swaps its `..data` link,
+//! neither of which a watch on the old file would see. The poll stays, as the fallback
+//! where inotify cannot be had (some network file systems, exhausted watches).
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// Calls `changed` from a thread of its own each time the file at `path` is written
+/// and closed, created, replaced, removed or has its attributes changed (and when a
+/// ConfigMap volume's `..`-prefixed entries are swapped), until `changed` returns
+/// false. Fails if the kernel gives no inotify watch on the directory.
+pub fn follow(path: &Path, mut changed: impl FnMut() -> bool + Send + 'static) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?
+        .to_owned();
+    let fd = Inotify::watch(dir)?;
+    std::thread::Builder::new()
+        .name("config-file-watch".into())
+        .spawn(move || {
+            let mut buf = EventBuffer([0; 4096]);
+            loop {
+                let Ok(events) = fd.read(&mut buf) else {
+                    return;
+                };
+                let ours = events.iter().any(|n| {
+                    let n = OsStr::from_bytes(n);
+                    n == name || n.as_bytes().starts_with(b"..")
+                });
+                if ours && !changed() {
+                    return;
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// An inotify instance watching one directory.
+struct Inotify(i32);
+
+const EVENTS: u32 = libc::IN_CLOSE_WRITE
+    | libc::IN_MOVED_TO
+    | libc::IN_MOVED_FROM
+    | libc::IN_CREATE
+    | libc::IN_DELETE
+    | libc::IN_ATTRIB;
+
+impl Inotify {
+    #[allow(unsafe_code)]
+    fn watch(dir: &Path) -> io::Result<Self> {
+        let c = CString::new(dir.as_os_str().as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: plain syscalls; the descriptor is owned by the returned value.
+        unsafe {
+            let fd = libc::inotify_init1(libc::IN_CLOEXEC);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let me = Self(fd);
+            if libc::inotify_add_watch(fd, c.as_ptr(), EVENTS) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(me)
+        }
+    }
+
+    /// Blocks for the next events: the names they carry (empty for the directory itself).
+    #[allow(unsafe_code)]
+    fn read<'b>(&self, buf: &'b mut EventBuffer) -> io::Result<Vec<&'b [u8]>> {
+        let bytes = &mut buf.0;
+        // SAFETY: read(2) into a buffer we own, of the length given.
+        let n = unsafe { libc::read(self.0, bytes.as_mut_ptr().cast(), bytes.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(Vec::new());
+            }
+            return Err(e);
+        }
+        let bytes = &bytes[..n as usize];
+        let header = std::mem::size_of::<libc::inotify_event>();
+        let mut names = Vec::new();
+        let mut at = 0;
+        while at + header <= bytes.len() {
+            // struct inotify_event { int wd; u32 mask; u32 cookie; u32 len; char name[]; }
+            let len = u32::from_ne_bytes(bytes[at + 12..at + 16].try_into().unwrap()) as usize;
+            let end = (at + header + len).min(bytes.len());
+            let name = &bytes[at + header..end];
+            let nul = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+            names.push(&name[..nul]);
+            at = end;
+        }
+        Ok(names)
+    }
+}
+
+/// Where the kernel writes events: aligned for its `struct inotify_event`.
+#[repr(C, align(8))]
+struct EventBuffer([u8; 4096]);
+
+impl Drop for Inotify {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        // SAFETY: closing the descriptor this value owns.
+        unsafe {
+            libc::close(self.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    #[test]
+    fn a_file_renamed_over_the_configuration_wakes_and_a_neighbour_does_not() {
+        let dir = std::env::temp_dir().join(format!("kubelvs-file-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("agent.yaml");
+        std::fs::write(&config, "a").unwrap();
+        let (tx, rx) = mpsc::channel();
+        follow(&config, move || tx.send(()).is_ok()).unwrap();
+
+        std::fs::write(dir.join("other.yaml"), "x").unwrap();
+        assert!(
+            rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "another file of the directory woke the agent"
+        );
+        std::fs::write(dir.join("agent.yaml.tmp"), "b").unwrap();
+        // The temporary file's own events are not the configuration's.
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+        std::fs::rename(dir.join("agent.yaml.tmp"), &config).unwrap();
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("the rename over the configuration woke the agent");
+        std::fs::write(&config, "c").unwrap();
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("a write of the configuration woke the agent");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
