@@ -11,6 +11,11 @@ use kubelvs_operator::lease::Elector;
 use kubelvs_operator::metrics::Metrics;
 use tracing::{error, info};
 
+/// As the agent's (its main.rs): the stores and passes at 100,000 objects are mostly
+/// allocation.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "kube-lvs-operator", version, about)]
 struct Args {
