@@ -24,7 +24,7 @@ buildah=(buildah --root "$cache/storage" --runroot /run/kube-lvs-buildah --stora
 
 debian=localhost/kubelvs-test/debian:bookworm-minbase
 runtime=localhost/kubelvs-test/runtime:bookworm
-base_key=$(sha256sum "$0" | cut -c1-16)
+base_key=$( (cat "$0"; echo "$mirror") | sha256sum | cut -c1-16)
 
 # A base image from a root file system tarball.
 import_base() {

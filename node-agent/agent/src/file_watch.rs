@@ -32,9 +32,10 @@ pub fn follow(path: &Path, mut changed: impl FnMut() -> bool + Send + 'static) -
                 let Ok(events) = fd.read(&mut buf) else {
                     return;
                 };
-                let ours = events.iter().any(|n| {
+                // An overflowed queue lost events: any of them may have been ours.
+                let ours = events.iter().any(|(mask, n)| {
                     let n = OsStr::from_bytes(n);
-                    n == name || n.as_bytes().starts_with(b"..")
+                    mask & libc::IN_Q_OVERFLOW != 0 || n == name || n.as_bytes().starts_with(b"..")
                 });
                 if ours && !changed() {
                     return;
@@ -73,9 +74,10 @@ impl Inotify {
         }
     }
 
-    /// Blocks for the next events: the names they carry (empty for the directory itself).
+    /// Blocks for the next events: each one's mask and the name it carries (empty for
+    /// the directory itself).
     #[allow(unsafe_code)]
-    fn read<'b>(&self, buf: &'b mut EventBuffer) -> io::Result<Vec<&'b [u8]>> {
+    fn read<'b>(&self, buf: &'b mut EventBuffer) -> io::Result<Vec<(u32, &'b [u8])>> {
         let bytes = &mut buf.0;
         // SAFETY: read(2) into a buffer we own, of the length given.
         let n = unsafe { libc::read(self.0, bytes.as_mut_ptr().cast(), bytes.len()) };
@@ -92,11 +94,12 @@ impl Inotify {
         let mut at = 0;
         while at + header <= bytes.len() {
             // struct inotify_event { int wd; u32 mask; u32 cookie; u32 len; char name[]; }
+            let mask = u32::from_ne_bytes(bytes[at + 4..at + 8].try_into().unwrap());
             let len = u32::from_ne_bytes(bytes[at + 12..at + 16].try_into().unwrap()) as usize;
             let end = (at + header + len).min(bytes.len());
             let name = &bytes[at + header..end];
             let nul = name.iter().position(|&b| b == 0).unwrap_or(name.len());
-            names.push(&name[..nul]);
+            names.push((mask, &name[..nul]));
             at = end;
         }
         Ok(names)

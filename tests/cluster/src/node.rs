@@ -24,6 +24,20 @@ const CNI_BIN: &str = "/usr/lib/cni";
 const CNI_NETWORK: &str = "kubelvs-test";
 /// The cgroup kubelet puts Pods under (cgroupfs driver, one per controller).
 const KUBEPODS: &str = "kubepods";
+/// Kernel settings kubelet, kube-proxy and the CNI bridge plugin change on the host
+/// (kubelet's kernel tunables, conntrack timeouts, forwarding): read before, written
+/// back after.
+const SYSCTLS: &[&str] = &[
+    "kernel/panic",
+    "kernel/panic_on_oops",
+    "kernel/keys/root_maxkeys",
+    "kernel/keys/root_maxbytes",
+    "vm/overcommit_memory",
+    "vm/panic_on_oom",
+    "net/ipv4/ip_forward",
+    "net/netfilter/nf_conntrack_tcp_timeout_established",
+    "net/netfilter/nf_conntrack_tcp_timeout_close_wait",
+];
 
 /// How to start a [`Node`].
 #[derive(Debug, Clone)]
@@ -102,6 +116,20 @@ impl Node {
     pub fn start(cp: &ControlPlane, opts: NodeOptions, images: &[PathBuf]) -> Result<Self, Error> {
         let bin = binaries()?;
         let t0 = Instant::now();
+        // kube-proxy flushes the host's IPVS table at start, whatever its mode: never on
+        // a machine whose IPVS serves something.
+        let ipvs = std::fs::read_to_string("/proc/net/ip_vs").unwrap_or_default();
+        if ipvs.lines().any(|l| {
+            l.starts_with("TCP")
+                || l.starts_with("UDP")
+                || l.starts_with("SCTP")
+                || l.starts_with("FWM")
+        }) {
+            return Err(Error::Tool {
+                tool: "node".into(),
+                message: "this machine's IPVS table has virtual services, and kube-proxy flushes it at start: not starting a node here".into(),
+            });
+        }
         let host_before = HostState::read();
         let dir = unique_dir("kubelvs-node")?;
         process::remove_at_exit(dir.clone());
@@ -139,7 +167,10 @@ impl Node {
             crate::run(node.ctr().args(["images", "import"]).arg(image), None)?;
         }
 
-        write(&dir.join("kubelet.yaml"), &kubelet_config(&node))?;
+        write(
+            &dir.join("kubelet.yaml"),
+            &kubelet_config(&node, opts.address),
+        )?;
         let mut kubelet_args = vec![
             format!("--config={}", p(&dir.join("kubelet.yaml"))),
             format!("--kubeconfig={}", p(&node.kubeconfig)),
@@ -168,8 +199,10 @@ impl Node {
                 "--proxy-mode=nftables".into(),
                 format!("--hostname-override={}", opts.name),
                 format!("--cluster-cidr={}", opts.pod_subnet),
-                // Leave the machine's conntrack table size alone.
+                // Leave the machine's conntrack table size and timeouts alone.
                 "--conntrack-max-per-core=0".into(),
+                "--conntrack-tcp-timeout-established=0".into(),
+                "--conntrack-tcp-timeout-close-wait=0".into(),
                 "--healthz-bind-address=127.0.0.1:10256".into(),
                 "--metrics-bind-address=127.0.0.1:10249".into(),
             ],
@@ -328,6 +361,8 @@ pub struct HostState {
     pub kubepods_cgroups: Vec<String>,
     /// Network interfaces.
     pub links: Vec<String>,
+    /// The kernel settings of [`SYSCTLS`] that exist here, with their values.
+    pub sysctls: Vec<(String, String)>,
 }
 
 impl HostState {
@@ -371,20 +406,30 @@ impl HostState {
                     .args(["-c", "ip -o link show | cut -d: -f2"])
                     .output(),
             ),
+            sysctls: SYSCTLS
+                .iter()
+                .filter_map(|k| {
+                    let v = std::fs::read_to_string(Path::new("/proc/sys").join(k)).ok()?;
+                    Some(((*k).to_owned(), v.trim().to_owned()))
+                })
+                .collect(),
         }
     }
 }
 
-/// Every `kubepods` cgroup directory that exists.
+/// Every `kubepods` cgroup directory that exists (v1 hierarchies, v2 root).
 fn kubepods_cgroups() -> Vec<PathBuf> {
     let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
         return Vec::new();
     };
+    // cgroup v1: one per controller hierarchy; v2: one at the unified root.
     let mut out: Vec<PathBuf> = hierarchies
         .flatten()
         .map(|h| h.path().join(KUBEPODS))
+        .chain([Path::new("/sys/fs/cgroup").join(KUBEPODS)])
         .filter(|p| p.is_dir())
         .collect();
+    out.dedup();
     out.sort();
     out
 }
@@ -412,6 +457,8 @@ fn cleanup_host(dir: &Path, before: &HostState) {
         .filter_map(|l| l.split(' ').nth(1).map(str::to_owned))
         .filter(|m| m.starts_with(&prefix) || m.starts_with("/run/netns/cni-"))
         .collect();
+    // Only what appeared with this node: a runtime already on the host keeps its own.
+    mounts.retain(|m| !before.mounts.contains(m) || m.starts_with(&prefix));
     // Deepest first.
     mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
     for m in &mounts {
@@ -419,13 +466,19 @@ fn cleanup_host(dir: &Path, before: &HostState) {
     }
     if let Ok(entries) = std::fs::read_dir("/run/netns") {
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with("cni-") {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("cni-") && !before.netns.contains(&name) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
     }
     for cg in kubepods_cgroups() {
-        remove_cgroup_tree(&cg);
+        if !before.kubepods_cgroups.contains(&cg.display().to_string()) {
+            remove_cgroup_tree(&cg);
+        }
+    }
+    for (key, value) in &before.sysctls {
+        let _ = std::fs::write(Path::new("/proc/sys").join(key), value);
     }
     for table in HostState::read().nft_tables {
         if !before.nft_tables.contains(&table) {
@@ -494,7 +547,7 @@ fn cni_config(opts: &NodeOptions, ipam_dir: &Path) -> String {
     .to_string()
 }
 
-fn kubelet_config(node: &Node) -> String {
+fn kubelet_config(node: &Node, address: Ipv4Addr) -> String {
     let d = node.dir.display();
     format!(
         r#"apiVersion: kubelet.config.k8s.io/v1beta1
@@ -505,7 +558,9 @@ cgroupDriver: cgroupfs
 failCgroupV1: false
 podLogsDir: {d}/pod-logs
 staticPodPath: ""
-# The test's admin credentials reach the kubelet; nothing else is on this address.
+# On the node's address only (the bridge), never every interface of the machine:
+# anonymous and allowed everything, for the test's API server.
+address: {address}
 authentication:
   anonymous: {{enabled: true}}
   webhook: {{enabled: false}}

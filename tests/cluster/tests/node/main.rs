@@ -110,6 +110,14 @@ fn pods_ready(cluster: &Cluster, ns: &str, selector: &str) -> Vec<String> {
 #[ignore = "root; runs containerd, kubelet and kube-proxy on this machine and builds images (scripts/test runs it)"]
 fn the_chart_runs_on_a_node_and_serves_a_load_balancer_service_from_pods() {
     let before = HostState::read();
+    // The chart's agent keeps its state in the host's /run/kube-lvs and pins under
+    // /sys/fs/bpf/kubelvs: a machine that runs kube-lvs for real is not one to test on.
+    for dir in ["/run/kube-lvs", "/sys/fs/bpf/kubelvs"] {
+        assert!(
+            !Path::new(dir).exists(),
+            "{dir} exists: this machine runs kube-lvs; the node test would take it over"
+        );
+    }
     let t = Instant::now();
     let images_dir = std::env::temp_dir().join(format!("kubelvs-images-{}", std::process::id()));
     let built = Command::new(repo().join("tests/cluster/build-images.sh"))
@@ -203,6 +211,8 @@ fn the_chart_runs_on_a_node_and_serves_a_load_balancer_service_from_pods() {
         }
     }
     let _ = std::fs::remove_dir_all(&images_dir);
+    // The agent's state directory (a hostPath the DaemonSet creates); the uninstall
+    // removed what it held.
     let _ = std::fs::remove_dir_all("/run/kube-lvs");
     assert_eq!(
         before,
@@ -575,8 +585,11 @@ spec:
     );
     eventually(
         Duration::from_secs(30),
-        "the agent's XDP program gone with the uninstall",
-        || xdp_prog_on_bridge().is_none().then_some(()),
+        "the agent's XDP program and pins gone with the uninstall",
+        || {
+            let pins = std::fs::read_dir("/sys/fs/bpf/kubelvs").map_or(0, |d| d.count());
+            (xdp_prog_on_bridge().is_none() && pins == 0).then_some(())
+        },
     );
     kubectl(
         cluster,
