@@ -206,14 +206,16 @@ fn the_chart_runs_on_a_node_and_serves_a_load_balancer_service_from_pods() {
         drop(node);
         drop(cluster);
         drop(net);
+        // The agent's state directory and pins (hostPaths the DaemonSet uses; neither
+        // existed before): after a passing run the uninstall emptied them, after a
+        // failed one they go here, so the next run starts clean.
+        let _ = std::fs::remove_dir_all("/run/kube-lvs");
+        let _ = std::fs::remove_dir_all("/sys/fs/bpf/kubelvs");
+        let _ = std::fs::remove_dir_all(&images_dir);
         if let Err(e) = result {
             std::panic::resume_unwind(e);
         }
     }
-    let _ = std::fs::remove_dir_all(&images_dir);
-    // The agent's state directory (a hostPath the DaemonSet creates); the uninstall
-    // removed what it held.
-    let _ = std::fs::remove_dir_all("/run/kube-lvs");
     assert_eq!(
         before,
         HostState::read(),
@@ -268,8 +270,12 @@ fn exercise(cluster: &Cluster, node: &Node, client: &Client) {
     eprintln!("helm install --wait: {:.1} s", t.elapsed().as_secs_f64());
 
     // The operator: two replicas Ready, one of them holding the leader Lease.
-    let operators = pods_ready(cluster, RELEASE_NS, "app.kubernetes.io/component=operator");
-    assert_eq!(operators.len(), 2, "{operators:?}");
+    // helm's --wait counts a workload ready with `maxUnavailable` Pods not ready (for
+    // the one-node DaemonSet, none at all): wait for the Pods themselves.
+    let operators = eventually(Duration::from_secs(60), "two operator Pods Ready", || {
+        let p = pods_ready(cluster, RELEASE_NS, "app.kubernetes.io/component=operator");
+        (p.len() == 2).then_some(p)
+    });
     let holder = kubectl(
         cluster,
         &[
@@ -287,8 +293,10 @@ fn exercise(cluster: &Cluster, node: &Node, client: &Client) {
         "leader {holder:?} is not one of {operators:?}"
     );
     // The agent: Ready (its probes pass), XDP attached to the node's bridge.
-    let agents = pods_ready(cluster, RELEASE_NS, "app.kubernetes.io/component=agent");
-    assert_eq!(agents.len(), 1, "{agents:?}");
+    let agents = eventually(Duration::from_secs(60), "the agent Pod Ready", || {
+        let p = pods_ready(cluster, RELEASE_NS, "app.kubernetes.io/component=agent");
+        (p.len() == 1).then_some(p)
+    });
     let prog = xdp_prog_on_bridge().expect("the agent attached XDP to the bridge");
     let restarts = kubectl(
         cluster,
@@ -532,10 +540,13 @@ spec:
     let old_agent = agents[0].clone();
     let t = Instant::now();
     install("upgrade", &["--set", "agent.leaseDurationMs=2400"]);
-    let agents2 = pods_ready(cluster, RELEASE_NS, "app.kubernetes.io/component=agent");
-    assert!(
-        agents2.len() == 1 && agents2[0] != old_agent,
-        "the agent was not rolled: {agents2:?}"
+    let agents2 = eventually(
+        Duration::from_secs(60),
+        "the agent rolled and Ready",
+        || {
+            let p = pods_ready(cluster, RELEASE_NS, "app.kubernetes.io/component=agent");
+            (p.len() == 1 && p[0] != old_agent).then_some(p)
+        },
     );
     eprintln!(
         "helm upgrade rolled the agent in {:.1} s",
