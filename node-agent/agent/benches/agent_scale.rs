@@ -40,24 +40,6 @@ fn yaml(n: usize, m: usize, weight_of_first: u32) -> String {
     y
 }
 
-/// `line` without ANSI colour sequences (the agent colours its log fields).
-fn without_colours(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 fn metrics(ns: &Netns) -> String {
     ns.run(|| {
         let mut s = TcpStream::connect("127.0.0.1:9641").ok()?;
@@ -146,6 +128,7 @@ fn main() {
             "RUST_LOG",
             "warn,kubelvs_agent=info,kubelvs_agent::node=warn,kubelvs_agent::health=warn",
         )
+        // Plain log lines (tracing-subscriber honours NO_COLOR).
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -158,16 +141,11 @@ fn main() {
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(log).lines() {
             let Ok(line) = line else { return };
-            let line = without_colours(&line);
             let writes = line
                 .split("writes=")
                 .nth(1)
                 .and_then(|w| w.split_whitespace().next())
-                .and_then(|w| {
-                    w.trim_matches(|c: char| !c.is_ascii_digit())
-                        .parse::<u64>()
-                        .ok()
-                });
+                .and_then(|w| w.parse::<u64>().ok());
             if line.contains("applied") && writes.is_some_and(|w| w > 0) {
                 let _ = applied_tx.send(Instant::now());
             }
@@ -196,10 +174,11 @@ fn main() {
     let sum = kubelvs_measure::sample(&m0, "kubelvs_apply_duration_seconds_sum", "").unwrap_or(0.0);
     // Weights changed in the file: time from the rename to the apply that wrote them.
     // The texts are made before the clock starts; each edit waits for quiet first.
-    let texts: Vec<String> = (0..EDITS).map(|k| yaml(n, m, 2 + (k % 2) as u32)).collect();
+    // Two texts, alternated: the first real server's weight 2, then 3.
+    let texts = [yaml(n, m, 2), yaml(n, m, 3)];
     let mut edits: Vec<Duration> = Vec::new();
-    for text in &texts {
-        std::fs::write(dir.join("scale.tmp"), text).unwrap();
+    for k in 0..EDITS {
+        std::fs::write(dir.join("scale.tmp"), &texts[k % 2]).unwrap();
         std::thread::sleep(Duration::from_millis(300));
         while applied.try_recv().is_ok() {}
         let edited = Instant::now();

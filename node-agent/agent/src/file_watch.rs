@@ -6,7 +6,9 @@
 //! where inotify cannot be had (some network file systems, exhausted watches).
 
 use std::ffi::{CString, OsStr};
-use std::io;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::FromRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -23,7 +25,7 @@ pub fn follow(path: &Path, mut changed: impl FnMut() -> bool + Send + 'static) -
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?
         .to_owned();
-    let fd = Inotify::watch(dir)?;
+    let mut fd = Inotify::watch(dir)?;
     std::thread::Builder::new()
         .name("config-file-watch".into())
         .spawn(move || {
@@ -45,8 +47,8 @@ pub fn follow(path: &Path, mut changed: impl FnMut() -> bool + Send + 'static) -
     Ok(())
 }
 
-/// An inotify instance watching one directory.
-struct Inotify(i32);
+/// An inotify instance watching one directory (closed on drop).
+struct Inotify(File);
 
 const EVENTS: u32 = libc::IN_CLOSE_WRITE
     | libc::IN_MOVED_TO
@@ -60,13 +62,13 @@ impl Inotify {
     fn watch(dir: &Path) -> io::Result<Self> {
         let c = CString::new(dir.as_os_str().as_bytes())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        // SAFETY: plain syscalls; the descriptor is owned by the returned value.
+        // SAFETY: plain syscalls; the new descriptor is owned by the returned File.
         unsafe {
             let fd = libc::inotify_init1(libc::IN_CLOEXEC);
             if fd < 0 {
                 return Err(io::Error::last_os_error());
             }
-            let me = Self(fd);
+            let me = Self(File::from_raw_fd(fd));
             if libc::inotify_add_watch(fd, c.as_ptr(), EVENTS) < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -76,19 +78,13 @@ impl Inotify {
 
     /// Blocks for the next events: each one's mask and the name it carries (empty for
     /// the directory itself).
-    #[allow(unsafe_code)]
-    fn read<'b>(&self, buf: &'b mut EventBuffer) -> io::Result<Vec<(u32, &'b [u8])>> {
-        let bytes = &mut buf.0;
-        // SAFETY: read(2) into a buffer we own, of the length given.
-        let n = unsafe { libc::read(self.0, bytes.as_mut_ptr().cast(), bytes.len()) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                return Ok(Vec::new());
-            }
-            return Err(e);
-        }
-        let bytes = &bytes[..n as usize];
+    fn read<'b>(&mut self, buf: &'b mut EventBuffer) -> io::Result<Vec<(u32, &'b [u8])>> {
+        let n = match self.0.read(&mut buf.0) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let bytes = &buf.0[..n];
         let header = std::mem::size_of::<libc::inotify_event>();
         let mut names = Vec::new();
         let mut at = 0;
@@ -109,16 +105,6 @@ impl Inotify {
 /// Where the kernel writes events: aligned for its `struct inotify_event`.
 #[repr(C, align(8))]
 struct EventBuffer([u8; 4096]);
-
-impl Drop for Inotify {
-    #[allow(unsafe_code)]
-    fn drop(&mut self) {
-        // SAFETY: closing the descriptor this value owns.
-        unsafe {
-            libc::close(self.0);
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -429,7 +429,6 @@ fn kubepods_cgroups() -> Vec<PathBuf> {
         .chain([Path::new("/sys/fs/cgroup").join(KUBEPODS)])
         .filter(|p| p.is_dir())
         .collect();
-    out.dedup();
     out.sort();
     out
 }
@@ -451,41 +450,43 @@ fn remove_cgroup_tree(dir: &Path) {
 /// kubelet made (theirs and iptables' own), and containerd's cached CNI results.
 fn cleanup_host(dir: &Path, before: &HostState) {
     let prefix = dir.display().to_string();
-    let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mounts")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(1).map(str::to_owned))
-        .filter(|m| m.starts_with(&prefix) || m.starts_with("/run/netns/cni-"))
-        .collect();
     // Only what appeared with this node: a runtime already on the host keeps its own.
-    mounts.retain(|m| !before.mounts.contains(m) || m.starts_with(&prefix));
+    let now = HostState::read();
+    let appeared = |now: &[String], before: &[String]| -> Vec<String> {
+        now.iter()
+            .filter(|x| !before.contains(x))
+            .cloned()
+            .collect()
+    };
+    let mut mounts: Vec<String> = now
+        .mounts
+        .iter()
+        .filter(|m| {
+            m.starts_with(&prefix)
+                || (m.starts_with("/run/netns/cni-") && !before.mounts.contains(m))
+        })
+        .cloned()
+        .collect();
     // Deepest first.
     mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
     for m in &mounts {
         let _ = quiet(Command::new("umount").args(["-l", m]));
     }
-    if let Ok(entries) = std::fs::read_dir("/run/netns") {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with("cni-") && !before.netns.contains(&name) {
-                let _ = std::fs::remove_file(e.path());
-            }
+    for name in appeared(&now.netns, &before.netns) {
+        if name.starts_with("cni-") {
+            let _ = std::fs::remove_file(Path::new("/run/netns").join(name));
         }
     }
-    for cg in kubepods_cgroups() {
-        if !before.kubepods_cgroups.contains(&cg.display().to_string()) {
-            remove_cgroup_tree(&cg);
-        }
+    for cg in appeared(&now.kubepods_cgroups, &before.kubepods_cgroups) {
+        remove_cgroup_tree(Path::new(&cg));
     }
     for (key, value) in &before.sysctls {
         let _ = std::fs::write(Path::new("/proc/sys").join(key), value);
     }
-    for table in HostState::read().nft_tables {
-        if !before.nft_tables.contains(&table) {
-            let words: Vec<&str> = table.split_whitespace().collect();
-            if let ["table", family, name] = words[..] {
-                let _ = quiet(Command::new("nft").args(["delete", "table", family, name]));
-            }
+    for table in appeared(&now.nft_tables, &before.nft_tables) {
+        let words: Vec<&str> = table.split_whitespace().collect();
+        if let ["table", family, name] = words[..] {
+            let _ = quiet(Command::new("nft").args(["delete", "table", family, name]));
         }
     }
     if let Ok(entries) = std::fs::read_dir("/var/lib/cni/results") {

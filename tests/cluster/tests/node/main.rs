@@ -69,13 +69,12 @@ fn xdp_flows(vip: &str) -> f64 {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    let series = format!(
-        "kubelvs_virtual_service_connections_total{{dataplane=\"xdp\",service=\"{vip}:80/TCP\"}}"
-    );
-    text.lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    kubelvs_measure::sample(
+        &text,
+        "kubelvs_virtual_service_connections_total{dataplane=\"xdp\",",
+        &format!("service=\"{vip}:80/TCP\""),
+    )
+    .unwrap_or(0.0)
 }
 
 /// The id of the XDP program attached to the bridge in generic mode, if any.
