@@ -188,44 +188,46 @@ mod tests {
 /// a billion label checks.
 #[derive(Debug)]
 pub struct RealServerIndex<'a> {
-    by_namespace: HashMap<&'a str, Vec<&'a crate::RealServer>>,
+    all: Vec<&'a crate::RealServer>,
+    /// Positions in `all`, by namespace.
+    by_namespace: HashMap<&'a str, Vec<u32>>,
     /// namespace -> (key, value) -> index into `lists` (borrowed: no string is built
     /// per label, at 100,000 RealServers a plan would allocate one each).
     by_label: HashMap<&'a str, HashMap<(&'a str, &'a str), usize>>,
-    lists: Vec<Vec<&'a crate::RealServer>>,
+    lists: Vec<Vec<u32>>,
 }
 
 impl<'a> RealServerIndex<'a> {
     pub fn new(all: impl IntoIterator<Item = &'a crate::RealServer>) -> Self {
-        let mut by_namespace: HashMap<&str, Vec<&crate::RealServer>> = HashMap::new();
+        let all: Vec<&crate::RealServer> = all.into_iter().collect();
+        let mut by_namespace: HashMap<&str, Vec<u32>> = HashMap::new();
         let mut by_label: HashMap<&str, HashMap<(&str, &str), usize>> = HashMap::new();
-        let mut lists: Vec<Vec<&crate::RealServer>> = Vec::new();
-        for rs in all {
+        let mut lists: Vec<Vec<u32>> = Vec::new();
+        for (at, rs) in all.iter().enumerate() {
+            let at = at as u32;
             let ns = rs.metadata.namespace.as_deref().unwrap_or("");
-            by_namespace.entry(ns).or_default().push(rs);
+            by_namespace.entry(ns).or_default().push(at);
             let labels = by_label.entry(ns).or_default();
             for (k, v) in rs.metadata.labels.iter().flatten() {
                 let i = *labels.entry((k.as_str(), v.as_str())).or_insert_with(|| {
                     lists.push(Vec::new());
                     lists.len() - 1
                 });
-                lists[i].push(rs);
+                lists[i].push(at);
             }
         }
         Self {
+            all,
             by_namespace,
             by_label,
             lists,
         }
     }
 
-    /// The RealServers of `namespace` that may match `selector`: those carrying its
-    /// rarest `matchLabels` pair, or the whole namespace without `matchLabels`.
-    pub fn candidates<'s>(
-        &'s self,
-        namespace: &str,
-        selector: &LabelSelector,
-    ) -> &'s [&'a crate::RealServer] {
+    /// The positions (in the input) of the RealServers of `namespace` that may match
+    /// `selector`: those carrying its rarest `matchLabels` pair, or the whole namespace
+    /// without `matchLabels`.
+    pub fn candidates(&self, namespace: &str, selector: &LabelSelector) -> &[u32] {
         let labels = self.by_label.get(namespace);
         let rarest = selector
             .match_labels
@@ -252,19 +254,46 @@ impl<'a> RealServerIndex<'a> {
         namespace: &str,
         selector: &LabelSelector,
     ) -> Result<Vec<&'a crate::RealServer>, SelectorError> {
-        // Check the selector itself first, so a typo is reported even with no RealServers.
-        matches(selector, &BTreeMap::new())?;
         Ok(self
-            .candidates(namespace, selector)
-            .iter()
-            .copied()
-            .filter(|rs| {
-                matches(
-                    selector,
-                    rs.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()),
-                )
-                .unwrap_or(false)
-            })
+            .select_positions(namespace, selector)?
+            .into_iter()
+            .map(|at| self.all[at as usize])
             .collect())
     }
+
+    /// [`RealServerIndex::select`] as positions in the input.
+    pub fn select_positions(
+        &self,
+        namespace: &str,
+        selector: &LabelSelector,
+    ) -> Result<Vec<u32>, SelectorError> {
+        select_among(
+            &self.all,
+            self.candidates(namespace, selector).iter().copied(),
+            namespace,
+            selector,
+        )
+    }
+}
+
+/// Those of the `candidates` (positions in `all`, ascending) that are in `namespace`
+/// and match `selector`; an invalid selector is an error even with no candidates.
+pub fn select_among(
+    all: &[&crate::RealServer],
+    candidates: impl IntoIterator<Item = u32>,
+    namespace: &str,
+    selector: &LabelSelector,
+) -> Result<Vec<u32>, SelectorError> {
+    // Check the selector itself first, so a typo is reported even with no RealServers.
+    matches(selector, &BTreeMap::new())?;
+    let empty = BTreeMap::new();
+    Ok(candidates
+        .into_iter()
+        .filter(|&at| {
+            let rs = all[at as usize];
+            rs.metadata.namespace.as_deref().unwrap_or("") == namespace
+                && matches(selector, rs.metadata.labels.as_ref().unwrap_or(&empty))
+                    .unwrap_or(false)
+        })
+        .collect())
 }

@@ -97,9 +97,9 @@ impl<M: DirectorMaps> DirectorTable<M> {
     }
 
     /// Programs the XDP services of the plan; see [`crate::XdpDirector::apply_at`].
-    pub fn apply_at(
+    pub fn apply_at<S: std::borrow::Borrow<Service>>(
         &mut self,
-        services: &[Service],
+        services: &[S],
         neighbours: &Neighbours,
         now: Instant,
     ) -> Result<ApplyReport> {

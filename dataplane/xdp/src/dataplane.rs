@@ -78,7 +78,7 @@ impl NeighbourProvider for StaticNeighbours {
 pub trait XdpApply: Send {
     fn apply_at(
         &mut self,
-        services: &[kubelvs_model::Service],
+        services: &[&kubelvs_model::Service],
         neighbours: &Neighbours,
         now: Instant,
     ) -> crate::Result<ApplyReport>;
@@ -87,7 +87,7 @@ pub trait XdpApply: Send {
 impl XdpApply for XdpDirector {
     fn apply_at(
         &mut self,
-        services: &[kubelvs_model::Service],
+        services: &[&kubelvs_model::Service],
         neighbours: &Neighbours,
         now: Instant,
     ) -> crate::Result<ApplyReport> {
@@ -98,7 +98,7 @@ impl XdpApply for XdpDirector {
 impl<M: DirectorMaps> XdpApply for DirectorTable<M> {
     fn apply_at(
         &mut self,
-        services: &[kubelvs_model::Service],
+        services: &[&kubelvs_model::Service],
         neighbours: &Neighbours,
         now: Instant,
     ) -> crate::Result<ApplyReport> {
@@ -174,7 +174,8 @@ impl<N: NeighbourProvider, D: XdpApply + XdpTraffic> Dataplane for XdpDataplane<
 
     fn apply(&mut self, plan: &NodePlan, ctx: &ApplyContext) -> DataplaneReport {
         let mut report = DataplaneReport::new(self.name());
-        let services: Vec<_> = plan.services_for(DataplaneKind::Xdp).cloned().collect();
+        let services: Vec<&kubelvs_model::Service> =
+            plan.services_for(DataplaneKind::Xdp).collect();
         // Every real server, not only DR ones: TUN and NAT use a known MAC instead
         // of a route lookup.
         let addrs: Vec<IpAddr> = services

@@ -94,10 +94,10 @@ fn alloc_real_id(state: &mut State, max: u32) -> Result<u32, XdpError> {
     Err(XdpError::TooManyReals { max })
 }
 
-pub fn decide(
+pub fn decide<S: std::borrow::Borrow<Service>>(
     state: &State,
     opts: &DirectorOptions,
-    services: &[Service],
+    services: &[S],
     neighbours: &Neighbours,
     now: Instant,
 ) -> Decision {
@@ -112,6 +112,7 @@ pub fn decide(
     let mut draining: BTreeMap<(AnyVipKey, RealKey), Instant> = BTreeMap::new();
     for s in services
         .iter()
+        .map(|s| s.borrow())
         .filter(|s| s.dataplane == DataplaneKind::Xdp)
     {
         let (vk, mut w) = match desired(s, opts.director_addr6.is_some(), ring_size) {

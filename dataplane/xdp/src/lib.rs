@@ -570,7 +570,11 @@ impl XdpDirector {
     /// Programs `services` (those whose dataplane is XDP) into the maps, writing
     /// only entries that differ from what the maps hold. `neighbours` gives the
     /// MAC of each real server (required for DR). See [`XdpDirector::apply_at`].
-    pub fn apply(&mut self, services: &[Service], neighbours: &Neighbours) -> Result<ApplyReport> {
+    pub fn apply<S: std::borrow::Borrow<Service>>(
+        &mut self,
+        services: &[S],
+        neighbours: &Neighbours,
+    ) -> Result<ApplyReport> {
         self.apply_at(services, neighbours, Instant::now())
     }
 
@@ -583,9 +587,9 @@ impl XdpDirector {
     /// flows but owns no ring slot (weight 0) until `drain_timeout` passes. A DR real
     /// server without a neighbour MAC gets no ring slot either until it resolves
     /// ([`ApplyReport::unresolved`]). An `Err` is a map the kernel would not write.
-    pub fn apply_at(
+    pub fn apply_at<S: std::borrow::Borrow<Service>>(
         &mut self,
-        services: &[Service],
+        services: &[S],
         neighbours: &Neighbours,
         now: Instant,
     ) -> Result<ApplyReport> {

@@ -135,19 +135,22 @@ fn main() {
         .spawn()
         .unwrap();
     let pid = agent.id();
-    // Each apply that wrote something, with when its log line (on stdout) arrived.
-    let (applied_tx, applied) = mpsc::channel::<Instant>();
+    // Each apply that wrote something: when its log line (on stdout) arrived, and the
+    // milliseconds it says the read, the plan and the apply took.
+    let (applied_tx, applied) = mpsc::channel::<(Instant, [u64; 3])>();
     let log = agent.stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(log).lines() {
             let Ok(line) = line else { return };
-            let writes = line
-                .split("writes=")
-                .nth(1)
-                .and_then(|w| w.split_whitespace().next())
-                .and_then(|w| w.parse::<u64>().ok());
-            if line.contains("applied") && writes.is_some_and(|w| w > 0) {
-                let _ = applied_tx.send(Instant::now());
+            let field = |name: &str| {
+                line.split(&format!(" {name}="))
+                    .nth(1)
+                    .and_then(|w| w.split_whitespace().next())
+                    .and_then(|w| w.parse::<u64>().ok())
+            };
+            if line.contains("applied") && field("writes").is_some_and(|w| w > 0) {
+                let stages = ["read_ms", "plan_ms", "took_ms"].map(|f| field(f).unwrap_or(0));
+                let _ = applied_tx.send((Instant::now(), stages));
             }
         }
     });
@@ -177,21 +180,29 @@ fn main() {
     // Two texts, alternated: the first real server's weight 2, then 3.
     let texts = [yaml(n, m, 2), yaml(n, m, 3)];
     let mut edits: Vec<Duration> = Vec::new();
+    let mut stages: [Vec<u64>; 3] = Default::default();
     for k in 0..EDITS {
         std::fs::write(dir.join("scale.tmp"), &texts[k % 2]).unwrap();
         std::thread::sleep(Duration::from_millis(300));
         while applied.try_recv().is_ok() {}
         let edited = Instant::now();
         std::fs::rename(dir.join("scale.tmp"), &file).unwrap();
-        let done = applied
+        let (done, took) = applied
             .recv_timeout(Duration::from_secs(600))
             .expect("no apply 600 s after the edit");
         edits.push(done.saturating_duration_since(edited));
+        for (all, ms) in stages.iter_mut().zip(took) {
+            all.push(ms);
+        }
     }
     edits.sort();
+    let [read, plan, apply] = stages.map(|mut all| {
+        all.sort();
+        all[all.len() / 2]
+    });
     let pct = |p: f64| edits[((edits.len() as f64 * p).ceil() as usize).clamp(1, edits.len()) - 1];
     println!(
-        "agent scale: {n} VirtualServices x {m} real servers ({} KiB of YAML), XDP NAT, ring 251:\n  first complete apply {:.1} s after start\n  resident memory {} MiB\n  idle CPU {:.1}% of one CPU (full re-apply every 30 s)\n  mean apply (plan + maps) {:.0} ms over {count} applies\n  one weight changed in the file -> maps written, {EDITS} edits: median {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        "agent scale: {n} VirtualServices x {m} real servers ({} KiB of YAML), XDP NAT, ring 251:\n  first complete apply {:.1} s after start\n  resident memory {} MiB\n  idle CPU {:.1}% of one CPU (full re-apply every 30 s)\n  mean apply (plan + maps) {:.0} ms over {count} applies\n  one weight changed in the file -> maps written, {EDITS} edits: median {:.0} ms, p99 {:.0} ms, max {:.0} ms\n  of which (medians, from the agent's log) reading the file {read} ms, planning {plan} ms, applying {apply} ms",
         text.len() / 1024,
         first.as_secs_f64(),
         rss / 1024,

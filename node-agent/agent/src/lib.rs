@@ -35,7 +35,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
 
 use kubelvs_model::ObjectRef;
-use kubelvs_planner::{plan_node, NodeIdentity};
+use kubelvs_planner::NodeIdentity;
 use tracing::{error, info, warn};
 
 use crate::checker::Checker;
@@ -238,7 +238,10 @@ pub fn run(
     let mut last_apply: Option<Instant> = None;
     let mut objects = source::Objects::default();
     let mut docs = source::Cache::default();
-    let mut plan_cache: Option<(NodeIdentity, kubelvs_model::NodePlan)> = None;
+    // Keeps the last plan, and re-plans only what changed (standalone, where objects
+    // carry versions).
+    let mut planner = kubelvs_planner::Planner::default();
+    let mut planned_for: Option<NodeIdentity> = None;
     let mut notices = events::Notices::default();
     let mut traffic_read: Option<Instant> = None;
     let mut rejected: Vec<source::Rejected> = Vec::new();
@@ -292,14 +295,22 @@ pub fn run(
             return Ok(node);
         }
         reload |= burst.reload;
+        // How long the reload and the plan took, for the "applied" line.
+        let started = Instant::now();
         if reload || !have_config {
             seen_stamp = stamp(&source);
             let loaded = match &source {
-                Source::File(path) => docs.load(path).map_err(|e| (path.display().to_string(), e)),
-                Source::Cluster { watches, .. } => Ok(watches.snapshot()),
+                Source::File(path) => docs
+                    .load(path, &mut objects)
+                    .map_err(|e| (path.display().to_string(), e)),
+                Source::Cluster { watches, .. } => {
+                    let (o, r) = watches.snapshot();
+                    objects = o;
+                    Ok(r)
+                }
             };
             match loaded {
-                Ok((o, r)) => {
+                Ok(r) => {
                     for bad in r.iter().filter(|b| !rejected.contains(b)) {
                         warn!(error = %bad.0, "object rejected");
                         // In a cluster, on the object too: `kubectl describe` shows it.
@@ -317,15 +328,14 @@ pub fn run(
                     }
                     if reload {
                         info!(
-                            virtual_services = o.virtual_services.len(),
-                            real_servers = o.real_servers.len(),
-                            address_pools = o.address_pools.len(),
+                            virtual_services = objects.virtual_services.len(),
+                            real_servers = objects.real_servers.len(),
+                            address_pools = objects.address_pools.len(),
                             rejected = r.len(),
                             "objects read"
                         );
                     }
                     metrics.rejected_objects.set(r.len() as i64);
-                    objects = o;
                     rejected = r;
                     have_config = true;
                 }
@@ -348,9 +358,10 @@ pub fn run(
         // Planning is pure but not free at 100,000 objects: redo it (and the probe
         // set it implies) only when the objects or this node changed; a resync
         // re-applies the same plan.
-        let cached = matches!(&plan_cache, Some((id, _)) if !reload && *id == identity);
+        let read_ms = started.elapsed().as_millis() as u64;
+        let cached = !reload && planned_for.as_ref() == Some(&identity);
         if !cached {
-            let p = plan_node(&identity, objects.planner());
+            let p = planner.plan(&identity, objects.planner());
             let now_problems: BTreeSet<String> = p.problems.iter().map(|p| p.to_string()).collect();
             for p in now_problems.difference(&problems) {
                 warn!(problem = %p, "plan");
@@ -361,9 +372,9 @@ pub fn run(
                 // Only directors renew a Lease: liveness matters for announcing.
                 watches.set_directing(!p.services.is_empty());
             }
-            plan_cache = Some((identity.clone(), p));
+            planned_for = Some(identity.clone());
         }
-        let planned = &plan_cache.as_ref().expect("planned above").1;
+        let planned = planner.current();
         let unhealthy = checker.unhealthy();
         // A copy only to quiesce: at 100,000 real servers it is tens of megabytes.
         let plan = if unhealthy.is_empty() {
@@ -375,6 +386,7 @@ pub fn run(
         };
 
         let t = Instant::now();
+        let plan_ms = (t - started).as_millis() as u64 - read_ms;
         // A director that came or went: another may have announced what this one
         // owns (two starting together each saw no other), so announce it again.
         let live = objects
@@ -420,7 +432,13 @@ pub fn run(
         }
         let writes: u64 = reports.iter().map(|r| r.writes).sum();
         if writes > 0 {
-            info!(writes, took_ms = t.elapsed().as_millis() as u64, "applied");
+            info!(
+                writes,
+                took_ms = t.elapsed().as_millis() as u64,
+                read_ms,
+                plan_ms,
+                "applied"
+            );
         }
         read_traffic(
             &mut node,

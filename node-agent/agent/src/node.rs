@@ -1,13 +1,27 @@
 //! The node's dataplanes behind one list, and what the agent logs about outcomes.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use kubelvs_model::{ApplyContext, Dataplane, DataplaneReport, NodePlan, Outcome};
+use kubelvs_model::{
+    ApplyContext, Dataplane, DataplaneReport, NodePlan, Outcome, RealServerState, ServiceKey,
+};
 use tracing::{info, warn};
 
-/// What was last reported per (dataplane, subject), to log changes only.
-type Seen = BTreeMap<(String, String), String>;
+/// What an outcome is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Subject {
+    Service(ServiceKey),
+    RealServerVip(IpAddr),
+    RealServer(ServiceKey, SocketAddr),
+}
+
+/// What was last reported per (dataplane, subject), to log changes only. Keys and
+/// the usual texts are not allocated: this is rebuilt at every apply, for every
+/// service.
+type Seen = HashMap<(&'static str, Subject), Cow<'static, str>>;
 
 /// Every dataplane of this node, applied in order (netconf first: a director's VIPs
 /// and a real server's ARP suppression before traffic is steered).
@@ -57,43 +71,46 @@ impl Node {
             .iter_mut()
             .map(|d| d.apply(plan, &ctx))
             .collect();
-        let mut seen = Seen::new();
-        for r in &reports {
+        let mut seen = Seen::with_capacity(self.seen.len());
+        for (d, r) in self.dataplanes.iter().zip(&reports) {
+            let dataplane = d.name();
             let subjects = r
                 .services
                 .iter()
-                .map(|s| (s.key.to_string(), &s.outcome))
+                .map(|s| (Subject::Service(s.key), &s.outcome))
                 .chain(
                     r.vips
                         .iter()
-                        .map(|v| (format!("real-server VIP {}", v.vip), &v.outcome)),
+                        .map(|v| (Subject::RealServerVip(v.vip), &v.outcome)),
                 );
             for (subject, outcome) in subjects {
-                let text = match outcome.reason() {
-                    Some(reason) => format!("{}: {reason}", outcome.name()),
-                    None => outcome.name().to_owned(),
+                let text: Cow<'static, str> = match outcome.reason() {
+                    Some(reason) => format!("{}: {reason}", outcome.name()).into(),
+                    None => outcome.name().into(),
                 };
-                let key = (r.dataplane.clone(), subject.clone());
+                let key = (dataplane, subject);
                 if self.seen.get(&key) != Some(&text) {
+                    let subject = match subject {
+                        Subject::RealServerVip(vip) => format!("real-server VIP {vip}"),
+                        Subject::Service(key) | Subject::RealServer(key, _) => key.to_string(),
+                    };
                     match outcome {
-                        Outcome::Programmed => {
-                            info!(dataplane = %r.dataplane, %subject, "programmed")
-                        }
+                        Outcome::Programmed => info!(%dataplane, %subject, "programmed"),
                         _ => {
-                            warn!(dataplane = %r.dataplane, %subject, outcome = %text, "not programmed")
+                            warn!(%dataplane, %subject, outcome = %text, "not programmed")
                         }
                     }
                 }
                 seen.insert(key, text);
             }
             for n in &r.real_servers {
-                let key = (
-                    r.dataplane.clone(),
-                    format!("{} {}", n.service, n.real_server),
-                );
-                let text = format!("{:?}", n.state);
+                let key = (dataplane, Subject::RealServer(n.service, n.real_server));
+                let text: Cow<'static, str> = match &n.state {
+                    RealServerState::Draining => "Draining".into(),
+                    state => format!("{state:?}").into(),
+                };
                 if self.seen.get(&key) != Some(&text) {
-                    info!(dataplane = %r.dataplane, service = %n.service, real_server = %n.real_server, state = %text, "real server");
+                    info!(%dataplane, service = %n.service, real_server = %n.real_server, state = %text, "real server");
                 }
                 seen.insert(key, text);
             }

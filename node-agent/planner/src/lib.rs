@@ -28,12 +28,14 @@
 #![forbid(unsafe_code)]
 
 pub mod announce;
+mod incremental;
+
+pub use incremental::{Planner, Versions};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use kube::ResourceExt;
-use kubelvs_crds::selector::RealServerIndex;
 use kubelvs_crds::{
     AddressPool, ForwardingMethod, HealthCheckType, RealServer as RealServerObject,
     Scheduler as CrdScheduler, SchedulerFlag, TunnelType, VirtualService,
@@ -79,6 +81,8 @@ pub struct Objects<'a> {
     /// In a cluster: the live directors, among which each VIP's announcer is chosen
     /// (see [`announce`]). `None` (standalone): this node announces what it directs.
     pub announcers: Option<&'a announce::Announcers>,
+    /// Each object's version, for [`Planner`] to re-plan only what changed.
+    pub versions: Option<&'a Versions>,
 }
 
 /// The label an administrator puts on a Namespace whose RealServers may name a node's
@@ -89,7 +93,7 @@ pub const NODE_REAL_SERVERS_LABEL: &str = "kubelvs.io/node-real-servers";
 /// health checks, to that node's own services (the kubelet, the API server). Only
 /// an administrator can allow it, per namespace (standalone: no restriction, the
 /// file's author is the administrator).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeRealServers {
     /// Every Node's InternalIP and ExternalIP addresses, with the node's name.
     pub addresses: std::collections::HashMap<IpAddr, String>,
@@ -123,7 +127,14 @@ impl<'a> Objects<'a> {
             address_pools: address_pools.into_iter().collect(),
             node_real_servers: None,
             announcers: None,
+            versions: None,
         }
+    }
+
+    /// With each object's version (lists parallel to the objects').
+    pub fn with_versions(mut self, versions: &'a Versions) -> Self {
+        self.versions = Some(versions);
+        self
     }
 
     /// With a cluster's node addresses and the namespaces allowed to name them.
@@ -141,177 +152,237 @@ impl<'a> Objects<'a> {
 
 /// Computes what `node` must program.
 pub fn plan_node(node: &NodeIdentity, objects: Objects<'_>) -> NodePlan {
-    let mut problems = Vec::new();
+    let mut planner = Planner::default();
+    planner.plan(node, objects);
+    planner.into_plan()
+}
 
+/// Every VirtualService resolved and its ports' conflicts decided: what does not
+/// depend on RealServers or on whether this node directs.
+struct Claims<'a> {
+    /// Older first, with the ports each won.
+    resolved: Vec<(Resolved<'a>, Vec<(usize, ServiceKey)>)>,
+    /// Of resolving and of conflicts.
+    problems: Vec<Problem>,
+}
+
+fn claims<'a>(node: &NodeIdentity, objects: &Objects<'a>) -> Claims<'a> {
+    let mut problems = Vec::new();
     // Resolve every VirtualService first: conflicts are decided over all of them, not only
     // the ones this node directs, so every node agrees on the winner.
     let mut resolved: Vec<Resolved<'_>> = objects
         .virtual_services
         .iter()
-        .filter_map(|vs| resolve(vs, node.vip_source, &mut problems))
+        .enumerate()
+        .filter_map(|(at, vs)| resolve(at, vs, node.vip_source, &mut problems))
         .collect();
-    resolved.sort_by_key(Resolved::age_key);
-
-    let index = RealServerIndex::new(objects.real_servers.iter().copied());
+    // Borrowed keys: a sort calls the key function n log n times.
+    resolved.sort_by(|a, b| a.age_key().cmp(&b.age_key()));
     let mut claimed: BTreeMap<ServiceKey, ObjectRef> = BTreeMap::new();
-    let mut services = Vec::new();
-    let mut vips: BTreeMap<(IpAddr, Option<TunnelKind>), BTreeSet<ObjectRef>> = BTreeMap::new();
-    // Every VirtualService with a planned port on each VIP, for its announcer.
-    let mut on_vip: BTreeMap<IpAddr, Vec<&VirtualService>> = BTreeMap::new();
+    let resolved = resolved
+        .into_iter()
+        .map(|r| {
+            let vs_ref = object_ref_vs(r.vs);
+            let winning_ports: Vec<(usize, ServiceKey)> = r
+                .ports
+                .iter()
+                .filter_map(|&(i, key)| match claimed.get(&key) {
+                    Some(owner) => {
+                        problems.push(Problem {
+                            object: vs_ref.clone(),
+                            field: format!("spec.ports[{i}]"),
+                            reason: ProblemReason::Conflict,
+                            message: format!("{key} is already claimed by the older {owner}"),
+                        });
+                        None
+                    }
+                    None => {
+                        claimed.insert(key, vs_ref.clone());
+                        Some((i, key))
+                    }
+                })
+                .collect();
+            (r, winning_ports)
+        })
+        .collect();
+    Claims {
+        resolved,
+        problems,
+    }
+}
 
-    for r in &resolved {
-        let vs_ref = object_ref_vs(r.vs);
-        let winning_ports: Vec<(usize, ServiceKey)> = r
-            .ports
-            .iter()
-            .filter_map(|&(i, key)| match claimed.get(&key) {
-                Some(owner) => {
-                    problems.push(Problem {
-                        object: vs_ref.clone(),
-                        field: format!("spec.ports[{i}]"),
-                        reason: ProblemReason::Conflict,
-                        message: format!("{key} is already claimed by the older {owner}"),
-                    });
-                    None
-                }
-                None => {
-                    claimed.insert(key, vs_ref.clone());
-                    Some((i, key))
-                }
-            })
-            .collect();
-        if winning_ports.is_empty() {
-            continue;
+/// What one VirtualService with ports of its own gives the node's plan.
+#[derive(Debug, Clone, Default)]
+struct VirtualServicePlan {
+    services: Vec<Service>,
+    /// (VIP, tunnel) a real server on this node carries, and for which RealServer.
+    real_server_vips: Vec<((IpAddr, Option<TunnelKind>), ObjectRef)>,
+    problems: Vec<Problem>,
+    /// The RealServers it selected, as positions in [`Objects::real_servers`].
+    selected: Vec<u32>,
+}
+
+/// Plans one VirtualService that won `winning_ports` (not empty), from the RealServers
+/// its selector picked (`selected`: positions in `objects.real_servers`).
+fn plan_virtual_service(
+    node: &NodeIdentity,
+    objects: &Objects<'_>,
+    r: &Resolved<'_>,
+    winning_ports: &[(usize, ServiceKey)],
+    selected: Result<Vec<u32>, kubelvs_crds::selector::SelectorError>,
+) -> VirtualServicePlan {
+    let mut out = VirtualServicePlan::default();
+    let problems = &mut out.problems;
+    let vs_ref = object_ref_vs(r.vs);
+    out.selected = selected.as_ref().map_or_else(|_| Vec::new(), Vec::clone);
+    let backends = select_real_servers(r.vs, objects, selected, problems);
+    let forwarding = forwarding(r.vs);
+    let dataplane = match r.vs.spec.dataplane {
+        kubelvs_crds::Dataplane::Ipvs => DataplaneKind::Ipvs,
+        kubelvs_crds::Dataplane::Xdp => DataplaneKind::Xdp,
+    };
+    let persistence = match persistence(r.vs, r.vip) {
+        Ok(p) => p,
+        Err((field, message)) => {
+            problems.push(Problem {
+                object: vs_ref.clone(),
+                field: field.into(),
+                reason: ProblemReason::Invalid,
+                message,
+            });
+            return out;
         }
-        on_vip.entry(r.vip).or_default().push(r.vs);
+    };
 
-        let backends = select_real_servers(r.vs, &index, objects.node_real_servers, &mut problems);
-        let forwarding = forwarding(r.vs);
-        let dataplane = match r.vs.spec.dataplane {
-            kubelvs_crds::Dataplane::Ipvs => DataplaneKind::Ipvs,
-            kubelvs_crds::Dataplane::Xdp => DataplaneKind::Xdp,
+    // Real servers per port, checked on every node (not only directors), so that every
+    // agent reports the same problems and only usable real servers get the VIP.
+    let per_port: Vec<(ServiceKey, Vec<RealServer>)> = winning_ports
+        .iter()
+        .map(|&(i, key)| {
+            let target_port = r.vs.spec.ports[i].target_port;
+            let found = backends
+                .iter()
+                .filter_map(|rs| {
+                    let port = BackendPort {
+                        index: i,
+                        target_port,
+                        key,
+                    };
+                    backend_for_port(r.vs, port, forwarding, dataplane, rs, problems)
+                })
+                .collect();
+            (key, dedup_real_servers(key, found, problems))
+        })
+        .collect();
+    let directs_here = directs(node, r.vs, problems);
+
+    if forwarding.real_server_carries_vip() {
+        let tunnel = match forwarding {
+            Forwarding::Tun(t) => Some(TunnelKind::from(t)),
+            _ => None,
         };
-        let persistence = match persistence(r.vs, r.vip) {
-            Ok(p) => p,
-            Err((field, message)) => {
+        let usable: BTreeSet<&ObjectRef> = per_port
+            .iter()
+            .flat_map(|(_, rss)| rss.iter().map(|rs| &rs.source))
+            .collect();
+        for rs in backends
+            .iter()
+            .filter(|rs| runs_here(node, rs.object, rs.address))
+        {
+            let rs_ref = object_ref_rs(rs.object);
+            if !usable.contains(&rs_ref) {
+                continue;
+            }
+            if directs_here {
+                // A director that is also a dr/tun real server of the same VIP re-schedules
+                // packets another director already forwarded to it. It holds the VIP as a
+                // director anyway; say so instead of suppressing its ARP for the VIP.
                 problems.push(Problem {
-                    object: vs_ref.clone(),
-                    field: field.into(),
-                    reason: ProblemReason::Invalid,
-                    message,
+                    object: rs_ref,
+                    field: "spec.nodeName".into(),
+                    reason: ProblemReason::Conflict,
+                    message: format!(
+                        "node {} directs {} ({} forwarding) and also runs this real server; run real servers on nodes outside spec.directors",
+                        node.name,
+                        vs_ref,
+                        forwarding.name()
+                    ),
                 });
                 continue;
             }
-        };
-
-        // Real servers per port, checked on every node (not only directors), so that every
-        // agent reports the same problems and only usable real servers get the VIP.
-        let per_port: Vec<(ServiceKey, Vec<RealServer>)> = winning_ports
-            .iter()
-            .map(|&(i, key)| {
-                let target_port = r.vs.spec.ports[i].target_port;
-                let found = backends
-                    .iter()
-                    .filter_map(|rs| {
-                        let port = BackendPort {
-                            index: i,
-                            target_port,
-                            key,
-                        };
-                        backend_for_port(r.vs, port, forwarding, dataplane, rs, &mut problems)
-                    })
-                    .collect();
-                (key, dedup_real_servers(key, found, &mut problems))
-            })
-            .collect();
-        let directs_here = directs(node, r.vs, &mut problems);
-
-        if forwarding.real_server_carries_vip() {
-            let tunnel = match forwarding {
-                Forwarding::Tun(t) => Some(TunnelKind::from(t)),
-                _ => None,
-            };
-            let usable: BTreeSet<&ObjectRef> = per_port
-                .iter()
-                .flat_map(|(_, rss)| rss.iter().map(|rs| &rs.source))
-                .collect();
-            for rs in backends
-                .iter()
-                .filter(|rs| runs_here(node, rs.object, rs.address))
-            {
-                let rs_ref = object_ref_rs(rs.object);
-                if !usable.contains(&rs_ref) {
-                    continue;
-                }
-                if directs_here {
-                    // A director that is also a dr/tun real server of the same VIP re-schedules
-                    // packets another director already forwarded to it. It holds the VIP as a
-                    // director anyway; say so instead of suppressing its ARP for the VIP.
-                    problems.push(Problem {
-                        object: rs_ref,
-                        field: "spec.nodeName".into(),
-                        reason: ProblemReason::Conflict,
-                        message: format!(
-                            "node {} directs {} ({} forwarding) and also runs this real server; run real servers on nodes outside spec.directors",
-                            node.name,
-                            vs_ref,
-                            forwarding.name()
-                        ),
-                    });
-                    continue;
-                }
-                vips.entry((r.vip, tunnel)).or_default().insert(rs_ref);
-            }
-        }
-
-        if !directs_here {
-            continue;
-        }
-        let source_address = match forwarding {
-            Forwarding::FullNat => {
-                match fullnat_source(node, r.vs, r.vip, &objects.address_pools) {
-                    Ok(a) => Some(a),
-                    Err(message) => {
-                        problems.push(Problem {
-                            object: vs_ref.clone(),
-                            field: "spec.sourceAddressPool".into(),
-                            reason: ProblemReason::Unresolved,
-                            message,
-                        });
-                        continue;
-                    }
-                }
-            }
-            _ => None,
-        };
-        // `drain: true`: out of the director's plan, so the dataplane drains it (weight
-        // 0, deleted when its connections end or at the drain deadline) as it does any
-        // removed real server; its node keeps the VIP (above) for those connections.
-        let drained: BTreeSet<ObjectRef> = backends
-            .iter()
-            .filter(|rs| rs.object.spec.drain)
-            .map(|rs| object_ref_rs(rs.object))
-            .collect();
-        for (key, mut real_servers) in per_port {
-            real_servers.retain(|r| !drained.contains(&r.source));
-            services.push(Service {
-                key,
-                scheduler: scheduler(r.vs.spec.scheduler),
-                scheduler_flags: scheduler_flags(&r.vs.spec.scheduler_flags),
-                forwarding,
-                persistence,
-                source_address,
-                health_check: health_check(r.vs),
-                dataplane,
-                real_servers,
-                source: vs_ref.clone(),
-            });
+            out.real_server_vips.push(((r.vip, tunnel), rs_ref));
         }
     }
 
-    services.sort_by_key(|s| s.key);
+    if !directs_here {
+        return out;
+    }
+    let source_address = match forwarding {
+        Forwarding::FullNat => match fullnat_source(node, r.vs, r.vip, &objects.address_pools) {
+            Ok(a) => Some(a),
+            Err(message) => {
+                problems.push(Problem {
+                    object: vs_ref.clone(),
+                    field: "spec.sourceAddressPool".into(),
+                    reason: ProblemReason::Unresolved,
+                    message,
+                });
+                return out;
+            }
+        },
+        _ => None,
+    };
+    // `drain: true`: out of the director's plan, so the dataplane drains it (weight
+    // 0, deleted when its connections end or at the drain deadline) as it does any
+    // removed real server; its node keeps the VIP (above) for those connections.
+    let drained: BTreeSet<ObjectRef> = backends
+        .iter()
+        .filter(|rs| rs.object.spec.drain)
+        .map(|rs| object_ref_rs(rs.object))
+        .collect();
+    for (key, mut real_servers) in per_port {
+        real_servers.retain(|r| !drained.contains(&r.source));
+        out.services.push(Service {
+            key,
+            scheduler: scheduler(r.vs.spec.scheduler),
+            scheduler_flags: scheduler_flags(&r.vs.spec.scheduler_flags),
+            forwarding,
+            persistence,
+            source_address,
+            health_check: health_check(r.vs),
+            dataplane,
+            real_servers,
+            source: vs_ref.clone(),
+        });
+    }
+    out
+}
+
+/// The parts of the plan made from every VirtualService's at once: real-server VIPs,
+/// which VIPs this node announces, BGP sessions, and the sorted problems.
+fn finish(
+    node: &NodeIdentity,
+    objects: &Objects<'_>,
+    claims: &Claims<'_>,
+    services: Vec<Service>,
+    parts: &[&VirtualServicePlan],
+) -> NodePlan {
+    let mut problems = claims.problems.clone();
+    let mut vips: BTreeMap<(IpAddr, Option<TunnelKind>), BTreeSet<ObjectRef>> = BTreeMap::new();
+    for part in parts {
+        problems.extend(part.problems.iter().cloned());
+        for (vip, rs) in &part.real_server_vips {
+            vips.entry(*vip).or_default().insert(rs.clone());
+        }
+    }
+    // Every VirtualService with a planned port on each VIP, for its announcer.
     let directed: BTreeSet<IpAddr> = services.iter().map(|s| s.key.vip).collect();
-    on_vip.retain(|vip, _| directed.contains(vip));
+    let mut on_vip: BTreeMap<IpAddr, Vec<&VirtualService>> = BTreeMap::new();
+    for (r, won) in &claims.resolved {
+        if !won.is_empty() && directed.contains(&r.vip) {
+            on_vip.entry(r.vip).or_default().push(r.vs);
+        }
+    }
     let unannounced_vips = announce::unannounced(
         node,
         &on_vip,
@@ -368,6 +439,8 @@ fn dedup_real_servers(
 
 /// A VirtualService whose VIP and ports are usable.
 struct Resolved<'a> {
+    /// Its position in [`Objects::virtual_services`].
+    at: usize,
     vs: &'a VirtualService,
     vip: IpAddr,
     /// (index into spec.ports, key)
@@ -376,11 +449,12 @@ struct Resolved<'a> {
 
 impl Resolved<'_> {
     /// Older first; ties (same second) by namespace/name, so every node orders alike.
-    fn age_key(&self) -> (Option<k8s_openapi::jiff::Timestamp>, String, String) {
+    fn age_key(&self) -> (Option<k8s_openapi::jiff::Timestamp>, &str, &str) {
+        let m = &self.vs.metadata;
         (
-            self.vs.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            self.vs.namespace().unwrap_or_default(),
-            self.vs.name_any(),
+            m.creation_timestamp.as_ref().map(|t| t.0),
+            m.namespace.as_deref().unwrap_or_default(),
+            m.name.as_deref().unwrap_or_default(),
         )
     }
 }
@@ -394,6 +468,7 @@ fn granted(vs: &VirtualService) -> Option<&String> {
 }
 
 fn resolve<'a>(
+    at: usize,
     vs: &'a VirtualService,
     source: VipSource,
     problems: &mut Vec<Problem>,
@@ -477,7 +552,7 @@ fn resolve<'a>(
             ))
         })
         .collect();
-    Some(Resolved { vs, vip, ports })
+    Some(Resolved { at, vs, vip, ports })
 }
 
 fn directs(node: &NodeIdentity, vs: &VirtualService, problems: &mut Vec<Problem>) -> bool {
@@ -507,14 +582,15 @@ struct Selected<'a> {
     address: IpAddr,
 }
 
+/// The usable RealServers of those `vs`'s selector picked (`selected`, positions).
 fn select_real_servers<'a>(
     vs: &VirtualService,
-    index: &RealServerIndex<'a>,
-    node_real_servers: Option<&NodeRealServers>,
+    objects: &Objects<'a>,
+    selected: Result<Vec<u32>, kubelvs_crds::selector::SelectorError>,
     problems: &mut Vec<Problem>,
 ) -> Vec<Selected<'a>> {
-    let namespace = vs.namespace().unwrap_or_default();
-    let selected = match index.select(&namespace, &vs.spec.real_server_selector) {
+    let namespace = vs.metadata.namespace.as_deref().unwrap_or_default();
+    let selected = match selected {
         Ok(s) => s,
         Err(e) => {
             problems.push(Problem {
@@ -527,7 +603,8 @@ fn select_real_servers<'a>(
         }
     };
     let mut out = Vec::new();
-    for rs in selected {
+    for at in selected {
+        let rs = objects.real_servers[at as usize];
         match rs.spec.address.parse::<IpAddr>() {
             // Stored before the CRD said so, or standalone: directors would probe (and
             // forward to) their own host or a metadata service.
@@ -542,7 +619,10 @@ fn select_real_servers<'a>(
                     ),
                 });
             }
-            Ok(address) => match node_real_servers.and_then(|p| p.refusal(&namespace, address)) {
+            Ok(address) => match objects
+                .node_real_servers
+                .and_then(|p| p.refusal(namespace, address))
+            {
                 Some(message) => problems.push(Problem {
                     object: object_ref_rs(rs),
                     field: "spec.address".into(),

@@ -161,3 +161,74 @@ proptest! {
         }
     }
 }
+
+/// A version for each object: a hash of all it holds.
+fn versions_of<T: k8s_openapi::serde::Serialize>(objects: &[T]) -> Vec<u64> {
+    use std::hash::{Hash, Hasher};
+    objects
+        .iter()
+        .map(|o| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            serde_json::to_string(o).unwrap().hash(&mut h);
+            h.finish()
+        })
+        .collect()
+}
+
+/// One edit of the objects in place: which list, which position, its replacement.
+#[derive(Debug, Clone)]
+enum Edit {
+    VirtualService(usize, VirtualService),
+    RealServer(usize, RealServer),
+    /// Another node identity (labels), as when the node is relabelled.
+    Node(NodeIdentity),
+}
+
+fn arb_edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        (0..8usize, arb_vs()).prop_map(|(at, vs)| Edit::VirtualService(at, vs)),
+        (0..10usize, arb_rs()).prop_map(|(at, rs)| Edit::RealServer(at, rs)),
+        (0..10usize, arb_rs()).prop_map(|(at, rs)| Edit::RealServer(at, rs)),
+        arb_node().prop_map(Edit::Node),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    /// The planner that re-plans only what changed gives, after every edit, the plan
+    /// made from scratch.
+    #[test]
+    fn an_incremental_plan_is_the_full_plan(
+        node in arb_node(),
+        vss in prop::collection::vec(arb_vs(), 0..8),
+        rss in prop::collection::vec(arb_rs(), 0..10),
+        edits in prop::collection::vec(arb_edit(), 1..12),
+    ) {
+        let (mut vss, mut rss, mut node) = (unique_names(vss), unique_names(rss), node);
+        let mut planner = kubelvs_planner::Planner::default();
+        for (step, edit) in std::iter::once(None).chain(edits.into_iter().map(Some)).enumerate() {
+            match edit {
+                Some(Edit::VirtualService(at, vs)) if !vss.is_empty() => {
+                    let at = at % vss.len();
+                    vss[at] = vs;
+                }
+                Some(Edit::RealServer(at, rs)) if !rss.is_empty() => {
+                    let at = at % rss.len();
+                    rss[at] = rs;
+                }
+                Some(Edit::Node(n)) => node = n,
+                _ => {}
+            }
+            let versions = kubelvs_planner::Versions {
+                virtual_services: versions_of(&vss),
+                real_servers: versions_of(&rss),
+                address_pools: vec![],
+            };
+            let full = plan_node(&node, Objects::of(&vss, &rss, []));
+            let incremental =
+                planner.plan(&node, Objects::of(&vss, &rss, []).with_versions(&versions));
+            prop_assert_eq!(incremental, &full, "step {}", step);
+        }
+    }
+}
