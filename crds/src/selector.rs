@@ -292,8 +292,7 @@ pub fn select_among(
         .filter(|&at| {
             let rs = all[at as usize];
             rs.metadata.namespace.as_deref().unwrap_or("") == namespace
-                && matches(selector, rs.metadata.labels.as_ref().unwrap_or(&empty))
-                    .unwrap_or(false)
+                && matches(selector, rs.metadata.labels.as_ref().unwrap_or(&empty)).unwrap_or(false)
         })
         .collect())
 }

@@ -2,6 +2,7 @@
 //! [`NeighbourProvider`] ([`KernelNeighbours`] reads the kernel's tables and asks it
 //! to resolve what is missing; [`StaticNeighbours`] is given MACs by tests).
 
+#[cfg(feature = "testing")]
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 
@@ -178,12 +179,14 @@ impl<N: NeighbourProvider, D: XdpApply + XdpTraffic> Dataplane for XdpDataplane<
             plan.services_for(DataplaneKind::Xdp).collect();
         // Every real server, not only DR ones: TUN and NAT use a known MAC instead
         // of a route lookup.
-        let addrs: Vec<IpAddr> = services
+        // Hashed, then sorted: real servers are often shared by many services.
+        let mut addrs: Vec<IpAddr> = services
             .iter()
             .flat_map(|s| s.real_servers.iter().map(|r| r.address))
-            .collect::<BTreeSet<_>>()
+            .collect::<foldhash::HashSet<_>>()
             .into_iter()
             .collect();
+        addrs.sort_unstable();
         let neighbours = self.neighbours.resolve(&addrs);
         let outcome_of = |s: &kubelvs_model::Service, r: &crate::ApplyReport| match r
             .skipped

@@ -11,7 +11,10 @@
 //! program drops) after their entries, and real servers no one uses last (marked dead,
 //! so flows bound to them are rescheduled).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+// foldhash: decide looks up every service and real server at every apply.
+use foldhash::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
@@ -130,11 +133,11 @@ pub fn decide<S: std::borrow::Borrow<Service>>(
                 }
             }
         }
-        let previous = state.ring_inputs.get(&vk).cloned().unwrap_or_default();
+        let previous = state.ring_inputs.get(&vk).map_or(&[][..], Vec::as_slice);
         // UDP has no connection end: a removed UDP real server is not drained, or its
         // clients' datagrams would keep going to it until the deadline.
         let udp = s.key.protocol == kubelvs_model::Protocol::Udp;
-        for (rk, _) in previous.into_iter().filter(|_| !udp) {
+        for &(rk, _) in previous.iter().filter(|_| !udp) {
             if w.reals.iter().any(|(k, _)| *k == rk) {
                 continue;
             }

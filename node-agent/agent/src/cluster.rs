@@ -186,15 +186,39 @@ impl ClusterSource {
     pub fn snapshot(&self) -> (Objects, Vec<Rejected>) {
         let mut objects = Objects::default();
         let mut rejected = Vec::new();
+        // Each object's version for the planner: its resourceVersion (with its
+        // identity), which the API server changes at every write.
+        fn version<K: Resource>(o: &K) -> Option<u64> {
+            use std::hash::BuildHasher;
+            let m = o.meta();
+            let rv = m.resource_version.as_deref()?;
+            Some(
+                foldhash::quality::FixedState::with_seed(0x6b75_6265_6c76_7303).hash_one((
+                    &m.uid,
+                    &m.namespace,
+                    &m.name,
+                    rv,
+                )),
+            )
+        }
         fn take<K: Clone + Resource<DynamicType = ()>>(
             store: &Store<DeserializeGuard<K>>,
             kind: &str,
             out: &mut Vec<Held<K>>,
+            versions: &mut Option<Vec<u64>>,
             rejected: &mut Vec<Rejected>,
         ) {
             for o in store.state() {
                 match &o.0 {
-                    Ok(_) => out.push(o.clone()),
+                    Ok(object) => {
+                        if let Some(v) = versions {
+                            match version(object) {
+                                Some(n) => v.push(n),
+                                None => *versions = None,
+                            }
+                        }
+                        out.push(o.clone())
+                    }
                     Err(e) => {
                         let namespace = e.metadata.namespace.clone().unwrap_or_default();
                         let name = e.metadata.name.clone().unwrap_or_default();
@@ -206,24 +230,35 @@ impl ClusterSource {
                 }
             }
         }
+        let [mut vs, mut rs, mut pools] = [(); 3].map(|()| Some(Vec::new()));
         take(
             &self.virtual_services,
             "VirtualService",
             &mut objects.virtual_services,
+            &mut vs,
             &mut rejected,
         );
         take(
             &self.real_servers,
             "RealServer",
             &mut objects.real_servers,
+            &mut rs,
             &mut rejected,
         );
         take(
             &self.address_pools,
             "AddressPool",
             &mut objects.address_pools,
+            &mut pools,
             &mut rejected,
         );
+        if let (Some(virtual_services), Some(real_servers), Some(address_pools)) = (vs, rs, pools) {
+            objects.versions = Some(kubelvs_planner::Versions {
+                virtual_services,
+                real_servers,
+                address_pools,
+            });
+        }
         objects.node_real_servers = self.node_real_servers();
         objects.announcers = self.announcers();
         objects.secrets = self

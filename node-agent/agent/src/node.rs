@@ -1,7 +1,6 @@
 //! The node's dataplanes behind one list, and what the agent logs about outcomes.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
@@ -21,7 +20,7 @@ enum Subject {
 /// What was last reported per (dataplane, subject), to log changes only. Keys and
 /// the usual texts are not allocated: this is rebuilt at every apply, for every
 /// service.
-type Seen = HashMap<(&'static str, Subject), Cow<'static, str>>;
+type Seen = foldhash::HashMap<(&'static str, Subject), Cow<'static, str>>;
 
 /// Every dataplane of this node, applied in order (netconf first: a director's VIPs
 /// and a real server's ARP suppression before traffic is steered).
@@ -41,7 +40,7 @@ impl Node {
     pub fn new(dataplanes: Vec<Box<dyn Dataplane>>) -> Self {
         Self {
             dataplanes,
-            seen: Seen::new(),
+            seen: Seen::default(),
         }
     }
 
@@ -71,7 +70,7 @@ impl Node {
             .iter_mut()
             .map(|d| d.apply(plan, &ctx))
             .collect();
-        let mut seen = Seen::with_capacity(self.seen.len());
+        let mut seen = Seen::with_capacity_and_hasher(self.seen.len(), Default::default());
         for (d, r) in self.dataplanes.iter().zip(&reports) {
             let dataplane = d.name();
             let subjects = r

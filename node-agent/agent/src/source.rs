@@ -29,8 +29,8 @@ pub struct Objects {
     /// Secrets BGP passwords are read from: the agents' namespace's in a cluster, the
     /// file's standalone.
     pub secrets: crate::bgp::Secrets,
-    /// Standalone: each object's version (its document's hash), so the planner
-    /// re-plans only what an edit changed.
+    /// Each object's version (its document's hash; in a cluster, of its
+    /// resourceVersion), so the planner re-plans only what an edit changed.
     pub versions: Option<kubelvs_planner::Versions>,
 }
 

@@ -34,12 +34,12 @@ pub fn directors(
     unhealthy: &BTreeSet<Target>,
 ) -> BTreeMap<ObjectRef, DirectorStatus> {
     let mut out: BTreeMap<ObjectRef, DirectorStatus> = BTreeMap::new();
-    // Borrowed: at 100,000 real servers a copy of each name per apply costs more than
-    // the rest of the roll-up.
-    let mut healthy: std::collections::HashMap<&ObjectRef, std::collections::HashSet<&ObjectRef>> =
-        std::collections::HashMap::new();
+    // Borrowed, and foldhash: at 100,000 real servers a copy of each name, or SipHash
+    // of it, per apply costs more than the rest of the roll-up.
+    let mut healthy: foldhash::HashMap<&ObjectRef, foldhash::HashSet<&ObjectRef>> =
+        foldhash::HashMap::default();
     // Indexed once: looking each service up in every report was quadratic per apply.
-    let outcomes: std::collections::HashMap<(&str, &kubelvs_model::ServiceKey), &Outcome> = reports
+    let outcomes: foldhash::HashMap<(&str, &kubelvs_model::ServiceKey), &Outcome> = reports
         .iter()
         .flat_map(|r| {
             r.services
@@ -49,13 +49,12 @@ pub fn directors(
         .collect();
     // A real server the dataplane cannot reach yet (a DR one without a MAC) gets no
     // connections: it is not healthy, whatever its check says.
-    let unresolved: std::collections::HashSet<(&kubelvs_model::ServiceKey, std::net::SocketAddr)> =
-        reports
-            .iter()
-            .flat_map(|r| &r.real_servers)
-            .filter(|n| matches!(n.state, kubelvs_model::RealServerState::Unresolved(_)))
-            .map(|n| (&n.service, n.real_server))
-            .collect();
+    let unresolved: foldhash::HashSet<(&kubelvs_model::ServiceKey, std::net::SocketAddr)> = reports
+        .iter()
+        .flat_map(|r| &r.real_servers)
+        .filter(|n| matches!(n.state, kubelvs_model::RealServerState::Unresolved(_)))
+        .map(|n| (&n.service, n.real_server))
+        .collect();
     for s in &plan.services {
         let entry = out
             .entry(s.source.clone())

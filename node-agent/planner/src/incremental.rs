@@ -209,7 +209,9 @@ impl Planner {
                     select_among(&objects.real_servers, candidates, namespace, selector)
                 }
                 _ => index
-                    .get_or_insert_with(|| RealServerIndex::new(objects.real_servers.iter().copied()))
+                    .get_or_insert_with(|| {
+                        RealServerIndex::new(objects.real_servers.iter().copied())
+                    })
                     .select_positions(namespace, selector),
             };
             let mut plan = plan_virtual_service(node, objects, r, won, selected);

@@ -178,26 +178,29 @@ fn claims<'a>(node: &NodeIdentity, objects: &Objects<'a>) -> Claims<'a> {
         .collect();
     // Borrowed keys: a sort calls the key function n log n times.
     resolved.sort_by(|a, b| a.age_key().cmp(&b.age_key()));
-    let mut claimed: BTreeMap<ServiceKey, ObjectRef> = BTreeMap::new();
+    let mut claimed: std::collections::HashMap<ServiceKey, &VirtualService> =
+        std::collections::HashMap::with_capacity(resolved.len());
     let resolved = resolved
         .into_iter()
         .map(|r| {
-            let vs_ref = object_ref_vs(r.vs);
             let winning_ports: Vec<(usize, ServiceKey)> = r
                 .ports
                 .iter()
                 .filter_map(|&(i, key)| match claimed.get(&key) {
                     Some(owner) => {
                         problems.push(Problem {
-                            object: vs_ref.clone(),
+                            object: object_ref_vs(r.vs),
                             field: format!("spec.ports[{i}]"),
                             reason: ProblemReason::Conflict,
-                            message: format!("{key} is already claimed by the older {owner}"),
+                            message: format!(
+                                "{key} is already claimed by the older {}",
+                                object_ref_vs(owner)
+                            ),
                         });
                         None
                     }
                     None => {
-                        claimed.insert(key, vs_ref.clone());
+                        claimed.insert(key, r.vs);
                         Some((i, key))
                     }
                 })
@@ -205,10 +208,7 @@ fn claims<'a>(node: &NodeIdentity, objects: &Objects<'a>) -> Claims<'a> {
             (r, winning_ports)
         })
         .collect();
-    Claims {
-        resolved,
-        problems,
-    }
+    Claims { resolved, problems }
 }
 
 /// What one VirtualService with ports of its own gives the node's plan.
@@ -473,7 +473,8 @@ fn resolve<'a>(
     source: VipSource,
     problems: &mut Vec<Problem>,
 ) -> Option<Resolved<'a>> {
-    let obj = object_ref_vs(vs);
+    // Made only for a problem: resolving runs for every VirtualService at every plan.
+    let obj = || object_ref_vs(vs);
     let found = match source {
         VipSource::Spec => match (
             &vs.spec.vip,
@@ -487,7 +488,7 @@ fn resolve<'a>(
             Some(v) => Some(("status.vip", v)),
             None => {
                 problems.push(Problem {
-                    object: obj,
+                    object: obj(),
                     field: "spec.vip".into(),
                     reason: ProblemReason::VipPending,
                     message: "no VIP granted: the operator has not allocated or admitted one \
@@ -502,7 +503,7 @@ fn resolve<'a>(
         Some(found) => found,
         None => {
             problems.push(Problem {
-                object: obj,
+                object: obj(),
                 field: "spec.vip".into(),
                 reason: ProblemReason::VipPending,
                 message: "no VIP yet: spec.vip is empty and the operator has not allocated one"
@@ -515,7 +516,7 @@ fn resolve<'a>(
         Ok(v) => v,
         Err(_) => {
             problems.push(Problem {
-                object: obj,
+                object: obj(),
                 field: field.into(),
                 reason: ProblemReason::Invalid,
                 message: format!("{text:?} is not an IP address"),
@@ -531,7 +532,7 @@ fn resolve<'a>(
         .filter_map(|(i, p)| {
             if p.port == 0 {
                 problems.push(Problem {
-                    object: obj.clone(),
+                    object: obj(),
                     field: format!("spec.ports[{i}].port"),
                     reason: ProblemReason::Invalid,
                     message: "port 0 is not a port".into(),
