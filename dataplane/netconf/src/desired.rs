@@ -97,16 +97,35 @@ pub enum Refusal {
 }
 
 impl Desired {
-    fn address(&mut self, a: LocalAddress, s: Subject) {
-        self.addresses.entry(a).or_default().insert(s);
+    /// `addr` as a host address on `ifname`, for `s`. Without allocating when the
+    /// address is already wanted: every port of a VIP is a service.
+    fn address(&mut self, ifname: &str, addr: IpAddr, s: Subject) {
+        let probe = |a: &LocalAddress| a.ifname == ifname && a.addr == addr;
+        if let Some((_, subjects)) = self
+            .addresses
+            .iter_mut()
+            .next_back()
+            .filter(|(a, _)| probe(a))
+        {
+            subjects.insert(s);
+            return;
+        }
+        self.addresses
+            .entry(LocalAddress::host(ifname, addr))
+            .or_default()
+            .insert(s);
     }
 
-    fn sysctl(&mut self, path: String, value: &str, s: Subject) {
-        self.sysctls
-            .entry(path)
-            .or_insert_with(|| (value.to_owned(), BTreeSet::new()))
-            .1
-            .insert(s);
+    fn sysctl(&mut self, path: &str, value: &str, s: Subject) {
+        match self.sysctls.get_mut(path) {
+            Some((_, subjects)) => {
+                subjects.insert(s);
+            }
+            None => {
+                self.sysctls
+                    .insert(path.to_owned(), (value.to_owned(), BTreeSet::from([s])));
+            }
+        }
     }
 }
 
@@ -123,21 +142,21 @@ pub fn desired(plan: &NodePlan, opts: &NetconfOptions, links: &BTreeSet<String>)
             // the stack still takes its packets, with ARP on the interface limited to
             // the interface's own addresses (NDP never answers for lo's).
             Some(interface) if plan.unannounced_vips.contains(&s.key.vip) => {
-                d.address(LocalAddress::host("lo", s.key.vip), subject);
+                d.address("lo", s.key.vip, subject);
                 if s.key.vip.is_ipv4() {
                     d.sysctl(
-                        format!("net/ipv4/conf/{interface}/arp_ignore"),
+                        &format!("net/ipv4/conf/{interface}/arp_ignore"),
                         "1",
                         subject,
                     );
                     d.sysctl(
-                        format!("net/ipv4/conf/{interface}/arp_announce"),
+                        &format!("net/ipv4/conf/{interface}/arp_announce"),
                         "2",
                         subject,
                     );
                 }
             }
-            _ => d.address(LocalAddress::host(director_dev, s.key.vip), subject),
+            _ => d.address(director_dev, s.key.vip, subject),
         }
         let forwards = matches!(s.forwarding, Forwarding::Nat | Forwarding::Tun(_));
         if s.dataplane == DataplaneKind::Xdp && forwards {
@@ -146,7 +165,7 @@ pub fn desired(plan: &NodePlan, opts: &NetconfOptions, links: &BTreeSet<String>)
             } else {
                 "net/ipv6/conf/all/forwarding"
             };
-            d.sysctl(path.into(), "1", subject);
+            d.sysctl(path, "1", subject);
         }
     }
     for rv in &plan.real_server_vips {
@@ -209,17 +228,17 @@ pub fn desired(plan: &NodePlan, opts: &NetconfOptions, links: &BTreeSet<String>)
                 // there, loose mode included; the value in force is the larger of
                 // `all` and the device's, so both.
                 for scope in ["all", "tunl0"] {
-                    d.sysctl(format!("net/ipv4/conf/{scope}/rp_filter"), "0", subject);
+                    d.sysctl(&format!("net/ipv4/conf/{scope}/rp_filter"), "0", subject);
                 }
             }
         }
-        d.address(LocalAddress::host("lo", rv.vip), subject);
+        d.address("lo", rv.vip, subject);
         if rv.vip.is_ipv4() {
             let mut scopes = vec!["all".to_owned()];
             scopes.extend(opts.interface.clone());
             for scope in scopes {
-                d.sysctl(format!("net/ipv4/conf/{scope}/arp_ignore"), "1", subject);
-                d.sysctl(format!("net/ipv4/conf/{scope}/arp_announce"), "2", subject);
+                d.sysctl(&format!("net/ipv4/conf/{scope}/arp_ignore"), "1", subject);
+                d.sysctl(&format!("net/ipv4/conf/{scope}/arp_announce"), "2", subject);
             }
         }
     }

@@ -189,7 +189,7 @@ pub fn decide<S: std::borrow::Borrow<Service>>(
 
     // 3. Real servers: keep ids, add new ones. A service whose new real server finds
     //    no free id keeps what it had.
-    let mut wanted_reals: BTreeMap<RealKey, Real> = BTreeMap::new();
+    let mut wanted_reals: HashMap<RealKey, Real> = HashMap::default();
     let mut kept: Vec<AnyVipKey> = Vec::new();
     for (vk, w) in &want {
         for (rk, _) in &w.reals {

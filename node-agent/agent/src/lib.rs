@@ -415,19 +415,24 @@ pub fn run(
                     .get_or_create(&dataplane)
                     .observe(r.read_time.as_secs_f64());
             }
-            let outcomes = r
+            // Counted here, then set: one series per outcome, not a lookup per service.
+            let mut outcomes: BTreeMap<&'static str, i64> = BTreeMap::new();
+            for o in r
                 .services
                 .iter()
                 .map(|s| &s.outcome)
-                .chain(r.vips.iter().map(|v| &v.outcome));
-            for o in outcomes {
+                .chain(r.vips.iter().map(|v| &v.outcome))
+            {
+                *outcomes.entry(o.name()).or_default() += 1;
+            }
+            for (outcome, n) in outcomes {
                 metrics
                     .outcomes
                     .get_or_create(&OutcomeLabels {
                         dataplane: r.dataplane.clone(),
-                        outcome: o.name().to_owned(),
+                        outcome: outcome.to_owned(),
                     })
-                    .inc();
+                    .set(n);
             }
         }
         let writes: u64 = reports.iter().map(|r| r.writes).sum();

@@ -17,16 +17,42 @@ enum Subject {
     RealServer(ServiceKey, SocketAddr),
 }
 
-/// What was last reported per (dataplane, subject), to log changes only. Keys and
-/// the usual texts are not allocated: this is rebuilt at every apply, for every
-/// service.
-type Seen = foldhash::HashMap<(&'static str, Subject), Cow<'static, str>>;
+/// What was last reported per (dataplane, subject), to log changes only, with the
+/// apply that last reported it. Updated in place at every apply, for every service:
+/// keys and the usual texts are not allocated.
+type Seen = foldhash::HashMap<(&'static str, Subject), (Cow<'static, str>, u64)>;
+
+/// Logs `text` for `key` through `log` if it is not what was last logged, and marks
+/// it seen at `apply`.
+fn note(
+    seen: &mut Seen,
+    apply: u64,
+    key: (&'static str, Subject),
+    text: Cow<'static, str>,
+    log: impl FnOnce(&str),
+) {
+    match seen.entry(key) {
+        std::collections::hash_map::Entry::Occupied(mut e) => {
+            let (seen, at) = e.get_mut();
+            if *seen != text {
+                log(&text);
+                *seen = text;
+            }
+            *at = apply;
+        }
+        std::collections::hash_map::Entry::Vacant(e) => {
+            log(&text);
+            e.insert((text, apply));
+        }
+    }
+}
 
 /// Every dataplane of this node, applied in order (netconf first: a director's VIPs
 /// and a real server's ARP suppression before traffic is steered).
 pub struct Node {
     dataplanes: Vec<Box<dyn Dataplane>>,
     seen: Seen,
+    applies: u64,
 }
 
 impl std::fmt::Debug for Node {
@@ -41,6 +67,7 @@ impl Node {
         Self {
             dataplanes,
             seen: Seen::default(),
+            applies: 0,
         }
     }
 
@@ -70,9 +97,10 @@ impl Node {
             .iter_mut()
             .map(|d| d.apply(plan, &ctx))
             .collect();
-        let mut seen = Seen::with_capacity_and_hasher(self.seen.len(), Default::default());
-        for (d, r) in self.dataplanes.iter().zip(&reports) {
-            let dataplane = d.name();
+        self.applies += 1;
+        let (seen, apply) = (&mut self.seen, self.applies);
+        let names = self.dataplanes.iter().map(|d| d.name());
+        for (dataplane, r) in names.zip(&reports) {
             let subjects = r
                 .services
                 .iter()
@@ -87,20 +115,16 @@ impl Node {
                     Some(reason) => format!("{}: {reason}", outcome.name()).into(),
                     None => outcome.name().into(),
                 };
-                let key = (dataplane, subject);
-                if self.seen.get(&key) != Some(&text) {
+                note(seen, apply, (dataplane, subject), text, |text| {
                     let subject = match subject {
                         Subject::RealServerVip(vip) => format!("real-server VIP {vip}"),
                         Subject::Service(key) | Subject::RealServer(key, _) => key.to_string(),
                     };
                     match outcome {
                         Outcome::Programmed => info!(%dataplane, %subject, "programmed"),
-                        _ => {
-                            warn!(%dataplane, %subject, outcome = %text, "not programmed")
-                        }
+                        _ => warn!(%dataplane, %subject, outcome = %text, "not programmed"),
                     }
-                }
-                seen.insert(key, text);
+                });
             }
             for n in &r.real_servers {
                 let key = (dataplane, Subject::RealServer(n.service, n.real_server));
@@ -108,13 +132,16 @@ impl Node {
                     RealServerState::Draining => "Draining".into(),
                     state => format!("{state:?}").into(),
                 };
-                if self.seen.get(&key) != Some(&text) {
-                    info!(%dataplane, service = %n.service, real_server = %n.real_server, state = %text, "real server");
-                }
-                seen.insert(key, text);
+                note(
+                    seen,
+                    apply,
+                    key,
+                    text,
+                    |state| info!(%dataplane, service = %n.service, real_server = %n.real_server, %state, "real server"),
+                );
             }
         }
-        self.seen = seen;
+        seen.retain(|_, (_, at)| *at == apply);
         reports
     }
 }

@@ -144,7 +144,7 @@ impl Planner {
     }
 
     /// Re-plans the VirtualServices whose inputs changed; `changed`: the RealServers
-    /// whose version changed.
+    /// whose version changed, ascending.
     fn update(
         &mut self,
         node: &NodeIdentity,
@@ -154,20 +154,19 @@ impl Planner {
     ) {
         let memo = self.memo.as_mut().expect("checked by changed_real_servers");
         let v = objects.versions.expect("checked by changed_real_servers");
-        let changed_set: HashSet<u32> = changed.iter().copied().collect();
         let empty = BTreeMap::new();
-        let won_by: BTreeMap<usize, usize> = claims
-            .resolved
-            .iter()
-            .enumerate()
-            .filter(|(_, (_, won))| !won.is_empty())
-            .map(|(i, (r, _))| (r.at, i))
-            .collect();
+        // By position: the VirtualService's entry in `claims.resolved`, if it won ports.
+        let mut won_by: Vec<Option<usize>> = vec![None; objects.virtual_services.len()];
+        for (i, (r, won)) in claims.resolved.iter().enumerate() {
+            if !won.is_empty() {
+                won_by[r.at] = Some(i);
+            }
+        }
         let mut index: Option<RealServerIndex<'_>> = None;
         let mut removed: HashSet<ServiceKey> = HashSet::new();
         let mut added = Vec::new();
         for at in 0..objects.virtual_services.len() {
-            let now = won_by.get(&at).map(|&i| &claims.resolved[i]);
+            let now = won_by[at].map(|i| &claims.resolved[i]);
             let was = memo.parts[at].as_ref();
             let vs_changed = v.virtual_services[at] != memo.versions.virtual_services[at];
             let clean = match (now, was) {
@@ -177,7 +176,11 @@ impl Planner {
                     let selector = &r.vs.spec.real_server_selector;
                     !vs_changed
                         && part.winning_ports == *won
-                        && !part.plan.selected.iter().any(|at| changed_set.contains(at))
+                        && !part
+                            .plan
+                            .selected
+                            .iter()
+                            .any(|at| changed.binary_search(at).is_ok())
                         && !changed.iter().any(|&c| {
                             let rs = objects.real_servers[c as usize];
                             rs.metadata.namespace.as_deref().unwrap_or_default() == namespace
