@@ -15,8 +15,14 @@ use std::path::Path;
 /// Calls `changed` from a thread of its own each time the file at `path` is written
 /// and closed, created, replaced, removed or has its attributes changed (and when a
 /// ConfigMap volume's `..`-prefixed entries are swapped), until `changed` returns
-/// false. Fails if the kernel gives no inotify watch on the directory.
-pub fn follow(path: &Path, mut changed: impl FnMut() -> bool + Send + 'static) -> io::Result<()> {
+/// false. Its argument says whether the change is complete: the last event was the
+/// file written and closed, or another renamed over it (a ConfigMap's `..data` swap
+/// too), so there is no reason to wait for more. Fails if the kernel gives no inotify
+/// watch on the directory.
+pub fn follow(
+    path: &Path,
+    mut changed: impl FnMut(bool) -> bool + Send + 'static,
+) -> io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -35,11 +41,22 @@ pub fn follow(path: &Path, mut changed: impl FnMut() -> bool + Send + 'static) -
                     return;
                 };
                 // An overflowed queue lost events: any of them may have been ours.
-                let ours = events.iter().any(|(mask, n)| {
-                    let n = OsStr::from_bytes(n);
-                    mask & libc::IN_Q_OVERFLOW != 0 || n == name || n.as_bytes().starts_with(b"..")
-                });
-                if ours && !changed() {
+                let ours: Vec<u32> = events
+                    .iter()
+                    .filter(|(mask, n)| {
+                        let n = OsStr::from_bytes(n);
+                        mask & libc::IN_Q_OVERFLOW != 0
+                            || n == name
+                            || n.as_bytes().starts_with(b"..")
+                    })
+                    .map(|(mask, _)| *mask)
+                    .collect();
+                let Some(last) = ours.last() else {
+                    continue;
+                };
+                let complete = last & (libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO) != 0
+                    && last & libc::IN_Q_OVERFLOW == 0;
+                if !changed(complete) {
                     return;
                 }
             }
@@ -119,7 +136,7 @@ mod tests {
         let config = dir.join("agent.yaml");
         std::fs::write(&config, "a").unwrap();
         let (tx, rx) = mpsc::channel();
-        follow(&config, move || tx.send(()).is_ok()).unwrap();
+        follow(&config, move |complete| tx.send(complete).is_ok()).unwrap();
 
         std::fs::write(dir.join("other.yaml"), "x").unwrap();
         assert!(
@@ -130,11 +147,33 @@ mod tests {
         // The temporary file's own events are not the configuration's.
         assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
         std::fs::rename(dir.join("agent.yaml.tmp"), &config).unwrap();
-        rx.recv_timeout(Duration::from_secs(5))
+        let complete = rx
+            .recv_timeout(Duration::from_secs(5))
             .expect("the rename over the configuration woke the agent");
+        assert!(complete, "a rename is a whole new file");
         std::fs::write(&config, "c").unwrap();
-        rx.recv_timeout(Duration::from_secs(5))
+        // Written and closed, the last of what arrives says so.
+        let mut last = rx
+            .recv_timeout(Duration::from_secs(5))
             .expect("a write of the configuration woke the agent");
+        while let Ok(more) = rx.recv_timeout(Duration::from_millis(200)) {
+            last = more;
+        }
+        assert!(last, "written and closed");
+        // Open for writing and not closed yet: a change, not a complete one.
+        let open = std::fs::File::create(dir.join("agent.yaml.new")).unwrap();
+        std::fs::rename(dir.join("agent.yaml.new"), &config).unwrap();
+        assert!(
+            rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+            "the rename"
+        );
+        let attributes = std::fs::metadata(&config).unwrap().permissions();
+        std::fs::set_permissions(&config, attributes).unwrap();
+        let complete = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("an attribute change woke the agent");
+        assert!(!complete, "an attribute change says nothing of the text");
+        drop(open);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

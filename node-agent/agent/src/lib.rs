@@ -45,8 +45,12 @@ use crate::node::Node;
 /// What wakes the agent's loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
-    /// SIGHUP, or the configuration file changed: read it again.
+    /// SIGHUP, or the configuration file changed: read it again (once the changes
+    /// stop coming: a writer may not be done).
     Reload,
+    /// The configuration file was written and closed, or replaced: read it again at
+    /// once.
+    Written,
     /// A real server went down or up.
     Health,
     /// A neighbour's MAC on the director's interface appeared, changed or went.
@@ -116,7 +120,7 @@ pub fn gather(
                 burst.stop = true;
                 return burst;
             }
-            Ok(Event::Reload) => burst.reload = true,
+            Ok(Event::Reload | Event::Written) => burst.reload = true,
             Ok(Event::Health | Event::Neighbours) => {}
             Err(_) => break,
         }
@@ -261,6 +265,7 @@ pub fn run(
         // Wait for something to do.
         let mut reload = false;
         let mut health = false;
+        let mut complete = false;
         match events.recv_timeout(settings.poll) {
             Ok(Event::Stop) => {
                 info!("stopping");
@@ -268,6 +273,7 @@ pub fn run(
                 return Ok(node);
             }
             Ok(Event::Reload) => reload = true,
+            Ok(Event::Written) => (reload, complete) = (true, true),
             Ok(Event::Health | Event::Neighbours) => health = true,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(node),
@@ -288,7 +294,13 @@ pub fn run(
             );
             continue;
         }
-        let burst = gather(&events, settings.debounce, || stamp(&source) != now_stamp);
+        // A complete write needs no quiet; what is already queued is still taken.
+        let quiet = if complete {
+            Duration::from_millis(1)
+        } else {
+            settings.debounce
+        };
+        let burst = gather(&events, quiet, || stamp(&source) != now_stamp);
         if burst.stop {
             info!("stopping");
             drain(&mut announcements, settings.bgp_drain);

@@ -356,9 +356,14 @@ fn main() -> anyhow::Result<()> {
     let source = match &args.config {
         Some(path) => {
             let wake = wake.clone();
-            if let Err(e) =
-                kubelvs_agent::file_watch::follow(path, move || wake.send(Event::Reload).is_ok())
-            {
+            if let Err(e) = kubelvs_agent::file_watch::follow(path, move |complete| {
+                let event = if complete {
+                    Event::Written
+                } else {
+                    Event::Reload
+                };
+                wake.send(event).is_ok()
+            }) {
                 warn!(error = %e, path = %path.display(), "no inotify watch on the configuration's directory: changes are seen by polling, within 100 ms");
             }
             Source::File(path.clone())
