@@ -45,8 +45,11 @@ fn main() {
             &kubelvs_test_cluster::node_object("director", DIRECTOR_ADDR.parse().unwrap(), true),
         )
         .unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let client = rt.block_on(client(cluster.kubeconfig()));
+    // The API server is reachable only inside the namespace: the client's runtime
+    // threads start there, and every request is made from there.
+    let rt = ns.run(|| tokio::runtime::Runtime::new().unwrap()).unwrap();
+    let kubeconfig = cluster.kubeconfig().to_owned();
+    let client = ns.run(|| rt.block_on(client(&kubeconfig))).unwrap();
     let vs: Vec<VirtualService> = (0..n)
         .map(|i| {
             serde_json::from_value(serde_json::json!({
@@ -79,9 +82,13 @@ fn main() {
         .collect();
     let vs_api: Api<VirtualService> = Api::namespaced(client.clone(), NS);
     let rs_api: Api<RealServer> = Api::namespaced(client.clone(), NS);
-    let took = rt.block_on(create_all(vs_api.clone(), vs));
+    let took = ns
+        .run(|| rt.block_on(create_all(vs_api.clone(), vs)))
+        .unwrap();
     println!("{n} VirtualServices created in {:.0} s", took.as_secs_f64());
-    let took = rt.block_on(create_all(rs_api.clone(), rs));
+    let took = ns
+        .run(|| rt.block_on(create_all(rs_api.clone(), rs)))
+        .unwrap();
     println!(
         "{} RealServers created in {:.0} s",
         n * m,
@@ -90,7 +97,7 @@ fn main() {
     // Each VIP granted as the operator grants it: status.vip for generation 1.
     let granted = Instant::now();
     let operator = PatchParams::apply("kubelvs-operator").force();
-    let failed = rt.block_on(
+    let grants = || {
         futures::stream::iter(0..n)
             .map(|i| {
                 let (api, operator) = (vs_api.clone(), operator.clone());
@@ -108,8 +115,9 @@ fn main() {
             })
             .buffer_unordered(64)
             .filter(|failed| std::future::ready(*failed))
-            .count(),
-    );
+            .count()
+    };
+    let failed = ns.run(|| rt.block_on(grants())).unwrap();
     assert_eq!(failed, 0, "{failed} grants failed");
     println!(
         "{n} VIPs granted in {:.0} s",
@@ -142,7 +150,8 @@ fn main() {
         applies.drain();
         let patch = Patch::Merge(serde_json::json!({"spec": {"weight": 2 + k % 2}}));
         let sent = Instant::now();
-        rt.block_on(rs_api.patch("rs0-0", &PatchParams::default(), &patch))
+        ns.run(|| rt.block_on(rs_api.patch("rs0-0", &PatchParams::default(), &patch)))
+            .unwrap()
             .expect("patch");
         edits.push(sent, applies.next());
     }
