@@ -379,7 +379,7 @@ pub fn run(
                 warn!(problem = %p, "plan");
             }
             problems = now_problems;
-            checker.set_targets(&health::targets(&p));
+            checker.set_targets(&health::targets(p));
             if let Source::Cluster { watches, .. } = &source {
                 // Only directors renew a Lease: liveness matters for announcing.
                 watches.set_directing(!p.services.is_empty());

@@ -74,6 +74,10 @@ pub fn parse(text: &str) -> (Objects, Vec<Rejected>) {
     Cache::default().parse(text)
 }
 
+/// What a parse gave: the rejected documents, or (`Err`) nothing passed, with what the
+/// text gave (no object, maybe Secrets, the rejections).
+type Outcome = Result<Vec<Rejected>, Box<(Objects, Vec<Rejected>)>>;
+
 /// What one document gave: an object that passed validation, or why not.
 type Parsed = Result<Shared, String>;
 
@@ -297,7 +301,7 @@ impl Cache {
         &mut self,
         input: impl std::io::Read,
         objects: &mut Objects,
-    ) -> std::io::Result<Result<Vec<Rejected>, Box<(Objects, Vec<Rejected>)>>> {
+    ) -> std::io::Result<Outcome> {
         // Each document's key; the text only of those not where they were.
         let mut keys: Vec<DocKey> = Vec::with_capacity(self.docs.len());
         let mut texts: HashMap<usize, String> = HashMap::new();
@@ -319,7 +323,7 @@ impl Cache {
         keys: &[DocKey],
         texts: &HashMap<usize, String>,
         objects: &mut Objects,
-    ) -> Result<Vec<Rejected>, Box<(Objects, Vec<Rejected>)>> {
+    ) -> Outcome {
         let mut fresh: HashMap<DocKey, Parsed> = HashMap::new();
         if keys.len() == self.docs.len() && self.given == Some(objects.lists()) {
             let changed: Vec<usize> = (0..keys.len())

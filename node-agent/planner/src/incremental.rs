@@ -165,8 +165,8 @@ impl Planner {
         let mut index: Option<RealServerIndex<'_>> = None;
         let mut removed: HashSet<ServiceKey> = HashSet::new();
         let mut added = Vec::new();
-        for at in 0..objects.virtual_services.len() {
-            let now = won_by[at].map(|i| &claims.resolved[i]);
+        for (at, won) in won_by.iter().enumerate() {
+            let now = won.map(|i| &claims.resolved[i]);
             let was = memo.parts[at].as_ref();
             let vs_changed = v.virtual_services[at] != memo.versions.virtual_services[at];
             let clean = match (now, was) {

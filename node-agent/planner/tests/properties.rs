@@ -178,17 +178,17 @@ fn versions_of<T: k8s_openapi::serde::Serialize>(objects: &[T]) -> Vec<u64> {
 /// One edit of the objects in place: which list, which position, its replacement.
 #[derive(Debug, Clone)]
 enum Edit {
-    VirtualService(usize, VirtualService),
-    RealServer(usize, RealServer),
+    VirtualService(usize, Box<VirtualService>),
+    RealServer(usize, Box<RealServer>),
     /// Another node identity (labels), as when the node is relabelled.
     Node(NodeIdentity),
 }
 
 fn arb_edit() -> impl Strategy<Value = Edit> {
     prop_oneof![
-        (0..8usize, arb_vs()).prop_map(|(at, vs)| Edit::VirtualService(at, vs)),
-        (0..10usize, arb_rs()).prop_map(|(at, rs)| Edit::RealServer(at, rs)),
-        (0..10usize, arb_rs()).prop_map(|(at, rs)| Edit::RealServer(at, rs)),
+        (0..8usize, arb_vs()).prop_map(|(at, vs)| Edit::VirtualService(at, Box::new(vs))),
+        (0..10usize, arb_rs()).prop_map(|(at, rs)| Edit::RealServer(at, Box::new(rs))),
+        (0..10usize, arb_rs()).prop_map(|(at, rs)| Edit::RealServer(at, Box::new(rs))),
         arb_node().prop_map(Edit::Node),
     ]
 }
@@ -211,11 +211,11 @@ proptest! {
             match edit {
                 Some(Edit::VirtualService(at, vs)) if !vss.is_empty() => {
                     let at = at % vss.len();
-                    vss[at] = vs;
+                    vss[at] = *vs;
                 }
                 Some(Edit::RealServer(at, rs)) if !rss.is_empty() => {
                     let at = at % rss.len();
-                    rss[at] = rs;
+                    rss[at] = *rs;
                 }
                 Some(Edit::Node(n)) => node = n,
                 _ => {}
