@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
 use kubelvs_crds::{RealServer, VirtualService};
-use kubelvs_test_cluster::bulk::{client, create_all};
+use kubelvs_test_cluster::bulk::{client, create_all, real_servers, virtual_services};
 use kubelvs_test_cluster::{Cluster, ControlPlane, ControlPlaneOptions};
 use scale::{agent, director_netns, wait_programmed, xdp_args, Edits, DIRECTOR_ADDR, EDITS};
 
@@ -50,36 +50,16 @@ fn main() {
     let rt = ns.run(|| tokio::runtime::Runtime::new().unwrap()).unwrap();
     let kubeconfig = cluster.kubeconfig().to_owned();
     let client = ns.run(|| rt.block_on(client(&kubeconfig))).unwrap();
-    let vs: Vec<VirtualService> = (0..n)
-        .map(|i| {
-            serde_json::from_value(serde_json::json!({
-                "apiVersion": "kubelvs.io/v1alpha1",
-                "kind": "VirtualService",
-                "metadata": {"name": format!("vs{i}")},
-                "spec": {
-                    "ports": [{"port": 1000 + i % PORTS_PER_VIP, "targetPort": 8080}],
-                    "scheduler": "maglev",
-                    "forwarding": "nat",
-                    "dataplane": "xdp",
-                    "realServerSelector": {"matchLabels": {"vs": format!("vs{i}")}},
-                },
-            }))
-            .unwrap()
+    let vs: Vec<VirtualService> = virtual_services(n, |i| {
+        serde_json::json!({
+            "ports": [{"port": 1000 + i % PORTS_PER_VIP, "targetPort": 8080}],
+            "scheduler": "maglev",
+            "forwarding": "nat",
+            "dataplane": "xdp",
         })
-        .collect();
-    let rs: Vec<RealServer> = (0..n)
-        .flat_map(|i| {
-            (0..m).map(move |j| {
-                serde_json::from_value(serde_json::json!({
-                    "apiVersion": "kubelvs.io/v1alpha1",
-                    "kind": "RealServer",
-                    "metadata": {"name": format!("rs{i}-{j}"), "labels": {"vs": format!("vs{i}")}},
-                    "spec": {"address": format!("198.51.100.{}", 1 + (i * m + j) % 250), "weight": 1},
-                }))
-                .unwrap()
-            })
-        })
-        .collect();
+    });
+    let rs: Vec<RealServer> =
+        real_servers(n, m, |i, j| format!("198.51.100.{}", 1 + (i * m + j) % 250));
     let vs_api: Api<VirtualService> = Api::namespaced(client.clone(), NS);
     let rs_api: Api<RealServer> = Api::namespaced(client.clone(), NS);
     let took = ns

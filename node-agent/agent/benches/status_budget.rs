@@ -24,7 +24,7 @@ use kubelvs_agent::cluster::{own_entries, status_writer, Desired};
 use kubelvs_agent::status::{desired, field_manager};
 use kubelvs_crds::{DirectorStatus, HealthObservation, RealServer, VirtualService};
 use kubelvs_model::ObjectRef;
-use kubelvs_test_cluster::bulk::{client, create_all};
+use kubelvs_test_cluster::bulk::{client, create_all, real_servers, virtual_services};
 use kubelvs_test_cluster::{Cluster, ControlPlane, ControlPlaneOptions};
 
 const NS: &str = "budget";
@@ -139,35 +139,13 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let client = rt.block_on(client(cluster.kubeconfig()));
 
-    let vs: Vec<VirtualService> = (0..n)
-        .map(|i| {
-            serde_json::from_value(serde_json::json!({
-                "apiVersion": "kubelvs.io/v1alpha1",
-                "kind": "VirtualService",
-                "metadata": {"name": format!("vs{i}")},
-                "spec": {
-                    "ports": [{"port": 80}],
-                    "forwarding": "nat",
-                    "healthCheck": {"type": "tcp"},
-                    "realServerSelector": {"matchLabels": {"app": format!("vs{i}")}},
-                },
-            }))
-            .unwrap()
-        })
-        .collect();
-    let rs: Vec<RealServer> = (0..n)
-        .flat_map(|i| {
-            (0..m).map(move |j| {
-                serde_json::from_value(serde_json::json!({
-                    "apiVersion": "kubelvs.io/v1alpha1",
-                    "kind": "RealServer",
-                    "metadata": {"name": format!("rs{i}-{j}"), "labels": {"app": format!("vs{i}")}},
-                    "spec": {"address": format!("10.{}.{}.{}", i / 250, i % 250, 10 + j)},
-                }))
-                .unwrap()
-            })
-        })
-        .collect();
+    let vs: Vec<VirtualService> = virtual_services(
+        n,
+        |_| serde_json::json!({"ports": [{"port": 80}], "forwarding": "nat", "healthCheck": {"type": "tcp"}}),
+    );
+    let rs: Vec<RealServer> = real_servers(n, m, |i, j| {
+        format!("10.{}.{}.{}", i / 250, i % 250, 10 + j)
+    });
     let t = rt.block_on(create_all(Api::namespaced(client.clone(), NS), vs));
     let t2 = rt.block_on(create_all(Api::namespaced(client.clone(), NS), rs));
     println!(

@@ -36,3 +36,46 @@ pub async fn client(kubeconfig: &std::path::Path) -> kube::Client {
     .expect("kube config");
     kube::Client::try_from(config).expect("kube client")
 }
+
+/// RealServers `rs{i}-{j}` (`j < m`) for each of `n` VirtualServices `vs{i}`, labelled
+/// `app: vs{i}`, at `address(i, j)`, weight 1: the shape the benches at scale create.
+pub fn real_servers<K: serde::de::DeserializeOwned>(
+    n: usize,
+    m: usize,
+    address: impl Fn(usize, usize) -> String,
+) -> Vec<K> {
+    (0..n)
+        .flat_map(|i| (0..m).map(move |j| (i, j)))
+        .map(|(i, j)| {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "kubelvs.io/v1alpha1",
+                "kind": "RealServer",
+                "metadata": {"name": format!("rs{i}-{j}"), "labels": {"app": format!("vs{i}")}},
+                "spec": {"address": address(i, j), "weight": 1},
+            }))
+            .expect("a RealServer")
+        })
+        .collect()
+}
+
+/// VirtualServices `vs{i}` (`i < n`) selecting the [`real_servers`] labelled
+/// `app: vs{i}`, the rest of each one's spec from `spec(i)`.
+pub fn virtual_services<K: serde::de::DeserializeOwned>(
+    n: usize,
+    spec: impl Fn(usize) -> serde_json::Value,
+) -> Vec<K> {
+    (0..n)
+        .map(|i| {
+            let mut spec = spec(i);
+            spec["realServerSelector"] =
+                serde_json::json!({"matchLabels": {"app": format!("vs{i}")}});
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "kubelvs.io/v1alpha1",
+                "kind": "VirtualService",
+                "metadata": {"name": format!("vs{i}")},
+                "spec": spec,
+            }))
+            .expect("a VirtualService")
+        })
+        .collect()
+}
