@@ -70,8 +70,10 @@ where
     K: std::fmt::Debug + Send + Sync + 'static,
 {
     let _in_runtime = rt.enter();
+    // An object's change is whole: no reason to wait for quiet (what arrives while
+    // an apply runs is taken together by the next).
     kubelvs_watch::reflect(api, config, unread, move || {
-        wake.send(Event::Reload).is_ok()
+        wake.send(Event::Complete).is_ok()
     })
 }
 
@@ -186,19 +188,15 @@ impl ClusterSource {
     pub fn snapshot(&self) -> (Objects, Vec<Rejected>) {
         let mut objects = Objects::default();
         let mut rejected = Vec::new();
-        // Each object's version for the planner: its resourceVersion (with its
-        // identity), which the API server changes at every write.
+        // Each object's version for the planner: its resourceVersion (with its uid),
+        // which the API server changes at every write.
         fn version<K: Resource>(o: &K) -> Option<u64> {
             use std::hash::BuildHasher;
             let m = o.meta();
             let rv = m.resource_version.as_deref()?;
             Some(
-                foldhash::quality::FixedState::with_seed(0x6b75_6265_6c76_7303).hash_one((
-                    &m.uid,
-                    &m.namespace,
-                    &m.name,
-                    rv,
-                )),
+                foldhash::quality::FixedState::with_seed(0x6b75_6265_6c76_7303)
+                    .hash_one((m.uid.as_deref(), rv)),
             )
         }
         fn take<K: Clone + Resource<DynamicType = ()>>(
@@ -217,7 +215,7 @@ impl ClusterSource {
                                 None => *versions = None,
                             }
                         }
-                        out.push(o.clone())
+                        out.push(o)
                     }
                     Err(e) => {
                         let namespace = e.metadata.namespace.clone().unwrap_or_default();

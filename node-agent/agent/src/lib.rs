@@ -48,9 +48,10 @@ pub enum Event {
     /// SIGHUP, or the configuration file changed: read it again (once the changes
     /// stop coming: a writer may not be done).
     Reload,
-    /// The configuration file was written and closed, or replaced: read it again at
-    /// once.
-    Written,
+    /// A change known to be whole (the configuration file written and closed, or
+    /// replaced; an object changed in the API server): read at once, with whatever
+    /// else is already queued.
+    Complete,
     /// A real server went down or up.
     Health,
     /// A neighbour's MAC on the director's interface appeared, changed or went.
@@ -120,7 +121,7 @@ pub fn gather(
                 burst.stop = true;
                 return burst;
             }
-            Ok(Event::Reload | Event::Written) => burst.reload = true,
+            Ok(Event::Reload | Event::Complete) => burst.reload = true,
             Ok(Event::Health | Event::Neighbours) => {}
             Err(_) => break,
         }
@@ -273,7 +274,7 @@ pub fn run(
                 return Ok(node);
             }
             Ok(Event::Reload) => reload = true,
-            Ok(Event::Written) => (reload, complete) = (true, true),
+            Ok(Event::Complete) => (reload, complete) = (true, true),
             Ok(Event::Health | Event::Neighbours) => health = true,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(node),

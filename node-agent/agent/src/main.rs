@@ -358,7 +358,7 @@ fn main() -> anyhow::Result<()> {
             let wake = wake.clone();
             if let Err(e) = kubelvs_agent::file_watch::follow(path, move |complete| {
                 let event = if complete {
-                    Event::Written
+                    Event::Complete
                 } else {
                     Event::Reload
                 };

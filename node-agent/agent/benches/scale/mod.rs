@@ -191,12 +191,14 @@ impl Edits {
             all.sort();
             all[all.len() / 2]
         });
+        let each: Vec<String> = t.iter().map(|d| format!("{:.0}", ms(*d))).collect();
         format!(
-            "{} edits: median {:.0} ms, p99 {:.0} ms, max {:.0} ms\n  of which (medians, from the agent's log) reading {read} ms, planning {plan} ms, applying {apply} ms",
+            "{} edits: median {:.0} ms, p99 {:.0} ms, max {:.0} ms\n  of which (medians, from the agent's log) reading {read} ms, planning {plan} ms, applying {apply} ms\n  each (ms): {}",
             t.len(),
             ms(pct(0.5)),
             ms(pct(0.99)),
             ms(*t.last().unwrap()),
+            each.join(" "),
         )
     }
 }
