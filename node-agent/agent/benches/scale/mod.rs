@@ -170,12 +170,18 @@ impl Applies {
 pub struct Edits {
     times: Vec<Duration>,
     stages: [Vec<u64>; 3],
+    /// The slowest edit's time and stages.
+    slowest: Option<(Duration, [u64; 3])>,
 }
 
 impl Edits {
     /// The edit made at `at` was applied as `applied` says.
     pub fn push(&mut self, at: Instant, (done, stages): (Instant, [u64; 3])) {
-        self.times.push(done.saturating_duration_since(at));
+        let took = done.saturating_duration_since(at);
+        self.times.push(took);
+        if self.slowest.is_none_or(|(t, _)| took > t) {
+            self.slowest = Some((took, stages));
+        }
         for (all, ms) in self.stages.iter_mut().zip(stages) {
             all.push(ms);
         }
@@ -192,8 +198,9 @@ impl Edits {
             all[all.len() / 2]
         });
         let each: Vec<String> = t.iter().map(|d| format!("{:.0}", ms(*d))).collect();
+        let [r, p, a] = self.slowest.map_or([0; 3], |(_, s)| s);
         format!(
-            "{} edits: median {:.0} ms, p99 {:.0} ms, max {:.0} ms\n  of which (medians, from the agent's log) reading {read} ms, planning {plan} ms, applying {apply} ms\n  each (ms): {}",
+            "{} edits: median {:.0} ms, p99 {:.0} ms, max {:.0} ms\n  of which (medians, from the agent's log) reading {read} ms, planning {plan} ms, applying {apply} ms\n  each (ms): {}; the slowest read {r} ms, planned {p} ms, applied {a} ms",
             t.len(),
             ms(pct(0.5)),
             ms(pct(0.99)),
