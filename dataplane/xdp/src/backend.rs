@@ -9,7 +9,7 @@ use std::time::Instant;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues};
 use kubelvs_model::Service;
 
-use crate::decide::{decide, state_from_maps, MapWrite, State};
+use crate::decide::{decide, decide_weights, state_from_maps, Decided, MapWrite, State};
 use crate::maps::*;
 use crate::plan::{vip_key, AnyVipKey};
 use crate::{map_err, sys, ApplyReport, DirectorOptions, Neighbours, Result, XdpError};
@@ -48,6 +48,9 @@ pub struct DirectorTable<M: DirectorMaps> {
     state: State,
     /// A write failed: read the maps again before the next decision.
     stale: bool,
+    /// What the last decision was made from, when it was clean: an edit of weights
+    /// only is then decided for the changed services alone.
+    decided: Option<Decided>,
 }
 
 impl<M: DirectorMaps> DirectorTable<M> {
@@ -58,6 +61,7 @@ impl<M: DirectorMaps> DirectorTable<M> {
             opts,
             state: State::default(),
             stale: true,
+            decided: None,
         };
         t.refresh()?;
         Ok(t)
@@ -104,21 +108,44 @@ impl<M: DirectorMaps> DirectorTable<M> {
         now: Instant,
     ) -> Result<ApplyReport> {
         if self.stale {
+            self.decided = None;
             self.refresh()?;
+        }
+        let weights = self
+            .decided
+            .as_ref()
+            .and_then(|last| decide_weights(&self.state, &self.opts, services, neighbours, last));
+        if let Some((writes, rings, prints)) = weights {
+            let mut report = ApplyReport::default();
+            self.write_all(&writes, &mut report)?;
+            self.state.ring_inputs.extend(rings);
+            if let Some(last) = &mut self.decided {
+                last.services.extend(prints);
+            }
+            return Ok(report);
         }
         let d = decide(&self.state, &self.opts, services, neighbours, now);
         let mut report = d.report;
-        for w in &d.writes {
+        self.write_all(&d.writes, &mut report)?;
+        self.state = d.next;
+        self.decided = Decided::of(&report, services, neighbours);
+        Ok(report)
+    }
+
+    /// Writes `writes` in order, counting ring slots into `report`; on a failure the
+    /// maps are read again before the next decision.
+    fn write_all(&mut self, writes: &[MapWrite], report: &mut ApplyReport) -> Result<()> {
+        for w in writes {
             match self.write(w) {
                 Ok(slots) => report.ring_slots_written += slots,
                 Err(e) => {
                     self.stale = true;
+                    self.decided = None;
                     return Err(e);
                 }
             }
         }
-        self.state = d.next;
-        Ok(report)
+        Ok(())
     }
 
     fn write(&mut self, w: &MapWrite) -> Result<usize> {

@@ -18,7 +18,7 @@ use foldhash::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use kubelvs_model::{DataplaneKind, Service};
+use kubelvs_model::{DataplaneKind, Service, ServiceKey};
 
 use crate::maps::*;
 use crate::plan::{desired, real_entry, AnyVipKey, RealKey, Skipped, Want};
@@ -286,37 +286,15 @@ pub fn decide<S: std::borrow::Borrow<Service>>(
             }
         };
         if old.is_none() || next.ring_inputs.get(&vk) != Some(&w.reals) {
-            let endpoints: Vec<kubelvs_maglev::Endpoint> = w
-                .reals
-                .iter()
-                .map(|((a, p), weight)| {
-                    let mut id = match a {
-                        IpAddr::V4(a) => a.octets().to_vec(),
-                        IpAddr::V6(a) => a.octets().to_vec(),
-                    };
-                    id.extend_from_slice(&p.to_be_bytes());
-                    kubelvs_maglev::Endpoint::new(id, *weight)
-                })
-                .collect();
-            let table = match kubelvs_maglev::build(&endpoints, ring_size) {
-                Ok(t) => t,
-                Err(source) => {
-                    let e = XdpError::Maglev {
-                        service: w.service,
-                        source,
-                    };
+            let slots = match ring(w, &next, ring_size) {
+                Ok(slots) => slots,
+                Err(e) => {
                     report
                         .skipped
                         .push((w.service, Skipped::new("", e.to_string())));
                     continue;
                 }
             };
-            let ids: Vec<u32> = w.reals.iter().map(|(rk, _)| next.reals[rk].0).collect();
-            let slots: Vec<u32> = table
-                .slots()
-                .iter()
-                .map(|&slot| ids.get(slot as usize).copied().unwrap_or(REAL_NONE))
-                .collect();
             writes.push(MapWrite::Ring { vip_id, slots });
             next.ring_inputs.insert(vk, w.reals.clone());
         }
@@ -379,6 +357,157 @@ pub fn decide<S: std::borrow::Borrow<Service>>(
         next,
         report,
     }
+}
+
+/// `w`'s maglev ring: each slot the id (in `state`) of its real server.
+fn ring(w: &Want, state: &State, ring_size: u32) -> Result<Vec<u32>, XdpError> {
+    let endpoints: Vec<kubelvs_maglev::Endpoint> = w
+        .reals
+        .iter()
+        .map(|((a, p), weight)| {
+            let mut id = match a {
+                IpAddr::V4(a) => a.octets().to_vec(),
+                IpAddr::V6(a) => a.octets().to_vec(),
+            };
+            id.extend_from_slice(&p.to_be_bytes());
+            kubelvs_maglev::Endpoint::new(id, *weight)
+        })
+        .collect();
+    let table =
+        kubelvs_maglev::build(&endpoints, ring_size).map_err(|source| XdpError::Maglev {
+            service: w.service,
+            source,
+        })?;
+    let ids: Vec<u32> = w.reals.iter().map(|(rk, _)| state.reals[rk].0).collect();
+    Ok(table
+        .slots()
+        .iter()
+        .map(|&slot| ids.get(slot as usize).copied().unwrap_or(REAL_NONE))
+        .collect())
+}
+
+/// What a clean decision was made from, for [`decide_weights`]: each XDP service's
+/// [`fingerprint`] by key, and the neighbours.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decided {
+    pub services: HashMap<ServiceKey, u64>,
+    pub neighbours: Neighbours,
+}
+
+impl Decided {
+    /// What `decision` was made from, if it is clean: nothing skipped, draining or
+    /// unresolved (the only decisions [`decide_weights`] builds on).
+    pub fn of<S: std::borrow::Borrow<Service>>(
+        decision: &ApplyReport,
+        services: &[S],
+        neighbours: &Neighbours,
+    ) -> Option<Self> {
+        let clean = decision.skipped.is_empty()
+            && decision.draining.is_empty()
+            && decision.unresolved.is_empty();
+        clean.then(|| Self {
+            services: services
+                .iter()
+                .map(|s| s.borrow())
+                .filter(|s| s.dataplane == DataplaneKind::Xdp)
+                .map(|s| (s.key, fingerprint(s)))
+                .collect(),
+            neighbours: neighbours.clone(),
+        })
+    }
+}
+
+/// What of a service its decision depends on (everything `desired` reads), hashed.
+pub fn fingerprint(s: &Service) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut h = foldhash::fast::FixedState::with_seed(0x6b75_6265_6c76_7304).build_hasher();
+    (s.key, s.forwarding, s.scheduler, s.persistence, s.dataplane).hash(&mut h);
+    for r in &s.real_servers {
+        (r.address, r.port, r.weight).hash(&mut h);
+    }
+    h.finish()
+}
+
+/// The usual edit, decided without going through every service: the XDP services of
+/// the `last` clean decision, of which some changed only their real servers' weights,
+/// with the same neighbours and nothing draining or adopted. Then [`decide`] would
+/// rewrite those services' rings and nothing else: these are its writes (in its
+/// order) and the ring inputs to record, with the changed services' new
+/// fingerprints. `None` when the edit is not of that kind.
+#[allow(clippy::type_complexity)]
+pub fn decide_weights<S: std::borrow::Borrow<Service>>(
+    state: &State,
+    opts: &DirectorOptions,
+    services: &[S],
+    neighbours: &Neighbours,
+    last: &Decided,
+) -> Option<(
+    Vec<MapWrite>,
+    Vec<(AnyVipKey, Vec<(RealKey, u32)>)>,
+    Vec<(ServiceKey, u64)>,
+)> {
+    let settled = state.draining.is_empty()
+        && state.orphans.is_empty()
+        && !state.adopted
+        && state.stray.is_empty();
+    if !settled || *neighbours != last.neighbours {
+        return None;
+    }
+    let mut changed = Vec::new();
+    let mut count = 0;
+    for s in services
+        .iter()
+        .map(|s| s.borrow())
+        .filter(|s| s.dataplane == DataplaneKind::Xdp)
+    {
+        count += 1;
+        let print = fingerprint(s);
+        if *last.services.get(&s.key)? != print {
+            changed.push((s, print));
+        }
+    }
+    if count != last.services.len() {
+        return None;
+    }
+    let mut rings = Vec::new();
+    for &(s, _) in &changed {
+        let (vk, w) = desired(s, opts.director_addr6.is_some(), opts.ring_size).ok()?;
+        let unresolved = w.forwarding == FWD_DR
+            && w.reals
+                .iter()
+                .any(|(rk, _)| !neighbours.contains_key(&rk.0));
+        let meta = state.vips.get(&vk)?;
+        let same_meta = *meta
+            == VipMeta {
+                vip_id: meta.vip_id,
+                forwarding: w.forwarding,
+                flags: w.flags,
+                src_mask: w.src_mask,
+                src_mask6: w.src_mask6,
+            };
+        let previous = state.ring_inputs.get(&vk)?;
+        let same_reals = previous.len() == w.reals.len()
+            && previous.iter().zip(&w.reals).all(|(a, b)| a.0 == b.0);
+        if unresolved || !same_meta || !same_reals {
+            return None;
+        }
+        if *previous != w.reals {
+            rings.push((vk, meta.vip_id, w));
+        }
+    }
+    // [`decide`] writes rings in VIP key order.
+    rings.sort_by_key(|(vk, ..)| *vk);
+    let mut writes = Vec::with_capacity(rings.len());
+    let mut inputs = Vec::with_capacity(rings.len());
+    for (vk, vip_id, w) in rings {
+        writes.push(MapWrite::Ring {
+            vip_id,
+            slots: ring(&w, state, opts.ring_size).ok()?,
+        });
+        inputs.push((vk, w.reals));
+    }
+    let prints = changed.into_iter().map(|(s, p)| (s.key, p)).collect();
+    Some((writes, inputs, prints))
 }
 
 /// The state the maps describe: VIP entries (ids out of range set aside as stray),

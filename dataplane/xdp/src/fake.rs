@@ -138,6 +138,8 @@ pub enum MapFault {
     InsertVip,
     /// Reading the VIP map back fails.
     ReadVips,
+    /// Writing any ring fails.
+    Ring,
 }
 
 /// [`FakeMaps`] that fails on demand (as a full or read-only map would).
@@ -171,6 +173,9 @@ impl DirectorMaps for FaultyMaps {
         self.inner.zero_vip_stats(id)
     }
     fn write_ring(&mut self, vip_id: u32, slots: &[u32]) -> Result<usize> {
+        if self.faults.contains(&MapFault::Ring) {
+            return Err(injected("rings"));
+        }
         self.inner.write_ring(vip_id, slots)
     }
     fn insert_vip(&mut self, key: &AnyVipKey, meta: &VipMeta) -> Result<()> {

@@ -515,3 +515,125 @@ fn vip_addresses_follow_their_entries() {
     let r = again.apply(&plan(vec![services[2].clone()]), &ctx);
     assert_eq!(r.writes, 0, "{r:?}");
 }
+
+/// Services on VIPs `203.0.113.{v+1}`, real servers `198.51.100.{r+1}` with weights.
+fn weighted(
+    plan: &std::collections::BTreeMap<u8, std::collections::BTreeMap<u8, u32>>,
+) -> Vec<Service> {
+    plan.iter()
+        .map(|(v, reals)| {
+            let reals: Vec<(String, u32)> = reals
+                .iter()
+                .map(|(r, w)| (format!("198.51.100.{}", r + 1), *w))
+                .collect();
+            let refs: Vec<(&str, u32)> = reals.iter().map(|(a, w)| (a.as_str(), *w)).collect();
+            svc(&format!("203.0.113.{}", v + 1), Forwarding::Nat, &refs)
+        })
+        .collect()
+}
+
+proptest! {
+    /// An edit decided for the changed services alone (weights only) writes what the
+    /// whole decision writes, in its order, and leaves the same state; an edit that
+    /// adds a real server is left to the whole decision.
+    #[test]
+    fn a_weights_only_decision_is_the_whole_decision(
+        base in prop::collection::btree_map(0u8..5, prop::collection::btree_map(0u8..8, 0u32..4, 1..5), 1..5),
+        edits in prop::collection::vec((0u8..5, 0u8..8, 0u32..4), 0..6),
+        adds in any::<bool>(),
+    ) {
+        use kubelvs_xdp::decide::{decide_weights, Decided, State};
+        let mut o = opts();
+        o.max_vips = 8;
+        let now = Instant::now();
+        let neighbours = HashMap::new();
+        let a = weighted(&base);
+        let first = decide(&State::default(), &o, &a, &neighbours, now);
+        let last = Decided::of(&first.report, &a, &neighbours).expect("a clean decision");
+        let mut plan = base.clone();
+        let mut added = false;
+        for (v, r, w) in edits {
+            if let Some(reals) = plan.get_mut(&v) {
+                match reals.get_mut(&r) {
+                    Some(weight) => *weight = w,
+                    None if adds => {
+                        reals.insert(r, w);
+                        added = true;
+                    }
+                    None => {}
+                }
+            }
+        }
+        let b = weighted(&plan);
+        let whole = decide(&first.next, &o, &b, &neighbours, now);
+        match decide_weights(&first.next, &o, &b, &neighbours, &last) {
+            Some((writes, rings, _)) => {
+                prop_assert!(!added, "a new real server needs an id: not a weights-only edit");
+                prop_assert_eq!(&writes, &whole.writes);
+                let mut next = first.next.clone();
+                next.ring_inputs.extend(rings);
+                prop_assert_eq!(next, whole.next);
+                prop_assert_eq!(whole.report, kubelvs_xdp::ApplyReport::default());
+            }
+            None => prop_assert!(added, "a weights-only edit was refused"),
+        }
+    }
+}
+
+#[test]
+fn a_weight_edit_through_the_table_rewrites_one_ring_and_a_failed_one_is_repaired() {
+    let mut o = opts();
+    o.max_vips = 8;
+    let now = Instant::now();
+    let mut t = DirectorTable::new(FakeMaps::new(&o), o.clone()).unwrap();
+    let plan = |w: u32| {
+        vec![
+            svc(
+                "203.0.113.1",
+                Forwarding::Nat,
+                &[("198.51.100.1", 1), ("198.51.100.2", 1)],
+            ),
+            svc(
+                "203.0.113.2",
+                Forwarding::Nat,
+                &[("198.51.100.1", 1), ("198.51.100.2", w)],
+            ),
+        ]
+    };
+    t.apply_at(&plan(1), &HashMap::new(), now).unwrap();
+    let ring1 = t
+        .maps()
+        .ring(t.vip_id(&key("203.0.113.1")).unwrap())
+        .to_vec();
+    let r = t.apply_at(&plan(0), &HashMap::new(), now).unwrap();
+    assert!(r.ring_slots_written > 0, "{r:?}");
+    let vip2 = t.vip_id(&key("203.0.113.2")).unwrap();
+    let rs2 = t
+        .real_id("198.51.100.2".parse::<IpAddr>().unwrap(), 80)
+        .unwrap();
+    assert!(
+        !t.maps().ring(vip2).contains(&rs2),
+        "weight 0: out of the ring"
+    );
+    assert_eq!(
+        t.maps().ring(t.vip_id(&key("203.0.113.1")).unwrap()),
+        &ring1[..]
+    );
+    // The same through a table that fails its next ring write: an error, then the
+    // next apply (a whole decision over maps read back) writes it.
+    let faulty = FaultyMaps {
+        inner: FakeMaps::new(&o),
+        faults: Vec::new(),
+    };
+    let mut f = DirectorTable::new(faulty, o).unwrap();
+    f.apply_at(&plan(1), &HashMap::new(), now).unwrap();
+    f.maps_mut().faults.push(MapFault::Ring);
+    assert!(f.apply_at(&plan(0), &HashMap::new(), now).is_err());
+    f.maps_mut().faults.clear();
+    f.apply_at(&plan(0), &HashMap::new(), now).unwrap();
+    let vip2 = f.vip_id(&key("203.0.113.2")).unwrap();
+    let rs2 = f
+        .real_id("198.51.100.2".parse::<IpAddr>().unwrap(), 80)
+        .unwrap();
+    assert!(!f.maps().inner.ring(vip2).contains(&rs2));
+}
