@@ -115,12 +115,12 @@ impl<M: DirectorMaps> DirectorTable<M> {
             .decided
             .as_ref()
             .and_then(|last| decide_weights(&self.state, &self.opts, services, neighbours, last));
-        if let Some((writes, rings, prints)) = weights {
+        if let Some(d) = weights {
             let mut report = ApplyReport::default();
-            self.write_all(&writes, &mut report)?;
-            self.state.ring_inputs.extend(rings);
+            self.write_all(&d.writes, &mut report)?;
+            self.state.ring_inputs.extend(d.ring_inputs);
             if let Some(last) = &mut self.decided {
-                last.services.extend(prints);
+                last.services.extend(d.fingerprints);
             }
             return Ok(report);
         }

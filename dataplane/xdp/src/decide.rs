@@ -428,24 +428,29 @@ pub fn fingerprint(s: &Service) -> u64 {
     h.finish()
 }
 
+/// What [`decide_weights`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightsDecision {
+    /// The rings to write, in the order [`decide`] writes them.
+    pub writes: Vec<MapWrite>,
+    /// Each rewritten ring's input, for [`State::ring_inputs`].
+    pub ring_inputs: Vec<(AnyVipKey, Vec<(RealKey, u32)>)>,
+    /// The changed services' new fingerprints.
+    pub fingerprints: Vec<(ServiceKey, u64)>,
+}
+
 /// The usual edit, decided without going through every service: the XDP services of
 /// the `last` clean decision, of which some changed only their real servers' weights,
 /// with the same neighbours and nothing draining or adopted. Then [`decide`] would
-/// rewrite those services' rings and nothing else: these are its writes (in its
-/// order) and the ring inputs to record, with the changed services' new
-/// fingerprints. `None` when the edit is not of that kind.
-#[allow(clippy::type_complexity)]
+/// rewrite those services' rings and nothing else, and so does this. `None` when the
+/// edit is not of that kind.
 pub fn decide_weights<S: std::borrow::Borrow<Service>>(
     state: &State,
     opts: &DirectorOptions,
     services: &[S],
     neighbours: &Neighbours,
     last: &Decided,
-) -> Option<(
-    Vec<MapWrite>,
-    Vec<(AnyVipKey, Vec<(RealKey, u32)>)>,
-    Vec<(ServiceKey, u64)>,
-)> {
+) -> Option<WeightsDecision> {
     let settled = state.draining.is_empty()
         && state.orphans.is_empty()
         && !state.adopted
@@ -506,8 +511,11 @@ pub fn decide_weights<S: std::borrow::Borrow<Service>>(
         });
         inputs.push((vk, w.reals));
     }
-    let prints = changed.into_iter().map(|(s, p)| (s.key, p)).collect();
-    Some((writes, inputs, prints))
+    Some(WeightsDecision {
+        writes,
+        ring_inputs: inputs,
+        fingerprints: changed.into_iter().map(|(s, p)| (s.key, p)).collect(),
+    })
 }
 
 /// The state the maps describe: VIP entries (ids out of range set aside as stray),

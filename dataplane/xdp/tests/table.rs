@@ -567,11 +567,11 @@ proptest! {
         let b = weighted(&plan);
         let whole = decide(&first.next, &o, &b, &neighbours, now);
         match decide_weights(&first.next, &o, &b, &neighbours, &last) {
-            Some((writes, rings, _)) => {
+            Some(d) => {
                 prop_assert!(!added, "a new real server needs an id: not a weights-only edit");
-                prop_assert_eq!(&writes, &whole.writes);
+                prop_assert_eq!(&d.writes, &whole.writes);
                 let mut next = first.next.clone();
-                next.ring_inputs.extend(rings);
+                next.ring_inputs.extend(d.ring_inputs);
                 prop_assert_eq!(next, whole.next);
                 prop_assert_eq!(whole.report, kubelvs_xdp::ApplyReport::default());
             }
