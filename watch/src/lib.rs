@@ -144,7 +144,8 @@ impl Alike for k8s_openapi::api::core::v1::Secret {
 /// Starts a watch of `api` into a store and returns the store. `unread` clears what
 /// the owner never reads (managedFields are always cleared), before caching and before
 /// comparing; `changed` is called for every change of the rest (and when a relist
-/// lands) and stops the watch by returning false.
+/// lands) and stops the watch by returning false. An update that changes nothing of
+/// the rest leaves the stored object as it was, resourceVersion included.
 pub fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -169,6 +170,12 @@ where
                 }
             };
             let wake = is_change(&store, &ev);
+            // An object alike the stored one (another director's status entry, say)
+            // is not stored again: the stored one keeps its resourceVersion, which
+            // then changes only with what readers read (the agent plans by it).
+            if matches!(ev, watcher::Event::Apply(_)) && !wake {
+                continue;
+            }
             writer.apply_watcher_event(&ev);
             if wake && !changed() {
                 return;
