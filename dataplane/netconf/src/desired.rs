@@ -98,7 +98,8 @@ pub enum Refusal {
 
 impl Desired {
     /// `addr` as a host address on `ifname`, for `s`. Without allocating when the
-    /// address is already wanted: every port of a VIP is a service.
+    /// address is already wanted: every port of a VIP is a service, and services
+    /// come in VIP order, so the address is usually the greatest one so far.
     fn address(&mut self, ifname: &str, addr: IpAddr, s: Subject) {
         let probe = |a: &LocalAddress| a.ifname == ifname && a.addr == addr;
         if let Some((_, subjects)) = self

@@ -319,12 +319,7 @@ proptest! {
         let mut t = DirectorTable::new(FakeMaps::new(&o), o).unwrap();
         let now = Instant::now();
         for p in &plans {
-            let services: Vec<Service> = p.iter().map(|(v, reals)| {
-                let reals: Vec<(String, u32)> =
-                    reals.iter().map(|(r, w)| (format!("198.51.100.{}", r + 1), *w)).collect();
-                let refs: Vec<(&str, u32)> = reals.iter().map(|(a, w)| (a.as_str(), *w)).collect();
-                svc(&format!("203.0.113.{}", v + 1), Forwarding::Nat, &refs)
-            }).collect();
+            let services = weighted(p);
             let r = t.apply_at(&services, &HashMap::new(), now).unwrap();
             prop_assert!(r.skipped.is_empty(), "{:?}", r);
             let maps = t.maps().clone();

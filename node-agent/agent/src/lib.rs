@@ -243,8 +243,7 @@ pub fn run(
     let mut last_apply: Option<Instant> = None;
     let mut objects = source::Objects::default();
     let mut docs = source::Cache::default();
-    // Keeps the last plan, and re-plans only what changed (standalone, where objects
-    // carry versions).
+    // Keeps the last plan, and re-plans only what changed (objects carry versions).
     let mut planner = kubelvs_planner::Planner::default();
     let mut planned_for: Option<NodeIdentity> = None;
     let mut notices = events::Notices::default();

@@ -50,16 +50,10 @@ impl Objects {
             Some(a) => objects.with_announcers(a),
             None => objects,
         };
-        // Only when every object parsed (versions are per object, in order).
+        // The planner uses them only where they match the lists, one per object.
         match &self.versions {
-            Some(v)
-                if v.virtual_services.len() == objects.virtual_services.len()
-                    && v.real_servers.len() == objects.real_servers.len()
-                    && v.address_pools.len() == objects.address_pools.len() =>
-            {
-                objects.with_versions(v)
-            }
-            _ => objects,
+            Some(v) => objects.with_versions(v),
+            None => objects,
         }
     }
 }
@@ -429,21 +423,15 @@ impl Cache {
         if lists != [before[0], before[1], before[2]] || versioned != Some(lists) {
             return false;
         }
-        fn slot<'o, K>(
-            list: &'o mut [Held<K>],
-            at: usize,
-            was: &Held<K>,
-        ) -> Option<&'o mut Held<K>> {
-            list.get_mut(at).filter(|o| Arc::ptr_eq(o, was))
+        fn holds<K>(list: &[Held<K>], at: usize, was: &Held<K>) -> bool {
+            list.get(at).is_some_and(|o| Arc::ptr_eq(o, was))
         }
         // Every slot first (all or nothing), then the writes.
         for (&i, &at) in changed.iter().zip(&places) {
             let ours = match &self.docs[i].1 {
-                Ok(Shared::VirtualService(was)) => {
-                    slot(&mut objects.virtual_services, at, was).is_some()
-                }
-                Ok(Shared::RealServer(was)) => slot(&mut objects.real_servers, at, was).is_some(),
-                Ok(Shared::AddressPool(was)) => slot(&mut objects.address_pools, at, was).is_some(),
+                Ok(Shared::VirtualService(was)) => holds(&objects.virtual_services, at, was),
+                Ok(Shared::RealServer(was)) => holds(&objects.real_servers, at, was),
+                Ok(Shared::AddressPool(was)) => holds(&objects.address_pools, at, was),
                 Ok(Shared::Secret(_)) => false,
                 Err(_) => true,
             };

@@ -32,6 +32,13 @@ pub struct Versions {
     pub address_pools: Vec<u64>,
 }
 
+/// Whether `v` has one version per object of `objects` (a plan is kept only then).
+fn fits(v: &Versions, objects: &Objects<'_>) -> bool {
+    v.virtual_services.len() == objects.virtual_services.len()
+        && v.real_servers.len() == objects.real_servers.len()
+        && v.address_pools.len() == objects.address_pools.len()
+}
+
 /// More changed RealServers than this and the plan is made whole: checking each one
 /// against every VirtualService costs more than the index.
 const MOST_CHANGED: usize = 256;
@@ -89,9 +96,7 @@ impl Planner {
     fn changed_real_servers(&self, node: &NodeIdentity, objects: &Objects<'_>) -> Option<Vec<u32>> {
         let memo = self.memo.as_ref()?;
         let v = objects.versions?;
-        let same_places = v.virtual_services.len() == objects.virtual_services.len()
-            && v.real_servers.len() == objects.real_servers.len()
-            && v.address_pools.len() == objects.address_pools.len()
+        let same_places = fits(v, objects)
             && v.virtual_services.len() == memo.versions.virtual_services.len()
             && v.real_servers.len() == memo.versions.real_servers.len()
             && v.address_pools == memo.versions.address_pools;
@@ -135,7 +140,7 @@ impl Planner {
         services.sort_by_key(|s| s.key);
         let all: Vec<&VirtualServicePlan> = parts.iter().flatten().map(|p| &p.plan).collect();
         self.plan = finish(node, objects, claims, services, &all);
-        self.memo = objects.versions.map(|v| Memo {
+        self.memo = objects.versions.filter(|v| fits(v, objects)).map(|v| Memo {
             node: node.clone(),
             node_real_servers: objects.node_real_servers.cloned(),
             versions: v.clone(),
