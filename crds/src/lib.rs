@@ -15,7 +15,9 @@ pub use address_pool::{
     parse_range, AddressPool, AddressPoolSpec, AddressPoolStatus, AddressRange, Announcement,
     AnnouncementMode, BgpAnnouncement, BgpPeer, SecretKeyRef,
 };
-pub use real_server::{HealthObservation, RealServer, RealServerSpec, RealServerStatus};
+pub use real_server::{
+    HealthObservation, RealServer, RealServerRecord, RealServerSpec, RealServerStatus,
+};
 pub use validate::{validate, FieldError, Object, ValidationErrors};
 pub use virtual_service::{
     Dataplane, DirectorStatus, DirectorsSpec, ForwardingMethod, HealthCheckSpec, HealthCheckType,

@@ -12,12 +12,70 @@ pub struct SelectorError {
     pub message: String,
 }
 
+/// An object's labels, as a selector reads them.
+pub trait Labels {
+    fn label(&self, key: &str) -> Option<&str>;
+    /// Every (key, value), in key order.
+    fn pairs(&self) -> impl Iterator<Item = (&str, &str)>;
+}
+
+impl Labels for BTreeMap<String, String> {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
+    }
+    fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+/// Labels in a fraction of a map's memory: a `BTreeMap` allocates an 11-slot node
+/// (about 540 bytes) for one label, and there is a label set per RealServer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LabelSet(Box<[(Box<str>, Box<str>)]>);
+
+impl Labels for LabelSet {
+    fn label(&self, key: &str) -> Option<&str> {
+        let at = self.0.binary_search_by(|(k, _)| (**k).cmp(key)).ok()?;
+        Some(&self.0[at].1)
+    }
+    fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (&**k, &**v))
+    }
+}
+
+impl From<BTreeMap<String, String>> for LabelSet {
+    fn from(labels: BTreeMap<String, String>) -> Self {
+        // A map's keys are in order and distinct, as `label` needs.
+        Self(
+            labels
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
+    }
+}
+
+/// An object selectors pick: its namespace and labels.
+pub trait Selectable {
+    type Labels: Labels;
+    fn namespace(&self) -> &str;
+    fn labels(&self) -> &Self::Labels;
+}
+
+impl Selectable for crate::RealServer {
+    type Labels = BTreeMap<String, String>;
+    fn namespace(&self) -> &str {
+        self.metadata.namespace.as_deref().unwrap_or("")
+    }
+    fn labels(&self) -> &Self::Labels {
+        static NONE: BTreeMap<String, String> = BTreeMap::new();
+        self.metadata.labels.as_ref().unwrap_or(&NONE)
+    }
+}
+
 /// Whether `labels` match `selector`. An empty selector matches everything. A malformed
 /// expression is an error whatever the labels, so a typo never silently selects nothing.
-pub fn matches(
-    selector: &LabelSelector,
-    labels: &BTreeMap<String, String>,
-) -> Result<bool, SelectorError> {
+pub fn matches(selector: &LabelSelector, labels: &impl Labels) -> Result<bool, SelectorError> {
     let expressions = selector.match_expressions.as_deref().unwrap_or_default();
     for (i, req) in expressions.iter().enumerate() {
         let values = req.values.as_deref().unwrap_or_default();
@@ -38,13 +96,14 @@ pub fn matches(
         .match_labels
         .iter()
         .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
+        .all(|(k, v)| labels.label(k) == Some(v.as_str()));
     let expressions_match = expressions.iter().all(|req| {
         let values = req.values.as_deref().unwrap_or_default();
-        let value = labels.get(&req.key);
+        let value = labels.label(&req.key);
+        let listed = |v: &str| values.iter().any(|x| x == v);
         match req.operator.as_str() {
-            "In" => value.is_some_and(|v| values.contains(v)),
-            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "In" => value.is_some_and(listed),
+            "NotIn" => value.is_none_or(|v| !listed(v)),
             "Exists" => value.is_some(),
             _ => value.is_none(),
         }
@@ -154,8 +213,10 @@ mod tests {
                 false,
             ),
         ];
+        let compact = LabelSet::from(web.clone());
         for (name, s, want) in cases {
             assert_eq!(matches(&s, &web), Ok(want), "{name}");
+            assert_eq!(matches(&s, &compact), Ok(want), "{name}, as a LabelSet");
         }
     }
 
@@ -187,8 +248,8 @@ mod tests {
 /// VirtualServices over 100,000 RealServers, scanning all of them per selector is
 /// a billion label checks.
 #[derive(Debug)]
-pub struct RealServerIndex<'a> {
-    all: Vec<&'a crate::RealServer>,
+pub struct RealServerIndex<'a, R> {
+    all: Vec<&'a R>,
     /// Positions in `all`, by namespace.
     by_namespace: HashMap<&'a str, Vec<u32>>,
     /// namespace -> (key, value) -> index into `lists` (borrowed: no string is built
@@ -197,19 +258,19 @@ pub struct RealServerIndex<'a> {
     lists: Vec<Vec<u32>>,
 }
 
-impl<'a> RealServerIndex<'a> {
-    pub fn new(all: impl IntoIterator<Item = &'a crate::RealServer>) -> Self {
-        let all: Vec<&crate::RealServer> = all.into_iter().collect();
+impl<'a, R: Selectable> RealServerIndex<'a, R> {
+    pub fn new(all: impl IntoIterator<Item = &'a R>) -> Self {
+        let all: Vec<&R> = all.into_iter().collect();
         let mut by_namespace: HashMap<&str, Vec<u32>> = HashMap::new();
         let mut by_label: HashMap<&str, HashMap<(&str, &str), usize>> = HashMap::new();
         let mut lists: Vec<Vec<u32>> = Vec::new();
         for (at, rs) in all.iter().enumerate() {
             let at = at as u32;
-            let ns = rs.metadata.namespace.as_deref().unwrap_or("");
+            let ns = rs.namespace();
             by_namespace.entry(ns).or_default().push(at);
             let labels = by_label.entry(ns).or_default();
-            for (k, v) in rs.metadata.labels.iter().flatten() {
-                let i = *labels.entry((k.as_str(), v.as_str())).or_insert_with(|| {
+            for (k, v) in rs.labels().pairs() {
+                let i = *labels.entry((k, v)).or_insert_with(|| {
                     lists.push(Vec::new());
                     lists.len() - 1
                 });
@@ -253,7 +314,7 @@ impl<'a> RealServerIndex<'a> {
         &self,
         namespace: &str,
         selector: &LabelSelector,
-    ) -> Result<Vec<&'a crate::RealServer>, SelectorError> {
+    ) -> Result<Vec<&'a R>, SelectorError> {
         Ok(self
             .select_positions(namespace, selector)?
             .into_iter()
@@ -278,21 +339,19 @@ impl<'a> RealServerIndex<'a> {
 
 /// Those of the `candidates` (positions in `all`, ascending) that are in `namespace`
 /// and match `selector`; an invalid selector is an error even with no candidates.
-pub fn select_among(
-    all: &[&crate::RealServer],
+pub fn select_among<R: Selectable>(
+    all: &[&R],
     candidates: impl IntoIterator<Item = u32>,
     namespace: &str,
     selector: &LabelSelector,
 ) -> Result<Vec<u32>, SelectorError> {
     // Check the selector itself first, so a typo is reported even with no RealServers.
-    matches(selector, &BTreeMap::new())?;
-    let empty = BTreeMap::new();
+    matches(selector, &LabelSet::default())?;
     Ok(candidates
         .into_iter()
         .filter(|&at| {
             let rs = all[at as usize];
-            rs.metadata.namespace.as_deref().unwrap_or("") == namespace
-                && matches(selector, rs.metadata.labels.as_ref().unwrap_or(&empty)).unwrap_or(false)
+            rs.namespace() == namespace && matches(selector, rs.labels()).unwrap_or(false)
         })
         .collect())
 }

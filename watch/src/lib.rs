@@ -157,32 +157,48 @@ where
     K: std::fmt::Debug + Send + Sync + 'static,
 {
     let (reader, mut writer) = reflector::store();
-    let stream = events(api, config, unread);
     let store = reader.clone();
+    follow(api, config, unread, move |ev| {
+        let wake = is_change(&store, &ev);
+        // An object alike the stored one (another director's status entry, say)
+        // is not stored again: the stored one keeps its resourceVersion, which
+        // then changes only with what readers read (the agent plans by it).
+        if matches!(ev, watcher::Event::Apply(_)) && !wake {
+            return true;
+        }
+        writer.apply_watcher_event(&ev);
+        !wake || changed()
+    });
+    reader
+}
+
+/// Starts a watch of `api` and hands each of its events to `each` (objects without
+/// their managedFields and what `unread` clears), for an owner that keeps its own
+/// form of the objects; `each` stops the watch by returning false. Failures are
+/// retried with backoff; a relist comes as `Init`, `InitApply`s and `InitDone`.
+pub fn follow<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    unread: fn(&mut K),
+    mut each: impl FnMut(watcher::Event<K>) -> bool + Send + 'static,
+) where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned,
+    K: std::fmt::Debug + Send + Sync + 'static,
+{
+    let stream = events(api, config, unread);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
-            let ev = match ev {
-                Ok(ev) => ev,
-                Err(e) => {
-                    warn!(error = %e, "watch failed; retrying with backoff");
-                    continue;
+            match ev {
+                Ok(ev) => {
+                    if !each(ev) {
+                        return;
+                    }
                 }
-            };
-            let wake = is_change(&store, &ev);
-            // An object alike the stored one (another director's status entry, say)
-            // is not stored again: the stored one keeps its resourceVersion, which
-            // then changes only with what readers read (the agent plans by it).
-            if matches!(ev, watcher::Event::Apply(_)) && !wake {
-                continue;
-            }
-            writer.apply_watcher_event(&ev);
-            if wake && !changed() {
-                return;
+                Err(e) => warn!(error = %e, "watch failed; retrying with backoff"),
             }
         }
     });
-    reader
 }
 
 /// The objects of a watch that changed in what their owner reads (after `unread`,

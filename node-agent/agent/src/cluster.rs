@@ -27,7 +27,10 @@ use crate::Event;
 #[derive(Clone)]
 pub struct ClusterSource {
     virtual_services: Store<DeserializeGuard<VirtualService>>,
-    real_servers: Store<DeserializeGuard<RealServer>>,
+    /// RealServers in their compact form, kept by place from their watch's events.
+    real_servers: Arc<std::sync::Mutex<crate::records::RealServerRecords>>,
+    /// Whether the RealServers' watch has listed.
+    real_servers_listed: tokio::sync::watch::Receiver<bool>,
     address_pools: Store<DeserializeGuard<AddressPool>>,
     /// Every Node (labels and addresses): this node's identity, and the addresses no
     /// RealServer may name without an administrator's leave.
@@ -106,6 +109,25 @@ impl ClusterSource {
                 wake.clone(),
             ))
         });
+        let real_servers: Arc<std::sync::Mutex<crate::records::RealServerRecords>> = Arc::default();
+        let (listed, real_servers_listed) = tokio::sync::watch::channel(false);
+        {
+            let _in_runtime = rt.enter();
+            let records = real_servers.clone();
+            let wake = wake.clone();
+            kubelvs_watch::follow(
+                Api::<DeserializeGuard<RealServer>>::all(client.clone()),
+                watcher::Config::default(),
+                kubelvs_watch::no_status,
+                move |event| {
+                    let mut records = records.lock().unwrap_or_else(|p| p.into_inner());
+                    let changed = records.apply(event);
+                    listed.send_if_modified(|l| !std::mem::replace(l, records.listed()));
+                    drop(records);
+                    !changed || wake.send(Event::Complete).is_ok()
+                },
+            );
+        }
         let s = Self {
             virtual_services: watch(
                 rt,
@@ -116,13 +138,8 @@ impl ClusterSource {
                 kubelvs_watch::status_but_vip,
                 wake.clone(),
             ),
-            real_servers: watch(
-                rt,
-                Api::all(client.clone()),
-                watcher::Config::default(),
-                kubelvs_watch::no_status,
-                wake.clone(),
-            ),
+            real_servers,
+            real_servers_listed,
             address_pools: watch(
                 rt,
                 Api::all(client.clone()),
@@ -163,13 +180,18 @@ impl ClusterSource {
         rt.block_on(async {
             tokio::time::timeout(Duration::from_secs(60), async {
                 s.virtual_services.wait_until_ready().await?;
-                s.real_servers.wait_until_ready().await?;
+                s.real_servers_listed
+                    .clone()
+                    .wait_for(|listed| *listed)
+                    .await
+                    .map_err(|_| anyhow::anyhow!("the RealServers' watch stopped"))?;
                 s.address_pools.wait_until_ready().await?;
                 s.namespaces.wait_until_ready().await?;
                 if let Some(secrets) = &s.secrets {
                     secrets.wait_until_ready().await?;
                 }
-                s.nodes.wait_until_ready().await
+                s.nodes.wait_until_ready().await?;
+                anyhow::Ok(())
             })
             .await
         })
@@ -191,13 +213,9 @@ impl ClusterSource {
         // Each object's version for the planner: its resourceVersion (with its uid),
         // which the API server changes at every write.
         fn version<K: Resource>(o: &K) -> Option<u64> {
-            use std::hash::BuildHasher;
             let m = o.meta();
             let rv = m.resource_version.as_deref()?;
-            Some(
-                foldhash::quality::FixedState::with_seed(0x6b75_6265_6c76_7303)
-                    .hash_one((m.uid.as_deref(), rv)),
-            )
+            Some(crate::records::version(m.uid.as_deref(), Some(rv)))
         }
         fn take<K: Clone + Resource<DynamicType = ()>>(
             store: &Store<DeserializeGuard<K>>,
@@ -228,7 +246,7 @@ impl ClusterSource {
                 }
             }
         }
-        let [mut vs, mut rs, mut pools] = [(); 3].map(|()| Some(Vec::new()));
+        let [mut vs, mut pools] = [(); 2].map(|()| Some(Vec::new()));
         take(
             &self.virtual_services,
             "VirtualService",
@@ -236,13 +254,18 @@ impl ClusterSource {
             &mut vs,
             &mut rejected,
         );
-        take(
-            &self.real_servers,
-            "RealServer",
-            &mut objects.real_servers,
-            &mut rs,
-            &mut rejected,
-        );
+        let rs = {
+            let records = self.real_servers.lock().unwrap_or_else(|p| p.into_inner());
+            for u in records.unparsed() {
+                rejected.push(Rejected(
+                    format!("RealServer {}/{}: {}", u.namespace, u.name, u.error),
+                    Some(ObjectRef::new("RealServer", &u.namespace, &u.name)),
+                ));
+            }
+            let (list, versions) = records.snapshot();
+            objects.real_servers = list;
+            Some(versions)
+        };
         take(
             &self.address_pools,
             "AddressPool",
@@ -337,7 +360,11 @@ impl ClusterSource {
         }
         match object.kind.as_str() {
             "VirtualService" => uid(&self.virtual_services, object),
-            "RealServer" => uid(&self.real_servers, object),
+            "RealServer" => self
+                .real_servers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .uid(&object.namespace, &object.name),
             _ => None,
         }
     }
@@ -677,25 +704,6 @@ mod tests {
         let before = node("1", "2026-12-02T10:00:00Z", "192.0.2.1");
         assert!(before.alike(&node("2", "2026-12-02T10:00:10Z", "192.0.2.1")));
         assert!(!before.alike(&node("2", "2026-12-02T10:00:10Z", "192.0.2.9")));
-    }
-
-    #[test]
-    fn a_real_servers_observations_wake_no_reload() {
-        let rs = |version: &str, healthy: bool| {
-            let mut r: DeserializeGuard<RealServer> = serde_json::from_value(serde_json::json!({
-                "apiVersion": "kubelvs.io/v1alpha1",
-                "kind": "RealServer",
-                "metadata": {"name": "rs1", "namespace": "lab", "resourceVersion": version},
-                "spec": {"address": "192.0.2.11"},
-                "status": {"observations": [{"node": "d1", "healthy": healthy}]},
-            }))
-            .unwrap();
-            kubelvs_watch::no_status(&mut r);
-            r
-        };
-        let before = rs("1", true);
-        assert!(before.0.is_ok());
-        assert!(before.alike(&rs("2", false)));
     }
 }
 

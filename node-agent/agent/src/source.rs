@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use kube::core::DeserializeGuard;
 use kubelvs_crds::validate::Object;
-use kubelvs_crds::{AddressPool, RealServer, VirtualService};
+use kubelvs_crds::{AddressPool, RealServerRecord, VirtualService};
 
 /// An object as it is kept between reloads, by the parse cache or a watch's store
 /// (which holds objects that did not parse too): shared, never copied, since at
@@ -20,7 +20,8 @@ pub type Held<K> = Arc<DeserializeGuard<K>>;
 #[derive(Debug, Clone, Default)]
 pub struct Objects {
     pub virtual_services: Vec<Held<VirtualService>>,
-    pub real_servers: Vec<Held<RealServer>>,
+    /// RealServers in their compact form: there are ten times as many as anything else.
+    pub real_servers: Vec<Arc<RealServerRecord>>,
     pub address_pools: Vec<Held<AddressPool>>,
     /// In a cluster: the nodes' addresses and where RealServers may name them.
     pub node_real_servers: kubelvs_planner::NodeRealServers,
@@ -42,7 +43,7 @@ impl Objects {
     pub fn planner(&self) -> kubelvs_planner::Objects<'_> {
         let objects = kubelvs_planner::Objects::of(
             parsed(&self.virtual_services),
-            parsed(&self.real_servers),
+            self.real_servers.iter().map(|r| &**r),
             parsed(&self.address_pools),
         )
         .with_node_real_servers(&self.node_real_servers);
@@ -79,7 +80,7 @@ type Parsed = Result<Shared, String>;
 #[derive(Debug, Clone)]
 enum Shared {
     VirtualService(Held<VirtualService>),
-    RealServer(Held<RealServer>),
+    RealServer(Arc<RealServerRecord>),
     AddressPool(Held<AddressPool>),
     /// A Secret (BGP passwords): its name and its keys' values.
     Secret(Arc<(String, std::collections::BTreeMap<String, String>)>),
@@ -273,7 +274,7 @@ fn parse_one(doc: &str) -> Parsed {
     obj.validate().map_err(|e| e.to_string())?;
     Ok(match obj {
         Object::VirtualService(o) => Shared::VirtualService(Arc::new(DeserializeGuard(Ok(o)))),
-        Object::RealServer(o) => Shared::RealServer(Arc::new(DeserializeGuard(Ok(o)))),
+        Object::RealServer(o) => Shared::RealServer(Arc::new(o.into())),
         Object::AddressPool(o) => Shared::AddressPool(Arc::new(DeserializeGuard(Ok(o)))),
     })
 }
@@ -423,7 +424,7 @@ impl Cache {
         if lists != [before[0], before[1], before[2]] || versioned != Some(lists) {
             return false;
         }
-        fn holds<K>(list: &[Held<K>], at: usize, was: &Held<K>) -> bool {
+        fn holds<K>(list: &[Arc<K>], at: usize, was: &Arc<K>) -> bool {
             list.get(at).is_some_and(|o| Arc::ptr_eq(o, was))
         }
         // Every slot first (all or nothing), then the writes.
@@ -623,14 +624,10 @@ mod cache_tests {
     /// What a parse gave, as comparable text: each list's names and addresses, the
     /// rejections.
     fn summary(o: &Objects, r: &[Rejected]) -> String {
-        let rs: Vec<String> = parsed(&o.real_servers)
-            .map(|rs| {
-                format!(
-                    "{}={}",
-                    rs.metadata.name.as_deref().unwrap_or(""),
-                    rs.spec.address
-                )
-            })
+        let rs: Vec<String> = o
+            .real_servers
+            .iter()
+            .map(|rs| format!("{}={}", rs.name, rs.spec.address))
             .collect();
         let vs = parsed(&o.virtual_services).count();
         format!("vs {vs} rs {rs:?} secrets {:?} rejected {r:?}", o.secrets)

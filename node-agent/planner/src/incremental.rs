@@ -12,7 +12,7 @@
 //! address pools and the node-address policy. Change is seen through [`Versions`]:
 //! without them every plan is a full one.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use kubelvs_crds::selector::{matches, select_among, RealServerIndex};
 use kubelvs_model::{NodePlan, ServiceKey};
@@ -159,7 +159,6 @@ impl Planner {
     ) {
         let memo = self.memo.as_mut().expect("checked by changed_real_servers");
         let v = objects.versions.expect("checked by changed_real_servers");
-        let empty = BTreeMap::new();
         // By position: the VirtualService's entry in `claims.resolved`, if it won ports.
         let mut won_by: Vec<Option<usize>> = vec![None; objects.virtual_services.len()];
         for (i, (r, won)) in claims.resolved.iter().enumerate() {
@@ -167,7 +166,7 @@ impl Planner {
                 won_by[r.at] = Some(i);
             }
         }
-        let mut index: Option<RealServerIndex<'_>> = None;
+        let mut index: Option<RealServerIndex<'_, kubelvs_crds::RealServerRecord>> = None;
         let mut removed: HashSet<ServiceKey> = HashSet::new();
         let mut added = Vec::new();
         for (at, won) in won_by.iter().enumerate() {
@@ -188,9 +187,8 @@ impl Planner {
                             .any(|at| changed.binary_search(at).is_ok())
                         && !changed.iter().any(|&c| {
                             let rs = objects.real_servers[c as usize];
-                            rs.metadata.namespace.as_deref().unwrap_or_default() == namespace
-                                && matches(selector, rs.metadata.labels.as_ref().unwrap_or(&empty))
-                                    .unwrap_or(false)
+                            &*rs.namespace == namespace
+                                && matches(selector, &rs.labels).unwrap_or(false)
                         })
                 }
                 _ => false,

@@ -37,7 +37,7 @@ use std::net::IpAddr;
 
 use kube::ResourceExt;
 use kubelvs_crds::{
-    AddressPool, ForwardingMethod, HealthCheckType, RealServer as RealServerObject,
+    AddressPool, ForwardingMethod, HealthCheckType, RealServerRecord as RealServerObject,
     Scheduler as CrdScheduler, SchedulerFlag, TunnelType, VirtualService,
 };
 use kubelvs_model::{
@@ -897,9 +897,5 @@ fn object_ref_vs(vs: &VirtualService) -> ObjectRef {
 }
 
 fn object_ref_rs(rs: &RealServerObject) -> ObjectRef {
-    ObjectRef::new(
-        "RealServer",
-        &rs.namespace().unwrap_or_default(),
-        &rs.name_any(),
-    )
+    ObjectRef::new("RealServer", &rs.namespace, &rs.name)
 }

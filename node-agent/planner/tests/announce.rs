@@ -63,7 +63,7 @@ fn plan_with(
 ) -> NodePlan {
     plan_node(
         node,
-        Objects::of(vss, rss, pools).with_announcers(announcers),
+        Objects::of(vss, &records(rss), pools).with_announcers(announcers),
     )
 }
 
@@ -187,6 +187,7 @@ fn a_pool_in_mode_none_is_announced_by_nobody_and_still_directed() {
     });
     for view in [Some(live(&DIRECTORS)), None] {
         for d in DIRECTORS {
+            let rss = records(&rss);
             let objects = Objects::of(&vss, &rss, std::slice::from_ref(&routed));
             let objects = match &view {
                 Some(v) => objects.with_announcers(v),
@@ -211,7 +212,7 @@ fn standalone_a_director_announces_what_it_directs() {
             v
         })
         .collect();
-    let p = plan_node(&n, Objects::of(&vss, &rss, &[]));
+    let p = plan_node(&n, Objects::of(&vss, &records(&rss), &[]));
     assert_eq!(announced(&p).len(), 20);
 }
 

@@ -100,14 +100,14 @@ proptest! {
         rot in 0..8usize,
     ) {
         let (vss, rss) = (unique_names(vss), unique_names(rss));
-        let forward = plan_node(&node, Objects::of(&vss, &rss, []));
+        let forward = plan_node(&node, Objects::of(&vss, &records(&rss), []));
         let (mut rv, mut rr) = (vss.clone(), rss.clone());
         // Rotations and reversal: cheap permutations that move every element.
         let (nv, nr) = (rv.len().max(1), rr.len().max(1));
         rv.rotate_left(rot % nv);
         rr.reverse();
         rr.rotate_left(rot % nr);
-        let backward = plan_node(&node, Objects::of(&rv, &rr, []));
+        let backward = plan_node(&node, Objects::of(&rv, &records(&rr), []));
         prop_assert_eq!(forward, backward);
     }
 
@@ -118,7 +118,7 @@ proptest! {
         rss in prop::collection::vec(arb_rs(), 0..8),
     ) {
         let (vss, rss) = (unique_names(vss), unique_names(rss));
-        let plan = plan_node(&node, Objects::of(&vss, &rss, []));
+        let plan = plan_node(&node, Objects::of(&vss, &records(&rss), []));
 
         // One service per VIP:port/protocol.
         let keys: HashSet<_> = plan.services.iter().map(|s| s.key).collect();
@@ -163,6 +163,11 @@ proptest! {
 }
 
 /// A version for each object: a hash of all it holds.
+/// RealServers as the planner takes them.
+fn records(rss: &[RealServer]) -> Vec<kubelvs_crds::RealServerRecord> {
+    rss.iter().cloned().map(Into::into).collect()
+}
+
 fn versions_of<T: k8s_openapi::serde::Serialize>(objects: &[T]) -> Vec<u64> {
     use std::hash::{Hash, Hasher};
     objects
@@ -225,9 +230,9 @@ proptest! {
                 real_servers: versions_of(&rss),
                 address_pools: vec![],
             };
-            let full = plan_node(&node, Objects::of(&vss, &rss, []));
+            let full = plan_node(&node, Objects::of(&vss, &records(&rss), []));
             let incremental =
-                planner.plan(&node, Objects::of(&vss, &rss, []).with_versions(&versions));
+                planner.plan(&node, Objects::of(&vss, &records(&rss), []).with_versions(&versions));
             prop_assert_eq!(incremental, &full, "step {}", step);
         }
     }

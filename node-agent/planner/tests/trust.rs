@@ -126,7 +126,7 @@ fn a_real_server_at_a_nodes_address_needs_an_administrators_namespace_label() {
             &in_cluster("n1"),
             kubelvs_planner::Objects::of(
                 [&granted(web.clone(), Some("203.0.113.10"), 1, 1)],
-                &rss,
+                &records(&rss),
                 [],
             )
             .with_node_real_servers(policy),

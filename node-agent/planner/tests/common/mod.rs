@@ -87,7 +87,12 @@ pub fn plan(
     rss: &[RealServer],
     pools: &[AddressPool],
 ) -> NodePlan {
-    plan_node(n, Objects::of(vss, rss, pools))
+    plan_node(n, Objects::of(vss, &records(rss), pools))
+}
+
+/// RealServers as the planner takes them.
+pub fn records(rss: &[RealServer]) -> Vec<kubelvs_crds::RealServerRecord> {
+    rss.iter().cloned().map(Into::into).collect()
 }
 
 pub fn ip(s: &str) -> IpAddr {
