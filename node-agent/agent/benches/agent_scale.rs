@@ -65,6 +65,7 @@ fn main() {
     std::thread::sleep(Duration::from_secs(65));
     let cpu1 = kubelvs_measure::cpu_seconds(pid);
     let rss = kubelvs_measure::rss_kib(pid);
+    let [anon, mapped] = ["RssAnon", "RssFile"].map(|f| kubelvs_measure::status_kib(pid, f) / 1024);
     let idle = (cpu1 - cpu0) / t0.elapsed().as_secs_f64();
     let m0 = metrics(&ns);
     let count =
@@ -84,7 +85,7 @@ fn main() {
         edits.push(edited, applies.next());
     }
     println!(
-        "agent scale: {n} VirtualServices x {m} real servers ({} KiB of YAML), XDP NAT, ring 251:\n  first complete apply {:.1} s after start\n  resident memory {} MiB\n  idle CPU {:.1}% of one CPU (full re-apply every 30 s)\n  mean apply (plan + maps) {:.0} ms over {count} applies\n  one weight changed in the file -> maps written, {}",
+        "agent scale: {n} VirtualServices x {m} real servers ({} KiB of YAML), XDP NAT, ring 251:\n  first complete apply {:.1} s after start\n  resident memory {} MiB ({anon} MiB anonymous, {mapped} MiB of files)\n  idle CPU {:.1}% of one CPU (full re-apply every 30 s)\n  mean apply (plan + maps) {:.0} ms over {count} applies\n  one weight changed in the file -> maps written, {}",
         text.len() / 1024,
         first.as_secs_f64(),
         rss / 1024,
