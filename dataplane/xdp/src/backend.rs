@@ -209,8 +209,10 @@ pub struct AyaMaps {
     pub(crate) vips: BpfHashMap<MapData, VipKey, VipMeta>,
     pub(crate) vips6: BpfHashMap<MapData, Vip6Key, VipMeta>,
     pub(crate) reals: Array<MapData, Real>,
-    pub(crate) rings: sys::MmapU32,
-    pub(crate) _rings_map: MapData,
+    /// The rings: each mapped while it is written (see [`sys::MmapU32`]).
+    pub(crate) rings: MapData,
+    /// Elements in `rings`.
+    pub(crate) rings_len: usize,
     pub(crate) vip_stats: PerCpuArray<MapData, Stats>,
     pub(crate) real_stats: PerCpuArray<MapData, Stats>,
     pub(crate) config: Array<MapData, Config>,
@@ -258,17 +260,20 @@ impl DirectorMaps for AyaMaps {
     fn write_ring(&mut self, vip_id: u32, slots: &[u32]) -> Result<usize> {
         let ring_size = self.ring_size as usize;
         let base = vip_id as usize * ring_size;
-        if base + ring_size > self.rings.len() {
+        if base + ring_size > self.rings_len {
             return Err(XdpError::InvalidOptions {
                 field: "max_vips",
                 reason: format!("VIP id {vip_id} is outside the rings map"),
             });
         }
+        let mut ring =
+            sys::MmapU32::new(std::os::fd::AsFd::as_fd(self.rings.fd()), base, ring_size)
+                .map_err(XdpError::Mmap)?;
         let mut written = 0;
         for i in 0..ring_size {
             let rid = slots.get(i).copied().unwrap_or(REAL_NONE);
-            if self.rings.get(base + i) != rid {
-                self.rings.set(base + i, rid);
+            if ring.get(i) != rid {
+                ring.set(i, rid);
                 written += 1;
             }
         }

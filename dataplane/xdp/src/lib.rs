@@ -454,14 +454,14 @@ impl XdpDirector {
             Map::Array(m) => m,
             _ => return Err(XdpError::MissingMap { map: "rings" }),
         };
-        let rings = sys::MmapU32::new(rings_map.fd().as_fd(), rings_len as usize)
-            .map_err(XdpError::Mmap)?;
+        // Fails here (not at the first write) if the map cannot be mapped.
+        sys::MmapU32::new(rings_map.fd().as_fd(), 0, 1).map_err(XdpError::Mmap)?;
         let maps = AyaMaps {
             vips: typed(&mut ebpf, "vips")?,
             vips6: typed(&mut ebpf, "vips6")?,
             reals: typed(&mut ebpf, "reals")?,
-            rings,
-            _rings_map: rings_map,
+            rings: rings_map,
+            rings_len: rings_len as usize,
             vip_stats: typed(&mut ebpf, "vip_stats")?,
             real_stats: typed(&mut ebpf, "real_stats")?,
             config: typed(&mut ebpf, "config")?,

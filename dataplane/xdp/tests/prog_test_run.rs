@@ -474,6 +474,42 @@ fn new_flows_follow_the_maglev_ring_and_weights() {
     }
 }
 
+/// Each ring is mapped only while it is written, at its own place in the rings map:
+/// every VIP id, rings across page boundaries included, must send a VIP's flows to
+/// its own real server, after the first write and after a rewrite.
+#[test]
+#[ignore = "needs root (BPF)"]
+fn every_vips_ring_is_written_where_the_program_reads_it() {
+    let opts = small_opts();
+    let vips = opts.max_vips as usize;
+    let mut d = XdpDirector::load(opts).unwrap();
+    let vip = |i: usize| format!("203.0.113.{}", 10 + i);
+    let real = |i: usize, round: usize| format!("198.51.100.{}", 20 + i + 10 * round);
+    for round in 0..2 {
+        let reals: Vec<String> = (0..vips).map(|i| real(i, round)).collect();
+        let neigh: HashMap<IpAddr, Mac> = reals.iter().map(|r| mac_of(r)).collect();
+        let services: Vec<_> = (0..vips)
+            .map(|i| service(&vip(i), 80, Forwarding::Dr, &[(&reals[i], 80, 1)]))
+            .collect();
+        let rep = d.apply(&services, &neigh).unwrap();
+        assert_eq!(rep.ring_slots_written, 251 * vips, "round {round}: {rep:?}");
+        for (i, r) in reals.iter().enumerate() {
+            let frame = tcp_frame(ip(CLIENT), 40_000, ip(&vip(i)), 80, TCP_SYN);
+            let out = test_run(
+                d.program_fd(),
+                &TestRun {
+                    data_in: &frame,
+                    repeat: 1,
+                    ..TestRun::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(out.retval, XDP_TX, "round {round}, VIP {i}");
+            assert_eq!(out.data_out[0..6], mac_of(r).1, "round {round}, VIP {i}");
+        }
+    }
+}
+
 /// A namespace with veth v0 (192.0.2.1/24, the director) and permanent
 /// neighbours, so bpf_fib_lookup has a definite answer.
 fn fib_lab() -> (Netns, Mac) {
