@@ -159,14 +159,27 @@ pub fn plan_node(node: &NodeIdentity, objects: Objects<'_>) -> NodePlan {
 
 /// Every VirtualService resolved and its ports' conflicts decided: what does not
 /// depend on RealServers or on whether this node directs.
-struct Claims<'a> {
-    /// Older first, with the ports each won.
-    resolved: Vec<(Resolved<'a>, Vec<(usize, ServiceKey)>)>,
+#[derive(Debug, Clone, Default)]
+struct Claims {
+    /// Older first.
+    resolved: Vec<Claim>,
     /// Of resolving and of conflicts.
     problems: Vec<Problem>,
 }
 
-fn claims<'a>(node: &NodeIdentity, objects: &Objects<'a>) -> Claims<'a> {
+/// A VirtualService whose VIP and ports are usable, and the ports it won. By place
+/// rather than by reference: claims depend on the VirtualServices alone, and are kept
+/// between plans while none changed.
+#[derive(Debug, Clone)]
+struct Claim {
+    /// Its position in [`Objects::virtual_services`].
+    at: usize,
+    vip: IpAddr,
+    /// (index into spec.ports, key) of the ports it won.
+    won: Vec<(usize, ServiceKey)>,
+}
+
+fn claims(node: &NodeIdentity, objects: &Objects<'_>) -> Claims {
     let mut problems = Vec::new();
     // Resolve every VirtualService first: conflicts are decided over all of them, not only
     // the ones this node directs, so every node agrees on the winner.
@@ -183,7 +196,7 @@ fn claims<'a>(node: &NodeIdentity, objects: &Objects<'a>) -> Claims<'a> {
     let resolved = resolved
         .into_iter()
         .map(|r| {
-            let winning_ports: Vec<(usize, ServiceKey)> = r
+            let won: Vec<(usize, ServiceKey)> = r
                 .ports
                 .iter()
                 .filter_map(|&(i, key)| match claimed.get(&key) {
@@ -205,7 +218,11 @@ fn claims<'a>(node: &NodeIdentity, objects: &Objects<'a>) -> Claims<'a> {
                     }
                 })
                 .collect();
-            (r, winning_ports)
+            Claim {
+                at: r.at,
+                vip: r.vip,
+                won,
+            }
         })
         .collect();
     Claims { resolved, problems }
@@ -222,26 +239,27 @@ struct VirtualServicePlan {
     selected: Vec<u32>,
 }
 
-/// Plans one VirtualService that won `winning_ports` (not empty), from the RealServers
-/// its selector picked (`selected`: positions in `objects.real_servers`).
+/// Plans one VirtualService that won ports (`claim.won`, not empty), from the
+/// RealServers its selector picked (`selected`: positions in `objects.real_servers`).
 fn plan_virtual_service(
     node: &NodeIdentity,
     objects: &Objects<'_>,
-    r: &Resolved<'_>,
-    winning_ports: &[(usize, ServiceKey)],
+    claim: &Claim,
     selected: Result<Vec<u32>, kubelvs_crds::selector::SelectorError>,
 ) -> VirtualServicePlan {
+    let vs = objects.virtual_services[claim.at];
+    let vip = claim.vip;
     let mut out = VirtualServicePlan::default();
     let problems = &mut out.problems;
-    let vs_ref = object_ref_vs(r.vs);
+    let vs_ref = object_ref_vs(vs);
     out.selected = selected.as_ref().map_or_else(|_| Vec::new(), Vec::clone);
-    let backends = select_real_servers(r.vs, objects, selected, problems);
-    let forwarding = forwarding(r.vs);
-    let dataplane = match r.vs.spec.dataplane {
+    let backends = select_real_servers(vs, objects, selected, problems);
+    let forwarding = forwarding(vs);
+    let dataplane = match vs.spec.dataplane {
         kubelvs_crds::Dataplane::Ipvs => DataplaneKind::Ipvs,
         kubelvs_crds::Dataplane::Xdp => DataplaneKind::Xdp,
     };
-    let persistence = match persistence(r.vs, r.vip) {
+    let persistence = match persistence(vs, vip) {
         Ok(p) => p,
         Err((field, message)) => {
             problems.push(Problem {
@@ -256,10 +274,11 @@ fn plan_virtual_service(
 
     // Real servers per port, checked on every node (not only directors), so that every
     // agent reports the same problems and only usable real servers get the VIP.
-    let per_port: Vec<(ServiceKey, Vec<RealServer>)> = winning_ports
+    let per_port: Vec<(ServiceKey, Vec<RealServer>)> = claim
+        .won
         .iter()
         .map(|&(i, key)| {
-            let target_port = r.vs.spec.ports[i].target_port;
+            let target_port = vs.spec.ports[i].target_port;
             let found = backends
                 .iter()
                 .filter_map(|rs| {
@@ -268,13 +287,13 @@ fn plan_virtual_service(
                         target_port,
                         key,
                     };
-                    backend_for_port(r.vs, port, forwarding, dataplane, rs, problems)
+                    backend_for_port(vs, port, forwarding, dataplane, rs, problems)
                 })
                 .collect();
             (key, dedup_real_servers(key, found, problems))
         })
         .collect();
-    let directs_here = directs(node, r.vs, problems);
+    let directs_here = directs(node, vs, problems);
 
     if forwarding.real_server_carries_vip() {
         let tunnel = match forwarding {
@@ -310,7 +329,7 @@ fn plan_virtual_service(
                 });
                 continue;
             }
-            out.real_server_vips.push(((r.vip, tunnel), rs_ref));
+            out.real_server_vips.push(((vip, tunnel), rs_ref));
         }
     }
 
@@ -318,7 +337,7 @@ fn plan_virtual_service(
         return out;
     }
     let source_address = match forwarding {
-        Forwarding::FullNat => match fullnat_source(node, r.vs, r.vip, &objects.address_pools) {
+        Forwarding::FullNat => match fullnat_source(node, vs, vip, &objects.address_pools) {
             Ok(a) => Some(a),
             Err(message) => {
                 problems.push(Problem {
@@ -344,12 +363,12 @@ fn plan_virtual_service(
         real_servers.retain(|r| !drained.contains(&r.source));
         out.services.push(Service {
             key,
-            scheduler: scheduler(r.vs.spec.scheduler),
-            scheduler_flags: scheduler_flags(&r.vs.spec.scheduler_flags),
+            scheduler: scheduler(vs.spec.scheduler),
+            scheduler_flags: scheduler_flags(&vs.spec.scheduler_flags),
             forwarding,
             persistence,
             source_address,
-            health_check: health_check(r.vs),
+            health_check: health_check(vs),
             dataplane,
             real_servers,
             source: vs_ref.clone(),
@@ -363,7 +382,7 @@ fn plan_virtual_service(
 fn finish(
     node: &NodeIdentity,
     objects: &Objects<'_>,
-    claims: &Claims<'_>,
+    claims: &Claims,
     services: Vec<Service>,
     parts: &[&VirtualServicePlan],
 ) -> NodePlan {
@@ -378,9 +397,12 @@ fn finish(
     // Every VirtualService with a planned port on each VIP, for its announcer.
     let directed: BTreeSet<IpAddr> = services.iter().map(|s| s.key.vip).collect();
     let mut on_vip: BTreeMap<IpAddr, Vec<&VirtualService>> = BTreeMap::new();
-    for (r, won) in &claims.resolved {
-        if !won.is_empty() && directed.contains(&r.vip) {
-            on_vip.entry(r.vip).or_default().push(r.vs);
+    for c in &claims.resolved {
+        if !c.won.is_empty() && directed.contains(&c.vip) {
+            on_vip
+                .entry(c.vip)
+                .or_default()
+                .push(objects.virtual_services[c.at]);
         }
     }
     let unannounced_vips = announce::unannounced(
