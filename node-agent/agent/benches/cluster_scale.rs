@@ -125,6 +125,12 @@ fn main() {
     let idle = (kubelvs_measure::cpu_seconds(pid) - cpu0) / t0.elapsed().as_secs_f64();
     let rss = kubelvs_measure::rss_kib(pid);
     let mut edits = Edits::default();
+    // The bench's own client has been idle for 90 s, past its connection pool's idle
+    // timeout: its first request would time a new TLS connection, which is not part
+    // of an API change reaching the kernel.
+    ns.run(|| rt.block_on(rs_api.get("rs0-0")))
+        .unwrap()
+        .expect("get");
     for k in 0..EDITS {
         std::thread::sleep(Duration::from_millis(300));
         applies.drain();

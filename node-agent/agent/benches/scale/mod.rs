@@ -197,10 +197,14 @@ impl Edits {
             all.sort();
             all[all.len() / 2]
         });
-        let each: Vec<String> = t.iter().map(|d| format!("{:.0}", ms(*d))).collect();
+        let each: Vec<String> = self
+            .times
+            .iter()
+            .map(|d| format!("{:.0}", ms(*d)))
+            .collect();
         let [r, p, a] = self.slowest.map_or([0; 3], |(_, s)| s);
         format!(
-            "{} edits: median {:.0} ms, p99 {:.0} ms, max {:.0} ms\n  of which (medians, from the agent's log) reading {read} ms, planning {plan} ms, applying {apply} ms\n  each (ms): {}; the slowest read {r} ms, planned {p} ms, applied {a} ms",
+            "{} edits: median {:.0} ms, p99 {:.0} ms, max {:.0} ms\n  of which (medians, from the agent's log) reading {read} ms, planning {plan} ms, applying {apply} ms\n  each in order (ms): {}; the slowest read {r} ms, planned {p} ms, applied {a} ms",
             t.len(),
             ms(pct(0.5)),
             ms(pct(0.99)),
