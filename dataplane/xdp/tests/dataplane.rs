@@ -16,9 +16,7 @@ use kubelvs_model::{
     ApplyContext, Dataplane, Forwarding, NodePlan, Outcome, RealServerState, Service, ServiceKey,
 };
 use kubelvs_xdp::maps::{VipKey, VipMeta};
-use kubelvs_xdp::{
-    test_run, DirectorOptions, StaticNeighbours, TestRun, XdpDataplane, XdpDirector, XDP_TX,
-};
+use kubelvs_xdp::{DirectorOptions, StaticNeighbours, XdpDataplane, XdpDirector};
 
 fn opts() -> DirectorOptions {
     let mut o = DirectorOptions::new(ip("192.0.2.1"));
@@ -55,22 +53,6 @@ fn key(vip: &str, port: u16) -> ServiceKey {
         port,
         protocol: kubelvs_model::Protocol::Tcp,
     }
-}
-
-/// The real server (by MAC) a DR packet of client port `sport` is sent to, or
-/// `None` when the director does not transmit it.
-fn dr_target(d: &XdpDirector, vip: &str, sport: u16, flags: u8) -> Option<[u8; 6]> {
-    let frame = tcp_frame(ip("198.51.100.5"), sport, ip(vip), 80, flags);
-    let r = test_run(
-        d.program_fd(),
-        &TestRun {
-            data_in: &frame,
-            repeat: 1,
-            ..TestRun::default()
-        },
-    )
-    .unwrap();
-    (r.retval == XDP_TX).then(|| r.data_out[0..6].try_into().unwrap())
 }
 
 #[test]

@@ -342,3 +342,25 @@ pub fn mac6_of(a: &str) -> (IpAddr, Mac) {
     let o = ip6(a).octets();
     (IpAddr::V6(ip6(a)), [0x02, 0xbb, o[12], o[13], o[14], o[15]])
 }
+
+/// The real server (by MAC) a DR packet from 198.51.100.5, client port `sport`, to
+/// `vip`:80 is sent to, or `None` when the director does not transmit it.
+pub fn dr_target(
+    d: &kubelvs_xdp::XdpDirector,
+    vip: &str,
+    sport: u16,
+    flags: u8,
+) -> Option<[u8; 6]> {
+    use kubelvs_xdp::{test_run, TestRun, XDP_TX};
+    let frame = tcp_frame(ip("198.51.100.5"), sport, ip(vip), 80, flags);
+    let r = test_run(
+        d.program_fd(),
+        &TestRun {
+            data_in: &frame,
+            repeat: 1,
+            ..TestRun::default()
+        },
+    )
+    .unwrap();
+    (r.retval == XDP_TX).then(|| r.data_out[0..6].try_into().unwrap())
+}
