@@ -122,7 +122,10 @@ impl ClusterSource {
                 move |event| {
                     let mut records = records.lock().unwrap_or_else(|p| p.into_inner());
                     let changed = records.apply(event);
-                    listed.send_if_modified(|l| !std::mem::replace(l, records.listed()));
+                    listed.send_if_modified(|l| {
+                        let now = records.listed();
+                        std::mem::replace(l, now) != now
+                    });
                     drop(records);
                     !changed || wake.send(Event::Complete).is_ok()
                 },
