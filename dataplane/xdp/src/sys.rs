@@ -25,7 +25,8 @@ const ELEM_STRIDE: usize = 2;
 impl MmapU32 {
     /// Maps elements `first..first + len` of the array map `fd`.
     pub(crate) fn new(fd: BorrowedFd<'_>, first: usize, len: usize) -> io::Result<Self> {
-        let page = 4096usize;
+        // The offset must be a multiple of the page size: 16 or 64 KiB on some arm64.
+        let page = page_size();
         let start = first * ELEM_STRIDE * 4;
         let end = (first + len) * ELEM_STRIDE * 4;
         let offset = start / page * page;
@@ -83,6 +84,17 @@ impl Drop for MmapU32 {
             libc::munmap(self.map, self.bytes);
         }
     }
+}
+
+/// The system's page size.
+fn page_size() -> usize {
+    #[allow(unsafe_code)]
+    // SAFETY: sysconf reads a constant of the system and has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size)
+        .ok()
+        .filter(|&s| s > 0)
+        .unwrap_or(4096)
 }
 
 // The mapping is plain shared memory owned by this value.
