@@ -36,8 +36,9 @@ pub struct RealServerRecords {
     /// record's own strings (no second copy of every name).
     places: hashbrown::HashTable<usize>,
     unparsed: Vec<Unparsed>,
-    /// During a relist: what it listed so far.
-    relisting: Option<Vec<DeserializeGuard<RealServer>>>,
+    /// During a relist: what it listed so far, already compact (a relist of 100,000
+    /// API objects held whole would cost what the records save).
+    relisting: Option<Vec<Watched>>,
     listed: bool,
 }
 
@@ -57,12 +58,47 @@ fn names(o: &DeserializeGuard<RealServer>) -> (&str, &str) {
     )
 }
 
+/// A watched RealServer as it is kept: its record and version, or why it does not
+/// parse.
+#[derive(Debug)]
+enum Watched {
+    Parsed(RealServerRecord, u64),
+    Unparsed(Unparsed),
+}
+
+impl Watched {
+    fn of(o: DeserializeGuard<RealServer>) -> Self {
+        match o.0 {
+            Ok(rs) => {
+                let version = version(
+                    rs.metadata.uid.as_deref(),
+                    rs.metadata.resource_version.as_deref(),
+                );
+                Self::Parsed(rs.into(), version)
+            }
+            Err(e) => Self::Unparsed(Unparsed {
+                namespace: e.metadata.namespace.unwrap_or_default(),
+                name: e.metadata.name.unwrap_or_default(),
+                uid: e.metadata.uid,
+                error: e.error.to_string(),
+            }),
+        }
+    }
+
+    fn names(&self) -> (&str, &str) {
+        match self {
+            Self::Parsed(r, _) => (&r.namespace, &r.name),
+            Self::Unparsed(u) => (&u.namespace, &u.name),
+        }
+    }
+}
+
 impl RealServerRecords {
     /// Takes one event of the watch; says whether what the planner reads changed (a
     /// modification that changes nothing of it keeps the record and its version).
     pub fn apply(&mut self, event: watcher::Event<DeserializeGuard<RealServer>>) -> bool {
         match event {
-            watcher::Event::Apply(o) => self.put(o),
+            watcher::Event::Apply(o) => self.put(Watched::of(o)),
             watcher::Event::Delete(o) => {
                 let (namespace, name) = names(&o);
                 self.delete(namespace, name)
@@ -72,7 +108,9 @@ impl RealServerRecords {
                 false
             }
             watcher::Event::InitApply(o) => {
-                self.relisting.get_or_insert_with(Vec::new).push(o);
+                self.relisting
+                    .get_or_insert_with(Vec::new)
+                    .push(Watched::of(o));
                 false
             }
             watcher::Event::InitDone => {
@@ -82,7 +120,7 @@ impl RealServerRecords {
                 let mut seen = hashbrown::HashSet::<(String, String)>::new();
                 let mut changed = !self.listed;
                 for o in listed {
-                    let (namespace, name) = names(&o);
+                    let (namespace, name) = o.names();
                     seen.insert((namespace.to_owned(), name.to_owned()));
                     changed |= self.put(o);
                 }
@@ -127,37 +165,32 @@ impl RealServerRecords {
             .copied()
     }
 
-    fn put(&mut self, o: DeserializeGuard<RealServer>) -> bool {
-        let (namespace, name) = names(&o);
-        let (namespace, name) = (namespace.to_owned(), name.to_owned());
-        let rs = match o.0 {
-            Ok(rs) => rs,
-            Err(e) => {
-                self.remove(&namespace, &name);
-                let now = Unparsed {
-                    namespace,
-                    name,
-                    uid: e.metadata.uid,
-                    error: e.error.to_string(),
-                };
-                match self
+    fn put(&mut self, o: Watched) -> bool {
+        let (record, version) = match o {
+            Watched::Parsed(record, version) => (record, version),
+            Watched::Unparsed(now) => {
+                let removed = self.remove(&now.namespace, &now.name);
+                let was = self
                     .unparsed
                     .iter_mut()
-                    .find(|u| (&u.namespace, &u.name) == (&now.namespace, &now.name))
-                {
-                    Some(u) => *u = now,
-                    None => self.unparsed.push(now),
-                }
-                return true;
+                    .find(|u| (&u.namespace, &u.name) == (&now.namespace, &now.name));
+                // The same object with the same error: nothing new to report.
+                return match was {
+                    Some(u) if *u == now => removed,
+                    Some(u) => {
+                        *u = now;
+                        true
+                    }
+                    None => {
+                        self.unparsed.push(now);
+                        true
+                    }
+                };
             }
         };
+        let (namespace, name) = (record.namespace.clone(), record.name.clone());
         self.unparsed
-            .retain(|u| (&u.namespace, &u.name) != (&namespace, &name));
-        let version = version(
-            rs.metadata.uid.as_deref(),
-            rs.metadata.resource_version.as_deref(),
-        );
-        let record = RealServerRecord::from(rs);
+            .retain(|u| (&*u.namespace, &*u.name) != (&*namespace, &*name));
         match self.find(&namespace, &name) {
             Some(at) if *self.list[at] == record => false,
             Some(at) => {
@@ -316,6 +349,10 @@ mod tests {
         let mut r = RealServerRecords::default();
         r.apply(watcher::Event::Apply(rs("a", "1", 1, false)));
         assert!(r.apply(watcher::Event::Apply(bad("a"))));
+        assert!(
+            !r.apply(watcher::Event::Apply(bad("a"))),
+            "the same error again wakes nothing"
+        );
         assert!(r.snapshot().0.is_empty(), "the old form is not planned on");
         assert_eq!(r.unparsed().len(), 1);
         assert_eq!(r.unparsed()[0].name, "a");
@@ -361,5 +398,15 @@ mod tests {
         assert_eq!(names_in_order(&r), ["a", "c"]);
         assert_eq!(r.snapshot().0[0].spec.weight, 4);
         assert_eq!(r.unparsed().len(), 1);
+        let again = listed(vec![
+            rs("c", "1", 1, false),
+            rs("a", "2", 4, false),
+            bad("x"),
+        ]);
+        let woke: Vec<bool> = again.into_iter().map(|ev| r.apply(ev)).collect();
+        assert!(
+            !woke.contains(&true),
+            "an unchanged object that does not parse"
+        );
     }
 }
