@@ -184,6 +184,7 @@ fn read_traffic(
 /// Sends this node's status entries (cluster mode).
 fn publish_status(
     source: &Source,
+    published: &mut status::Published,
     directors: &BTreeMap<ObjectRef, kubelvs_crds::DirectorStatus>,
     observations: &BTreeMap<ObjectRef, kubelvs_crds::HealthObservation>,
 ) {
@@ -193,7 +194,9 @@ fn publish_status(
     else {
         return;
     };
-    let desired = status::desired(directors, observations, |o| watches.uid_of(o));
+    let Some(desired) = published.changed(directors, observations, |o| watches.uid_of(o)) else {
+        return;
+    };
     // Unchanged: the writer is not woken for nothing (the first plan always is).
     status.send_if_modified(|d| {
         let changed = d.as_deref() != Some(&desired);
@@ -259,6 +262,7 @@ pub fn run(
         .clone()
         .unwrap_or_else(std::env::temp_dir)
         .join("bird");
+    let mut published = status::Published::default();
     let mut announcements = bgp::Announcements::new(move || {
         Box::new(bgp::Bird::new(&bird, &bird_dir)) as Box<dyn bgp::Speaker>
     });
@@ -487,7 +491,7 @@ pub fn run(
                 Source::File(_) => &BTreeMap::new(),
             };
             let observations = status::observations(node, planned, &states, at_start);
-            publish_status(&source, &directors, &observations);
+            publish_status(&source, &mut published, &directors, &observations);
         }
         metrics.observed.set_ready(true);
         last_apply = Some(Instant::now());

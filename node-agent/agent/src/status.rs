@@ -222,6 +222,48 @@ pub fn desired(
     out
 }
 
+/// What this node last put in status, so that a change that leaves every entry (and
+/// the uid of every object it is for) as it was builds no apply body: at 10,000
+/// VirtualServices building and comparing them all took about 35 ms per change.
+#[derive(Debug, Default)]
+pub struct Published {
+    last: Option<(
+        BTreeMap<ObjectRef, DirectorStatus>,
+        BTreeMap<ObjectRef, HealthObservation>,
+        u64,
+    )>,
+}
+
+impl Published {
+    /// [`desired`], when the entries or their objects' uids changed since the last
+    /// time it was given.
+    pub fn changed(
+        &mut self,
+        directors: &BTreeMap<ObjectRef, DirectorStatus>,
+        observations: &BTreeMap<ObjectRef, HealthObservation>,
+        uid: impl Fn(&ObjectRef) -> Option<String>,
+    ) -> Option<BTreeMap<(String, ObjectRef), serde_json::Value>> {
+        use std::hash::BuildHasher;
+        let hasher = foldhash::fast::FixedState::with_seed(0x6b75_6265_6c76_7307);
+        let uids = directors
+            .keys()
+            .chain(observations.keys())
+            .fold(0u64, |acc, o| {
+                acc.rotate_left(5) ^ hasher.hash_one((o, uid(o)))
+            });
+        let same = self
+            .last
+            .as_ref()
+            .is_some_and(|(d, o, u)| *u == uids && d == directors && o == observations);
+        if same {
+            return None;
+        }
+        let out = desired(directors, observations, uid);
+        self.last = Some((directors.clone(), observations.clone(), uids));
+        Some(out)
+    }
+}
+
 /// The server-side apply body that sets this node's entry on `kind` `object` (`entry`
 /// None: removes it), with the object's uid when known.
 pub fn apply_body(
@@ -469,6 +511,42 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn bodies_are_built_again_only_when_an_entry_or_a_uid_changed() {
+        let p = plan();
+        let reports = [programmed(&p)];
+        let unhealthy = BTreeSet::new();
+        let mut entries = directors("n1", &p, &reports, &unhealthy);
+        let none = BTreeMap::new();
+        let mut published = Published::default();
+        let first = published.changed(&entries, &none, |_| Some("u1".into()));
+        assert_eq!(
+            first,
+            Some(desired(&entries, &none, |_| Some("u1".into()))),
+            "the first time: what desired gives"
+        );
+        assert_eq!(
+            published.changed(&entries, &none, |_| Some("u1".into())),
+            None
+        );
+        // The object was replaced: same entry, a new uid to write it for.
+        let replaced = published.changed(&entries, &none, |_| Some("u2".into()));
+        assert_eq!(
+            replaced,
+            Some(desired(&entries, &none, |_| Some("u2".into())))
+        );
+        assert_eq!(
+            published.changed(&entries, &none, |_| Some("u2".into())),
+            None
+        );
+        let entry = entries.values_mut().next().expect("one VirtualService");
+        entry.programmed = false;
+        assert_eq!(
+            published.changed(&entries, &none, |_| Some("u2".into())),
+            Some(desired(&entries, &none, |_| Some("u2".into())))
+        );
     }
 
     #[test]
