@@ -227,11 +227,15 @@ pub fn desired(
 /// VirtualServices building and comparing them all took about 35 ms per change.
 #[derive(Debug, Default)]
 pub struct Published {
-    last: Option<(
-        BTreeMap<ObjectRef, DirectorStatus>,
-        BTreeMap<ObjectRef, HealthObservation>,
-        u64,
-    )>,
+    last: Option<Entries>,
+}
+
+/// A node's entries, and a hash of the uids of the objects they are for.
+#[derive(Debug)]
+struct Entries {
+    directors: BTreeMap<ObjectRef, DirectorStatus>,
+    observations: BTreeMap<ObjectRef, HealthObservation>,
+    uids: u64,
 }
 
 impl Published {
@@ -251,15 +255,18 @@ impl Published {
             .fold(0u64, |acc, o| {
                 acc.rotate_left(5) ^ hasher.hash_one((o, uid(o)))
             });
-        let same = self
-            .last
-            .as_ref()
-            .is_some_and(|(d, o, u)| *u == uids && d == directors && o == observations);
+        let same = self.last.as_ref().is_some_and(|e| {
+            e.uids == uids && e.directors == *directors && e.observations == *observations
+        });
         if same {
             return None;
         }
         let out = desired(directors, observations, uid);
-        self.last = Some((directors.clone(), observations.clone(), uids));
+        self.last = Some(Entries {
+            directors: directors.clone(),
+            observations: observations.clone(),
+            uids,
+        });
         Some(out)
     }
 }
