@@ -36,8 +36,10 @@ pub fn directors(
     let mut out: BTreeMap<ObjectRef, DirectorStatus> = BTreeMap::new();
     // Borrowed, and foldhash: at 100,000 real servers a copy of each name, or SipHash
     // of it, per apply costs more than the rest of the roll-up.
-    let mut healthy: foldhash::HashMap<&ObjectRef, foldhash::HashSet<&ObjectRef>> =
-        foldhash::HashMap::default();
+    // Each VirtualService's healthy RealServers, counted once each (one RealServer
+    // serves every port of a VirtualService): gathered, then sorted and deduplicated,
+    // which at ten per VirtualService is cheaper than a set of names.
+    let mut healthy: foldhash::HashMap<&ObjectRef, Vec<&ObjectRef>> = foldhash::HashMap::default();
     // Indexed once: looking each service up in every report was quadratic per apply.
     let outcomes: foldhash::HashMap<(&str, &kubelvs_model::ServiceKey), &Outcome> = reports
         .iter()
@@ -98,12 +100,16 @@ pub fn directors(
                 .is_none_or(|c| !unhealthy.contains(&target_of(c, r.address, r.port)))
                 && !unresolved.contains(&(&s.key, std::net::SocketAddr::new(r.address, r.port)));
             if ok {
-                set.insert(&r.source);
+                set.push(&r.source);
             }
         }
     }
     for (vs, entry) in &mut out {
-        entry.healthy_real_servers = healthy.get(vs).map_or(0, |s| s.len() as u32);
+        entry.healthy_real_servers = healthy.get_mut(vs).map_or(0, |s| {
+            s.sort_unstable();
+            s.dedup();
+            s.len() as u32
+        });
     }
     // By BGP a director announces what it can serve (`crate::bgp::servable`).
     let by_bgp: BTreeSet<std::net::IpAddr> = plan
