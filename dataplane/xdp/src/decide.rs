@@ -298,13 +298,7 @@ pub fn decide<S: std::borrow::Borrow<Service>>(
             writes.push(MapWrite::Ring { vip_id, slots });
             next.ring_inputs.insert(vk, w.reals.clone());
         }
-        let meta = VipMeta {
-            vip_id,
-            forwarding: w.forwarding,
-            flags: w.flags,
-            src_mask: w.src_mask,
-            src_mask6: w.src_mask6,
-        };
+        let meta = w.meta(vip_id);
         if old != Some(meta) {
             writes.push(MapWrite::InsertVip(vk, meta));
             next.vips.insert(vk, meta);
@@ -482,14 +476,7 @@ pub fn decide_weights<S: std::borrow::Borrow<Service>>(
                 .iter()
                 .any(|(rk, _)| !neighbours.contains_key(&rk.0));
         let meta = state.vips.get(&vk)?;
-        let same_meta = *meta
-            == VipMeta {
-                vip_id: meta.vip_id,
-                forwarding: w.forwarding,
-                flags: w.flags,
-                src_mask: w.src_mask,
-                src_mask6: w.src_mask6,
-            };
+        let same_meta = *meta == w.meta(meta.vip_id);
         let previous = state.ring_inputs.get(&vk)?;
         let same_reals = previous.len() == w.reals.len()
             && previous.iter().zip(&w.reals).all(|(a, b)| a.0 == b.0);

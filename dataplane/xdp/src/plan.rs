@@ -78,6 +78,19 @@ pub(crate) struct Want {
     pub reals: Vec<(RealKey, u32)>,
 }
 
+impl Want {
+    /// The `vips` map entry for this VIP under id `vip_id`.
+    pub fn meta(&self, vip_id: u32) -> crate::maps::VipMeta {
+        crate::maps::VipMeta {
+            vip_id,
+            forwarding: self.forwarding,
+            flags: self.flags,
+            src_mask: self.src_mask,
+            src_mask6: self.src_mask6,
+        }
+    }
+}
+
 /// `bits` leading ones of a 128-bit mask, as four network-order words.
 fn mask6(bits: u8) -> [u32; 4] {
     let mut m = [0u32; 4];
