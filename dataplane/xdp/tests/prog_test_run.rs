@@ -386,20 +386,10 @@ fn new_flows_follow_the_maglev_ring_and_weights() {
     let flows = 3000u16;
     for i in 0..flows {
         let sport = 10_000 + i;
-        let frame = tcp_frame(ip(CLIENT), sport, ip(VIP), 80, TCP_SYN);
-        let r = test_run(
-            d.program_fd(),
-            &TestRun {
-                data_in: &frame,
-                repeat: 1,
-                ..TestRun::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(r.retval, XDP_TX);
+        let to = dr_target(&d, VIP, sport, TCP_SYN).expect("XDP_TX");
         let got = reals
             .iter()
-            .position(|x| mac_of(x.0).1 == r.data_out[0..6])
+            .position(|x| mac_of(x.0).1 == to)
             .expect("destination MAC is one of the real servers");
         let h = kubelvs_xdp::maps::director_flow_hash(
             u32::from_ne_bytes(ip(CLIENT).octets()),
@@ -418,19 +408,10 @@ fn new_flows_follow_the_maglev_ring_and_weights() {
     }
 
     // Quiescing a real server (weight 0): its established flows stay, new ones avoid it.
-    let est = tcp_frame(ip(CLIENT), 10_000, ip(VIP), 80, TCP_ACK);
-    let before = test_run(
-        d.program_fd(),
-        &TestRun {
-            data_in: &est,
-            repeat: 1,
-            ..TestRun::default()
-        },
-    )
-    .unwrap();
+    let before = dr_target(&d, VIP, 10_000, TCP_ACK);
     let owner = reals
         .iter()
-        .position(|x| mac_of(x.0).1 == before.data_out[0..6])
+        .position(|x| Some(mac_of(x.0).1) == before)
         .unwrap();
     let mut quiesced = reals;
     quiesced[owner].2 = 0;
@@ -441,34 +422,15 @@ fn new_flows_follow_the_maglev_ring_and_weights() {
         rep.ring_slots_written > 0 && rep.vips_updated == 0,
         "{rep:?}"
     );
-    let after = test_run(
-        d.program_fd(),
-        &TestRun {
-            data_in: &est,
-            repeat: 1,
-            ..TestRun::default()
-        },
-    )
-    .unwrap();
     assert_eq!(
-        after.data_out[0..6],
-        before.data_out[0..6],
+        dr_target(&d, VIP, 10_000, TCP_ACK),
+        before,
         "established flow kept its real server"
     );
     for i in 0..300u16 {
-        let f = tcp_frame(ip(CLIENT), 20_000 + i, ip(VIP), 80, TCP_SYN);
-        let r = test_run(
-            d.program_fd(),
-            &TestRun {
-                data_in: &f,
-                repeat: 1,
-                ..TestRun::default()
-            },
-        )
-        .unwrap();
         assert_ne!(
-            r.data_out[0..6],
-            mac_of(reals[owner].0).1,
+            dr_target(&d, VIP, 20_000 + i, TCP_SYN),
+            Some(mac_of(reals[owner].0).1),
             "new flow sent to a quiesced server"
         );
     }
