@@ -180,11 +180,8 @@ impl Planner {
             .map(|m| std::mem::take(&mut m.claims));
         let claims = kept.unwrap_or_else(|| claims(node, &objects));
         match self.changed_real_servers(node, &objects) {
-            Some(changed) => self.update(node, &objects, &claims, &changed),
-            None => self.full(node, &objects, &claims),
-        }
-        if let Some(m) = self.memo.as_mut() {
-            m.claims = claims;
+            Some(changed) => self.update(node, &objects, claims, &changed),
+            None => self.full(node, &objects, claims),
         }
         &self.plan
     }
@@ -215,7 +212,7 @@ impl Planner {
         (changed.len() <= MOST_CHANGED).then_some(changed)
     }
 
-    fn full(&mut self, node: &NodeIdentity, objects: &Objects<'_>, claims: &Claims) {
+    fn full(&mut self, node: &NodeIdentity, objects: &Objects<'_>, claims: Claims) {
         let index = RealServerIndex::new(objects.real_servers.iter().copied());
         let mut parts: Vec<Option<Part>> = Vec::new();
         parts.resize_with(objects.virtual_services.len(), || None);
@@ -238,12 +235,12 @@ impl Planner {
         }
         services.sort_by_key(|s| s.key);
         let all: Vec<&VirtualServicePlan> = parts.iter().flatten().map(|p| &p.plan).collect();
-        self.plan = finish(node, objects, claims, services, &all);
+        self.plan = finish(node, objects, &claims, services, &all);
         self.memo = objects.versions.filter(|v| fits(v, objects)).map(|v| Memo {
             node: node.clone(),
             node_real_servers: objects.node_real_servers.cloned(),
             versions: v.clone(),
-            claims: Claims::default(),
+            claims,
             parts,
             selectors: SelectorIndex::new(objects),
         });
@@ -255,7 +252,7 @@ impl Planner {
         &mut self,
         node: &NodeIdentity,
         objects: &Objects<'_>,
-        claims: &Claims,
+        claims: Claims,
         changed: &[u32],
     ) {
         let memo = self.memo.as_mut().expect("checked by changed_real_servers");
@@ -346,7 +343,8 @@ impl Planner {
             services.sort_by_key(|s| s.key);
         }
         let all: Vec<&VirtualServicePlan> = memo.parts.iter().flatten().map(|p| &p.plan).collect();
-        self.plan = finish(node, objects, claims, services, &all);
+        self.plan = finish(node, objects, &claims, services, &all);
         memo.versions.clone_from(v);
+        memo.claims = claims;
     }
 }

@@ -37,8 +37,8 @@ use std::net::IpAddr;
 
 use kube::ResourceExt;
 use kubelvs_crds::{
-    AddressPool, ForwardingMethod, HealthCheckType, RealServerRecord as RealServerObject,
-    Scheduler as CrdScheduler, SchedulerFlag, TunnelType, VirtualService,
+    AddressPool, ForwardingMethod, HealthCheckType, RealServerRecord, Scheduler as CrdScheduler,
+    SchedulerFlag, TunnelType, VirtualService,
 };
 use kubelvs_model::{
     DataplaneKind, Forwarding, HealthCheck, NodePlan, ObjectRef, Persistence, Probe, Problem,
@@ -74,7 +74,7 @@ pub enum VipSource {
 #[derive(Debug, Clone, Default)]
 pub struct Objects<'a> {
     pub virtual_services: Vec<&'a VirtualService>,
-    pub real_servers: Vec<&'a RealServerObject>,
+    pub real_servers: Vec<&'a RealServerRecord>,
     pub address_pools: Vec<&'a AddressPool>,
     /// In a cluster: the nodes' addresses, and where a RealServer may name one.
     pub node_real_servers: Option<&'a NodeRealServers>,
@@ -118,7 +118,7 @@ impl<'a> Objects<'a> {
     /// Borrows every object of the three lists.
     pub fn of(
         virtual_services: impl IntoIterator<Item = &'a VirtualService>,
-        real_servers: impl IntoIterator<Item = &'a RealServerObject>,
+        real_servers: impl IntoIterator<Item = &'a RealServerRecord>,
         address_pools: impl IntoIterator<Item = &'a AddressPool>,
     ) -> Self {
         Self {
@@ -604,7 +604,7 @@ fn directs(node: &NodeIdentity, vs: &VirtualService, problems: &mut Vec<Problem>
 
 /// A RealServer selected by a VirtualService, with its parsed address.
 struct Selected<'a> {
-    object: &'a RealServerObject,
+    object: &'a RealServerRecord,
     address: IpAddr,
 }
 
@@ -746,7 +746,7 @@ fn backend_for_port(
     })
 }
 
-fn runs_here(node: &NodeIdentity, rs: &RealServerObject, address: IpAddr) -> bool {
+fn runs_here(node: &NodeIdentity, rs: &RealServerRecord, address: IpAddr) -> bool {
     match &rs.spec.node_name {
         Some(n) => *n == node.name,
         None => node.addresses.contains(&address),
@@ -921,6 +921,6 @@ fn object_ref_vs(vs: &VirtualService) -> ObjectRef {
     )
 }
 
-fn object_ref_rs(rs: &RealServerObject) -> ObjectRef {
+fn object_ref_rs(rs: &RealServerRecord) -> ObjectRef {
     ObjectRef::new("RealServer", &rs.namespace, &rs.name)
 }
