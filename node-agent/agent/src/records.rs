@@ -27,6 +27,12 @@ pub struct Unparsed {
     pub error: String,
 }
 
+impl Unparsed {
+    fn is(&self, namespace: &str, name: &str) -> bool {
+        (self.namespace.as_str(), self.name.as_str()) == (namespace, name)
+    }
+}
+
 /// The RealServers a watch has given, by place.
 #[derive(Debug, Default)]
 pub struct RealServerRecords {
@@ -146,8 +152,7 @@ impl RealServerRecords {
 
     fn delete(&mut self, namespace: &str, name: &str) -> bool {
         let was = self.unparsed.len();
-        self.unparsed
-            .retain(|u| (u.namespace.as_str(), u.name.as_str()) != (namespace, name));
+        self.unparsed.retain(|u| !u.is(namespace, name));
         self.remove(namespace, name) || was != self.unparsed.len()
     }
 
@@ -173,7 +178,7 @@ impl RealServerRecords {
                 let was = self
                     .unparsed
                     .iter_mut()
-                    .find(|u| (&u.namespace, &u.name) == (&now.namespace, &now.name));
+                    .find(|u| u.is(&now.namespace, &now.name));
                 // The same object with the same error: nothing new to report.
                 return match was {
                     Some(u) if *u == now => removed,
@@ -188,10 +193,10 @@ impl RealServerRecords {
                 };
             }
         };
-        let (namespace, name) = (record.namespace.clone(), record.name.clone());
         self.unparsed
-            .retain(|u| (&*u.namespace, &*u.name) != (&*namespace, &*name));
-        match self.find(&namespace, &name) {
+            .retain(|u| !u.is(&record.namespace, &record.name));
+        let hash = key_hash(&record.namespace, &record.name);
+        match self.find(&record.namespace, &record.name) {
             Some(at) if *self.list[at] == record => false,
             Some(at) => {
                 self.list[at] = Arc::new(record);
@@ -204,9 +209,7 @@ impl RealServerRecords {
                 self.versions.push(version);
                 let list = &self.list;
                 self.places
-                    .insert_unique(key_hash(&namespace, &name), at, |&i| {
-                        key_hash(&list[i].namespace, &list[i].name)
-                    });
+                    .insert_unique(hash, at, |&i| key_hash(&list[i].namespace, &list[i].name));
                 true
             }
         }
@@ -254,7 +257,7 @@ impl RealServerRecords {
             None => self
                 .unparsed
                 .iter()
-                .find(|u| (u.namespace.as_str(), u.name.as_str()) == (namespace, name))?
+                .find(|u| u.is(namespace, name))?
                 .uid
                 .clone(),
         }
