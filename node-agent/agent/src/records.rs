@@ -162,8 +162,12 @@ impl RealServerRecords {
     }
 
     fn find(&self, namespace: &str, name: &str) -> Option<usize> {
+        self.find_hashed(key_hash(namespace, name), namespace, name)
+    }
+
+    fn find_hashed(&self, hash: u64, namespace: &str, name: &str) -> Option<usize> {
         self.places
-            .find(key_hash(namespace, name), |&at| {
+            .find(hash, |&at| {
                 let r = &self.list[at];
                 &*r.namespace == namespace && &*r.name == name
             })
@@ -196,7 +200,7 @@ impl RealServerRecords {
         self.unparsed
             .retain(|u| !u.is(&record.namespace, &record.name));
         let hash = key_hash(&record.namespace, &record.name);
-        match self.find(&record.namespace, &record.name) {
+        match self.find_hashed(hash, &record.namespace, &record.name) {
             Some(at) if *self.list[at] == record => false,
             Some(at) => {
                 self.list[at] = Arc::new(record);
@@ -217,17 +221,14 @@ impl RealServerRecords {
 
     /// Removes a record; the last one takes its place.
     fn remove(&mut self, namespace: &str, name: &str) -> bool {
-        let Some(at) = self.find(namespace, name) else {
+        let hash = key_hash(namespace, name);
+        let Some(at) = self.find_hashed(hash, namespace, name) else {
             return false;
         };
-        let list = &self.list;
-        if let Ok(entry) = self
-            .places
-            .find_entry(key_hash(namespace, name), |&i| i == at)
-        {
+        if let Ok(entry) = self.places.find_entry(hash, |&i| i == at) {
             entry.remove();
         }
-        let last = list.len() - 1;
+        let last = self.list.len() - 1;
         if at != last {
             let moved = &self.list[last];
             let hash = key_hash(&moved.namespace, &moved.name);
