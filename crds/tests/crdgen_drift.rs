@@ -26,3 +26,25 @@ fn committed_crd_yaml_matches_crdgen() {
         "stale or missing CRD files in charts/kube-lvs/crds"
     );
 }
+
+/// The binaries compile the schemas without checking them against the meta-schema
+/// (that check keeps megabytes for the life of the process); it is done here.
+#[test]
+fn every_crd_schema_is_a_valid_draft4_schema() {
+    use kube::CustomResourceExt;
+    for crd in [
+        kubelvs_crds::VirtualService::crd(),
+        kubelvs_crds::RealServer::crd(),
+        kubelvs_crds::AddressPool::crd(),
+    ] {
+        let schema = kubelvs_crds::validate::schema_value(&crd);
+        if let Err(e) = jsonschema::draft4::meta::validate(&schema) {
+            panic!("{}: {e} at {}", crd.spec.names.kind, e.instance_path);
+        }
+    }
+    let broken = serde_json::json!({"type": "object", "properties": {"a": {"type": "text"}}});
+    assert!(
+        jsonschema::draft4::meta::validate(&broken).is_err(),
+        "the check finds a schema that is not one"
+    );
+}
