@@ -8,7 +8,8 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kubelvs_crds::{
-    AddressPool, AddressPoolSpec, RealServer, RealServerSpec, VirtualService, VirtualServiceStatus,
+    AddressPool, AddressPoolSpec, RealServer, RealServerRecord, RealServerSpec, VirtualService,
+    VirtualServiceStatus,
 };
 use kubelvs_operator::allocate::{allocate, AddressSpace, Reserved};
 use kubelvs_operator::pass::{plan, Ledger, Validations};
@@ -78,7 +79,8 @@ fn bench(c: &mut Criterion) {
         .collect();
     let now = Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap());
     let services: Vec<&VirtualService> = services.iter().collect();
-    let real_servers: Vec<&RealServer> = real_servers.iter().collect();
+    let records: Vec<RealServerRecord> = real_servers.into_iter().map(Into::into).collect();
+    let real_servers: Vec<&RealServerRecord> = records.iter().collect();
     let (namespaces, reserved) = (BTreeMap::new(), Reserved::default());
     let space = AddressSpace {
         pools: &pools,

@@ -17,7 +17,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, Resource};
-use kubelvs_crds::{AddressPool, RealServer, VirtualService};
+use kubelvs_crds::{AddressPool, RealServerRecord, VirtualService};
 use tokio::sync::{mpsc, Notify};
 use tracing::{info, warn};
 
@@ -32,7 +32,8 @@ pub const FIELD_MANAGER: &str = "kubelvs-operator";
 #[derive(Clone)]
 pub struct Stores {
     pub(crate) virtual_services: Store<DeserializeGuard<VirtualService>>,
-    pub(crate) real_servers: Store<DeserializeGuard<RealServer>>,
+    /// In their compact form: there are ten times as many as VirtualServices.
+    real_servers: kubelvs_watch::records::WatchedRealServers,
     address_pools: Store<DeserializeGuard<AddressPool>>,
     namespaces: Store<Namespace>,
     /// Their addresses are never VIPs.
@@ -73,20 +74,33 @@ fn usable<K: Clone + Resource<DynamicType = ()>>(
         .filter(|o| match &o.0 {
             Ok(_) => true,
             Err(e) => {
-                metrics.error("malformed");
-                warn!(
-                    object = format!(
-                        "{kind} {}/{}",
-                        e.metadata.namespace.clone().unwrap_or_default(),
-                        e.metadata.name.clone().unwrap_or_default()
-                    ),
-                    error = %e.error,
-                    "object does not parse; left out"
+                left_out(
+                    kind,
+                    e.metadata.namespace.as_deref().unwrap_or_default(),
+                    e.metadata.name.as_deref().unwrap_or_default(),
+                    &e.error,
+                    metrics,
                 );
                 false
             }
         })
         .collect()
+}
+
+/// Counts and logs an object that does not parse.
+fn left_out(
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    error: &dyn std::fmt::Display,
+    metrics: &Metrics,
+) {
+    metrics.error("malformed");
+    warn!(
+        object = format!("{kind} {namespace}/{name}"),
+        error = %error,
+        "object does not parse; left out"
+    );
 }
 
 /// Borrows the parsed objects of [`usable`]'s result.
@@ -121,11 +135,13 @@ impl Stores {
             // The roll-up reads the directors' entries: all of a VirtualService.
             virtual_services: reflect(Api::all(client.clone()), |_| {}, wake.clone()),
             // Selection reads a RealServer's spec and labels, never its status.
-            real_servers: reflect(
-                Api::all(client.clone()),
-                kubelvs_watch::no_status,
-                wake.clone(),
-            ),
+            real_servers: {
+                let wake = wake.clone();
+                kubelvs_watch::records::WatchedRealServers::start(client.clone(), move || {
+                    wake.notify_one();
+                    true
+                })
+            },
             address_pools: reflect(Api::all(client.clone()), |_| {}, wake.clone()),
             namespaces: reflect(Api::all(client.clone()), |_| {}, wake.clone()),
             nodes: reflect(
@@ -137,10 +153,11 @@ impl Stores {
         };
         tokio::time::timeout(Duration::from_secs(60), async {
             s.virtual_services.wait_until_ready().await?;
-            s.real_servers.wait_until_ready().await?;
+            s.real_servers.listed().await?;
             s.address_pools.wait_until_ready().await?;
             s.namespaces.wait_until_ready().await?;
-            s.nodes.wait_until_ready().await
+            s.nodes.wait_until_ready().await?;
+            anyhow::Ok(())
         })
         .await
         .map_err(|_| {
@@ -190,7 +207,7 @@ pub async fn check_crds(client: &Client) -> anyhow::Result<()> {
         ),
         (
             "realservers",
-            Api::<RealServer>::all(client.clone())
+            Api::<kubelvs_crds::RealServer>::all(client.clone())
                 .list_metadata(&ListParams::default().limit(1))
                 .await
                 .map(|_| ()),
@@ -322,7 +339,13 @@ async fn allocation_loop(
         tokio::time::sleep(debounce).await;
         let started = Instant::now();
         let vs_objects = usable(&stores.virtual_services, "VirtualService", &metrics);
-        let rs_objects = usable(&stores.real_servers, "RealServer", &metrics);
+        let rs_records = {
+            let records = stores.real_servers.lock();
+            for u in records.unparsed() {
+                left_out("RealServer", &u.namespace, &u.name, &u.error, &metrics);
+            }
+            records.snapshot().0
+        };
         let parsed_vs = parsed(&vs_objects);
         // Entries of nodes that are gone: removed, and not rolled up meanwhile.
         let nodes: BTreeSet<String> = stores
@@ -354,7 +377,7 @@ async fn allocation_loop(
             })
             .collect();
         let virtual_services: Vec<&VirtualService> = views.iter().map(|v| &**v).collect();
-        let real_servers = parsed(&rs_objects);
+        let real_servers: Vec<&RealServerRecord> = rs_records.iter().map(|r| &**r).collect();
         let pools: Vec<AddressPool> =
             parsed(&usable(&stores.address_pools, "AddressPool", &metrics))
                 .into_iter()
@@ -569,27 +592,4 @@ pub async fn run_controllers(
     };
     metrics.observed.set_ready(false);
     anyhow::bail!("{stopped} stopped")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use kubelvs_watch::Alike;
-
-    fn rs(version: &str, label: &str, healthy: bool) -> DeserializeGuard<RealServer> {
-        let mut r: DeserializeGuard<RealServer> = serde_yaml::from_str(&format!(
-            "apiVersion: kubelvs.io/v1alpha1\nkind: RealServer\nmetadata: {{name: rs1, namespace: lab, resourceVersion: '{version}', labels: {{app: {label}}}}}\nspec: {{address: 192.0.2.11}}\nstatus: {{observations: [{{node: d1, healthy: {healthy}}}]}}\n"
-        ))
-        .unwrap();
-        kubelvs_watch::no_status(&mut r);
-        r
-    }
-
-    #[test]
-    fn a_real_servers_health_observations_do_not_wake_a_pass_but_its_labels_do() {
-        let before = rs("1", "web", true);
-        assert!(before.0.is_ok());
-        assert!(before.alike(&rs("2", "web", false)));
-        assert!(!before.alike(&rs("2", "db", true)));
-    }
 }

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Resource;
 use kubelvs_crds::selector::RealServerIndex;
-use kubelvs_crds::{RealServer, VirtualService};
+use kubelvs_crds::{RealServerRecord, VirtualService};
 
 use crate::allocate::{allocate_with, status_vip, AddressSpace, VsKey};
 use crate::rollup::{
@@ -103,7 +103,7 @@ fn has_finalizer(vs: &VirtualService) -> bool {
 /// whose Lease expired.
 pub fn plan(
     virtual_services: &[&VirtualService],
-    real_servers: &[&RealServer],
+    real_servers: &[&RealServerRecord],
     space: AddressSpace<'_>,
     ledger: &Ledger,
     validations: &mut Validations,

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kubelvs_crds::{AddressPool, AddressPoolStatus, RealServer, VirtualService};
+use kubelvs_crds::{AddressPool, AddressPoolStatus, RealServerRecord, VirtualService};
 
 use crate::allocate::AllocationError;
 
@@ -114,7 +114,7 @@ pub fn virtual_service_status(
     vs: &VirtualService,
     validation: &Result<(), String>,
     allocation: Option<&Result<IpAddr, AllocationError>>,
-    selected: &[&RealServer],
+    selected: &[&RealServerRecord],
     now: &Time,
 ) -> OperatorStatus {
     let existing: &[Condition] = vs.status.as_ref().map_or(&[], |s| &s.conditions);

@@ -11,7 +11,6 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -83,25 +82,28 @@ pub enum ReconcileError {
         #[source]
         source: kube::Error,
     },
+    #[error("the watch of the RealServers Services own stopped")]
+    Stopped,
 }
 
 struct ServiceContext {
     client: Client,
     stores: Stores,
+    /// The RealServers Services own (by their label), whole: reconciling compares
+    /// their metadata, which the shared records leave out.
+    owned_real_servers: Store<RealServer>,
     metrics: Arc<Metrics>,
     events: mpsc::Sender<Notice>,
 }
 
-/// The objects of `store` a Service owns (copies of those only).
-fn owned_by<K: Clone + Resource<DynamicType = ()>>(
-    store: &Store<DeserializeGuard<K>>,
+/// The objects of `objects` a Service owns (copies of those only).
+fn owned_by<'a, K: Clone + Resource<DynamicType = ()> + 'a>(
+    objects: impl IntoIterator<Item = &'a K>,
     svc: &Service,
 ) -> Vec<K> {
     let uid = svc.metadata.uid.as_deref();
-    store
-        .state()
-        .iter()
-        .filter_map(|o| o.0.as_ref().ok())
+    objects
+        .into_iter()
         .filter(|o| o.meta().namespace == svc.metadata.namespace)
         .filter(|o| {
             o.meta()
@@ -182,8 +184,18 @@ async fn reconcile_service_inner(
         object: object.clone(),
         source,
     };
-    let owned_vs = owned_by(&ctx.stores.virtual_services, svc);
-    let owned_rs = owned_by(&ctx.stores.real_servers, svc);
+    let virtual_services = ctx.stores.virtual_services.state();
+    let owned_vs = owned_by(
+        virtual_services.iter().filter_map(|o| o.0.as_ref().ok()),
+        svc,
+    );
+    drop(virtual_services);
+    // Until the owned watch has listed, an empty store would look like nothing made.
+    ctx.owned_real_servers
+        .wait_until_ready()
+        .await
+        .map_err(|_| ReconcileError::Stopped)?;
+    let owned_rs = owned_by(ctx.owned_real_servers.state().iter().map(|o| &**o), svc);
     let vs_api = Api::<VirtualService>::namespaced(ctx.client.clone(), &namespace);
     let rs_api = Api::<RealServer>::namespaced(ctx.client.clone(), &namespace);
 
@@ -336,29 +348,34 @@ pub(crate) async fn run(
     metrics: Arc<Metrics>,
     events: mpsc::Sender<Notice>,
 ) {
+    let owned = watcher::Config::default().labels(SERVICE_NAME_LABEL);
+    let (owned_real_servers, real_server_changes) = kubelvs_watch::changes(
+        Api::<RealServer>::all(client.clone()),
+        owned.clone(),
+        kubelvs_watch::no_status,
+    );
     let ctx = Arc::new(ServiceContext {
         client: client.clone(),
         stores,
+        owned_real_servers,
         metrics,
         events,
     });
-    let owned = watcher::Config::default().labels(SERVICE_NAME_LABEL);
     Controller::new(
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
     )
     // A Service's reconcile reads its VirtualServices' VIP and the specs and metadata
     // of both; the agents' status writes (traffic, health) trigger nothing.
-    .owns_stream(kubelvs_watch::changes(
-        Api::<VirtualService>::all(client.clone()),
-        owned.clone(),
-        kubelvs_watch::status_but_vip,
-    ))
-    .owns_stream(kubelvs_watch::changes(
-        Api::<RealServer>::all(client.clone()),
-        owned,
-        kubelvs_watch::no_status,
-    ))
+    .owns_stream(
+        kubelvs_watch::changes(
+            Api::<VirtualService>::all(client.clone()),
+            owned,
+            kubelvs_watch::status_but_vip,
+        )
+        .1,
+    )
+    .owns_stream(real_server_changes)
     .watches(
         Api::<EndpointSlice>::all(client),
         watcher::Config::default().labels("kubernetes.io/service-name"),

@@ -34,7 +34,7 @@ fn vs(directors: &[(&str, bool, u32)]) -> VirtualService {
     v
 }
 
-fn rs(name: &str, drain: bool) -> RealServer {
+fn rs(name: &str, drain: bool) -> RealServerRecord {
     let mut r = RealServer::new(
         name,
         RealServerSpec {
@@ -46,7 +46,7 @@ fn rs(name: &str, drain: bool) -> RealServer {
         },
     );
     r.metadata.namespace = Some("s".into());
-    r
+    r.into()
 }
 
 fn cond<'a>(s: &'a OperatorStatus, t: &str) -> (&'a str, &'a str) {
@@ -57,7 +57,7 @@ fn cond<'a>(s: &'a OperatorStatus, t: &str) -> (&'a str, &'a str) {
 fn status_of(
     vs: &VirtualService,
     allocation: Option<&Result<IpAddr, AllocationError>>,
-    selected: &[&RealServer],
+    selected: &[&RealServerRecord],
     now: &Time,
 ) -> OperatorStatus {
     virtual_service_status(vs, &validation(vs), allocation, selected, now)

@@ -7,8 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod liveness;
-
-use std::collections::HashMap;
+pub mod records;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node};
@@ -204,22 +203,28 @@ pub fn follow<K>(
 /// The objects of a watch that changed in what their owner reads (after `unread`,
 /// as [`Alike`] tells), and the deleted ones: what should trigger a controller's
 /// reconcile of their owner, without the status writes that change nothing of it.
+/// The store holds the watched objects as of the last one the stream gave.
 pub fn changes<K>(
     api: Api<K>,
     config: watcher::Config,
     unread: fn(&mut K),
-) -> impl Stream<Item = Result<K, watcher::Error>> + Send
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send,
+)
 where
     K: Resource<DynamicType = ()> + Alike + Clone + serde::de::DeserializeOwned,
     K: std::fmt::Debug + Send + Sync + 'static,
 {
-    let mut seen = HashMap::new();
-    events(api, config, unread).filter_map(move |ev| {
+    let (reader, mut writer) = reflector::store();
+    let store = reader.clone();
+    let stream = events(api, config, unread).filter_map(move |ev| {
         std::future::ready(match ev {
-            Ok(ev) => sift(&mut seen, ev).map(Ok),
+            Ok(ev) => sift(&store, &mut writer, ev).map(Ok),
             Err(e) => Some(Err(e)),
         })
-    })
+    });
+    (reader, stream)
 }
 
 /// The events of a watch of `api`, retried with backoff, each object without its
@@ -239,27 +244,29 @@ where
     })
 }
 
-/// The objects of `ev` that are new or changed against `seen` (which it updates), or
-/// deleted.
-fn sift<K>(seen: &mut HashMap<ObjectRef<K>, K>, ev: watcher::Event<K>) -> Option<K>
+/// The object of `ev` if it is new or changed against `store`, or deleted; `ev` goes
+/// into the store through `writer` (but an object alike the stored one, which keeps
+/// its place as in [`reflect`]).
+fn sift<K>(
+    store: &Store<K>,
+    writer: &mut reflector::store::Writer<K>,
+    ev: watcher::Event<K>,
+) -> Option<K>
 where
     K: Resource<DynamicType = ()> + Alike + Clone,
 {
-    match ev {
-        watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
-            let key = ObjectRef::from_obj(&o);
-            if seen.get(&key).is_some_and(|old| old.alike(&o)) {
-                return None;
-            }
-            seen.insert(key, o.clone());
-            Some(o)
-        }
-        watcher::Event::Delete(o) => {
-            seen.remove(&ObjectRef::from_obj(&o));
-            Some(o)
-        }
+    let out = match &ev {
+        watcher::Event::Apply(o) | watcher::Event::InitApply(o) => store
+            .get(&ObjectRef::from_obj(o))
+            .is_none_or(|old| !old.alike(o))
+            .then(|| o.clone()),
+        watcher::Event::Delete(o) => Some(o.clone()),
         watcher::Event::Init | watcher::Event::InitDone => None,
+    };
+    if !matches!(ev, watcher::Event::Apply(_)) || out.is_some() {
+        writer.apply_watcher_event(&ev);
     }
+    out
 }
 
 /// Whether `ev` changes what `store` holds (as far as [`Alike`] tells).
@@ -342,22 +349,32 @@ mod tests {
             no_status(&mut r);
             r
         };
-        let mut seen = HashMap::new();
+        let (store, mut writer) = reflector::store();
+        let mut step = |ev| sift(&store, &mut writer, ev);
+        assert!(step(watcher::Event::Init).is_none());
         let first = watcher::Event::InitApply(owned("1", "192.0.2.11", true));
-        assert!(sift(&mut seen, first).is_some(), "new");
-        assert!(sift(&mut seen, watcher::Event::InitDone).is_none());
+        assert!(step(first).is_some(), "new");
+        assert!(step(watcher::Event::InitDone).is_none());
+        let address = |store: &Store<RealServer>| {
+            let held = store.state();
+            held.iter()
+                .map(|r| r.spec.address.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(address(&store), ["192.0.2.11"], "the store holds it");
         let observed = watcher::Event::Apply(owned("2", "192.0.2.11", false));
-        assert!(
-            sift(&mut seen, observed).is_none(),
-            "a director's observation only"
-        );
+        assert!(step(observed).is_none(), "a director's observation only");
         let edited = watcher::Event::Apply(owned("3", "192.0.2.12", false));
-        assert!(sift(&mut seen, edited).is_some(), "spec edited");
+        assert!(step(edited).is_some(), "spec edited");
+        assert_eq!(address(&store), ["192.0.2.12"]);
+        assert!(step(watcher::Event::Init).is_none());
         let relisted = watcher::Event::InitApply(owned("4", "192.0.2.12", true));
-        assert!(sift(&mut seen, relisted).is_none(), "relisted as it was");
+        assert!(step(relisted).is_none(), "relisted as it was");
+        assert!(step(watcher::Event::InitDone).is_none());
+        assert_eq!(address(&store), ["192.0.2.12"], "kept by the relist");
         let gone = watcher::Event::Delete(owned("5", "192.0.2.12", true));
-        assert!(sift(&mut seen, gone).is_some(), "deleted");
-        assert!(seen.is_empty());
+        assert!(step(gone).is_some(), "deleted");
+        assert!(store.state().is_empty());
     }
 
     #[test]

@@ -1,14 +1,61 @@
-//! A cluster's RealServers as the planner takes them, kept from their watch's events.
-//! There are ten times as many RealServers as VirtualServices: they are held in their
-//! compact form (not the API type), each at a place it keeps while it is only modified
-//! (the planner's memo is by place), with its version, so that a snapshot for a plan
-//! is a copy of two lists rather than a walk over 100,000 objects of a store.
+//! A cluster's RealServers as the agent's planner and the operator's pass take them,
+//! kept from their watch's events. There are ten times as many RealServers as
+//! VirtualServices: they are held in their compact form (not the API type; a store of
+//! 100,000 API objects is about 130 MB), each at a place it keeps while it is only
+//! modified (the agent's planner memo is by place), with its version, so that a
+//! snapshot for a plan is a copy of two lists rather than a walk over a store.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use kube::core::DeserializeGuard;
 use kube::runtime::watcher;
+use kube::{Api, Client};
 use kubelvs_crds::{RealServer, RealServerRecord};
+
+/// Every RealServer of a cluster as records, kept by a watch ([`Self::start`]).
+#[derive(Debug, Clone)]
+pub struct WatchedRealServers {
+    records: Arc<Mutex<RealServerRecords>>,
+    listed: tokio::sync::watch::Receiver<bool>,
+}
+
+impl WatchedRealServers {
+    /// Starts the watch (in the current runtime). `changed` is called at each change
+    /// of what a plan reads (never for a director's status entry) and when a list
+    /// lands; it stops the watch by returning false.
+    pub fn start(client: Client, mut changed: impl FnMut() -> bool + Send + 'static) -> Self {
+        let records: Arc<Mutex<RealServerRecords>> = Arc::default();
+        let (listed_tx, listed) = tokio::sync::watch::channel(false);
+        let kept = records.clone();
+        crate::follow(
+            Api::<DeserializeGuard<RealServer>>::all(client),
+            watcher::Config::default(),
+            crate::no_status,
+            move |event| {
+                let mut records = kept.lock().unwrap_or_else(|p| p.into_inner());
+                let change = records.apply(event);
+                listed_tx.send_if_modified(|l| {
+                    let now = records.listed();
+                    std::mem::replace(l, now) != now
+                });
+                drop(records);
+                !change || changed()
+            },
+        );
+        Self { records, listed }
+    }
+
+    /// The records as they are now.
+    pub fn lock(&self) -> MutexGuard<'_, RealServerRecords> {
+        self.records.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Returns once the watch has listed (before that, the records are not the
+    /// cluster's); an error if the watch stopped.
+    pub async fn listed(&self) -> Result<(), tokio::sync::watch::error::RecvError> {
+        self.listed.clone().wait_for(|l| *l).await.map(|_| ())
+    }
+}
 
 /// The version the planner compares: the API server changes the resourceVersion at
 /// every write, and the uid tells a re-created object from the one it replaced.

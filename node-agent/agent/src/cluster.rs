@@ -28,9 +28,7 @@ use crate::Event;
 pub struct ClusterSource {
     virtual_services: Store<DeserializeGuard<VirtualService>>,
     /// RealServers in their compact form, kept by place from their watch's events.
-    real_servers: Arc<std::sync::Mutex<crate::records::RealServerRecords>>,
-    /// Whether the RealServers' watch has listed.
-    real_servers_listed: tokio::sync::watch::Receiver<bool>,
+    real_servers: kubelvs_watch::records::WatchedRealServers,
     address_pools: Store<DeserializeGuard<AddressPool>>,
     /// Every Node (labels and addresses): this node's identity, and the addresses no
     /// RealServer may name without an administrator's leave.
@@ -109,28 +107,13 @@ impl ClusterSource {
                 wake.clone(),
             ))
         });
-        let real_servers: Arc<std::sync::Mutex<crate::records::RealServerRecords>> = Arc::default();
-        let (listed, real_servers_listed) = tokio::sync::watch::channel(false);
-        {
+        let real_servers = {
             let _in_runtime = rt.enter();
-            let records = real_servers.clone();
             let wake = wake.clone();
-            kubelvs_watch::follow(
-                Api::<DeserializeGuard<RealServer>>::all(client.clone()),
-                watcher::Config::default(),
-                kubelvs_watch::no_status,
-                move |event| {
-                    let mut records = records.lock().unwrap_or_else(|p| p.into_inner());
-                    let changed = records.apply(event);
-                    listed.send_if_modified(|l| {
-                        let now = records.listed();
-                        std::mem::replace(l, now) != now
-                    });
-                    drop(records);
-                    !changed || wake.send(Event::Complete).is_ok()
-                },
-            );
-        }
+            kubelvs_watch::records::WatchedRealServers::start(client.clone(), move || {
+                wake.send(Event::Complete).is_ok()
+            })
+        };
         let s = Self {
             virtual_services: watch(
                 rt,
@@ -142,7 +125,6 @@ impl ClusterSource {
                 wake.clone(),
             ),
             real_servers,
-            real_servers_listed,
             address_pools: watch(
                 rt,
                 Api::all(client.clone()),
@@ -183,9 +165,8 @@ impl ClusterSource {
         rt.block_on(async {
             tokio::time::timeout(Duration::from_secs(60), async {
                 s.virtual_services.wait_until_ready().await?;
-                s.real_servers_listed
-                    .clone()
-                    .wait_for(|listed| *listed)
+                s.real_servers
+                    .listed()
                     .await
                     .map_err(|_| anyhow::anyhow!("the RealServers' watch stopped"))?;
                 s.address_pools.wait_until_ready().await?;
@@ -218,7 +199,7 @@ impl ClusterSource {
         fn version<K: Resource>(o: &K) -> Option<u64> {
             let m = o.meta();
             let rv = m.resource_version.as_deref()?;
-            Some(crate::records::version(m.uid.as_deref(), Some(rv)))
+            Some(kubelvs_watch::records::version(m.uid.as_deref(), Some(rv)))
         }
         fn take<K: Clone + Resource<DynamicType = ()>>(
             store: &Store<DeserializeGuard<K>>,
@@ -258,7 +239,7 @@ impl ClusterSource {
             &mut rejected,
         );
         let rs = {
-            let records = self.real_servers.lock().unwrap_or_else(|p| p.into_inner());
+            let records = self.real_servers.lock();
             for u in records.unparsed() {
                 rejected.push(Rejected(
                     format!("RealServer {}/{}: {}", u.namespace, u.name, u.error),
@@ -366,7 +347,6 @@ impl ClusterSource {
             "RealServer" => self
                 .real_servers
                 .lock()
-                .unwrap_or_else(|p| p.into_inner())
                 .uid(&object.namespace, &object.name),
             _ => None,
         }

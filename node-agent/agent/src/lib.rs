@@ -16,7 +16,6 @@ pub mod health;
 pub mod liveness;
 pub mod metrics;
 pub mod node;
-pub mod records;
 pub mod remembered;
 pub mod source;
 pub mod status;
