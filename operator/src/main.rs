@@ -56,11 +56,13 @@ fn hostname() -> String {
 }
 
 fn main() -> std::process::ExitCode {
+    // Directives match targets by prefix: `kube=warn` would silence `kubelvs_operator` too.
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube=warn".into()),
+                .unwrap_or_else(|_| "info,kube_client=warn,kube_runtime=warn".into()),
         )
+        .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -82,8 +82,6 @@ pub enum ReconcileError {
         #[source]
         source: kube::Error,
     },
-    #[error("the watch of the RealServers Services own stopped")]
-    Stopped,
 }
 
 struct ServiceContext {
@@ -191,10 +189,17 @@ async fn reconcile_service_inner(
     );
     drop(virtual_services);
     // Until the owned watch has listed, an empty store would look like nothing made.
-    ctx.owned_real_servers
+    // Polled once, not awaited: the store's readiness wakes only its last waiter, and
+    // several Services reconcile at once.
+    use futures::FutureExt;
+    if ctx
+        .owned_real_servers
         .wait_until_ready()
-        .await
-        .map_err(|_| ReconcileError::Stopped)?;
+        .now_or_never()
+        .is_none()
+    {
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
     let owned_rs = owned_by(ctx.owned_real_servers.state().iter().map(|o| &**o), svc);
     let vs_api = Api::<VirtualService>::namespaced(ctx.client.clone(), &namespace);
     let rs_api = Api::<RealServer>::namespaced(ctx.client.clone(), &namespace);

@@ -161,7 +161,7 @@ impl Operator {
             .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kube-lvs-operator"));
         cmd.env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info,kube=warn")
+            .env("RUST_LOG", "info,kube_client=warn,kube_runtime=warn")
             .args([
                 "--identity",
                 identity,
