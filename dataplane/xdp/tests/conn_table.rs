@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use common::*;
 use kubelvs_model::Forwarding;
-use kubelvs_xdp::{test_run, DirectorOptions, TestRun, XdpDirector, XDP_TX};
+use kubelvs_xdp::{DirectorOptions, XdpDirector, XDP_TX};
 
 const CLIENT: &str = "198.51.100.5";
 
@@ -28,23 +28,13 @@ fn opts() -> DirectorOptions {
 }
 
 fn run(d: &XdpDirector, frame: &[u8]) -> (u32, Vec<u8>) {
-    let r = test_run(
-        d.program_fd(),
-        &TestRun {
-            data_in: frame,
-            repeat: 1,
-            ..TestRun::default()
-        },
-    )
-    .unwrap();
+    let r = run_once(d.program_fd(), frame);
     (r.retval, r.data_out)
 }
 
 /// The MAC a DR packet from CLIENT:sport to vip:80 is sent to.
 fn dr_to(d: &XdpDirector, vip: &str, sport: u16, flags: u8) -> [u8; 6] {
-    let (verdict, out) = run(d, &tcp_frame(ip(CLIENT), sport, ip(vip), 80, flags));
-    assert_eq!(verdict, XDP_TX);
-    out[0..6].try_into().unwrap()
+    dr_target(d, vip, sport, flags).expect("the director transmits it (XDP_TX)")
 }
 
 #[test]

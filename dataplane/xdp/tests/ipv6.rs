@@ -10,9 +10,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use common::*;
 use kubelvs_model::Forwarding;
 use kubelvs_xdp::maps::{flow_hash, Flow6Key};
-use kubelvs_xdp::{
-    test_run, DirectorOptions, TestRun, XdpDecap, XdpDirector, XDP_DROP, XDP_PASS, XDP_TX,
-};
+use kubelvs_xdp::{DirectorOptions, XdpDecap, XdpDirector, XDP_DROP, XDP_PASS, XDP_TX};
 
 const VIP6: &str = "2001:db8::10";
 const CLIENT6: &str = "2001:db8:1::5";
@@ -29,16 +27,7 @@ fn opts() -> DirectorOptions {
 }
 
 fn run(d: &XdpDirector, frame: &[u8], ifindex: Option<u32>) -> (u32, Vec<u8>) {
-    let r = test_run(
-        d.program_fd(),
-        &TestRun {
-            data_in: frame,
-            repeat: 1,
-            ingress_ifindex: ifindex,
-            ..TestRun::default()
-        },
-    )
-    .expect("BPF_PROG_TEST_RUN");
+    let r = run_once_from(d.program_fd(), frame, ifindex);
     (r.retval, r.data_out)
 }
 
@@ -378,15 +367,7 @@ fn ipv6_decap_strips_for_local_vips_only() {
         0x86dd,
         &ipv6(ip6(DIRECTOR6), ip6("2001:db8::20"), 41, &inner),
     );
-    let r = test_run(
-        dc.program_fd(),
-        &TestRun {
-            data_in: &frame,
-            repeat: 1,
-            ..TestRun::default()
-        },
-    )
-    .unwrap();
+    let r = run_once(dc.program_fd(), &frame);
     assert_eq!(
         (r.retval, r.data_out),
         (XDP_PASS, eth(DIRECTOR_MAC, CLIENT_MAC, 0x86dd, &inner))
@@ -403,15 +384,7 @@ fn ipv6_decap_strips_for_local_vips_only() {
         0x86dd,
         &ipv6(ip6(DIRECTOR6), ip6("2001:db8::20"), 41, &other_inner),
     );
-    let r = test_run(
-        dc.program_fd(),
-        &TestRun {
-            data_in: &other,
-            repeat: 1,
-            ..TestRun::default()
-        },
-    )
-    .unwrap();
+    let r = run_once(dc.program_fd(), &other);
     assert_eq!((r.retval, r.data_out), (XDP_PASS, other));
     assert_eq!(dc.decapsulated().unwrap(), 1);
 }

@@ -721,12 +721,12 @@ fn nat_rewrites_destination_and_reverses_replies() {
         .unwrap();
         let udp_in = eth(DIRECTOR_MAC, CLIENT_MAC, 0x0800, &ipv4(client, ip(VIP), 17, &udp(client, ip(VIP), 5000, 80, b"ping")));
         let udp_out = eth(rmac, v0mac, 0x0800, &ipv4(client, real, 17, &udp(client, real, 5000, 8080, b"ping")));
-        let r = test_run(d.program_fd(), &TestRun { data_in: &udp_in, repeat: 1, ingress_ifindex: Some(ifindex), ..TestRun::default() }).unwrap();
+        let r = run_once_from(d.program_fd(), &udp_in, Some(ifindex));
         assert_eq!((r.retval, &r.data_out), (XDP_TX, &udp_out), "UDP NAT");
         assert_checksums(&r.data_out, 14);
         let nc_in = eth(DIRECTOR_MAC, CLIENT_MAC, 0x0800, &ipv4(client, ip(VIP), 17, &udp_nocsum));
         let nc_out = eth(rmac, v0mac, 0x0800, &ipv4(client, real, 17, &udp_nocsum_out));
-        let r = test_run(d.program_fd(), &TestRun { data_in: &nc_in, repeat: 1, ingress_ifindex: Some(ifindex), ..TestRun::default() }).unwrap();
+        let r = run_once_from(d.program_fd(), &nc_in, Some(ifindex));
         assert_eq!((r.retval, &r.data_out), (XDP_TX, &nc_out), "UDP without checksum");
 
         let s = d.stats().unwrap();
@@ -845,15 +845,7 @@ fn restart_keeps_program_attached_and_connection_table() {
             let mut d = XdpDirector::attach_with("d0", opts.clone()).unwrap();
             d.apply(&svc, &neigh).unwrap();
             let syn = tcp_frame(ip(CLIENT), 40006, ip(VIP), 80, TCP_SYN);
-            let r = test_run(
-                d.program_fd(),
-                &TestRun {
-                    data_in: &syn,
-                    repeat: 1,
-                    ..TestRun::default()
-                },
-            )
-            .unwrap();
+            let r = run_once(d.program_fd(), &syn);
             assert_eq!(r.retval, XDP_TX);
             assert!(d.connection(&flow).unwrap().is_some());
         } // dropped: the "agent" exits
@@ -1035,15 +1027,7 @@ fn persistence_keeps_a_client_network_on_one_real_server() {
     d.apply(&[svc], &neigh).unwrap();
     let owner = |d: &XdpDirector, client: &str, sport: u16| {
         let f = tcp_frame(ip(client), sport, ip(VIP), 80, TCP_SYN);
-        let r = test_run(
-            d.program_fd(),
-            &TestRun {
-                data_in: &f,
-                repeat: 1,
-                ..TestRun::default()
-            },
-        )
-        .unwrap();
+        let r = run_once(d.program_fd(), &f);
         assert_eq!(r.retval, XDP_TX);
         reals
             .iter()
@@ -1092,15 +1076,7 @@ fn flows_of_a_removed_real_server_are_rescheduled() {
         .unwrap();
     let dst_of = |d: &XdpDirector, sport: u16| {
         let f = tcp_frame(ip(CLIENT), sport, ip(VIP), 80, TCP_ACK);
-        let r = test_run(
-            d.program_fd(),
-            &TestRun {
-                data_in: &f,
-                repeat: 1,
-                ..TestRun::default()
-            },
-        )
-        .unwrap();
+        let r = run_once(d.program_fd(), &f);
         assert_eq!(r.retval, XDP_TX);
         let m: Mac = r.data_out[0..6].try_into().unwrap();
         m
@@ -1180,15 +1156,7 @@ fn corrupted_frames_never_abort_and_pass_untouched() {
         }
         let cut = 14 + (next() as usize) % (f.len() - 13);
         f.truncate(cut);
-        let r = test_run(
-            d.program_fd(),
-            &TestRun {
-                data_in: &f,
-                repeat: 1,
-                ..TestRun::default()
-            },
-        )
-        .unwrap();
+        let r = run_once(d.program_fd(), &f);
         assert!(
             [XDP_DROP, XDP_PASS, XDP_TX].contains(&r.retval),
             "verdict {} for {f:02x?}",
@@ -1270,15 +1238,7 @@ fn icmp_frag_needed_goes_to_the_flows_real_server() {
         )
     };
     let first_hop = |d: &XdpDirector, f: &[u8]| {
-        let r = test_run(
-            d.program_fd(),
-            &TestRun {
-                data_in: f,
-                repeat: 1,
-                ..TestRun::default()
-            },
-        )
-        .unwrap();
+        let r = run_once(d.program_fd(), f);
         (r.retval, r.data_out)
     };
     // An established flow: the ICMP error follows it.

@@ -343,6 +343,30 @@ pub fn mac6_of(a: &str) -> (IpAddr, Mac) {
     (IpAddr::V6(ip6(a)), [0x02, 0xbb, o[12], o[13], o[14], o[15]])
 }
 
+/// One BPF_PROG_TEST_RUN of `frame` through the program `prog`.
+pub fn run_once(prog: std::os::fd::BorrowedFd<'_>, frame: &[u8]) -> kubelvs_xdp::TestRunResult {
+    run_once_from(prog, frame, None)
+}
+
+/// [`run_once`] as if `frame` arrived on interface `ingress_ifindex`.
+pub fn run_once_from(
+    prog: std::os::fd::BorrowedFd<'_>,
+    frame: &[u8],
+    ingress_ifindex: Option<u32>,
+) -> kubelvs_xdp::TestRunResult {
+    use kubelvs_xdp::{test_run, TestRun};
+    test_run(
+        prog,
+        &TestRun {
+            data_in: frame,
+            repeat: 1,
+            ingress_ifindex,
+            ..TestRun::default()
+        },
+    )
+    .expect("BPF_PROG_TEST_RUN")
+}
+
 /// The real server (by MAC) a DR packet from 198.51.100.5, client port `sport`, to
 /// `vip`:80 is sent to, or `None` when the director does not transmit it.
 pub fn dr_target(
@@ -351,16 +375,9 @@ pub fn dr_target(
     sport: u16,
     flags: u8,
 ) -> Option<[u8; 6]> {
-    use kubelvs_xdp::{test_run, TestRun, XDP_TX};
-    let frame = tcp_frame(ip("198.51.100.5"), sport, ip(vip), 80, flags);
-    let r = test_run(
+    let r = run_once(
         d.program_fd(),
-        &TestRun {
-            data_in: &frame,
-            repeat: 1,
-            ..TestRun::default()
-        },
-    )
-    .unwrap();
-    (r.retval == XDP_TX).then(|| r.data_out[0..6].try_into().unwrap())
+        &tcp_frame(ip("198.51.100.5"), sport, ip(vip), 80, flags),
+    );
+    (r.retval == kubelvs_xdp::XDP_TX).then(|| r.data_out[0..6].try_into().unwrap())
 }
