@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -182,16 +182,9 @@ async fn reconcile_service_inner(
         object: object.clone(),
         source,
     };
-    let virtual_services = ctx.stores.virtual_services.state();
-    let owned_vs = owned_by(
-        virtual_services.iter().filter_map(|o| o.0.as_ref().ok()),
-        svc,
-    );
-    drop(virtual_services);
     // Until the owned watch has listed, an empty store would look like nothing made.
     // Polled once, not awaited: the store's readiness wakes only its last waiter, and
     // several Services reconcile at once.
-    use futures::FutureExt;
     if ctx
         .owned_real_servers
         .wait_until_ready()
@@ -200,6 +193,14 @@ async fn reconcile_service_inner(
     {
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
+    let owned_vs = owned_by(
+        ctx.stores
+            .virtual_services
+            .state()
+            .iter()
+            .filter_map(|o| o.0.as_ref().ok()),
+        svc,
+    );
     let owned_rs = owned_by(ctx.owned_real_servers.state().iter().map(|o| &**o), svc);
     let vs_api = Api::<VirtualService>::namespaced(ctx.client.clone(), &namespace);
     let rs_api = Api::<RealServer>::namespaced(ctx.client.clone(), &namespace);
