@@ -159,13 +159,7 @@ where
     let store = reader.clone();
     follow(api, config, unread, move |ev| {
         let wake = is_change(&store, &ev);
-        // An object alike the stored one (another director's status entry, say)
-        // is not stored again: the stored one keeps its resourceVersion, which
-        // then changes only with what readers read (the agent plans by it).
-        if matches!(ev, watcher::Event::Apply(_)) && !wake {
-            return true;
-        }
-        writer.apply_watcher_event(&ev);
+        store_unless_alike(&mut writer, &ev, !wake);
         !wake || changed()
     });
     reader
@@ -245,8 +239,7 @@ where
 }
 
 /// The object of `ev` if it is new or changed against `store`, or deleted; `ev` goes
-/// into the store through `writer` (but an object alike the stored one, which keeps
-/// its place as in [`reflect`]).
+/// into the store through `writer` ([`store_unless_alike`]).
 fn sift<K>(
     store: &Store<K>,
     writer: &mut reflector::store::Writer<K>,
@@ -263,10 +256,24 @@ where
         watcher::Event::Delete(o) => Some(o.clone()),
         watcher::Event::Init | watcher::Event::InitDone => None,
     };
-    if !matches!(ev, watcher::Event::Apply(_)) || out.is_some() {
-        writer.apply_watcher_event(&ev);
-    }
+    store_unless_alike(writer, &ev, out.is_none());
     out
+}
+
+/// Puts `ev` into the store through `writer`, unless it is an update of an object
+/// alike the stored one (another director's status entry, say): that is not stored
+/// again, so the stored one keeps its resourceVersion, which then changes only with
+/// what readers read (the agent plans by it).
+fn store_unless_alike<K>(
+    writer: &mut reflector::store::Writer<K>,
+    ev: &watcher::Event<K>,
+    alike: bool,
+) where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    if !(alike && matches!(ev, watcher::Event::Apply(_))) {
+        writer.apply_watcher_event(ev);
+    }
 }
 
 /// Whether `ev` changes what `store` holds (as far as [`Alike`] tells).
