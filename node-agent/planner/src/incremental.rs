@@ -226,7 +226,9 @@ impl Planner {
             let selected = index.select_positions(namespace, &vs.spec.real_server_selector);
             let mut plan = plan_virtual_service(node, objects, c, selected);
             let keys = plan.services.iter().map(|s| s.key).collect();
-            services.append(&mut plan.services);
+            // Taken, not appended from: the part is kept, and an emptied vector keeps
+            // its capacity (four services' worth per VirtualService).
+            services.append(&mut std::mem::take(&mut plan.services));
             parts[c.at] = Some(Part {
                 winning_ports: c.won.clone(),
                 keys,
@@ -234,6 +236,7 @@ impl Planner {
             });
         }
         services.sort_by_key(|s| s.key);
+        services.shrink_to_fit();
         let all: Vec<&VirtualServicePlan> = parts.iter().flatten().map(|p| &p.plan).collect();
         self.plan = finish(node, objects, &claims, services, &all);
         self.memo = objects.versions.filter(|v| fits(v, objects)).map(|v| Memo {
@@ -327,7 +330,7 @@ impl Planner {
             };
             let mut plan = plan_virtual_service(node, objects, c, selected);
             let keys = plan.services.iter().map(|s| s.key).collect();
-            added.append(&mut plan.services);
+            added.append(&mut std::mem::take(&mut plan.services));
             memo.parts[at] = Some(Part {
                 winning_ports: c.won.clone(),
                 keys,
