@@ -153,23 +153,19 @@ impl Objects {
     }
 }
 
-/// A document's identity: its length and two independent 64-bit hashes of its text.
-/// Keeping the text itself cost as much memory as the file (18 MB at 100,000
-/// objects); two documents that differ but agree on all three are a chance of about
-/// one in 2^128 per pair. foldhash: the file is hashed whole at every reload, and
-/// SipHash took 20 ms of it at 18 MB.
+/// A document's identity: two independent 64-bit hashes of its text. Keeping the
+/// text itself cost as much memory as the file (18 MB at 100,000 objects); two
+/// documents that differ but agree on both are a chance of about one in 2^128 per
+/// pair. foldhash: the file is hashed whole at every reload, and SipHash took 20 ms
+/// of it at 18 MB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct DocKey(usize, u64, u64);
+struct DocKey(u64, u64);
 
 impl DocKey {
     fn of(doc: &str) -> Self {
         use std::hash::BuildHasher;
         let hash = |seed: u64| foldhash::quality::FixedState::with_seed(seed).hash_one(doc);
-        Self(
-            doc.len(),
-            hash(0x6b75_6265_6c76_7301),
-            hash(0x6b75_6265_6c76_7302),
-        )
+        Self(hash(0x6b75_6265_6c76_7301), hash(0x6b75_6265_6c76_7302))
     }
 }
 
@@ -358,15 +354,15 @@ impl Cache {
             match parsed {
                 Ok(Shared::VirtualService(o)) => {
                     built.virtual_services.push(o.clone());
-                    versions.virtual_services.push(key.1);
+                    versions.virtual_services.push(key.0);
                 }
                 Ok(Shared::RealServer(o)) => {
                     built.real_servers.push(o.clone());
-                    versions.real_servers.push(key.1);
+                    versions.real_servers.push(key.0);
                 }
                 Ok(Shared::AddressPool(o)) => {
                     built.address_pools.push(o.clone());
-                    versions.address_pools.push(key.1);
+                    versions.address_pools.push(key.0);
                 }
                 Ok(Shared::Secret(secret)) => {
                     built.secrets.insert(secret.0.clone(), secret.1.clone());
@@ -374,6 +370,17 @@ impl Cache {
                 Err(_) => {}
             }
         }
+        // Kept until the next reload: no room for more.
+        for list in [
+            &mut versions.virtual_services,
+            &mut versions.real_servers,
+            &mut versions.address_pools,
+        ] {
+            list.shrink_to_fit();
+        }
+        built.virtual_services.shrink_to_fit();
+        built.real_servers.shrink_to_fit();
+        built.address_pools.shrink_to_fit();
         built.versions = Some(versions);
         let rejected = self.rejected();
         if !built.any() {
@@ -445,7 +452,7 @@ impl Cache {
         };
         for (&i, &at) in changed.iter().zip(&places) {
             let now = fresh[&keys[i]].clone();
-            let version = keys[i].1;
+            let version = keys[i].0;
             match &now {
                 Ok(Shared::VirtualService(o)) => {
                     objects.virtual_services[at] = o.clone();
