@@ -16,7 +16,8 @@ pub use address_pool::{
     AnnouncementMode, BgpAnnouncement, BgpPeer, SecretKeyRef,
 };
 pub use real_server::{
-    HealthObservation, RealServer, RealServerRecord, RealServerSpec, RealServerStatus,
+    HealthObservation, RealServer, RealServerRecord, RealServerRecordSpec, RealServerSpec,
+    RealServerStatus,
 };
 pub use validate::{validate, FieldError, Object, ValidationErrors};
 pub use virtual_service::{

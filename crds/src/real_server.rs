@@ -58,25 +58,74 @@ pub struct RealServerSpec {
 /// under 150 bytes, and there is one per real server of every virtual service.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RealServerRecord {
-    pub namespace: Box<str>,
-    pub name: Box<str>,
+    /// Shared (`Arc`) with what the plan says came from it.
+    pub namespace: std::sync::Arc<str>,
+    pub name: std::sync::Arc<str>,
     /// In a cluster; none in a file.
     pub uid: Option<Box<str>>,
     pub labels: crate::selector::LabelSet,
-    pub spec: RealServerSpec,
+    pub spec: RealServerRecordSpec,
+}
+
+/// A RealServer's spec as its record keeps it: the same fields in 48 bytes instead of
+/// 64, so that a record and its `Arc`'s counts fit a 128-byte allocation (144 bytes
+/// fall in the allocator's 160-byte class).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RealServerRecordSpec {
+    pub address: Box<str>,
+    pub port: Option<u16>,
+    pub weight: u32,
+    pub node_name: Option<Box<str>>,
+    pub drain: bool,
+}
+
+impl From<RealServerSpec> for RealServerRecordSpec {
+    fn from(spec: RealServerSpec) -> Self {
+        Self {
+            address: spec.address.into(),
+            port: spec.port,
+            weight: spec.weight,
+            node_name: spec.node_name.map(Into::into),
+            drain: spec.drain,
+        }
+    }
 }
 
 impl From<RealServer> for RealServerRecord {
     fn from(rs: RealServer) -> Self {
         let m = rs.metadata;
         Self {
-            namespace: m.namespace.unwrap_or_default().into(),
+            namespace: shared_namespace(m.namespace.as_deref().unwrap_or_default()),
             name: m.name.unwrap_or_default().into(),
             uid: m.uid.map(Into::into),
             labels: m.labels.unwrap_or_default().into(),
-            spec: rs.spec,
+            spec: rs.spec.into(),
         }
     }
+}
+
+/// `namespace` as the records that carry it share it: there are many RealServers
+/// per namespace, and each copy would be an allocation of its own. A name that no
+/// record holds any more is dropped once the set has doubled since it was last pruned.
+fn shared_namespace(namespace: &str) -> std::sync::Arc<str> {
+    use std::sync::{Arc, LazyLock, Mutex};
+    #[derive(Default)]
+    struct Shared {
+        names: std::collections::HashSet<Arc<str>>,
+        prune_at: usize,
+    }
+    static SHARED: LazyLock<Mutex<Shared>> = LazyLock::new(Mutex::default);
+    let mut shared = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(name) = shared.names.get(namespace) {
+        return name.clone();
+    }
+    if shared.names.len() >= shared.prune_at {
+        shared.names.retain(|n| Arc::strong_count(n) > 1);
+        shared.prune_at = (2 * shared.names.len()).max(64);
+    }
+    let name: Arc<str> = namespace.into();
+    shared.names.insert(name.clone());
+    name
 }
 
 impl crate::selector::Selectable for RealServerRecord {
@@ -121,4 +170,57 @@ pub struct HealthObservation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 512))]
     pub message: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn record(namespace: &str, name: &str) -> RealServerRecord {
+        let mut rs = RealServer::new(
+            name,
+            RealServerSpec {
+                address: "192.0.2.1".into(),
+                port: None,
+                weight: 1,
+                node_name: None,
+                drain: false,
+            },
+        );
+        rs.metadata.namespace = Some(namespace.into());
+        rs.into()
+    }
+
+    #[test]
+    fn a_record_fits_a_128_byte_allocation_with_its_arc_counts() {
+        assert!(std::mem::size_of::<RealServerRecord>() + 16 <= 128);
+    }
+
+    #[test]
+    fn records_of_a_namespace_share_its_name_and_a_namespace_nobody_holds_is_dropped() {
+        let a = record("shared-ns", "a");
+        let b = record("shared-ns", "b");
+        assert!(Arc::ptr_eq(&a.namespace, &b.namespace));
+        assert_eq!(&*a.name, "a");
+        let other = record("other-ns", "c");
+        assert!(!Arc::ptr_eq(&a.namespace, &other.namespace));
+        // Once no record holds "gone-ns", enough new namespaces prune it: a record made
+        // afterwards gets a fresh allocation, and the set does not grow without bound.
+        let gone = Arc::downgrade(&record("gone-ns", "d").namespace);
+        let churn: Vec<RealServerRecord> =
+            (0..200).map(|i| record(&format!("ns-{i}"), "e")).collect();
+        drop(churn);
+        for i in 0..200 {
+            record(&format!("later-{i}"), "f");
+        }
+        assert!(
+            gone.upgrade().is_none(),
+            "a namespace nobody holds is let go"
+        );
+        assert!(Arc::ptr_eq(
+            &a.namespace,
+            &record("shared-ns", "g").namespace
+        ));
+    }
 }

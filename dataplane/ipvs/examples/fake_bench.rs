@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use kubelvs_ipvs::{FakeIpvs, IpvsDataplane};
 use kubelvs_model::{
-    DataplaneKind, Forwarding, ObjectRef, Protocol, RealServer, Scheduler, SchedulerFlags, Service,
-    ServiceKey,
+    DataplaneKind, Forwarding, ObjectKind, ObjectRef, Protocol, RealServer, Scheduler,
+    SchedulerFlags, Service, ServiceKey,
 };
 
 fn plan(services: usize, dests: usize) -> Vec<Service> {
@@ -33,10 +33,10 @@ fn plan(services: usize, dests: usize) -> Vec<Service> {
                     address: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 21 + d as u8)),
                     port: 8080,
                     weight: 1 + d as u32,
-                    source: ObjectRef::new("RealServer", "bench", "rs"),
+                    source: ObjectRef::new(ObjectKind::RealServer, "bench", "rs"),
                 })
                 .collect(),
-            source: ObjectRef::new("VirtualService", "bench", "vs"),
+            source: ObjectRef::new(ObjectKind::VirtualService, "bench", "vs"),
         })
         .collect()
 }

@@ -92,8 +92,8 @@ pub fn guard_ruleset(services: &[model::Service], others: &[(IpAddr, u16, u16)])
 mod tests {
     use super::*;
     use model::{
-        DataplaneKind, Forwarding, ObjectRef, Protocol, Scheduler, SchedulerFlags, Service,
-        ServiceKey,
+        DataplaneKind, Forwarding, ObjectKind, ObjectRef, Protocol, Scheduler, SchedulerFlags,
+        Service, ServiceKey,
     };
 
     fn svc(vip: &str, port: u16, protocol: Protocol, dataplane: DataplaneKind) -> Service {
@@ -111,7 +111,7 @@ mod tests {
             health_check: None,
             dataplane,
             real_servers: Vec::new(),
-            source: ObjectRef::new("VirtualService", "t", vip),
+            source: ObjectRef::new(ObjectKind::VirtualService, "t", vip),
         }
     }
 

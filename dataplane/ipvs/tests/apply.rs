@@ -8,7 +8,7 @@ use kubelvs_ipvs::codec::Netmask;
 use kubelvs_ipvs::table::{DestConfig, DestId, KernelDest, KernelService, ServiceConfig};
 use kubelvs_ipvs::{Command, FakeIpvs, IpvsDataplane, ServiceId};
 use kubelvs_model::{
-    DataplaneKind, Forwarding, ObjectRef, Persistence, Protocol, RealServer, Scheduler,
+    DataplaneKind, Forwarding, ObjectKind, ObjectRef, Persistence, Protocol, RealServer, Scheduler,
     SchedulerFlags, Service, ServiceKey, Tunnel,
 };
 
@@ -41,7 +41,7 @@ fn rs(addr: &str, port: u16, weight: u32) -> RealServer {
         address: addr.parse().unwrap(),
         port,
         weight,
-        source: ObjectRef::new("RealServer", "default", addr),
+        source: ObjectRef::new(ObjectKind::RealServer, "default", addr),
     }
 }
 
@@ -60,7 +60,7 @@ fn service(vip: &str, port: u16, fwd: Forwarding, servers: Vec<RealServer>) -> S
         health_check: None,
         dataplane: DataplaneKind::Ipvs,
         real_servers: servers,
-        source: ObjectRef::new("VirtualService", "default", "web"),
+        source: ObjectRef::new(ObjectKind::VirtualService, "default", "web"),
     }
 }
 
@@ -479,7 +479,7 @@ fn ten_thousand_services_then_one_weight_is_one_write() {
                     .map(|d| rs(&format!("198.51.100.{}", 21 + d), 8080, 1 + d))
                     .collect(),
             );
-            s.source = ObjectRef::new("VirtualService", "bench", &i.to_string());
+            s.source = ObjectRef::new(ObjectKind::VirtualService, "bench", &i.to_string());
             s
         })
         .collect();

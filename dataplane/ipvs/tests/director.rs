@@ -13,8 +13,8 @@ use kubelvs_ipvs::{
     Command, FakeHost, FakeIpvs, Fault, FaultyIpvs, IpvsDataplane, IpvsDirector, ServiceId,
 };
 use kubelvs_model::{
-    ApplyContext, Dataplane, DataplaneKind, Forwarding, NodePlan, ObjectRef, Outcome, Protocol,
-    RealServer, RealServerState, Scheduler, SchedulerFlags, Service, ServiceKey,
+    ApplyContext, Dataplane, DataplaneKind, Forwarding, NodePlan, ObjectKind, ObjectRef, Outcome,
+    Protocol, RealServer, RealServerState, Scheduler, SchedulerFlags, Service, ServiceKey,
 };
 
 /// A per-test directory for the ownership state file, removed when dropped.
@@ -42,7 +42,7 @@ fn rs(addr: &str, weight: u32) -> RealServer {
         address: addr.parse().unwrap(),
         port: 8080,
         weight,
-        source: ObjectRef::new("RealServer", "shop", addr),
+        source: ObjectRef::new(ObjectKind::RealServer, "shop", addr),
     }
 }
 
@@ -61,7 +61,7 @@ fn service(name: &str, vip: &str, fwd: Forwarding, servers: Vec<RealServer>) -> 
         health_check: None,
         dataplane: DataplaneKind::Ipvs,
         real_servers: servers,
-        source: ObjectRef::new("VirtualService", "shop", name),
+        source: ObjectRef::new(ObjectKind::VirtualService, "shop", name),
     }
 }
 
@@ -188,7 +188,7 @@ fn a_scheduler_the_kernel_lacks_is_unsupported_and_the_rest_programmed() {
     match outcome(&r, "203.0.113.1") {
         Outcome::Unsupported(reason) => {
             assert_eq!(reason.field, "spec.scheduler");
-            assert_eq!(reason.object.name, "a");
+            assert_eq!(&*reason.object.name, "a");
         }
         o => panic!("{o:?}"),
     }
@@ -208,7 +208,7 @@ fn a_service_made_by_another_tool_is_a_conflict_left_alone() {
     let (mut d, _dir) = director("conflict", FaultyIpvs::new(fake));
     let r = d.apply(&plan(three()), &now());
     match outcome(&r, "203.0.113.2") {
-        Outcome::Conflict(reason) => assert_eq!(reason.object.name, "b"),
+        Outcome::Conflict(reason) => assert_eq!(&*reason.object.name, "b"),
         o => panic!("{o:?}"),
     }
     assert!(outcome(&r, "203.0.113.1").is_programmed());
@@ -247,7 +247,7 @@ fn a_service_the_kernel_refuses_fails_alone() {
     let r = d.apply(&plan(three()), &now());
     match outcome(&r, "203.0.113.2") {
         Outcome::Failed(reason) => {
-            assert_eq!(reason.object.name, "b");
+            assert_eq!(&*reason.object.name, "b");
             assert!(reason.message.contains("203.0.113.2"), "{reason}");
         }
         o => panic!("{o:?}"),

@@ -11,7 +11,7 @@ use kubelvs_ipvs::fullnat::apply_nft_script_via;
 use kubelvs_ipvs::sysctl::{apply_sysctls_at, read_sysctls_at};
 use kubelvs_ipvs::{director_sysctls, fullnat_ruleset, DesiredService, Error, IpvsClient};
 use kubelvs_model::{
-    DataplaneKind, Forwarding, ObjectRef, Persistence, Protocol, RealServer, Scheduler,
+    DataplaneKind, Forwarding, ObjectKind, ObjectRef, Persistence, Protocol, RealServer, Scheduler,
     SchedulerFlags, Service, ServiceKey, Tunnel,
 };
 
@@ -20,7 +20,7 @@ fn rs(addr: &str, port: u16, weight: u32) -> RealServer {
         address: addr.parse().unwrap(),
         port,
         weight,
-        source: ObjectRef::new("RealServer", "default", addr),
+        source: ObjectRef::new(ObjectKind::RealServer, "default", addr),
     }
 }
 
@@ -39,7 +39,7 @@ fn svc(vip: &str, port: u16, proto: Protocol, fwd: Forwarding) -> Service {
         health_check: None,
         dataplane: DataplaneKind::Ipvs,
         real_servers: vec![rs("192.0.2.1", 8080, 1), rs("192.0.2.2", 8081, 2)],
-        source: ObjectRef::new("VirtualService", "shop", "web"),
+        source: ObjectRef::new(ObjectKind::VirtualService, "shop", "web"),
     }
 }
 

@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -286,21 +287,47 @@ impl fmt::Display for ServiceKey {
     }
 }
 
-/// The Kubernetes object a piece of the plan came from, for status and errors.
+/// The kinds of object a plan is made from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ObjectKind {
+    AddressPool,
+    RealServer,
+    VirtualService,
+}
+
+impl ObjectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AddressPool => "AddressPool",
+            Self::RealServer => "RealServer",
+            Self::VirtualService => "VirtualService",
+        }
+    }
+}
+
+impl fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The Kubernetes object a piece of the plan came from, for status and errors. Its
+/// names are shared (`Arc`), with the object's record and between the plan's copies:
+/// there is one per real server of every virtual service.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ObjectRef {
-    pub kind: String,
+    pub kind: ObjectKind,
     /// Empty for cluster-scoped objects.
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl ObjectRef {
-    pub fn new(kind: &str, namespace: &str, name: &str) -> Self {
+    pub fn new(kind: ObjectKind, namespace: &str, name: &str) -> Self {
         Self {
-            kind: kind.to_owned(),
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
+            kind,
+            namespace: namespace.into(),
+            name: name.into(),
         }
     }
 }
@@ -358,10 +385,9 @@ impl RealServerVip {
     /// The object to report on about this VIP: its first VirtualService, or (a plan
     /// built by hand with no sources) the VIP itself.
     pub fn source(&self) -> ObjectRef {
-        self.sources
-            .first()
-            .cloned()
-            .unwrap_or_else(|| ObjectRef::new("VirtualService", "", &self.vip.to_string()))
+        self.sources.first().cloned().unwrap_or_else(|| {
+            ObjectRef::new(ObjectKind::VirtualService, "", &self.vip.to_string())
+        })
     }
 }
 

@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use kubelvs_model::{
-    ApplyContext, Dataplane, DataplaneKind, DataplaneReport, Forwarding, NodePlan, ObjectRef,
-    Outcome, Protocol, RealServerVip, Scheduler, SchedulerFlags, Service, ServiceKey, TunnelKind,
+    ApplyContext, Dataplane, DataplaneKind, DataplaneReport, Forwarding, NodePlan, ObjectKind,
+    ObjectRef, Outcome, Protocol, RealServerVip, Scheduler, SchedulerFlags, Service, ServiceKey,
+    TunnelKind,
 };
 use kubelvs_netconf::{
     FakeNet, FaultyNet, LocalAddress, NetFault, NetKernel, Netconf, NetconfOptions,
@@ -42,7 +43,7 @@ fn rs_vip(vip: &str, tunnel: Option<TunnelKind>) -> RealServerVip {
         vip: ip(vip),
         tunnel,
         sources: vec![ObjectRef::new(
-            "VirtualService",
+            ObjectKind::VirtualService,
             "shop",
             &format!("vs-{vip}"),
         )],
@@ -64,7 +65,7 @@ fn service(vip: &str, fwd: Forwarding, dataplane: DataplaneKind) -> Service {
         health_check: None,
         dataplane,
         real_servers: Vec::new(),
-        source: ObjectRef::new("VirtualService", "shop", &format!("vs-{vip}")),
+        source: ObjectRef::new(ObjectKind::VirtualService, "shop", &format!("vs-{vip}")),
     }
 }
 
@@ -259,7 +260,7 @@ fn a_refused_address_fails_its_vip_only_and_is_retried() {
     assert!(vip_outcome(&r, "203.0.113.10").is_programmed());
     match vip_outcome(&r, "203.0.113.11") {
         Outcome::Failed(reason) => {
-            assert_eq!(reason.object.name, "vs-203.0.113.11");
+            assert_eq!(&*reason.object.name, "vs-203.0.113.11");
             assert!(reason.message.contains("203.0.113.11"));
         }
         o => panic!("{o:?}"),

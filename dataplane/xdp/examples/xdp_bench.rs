@@ -24,8 +24,8 @@ use std::os::fd::BorrowedFd;
 use std::process::Command;
 
 use kubelvs_model::{
-    DataplaneKind, Forwarding, ObjectRef, Protocol, RealServer, Scheduler, SchedulerFlags, Service,
-    ServiceKey, Tunnel,
+    DataplaneKind, Forwarding, ObjectKind, ObjectRef, Protocol, RealServer, Scheduler,
+    SchedulerFlags, Service, ServiceKey, Tunnel,
 };
 use kubelvs_xdp::bench::{BenchCfg, BenchDirector};
 use kubelvs_xdp::maps::{Conn, Flow6Key, FlowKey};
@@ -133,10 +133,10 @@ fn service(port: u16, forwarding: Forwarding, reals: &[Ipv4Addr]) -> Service {
                 address: IpAddr::V4(*a),
                 port,
                 weight: 1,
-                source: ObjectRef::new("RealServer", "bench", "rs"),
+                source: ObjectRef::new(ObjectKind::RealServer, "bench", "rs"),
             })
             .collect(),
-        source: ObjectRef::new("VirtualService", "bench", "web"),
+        source: ObjectRef::new(ObjectKind::VirtualService, "bench", "web"),
     }
 }
 
@@ -501,7 +501,7 @@ fn ipv6_rows(ifindex: u32) {
                 address: IpAddr::V6(*a),
                 port,
                 weight: 1,
-                source: ObjectRef::new("RealServer", "bench", "rs"),
+                source: ObjectRef::new(ObjectKind::RealServer, "bench", "rs"),
             })
             .collect();
         s

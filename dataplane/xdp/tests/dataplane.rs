@@ -98,7 +98,7 @@ fn outcome_per_service_and_zero_writes_on_reapply() {
     assert!(r.service(&key("203.0.113.3", 80)).unwrap().is_programmed());
     match r.service(&key("203.0.113.2", 80)).unwrap() {
         Outcome::Unsupported(reason) => {
-            assert_eq!(reason.object.name, "fullnat");
+            assert_eq!(&*reason.object.name, "fullnat");
             assert_eq!(reason.field, "spec.forwarding");
         }
         o => panic!("{o:?}"),

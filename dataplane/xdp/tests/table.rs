@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use kubelvs_model::{
-    ApplyContext, Dataplane, DataplaneKind, Forwarding, NodePlan, ObjectRef, Outcome, Protocol,
-    RealServer, RealServerState, Scheduler, SchedulerFlags, Service, ServiceKey,
+    ApplyContext, Dataplane, DataplaneKind, Forwarding, NodePlan, ObjectKind, ObjectRef, Outcome,
+    Protocol, RealServer, RealServerState, Scheduler, SchedulerFlags, Service, ServiceKey,
 };
 use kubelvs_xdp::decide::{decide, MapWrite};
 use kubelvs_xdp::maps::{VipKey, VipMeta, REAL_F_ALIVE, REAL_NONE};
@@ -45,10 +45,10 @@ fn svc(vip: &str, fwd: Forwarding, reals: &[(&str, u32)]) -> Service {
                 address: a.parse().unwrap(),
                 port: 80,
                 weight: *w,
-                source: ObjectRef::new("RealServer", "t", a),
+                source: ObjectRef::new(ObjectKind::RealServer, "t", a),
             })
             .collect(),
-        source: ObjectRef::new("VirtualService", "t", vip),
+        source: ObjectRef::new(ObjectKind::VirtualService, "t", vip),
     }
 }
 

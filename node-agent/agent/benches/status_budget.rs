@@ -23,7 +23,7 @@ use kube::api::Api;
 use kubelvs_agent::cluster::{own_entries, status_writer, Desired};
 use kubelvs_agent::status::{desired, field_manager};
 use kubelvs_crds::{DirectorStatus, HealthObservation, RealServer, VirtualService};
-use kubelvs_model::ObjectRef;
+use kubelvs_model::{ObjectKind, ObjectRef};
 use kubelvs_test_cluster::bulk::{client, create_all, real_servers, virtual_services};
 use kubelvs_test_cluster::{Cluster, ControlPlane, ControlPlaneOptions};
 
@@ -44,7 +44,7 @@ fn status_writes(cluster: &Cluster) -> f64 {
 /// servers, but `healthy_less` one fewer on vs0; observations of the real servers in
 /// `down` (named `rsI-J`).
 /// Every object's uid, by (kind, name), as an agent's watches know them.
-type Uids = std::collections::HashMap<(String, String), String>;
+type Uids = std::collections::HashMap<(ObjectKind, String), String>;
 
 fn entries(
     uids: &Uids,
@@ -58,7 +58,7 @@ fn entries(
         .map(|i| {
             let healthy = if i == 0 && healthy_less { m - 1 } else { m };
             (
-                ObjectRef::new("VirtualService", NS, &format!("vs{i}")),
+                ObjectRef::new(ObjectKind::VirtualService, NS, &format!("vs{i}")),
                 DirectorStatus {
                     node: node.to_owned(),
                     programmed: true,
@@ -74,7 +74,7 @@ fn entries(
         .iter()
         .map(|rs| {
             (
-                ObjectRef::new("RealServer", NS, rs),
+                ObjectRef::new(ObjectKind::RealServer, NS, rs),
                 HealthObservation {
                     node: node.to_owned(),
                     healthy: false,
@@ -85,7 +85,7 @@ fn entries(
         })
         .collect();
     Some(Arc::new(desired(&directors, &observations, |o| {
-        uids.get(&(o.kind.clone(), o.name.clone())).cloned()
+        uids.get(&(o.kind, o.name.to_string())).cloned()
     })))
 }
 
@@ -162,7 +162,10 @@ fn main() {
         .unwrap()
     {
         uids.insert(
-            ("VirtualService".into(), v.metadata.name.unwrap_or_default()),
+            (
+                ObjectKind::VirtualService,
+                v.metadata.name.unwrap_or_default(),
+            ),
             v.metadata.uid.unwrap_or_default(),
         );
     }
@@ -171,7 +174,7 @@ fn main() {
         .unwrap()
     {
         uids.insert(
-            ("RealServer".into(), r.metadata.name.unwrap_or_default()),
+            (ObjectKind::RealServer, r.metadata.name.unwrap_or_default()),
             r.metadata.uid.unwrap_or_default(),
         );
     }

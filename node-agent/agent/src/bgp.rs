@@ -398,6 +398,7 @@ impl Drop for Bird {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kubelvs_model::ObjectKind;
     use kubelvs_model::*;
 
     fn session(vips: &[&str]) -> BgpSession {
@@ -428,7 +429,7 @@ mod tests {
             health_check: None,
             dataplane: DataplaneKind::Xdp,
             real_servers: vec![],
-            source: ObjectRef::new("VirtualService", "lab", vs),
+            source: ObjectRef::new(ObjectKind::VirtualService, "lab", vs),
         }
     }
 
@@ -463,7 +464,7 @@ mod tests {
             ("empty", entry(true, 0)),
         ]
         .into_iter()
-        .map(|(n, e)| (ObjectRef::new("VirtualService", "lab", n), e))
+        .map(|(n, e)| (ObjectRef::new(ObjectKind::VirtualService, "lab", n), e))
         .collect();
         let s = servable(&plan, &directors);
         assert_eq!(

@@ -15,7 +15,7 @@ use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, Resource};
 use kubelvs_crds::{AddressPool, RealServer, VirtualService};
-use kubelvs_model::ObjectRef;
+use kubelvs_model::{ObjectKind, ObjectRef};
 use kubelvs_planner::NodeIdentity;
 use kubelvs_watch::Alike;
 use tracing::{info, warn};
@@ -203,7 +203,7 @@ impl ClusterSource {
         }
         fn take<K: Clone + Resource<DynamicType = ()>>(
             store: &Store<DeserializeGuard<K>>,
-            kind: &str,
+            kind: ObjectKind,
             out: &mut Vec<Held<K>>,
             versions: &mut Option<Vec<u64>>,
             rejected: &mut Vec<Rejected>,
@@ -233,7 +233,7 @@ impl ClusterSource {
         let [mut vs, mut pools] = [(); 2].map(|()| Some(Vec::new()));
         take(
             &self.virtual_services,
-            "VirtualService",
+            ObjectKind::VirtualService,
             &mut objects.virtual_services,
             &mut vs,
             &mut rejected,
@@ -243,7 +243,11 @@ impl ClusterSource {
             for u in records.unparsed() {
                 rejected.push(Rejected(
                     format!("RealServer {}/{}: {}", u.namespace, u.name, u.error),
-                    Some(ObjectRef::new("RealServer", &u.namespace, &u.name)),
+                    Some(ObjectRef::new(
+                        ObjectKind::RealServer,
+                        &u.namespace,
+                        &u.name,
+                    )),
                 ));
             }
             let (list, versions) = records.snapshot();
@@ -252,7 +256,7 @@ impl ClusterSource {
         };
         take(
             &self.address_pools,
-            "AddressPool",
+            ObjectKind::AddressPool,
             &mut objects.address_pools,
             &mut pools,
             &mut rejected,
@@ -342,13 +346,13 @@ impl ClusterSource {
                 Err(e) => e.metadata.uid.clone(),
             }
         }
-        match object.kind.as_str() {
-            "VirtualService" => uid(&self.virtual_services, object),
-            "RealServer" => self
+        match object.kind {
+            ObjectKind::VirtualService => uid(&self.virtual_services, object),
+            ObjectKind::RealServer => self
                 .real_servers
                 .lock()
                 .uid(&object.namespace, &object.name),
-            _ => None,
+            ObjectKind::AddressPool => None,
         }
     }
 
@@ -390,7 +394,7 @@ fn identity(
 }
 
 /// The status this node wants, per object: the apply body of its own entry.
-pub type Desired = BTreeMap<(String, ObjectRef), serde_json::Value>;
+pub type Desired = BTreeMap<ObjectRef, serde_json::Value>;
 
 /// Writes this node's status entries: only those that changed, urgent ones first (see
 /// [`crate::status::Due`]), at most one batch per `min_gap`. An object the
@@ -416,15 +420,14 @@ pub async fn status_writer(
     if desired.wait_for(Option::is_some).await.is_err() {
         return;
     }
-    let mut refused: BTreeMap<(String, ObjectRef), (tokio::time::Instant, Duration)> =
-        BTreeMap::new();
+    let mut refused: BTreeMap<ObjectRef, (tokio::time::Instant, Duration)> = BTreeMap::new();
     let mut backoff = Duration::from_millis(500);
     loop {
         let Some(want) = desired.borrow_and_update().clone() else {
             continue;
         };
         let now = tokio::time::Instant::now();
-        let mut due: Vec<(Due, (String, ObjectRef), serde_json::Value)> = want
+        let mut due: Vec<(Due, ObjectRef, serde_json::Value)> = want
             .iter()
             .filter_map(|(key, body)| match write_due(written.get(key), body) {
                 Due::No => None,
@@ -433,11 +436,11 @@ pub async fn status_writer(
             .collect();
         // Entries of objects this node no longer serves are removed.
         for key in written.keys().filter(|k| !want.contains_key(*k)) {
-            let body = apply_body(&key.0, &key.1, None, None);
+            let body = apply_body(key, None, None);
             due.push((Due::Urgent, key.clone(), body));
         }
         due.sort_by_key(|(d, _, _)| *d);
-        let due_keys: std::collections::HashSet<&(String, ObjectRef)> =
+        let due_keys: std::collections::HashSet<&ObjectRef> =
             due.iter().map(|(_, k, _)| k).collect();
         refused.retain(|k, _| due_keys.contains(k));
         due.retain(|(_, k, _)| refused.get(k).is_none_or(|(at, _)| *at <= now));
@@ -448,15 +451,14 @@ pub async fn status_writer(
             if urgency == Due::Routine && desired.has_changed().unwrap_or(false) {
                 break;
             }
-            let (kind, obj) = &key;
-            let result = if kind == "VirtualService" {
-                Api::<VirtualService>::namespaced(client.clone(), &obj.namespace)
-                    .patch_status(&obj.name, &params, &Patch::Apply(&body))
+            let result = if key.kind == ObjectKind::VirtualService {
+                Api::<VirtualService>::namespaced(client.clone(), &key.namespace)
+                    .patch_status(&key.name, &params, &Patch::Apply(&body))
                     .await
                     .map(|_| ())
             } else {
-                Api::<RealServer>::namespaced(client.clone(), &obj.namespace)
-                    .patch_status(&obj.name, &params, &Patch::Apply(&body))
+                Api::<RealServer>::namespaced(client.clone(), &key.namespace)
+                    .patch_status(&key.name, &params, &Patch::Apply(&body))
                     .await
                     .map(|_| ())
             };
@@ -476,7 +478,7 @@ pub async fn status_writer(
                 }
                 Err(kube::Error::Api(e)) if e.code == 429 || e.code >= 500 => {
                     // The API server is overloaded or failing: everything waits.
-                    warn!(object = %key.1, code = e.code, error = %e.message, "status write failed; will retry");
+                    warn!(object = %key, code = e.code, error = %e.message, "status write failed; will retry");
                     unreachable = true;
                     break;
                 }
@@ -485,11 +487,11 @@ pub async fn status_writer(
                     let next = refused
                         .get(&key)
                         .map_or(Duration::from_secs(1), |(_, b)| (*b * 2).min(MAX_BACKOFF));
-                    warn!(object = %key.1, code = e.code, error = %e.message, retry_in_s = next.as_secs(), "status write refused; the other objects go on");
+                    warn!(object = %key, code = e.code, error = %e.message, retry_in_s = next.as_secs(), "status write refused; the other objects go on");
                     refused.insert(key, (tokio::time::Instant::now() + next, next));
                 }
                 Err(e) => {
-                    warn!(object = %key.1, error = %e, "status write failed; will retry");
+                    warn!(object = %key, error = %e, "status write failed; will retry");
                     unreachable = true;
                     break;
                 }
@@ -528,8 +530,8 @@ pub fn observations_at_start(
 ) -> BTreeMap<ObjectRef, kubelvs_crds::HealthObservation> {
     found
         .iter()
-        .filter(|((kind, _), _)| kind == "RealServer")
-        .filter_map(|((_, object), body)| {
+        .filter(|(object, _)| object.kind == ObjectKind::RealServer)
+        .filter_map(|(object, body)| {
             let entry = body["status"]["observations"].get(0)?.clone();
             Some((object.clone(), serde_json::from_value(entry).ok()?))
         })
@@ -540,7 +542,7 @@ pub fn observations_at_start(
 /// that would write them (a previous run's; an upgrade's fields this version does not
 /// know are left out, so they go with the next write).
 pub async fn own_entries(client: &Client, node: &str) -> Desired {
-    let mut out = holding_entry::<VirtualService>(client, "VirtualService", |v| {
+    let mut out = holding_entry::<VirtualService>(client, ObjectKind::VirtualService, |v| {
         let entry = v
             .status
             .as_ref()?
@@ -551,7 +553,7 @@ pub async fn own_entries(client: &Client, node: &str) -> Desired {
     })
     .await;
     out.extend(
-        holding_entry::<RealServer>(client, "RealServer", |r| {
+        holding_entry::<RealServer>(client, ObjectKind::RealServer, |r| {
             let entry = r
                 .status
                 .as_ref()?
@@ -569,7 +571,7 @@ pub async fn own_entries(client: &Client, node: &str) -> Desired {
 /// object that does not parse is left out; it does not hide the others.
 async fn holding_entry<K>(
     client: &Client,
-    kind: &str,
+    kind: ObjectKind,
     entry: impl Fn(&K) -> Option<serde_json::Value>,
 ) -> Desired
 where
@@ -586,8 +588,8 @@ where
             .filter_map(|o| {
                 let object = object_ref(o, kind);
                 let body =
-                    crate::status::apply_body(kind, &object, Some(entry(o)?), o.meta().uid.clone());
-                Some(((kind.to_owned(), object), body))
+                    crate::status::apply_body(&object, Some(entry(o)?), o.meta().uid.clone());
+                Some((object, body))
             })
             .collect(),
         Err(e) => {
@@ -597,7 +599,7 @@ where
     }
 }
 
-fn object_ref<K: Resource>(o: &K, kind: &str) -> ObjectRef {
+fn object_ref<K: Resource>(o: &K, kind: ObjectKind) -> ObjectRef {
     ObjectRef::new(
         kind,
         o.meta().namespace.as_deref().unwrap_or_default(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kubelvs_crds::DirectorStatus;
-use kubelvs_model::{NodePlan, ObjectRef};
+use kubelvs_model::{NodePlan, ObjectKind, ObjectRef};
 use tracing::warn;
 
 use crate::health::{target_of, State, Target};
@@ -108,9 +108,9 @@ impl Notices {
 fn reference(o: &ObjectRef, uid: Option<String>) -> ObjectReference {
     ObjectReference {
         api_version: Some("kubelvs.io/v1alpha1".into()),
-        kind: Some(o.kind.clone()),
-        name: Some(o.name.clone()),
-        namespace: (!o.namespace.is_empty()).then(|| o.namespace.clone()),
+        kind: Some(o.kind.to_string()),
+        name: Some(o.name.to_string()),
+        namespace: (!o.namespace.is_empty()).then(|| o.namespace.to_string()),
         // `kubectl describe` lists the Events whose reference carries the object's uid.
         uid,
         ..ObjectReference::default()
@@ -138,7 +138,7 @@ async fn publish(
     recorder: &Recorder,
     n: &Notice,
 ) -> Result<(), NotPublished> {
-    let meta = if n.object.kind == "VirtualService" {
+    let meta = if n.object.kind == ObjectKind::VirtualService {
         kube::Api::<kubelvs_crds::VirtualService>::namespaced(client.clone(), &n.object.namespace)
             .get_metadata_opt(&n.object.name)
             .await
@@ -261,9 +261,9 @@ mod tests {
                     address: "192.0.2.11".parse().unwrap(),
                     port: 80,
                     weight: 1,
-                    source: ObjectRef::new("RealServer", "lab", "rs1"),
+                    source: ObjectRef::new(ObjectKind::RealServer, "lab", "rs1"),
                 }],
-                source: ObjectRef::new("VirtualService", "lab", "web"),
+                source: ObjectRef::new(ObjectKind::VirtualService, "lab", "web"),
             }],
             ..NodePlan::default()
         }
@@ -274,7 +274,7 @@ mod tests {
         let p = plan();
         let check = p.services[0].health_check.clone().unwrap();
         let t = target_of(&check, "192.0.2.11".parse().unwrap(), 80);
-        let vs = ObjectRef::new("VirtualService", "lab", "web");
+        let vs = ObjectRef::new(ObjectKind::VirtualService, "lab", "web");
         let programmed = |ok: bool| {
             BTreeMap::from([(
                 vs.clone(),
@@ -300,7 +300,7 @@ mod tests {
             (d.len(), d[0].reason, d[0].warning),
             (1, "RealServerDown", true)
         );
-        assert_eq!(d[0].object.name, "rs1");
+        assert_eq!(&*d[0].object.name, "rs1");
         assert!(n
             .update("n1", &p, &down, &BTreeMap::new(), &programmed(true))
             .is_empty());

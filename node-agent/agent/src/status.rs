@@ -17,7 +17,7 @@ use std::time::SystemTime;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kubelvs_crds::{DirectorStatus, HealthObservation};
-use kubelvs_model::{DataplaneKind, DataplaneReport, NodePlan, ObjectRef, Outcome};
+use kubelvs_model::{DataplaneKind, DataplaneReport, NodePlan, ObjectKind, ObjectRef, Outcome};
 
 use crate::health::{target_of, State, Target};
 
@@ -203,8 +203,8 @@ fn observation(
     }
 }
 
-/// What this node wants in status: every key is (kind, object) and every value the
-/// server-side apply body of this node's entry.
+/// What this node wants in status: every key is an object and every value the
+/// server-side apply body of this node's entry on it.
 ///
 /// `uid` names each object's uid as the watches see it: the body carries it, so the
 /// API server refuses the write if the object was replaced meanwhile, and a replaced
@@ -213,17 +213,17 @@ pub fn desired(
     directors: &BTreeMap<ObjectRef, DirectorStatus>,
     observations: &BTreeMap<ObjectRef, HealthObservation>,
     uid: impl Fn(&ObjectRef) -> Option<String>,
-) -> BTreeMap<(String, ObjectRef), serde_json::Value> {
+) -> BTreeMap<ObjectRef, serde_json::Value> {
     let mut out = BTreeMap::new();
-    let mut put = |kind: &str, object: &ObjectRef, entry: Option<serde_json::Value>| {
-        let body = apply_body(kind, object, entry, uid(object));
-        out.insert((kind.to_owned(), object.clone()), body);
+    let mut put = |object: &ObjectRef, entry: Option<serde_json::Value>| {
+        let body = apply_body(object, entry, uid(object));
+        out.insert(object.clone(), body);
     };
     for (vs, entry) in directors {
-        put("VirtualService", vs, serde_json::to_value(entry).ok());
+        put(vs, serde_json::to_value(entry).ok());
     }
     for (rs, obs) in observations {
-        put("RealServer", rs, serde_json::to_value(obs).ok());
+        put(rs, serde_json::to_value(obs).ok());
     }
     out
 }
@@ -252,7 +252,7 @@ impl Published {
         directors: &BTreeMap<ObjectRef, DirectorStatus>,
         observations: &BTreeMap<ObjectRef, HealthObservation>,
         uid: impl Fn(&ObjectRef) -> Option<String>,
-    ) -> Option<BTreeMap<(String, ObjectRef), serde_json::Value>> {
+    ) -> Option<BTreeMap<ObjectRef, serde_json::Value>> {
         use std::hash::BuildHasher;
         let hasher = foldhash::fast::FixedState::with_seed(0x6b75_6265_6c76_7307);
         let uids = directors
@@ -277,23 +277,22 @@ impl Published {
     }
 }
 
-/// The server-side apply body that sets this node's entry on `kind` `object` (`entry`
+/// The server-side apply body that sets this node's entry on `object` (`entry`
 /// None: removes it), with the object's uid when known.
 pub fn apply_body(
-    kind: &str,
     object: &ObjectRef,
     entry: Option<serde_json::Value>,
     uid: Option<String>,
 ) -> serde_json::Value {
-    // The list of `kind`'s status that holds the agents' entries.
-    let list = if kind == "VirtualService" {
+    // The list of the object's status that holds the agents' entries.
+    let list = if object.kind == ObjectKind::VirtualService {
         "directors"
     } else {
         "observations"
     };
     let mut body = serde_json::json!({
         "apiVersion": "kubelvs.io/v1alpha1",
-        "kind": kind,
+        "kind": object.kind.as_str(),
         "metadata": {"name": object.name, "namespace": object.namespace},
         "status": {list: entry.into_iter().collect::<Vec<_>>()},
     });
@@ -370,10 +369,10 @@ mod tests {
                     address: a.parse().unwrap(),
                     port,
                     weight: 1,
-                    source: ObjectRef::new("RealServer", "lab", a),
+                    source: ObjectRef::new(ObjectKind::RealServer, "lab", a),
                 })
                 .collect(),
-            source: ObjectRef::new("VirtualService", "lab", "web"),
+            source: ObjectRef::new(ObjectKind::VirtualService, "lab", "web"),
         };
         NodePlan {
             node: "n1".into(),
@@ -403,14 +402,14 @@ mod tests {
         ]
         .into();
         let d = directors("n1", &p, &[report], &down);
-        let web = &d[&ObjectRef::new("VirtualService", "lab", "web")];
+        let web = &d[&ObjectRef::new(ObjectKind::VirtualService, "lab", "web")];
         assert!(!web.programmed);
         assert!(web.message.as_ref().unwrap().contains("map full"));
         assert_eq!(web.healthy_real_servers, 1);
         assert_eq!(web.dataplane, Some(kubelvs_crds::Dataplane::Xdp));
 
         let none = directors("n1", &p, &[], &BTreeSet::new());
-        let web = &none[&ObjectRef::new("VirtualService", "lab", "web")];
+        let web = &none[&ObjectRef::new(ObjectKind::VirtualService, "lab", "web")];
         assert!(web.message.as_ref().unwrap().contains("no xdp dataplane"));
     }
 
@@ -440,14 +439,14 @@ mod tests {
             });
         }
         let d = directors("n1", &p, &[report], &BTreeSet::new());
-        let web = &d[&ObjectRef::new("VirtualService", "lab", "web")];
+        let web = &d[&ObjectRef::new(ObjectKind::VirtualService, "lab", "web")];
         assert!(web.programmed);
         assert_eq!(web.healthy_real_servers, 1, "{web:?}");
     }
 
     #[test]
     fn the_entry_says_whether_this_director_announces() {
-        let web = ObjectRef::new("VirtualService", "lab", "web");
+        let web = ObjectRef::new(ObjectKind::VirtualService, "lab", "web");
         let mut p = plan();
         let announcing = |p: &NodePlan, down: &BTreeSet<Target>| {
             directors("n1", p, &[programmed(p)], down)[&web].announcing
@@ -491,12 +490,13 @@ mod tests {
 
     #[test]
     fn apply_bodies_name_only_this_nodes_entry() {
-        let o = ObjectRef::new("RealServer", "lab", "rs1");
-        let b = apply_body("RealServer", &o, None, None);
+        let o = ObjectRef::new(ObjectKind::RealServer, "lab", "rs1");
+        let b = apply_body(&o, None, None);
         assert_eq!(b["status"]["observations"], serde_json::json!([]));
         assert_eq!(b["metadata"]["name"], "rs1");
+        assert_eq!(b["kind"], "RealServer");
+        let o = ObjectRef::new(ObjectKind::VirtualService, "lab", "web");
         let b = apply_body(
-            "VirtualService",
             &o,
             Some(serde_json::json!({"node": "n1", "programmed": true})),
             Some("u-1".into()),
@@ -581,18 +581,12 @@ mod tests {
             )
         };
         let first = body(&states);
-        let rs = (
-            "RealServer".to_owned(),
-            ObjectRef::new("RealServer", "lab", "192.0.2.12"),
-        );
+        let rs = ObjectRef::new(ObjectKind::RealServer, "lab", "192.0.2.12");
         assert!(
             !first.contains_key(&rs),
             "healthy since the first probe: nothing to report"
         );
-        let vs = (
-            "VirtualService".to_owned(),
-            ObjectRef::new("VirtualService", "lab", "web"),
-        );
+        let vs = ObjectRef::new(ObjectKind::VirtualService, "lab", "web");
         assert_eq!(write_due(None, &first[&vs]), Due::Routine, "all is well");
 
         // More passing probes, and one failure short of `fall`: the same state.
@@ -631,7 +625,7 @@ mod tests {
     #[test]
     fn a_restart_keeps_the_observations_it_found_until_its_probes_disagree() {
         let p = plan();
-        let rs = ObjectRef::new("RealServer", "lab", "192.0.2.12");
+        let rs = ObjectRef::new(ObjectKind::RealServer, "lab", "192.0.2.12");
         let was_down = HealthObservation {
             node: "n1".into(),
             healthy: false,
@@ -689,7 +683,7 @@ mod tests {
             s.real_servers = (0..5_000u32)
                 .map(|i| RealServer {
                     address: std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)),
-                    source: ObjectRef::new("RealServer", "lab", &format!("rs-{i}")),
+                    source: ObjectRef::new(ObjectKind::RealServer, "lab", &format!("rs-{i}")),
                     ..template.clone()
                 })
                 .collect();
@@ -702,7 +696,7 @@ mod tests {
                 outcome: Outcome::Failed(Reason::new(&s.source, "", "x".repeat(10_000))),
             });
         }
-        let web = ObjectRef::new("VirtualService", "lab", "web");
+        let web = ObjectRef::new(ObjectKind::VirtualService, "lab", "web");
         let entries: Vec<serde_json::Value> = ["n1", "n2", "n3"]
             .iter()
             .map(|n| {

@@ -14,7 +14,7 @@ use common::eventually;
 
 use kubelvs_agent::cluster::{own_entries, status_writer, Desired};
 use kubelvs_agent::status::apply_body;
-use kubelvs_model::ObjectRef;
+use kubelvs_model::{ObjectKind, ObjectRef};
 use kubelvs_test_cluster::shared;
 
 #[test]
@@ -124,18 +124,14 @@ spec: {{policyName: {policy}, validationActions: [Deny]}}
     };
     let mut desired = Desired::new();
     for name in ["a-refused", "b-ok"] {
-        let obj = ObjectRef::new("VirtualService", ns.name(), name);
+        let obj = ObjectRef::new(ObjectKind::VirtualService, ns.name(), name);
         let entry = serde_json::json!({"node": "n1", "programmed": true, "healthyRealServers": 0});
-        desired.insert(
-            ("VirtualService".to_owned(), obj.clone()),
-            apply_body("VirtualService", &obj, Some(entry), None),
-        );
+        desired.insert(obj.clone(), apply_body(&obj, Some(entry), None));
     }
     let found = rt.block_on(own_entries(&client, "n1"));
-    let stale = ObjectRef::new("VirtualService", ns.name(), "c-stale");
+    let stale = ObjectRef::new(ObjectKind::VirtualService, ns.name(), "c-stale");
     assert_eq!(
-        found[&("VirtualService".to_owned(), stale)]["status"]["directors"][0]["node"],
-        "n1",
+        found[&stale]["status"]["directors"][0]["node"], "n1",
         "{found:?}"
     );
     let (tx, _writer) = start_writer(&rt, client, found);
@@ -238,10 +234,10 @@ impl FakeApi {
 fn observations(n: usize, down: &[usize]) -> Desired {
     (0..n)
         .map(|i| {
-            let obj = ObjectRef::new("RealServer", "lab", &format!("rs-{i}"));
+            let obj = ObjectRef::new(ObjectKind::RealServer, "lab", &format!("rs-{i}"));
             let entry = serde_json::json!({"node": "n1", "healthy": !down.contains(&i)});
-            let body = apply_body("RealServer", &obj, Some(entry), None);
-            (("RealServer".to_owned(), obj), body)
+            let body = apply_body(&obj, Some(entry), None);
+            (obj, body)
         })
         .collect()
 }
@@ -293,11 +289,10 @@ fn a_transition_goes_out_ahead_of_a_wave_of_new_entries_and_a_restart_writes_onl
     // A restart: the API server holds the entries above, and one of a RealServer this
     // node no longer checks. The new run writes only what differs.
     let mut found = observations(N, &[0]);
-    let gone = ObjectRef::new("RealServer", "lab", "rs-gone");
+    let gone = ObjectRef::new(ObjectKind::RealServer, "lab", "rs-gone");
     found.insert(
-        ("RealServer".to_owned(), gone.clone()),
+        gone.clone(),
         apply_body(
-            "RealServer",
             &gone,
             Some(serde_json::json!({"node": "n1", "healthy": true})),
             None,
@@ -322,12 +317,11 @@ fn a_transition_goes_out_ahead_of_a_wave_of_new_entries_and_a_restart_writes_onl
     assert_eq!(written[1].1["observations"][0]["healthy"], true);
     // A further plan with nothing new is not written either.
     tx.send_replace(Some(std::sync::Arc::new(observations(N, &[]))));
-    let marker = ObjectRef::new("RealServer", "lab", "rs-new");
+    let marker = ObjectRef::new(ObjectKind::RealServer, "lab", "rs-new");
     let mut with_new = observations(N, &[]);
     with_new.insert(
-        ("RealServer".to_owned(), marker.clone()),
+        marker.clone(),
         apply_body(
-            "RealServer",
             &marker,
             Some(serde_json::json!({"node": "n1", "healthy": true})),
             None,

@@ -18,7 +18,7 @@ use std::net::IpAddr;
 
 use kube::ResourceExt;
 use kubelvs_crds::{AddressPool, AnnouncementMode, VirtualService};
-use kubelvs_model::{BgpSession, ObjectRef, Problem, ProblemReason};
+use kubelvs_model::{BgpSession, ObjectKind, ObjectRef, Problem, ProblemReason};
 
 use crate::NodeIdentity;
 
@@ -83,7 +83,7 @@ fn may_announce(
     kubelvs_crds::selector::matches(selector, labels).unwrap_or_else(|e| {
         problems.push(Problem {
             object: ObjectRef::new(
-                "AddressPool",
+                ObjectKind::AddressPool,
                 "",
                 &pool.map(|p| p.name_any()).unwrap_or_default(),
             ),
@@ -126,7 +126,7 @@ pub fn bgp_sessions(
         for (i, peer) in bgp.peers.iter().enumerate() {
             let Ok(address) = peer.address.parse::<IpAddr>() else {
                 problems.push(Problem {
-                    object: ObjectRef::new("AddressPool", "", &pool.name_any()),
+                    object: ObjectRef::new(ObjectKind::AddressPool, "", &pool.name_any()),
                     field: format!("spec.announcement.bgp.peers[{i}].address"),
                     reason: ProblemReason::Invalid,
                     message: format!("{:?} is not an IP address", peer.address),

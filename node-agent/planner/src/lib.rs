@@ -41,9 +41,9 @@ use kubelvs_crds::{
     SchedulerFlag, TunnelType, VirtualService,
 };
 use kubelvs_model::{
-    DataplaneKind, Forwarding, HealthCheck, NodePlan, ObjectRef, Persistence, Probe, Problem,
-    ProblemReason, Protocol, RealServer, RealServerVip, Scheduler, SchedulerFlags, Service,
-    ServiceKey, Tunnel, TunnelKind,
+    DataplaneKind, Forwarding, HealthCheck, NodePlan, ObjectKind, ObjectRef, Persistence, Probe,
+    Problem, ProblemReason, Protocol, RealServer, RealServerVip, Scheduler, SchedulerFlags,
+    Service, ServiceKey, Tunnel, TunnelKind,
 };
 
 /// What the planner knows about the node it plans for.
@@ -748,7 +748,7 @@ fn backend_for_port(
 
 fn runs_here(node: &NodeIdentity, rs: &RealServerRecord, address: IpAddr) -> bool {
     match &rs.spec.node_name {
-        Some(n) => *n == node.name,
+        Some(n) => **n == *node.name,
         None => node.addresses.contains(&address),
     }
 }
@@ -915,12 +915,16 @@ fn hex_bytes(hex: &str) -> Vec<u8> {
 
 fn object_ref_vs(vs: &VirtualService) -> ObjectRef {
     ObjectRef::new(
-        "VirtualService",
+        ObjectKind::VirtualService,
         &vs.namespace().unwrap_or_default(),
         &vs.name_any(),
     )
 }
 
 fn object_ref_rs(rs: &RealServerRecord) -> ObjectRef {
-    ObjectRef::new("RealServer", &rs.namespace, &rs.name)
+    ObjectRef {
+        kind: ObjectKind::RealServer,
+        namespace: rs.namespace.clone(),
+        name: rs.name.clone(),
+    }
 }

@@ -58,7 +58,7 @@ fn drain_leaves_the_plan_weight_zero_is_quiescent_and_weights_carry_over() {
     let weights: Vec<_> = p.services[0]
         .real_servers
         .iter()
-        .map(|r| (r.source.name.as_str(), r.weight))
+        .map(|r| (&*r.source.name, r.weight))
         .collect();
     // The drained one is out (the dataplanes drain it); weight 0 stays, quiescent.
     assert_eq!(weights, vec![("b", 0), ("c", 300)]);
@@ -102,7 +102,7 @@ fn pending_vip_is_reported_and_status_vip_is_used() {
     assert_eq!(p.services[0].key.vip, ip("203.0.113.99"));
     assert_eq!(p.problems.len(), 1);
     assert_eq!(p.problems[0].reason, ProblemReason::VipPending);
-    assert_eq!(p.problems[0].object.name, "pending");
+    assert_eq!(&*p.problems[0].object.name, "pending");
     assert_eq!(p.problems[0].field, "spec.vip");
 }
 
@@ -118,11 +118,11 @@ fn older_virtual_service_wins_a_conflict_whatever_the_input_order() {
             &[],
         );
         assert_eq!(p.services.len(), 1);
-        assert_eq!(p.services[0].source.name, "old");
+        assert_eq!(&*p.services[0].source.name, "old");
         assert_eq!(p.problems.len(), 1);
         let c = &p.problems[0];
         assert_eq!(
-            (c.reason, c.object.name.as_str(), c.field.as_str()),
+            (c.reason, &*c.object.name, c.field.as_str()),
             (ProblemReason::Conflict, "young", "spec.ports[0]")
         );
         assert!(c.message.contains("VirtualService a/old"), "{}", c.message);
@@ -145,7 +145,7 @@ fn conflict_is_per_port_and_protocol() {
     let keys: Vec<_> = p
         .services
         .iter()
-        .map(|s| (s.key.to_string(), s.source.name.clone()))
+        .map(|s| (s.key.to_string(), s.source.name.to_string()))
         .collect();
     assert_eq!(
         keys,
@@ -156,7 +156,7 @@ fn conflict_is_per_port_and_protocol() {
         ]
     );
     assert_eq!(p.problems.len(), 1, "{:?}", p.problems);
-    assert_eq!(p.problems[0].object.name, "two");
+    assert_eq!(&*p.problems[0].object.name, "two");
 }
 
 #[test]
@@ -164,8 +164,8 @@ fn equal_age_conflict_is_decided_by_namespace_and_name() {
     let a = vs("ns", "alpha", Some("203.0.113.10"), 0);
     let b = vs("ns", "beta", Some("203.0.113.10"), 0);
     let p = plan(&node("n1"), &[b, a], &[], &[]);
-    assert_eq!(p.services[0].source.name, "alpha");
-    assert_eq!(p.problems[0].object.name, "beta");
+    assert_eq!(&*p.services[0].source.name, "alpha");
+    assert_eq!(&*p.problems[0].object.name, "beta");
 }
 
 #[test]
@@ -237,7 +237,7 @@ fn dr_real_server_on_this_node_carries_the_vip() {
     assert_eq!(p.real_server_vips.len(), 1);
     let v = &p.real_server_vips[0];
     assert_eq!((v.vip, v.tunnel), (ip("203.0.113.10"), None));
-    let names: Vec<_> = v.sources.iter().map(|s| s.name.as_str()).collect();
+    let names: Vec<_> = v.sources.iter().map(|s| &*s.name).collect();
     assert_eq!(names, vec!["here", "host"]);
 
     let p2 = plan(
@@ -270,7 +270,7 @@ fn a_draining_dr_real_server_keeps_the_vip_while_directors_drain_it() {
     let names: Vec<_> = d.services[0]
         .real_servers
         .iter()
-        .map(|r| r.source.name.as_str())
+        .map(|r| &*r.source.name)
         .collect();
     assert_eq!(names, vec!["other"]);
 }
@@ -293,7 +293,7 @@ fn a_director_running_a_dr_real_server_of_the_same_vip_is_reported_not_arp_suppr
     assert_eq!(p.problems.len(), 1);
     let c = &p.problems[0];
     assert_eq!(
-        (c.reason, c.object.name.as_str(), c.field.as_str()),
+        (c.reason, &*c.object.name, c.field.as_str()),
         (ProblemReason::Conflict, "here", "spec.nodeName")
     );
 }
@@ -448,10 +448,7 @@ fn dr_and_tun_reject_a_real_server_port_that_maps() {
         assert_eq!(rss, vec![(ip("198.51.100.12"), 80)], "{method:?}");
         assert_eq!(p.problems.len(), 1);
         assert_eq!(
-            (
-                p.problems[0].object.name.as_str(),
-                p.problems[0].field.as_str()
-            ),
+            (&*p.problems[0].object.name, p.problems[0].field.as_str()),
             ("mapped", "spec.port")
         );
     }
@@ -470,8 +467,16 @@ fn address_families_mix_only_through_tunnels() {
     tun.spec.real_server_selector = selector(&[("app", "mixed")]);
     let v6 = rs("shop", "v6", "mixed", "2001:db8:1::1");
     let p = plan(&node("n1"), &[nat, tun], &[v6], &[]);
-    let nat_s = p.services.iter().find(|s| s.source.name == "nat").unwrap();
-    let tun_s = p.services.iter().find(|s| s.source.name == "tun").unwrap();
+    let nat_s = p
+        .services
+        .iter()
+        .find(|s| &*s.source.name == "nat")
+        .unwrap();
+    let tun_s = p
+        .services
+        .iter()
+        .find(|s| &*s.source.name == "tun")
+        .unwrap();
     assert!(nat_s.real_servers.is_empty());
     assert_eq!(tun_s.real_servers.len(), 1);
     assert_eq!(tun_s.forwarding, Forwarding::Tun(Tunnel::Ipip));
@@ -511,7 +516,7 @@ fn unparsable_addresses_are_problems_not_panics() {
     let fields: Vec<_> = p
         .problems
         .iter()
-        .map(|p| (p.object.name.as_str(), p.field.as_str()))
+        .map(|p| (&*p.object.name, p.field.as_str()))
         .collect();
     assert_eq!(fields, vec![("r", "spec.address"), ("bad", "spec.vip")]);
 }

@@ -126,7 +126,7 @@ proptest! {
 
         for s in &plan.services {
             // Its owner is the oldest claimant.
-            let owner = vss.iter().find(|v| v.metadata.name.as_deref() == Some(s.source.name.as_str()) && v.metadata.namespace.as_deref() == Some(s.source.namespace.as_str())).unwrap();
+            let owner = vss.iter().find(|v| v.metadata.name.as_deref() == Some(&*s.source.name) && v.metadata.namespace.as_deref() == Some(&*s.source.namespace)).unwrap();
             for other in &vss {
                 let claims = other.spec.vip.as_deref().and_then(|v| v.parse::<IpAddr>().ok()) == Some(s.key.vip)
                     && other.spec.ports.iter().any(|p| p.port == s.key.port && (p.protocol == Protocol::Udp) == (s.key.protocol == kubelvs_model::Protocol::Udp));
@@ -138,7 +138,7 @@ proptest! {
             let mut addrs = HashSet::new();
             for r in &s.real_servers {
                 prop_assert!(addrs.insert((r.address, r.port)), "duplicate real server");
-                let obj = rss.iter().find(|o| o.metadata.name.as_deref() == Some(r.source.name.as_str()) && o.metadata.namespace.as_deref() == Some(r.source.namespace.as_str())).unwrap();
+                let obj = rss.iter().find(|o| o.metadata.name.as_deref() == Some(&*r.source.name) && o.metadata.namespace.as_deref() == Some(&*r.source.namespace)).unwrap();
                 prop_assert!(r.weight <= 65535);
                 prop_assert!(!obj.spec.drain, "a drained real server is in the directors' plan");
                 prop_assert_eq!(r.weight, obj.spec.weight.min(65535));
@@ -154,8 +154,8 @@ proptest! {
             if !directs { continue; }
             let name = v.metadata.name.clone().unwrap();
             for (i, p) in v.spec.ports.iter().enumerate() {
-                let planned = plan.services.iter().any(|s| s.source.name == name && s.source.namespace == v.metadata.namespace.clone().unwrap() && s.key.port == p.port && (s.key.protocol == kubelvs_model::Protocol::Udp) == (p.protocol == Protocol::Udp));
-                let conflict = plan.problems.iter().any(|pr| pr.reason == ProblemReason::Conflict && pr.object.name == name && Some(&pr.object.namespace) == v.metadata.namespace.as_ref() && pr.field == format!("spec.ports[{i}]"));
+                let planned = plan.services.iter().any(|s| *s.source.name == *name && *s.source.namespace == *v.metadata.namespace.clone().unwrap() && s.key.port == p.port && (s.key.protocol == kubelvs_model::Protocol::Udp) == (p.protocol == Protocol::Udp));
+                let conflict = plan.problems.iter().any(|pr| pr.reason == ProblemReason::Conflict && *pr.object.name == *name && Some(&*pr.object.namespace) == v.metadata.namespace.as_deref() && pr.field == format!("spec.ports[{i}]"));
                 prop_assert!(planned != conflict, "{name} port {i}: planned={planned} conflict={conflict}");
             }
         }

@@ -25,11 +25,11 @@ fn in_a_cluster_only_the_operators_grant_is_programmed() {
         &[],
     );
     assert_eq!(p.services.len(), 1, "{p:#?}");
-    assert_eq!(p.services[0].source.name, "victim");
+    assert_eq!(&*p.services[0].source.name, "victim");
     assert_eq!(p.services[0].real_servers[0].address, ip("198.51.100.2"));
     assert_eq!(p.problems.len(), 1, "{:?}", p.problems);
     assert_eq!(
-        (p.problems[0].reason, p.problems[0].object.name.as_str()),
+        (p.problems[0].reason, &*p.problems[0].object.name),
         (ProblemReason::VipPending, "thief")
     );
     assert!(
@@ -40,7 +40,7 @@ fn in_a_cluster_only_the_operators_grant_is_programmed() {
     // Standalone, the file's author is the administrator: spec.vip as written, and
     // the older claim wins.
     let p = plan(&node("n1"), &[thief, victim], &rss, &[]);
-    assert_eq!(p.services[0].source.name, "thief");
+    assert_eq!(&*p.services[0].source.name, "thief");
 }
 
 #[test]
@@ -93,7 +93,7 @@ fn real_servers_on_special_addresses_are_never_probed_or_forwarded_to() {
     let named: Vec<(&str, &str)> = p
         .problems
         .iter()
-        .map(|p| (p.object.name.as_str(), p.field.as_str()))
+        .map(|p| (&*p.object.name, p.field.as_str()))
         .collect();
     assert_eq!(
         named,
@@ -141,10 +141,7 @@ fn a_real_server_at_a_nodes_address_needs_an_administrators_namespace_label() {
     assert_eq!(addrs, vec![ip("198.51.100.11")]);
     assert_eq!(p.problems.len(), 1, "{:?}", p.problems);
     assert_eq!(
-        (
-            p.problems[0].object.name.as_str(),
-            p.problems[0].field.as_str()
-        ),
+        (&*p.problems[0].object.name, p.problems[0].field.as_str()),
         ("kubelet", "spec.address")
     );
     assert!(

@@ -3,8 +3,8 @@
 use std::net::IpAddr;
 
 use kubelvs_model::{
-    DataplaneKind, Forwarding, ObjectRef, Protocol, RealServer, Scheduler, SchedulerFlags, Service,
-    ServiceKey,
+    DataplaneKind, Forwarding, ObjectKind, ObjectRef, Protocol, RealServer, Scheduler,
+    SchedulerFlags, Service, ServiceKey,
 };
 
 use crate::topology::Lab;
@@ -28,7 +28,7 @@ pub fn service(
             address: IpAddr::V4(rs.addr),
             port: target_port,
             weight,
-            source: ObjectRef::new("RealServer", "lab", &rs.role),
+            source: ObjectRef::new(ObjectKind::RealServer, "lab", &rs.role),
         })
         .collect();
     real_servers.sort_by_key(|r| (r.address, r.port));
@@ -46,7 +46,7 @@ pub fn service(
         health_check: None,
         dataplane: DataplaneKind::Xdp,
         real_servers,
-        source: ObjectRef::new("VirtualService", "lab", "web"),
+        source: ObjectRef::new(ObjectKind::VirtualService, "lab", "web"),
     }
 }
 

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kubelvs_model::{
-    ApplyContext, Dataplane, DataplaneKind, DataplaneReport, Forwarding, NodePlan, ObjectRef,
-    Protocol, RealServerVip, Tunnel, TunnelKind,
+    ApplyContext, Dataplane, DataplaneKind, DataplaneReport, Forwarding, NodePlan, ObjectKind,
+    ObjectRef, Protocol, RealServerVip, Tunnel, TunnelKind,
 };
 use kubelvs_netconf::{Netconf, NetconfOptions, RtNetlink};
 use kubelvs_xdp::DecapDataplane;
@@ -54,7 +54,7 @@ fn real_server_plan_tunnel(vip: IpAddr, tunnel: Option<TunnelKind>) -> NodePlan 
         real_server_vips: vec![RealServerVip {
             vip,
             tunnel,
-            sources: vec![ObjectRef::new("VirtualService", "lab", "web")],
+            sources: vec![ObjectRef::new(ObjectKind::VirtualService, "lab", "web")],
         }],
         ..NodePlan::default()
     }

@@ -7,8 +7,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use kubelvs_model::{
-    DataplaneKind, Forwarding, ObjectRef, Protocol, RealServer, Scheduler, SchedulerFlags, Service,
-    ServiceKey, Tunnel,
+    DataplaneKind, Forwarding, ObjectKind, ObjectRef, Protocol, RealServer, Scheduler,
+    SchedulerFlags, Service, ServiceKey, Tunnel,
 };
 
 pub type Mac = [u8; 6];
@@ -164,10 +164,10 @@ pub fn service(
                 address: a.parse().unwrap(),
                 port: *p,
                 weight: *w,
-                source: ObjectRef::new("RealServer", "test", a),
+                source: ObjectRef::new(ObjectKind::RealServer, "test", a),
             })
             .collect(),
-        source: ObjectRef::new("VirtualService", "test", "web"),
+        source: ObjectRef::new(ObjectKind::VirtualService, "test", "web"),
     }
 }
 

@@ -12,8 +12,8 @@ use std::time::Instant;
 use kubelvs_ipvs::IpvsDataplane;
 use kubelvs_ipvs_vm::ipvsadm;
 use kubelvs_model::{
-    DataplaneKind, Forwarding, ObjectRef, Protocol, RealServer, Scheduler, SchedulerFlags, Service,
-    ServiceKey,
+    DataplaneKind, Forwarding, ObjectKind, ObjectRef, Protocol, RealServer, Scheduler,
+    SchedulerFlags, Service, ServiceKey,
 };
 
 use crate::lab::cmd;
@@ -51,10 +51,10 @@ pub fn bench_plan() -> Vec<Service> {
                         address: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 21 + d as u8)),
                         port: 8080,
                         weight: 1 + d as u32,
-                        source: ObjectRef::new("RealServer", "bench", &format!("rs{d}")),
+                        source: ObjectRef::new(ObjectKind::RealServer, "bench", &format!("rs{d}")),
                     })
                     .collect(),
-                source: ObjectRef::new("VirtualService", "bench", &format!("vs{i}")),
+                source: ObjectRef::new(ObjectKind::VirtualService, "bench", &format!("vs{i}")),
             }
         })
         .collect();

@@ -10,7 +10,7 @@ use kubelvs_ipvs::{
 };
 use kubelvs_ipvs_vm::ipvsadm;
 use kubelvs_model::{
-    DataplaneKind, Forwarding, ObjectRef, Persistence, Protocol, RealServer, Scheduler,
+    DataplaneKind, Forwarding, ObjectKind, ObjectRef, Persistence, Protocol, RealServer, Scheduler,
     SchedulerFlags, Service, ServiceKey, Tunnel,
 };
 
@@ -106,10 +106,10 @@ fn service_over(
                 address: ip(a),
                 port: rs_port,
                 weight,
-                source: ObjectRef::new("RealServer", "lab", ns),
+                source: ObjectRef::new(ObjectKind::RealServer, "lab", ns),
             })
             .collect(),
-        source: ObjectRef::new("VirtualService", "lab", &name),
+        source: ObjectRef::new(ObjectKind::VirtualService, "lab", &name),
     }
 }
 
@@ -670,7 +670,7 @@ fn drain_removed(
         .iter_mut()
         .find(|s| s.key.vip == ip(REMOVE_VIP))
         .ok_or("service missing from the plan")?;
-    svc.real_servers.retain(|r| r.source.name != victim);
+    svc.real_servers.retain(|r| *r.source.name != *victim);
     let t0 = Instant::now();
     let rep = dp.apply(current, t0).map_err(|e| e.to_string())?;
     check_report(&rep)?;
