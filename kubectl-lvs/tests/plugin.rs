@@ -48,26 +48,30 @@ fn agent_metrics(
     listen: std::net::IpAddr,
     connections: u64,
 ) -> std::net::SocketAddr {
-    use kubelvs_agent::metrics::{BackendLabels, Metrics, ServiceLabels};
+    use kubelvs_agent::metrics::{BackendLabels, Metrics, ServiceLabels, Shown};
     let metrics = Metrics::new();
     let counted = kubelvs_model::Traffic {
         connections,
         packets: 2 * connections,
         bytes: 100 * connections,
     };
-    let service = "203.0.113.77:80/TCP".to_owned();
+    let service = kubelvs_model::ServiceKey {
+        vip: "203.0.113.77".parse().unwrap(),
+        port: 80,
+        protocol: kubelvs_model::Protocol::Tcp,
+    };
     metrics.virtual_service.observe(
         ServiceLabels {
-            dataplane: "ipvs".into(),
-            service: service.clone(),
+            dataplane: "ipvs",
+            service: Shown(service),
         },
         counted,
     );
     metrics.real_server.observe(
         BackendLabels {
-            dataplane: "ipvs".into(),
-            service,
-            real_server: "198.51.100.1:80".into(),
+            dataplane: "ipvs",
+            service: Shown(Some(service)),
+            real_server: Shown("198.51.100.1:80".parse().unwrap()),
         },
         counted,
     );

@@ -156,22 +156,22 @@ fn read_traffic(
     let reports = node.traffic();
     let mut services = std::collections::HashSet::new();
     let mut real_servers = std::collections::HashSet::new();
-    for (dataplane, t) in &reports {
+    for &(dataplane, ref t) in &reports {
         for (key, c) in &t.services {
             let labels = metrics::ServiceLabels {
-                dataplane: (*dataplane).to_owned(),
-                service: key.to_string(),
+                dataplane,
+                service: metrics::Shown(*key),
             };
-            services.insert(labels.clone());
+            services.insert(labels);
             metrics.virtual_service.observe(labels, *c);
         }
         for (key, rs, c) in &t.real_servers {
             let labels = metrics::BackendLabels {
-                dataplane: (*dataplane).to_owned(),
-                service: key.map(|k| k.to_string()).unwrap_or_default(),
-                real_server: rs.to_string(),
+                dataplane,
+                service: metrics::Shown(*key),
+                real_server: metrics::Shown(*rs),
             };
-            real_servers.insert(labels.clone());
+            real_servers.insert(labels);
             metrics.real_server.observe(labels, *c);
         }
     }

@@ -1,14 +1,21 @@
 //! Prometheus metrics (`kubelvs_` prefix, see docs/metrics.md) and the /metrics,
 //! /healthz and /readyz answers (served by `kubelvs-observe`).
 
+use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
+use kubelvs_model::ServiceKey;
 use kubelvs_observe::Observed;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, NoLabelSet,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -28,91 +35,138 @@ pub struct RealServerLabels {
     pub probe: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// A virtual service's traffic series. Its labels are written out when scraped: at
+/// 10,000 services, label text kept for each of the three counters (and for the
+/// kernel's last totals) was about 6 MB.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
-    pub dataplane: String,
-    pub service: String,
+    pub dataplane: &'static str,
+    pub service: Shown<ServiceKey>,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabels {
-    pub dataplane: String,
+    pub dataplane: &'static str,
     /// Empty where the dataplane counts per real server across services (XDP).
-    pub service: String,
-    pub real_server: String,
+    pub service: Shown<Option<ServiceKey>>,
+    pub real_server: Shown<std::net::SocketAddr>,
 }
 
-/// Counters per virtual service or per real server.
-#[derive(Debug)]
-pub struct TrafficFamilies<L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug> {
-    pub connections: Family<L, Counter>,
-    pub packets: Family<L, Counter>,
-    pub bytes: Family<L, Counter>,
-    last: Mutex<std::collections::HashMap<L, kubelvs_model::Traffic>>,
+/// A label value kept as what it stands for, and written as text when scraped.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct Shown<T>(pub T);
+
+impl EncodeLabelValue for Shown<ServiceKey> {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        write!(encoder, "{}", self.0)
+    }
 }
+
+impl EncodeLabelValue for Shown<Option<ServiceKey>> {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        match self.0 {
+            Some(key) => write!(encoder, "{key}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl EncodeLabelValue for Shown<std::net::SocketAddr> {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        write!(encoder, "{}", self.0)
+    }
+}
+
+/// Connections, packets and bytes per virtual service or per real server: one entry
+/// per object (the kernel's last totals and the counters), written out as three
+/// counter families at each scrape.
+#[derive(Debug)]
+pub struct TrafficFamilies<L> {
+    /// `virtual_service` or `real_server`: the families' names start with it.
+    what: &'static str,
+    entries: Mutex<HashMap<L, Counted>>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Counted {
+    /// The kernel's totals when last read.
+    last: kubelvs_model::Traffic,
+    /// The counters: what the kernel counted since the series began.
+    total: kubelvs_model::Traffic,
+}
+
+/// A traffic counter: its name, the start of its help, and its value in a total.
+type TrafficCounter = (&'static str, &'static str, fn(&kubelvs_model::Traffic) -> u64);
+
+const TRAFFIC: [TrafficCounter; 3] = [
+    (
+        "connections",
+        "Connections (IPVS) or new flows (XDP) scheduled, per",
+        |t| t.connections,
+    ),
+    ("packets", "Packets forwarded, per", |t| t.packets),
+    ("bytes", "Bytes forwarded, per", |t| t.bytes),
+];
 
 impl<L> TrafficFamilies<L>
 where
     L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
 {
-    fn new() -> Self {
-        Self {
-            connections: Family::default(),
-            packets: Family::default(),
-            bytes: Family::default(),
-            last: Mutex::default(),
-        }
-    }
-
-    fn register(&self, registry: &mut Registry, what: &str) {
-        registry.register(
-            format!("{what}_connections"),
-            format!("Connections (IPVS) or new flows (XDP) scheduled, per {what}"),
-            self.connections.clone(),
-        );
-        registry.register(
-            format!("{what}_packets"),
-            format!("Packets forwarded, per {what}"),
-            self.packets.clone(),
-        );
-        registry.register(
-            format!("{what}_bytes"),
-            format!("Bytes forwarded, per {what}"),
-            self.bytes.clone(),
-        );
+    fn new(what: &'static str) -> Arc<Self> {
+        Arc::new(Self {
+            what,
+            entries: Mutex::default(),
+        })
     }
 
     /// Removes the series of everything not in `present` (virtual services and real
     /// servers that left the dataplane): a label set per object ever seen would grow
     /// without bound.
     pub fn retain(&self, present: &std::collections::HashSet<L>) {
-        let mut last = self.last.lock().unwrap();
-        last.retain(|labels, _| {
-            let keep = present.contains(labels);
-            if !keep {
-                self.connections.remove(labels);
-                self.packets.remove(labels);
-                self.bytes.remove(labels);
-            }
-            keep
-        });
+        let mut entries = self.entries.lock().unwrap();
+        entries.retain(|labels, _| present.contains(labels));
+        entries.shrink_to_fit();
     }
 
     /// Advances the counters to the kernel's totals (a total that went down means the
     /// kernel entry was recreated: counted from zero again).
     pub fn observe(&self, labels: L, now: kubelvs_model::Traffic) {
-        let mut last = self.last.lock().unwrap();
-        let before = last.insert(labels.clone(), now).unwrap_or_default();
+        let mut entries = self.entries.lock().unwrap();
+        let counted = entries.entry(labels).or_default();
         let delta = |n: u64, b: u64| if n >= b { n - b } else { n };
-        self.connections
-            .get_or_create(&labels)
-            .inc_by(delta(now.connections, before.connections));
-        self.packets
-            .get_or_create(&labels)
-            .inc_by(delta(now.packets, before.packets));
-        self.bytes
-            .get_or_create(&labels)
-            .inc_by(delta(now.bytes, before.bytes));
+        let before = counted.last;
+        counted.total.connections += delta(now.connections, before.connections);
+        counted.total.packets += delta(now.packets, before.packets);
+        counted.total.bytes += delta(now.bytes, before.bytes);
+        counted.last = now;
+    }
+
+    /// The counter `name` (`connections`, `packets`, `bytes`) of `labels`.
+    #[cfg(test)]
+    fn total(&self, labels: &L, name: &str) -> Option<u64> {
+        let (_, _, pick) = TRAFFIC.iter().find(|(n, _, _)| *n == name)?;
+        let entries = self.entries.lock().unwrap();
+        entries.get(labels).map(|c| pick(&c.total))
+    }
+}
+
+impl<L> Collector for TrafficFamilies<L>
+where
+    L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
+{
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let entries = self.entries.lock().unwrap();
+        for (name, help, pick) in TRAFFIC {
+            let name = format!("{}_{name}", self.what);
+            let help = format!("{help} {}.", self.what);
+            let mut family = encoder.encode_descriptor(&name, &help, None, MetricType::Counter)?;
+            for (labels, counted) in entries.iter() {
+                family
+                    .encode_family(labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&pick(&counted.total), None)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -131,8 +185,8 @@ pub struct Metrics {
     /// in it to apply).
     pub config_refused: Counter,
     pub health_transitions: Counter,
-    pub virtual_service: TrafficFamilies<ServiceLabels>,
-    pub real_server: TrafficFamilies<BackendLabels>,
+    pub virtual_service: Arc<TrafficFamilies<ServiceLabels>>,
+    pub real_server: Arc<TrafficFamilies<BackendLabels>>,
 }
 
 fn read_buckets() -> Histogram {
@@ -191,10 +245,10 @@ impl Metrics {
             "Real servers going down or up",
             health_transitions.clone(),
         );
-        let virtual_service = TrafficFamilies::new();
-        virtual_service.register(&mut registry, "virtual_service");
-        let real_server = TrafficFamilies::new();
-        real_server.register(&mut registry, "real_server");
+        let virtual_service = TrafficFamilies::new("virtual_service");
+        registry.register_collector(Box::new(virtual_service.clone()));
+        let real_server = TrafficFamilies::new("real_server");
+        registry.register_collector(Box::new(real_server.clone()));
         Arc::new(Self {
             observed: Arc::new(Observed::new(registry, "the first apply has not finished")),
             virtual_service,
@@ -220,26 +274,52 @@ mod tests {
     fn counters_follow_kernel_totals_and_survive_a_reset() {
         let m = Metrics::new();
         let l = ServiceLabels {
-            dataplane: "ipvs".into(),
-            service: "203.0.113.1:80/TCP".into(),
+            dataplane: "ipvs",
+            service: Shown(ServiceKey {
+                vip: "203.0.113.1".parse().unwrap(),
+                port: 80,
+                protocol: kubelvs_model::Protocol::Tcp,
+            }),
         };
         let t = |c: u64| Traffic {
             connections: c,
             packets: 10 * c,
             bytes: 100 * c,
         };
-        m.virtual_service.observe(l.clone(), t(5));
-        m.virtual_service.observe(l.clone(), t(8));
-        assert_eq!(m.virtual_service.connections.get_or_create(&l).get(), 8);
+        m.virtual_service.observe(l, t(5));
+        m.virtual_service.observe(l, t(8));
+        assert_eq!(m.virtual_service.total(&l, "connections"), Some(8));
         // The kernel entry was recreated: its totals start again from zero.
-        m.virtual_service.observe(l.clone(), t(2));
-        assert_eq!(m.virtual_service.connections.get_or_create(&l).get(), 10);
-        assert_eq!(m.virtual_service.bytes.get_or_create(&l).get(), 1000);
+        m.virtual_service.observe(l, t(2));
+        assert_eq!(m.virtual_service.total(&l, "connections"), Some(10));
+        assert_eq!(m.virtual_service.total(&l, "bytes"), Some(1000));
+        let text = m.observed.render();
+        assert!(text.contains("# HELP kubelvs_virtual_service_bytes Bytes forwarded, per virtual_service.\n# TYPE kubelvs_virtual_service_bytes counter\nkubelvs_virtual_service_bytes_total{dataplane=\"ipvs\",service=\"203.0.113.1:80/TCP\"} 1000\n"), "{text}");
         // Gone from the dataplane: its series goes.
         m.virtual_service.retain(&Default::default());
         assert!(!m.observed.render().contains("203.0.113.1:80/TCP"));
-        m.virtual_service.observe(l.clone(), t(10));
+        m.virtual_service.observe(l, t(10));
         let text = m.observed.render();
         assert!(text.contains("kubelvs_virtual_service_connections_total{dataplane=\"ipvs\",service=\"203.0.113.1:80/TCP\"} 10"), "{text}");
+    }
+
+    #[test]
+    fn a_real_server_counted_across_services_has_an_empty_service_label() {
+        let m = Metrics::new();
+        let l = BackendLabels {
+            dataplane: "xdp",
+            service: Shown(None),
+            real_server: Shown("[2001:db8::1]:8080".parse().unwrap()),
+        };
+        m.real_server.observe(
+            l,
+            Traffic {
+                connections: 3,
+                packets: 4,
+                bytes: 5,
+            },
+        );
+        let text = m.observed.render();
+        assert!(text.contains("kubelvs_real_server_packets_total{dataplane=\"xdp\",service=\"\",real_server=\"[2001:db8::1]:8080\"} 4"), "{text}");
     }
 }
