@@ -28,30 +28,40 @@ impl Labels for BTreeMap<String, String> {
     }
 }
 
-/// Labels in a fraction of a map's memory: a `BTreeMap` allocates an 11-slot node
-/// (about 540 bytes) for one label, and there is a label set per RealServer.
+/// Labels in one allocation: each key and each value followed by a NUL, in key order.
+/// A `BTreeMap` allocates an 11-slot node (about 540 bytes) for one label, a slice of
+/// pairs three allocations, and there is a label set per RealServer. No label holds a
+/// NUL: the API server refuses one, and so does the file's validation
+/// ([`crate::validate`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LabelSet(Box<[(Box<str>, Box<str>)]>);
+pub struct LabelSet(Box<str>);
 
 impl Labels for LabelSet {
     fn label(&self, key: &str) -> Option<&str> {
-        let at = self.0.binary_search_by(|(k, _)| (**k).cmp(key)).ok()?;
-        Some(&self.0[at].1)
+        self.pairs().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
     fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (&**k, &**v))
+        let mut parts = self.0.split_terminator('\0');
+        std::iter::from_fn(move || Some((parts.next()?, parts.next()?)))
     }
 }
 
 impl From<BTreeMap<String, String>> for LabelSet {
     fn from(labels: BTreeMap<String, String>) -> Self {
-        // A map's keys are in order and distinct, as `label` needs.
-        Self(
-            labels
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-        )
+        let mut text =
+            String::with_capacity(labels.iter().map(|(k, v)| k.len() + v.len() + 2).sum());
+        // A map's keys are in order and distinct, as `pairs` promises. A pair with a
+        // NUL (refused by validation) is left out rather than read as other labels.
+        for (k, v) in labels
+            .iter()
+            .filter(|(k, v)| !k.contains('\0') && !v.contains('\0'))
+        {
+            for part in [k, v] {
+                text.push_str(part);
+                text.push('\0');
+            }
+        }
+        Self(text.into_boxed_str())
     }
 }
 
@@ -218,6 +228,31 @@ mod tests {
             assert_eq!(matches(&s, &web), Ok(want), "{name}");
             assert_eq!(matches(&s, &compact), Ok(want), "{name}, as a LabelSet");
         }
+    }
+
+    #[test]
+    fn a_label_set_gives_back_every_pair_in_key_order_and_each_value() {
+        let map: BTreeMap<String, String> = [("tier", "back"), ("app", "web"), ("empty", "")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let set = LabelSet::from(map.clone());
+        assert_eq!(
+            set.pairs().collect::<Vec<_>>(),
+            map.pairs().collect::<Vec<_>>()
+        );
+        assert_eq!(set.label("app"), Some("web"));
+        assert_eq!(set.label("empty"), Some(""));
+        assert_eq!(set.label("web"), None, "a value is not a key");
+        assert_eq!(LabelSet::default().pairs().count(), 0);
+        // A NUL (refused by validation) does not shift the pairs after it.
+        let odd: BTreeMap<String, String> = [("a", "x\0b"), ("c", "d")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let set = LabelSet::from(odd);
+        assert_eq!(set.pairs().collect::<Vec<_>>(), vec![("c", "d")]);
+        assert_eq!(set.label("b"), None);
     }
 
     #[test]

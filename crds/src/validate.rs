@@ -85,6 +85,7 @@ where
             }));
         }
     }
+    errors.extend(label_errors(obj.meta().labels.as_ref()));
     if errors.is_empty() {
         Ok(())
     } else {
@@ -144,6 +145,65 @@ fn cel_errors(
             .clone()
     });
     compiled.0.validate_compiled(&compiled.1, value, None)
+}
+
+/// The API server's rules for labels (apimachinery's `ValidateLabels`), which no CRD
+/// schema carries: a file's objects are refused as a cluster would refuse them.
+fn label_errors(labels: Option<&std::collections::BTreeMap<String, String>>) -> Vec<FieldError> {
+    const NAME: &str = "must be 63 characters or less, consist of alphanumeric characters, \
+                        '-', '_' or '.', and start and end with an alphanumeric character";
+    fn is_name(s: &str) -> bool {
+        let edge = |b: Option<&u8>| b.is_some_and(u8::is_ascii_alphanumeric);
+        s.len() <= 63
+            && edge(s.as_bytes().first())
+            && edge(s.as_bytes().last())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    }
+    // A lowercase RFC 1123 subdomain: dot-separated labels of [a-z0-9-], each starting
+    // and ending with an alphanumeric character.
+    fn is_subdomain(s: &str) -> bool {
+        s.len() <= 253
+            && s.split('.').all(|part| {
+                let edge = |b: Option<&u8>| {
+                    b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                };
+                edge(part.as_bytes().first())
+                    && edge(part.as_bytes().last())
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            })
+    }
+    let mut errors = Vec::new();
+    for (key, value) in labels.into_iter().flatten() {
+        let field = format!("metadata.labels.{key}");
+        let (prefix, name) = match key.split_once('/') {
+            Some((prefix, name)) => (Some(prefix), name),
+            None => (None, key.as_str()),
+        };
+        if let Some(prefix) = prefix.filter(|p| !is_subdomain(p)) {
+            errors.push(FieldError {
+                message: format!(
+                    "{field}: key prefix {prefix:?} must be a lowercase DNS subdomain (at most \
+                     253 characters of a-z, 0-9, '-' and '.', each part starting and ending \
+                     with a letter or digit)"
+                ),
+                field,
+            });
+        } else if !is_name(name) {
+            errors.push(FieldError {
+                message: format!("{field}: key name {name:?} {NAME}"),
+                field,
+            });
+        } else if !value.is_empty() && !is_name(value) {
+            errors.push(FieldError {
+                message: format!("{field}: value {value:?} {NAME}, or be empty"),
+                field,
+            });
+        }
+    }
+    errors
 }
 
 fn object_name<K: kube::Resource<DynamicType = ()>>(obj: &K) -> String {
@@ -378,6 +438,48 @@ impl Object {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_follow_the_api_servers_rules() {
+        let errors = |pairs: &[(&str, &str)]| {
+            let labels = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            label_errors(Some(&labels))
+        };
+        for ok in [
+            ("app", "web"),
+            ("kubelvs.io/pool", "a.b_c-1"),
+            ("A_b.C-1", ""),
+            ("x", &"v".repeat(63)),
+        ] {
+            assert_eq!(errors(&[ok]), vec![], "{ok:?}");
+        }
+        for (bad, what) in [
+            (("app", "a b"), "value"),
+            (("app", "x\0y"), "value"),
+            (("app", "-web"), "value"),
+            (("x", &"v".repeat(64)), "value"),
+            (("", "web"), "key name"),
+            (("a b", "web"), "key name"),
+            (("kubelvs.io/", "web"), "key name"),
+            (("Kubelvs.io/pool", "web"), "key prefix"),
+            (("a..b/pool", "web"), "key prefix"),
+            (("a/b/c", "web"), "key name"),
+        ] {
+            let found = errors(&[bad]);
+            assert_eq!(found.len(), 1, "{bad:?}");
+            assert_eq!(found[0].field, format!("metadata.labels.{}", bad.0));
+            assert!(
+                found[0]
+                    .message
+                    .starts_with(&format!("metadata.labels.{}: {what}", bad.0)),
+                "{bad:?}: {}",
+                found[0].message
+            );
+        }
+    }
 
     #[test]
     fn json_pointers_become_field_paths() {

@@ -96,7 +96,11 @@ struct Counted {
 }
 
 /// A traffic counter: its name, the start of its help, and its value in a total.
-type TrafficCounter = (&'static str, &'static str, fn(&kubelvs_model::Traffic) -> u64);
+type TrafficCounter = (
+    &'static str,
+    &'static str,
+    fn(&kubelvs_model::Traffic) -> u64,
+);
 
 const TRAFFIC: [TrafficCounter; 3] = [
     (

@@ -589,13 +589,22 @@ apiVersion: kubelvs.io/v1alpha1
 kind: RealServer
 metadata: {name: typo, namespace: lab}
 spec: {address: 192.0.2.12, wieght: 3}
+---
+apiVersion: kubelvs.io/v1alpha1
+kind: RealServer
+metadata: {name: spaced, namespace: lab, labels: {app: "web shop"}}
+spec: {address: 192.0.2.13}
 "#;
         let (objects, rejected) = parse(text);
         assert_eq!(objects.real_servers.len(), 1);
         assert!(rejected[0].0.starts_with("document 2:"), "{rejected:?}");
-        assert_eq!(rejected.len(), 2, "{rejected:?}");
+        assert_eq!(rejected.len(), 3, "{rejected:?}");
         assert!(rejected[0].0.contains("spec.address"), "{rejected:?}");
         assert!(rejected[1].0.contains("wieght"), "{rejected:?}");
+        assert!(
+            rejected[2].0.contains("metadata.labels.app: value \"web shop\""),
+            "{rejected:?}"
+        );
     }
 }
 
