@@ -114,7 +114,8 @@ fn bench(c: &mut Criterion) {
     );
     // Steady state: every status already shown, nothing to write.
     let mut shown: Vec<VirtualService> = services.iter().map(|v| (*v).clone()).collect();
-    for (v, (_, body)) in shown.iter_mut().zip(&first.statuses) {
+    for (v, (k, status)) in shown.iter_mut().zip(&first.statuses) {
+        let body = serde_json::to_value(status.apply_body(&k.0, &k.1)).unwrap();
         v.status = Some(serde_json::from_value(body["status"].clone()).unwrap());
         v.metadata.finalizers = Some(vec![kubelvs_operator::pass::FINALIZER.into()]);
     }

@@ -389,7 +389,7 @@ async fn allocation_loop(
             )
             .unwrap_or_default(),
         );
-        let w = pass::plan(
+        let mut w = pass::plan(
             &virtual_services,
             &real_servers,
             AddressSpace {
@@ -421,11 +421,13 @@ async fn allocation_loop(
             .collect();
 
         let mut writes: Vec<Write> = Vec::new();
-        for (key, body) in &w.statuses {
+        // Each status moves into its write: a first pass at 10,000 VirtualServices
+        // writes every one, and a copy of each added to the operator's peak.
+        for (key, status) in std::mem::take(&mut w.statuses) {
             let api = Api::<VirtualService>::namespaced(client.clone(), &key.0);
-            let (key, body, apply, metrics) =
-                (key.clone(), body.clone(), apply.clone(), metrics.clone());
+            let (apply, metrics) = (apply.clone(), metrics.clone());
             writes.push(Box::pin(async move {
+                let body = status.apply_body(&key.0, &key.1);
                 let r = api
                     .patch_status(&key.1, &apply, &Patch::Apply(&body))
                     .await
@@ -433,10 +435,9 @@ async fn allocation_loop(
                 (Some(key), r)
             }));
         }
-        for (name, body) in &w.pool_statuses {
+        for (name, body) in std::mem::take(&mut w.pool_statuses) {
             let api = Api::<AddressPool>::all(client.clone());
-            let (name, body, apply, metrics) =
-                (name.clone(), body.clone(), apply.clone(), metrics.clone());
+            let (apply, metrics) = (apply.clone(), metrics.clone());
             writes.push(Box::pin(async move {
                 let r = api
                     .patch_status(&name, &apply, &Patch::Apply(&body))

@@ -17,7 +17,7 @@ use kubelvs_crds::{RealServerRecord, VirtualService};
 use crate::allocate::{allocate_with, status_vip, AddressSpace, VsKey};
 use crate::rollup::{
     address_pool_apply_body, address_pool_status, announced_by, overlaps, validation,
-    virtual_service_status, ACCEPTED, VIP_ALLOCATED,
+    virtual_service_status, OperatorStatus, ACCEPTED, VIP_ALLOCATED,
 };
 
 /// The finalizer that holds a deleted VirtualService until its VIP is released.
@@ -60,8 +60,8 @@ impl Notice {
 /// What one pass writes.
 #[derive(Debug, Clone, Default)]
 pub struct Writes {
-    /// Server-side apply bodies of VirtualService status.
-    pub statuses: Vec<(VsKey, serde_json::Value)>,
+    /// VirtualService status to write (as [`OperatorStatus::apply_body`]).
+    pub statuses: Vec<(VsKey, OperatorStatus)>,
     /// Server-side apply bodies of AddressPool status.
     pub pool_statuses: Vec<(String, serde_json::Value)>,
     pub add_finalizer: Vec<VsKey>,
@@ -139,10 +139,6 @@ pub fn plan(
         };
         let mut status = virtual_service_status(vs, &valid, result, &selected, now);
         status.announced_by = announced_by(vs, expired);
-        if !status.is_shown_by(vs) {
-            out.statuses
-                .push((k.clone(), status.apply_body(&k.0, &k.1)));
-        }
         let before = |t: &str| {
             vs.status
                 .as_ref()
@@ -168,6 +164,9 @@ pub fn plan(
                     c.message.clone(),
                 ));
             }
+        }
+        if !status.is_shown_by(vs) {
+            out.statuses.push((k.clone(), status));
         }
         if let (Some(Ok(ip)), Some(uid)) = (result, vs.metadata.uid.as_ref()) {
             out.vips.insert(k.clone(), (uid.clone(), *ip));
@@ -274,7 +273,8 @@ mod tests {
 
     /// Applies a pass's status bodies to the objects, as the API server would.
     fn apply(objects: &mut [VirtualService], w: &Writes) {
-        for (k, body) in &w.statuses {
+        for (k, written) in &w.statuses {
+            let body = serde_json::to_value(written.apply_body(&k.0, &k.1)).unwrap();
             let v = objects.iter_mut().find(|v| key(v) == *k).unwrap();
             let mut status = v.status.clone().unwrap_or_default();
             let ours: kubelvs_crds::VirtualServiceStatus =

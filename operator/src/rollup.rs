@@ -42,27 +42,52 @@ pub struct OperatorStatus {
     pub announced_by: Option<String>,
 }
 
+/// See [`OperatorStatus::apply_body`].
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusApply<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: ApplyMetadata<'a>,
+    status: StatusFields<'a>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ApplyMetadata<'a> {
+    name: &'a str,
+    namespace: &'a str,
+}
+
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusFields<'a> {
+    observed_generation: Option<i64>,
+    real_servers: &'a str,
+    conditions: &'a [Condition],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vip: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    announced_by: Option<&'a str>,
+}
+
 impl OperatorStatus {
     /// The server-side apply body under the operator's field manager: only its fields,
-    /// so the agents' `directors` entries stay theirs.
-    pub fn apply_body(&self, namespace: &str, name: &str) -> serde_json::Value {
-        let mut status = serde_json::json!({
-            "observedGeneration": self.observed_generation,
-            "realServers": self.real_servers,
-            "conditions": self.conditions,
-        });
-        if let Some(vip) = &self.vip {
-            status["vip"] = vip.clone().into();
+    /// so the agents' `directors` entries stay theirs. Typed and borrowed rather than a
+    /// JSON tree: a first pass at 10,000 VirtualServices writes every status, and as
+    /// trees the bodies were about 60 MB.
+    pub fn apply_body<'a>(&'a self, namespace: &'a str, name: &'a str) -> StatusApply<'a> {
+        StatusApply {
+            api_version: "kubelvs.io/v1alpha1",
+            kind: "VirtualService",
+            metadata: ApplyMetadata { name, namespace },
+            status: StatusFields {
+                observed_generation: self.observed_generation,
+                real_servers: &self.real_servers,
+                conditions: &self.conditions,
+                vip: self.vip.as_deref(),
+                announced_by: self.announced_by.as_deref(),
+            },
         }
-        if let Some(by) = &self.announced_by {
-            status["announcedBy"] = by.clone().into();
-        }
-        serde_json::json!({
-            "apiVersion": "kubelvs.io/v1alpha1",
-            "kind": "VirtualService",
-            "metadata": {"name": name, "namespace": namespace},
-            "status": status,
-        })
     }
 
     /// Whether `vs` already shows this status (ignoring the agents' entries).

@@ -211,7 +211,12 @@ fn transition_times_move_only_when_a_status_changes() {
 fn the_apply_body_carries_only_the_operators_fields() {
     let a = rs("a", false);
     let s = status_of(&vs(&[("n1", true, 1)]), Some(&ok_vip()), &[&a], &t(0));
-    let body = s.apply_body("s", "web");
+    let body = serde_json::to_value(s.apply_body("s", "web")).unwrap();
+    assert_eq!(
+        body["metadata"],
+        serde_json::json!({"name": "web", "namespace": "s"})
+    );
+    assert_eq!(body["kind"], "VirtualService");
     let status = body["status"].as_object().unwrap();
     let mut keys: Vec<&str> = status.keys().map(String::as_str).collect();
     keys.sort();
@@ -288,7 +293,8 @@ fn the_announcer_named_is_one_whose_lease_is_live() {
     let a = rs("a", false);
     let mut s = status_of(&v, Some(&ok_vip()), &[&a], &t(0));
     s.announced_by = announced_by(&v, &expired);
-    assert_eq!(s.apply_body("s", "web")["status"]["announcedBy"], "n2");
+    let body = serde_json::to_value(s.apply_body("s", "web")).unwrap();
+    assert_eq!(body["status"]["announcedBy"], "n2");
     v.status.as_mut().unwrap().announced_by = Some("n1".into());
     assert!(!s.is_shown_by(&v));
 }

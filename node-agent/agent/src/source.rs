@@ -602,7 +602,9 @@ spec: {address: 192.0.2.13}
         assert!(rejected[0].0.contains("spec.address"), "{rejected:?}");
         assert!(rejected[1].0.contains("wieght"), "{rejected:?}");
         assert!(
-            rejected[2].0.contains("metadata.labels.app: value \"web shop\""),
+            rejected[2]
+                .0
+                .contains("metadata.labels.app: value \"web shop\""),
             "{rejected:?}"
         );
     }
