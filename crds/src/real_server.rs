@@ -105,8 +105,9 @@ impl From<RealServer> for RealServerRecord {
 }
 
 /// `namespace` as the records that carry it share it: there are many RealServers
-/// per namespace, and each copy would be an allocation of its own. A name that no
-/// record holds any more is dropped once the set has doubled since it was last pruned.
+/// per namespace, and each copy would be an allocation of its own. A name nothing
+/// holds any more (no record, no plan's reference) is dropped once the set has doubled
+/// since it was last pruned.
 fn shared_namespace(namespace: &str) -> std::sync::Arc<str> {
     use std::sync::{Arc, LazyLock, Mutex};
     #[derive(Default)]

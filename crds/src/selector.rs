@@ -38,7 +38,11 @@ pub struct LabelSet(Box<str>);
 
 impl Labels for LabelSet {
     fn label(&self, key: &str) -> Option<&str> {
-        self.pairs().find(|(k, _)| *k == key).map(|(_, v)| v)
+        // Keys are in order: past `key`, it is not there.
+        self.pairs()
+            .take_while(|(k, _)| *k <= key)
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
     }
     fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
         let mut parts = self.0.split_terminator('\0');

@@ -4,6 +4,7 @@
 //! that schema's OpenAPI constraints (with a JSON-schema validator) and evaluates its CEL
 //! `x-kubernetes-validations` rules (with kube's client-side CEL), so the agent's
 //! standalone mode rejects exactly what an API server would, with the same messages.
+//! The one addition is what no CRD schema carries: the API server's rules for labels.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -63,7 +64,8 @@ impl ValidationErrors {
     }
 }
 
-/// Checks `obj` against its CRD's OpenAPI schema and CEL rules.
+/// Checks `obj` against its CRD's OpenAPI schema and CEL rules, and its labels against
+/// the API server's rules.
 pub fn validate<K>(obj: &K) -> Result<(), ValidationErrors>
 where
     K: CustomResourceExt + kube::Resource<DynamicType = ()> + Serialize,

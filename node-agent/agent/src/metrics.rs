@@ -160,6 +160,10 @@ where
 {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         let entries = self.entries.lock().unwrap();
+        // As a registry leaves out a family with no series.
+        if entries.is_empty() {
+            return Ok(());
+        }
         for (name, help, pick) in TRAFFIC {
             let name = format!("{}_{name}", self.what);
             let help = format!("{help} {}.", self.what);
@@ -277,6 +281,10 @@ mod tests {
     #[test]
     fn counters_follow_kernel_totals_and_survive_a_reset() {
         let m = Metrics::new();
+        assert!(
+            !m.observed.render().contains("virtual_service_bytes"),
+            "no family before its first series"
+        );
         let l = ServiceLabels {
             dataplane: "ipvs",
             service: Shown(ServiceKey {
