@@ -287,8 +287,8 @@ impl fmt::Display for ServiceKey {
     }
 }
 
-/// The kinds of object a plan is made from, in the order of their names (status is
-/// written in `ObjectRef` order, which was once the order of the kind's name).
+/// The kinds of object a plan is made from, declared in the order of their names, so
+/// that `ObjectRef`s sort as their text does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ObjectKind {
     AddressPool,
